@@ -1,0 +1,3 @@
+from loralab.cli.main import main
+
+raise SystemExit(main())
