@@ -1,0 +1,150 @@
+"""Layer kinds: how each base-layer type maps onto LoRA's matrix view W0: (d, k).
+
+A kind answers four questions for its layer type:
+  * `shape(layer)`                 -> (d, k): output and input features of the matrix view
+  * `weight(layer)` / `to_weight_layout(layer, ΔW)`: where W0 is stored and how a (d, k) ΔW is laid out there
+  * `lora_input(layer, x, A)`      -> A·x for this layer's input  (..., r)  [or (N, r, *spatial) for convs]
+  * `lora_output(layer, a, B)`     -> B·a in this layer's output layout
+
+New layer types are added with `@register_kind(SomeModuleType)`; lookup follows the type's MRO, so
+subclasses of nn.Linear (e.g. NonDynamicallyQuantizableLinear) are found without extra code.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+KINDS: dict[type, "LayerKind"] = {}
+
+
+def register_kind(*module_types: type):
+    def deco(cls):
+        for t in module_types:
+            KINDS[t] = cls()
+        return cls
+    return deco
+
+
+def kind_of(module: nn.Module) -> "LayerKind | None":
+    """The registered kind for a module's type (or a base class of it), else None."""
+    for t in type(module).__mro__:
+        if t in KINDS:
+            return KINDS[t]
+    return None
+
+
+def weight_matrix(module: nn.Module) -> torch.Tensor:
+    """A base layer's W0 in the matrix view (d_out, d_in); a view where possible, never a copy of a Linear."""
+    kind = kind_of(module)
+    if kind is None:
+        raise TypeError(f"{type(module).__name__} is not a layer type LoRA can adapt")
+    return kind.weight_matrix(module)
+
+
+class LayerKind:
+    name = "linear"
+    input_dropout = True          # embeddings look up ids: dropout on the input makes no sense there
+    supports_dora = True
+
+    def check(self, layer: nn.Module) -> None:
+        """Raise ValueError if this particular layer cannot take LoRA."""
+
+    def shape(self, layer: nn.Module) -> tuple[int, int]:
+        return tuple(self.weight_matrix(layer).shape)
+
+    def weight(self, layer: nn.Module) -> torch.Tensor:
+        return layer.weight
+
+    def weight_matrix(self, layer: nn.Module) -> torch.Tensor:
+        return layer.weight
+
+    def to_weight_layout(self, layer: nn.Module, delta: torch.Tensor) -> torch.Tensor:
+        return delta
+
+    def lora_input(self, layer: nn.Module, x: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, A)
+
+    def lora_output(self, layer: nn.Module, a: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+        return F.linear(a, B)
+
+
+@register_kind(nn.Linear)
+class LinearKind(LayerKind):
+    """nn.Linear: weight (d, k) is already the matrix view; h = x·W0ᵀ."""
+
+
+def _conv1d_transformers() -> type | None:
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # transformers is optional for plain PyTorch models
+        return None
+    return Conv1D
+
+
+class TransposedLinearKind(LayerKind):
+    """GPT-2's Conv1D: a linear layer whose weight is stored transposed, (k, d); h = x·W + b."""
+    name = "conv1d-transposed"
+
+    def weight_matrix(self, layer: nn.Module) -> torch.Tensor:
+        return layer.weight.T
+
+    def to_weight_layout(self, layer: nn.Module, delta: torch.Tensor) -> torch.Tensor:
+        return delta.T
+
+
+if _conv1d_transformers() is not None:
+    register_kind(_conv1d_transformers())(TransposedLinearKind)
+
+
+@register_kind(nn.Embedding)
+class EmbeddingKind(LayerKind):
+    """nn.Embedding: a lookup table (num_embeddings, dim) is the linear map from a one-hot id
+    (k = num_embeddings) to a vector (d = dim), so W0 in the matrix view is weightᵀ and A·x is row
+    lookups of Aᵀ. (PEFT stores the same A (r, num) and B (dim, r) as lora_embedding_A/B.)"""
+    name = "embedding"
+    input_dropout = False
+    supports_dora = False
+
+    def weight_matrix(self, layer: nn.Embedding) -> torch.Tensor:
+        return layer.weight.T
+
+    def to_weight_layout(self, layer: nn.Module, delta: torch.Tensor) -> torch.Tensor:
+        return delta.T
+
+    def lora_input(self, layer: nn.Embedding, x: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+        return F.embedding(x, A.T, padding_idx=layer.padding_idx, max_norm=layer.max_norm,
+                           norm_type=layer.norm_type, scale_grad_by_freq=layer.scale_grad_by_freq,
+                           sparse=layer.sparse)
+
+
+@register_kind(nn.Conv1d, nn.Conv2d, nn.Conv3d)
+class ConvKind(LayerKind):
+    """Convolutions: A is a convolution with W0's kernel, stride and padding but r output channels;
+    B is a 1×…×1 convolution from r to the output channels (as PEFT does). In the matrix view
+    k = in_channels·prod(kernel) and ΔW = s·B·A reshapes back to W0's (out, in, *kernel)."""
+    name = "conv"
+    supports_dora = False
+
+    _conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+    def weight_matrix(self, layer: nn.Module) -> torch.Tensor:
+        return layer.weight.flatten(1)
+
+    def to_weight_layout(self, layer: nn.Module, delta: torch.Tensor) -> torch.Tensor:
+        return delta.reshape(layer.weight.shape)
+
+    def lora_input(self, layer: nn.Module, x: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+        kernel = A.reshape(A.shape[0], *layer.weight.shape[1:])
+        conv = self._conv[layer.weight.dim() - 2]
+        return conv(x, kernel, None, layer.stride, layer.padding, layer.dilation)
+
+    def lora_output(self, layer: nn.Module, a: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+        spatial = layer.weight.dim() - 2
+        return self._conv[spatial](a, B.reshape(*B.shape, *([1] * spatial)))
+
+    def check(self, layer: nn.Module) -> None:
+        if layer.groups != 1:
+            raise ValueError("LoRA on grouped convolutions is not supported (groups must be 1)")
+        if layer.padding_mode != "zeros":
+            raise ValueError(f"LoRA on convolutions with padding_mode={layer.padding_mode!r} is not supported")

@@ -1,0 +1,104 @@
+"""Variants: plug-ins that change how an adapter's ΔW is applied, with fixed hooks.
+
+Hooks (all receive the LoraLayer and the adapter's LoraFactors):
+  check(layer, f)     refuse layer kinds the variant cannot handle
+  init(layer, f)      create extra parameters after the factors are initialised
+  forward(layer, f, x, out) -> out   add the adapter's contribution to the base output
+  merge / unmerge     fold the adapter into W0 and take it out again
+
+The plain variant is LoRA itself. New variants register in VARIANTS by name.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+VARIANTS: dict[str, "Variant"] = {}
+
+
+def register_variant(cls):
+    VARIANTS[cls.name] = cls()
+    return cls
+
+
+@register_variant
+class Variant:
+    """Plain LoRA: h = W0·x + s·B·A·dropout(x)."""
+    name = "lora"
+
+    def check(self, layer, f) -> None:
+        pass
+
+    def init(self, layer, f) -> None:
+        pass
+
+    def forward(self, layer, f, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        return out + layer.lora_output(f, f.dropout(x))
+
+    def merge(self, layer, f) -> None:
+        layer.add_to_weight(f.delta_weight())
+
+    def unmerge(self, layer, f) -> None:
+        layer.add_to_weight(-f.delta_weight())
+
+
+PLAIN = VARIANTS["lora"]
+
+
+def _row_norm(W: torch.Tensor) -> torch.Tensor:
+    """‖W[i, :]‖₂ for each output row i of a (d, k) matrix -> (d,)."""
+    return torch.linalg.vector_norm(W, dim=1)
+
+
+@register_variant
+class DoRA(Variant):
+    """DoRA (Liu et al. 2024): split the adapted weight into magnitude and direction,
+
+        W' = m ⊙ (W0 + s·B·A) / ‖W0 + s·B·A‖      (norms per output row; m: (d,) trainable)
+
+    m starts at ‖W0 + s·B·A‖ so the output is unchanged at init. As in the paper (§4.3), the norm is
+    treated as a constant in backward, which saves memory and barely changes the gradients.
+    """
+    name = "dora"
+
+    def check(self, layer, f) -> None:
+        from loralab.core.lora import SlicedLoraFactors
+
+        if not layer.kind.supports_dora or isinstance(f, SlicedLoraFactors):
+            raise ValueError(f"DoRA is supported on linear layers only, not on {layer.kind.name}"
+                             + (" slices" if isinstance(f, SlicedLoraFactors) else ""))
+
+    def _gain(self, layer, f) -> torch.Tensor:
+        """m / ‖W0 + ΔW‖ per output row, (d,), with the norm detached."""
+        W0 = layer.kind.weight_matrix(layer.base_layer)
+        norm = _row_norm(W0 + f.delta_weight().to(W0.dtype)).detach()
+        return f.magnitude / norm
+
+    def init(self, layer, f) -> None:
+        with torch.no_grad():
+            W0 = layer.kind.weight_matrix(layer.base_layer)
+            f.magnitude = nn.Parameter(_row_norm(W0 + f.delta_weight().to(W0.dtype)).to(f.A.dtype))
+
+    def forward(self, layer, f, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        # out = W0·x + b; the adapted layer computes g·(W0 + ΔW)·x + b, i.e. out + (g - 1)·W0·x + g·ΔW·x.
+        g = self._gain(layer, f)
+        x_d = f.dropout(x)
+        W0 = layer.kind.weight_matrix(layer.base_layer)
+        # W0·dropout(x) is recomputed: `out` may already hold other adapters' contributions.
+        return out + (g - 1) * F.linear(x_d, W0) + g * layer.lora_output(f, x_d)
+
+    def merge(self, layer, f) -> None:
+        with torch.no_grad():
+            g = self._gain(layer, f)
+            W0 = layer.kind.weight_matrix(layer.base_layer)
+            merged = g[:, None] * (W0 + f.delta_weight())
+            f.register_buffer("merged_gain", g.clone(), persistent=False)
+            layer.add_to_weight(merged - W0)
+
+    def unmerge(self, layer, f) -> None:
+        with torch.no_grad():
+            W = layer.kind.weight_matrix(layer.base_layer)
+            W0 = W / f.merged_gain[:, None] - f.delta_weight()
+            layer.add_to_weight(W0 - W)
+            del f.merged_gain
