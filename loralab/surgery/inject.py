@@ -41,7 +41,11 @@ def resolve_config(model: nn.Module, config: LoraConfig) -> LoraConfig:
         return config
     preset = preset_for(model)
     data = config.to_dict()
-    data["targets"] = list(preset.targets)
+    names = list(_candidates(model))
+    targets = preset.targets
+    if preset.renamed_targets and not any(matches(n, targets[0]) for n in names):
+        targets = preset.renamed_targets
+    data["targets"] = list(targets)
     data["fused_slices"] = {**preset.fused_slices, **config.fused_slices}
     return LoraConfig(**data)
 
@@ -82,7 +86,7 @@ def select_modules(model: nn.Module, config: LoraConfig) -> dict[str, nn.Module]
                 if not any(matches(n, rule) for n in candidates):
                     near = nearest_names(rule, list(candidates) or all_names)
                     hint = f"; nearest module names: {', '.join(near)}" if near else ""
-                    what = "an adaptable layer" if any(matches(n, rule) for n in all_names) else "any module"
+                    what = "adaptable layer" if any(matches(n, rule) for n in all_names) else "module"
                     raise LoraLabError(f"target {rule!r} matches no {what} in {type(model).__name__}{hint}")
     chosen = {n: m for n, m in chosen.items() if first_match(n, config.exclude) is None}
     if not chosen:

@@ -18,6 +18,8 @@ class Preset:
     fused_slices: dict[str, list[bool]] = field(default_factory=dict)
     head: tuple[str, ...] = ()
     """Task heads created fresh for fine-tuning (trained in full via modules_to_save)."""
+    renamed_targets: tuple[str, ...] = ()
+    """The same matrices under the names another transformers version uses (tried if `targets` match nothing)."""
 
 
 _BERT_LIKE = Preset(("query", "value"), head=("classifier",))
@@ -32,7 +34,9 @@ PRESETS: dict[str, Preset] = {
                              "olmo", "olmo2", "phi3", "granite", "smollm3", "gpt_neo", "gptj", "opt")},
     **{t: Preset(("q", "v")) for t in ("t5", "mt5", "umt5")},
     **{t: Preset(("q_proj", "v_proj")) for t in ("bart", "mbart", "whisper", "marian", "pegasus")},
-    **{t: Preset(("query", "value"), head=("classifier",)) for t in ("vit", "deit", "dinov2")},
+    # transformers 5 renamed ViT's query/value to q_proj/v_proj.
+    **{t: Preset(("q_proj", "v_proj"), head=("classifier",), renamed_targets=("query", "value"))
+       for t in ("vit", "deit", "dinov2")},
 }
 
 

@@ -1,0 +1,126 @@
+"""Injection: presets per family, target rules, strictness, dry run, freezing, bias modes, modules_to_save."""
+import pytest
+import torch
+from torch import nn
+
+import loralab
+from loralab import LoraConfig, LoraLabError
+from loralab.testing import FAMILIES, model_output, tiny_inputs, tiny_model
+
+# family -> (number of adapted modules with the preset, suffix of the first one)
+PRESET_EXPECTED = {
+    "bert": (4, "attention.self.query"), "roberta": (4, "attention.self.query"), "gpt2": (2, "attn.c_attn"),
+    "llama": (4, "self_attn.q_proj"), "mistral": (4, "self_attn.q_proj"), "qwen2": (4, "self_attn.q_proj"),
+    "opt": (4, "self_attn.v_proj"), "t5": (12, "SelfAttention.q"), "vit": (4, "attention.q_proj"),
+}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_preset_adapts_wq_wv_and_output_is_unchanged(family):
+    model = tiny_model(family)
+    inputs = tiny_inputs(model)
+    before = model_output(model, inputs)
+    plan = loralab.plan_injection(model, LoraConfig(r=4))
+    loralab.inject(model, LoraConfig(r=4))
+    names = [n for n, _ in loralab.lora_layers(model)]
+    count, suffix = PRESET_EXPECTED[family]
+    assert len(names) == count and names[0].endswith(suffix)
+    assert torch.equal(model_output(model, inputs), before)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert trainable == sum(p.num_params for p in plan)
+
+
+def test_parameter_count_is_2_L_d_r_per_matrix_type():
+    model = tiny_model("bert")          # hidden 32, 2 layers; Wq and Wv
+    loralab.inject(model, LoraConfig(r=4))
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 2 * (2 * 2) * 32 * 4
+
+
+def test_gpt2_preset_adapts_q_and_v_slices_of_c_attn():
+    model = tiny_model("gpt2")          # n_embd 32: c_attn is 32 -> 96
+    plan = loralab.plan_injection(model, LoraConfig(r=2))
+    assert [p.slices for p in plan] == [(True, False, True)] * 2
+    assert all(p.num_params == 2 * 2 * 32 * 2 for p in plan)   # q and v: 2·d·r each
+
+
+def test_plan_works_on_meta_device():
+    from transformers import GPT2Config, GPT2Model
+    with torch.device("meta"):
+        model = GPT2Model(GPT2Config(n_embd=1024, n_layer=24, n_head=16))    # GPT-2 medium
+    plan = loralab.plan_injection(model, LoraConfig(r=4))
+    assert sum(p.num_params for p in plan) == 393_216     # the paper's "0.35M" (formula: 0.39M)
+
+
+def test_target_rules_suffix_exact_regex_and_exclude():
+    model = tiny_model("llama")
+    full = "model.layers.1.self_attn.k_proj"
+    plan = loralab.plan_injection(model, LoraConfig(targets=["re:.*\\.(q|o)_proj", full], exclude=["layers.0.self_attn.o_proj"]))
+    assert sorted(p.name for p in plan) == sorted([
+        "model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.q_proj",
+        "model.layers.1.self_attn.o_proj", full])
+
+
+def test_all_linear_skips_output_head():
+    model = tiny_model("llama")
+    names = {p.name for p in loralab.plan_injection(model, LoraConfig(targets="all-linear"))}
+    assert len(names) == 2 * 7 and "lm_head" not in names     # q,k,v,o,gate,up,down per layer
+
+
+def test_unknown_target_lists_nearest_names():
+    model = tiny_model("llama")
+    with pytest.raises(LoraLabError, match=r"target 'q_prj' matches no module .*nearest module names: .*q_proj"):
+        loralab.inject(model, LoraConfig(targets=["q_prj"]))
+    with pytest.raises(LoraLabError, match="matches no adaptable layer"):
+        loralab.inject(model, LoraConfig(targets=["self_attn"]))
+    assert not list(loralab.lora_layers(model))      # nothing half-done
+
+
+def test_plain_pytorch_model_needs_targets():
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    with pytest.raises(LoraLabError, match="no transformers config"):
+        loralab.inject(model, LoraConfig())
+    loralab.inject(model, LoraConfig(targets=["0", "2"], r=2))
+    assert [n for n, _ in loralab.lora_layers(model)] == ["0", "2"]
+
+
+def test_rank_and_alpha_patterns_apply_per_module():
+    model = tiny_model("bert")
+    loralab.inject(model, LoraConfig(r=4, rank_pattern={"layer.1.attention.self.value": 2}, alpha_pattern={"query": 1}))
+    layers = dict(loralab.lora_layers(model))
+    assert layers["bert.encoder.layer.1.attention.self.value"].lora_adapters["default"].r == 2
+    assert layers["bert.encoder.layer.0.attention.self.query"].lora_adapters["default"].scale == 0.25
+    assert layers["bert.encoder.layer.0.attention.self.value"].lora_adapters["default"].scale == 4.0
+
+
+@pytest.mark.parametrize("bias, expected", [("none", 0), ("lora_only", 4 * 32), ("all", None)])
+def test_bias_modes(bias, expected):
+    model = tiny_model("bert")
+    all_bias = sum(p.numel() for n, p in model.named_parameters() if n.endswith("bias"))
+    loralab.inject(model, LoraConfig(r=4, bias=bias))
+    trained_bias = sum(p.numel() for n, p in model.named_parameters() if n.endswith("bias") and p.requires_grad)
+    assert trained_bias == (all_bias if expected is None else expected)
+
+
+def test_modules_to_save_trains_a_copy_and_summary_line():
+    model = tiny_model("bert")
+    loralab.inject(model, LoraConfig(r=4, modules_to_save=["classifier"]))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert "classifier.trainable_copies.default.weight" in trainable
+    assert "classifier.original_module.weight" not in trainable
+    assert model.classifier.out_features == 3                    # attribute access passes through
+    n_train = 4 * (4 * 32 + 32 * 4) + 3 * 32 + 3      # 4 adapted matrices + the head copy
+    assert loralab.trainable_summary(model).startswith(f"trainable params: {n_train:,} || all params: ")
+
+
+def test_second_adapter_and_bad_names():
+    model = tiny_model("bert")
+    loralab.inject(model, LoraConfig(r=4))
+    with pytest.raises(LoraLabError, match="already exists"):
+        loralab.inject(model, LoraConfig(r=4))
+    with pytest.raises(LoraLabError, match="without dots"):
+        loralab.inject(model, LoraConfig(r=4), adapter="a.b")
+    loralab.inject(model, LoraConfig(r=2, targets=["query"]), adapter="second")
+    layer = dict(loralab.lora_layers(model))["bert.encoder.layer.0.attention.self.query"]
+    assert set(layer.lora_adapters) == {"default", "second"}
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(".second." in n for n in trainable)
