@@ -1,0 +1,71 @@
+"""Dry run: list every module a LoRA config would adapt, with shapes and parameter counts.
+
+The model is built on the meta device from its config.json, so even a large model costs no memory."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from loralab.cli.lora_args import add_lora_arguments, lora_config_from_args
+from loralab.errors import LoraLabError
+
+TASKS = ("base", "sequence-classification", "causal-lm")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="a model folder (with config.json) or a config.json file")
+    parser.add_argument("--task", choices=TASKS, default=None,
+                        help="which head to build (default: from the config's architectures)")
+    parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+    add_lora_arguments(parser)
+
+
+def meta_model(path: str, task: str | None = None):
+    """The model of a folder/config.json built on the meta device (no weights read, no memory used)."""
+    import torch
+    import transformers
+
+    p = Path(path)
+    config_file = p / "config.json" if p.is_dir() else p
+    if not config_file.is_file():
+        raise LoraLabError(f"{path} is neither a model folder with config.json nor a config.json file")
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(config_file))
+    except (ValueError, OSError, json.JSONDecodeError) as exc:
+        raise LoraLabError(f"cannot read {config_file}: {str(exc).splitlines()[0]}") from None
+    auto = {"base": transformers.AutoModel, "sequence-classification": transformers.AutoModelForSequenceClassification,
+            "causal-lm": transformers.AutoModelForCausalLM}
+    with torch.device("meta"):
+        if task is None and getattr(config, "architectures", None):
+            cls = getattr(transformers, config.architectures[0], None)
+            if cls is not None:
+                return cls(config)
+        return auto[task or "base"].from_config(config)
+
+
+def format_plan(plan, total_params: int) -> str:
+    rows = [("module", "kind", "ΔW shape", "r", "alpha", "params")]
+    for p in plan:
+        shape = f"{p.d_out}×{p.d_in}" + (f" slices {''.join('x' if s else '-' for s in p.slices)}" if p.slices else "")
+        rows.append((p.name, p.kind, shape, str(p.r), f"{p.alpha:g}", f"{p.num_params:,}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(6)]
+    lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    trainable = sum(p.num_params for p in plan)
+    lines.append(f"{len(plan)} modules, trainable LoRA params: {trainable:,} of {total_params:,} "
+                 f"({100.0 * trainable / total_params:.4f}%)")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from loralab.surgery.inject import plan_injection
+
+    model = meta_model(args.model, args.task)
+    plan = plan_injection(model, lora_config_from_args(args))
+    total = sum(p.numel() for p in model.parameters())
+    if args.json:
+        print(json.dumps([p.__dict__ for p in plan], indent=2))
+    else:
+        print(format_plan(plan, total))
+    return 0
