@@ -819,9 +819,10 @@ def _fit_causal(prompt: list[int], target: list[int], limit: int, bos_id: int | 
 
 
 def encode_examples(examples: Sequence[Example], tokenizer: Any, task: Task,
-                    label_map: LabelMap | None = None) -> EncodedDataset:
-    """Tokenize examples for `task`. With a label_map (classifiers) or targets (causal LM), labels are
-    included; without them (prediction inputs) features hold inputs only.
+                    label_map: LabelMap | None = None, include_labels: bool = True) -> EncodedDataset:
+    """Tokenize examples for `task`. Labels are included when include_labels is True and there is a
+    label_map (classifiers) or a target (causal LM); otherwise features hold inputs only (prediction,
+    and the prompts of generation-based evaluation).
 
     Causal LM: input_ids = prompt ids + target ids + [eos]; labels = IGNORE_INDEX for every prompt token,
     then the target ids and eos, so the loss covers only the target. Prompt and target are tokenized
@@ -833,7 +834,12 @@ def encode_examples(examples: Sequence[Example], tokenizer: Any, task: Task,
         raise LoraLabError("no examples to encode")
     limit = task.token_limit
     if task.kind == "causal-lm":
-        return _encode_causal(examples, tokenizer, task, limit)
+        return _encode_causal(examples, tokenizer, task, limit, include_labels)
+    if not include_labels:
+        label_map = None
+    if label_map is not None and label_map.regression != (task.kind == "regression"):
+        raise LoraLabError(f"the label map is for {'regression' if label_map.regression else 'classification'} "
+                           f"but the task is {task.kind}")
 
     texts = [example.text for example in examples]
     pairs = None
@@ -855,19 +861,17 @@ def encode_examples(examples: Sequence[Example], tokenizer: Any, task: Task,
         if "token_type_ids" in encoded:
             feature["token_type_ids"] = encoded["token_type_ids"][i]
         if label_map is not None:
-            if label_map.regression != (task.kind == "regression"):
-                raise LoraLabError(f"label map is for {'regression' if label_map.regression else 'classification'} "
-                                   f"but the task is {task.kind}")
             feature["labels"] = label_map.encode(example.label, example.source, example.line)
         features.append(feature)
     return EncodedDataset(features, examples, task)
 
 
-def _encode_causal(examples: Sequence[Example], tokenizer: Any, task: Task, limit: int) -> EncodedDataset:
+def _encode_causal(examples: Sequence[Example], tokenizer: Any, task: Task, limit: int,
+                   include_labels: bool) -> EncodedDataset:
     prompts = [format_prompt(example.text, tokenizer, task) for example in examples]
     # The chat template already writes BOS and role markers; adding special tokens again would double them.
     prompt_ids = _tokenize(tokenizer, prompts, add_special_tokens=not task.chat_template)["input_ids"]
-    with_target = [i for i, example in enumerate(examples) if example.target is not None]
+    with_target = [i for i, example in enumerate(examples) if include_labels and example.target is not None]
     target_ids: dict[int, list[int]] = {}
     if with_target:
         eos_id = tokenizer.eos_token_id

@@ -295,6 +295,8 @@ def test_causal_lm_labels_cover_only_target_and_eos():
     assert encoded[0]["labels"] == [IGNORE_INDEX] * 5 + target
     assert encoded[1] == {"input_ids": [1] + [vocab[w] for w in "area : city centre".split()]}  # prompt only
     assert encoded.lengths == [9, 5]
+    prompts = encode_examples(examples, tokenizer, Task("causal-lm"), include_labels=False)
+    assert prompts[0] == {"input_ids": prompt}
 
 
 def test_causal_lm_truncates_prompt_from_the_left_and_keeps_target():
@@ -342,8 +344,10 @@ def test_classification_pair_and_regression_encoding():
         encode_examples(examples, tokenizer, Task("classification"), LabelMap(("1", "2")))
     with pytest.raises(LoraLabError, match="needs a second text"):
         encode_examples(examples, tokenizer, Task("pair-classification"), labels)
-    unlabelled = encode_examples(examples, tokenizer, Task("classification"))
-    assert "labels" not in unlabelled[0]
+    assert "labels" not in encode_examples(examples, tokenizer, Task("classification"))[0]
+    assert "labels" not in encode_examples(examples, tokenizer, Task("classification"), labels, include_labels=False)[0]
+    with pytest.raises(LoraLabError, match="label map is for regression but the task is classification"):
+        encode_examples(examples, tokenizer, Task("classification"), LabelMap(regression=True))
 
 
 def test_cli_flags_override_only_what_is_given():
