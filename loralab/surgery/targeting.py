@@ -25,22 +25,18 @@ def first_match(name: str, rules: Iterable[str]) -> str | None:
 
 
 def nearest_names(rule: str, names: list[str], n: int = 5) -> list[str]:
-    """Module names closest to a rule that matched nothing, for the error message."""
+    """Module names closest to a rule that matched nothing, for the error message.
+
+    Users type short names ("q_proj") while module names are long ("model.layers.0.self_attn.q_proj"),
+    so every dotted suffix of every name is a candidate; each hit is shown as one full module name."""
     text = rule[len(REGEX_PREFIX):] if rule.startswith(REGEX_PREFIX) else rule
-    # Compare against short suffixes too: users type "q_proj", names are "model.layers.0.self_attn.q_proj".
-    candidates = {}
+    example_of: dict[str, str] = {}
     for name in names:
         parts = name.split(".")
         for i in range(len(parts)):
-            candidates.setdefault(".".join(parts[i:]), name)
-    close = difflib.get_close_matches(text, list(candidates), n=n * 3, cutoff=0.5)
-    seen, result = set(), []
-    for c in close:
-        short = c if "." not in c else c
-        if short not in seen:
-            seen.add(short)
-            result.append(short)
-    return result[:n]
+            example_of.setdefault(".".join(parts[i:]), name)
+    close = difflib.get_close_matches(text, list(example_of), n=n, cutoff=0.5)
+    return list(dict.fromkeys(example_of[c] for c in close))
 
 
 def output_head_names(model: nn.Module) -> set[str]:
