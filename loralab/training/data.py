@@ -172,7 +172,7 @@ def _decode_error(path: Path, encoding: str, exc: UnicodeDecodeError) -> LoraLab
             except UnicodeDecodeError as line_exc:
                 bad = raw[line_exc.start:line_exc.start + 1].hex()
                 return LoraLabError(
-                    f"{path}:{number}: byte 0x{bad} at character {line_exc.start + 1} is not valid {encoding}; "
+                    f"{path}:{number}: byte 0x{bad} (byte {line_exc.start + 1} of the line) is not valid {encoding}; "
                     f"pass the file's encoding with --encoding (e.g. latin-1)"
                 )
     return LoraLabError(f"{path}: not valid {encoding} ({exc.reason}); pass the file's encoding with --encoding")
