@@ -10,6 +10,7 @@ import math
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from loralab.analysis.amplification import ModuleAmplification
 from loralab.analysis.spectrum import ModuleSpectrum
@@ -47,11 +48,13 @@ def spectrum_figures(spectra: list[ModuleSpectrum], title: str = "", per_figure:
         fig = Figure(figsize=(3.4 * cols, 2.6 * rows + 0.6))
         for n, (spec, label) in enumerate(chunk):
             ax = fig.add_subplot(rows, cols, n + 1)
-            idx = list(range(1, len(spec.singular_values) + 1))
-            positive = [max(v, 1e-300) for v in spec.singular_values]
-            ax.bar(idx, positive, color="tab:blue")
-            if any(v > 0 for v in spec.singular_values):
+            # Markers, not bars: on a log axis a bar's height depends on where the axis happens to start.
+            points = [(i + 1, v) for i, v in enumerate(spec.singular_values) if v > 0]
+            if points:
+                ax.plot([p[0] for p in points], [p[1] for p in points], "o-", color="tab:blue", markersize=3)
                 ax.set_yscale("log")
+            ax.set_xlim(0.5, max(len(spec.singular_values), 1) + 0.5)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_title(f"{label}\nerank {spec.effective_rank:.2f} · srank {spec.stable_rank:.2f}", fontsize=8)
             ax.set_xlabel("i", fontsize=7)
             ax.set_ylabel("σ_i(ΔW)", fontsize=7)
@@ -76,7 +79,7 @@ def rank_summary_figure(spectra: list[ModuleSpectrum], title: str = "") -> bytes
     ax.set_xticks(x)
     ax.set_xticklabels(labels, rotation=75, fontsize=6, ha="right")
     ax.set_ylabel("rank")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title(f"{title} rank of ΔW per module".strip(), fontsize=10)
     fig.tight_layout()
     return _png(fig)
@@ -94,6 +97,8 @@ def similarity_figure(sim: ModuleSimilarity, labels: tuple[str, str] = ("adapter
         axes.append(ax)
         image = ax.imshow(grid, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto", origin="upper",
                           extent=(0.5, sim.r2 + 0.5, sim.r1 + 0.5, 0.5), interpolation="nearest")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(title, fontsize=8)
         ax.set_xlabel(f"j (top-j of {labels[1]}, r = {sim.r2})", fontsize=7)
         ax.set_ylabel(f"i (top-i of {labels[0]}, r = {sim.r1})", fontsize=7)
@@ -119,7 +124,7 @@ def similarity_summary_figure(sims: list[ModuleSimilarity], labels: tuple[str, s
     ax.set_xticklabels(names, rotation=75, fontsize=6, ha="right")
     ax.set_ylim(0, 1)
     ax.set_ylabel("φ")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title(f"subspace similarity, {labels[0]} vs {labels[1]}", fontsize=10)
     fig.tight_layout()
     return _png(fig)
@@ -148,8 +153,8 @@ def amplification_figure(amps: list[ModuleAmplification], title: str = "") -> by
     ax2.set_yscale("log")
     ax2.set_xticks(x)
     ax2.set_xticklabels(names, rotation=75, fontsize=6, ha="right")
-    ax2.set_ylabel("‖UᵀWVᵀ‖_F")
-    ax2.legend(fontsize=7)
+    ax2.set_ylabel("Frobenius norm")
+    ax2.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax2.set_title("W projected on r-dim subspaces", fontsize=10)
     fig.tight_layout()
     return _png(fig)

@@ -1,0 +1,61 @@
+"""Spectra, subspace similarity and ΔW-versus-W amplification of trained LoRA adapters, as an HTML report with CSV/JSON numbers.
+
+One adapter folder: singular value spectrum, effective and stable rank of every ΔW.
+Two adapter folders: also the paper's subspace similarity φ(i, j) per module (e.g. r=8 vs r=64, two seeds).
+With --base MODEL_DIR: also ΔW versus W (paper Table 7) and the amplification factor per module.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+
+from loralab.errors import LoraLabError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("adapters", nargs="+", metavar="ADAPTER_DIR",
+                        help="one or two adapter folders (adapter_config.json + adapter_model.safetensors)")
+    parser.add_argument("--base", metavar="MODEL_DIR", default=None,
+                        help="transformers folder of the base model: adds ΔW versus W and the amplification factor")
+    parser.add_argument("--out", metavar="DIR", required=True, help="folder for report.html, CSV/JSON and figures")
+    parser.add_argument("--factor", choices=["A", "B"], default="A",
+                        help="subspace similarity on A's right-singular vectors (paper, default) or B's left ones")
+    parser.add_argument("--trials", type=int, default=20, help="random draws per baseline (default 20)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random baselines (default 0)")
+    parser.add_argument("--no-split-fused", action="store_true",
+                        help="analyse a fused projection (GPT-2 c_attn q,v) as one ΔW instead of one per slice")
+
+
+def run(args: argparse.Namespace) -> int:
+    from loralab.analysis.report import analyze_adapters, write_report
+
+    if len(args.adapters) > 2:
+        raise LoraLabError(f"analyze takes one or two adapter folders, got {len(args.adapters)}; "
+                           f"run it once per pair to compare more")
+    if args.trials < 1:
+        raise LoraLabError(f"--trials must be ≥ 1, got {args.trials}")
+    report = analyze_adapters(args.adapters, base=args.base, factor=args.factor, trials=args.trials,
+                              seed=args.seed, split_fused=not args.no_split_fused)
+    written = write_report(report, args.out)
+
+    for a in report.adapters:
+        print(f"{a.label}: {len(a.spectra)} ΔW")
+        print(f"  {'module':<48} {'r':>4} {'‖ΔW‖_F':>10} {'eff.rank':>9} {'st.rank':>8}"
+              + (f" {'amplif.':>9}" if a.amplification else ""))
+        amps = {m.name: m for m in a.amplification or []}
+        for s in a.spectra:
+            line = f"  {s.name[-48:]:<48} {s.r:>4} {s.frobenius:>10.4g} {s.effective_rank:>9.3f} {s.stable_rank:>8.3f}"
+            if s.name in amps:
+                amp = amps[s.name].amplification
+                line += f" {amp:>9.3g}" if math.isfinite(amp) else f" {'–':>9}"
+            print(line)
+    if report.similarity:
+        print(f"subspace similarity ({report.similarity[0].factor}): {len(report.similarity)} shared modules")
+        print(f"  {'module':<48} {'φ(1,1)':>7} {'random':>7} {'mean φ':>7} {'random':>7}")
+        for s in report.similarity:
+            print(f"  {s.name[-48:]:<48} {s.top_overlap:>7.3f} {s.random_mean[0][0]:>7.3f} {s.mean_phi:>7.3f} "
+                  f"{s.mean_expected:>7.3f}")
+    for note in report.notes:
+        print(f"note: {note}")
+    print(f"report: {written['html']}")
+    return 0
