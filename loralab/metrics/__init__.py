@@ -2,7 +2,8 @@
 
     from loralab.metrics import score_file
     score_file("predictions.txt", "../shared/data/e2e/test.txt")
-    # {"BLEU": 70.4, "NIST": 8.85, "METEOR": 46.8, "ROUGE_L": 71.8, "CIDEr": 2.53} for the paper's LoRA
+    # {"BLEU": …, "NIST": …, "METEOR": …, "ROUGE_L": …, "CIDEr": …} on the paper's scales
+    # (its LoRA row reads 70.4, 8.85, 46.8, 71.8, 2.53)
 
 See docs/metrics.md for how each metric is computed and how it differs from the official script.
 """

@@ -115,6 +115,9 @@ def score_file(predictions_path: str | os.PathLike[str], references_path: str | 
     against an E2E `mr||text` file; returns `score_e2e`'s dict."""
     _, references = read_e2e_references(references_path)
     predictions = read_predictions(predictions_path)
+    # blank lines after the last output are an editor's trailing newlines, not empty outputs
+    while len(predictions) > len(references) and not predictions[-1]:
+        predictions.pop()
     if len(predictions) != len(references):
         raise LoraLabError(f"{predictions_path} has {len(predictions)} lines but {references_path} has "
                            f"{len(references)} distinct meaning representations; write one output per MR, "

@@ -80,6 +80,8 @@ def test_score_file_checks_the_line_count(tmp_path):
     assert read_predictions(good) == ["a cheap pub .", "an expensive cafe ."]
     scores = score_file(good, refs)
     assert scores["BLEU"] == pytest.approx(100.0) and scores["ROUGE_L"] == pytest.approx(100.0)
+    trailing = write(tmp_path / "trailing.txt", "a cheap pub .\nan expensive cafe .\n\n\n")
+    assert score_file(trailing, refs) == scores
     bad = write(tmp_path / "bad.txt", "a cheap pub .\n")
     with pytest.raises(LoraLabError, match="1 lines but .* has 2 distinct meaning representations"):
         score_file(bad, refs)

@@ -53,7 +53,8 @@ def test_cider_hand_computed():
 
 def test_cider_gaussian_length_penalty_and_reference_averaging():
     # hyp "a b c" vs ref "a b c d": 2 vs 3 bigrams -> penalty exp(-1/(2·6²)) on every order.
-    #   n=1: 3L² / (√3 L · 2L) = √3/2;  n=2: 2L² / (√2 L · √3 L) = √(2/3);  n=3: L² / (1 · √2 L²) = 1/√2;  n=4: 0
+    #   n=1: 3L² / (√3 L · 2L) = √3/2;   n=2: 2L² / (√2 L · √3 L) = √(2/3);
+    #   n=3: L² / (L · √2 L) = 1/√2;     n=4: the hypothesis has no 4-gram -> 0
     # (a second segment "e f g h" keeps idf non-zero)
     penalty = math.exp(-1 / 72)
     expected = 10 * penalty * (math.sqrt(3) / 2 + math.sqrt(2 / 3) + 1 / math.sqrt(2)) / 4
