@@ -1,0 +1,84 @@
+"""Trainable parameters, adapter file size and training memory of a LoRA config, before any training.
+
+Examples:
+  loralab budget --shape gpt3-175b --r 1 8 --targets q v
+  loralab budget --model path/to/model_folder --r 8 --targets q v o --batch-size 16 --seq-len 128
+  loralab budget --shape llama-7b --targets all-linear --dtype bf16 --attention flash --json
+  loralab budget --list-shapes
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+# Only light modules at import time: torch and transformers load in run(), so --help stays fast.
+from loralab.budget.shapes import SHAPES
+from loralab.errors import LoraLabError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = "\n".join(__doc__.strip().splitlines()[2:])
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--shape", metavar="NAME",
+                        help=f"a named model shape: {', '.join(SHAPES)} (see --list-shapes)")
+    source.add_argument("--model", metavar="PATH",
+                        help="a transformers model folder or its config.json (only the config is read)")
+    parser.add_argument("--list-shapes", action="store_true", help="list the named shapes and exit")
+    parser.add_argument("--architecture", metavar="CLASS",
+                        help="transformers class to count, e.g. BertForSequenceClassification "
+                             "(default: the shape's / config's own, else AutoModel)")
+    lora = parser.add_argument_group("LoRA")
+    lora.add_argument("--r", type=int, nargs="+", default=[8], metavar="R", help="rank(s) to compare (default 8)")
+    lora.add_argument("--targets", nargs="+", metavar="T",
+                      help="roles q k v o gate up down (the paper's Wq, Wk, Wv, Wo and the MLP), module names, "
+                           "'re:' regexes, or all-linear (default: the architecture preset, Wq and Wv)")
+    lora.add_argument("--exclude", nargs="+", default=[], metavar="T", help="modules never adapted")
+    lora.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha (shown only; it changes no size)")
+    lora.add_argument("--dora", action="store_true", help="DoRA: one trainable magnitude per output row")
+    lora.add_argument("--bias", choices=("none", "all", "lora_only"), default="none",
+                      help="biases that train and are saved too (default none)")
+    lora.add_argument("--lora-dropout", type=float, default=0.0, metavar="P",
+                      help="LoRA dropout; p > 0 stores each adapter's dropped-out input (default 0)")
+    train = parser.add_argument_group("training memory")
+    train.add_argument("--batch-size", type=int, default=1, help="sequences per step (default 1)")
+    train.add_argument("--seq-len", type=int, default=512, help="tokens per sequence (default 512)")
+    train.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp16",
+                       help="training dtype of weights, gradients, activations (default fp16)")
+    train.add_argument("--attention", choices=("eager", "flash"), default="eager",
+                       help="eager keeps the a*s^2 attention probabilities (Korthikanti et al.); "
+                            "flash keeps none (default eager)")
+    train.add_argument("--no-master-weights", action="store_true",
+                       help="with fp16/bf16, do not count an fp32 master copy of the trained parameters")
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON instead of tables")
+
+
+def _list_shapes() -> str:
+    width = max(len(name) for name in SHAPES)
+    lines = [f"{name:<{width}}  {shape.description}" + (f"  (also: {', '.join(shape.aliases)})" if shape.aliases else "")
+             for name, shape in SHAPES.items()]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.list_shapes:
+        print(_list_shapes())
+        return 0
+    if not args.shape and not args.model:
+        raise LoraLabError("give --shape NAME or --model PATH (see `loralab budget --list-shapes`)")
+    from loralab.budget.memory import TrainingSetup
+    from loralab.budget.report import estimate_budgets, format_report, report_dict
+    from loralab.budget.shapes import find_shape
+
+    source = find_shape(args.shape) if args.shape else Path(args.model)
+    setup = TrainingSetup(batch_size=args.batch_size, seq_len=args.seq_len, dtype=args.dtype,
+                          master_weights=not args.no_master_weights, attention=args.attention)
+    budgets = estimate_budgets(source, args.r, args.targets, setup=setup, architecture=args.architecture,
+                               alpha=args.alpha, exclude=args.exclude, dora=args.dora, bias=args.bias,
+                               dropout=args.lora_dropout)
+    if args.json:
+        print(json.dumps(report_dict(budgets), indent=2))
+    else:
+        print(format_report(budgets))
+    return 0
