@@ -136,9 +136,8 @@ def lora_budget(skeleton: ModelSkeleton, lora_config, setup: TrainingSetup | Non
         dense = _file_tensors(plan, skeleton.model, lora_config, dense_slices=True)
         saved_values = sum(math.prod(shape) for _, shape in dense)
         saved_sizes = _file_sizes(saved_values, dense, metadata)
-        notes.append("fused projection adapted slice by slice: the trainable values are what the paper's "
-                     "reference code stores; loralab.save_adapter writes PEFT's layout, whose B spans the "
-                     f"whole fused output with zero rows for frozen slices ({saved_values:,} values)")
+        notes.append("fused projection adapted slice by slice: the tensor sizes above are the trainable values "
+                     "(what the paper's reference code stores); PEFT's layout repeats B's zero rows")
     if lora_config.dropout > 0:
         notes.append(f"LoRA dropout {lora_config.dropout:g}: each adapted layer also keeps its dropped-out input "
                      f"and mask for backward (counted in the LoRA activations)")
