@@ -6,18 +6,48 @@
     loralab.save_adapter(model, "out/adapter")                          # PEFT-compatible folder
     loralab.merge(model)                                                # W0 += (alpha/r)·B·A: zero latency
 """
-from loralab.adapters.operations import (active_adapter, combine_adapters, delete_adapter, disabled, is_merged,
-                                         list_adapters, merge, merge_and_unload, set_adapter, unmerge)
-from loralab.adapters.state import lora_layers
+from __future__ import annotations
+
+import importlib
+
 from loralab.errors import LoraLabError
-from loralab.formats.peft import load_adapter, read_adapter, save_adapter
-from loralab.surgery.config import LoraConfig
-from loralab.surgery.inject import PlannedModule, inject, plan_injection, trainable_summary
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "LoraConfig", "LoraLabError", "PlannedModule", "active_adapter", "combine_adapters", "delete_adapter",
-    "disabled", "inject", "is_merged", "list_adapters", "load_adapter", "lora_layers", "merge", "merge_and_unload",
-    "plan_injection", "read_adapter", "save_adapter", "set_adapter", "trainable_summary", "unmerge",
-]
+# Public name -> module. Loaded on first use (PEP 562) so that `loralab --help` and light commands
+# do not pay for importing torch and transformers.
+_EXPORTS = {
+    "LoraConfig": "loralab.surgery.config",
+    "PlannedModule": "loralab.surgery.inject",
+    "inject": "loralab.surgery.inject",
+    "plan_injection": "loralab.surgery.inject",
+    "trainable_summary": "loralab.surgery.inject",
+    "lora_layers": "loralab.adapters.state",
+    "active_adapter": "loralab.adapters.operations",
+    "combine_adapters": "loralab.adapters.operations",
+    "delete_adapter": "loralab.adapters.operations",
+    "disabled": "loralab.adapters.operations",
+    "is_merged": "loralab.adapters.operations",
+    "list_adapters": "loralab.adapters.operations",
+    "merge": "loralab.adapters.operations",
+    "merge_and_unload": "loralab.adapters.operations",
+    "set_adapter": "loralab.adapters.operations",
+    "unmerge": "loralab.adapters.operations",
+    "load_adapter": "loralab.formats.peft",
+    "read_adapter": "loralab.formats.peft",
+    "save_adapter": "loralab.formats.peft",
+}
+
+__all__ = ["LoraLabError", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'loralab' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

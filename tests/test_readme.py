@@ -25,4 +25,4 @@ def test_readme_example_runs(tmp_path, monkeypatch):
     import loralab
     assert loralab.is_merged(model)
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
-    assert "trainable params: 74,115 ||" in loralab.trainable_summary(model)   # 12·2·384·8 + 3·384 + 3
+    assert "trainable params: 74,883 ||" in loralab.trainable_summary(model)   # 12·2·384·8 + 3·384 + 3
