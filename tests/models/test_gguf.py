@@ -221,3 +221,23 @@ def test_unsupported_architecture_is_a_user_error(tmp_path, cache, make_gguf):
     with pytest.raises(LoraLabError, match="cannot load .*notanarch"):
         ensure_plain_model(path)
     assert list((cache / "gguf").iterdir()) == []
+
+
+def test_losing_a_conversion_race_returns_the_winners_folder(tiny_gguf, cache, monkeypatch, token_ids):
+    gguf_path, reference = tiny_gguf
+    original = gguf_module._convert_gguf
+    calls = []
+
+    def racing(path: Path, out_dir: Path) -> None:
+        calls.append(out_dir)
+        if len(calls) == 1:
+            # another process finishes the same file while this one is still converting
+            winner = ensure_plain_model(path)
+            assert winner.is_dir()
+        original(path, out_dir)
+
+    monkeypatch.setattr(gguf_module, "_convert_gguf", racing)
+    folder = ensure_plain_model(gguf_path)
+    assert len(calls) == 2
+    assert [p.name for p in (cache / "gguf").iterdir()] == [folder.name]  # the loser's scratch is gone
+    torch.testing.assert_close(_logits(folder, token_ids), reference(token_ids).logits, rtol=0, atol=1e-6)
