@@ -13,7 +13,7 @@ def python_blocks() -> list[str]:
 
 def test_readme_has_a_short_usage_example():
     blocks = python_blocks()
-    assert blocks and len(blocks[0].strip().splitlines()) <= 14
+    assert blocks and len(blocks[0].strip().splitlines()) <= 10
 
 
 def test_readme_example_runs(tmp_path, monkeypatch):
