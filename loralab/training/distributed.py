@@ -1,0 +1,147 @@
+"""Data-parallel training on torch.distributed, set up from the environment torchrun writes.
+
+    torchrun --nproc_per_node=2 -m loralab train ...         # one machine, two processes
+    dist = setup()                                           # reads RANK, WORLD_SIZE, LOCAL_RANK
+    model = wrap(model, dist)                                # DDP after LoRA injection
+
+Backend: gloo on CPU, NCCL when CUDA is available. DDP is wrapped *after* `loralab.inject`, so it sees
+the frozen base weights as requires_grad=False and neither registers hooks for them nor all-reduces
+them: only the LoRA factors (and modules_to_save copies) are synchronised. `synchronised_parameters`
+lists what DDP will reduce, which tests compare with the trainable set.
+Only rank 0 writes files and prints; every rank holds the same trained weights after each step.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from loralab.errors import LoraLabError
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits: rank among world_size processes, local_rank on its machine."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def device(self) -> torch.device:
+        if self.backend == "nccl":
+            return torch.device("cuda", self.local_rank)
+        return torch.device("cpu")
+
+
+def env_world_size() -> int:
+    """WORLD_SIZE from the environment (torchrun sets it), 1 when absent."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        raise LoraLabError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not an integer") from None
+
+
+def setup(backend: str | None = None, timeout_s: float = 1800.0) -> DistInfo:
+    """Join the process group described by the torchrun environment; a single process when WORLD_SIZE is
+    unset or 1. backend None picks NCCL with CUDA, else gloo."""
+    world_size = env_world_size()
+    if world_size <= 1:
+        return DistInfo()
+    import torch.distributed as dist
+
+    missing = [k for k in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+    if missing:
+        raise LoraLabError(f"WORLD_SIZE={world_size} but {', '.join(missing)} is not set; launch with torchrun")
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    return DistInfo(rank, world_size, local_rank, backend)
+
+
+def cleanup(info: DistInfo) -> None:
+    if info.enabled:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def wrap(model: nn.Module, info: DistInfo) -> nn.Module:
+    """DDP around an injected model (unchanged when not distributed). Call after `loralab.inject`."""
+    if not info.enabled:
+        return model
+    if not any(p.requires_grad for p in model.parameters()):
+        raise LoraLabError("no trainable parameters to synchronise; inject an adapter before wrapping")
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [info.local_rank] if info.device.type == "cuda" else None
+    # broadcast_buffers=False: the models here have no running statistics that training changes.
+    return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DDP wrapper (or the model itself)."""
+    return getattr(model, "module", model)
+
+
+def synchronised_parameters(ddp_model: nn.Module) -> list[str]:
+    """Names of the parameters DDP all-reduces (its reducer covers exactly these)."""
+    inner = unwrap(ddp_model)
+    ignored = set(getattr(ddp_model, "parameters_to_ignore", ()))
+    return [n for n, p in inner.named_parameters() if p.requires_grad and n not in ignored]
+
+
+def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Sum a tensor over ranks (returned unchanged for one process)."""
+    if not info.enabled:
+        return values
+    import torch.distributed as dist
+
+    values = values.to(info.device)
+    dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values.cpu()
+
+
+def all_gather_objects(obj, info: DistInfo) -> list:
+    """Every rank's `obj`, in rank order (a one-element list for one process)."""
+    if not info.enabled:
+        return [obj]
+    import torch.distributed as dist
+
+    out = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def broadcast_object(obj, info: DistInfo, src: int = 0):
+    """Rank src's `obj` on every rank."""
+    if not info.enabled:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
