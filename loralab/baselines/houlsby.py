@@ -121,6 +121,8 @@ def prepare_houlsby(model: nn.Module, bottleneck: int = 16, activation: str = "g
         raise LoraLabError(f"Houlsby bottleneck must be a positive integer, got {bottleneck!r}")
     if activation not in ACTIVATIONS:
         raise LoraLabError(f"unknown adapter activation {activation!r}; use one of {', '.join(ACTIVATIONS)}")
+    if houlsby_adapters(model):
+        raise LoraLabError("this model already has Houlsby adapters; prepare a fresh copy of the base model")
     sites = adapter_sites(model, targets)
     freeze_all(model)
     for name, layer in sites.items():

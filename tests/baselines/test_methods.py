@@ -109,6 +109,11 @@ def test_houlsby_rejects_bad_options():
         prepare_houlsby(tiny_model("bert"), targets=["nonexistent"])
     with pytest.raises(LoraLabError, match="placement"):
         prepare_houlsby(tiny_model("t5"))
+    twice = prepare_houlsby(tiny_model("bert"))
+    with pytest.raises(LoraLabError, match="already"):
+        prepare_houlsby(twice)
+    with pytest.raises(LoraLabError, match="no options"):
+        METHODS["full"](tiny_model("bert"), bottleneck=3)
 
 
 def test_lora_entry_trains_factors_and_head():
