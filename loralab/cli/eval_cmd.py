@@ -33,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    _quiet_transformers()
     from loralab.errors import LoraLabError
     from loralab.serving.load import load_with_adapters, parse_adapter_specs
     from loralab.training.batching import PadCollator, pad_token_id_for
@@ -64,3 +65,10 @@ def run(args: argparse.Namespace) -> int:
                   "adapter_path": str(loaded.adapters[use]), "model": loaded.model_spec, "metrics": metrics}
         atomic_write_text(Path(args.json_out), json.dumps(record, indent=2) + "\n")
     return 0
+
+
+def _quiet_transformers() -> None:
+    """transformers reports the freshly initialised classifier head on every load; that is expected here."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()

@@ -83,6 +83,7 @@ def predict_texts(loaded, examples, batch_size: int = 32, max_new_tokens: int = 
 
 
 def run(args: argparse.Namespace) -> int:
+    _quiet_transformers()
     from loralab.serving.load import load_with_adapters, parse_adapter_specs
     from loralab.training.checkpoint import atomic_write_text
     from loralab.training.data import ReadOptions, read_examples, read_options_from_args
@@ -102,3 +103,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _quiet_transformers() -> None:
+    """transformers reports the freshly initialised classifier head on every load; that is expected here."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()

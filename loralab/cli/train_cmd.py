@@ -138,6 +138,7 @@ def _default_output(config) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    _quiet_transformers()
     from loralab.training.config import TrainConfig
     from loralab.training.loop import run_training
 
@@ -172,3 +173,10 @@ def _remove_run(folder: Path) -> None:
     if not any((folder / m).exists() for m in markers):
         raise LoraLabError(f"{folder} does not look like a training run folder; not deleting it with --overwrite")
     shutil.rmtree(folder)
+
+
+def _quiet_transformers() -> None:
+    """transformers reports the freshly initialised classifier head on every load; that is expected here."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()

