@@ -225,24 +225,31 @@ def markdown_table(rows: Sequence[LatencyRow]) -> str:
 
 
 def plot(rows: Sequence[LatencyRow], title: str = "forward latency") -> bytes:
-    """PNG bytes: one panel per batch size, median ms against sequence length, IQR as error bars."""
+    """PNG bytes. Top row: median ms against sequence length, one panel per batch size, IQR as error bars.
+    Bottom row: each configuration's overhead over the base model in percent (the paper's Table 1 view)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     batch_sizes = sorted({r.batch_size for r in rows})
-    fig, axes = plt.subplots(1, len(batch_sizes), figsize=(4.5 * len(batch_sizes), 3.6), squeeze=False)
-    for ax, batch_size in zip(axes[0], batch_sizes):
+    fig, axes = plt.subplots(2, len(batch_sizes), figsize=(4.5 * len(batch_sizes), 6.4), squeeze=False)
+    for column, batch_size in enumerate(batch_sizes):
+        top, bottom = axes[0][column], axes[1][column]
         for name in CONFIGS:
             sel = sorted((r for r in rows if r.config == name and r.batch_size == batch_size), key=lambda r: r.seq_len)
-            ax.errorbar([r.seq_len for r in sel], [r.median_ms for r in sel],
-                        yerr=[[r.median_ms - r.q1_ms for r in sel], [r.q3_ms - r.median_ms for r in sel]],
-                        marker="o", capsize=3, label=name)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("sequence length (tokens)")
-        ax.set_ylabel("forward latency, median (ms)")
-        ax.set_title(f"batch {batch_size}")
-        ax.grid(alpha=0.3)
+            seq = [r.seq_len for r in sel]
+            top.errorbar(seq, [r.median_ms for r in sel],
+                         yerr=[[r.median_ms - r.q1_ms for r in sel], [r.q3_ms - r.median_ms for r in sel]],
+                         marker="o", capsize=3, label=name)
+            bottom.plot(seq, [r.overhead_pct for r in sel], marker="o", label=name)
+        for ax in (top, bottom):
+            ax.set_xscale("log", base=2)
+            ax.grid(alpha=0.3)
+        top.set_title(f"batch {batch_size}")
+        top.set_ylabel("median forward latency (ms)")
+        bottom.axhline(0.0, color="black", linewidth=0.8)
+        bottom.set_xlabel("sequence length (tokens)")
+        bottom.set_ylabel("overhead over base (%)")
     axes[0][0].legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
