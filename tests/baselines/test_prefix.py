@@ -98,6 +98,22 @@ def test_decoder_with_prefix_stays_causal(family, impl):
     torch.testing.assert_close(full[:, :5], short, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_cached_generation_matches_full_recomputation(family, impl):
+    """Decoding with a KV cache (the cache holds token keys only; the prefix is prepended at every step)
+    gives the logits a full forward over the generated sequence gives."""
+    model = tiny_model(family, attn_implementation=impl)
+    prepare_prefix(model, length=3, init_std=0.5)
+    ids = tiny_inputs(model, batch=2, seq=5)["input_ids"]
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=3, do_sample=False,
+                             output_logits=True, return_dict_in_generate=True, pad_token_id=0)
+        full = model(input_ids=out.sequences).logits
+    for step, step_logits in enumerate(out.logits):
+        torch.testing.assert_close(step_logits, full[:, 4 + step], rtol=1e-5, atol=1e-5)
+
+
 def test_decoder_prefix_first_token_sees_only_prefix_and_itself():
     """With a prefix, even position 0's output depends on the prefix (it is visible to every query)."""
     model = tiny_model("gpt2")
