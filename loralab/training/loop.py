@@ -242,6 +242,8 @@ class Trainer:
         else:
             self.forward_model = model
         self.forward_model = distributed.wrap(self.forward_model, self.dist)
+        if self.dist.enabled:
+            self._check_synchronised(log if self.dist.is_main else (lambda message: None))
         self.train_set, self.dev_set = train_set, dev_set
         self.collator, self.label_map = collator, label_map
         self.output_dir = Path(output_dir)
@@ -267,6 +269,19 @@ class Trainer:
                                       "evals_without_improvement": 0, "history": [], "examples": 0,
                                       "train_seconds": 0.0}
         self.best_state: dict[str, torch.Tensor] | None = None
+
+    def _check_synchronised(self, log: Callable[[str], None]) -> None:
+        """DDP must all-reduce exactly the trainable parameters: frozen base weights never cross the wire."""
+        synced = set(distributed.synchronised_parameters(self.forward_model))
+        params = dict(self.model.named_parameters())
+        trainable = {n for n, p in params.items() if p.requires_grad}
+        if synced != trainable:
+            raise LoraLabError(f"DDP would synchronise {len(synced)} tensors but {len(trainable)} are trainable; "
+                               "wrap the model after loralab.inject")
+        frozen = sum(p.numel() for n, p in params.items() if n not in synced)
+        log(f"DDP ({self.dist.backend}, {self.dist.world_size} processes) all-reduces {len(synced)} tensors "
+            f"({sum(params[n].numel() for n in synced):,} parameters), exactly the trainable ones; "
+            f"{frozen:,} frozen parameters are not synchronised")
 
     # -- bookkeeping -------------------------------------------------------------------------------
 
