@@ -1,0 +1,144 @@
+"""`loralab train`, `eval` and `predict` end to end on tiny random-init models and slices of shared data."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from loralab.cli.main import main
+
+# The tiny model/data builders live with the training tests; load them by path (tests are not a package).
+_spec = importlib.util.spec_from_file_location("training_fixtures",
+                                               Path(__file__).resolve().parents[1] / "training" / "conftest.py")
+fixtures = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(fixtures)
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory):
+    return fixtures.write_tiny_bert(tmp_path_factory.mktemp("bert"))
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    return fixtures.write_tiny_causal(tmp_path_factory.mktemp("llama"), "llama")
+
+
+@pytest.fixture(scope="module")
+def sst2(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sst2")
+    return {"train": fixtures.write_sst2_slice(folder, 0, 96, "train.tsv"),
+            "dev": fixtures.write_sst2_slice(folder, 1000, 48, "dev.tsv"),
+            "test": fixtures.write_sst2_slice(folder, 2000, 48, "test.tsv")}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def trained(bert_dir, sst2, tmp_path_factory):
+    """One classifier run shared by the tests below."""
+    output = tmp_path_factory.mktemp("runs") / "sst2"
+    code = main(["train", "--model", str(bert_dir), "--train-file", str(sst2["train"]), "--dev-file",
+                 str(sst2["dev"]), "--test-file", str(sst2["test"]), "--max-length", "32", "--batch-size", "8",
+                 "--epochs", "2", "--lr", "5e-3", "--eval-every", "6", "--threads", "1", "--output", str(output)])
+    assert code == 0
+    return output
+
+
+def test_train_writes_the_output_folder(trained, capsys):
+    assert sorted(p.name for p in trained.iterdir()) == \
+        ["adapter", "checkpoints", "config.json", "metrics.csv", "metrics.json", "training.png"]
+    adapter = trained / "adapter"
+    assert {p.name for p in adapter.iterdir()} >= {"adapter_config.json", "adapter_model.safetensors", "labels.json",
+                                                  "loralab-task.json"}
+    assert json.loads((adapter / "labels.json").read_text()) == {"kind": "classification", "names": ["0", "1"]}
+    peft_config = json.loads((adapter / "adapter_config.json").read_text())
+    assert peft_config["modules_to_save"] == ["classifier"] and peft_config["r"] == 8
+    assert sorted(peft_config["target_modules"])[0].endswith("attention.self.query")
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert metrics["steps"] == 24 and 0 <= metrics["test"]["accuracy"] <= 1
+    dev_rows = [r for r in metrics["history"] if r["split"] == "dev"]
+    assert [r["step"] for r in dev_rows] == [6, 12, 18, 24]
+    assert metrics["dev"]["accuracy"] == max(r["accuracy"] for r in dev_rows)  # the best adapter is kept
+    rows = list(csv.DictReader(io.StringIO((trained / "metrics.csv").read_text())))
+    assert {r["split"] for r in rows} == {"train", "dev", "best-dev", "test"}
+    assert (trained / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    config = json.loads((trained / "config.json").read_text())
+    assert config["batch_size"] == 8 and config["task"] == "classification" and config["lora"]["r"] == 8
+
+
+def test_eval_reproduces_the_runs_test_metrics(trained, sst2, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--adapter", str(trained / "adapter"), "--file", str(sst2["test"]), "--json", str(out)]) == 0
+    metrics = json.loads(out.read_text())["metrics"]
+    expected = json.loads((trained / "metrics.json").read_text())["test"]
+    assert metrics["accuracy"] == expected["accuracy"]
+    assert metrics["loss"] == pytest.approx(expected["loss"], abs=1e-6)
+    assert "accuracy" in capsys.readouterr().out
+
+
+def test_predict_from_stdin_and_file_with_two_adapters(trained, bert_dir, sst2, tmp_path, capsys, monkeypatch):
+    # A second adapter: the same run continued is not needed; an untrained one of the same shape will do.
+    other = tmp_path / "other"
+    assert main(["train", "--model", str(bert_dir), "--train-file", str(sst2["train"]), "--max-length", "32",
+                 "--batch-size", "8", "--max-steps", "1", "--lr", "1e-9", "--threads", "1", "--no-progress",
+                 "--output", str(other)]) == 0
+    capsys.readouterr()
+    monkeypatch.setattr("sys.stdin", io.StringIO("a wonderful , moving film\n\nthe worst movie of the year\n"))
+    assert main(["predict", "--adapter", f"good={trained / 'adapter'}", "--adapter", f"other={other / 'adapter'}",
+                 "--use", "good"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and set(lines) <= {"0", "1"}
+
+    predictions = tmp_path / "pred.txt"
+    assert main(["predict", "--adapter", f"good={trained / 'adapter'}", "--file", str(sst2["test"]),
+                 "-o", str(predictions)]) == 0
+    predicted = predictions.read_text().splitlines()
+    gold = [line.split("\t")[1] for line in sst2["test"].read_text().splitlines()[1:]]
+    accuracy = sum(p == g for p, g in zip(predicted, gold)) / len(gold)
+    expected = json.loads((trained / "metrics.json").read_text())["test"]["accuracy"]
+    assert len(predicted) == 48 and accuracy == pytest.approx(expected)
+    with pytest.raises(SystemExit):
+        main(["predict"])  # --adapter is required
+    assert main(["predict", "--adapter", f"good={trained / 'adapter'}", "--use", "nope"]) == 2
+    assert "names no loaded adapter" in capsys.readouterr().err
+
+
+def test_user_errors_are_one_line_messages(trained, sst2, tmp_path, capsys):
+    assert main(["train", "--train-file", str(sst2["train"]), "--output", str(trained)]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert main(["train", "--resume"]) == 2
+    assert "--resume needs --output" in capsys.readouterr().err
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("sentence\tlabel\ngreat film\t7\n")
+    assert main(["eval", "--adapter", str(trained / "adapter"), "--file", str(bad)]) == 2
+    assert "bad.tsv:2: unknown label '7'" in capsys.readouterr().err
+
+
+def test_causal_lm_train_then_generate(llama_dir, tmp_path, capsys, monkeypatch):
+    lines = fixtures.e2e_lines()
+    train = tmp_path / "train.txt"
+    train.write_text("\n".join(lines) + "\n")
+    output = tmp_path / "e2e"
+    assert main(["train", "--model", str(llama_dir), "--task", "causal-lm", "--train-file", str(train),
+                 "--dev-file", str(train), "--format", "e2e", "--max-length", "64", "--batch-size", "8",
+                 "--epochs", "2", "--lr", "1e-2", "--threads", "1", "--no-progress", "--output", str(output)]) == 0
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert metrics["best_metric"] == "loss" and metrics["dev"]["perplexity"] > 1
+    assert json.loads((output / "adapter" / "loralab-task.json").read_text())["task"] == "causal-lm"
+    capsys.readouterr()
+    prompts = [line.split("||")[0] for line in lines[:3]]
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(prompts) + "\n"))
+    assert main(["predict", "--adapter", str(output / "adapter"), "--max-new-tokens", "5", "--num-beams", "2"]) == 0
+    generated = capsys.readouterr().out.splitlines()
+    assert len(generated) == 3 and all(len(text.split()) <= 5 for text in generated)
