@@ -1,0 +1,31 @@
+"""Run one of the paper's experiments end to end: training runs (resumable), analysis, CSV/JSON, PNG plots and an HTML report.
+
+    loralab experiment rank --quick --out /tmp/rank      # tiny random model, seconds
+    loralab experiment rank                              # all-MiniLM-L6-v2 on SST-2, ~15-20 min on 2 CPU cores
+
+Re-running the same command continues where it stopped: finished runs are read back.
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from loralab.experiments import EXPERIMENTS
+
+    parser.add_argument("name", choices=list(EXPERIMENTS), metavar="NAME",
+                        help="; ".join(f"{k}: {v}" for k, (_, v) in EXPERIMENTS.items()))
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny random-init model on a few hundred examples (well under a minute; for tests)")
+    parser.add_argument("--out", default=None, help="output folder (default: experiments/NAME)")
+    parser.add_argument("--data", default=None, help="builtin data set (default: sst2, a fixed subset)")
+    parser.add_argument("--model", default=None, help="model spec (default: all-minilm-l6-v2)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from loralab.experiments import run_experiment
+
+    out = args.out or f"experiments/{args.name}"
+    run_experiment(args.name, out=out, quick=args.quick, data=args.data, model=args.model)
+    print(f"wrote {out}: results.csv, results.json, results.md, figures/, report.html")
+    return 0

@@ -1,0 +1,423 @@
+"""E2E NLG with a real pretrained LLM: the base model zero-shot versus the same model with a LoRA adapter.
+
+    from loralab.experiments.e2e import E2EConfig, run_e2e
+    result = run_e2e(E2EConfig(), "/work/runs/e2e")        # ~20-30 min training + generation on 2 CPU cores
+    result = run_e2e(E2EConfig.quick(), "out/e2e-quick")    # tiny random LLaMA, a few examples, < 1 min
+
+The paper's second headline experiment (Hu et al. 2021, Table 3) adapts GPT-2 M to E2E NLG and scores
+the outputs with BLEU, NIST, METEOR, ROUGE-L and CIDEr. Here the model is SmolLM2-135M-Instruct (builtin,
+loaded from its GGUF file), and both systems see the *same* prompt: the model's chat template with one
+user turn "Write one sentence describing this restaurant: <MR>" (E2EConfig.instruction). The instruction
+is what makes the zero-shot base a fair baseline: an instruct model given a bare MR does not know what to
+do with it. The adapter is trained on the same prompt with the loss on the target tokens only.
+
+Data: train on a fixed subset of `e2e/valid.txt` (the builtin "e2e" data set's train split); evaluate
+on the distinct MRs of `e2e/test.txt`, in first-appearance order, scored against every reference of each
+MR (loralab.metrics.score_e2e). `eval_mrs` keeps an evenly spaced subset of those MRs (test.txt is
+sorted by restaurant name, so the first N would cover only a few restaurants); None keeps all 630.
+
+Output folder:
+
+    data/train.jsonl       the instruction-prefixed prompts and targets the adapter is trained on
+    train/                 loralab.training.loop.run_training's folder (adapter/, metrics.json, checkpoints/)
+    predictions/base.txt   one output per evaluated MR (and lora.txt), with *.json holding their settings
+    results.json / .csv / .md   the comparison table; examples.md: side-by-side outputs for a few MRs
+
+Resumable: a finished training run (train/metrics.json) is reused, an unfinished one resumes from its last
+checkpoint, and a system's predictions are reused when their settings (model, adapter, MRs, decoding)
+match, so re-running after a kill continues where it stopped.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from loralab.errors import LoraLabError
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+DEFAULT_INSTRUCTION = "Write one sentence describing this restaurant: "
+QUICK_MODEL = "quick-tiny-llama"  # E2EConfig.quick(): a random-init LLaMA written into the output folder
+SYSTEMS = ("base", "lora")
+SYSTEM_TITLES = {"base": "base model, zero-shot", "lora": "base model + LoRA"}
+METRIC_COLUMNS = ("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr")
+TABLE_COLUMNS = ("system", *METRIC_COLUMNS, "trainable_params", "adapter_bytes", "train_seconds",
+                 "generate_seconds", "mrs", "num_beams", "max_new_tokens", "mean_output_words")
+# the quick model's chat template: ChatML like SmolLM2's, without the default system turn
+QUICK_CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|> {{ m['role'] }} {{ m['content'] }} <|im_end|> "
+                       "{% endfor %}{% if add_generation_prompt %}<|im_start|> assistant {% endif %}")
+
+
+@dataclass
+class E2EConfig:
+    """One zero-shot-versus-LoRA comparison on E2E.
+
+    model: a model spec (builtin name, folder, or GGUF file; see loralab.models) of a causal LM whose
+        tokenizer has a chat template. instruction: text put before each MR inside the user turn.
+    Training (loralab.training TrainConfig fields): train_limit examples of valid.txt (a fixed seeded draw;
+        None: all 4,672), epochs, batch_size, lr, warmup_ratio; LoRA r, alpha, dropout on `targets`.
+        max_length: tokens per training example (prompt + target + EOS; ~75 for this prompt).
+    Evaluation: eval_mrs evenly spaced distinct MRs of test.txt (None: all 630); decoding with num_beams
+        (1: greedy) up to max_new_tokens new tokens per MR, stopping at EOS, gen_batch_size prompts a batch.
+    threads: torch threads (None: the cores this process may use).
+    """
+
+    model: str = DEFAULT_MODEL
+    instruction: str = DEFAULT_INSTRUCTION
+    train_limit: int | None = 320
+    epochs: float = 1.0
+    batch_size: int = 8
+    lr: float = 5e-4
+    warmup_ratio: float = 0.1
+    r: int = 4
+    alpha: float = 32.0
+    dropout: float = 0.1
+    targets: tuple[str, ...] = ("q_proj", "v_proj")
+    max_length: int = 160
+    checkpoint_every: int = 5
+    seed: int = 0
+    eval_mrs: int | None = 100
+    num_beams: int = 1
+    max_new_tokens: int = 48
+    gen_batch_size: int = 8
+    examples_shown: int = 5
+    threads: int | None = None
+    data_dir: str | None = None  # folder holding valid.txt and test.txt; None: <shared data>/e2e
+    extra: dict[str, Any] = field(default_factory=dict)  # more TrainConfig fields, e.g. {"max_steps": 3}
+
+    def __post_init__(self) -> None:
+        self.targets = tuple(self.targets)
+        for name in ("train_limit", "eval_mrs"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise LoraLabError(f"{name} must be a positive integer or unset (all), got {value!r}")
+        for name in ("num_beams", "max_new_tokens", "gen_batch_size", "batch_size", "r"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise LoraLabError(f"{name} must be a positive integer, got {value!r}")
+        if self.examples_shown < 0:
+            raise LoraLabError(f"examples_shown must be 0 or more, got {self.examples_shown}")
+        if not self.instruction.strip():
+            raise LoraLabError("the instruction is empty; the zero-shot base needs to be told what to write")
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> "E2EConfig":
+        """A tiny random-init LLaMA, 32 training examples, 8 MRs: checks the whole pipeline in seconds."""
+        settings: dict[str, Any] = dict(model=QUICK_MODEL, train_limit=32, batch_size=8, lr=5e-3, eval_mrs=8,
+                                        max_new_tokens=12, gen_batch_size=8, examples_shown=3, checkpoint_every=2)
+        settings.update(overrides)
+        return cls(**settings)
+
+    def train_config(self, train_file: Path):
+        """The loralab TrainConfig of the adapter (no dev set: the final adapter is the one evaluated)."""
+        from loralab.training.config import TrainConfig
+
+        settings: dict[str, Any] = dict(
+            model=self.model, task="causal-lm", train_file=str(train_file),
+            read_options={"format": "jsonl", "text_column": "prompt", "target_column": "target",
+                          "label_column": None},
+            train_limit=self.train_limit, max_length=self.max_length, chat_template=True,
+            lora={"r": self.r, "alpha": self.alpha, "dropout": self.dropout, "targets": list(self.targets)},
+            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, warmup_ratio=self.warmup_ratio,
+            checkpoint_every=self.checkpoint_every, log_every=1, seed=self.seed, threads=self.threads,
+            progress=False)
+        settings.update(self.extra)
+        return TrainConfig(**settings)
+
+
+# --------------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------------
+
+
+def e2e_dir(config: E2EConfig) -> Path:
+    if config.data_dir is not None:
+        return Path(config.data_dir)
+    from loralab.training.data import shared_data_dir
+
+    return shared_data_dir() / "e2e"
+
+
+def evenly_spaced(count: int, keep: int | None) -> list[int]:
+    """`keep` indices spread evenly over range(count) (all of them when keep is None or >= count):
+    floor(i * count / keep) for i < keep, so the first is 0 and, as count > keep, none repeats."""
+    if keep is None or keep >= count:
+        return list(range(count))
+    return [i * count // keep for i in range(keep)]
+
+
+def evaluation_set(config: E2EConfig) -> tuple[list[str], list[list[str]]]:
+    """(MRs, all references of each MR) of test.txt, reduced to config.eval_mrs evenly spaced MRs."""
+    from loralab.metrics import read_e2e_references
+
+    mrs, references = read_e2e_references(e2e_dir(config) / "test.txt")
+    chosen = evenly_spaced(len(mrs), config.eval_mrs)
+    return [mrs[i] for i in chosen], [references[i] for i in chosen]
+
+
+def write_train_file(config: E2EConfig, path: Path) -> Path:
+    """valid.txt as JSONL {"prompt": instruction + MR, "target": reference}, written atomically."""
+    from loralab.metrics import read_e2e
+    from loralab.training.checkpoint import atomic_write_text
+
+    lines = [json.dumps({"prompt": config.instruction + mr, "target": text}, ensure_ascii=False)
+             for mr, text in read_e2e(e2e_dir(config) / "valid.txt")]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+def write_quick_model(folder: Path, config: E2EConfig) -> Path:
+    """A 2-layer random-init LLaMA (hidden 32) with a word-level tokenizer over the E2E words and a
+    ChatML-style chat template: a stand-in for the real model so --quick runs in seconds, offline."""
+    import torch
+    import transformers
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    from loralab.metrics import read_e2e
+
+    if (folder / "config.json").is_file():
+        return folder
+    specials = ["<pad>", "<s>", "</s>", "<unk>", "<|im_start|>", "<|im_end|>"]
+    vocab = {token: i for i, token in enumerate(specials)}
+    words = config.instruction.split() + ["user", "assistant"]
+    for name in ("valid.txt", "test.txt"):
+        for mr, text in read_e2e(e2e_dir(config) / name):
+            words.extend(mr.split() + text.split())
+    for word in words:
+        vocab.setdefault(word, len(vocab))
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>",
+                                                     pad_token="<pad>", unk_token="<unk>")
+    tokenizer.chat_template = QUICK_CHAT_TEMPLATE
+    model_config = transformers.LlamaConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
+                                            num_attention_heads=4, num_key_value_heads=2, intermediate_size=48,
+                                            max_position_embeddings=256, bos_token_id=1, eos_token_id=2,
+                                            pad_token_id=0, tie_word_embeddings=True)
+    torch.manual_seed(config.seed)
+    scratch = folder.with_name(folder.name + ".tmp")
+    transformers.LlamaForCausalLM(model_config).save_pretrained(scratch)
+    tokenizer.save_pretrained(scratch)
+    os.replace(scratch, folder)
+    return folder
+
+
+# --------------------------------------------------------------------------------------------------
+# Training, generation, scoring
+# --------------------------------------------------------------------------------------------------
+
+
+def train_adapter(config: E2EConfig, out: Path, log: Callable[[str], None] = print) -> tuple[Path, dict[str, Any]]:
+    """Train (or reuse / resume) the adapter under out/train; returns (adapter folder, training metrics)."""
+    from loralab.training.loop import run_training
+
+    run_dir = out / "train"
+    metrics_path = run_dir / "metrics.json"
+    if metrics_path.is_file() and (run_dir / "adapter" / "adapter_config.json").is_file():
+        log(f"reusing the trained adapter in {run_dir / 'adapter'}")
+        return run_dir / "adapter", json.loads(metrics_path.read_text(encoding="utf-8"))
+    train_file = write_train_file(config, out / "data" / "train.jsonl")
+    train_config = config.train_config(train_file)
+    resume = (run_dir / "checkpoints" / "LATEST").exists()
+    if resume:
+        saved = run_dir / "config.json"
+        if saved.is_file() and json.loads(saved.read_text(encoding="utf-8")) != train_config.to_dict():
+            raise LoraLabError(f"{run_dir} holds an unfinished run with other settings; use another --out "
+                               "or remove that folder")
+        log(f"resuming the unfinished training run in {run_dir}")
+    metrics = run_training(train_config, run_dir, resume=resume, log=log)
+    return run_dir / "adapter", metrics
+
+
+def folder_bytes(folder: Path) -> int:
+    """Total size in bytes of the files directly in `folder` (an adapter folder is flat)."""
+    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+
+
+def _settings_key(settings: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def generate_for(system: str, model: Any, tokenizer: Any, prompts: list[str], config: E2EConfig, out: Path,
+                 settings: dict[str, Any], log: Callable[[str], None] = print) -> tuple[list[str], float]:
+    """Outputs of `model` for `prompts` (reused from out/predictions/<system>.txt when the settings match);
+    returns (outputs, generation seconds, as measured when they were generated)."""
+    from loralab.serving.generate import generate
+    from loralab.training.checkpoint import atomic_write_text
+    from loralab.training.data import Task
+
+    folder = out / "predictions"
+    text_path, meta_path = folder / f"{system}.txt", folder / f"{system}.json"
+    key = _settings_key(settings)
+    if text_path.is_file() and meta_path.is_file():
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if meta.get("key") == key:
+            outputs = text_path.read_text(encoding="utf-8").split("\n")[: len(prompts)]
+            if len(outputs) == len(prompts):
+                log(f"{system}: reusing {len(outputs)} outputs from {text_path}")
+                return outputs, float(meta["generate_seconds"])
+    task = Task("causal-lm", chat_template=True)
+    log(f"{system}: generating for {len(prompts)} MRs (beams {config.num_beams}, up to {config.max_new_tokens} "
+        "new tokens)")
+    started = time.perf_counter()
+    outputs = []
+    for start in range(0, len(prompts), config.gen_batch_size):
+        chunk = prompts[start:start + config.gen_batch_size]
+        outputs.extend(generate(model, tokenizer, chunk, max_new_tokens=config.max_new_tokens,
+                                num_beams=config.num_beams, task=task, batch_size=config.gen_batch_size))
+        log(f"{system}: {len(outputs)}/{len(prompts)} MRs, {time.perf_counter() - started:.0f} s")
+    seconds = time.perf_counter() - started
+    # one output per line: a newline inside an output would shift every later line
+    outputs = [" ".join(text.split()) for text in outputs]
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(text_path, "\n".join(outputs) + "\n")
+    atomic_write_text(meta_path, json.dumps({"key": key, "settings": settings, "generate_seconds": seconds},
+                                            indent=2) + "\n")
+    return outputs, seconds
+
+
+def run_e2e(config: E2EConfig, out: str | os.PathLike, adapter: str | os.PathLike | None = None,
+            log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train (or reuse `adapter`), generate with the base zero-shot and with the adapter on the same test
+    MRs, score both, write the tables and examples into `out`. Returns what results.json holds."""
+    import loralab
+    from loralab.metrics import score_e2e
+    from loralab.models import load_model, load_tokenizer
+    from loralab.training.loop import set_threads
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    set_threads(config.threads)
+    if config.model == QUICK_MODEL:
+        quick_folder = write_quick_model(out / "quick-model", config)
+        config = replace(config, model=str(quick_folder))
+    mrs, references = evaluation_set(config)
+    prompts = [config.instruction + mr for mr in mrs]
+
+    train_metrics: dict[str, Any] = {}
+    if adapter is None:
+        adapter_dir, train_metrics = train_adapter(config, out, log)
+    else:
+        adapter_dir = Path(adapter)
+        if not (adapter_dir / "adapter_config.json").is_file():
+            raise LoraLabError(f"--adapter {adapter_dir}: no adapter_config.json there; give the adapter folder "
+                               "a training run wrote (e.g. <out>/train/adapter)")
+        metrics_path = adapter_dir.parent / "metrics.json"
+        if metrics_path.is_file():
+            train_metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+
+    tokenizer = load_tokenizer(config.model)
+    if not getattr(tokenizer, "chat_template", None):
+        raise LoraLabError(f"{config.model}: the tokenizer has no chat template; this comparison prompts "
+                           "both systems through it, so use an instruction-tuned model")
+    model = load_model(config.model, task="causal-lm")
+    model.eval()
+    decoding = {"model": config.model, "instruction": config.instruction, "mrs": mrs,
+                "num_beams": config.num_beams, "max_new_tokens": config.max_new_tokens}
+    outputs, seconds = {}, {}
+    outputs["base"], seconds["base"] = generate_for("base", model, tokenizer, prompts, config, out, decoding, log)
+    loralab.load_adapter(model, adapter_dir)
+    model.eval()
+    adapter_weights = hashlib.sha256((adapter_dir / "adapter_model.safetensors").read_bytes()).hexdigest()[:16] \
+        if (adapter_dir / "adapter_model.safetensors").is_file() else str(adapter_dir)
+    outputs["lora"], seconds["lora"] = generate_for("lora", model, tokenizer, prompts, config, out,
+                                                    {**decoding, "adapter": adapter_weights}, log)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    del model
+
+    rows = []
+    for system in SYSTEMS:
+        scores = score_e2e(outputs[system], references)
+        lora_row = system == "lora"
+        rows.append({
+            "system": system, **{k: round(float(scores[k]), 4) for k in METRIC_COLUMNS},
+            "trainable_params": trainable if lora_row else 0,
+            "adapter_bytes": folder_bytes(adapter_dir) if lora_row else 0,
+            "train_seconds": round(float(train_metrics.get("train_seconds", 0.0)), 1) if lora_row else 0.0,
+            "generate_seconds": round(seconds[system], 1), "mrs": len(mrs), "num_beams": config.num_beams,
+            "max_new_tokens": config.max_new_tokens,
+            "mean_output_words": round(sum(len(o.split()) for o in outputs[system]) / len(mrs), 2),
+        })
+    examples = [{"mr": mrs[i], "base": outputs["base"][i], "lora": outputs["lora"][i],
+                 "reference": references[i][0], "references": len(references[i])}
+                for i in evenly_spaced(len(mrs), min(config.examples_shown, len(mrs)))] if config.examples_shown else []
+    result = {
+        "rows": rows, "examples": examples,
+        "config": {**asdict(config), "targets": list(config.targets)},
+        "adapter": str(adapter_dir),
+        "train": {k: train_metrics[k] for k in ("train_examples", "examples_seen", "steps", "train_seconds",
+                                                 "wall_seconds") if k in train_metrics},
+        "eval_mrs_of": 630 if config.data_dir is None else None,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+    }
+    write_results(result, out)
+    log(f"wrote {out}: results.md, results.json, results.csv, examples.md, predictions/")
+    return result
+
+
+# --------------------------------------------------------------------------------------------------
+# Reports
+# --------------------------------------------------------------------------------------------------
+
+
+def results_markdown(result: dict[str, Any]) -> str:
+    """The comparison table as markdown (metrics on the paper's scales)."""
+    config = result["config"]
+    decoding = "greedy" if config["num_beams"] == 1 else f"beam {config['num_beams']}"
+    lines = [
+        f"# E2E NLG: {config['model']} zero-shot vs LoRA",
+        "",
+        f"{result['rows'][0]['mrs']} test MRs (evenly spaced over test.txt's distinct MRs), all references per MR; "
+        f"{decoding}, up to {config['max_new_tokens']} new tokens. Prompt: chat template, user turn "
+        f"`{config['instruction']}<MR>`.",
+        "",
+        "| system | BLEU | NIST | METEOR | ROUGE-L | CIDEr | trainable params | adapter size | train time | "
+        "generation time | mean words |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in result["rows"]:
+        size = f"{row['adapter_bytes'] / 1024:.0f} KiB" if row["adapter_bytes"] else "-"
+        params = f"{row['trainable_params']:,}" if row["trainable_params"] else "0"
+        train = f"{row['train_seconds'] / 60:.1f} min" if row["train_seconds"] else "-"
+        lines.append(f"| {SYSTEM_TITLES[row['system']]} | {row['BLEU']:.1f} | {row['NIST']:.2f} | {row['METEOR']:.1f} "
+                     f"| {row['ROUGE_L']:.1f} | {row['CIDEr']:.2f} | {params} | {size} | {train} | "
+                     f"{row['generate_seconds'] / 60:.1f} min | {row['mean_output_words']:.1f} |")
+    train = result.get("train") or {}
+    if train:
+        lines += ["", f"Training: {train.get('train_examples', '?')} examples of valid.txt, "
+                      f"{train.get('steps', '?')} optimizer steps, r={config['r']}, alpha={config['alpha']:g}, "
+                      f"lr {config['lr']:g}, LoRA on {', '.join(config['targets'])}."]
+    return "\n".join(lines) + "\n"
+
+
+def examples_markdown(result: dict[str, Any]) -> str:
+    lines = ["# Side-by-side outputs", ""]
+    for example in result["examples"]:
+        lines += [f"**MR**: `{example['mr']}`", "",
+                  f"- zero-shot: {example['base'] or '(empty)'}",
+                  f"- LoRA: {example['lora'] or '(empty)'}",
+                  f"- a reference (of {example['references']}): {example['reference']}", ""]
+    return "\n".join(lines)
+
+
+def write_results(result: dict[str, Any], out: Path) -> None:
+    """results.json, results.csv (TABLE_COLUMNS), results.md and examples.md, each written atomically."""
+    from loralab.training.checkpoint import atomic_write_text
+
+    atomic_write_text(out / "results.json", json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(TABLE_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(result["rows"])
+    atomic_write_text(out / "results.csv", buffer.getvalue())
+    atomic_write_text(out / "results.md", results_markdown(result))
+    atomic_write_text(out / "examples.md", examples_markdown(result))

@@ -1,0 +1,79 @@
+"""targets: which weight matrices to adapt under one fixed budget of trainable values (Hu et al. 2021, Table 5).
+
+Seven runs with the same number of LoRA values 2·L·d·r·(number of matrix types) = 16·L·d:
+Wq r=8, Wk r=8, Wv r=8, Wo r=8, Wq+Wk r=4, Wq+Wv r=4, Wq+Wk+Wv+Wo r=2 (Wo: the attention output
+projection). Data and training settings as in the rank experiment (loralab.experiments.rank).
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from loralab.errors import LoraLabError
+from loralab.experiments.common import RunSpec, run_grid
+from loralab.experiments.rank import ALPHA, metric_name, settings
+from loralab.experiments.report import ExperimentReport, Table, bar_figure, write_experiment_report
+
+# (label, matrix types, r): the paper's Table 5 grid.
+GRID = (("Wq", ("q",), 8), ("Wk", ("k",), 8), ("Wv", ("v",), 8), ("Wo", ("o",), 8),
+        ("Wq,Wk", ("q", "k"), 4), ("Wq,Wv", ("q", "v"), 4), ("Wq,Wk,Wv,Wo", ("q", "k", "v", "o"), 2))
+# Module-name suffixes of the four attention matrices per architecture family.
+_BERT = {"q": "query", "k": "key", "v": "value", "o": "attention.output.dense"}
+_DECODER = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj"}
+MODULE_NAMES = {**{t: _BERT for t in ("bert", "roberta", "xlm-roberta", "electra", "mpnet")},
+                **{t: _DECODER for t in ("llama", "mistral", "qwen2", "qwen3", "gemma", "opt", "phi3")}}
+
+
+def module_names(model_spec: str) -> dict[str, str]:
+    """The q/k/v/o module suffixes of the model's family (read from its config.json)."""
+    from loralab.models.loading import resolve_model_spec
+
+    config = json.loads((resolve_model_spec(model_spec) / "config.json").read_text(encoding="utf-8"))
+    model_type = config.get("model_type")
+    if model_type not in MODULE_NAMES:
+        raise LoraLabError(f"the targets experiment knows the q/k/v/o module names of {', '.join(sorted(MODULE_NAMES))}, "
+                           f"not {model_type!r}; pass one of those with --model")
+    return MODULE_NAMES[model_type]
+
+
+def target_specs(quick: bool, data: str | None, model: str | None, out: Path) -> list[RunSpec]:
+    from loralab.training.config import TrainConfig
+
+    model_spec, data_name, train = settings(quick, data, model, out)
+    names = module_names(model_spec)
+    specs = []
+    for label, kinds, r in GRID:
+        config = TrainConfig(model=model_spec, data=data_name,
+                             lora={"r": r, "alpha": ALPHA, "targets": [names[k] for k in kinds]}, seed=0,
+                             eval_every=0, checkpoint_every=50, progress=False, **train)
+        specs.append(RunSpec(label.replace(",", "-"), config, {"targets": label, "r": r}))
+    return specs
+
+
+def run(out: str | os.PathLike = "experiments/targets", quick: bool = False, data: str | None = None,
+        model: str | None = None, log: Callable[[str], None] = print) -> ExperimentReport:
+    out = Path(out)
+    specs = target_specs(quick, data, model, out)
+    results = run_grid(specs, out / "runs", log=log)
+    metric = metric_name(results)
+    rows = [r.row(metric) for r in results]
+    budgets = {r.adapter_params for r in results}
+    note = ("Every row trains the same number of LoRA values (adapter_params) plus the classifier head."
+            if len(budgets) == 1 else f"adapter_params differ between rows ({sorted(budgets)}): the matrices "
+                                      "of this model are not all the same shape.")
+    figures = {"metric_by_targets": bar_figure([r.info["targets"] for r in results], [r.metric(metric) for r in results],
+                                               f"dev {metric}", "task metric by adapted matrices (fixed budget)")}
+    first = specs[0].config
+    table = Table("targets", "Task metric by adapted weight matrices, fixed budget",
+                  ["run", "targets", "r", f"dev_{metric}", f"test_{metric}", "dev_loss", "adapter_params",
+                   "trainable_params", "seconds_per_step", "train_seconds"], rows, note)
+    meta = {"quick": quick, "model": first.model, "data": first.data, "train_limit": first.train_limit,
+            "dev_limit": first.dev_limit, "epochs": first.epochs, "batch_size": first.batch_size, "lr": first.lr,
+            "alpha": ALPHA, "metric": metric, "skipped_runs": [r.name for r in results if r.skipped]}
+    report = ExperimentReport("targets", "Experiment: which weight matrices (paper Table 5)",
+                              "LoRA on different attention matrices with the same number of trainable values.",
+                              [table], figures, meta)
+    write_experiment_report(report, out)
+    return report

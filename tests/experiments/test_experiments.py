@@ -1,0 +1,184 @@
+"""The experiments' --quick modes end to end: files written, rows and columns as expected, exact trainable
+counts, sane numbers, and resume (finished runs are read back, not retrained).
+
+The quick model is a 2-layer random BERT (hidden d=32) with MiniLM's tokenizer, trained on 200 SST-2
+sentences; it learns little, so the metric checks are ranges, the parameter counts are exact.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+from loralab.errors import LoraLabError
+from loralab.experiments import EXPERIMENTS, run_experiment
+from loralab.experiments.common import RunSpec, has_method_support, is_finished, run_grid, saved_parameter_counts
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+pytestmark = pytest.mark.skipif(not (SHARED / "glue" / "SST-2" / "train.tsv").is_file(),
+                                reason="needs ../shared/data (GLUE SST-2)")
+D, LAYERS, HEAD = 32, 2, 32 * 2 + 2  # quick model: hidden size, layers, classifier values (2 labels)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def quiet(message: str) -> None:
+    pass
+
+
+def check_outputs(out: Path, figures: int) -> dict:
+    for name in ("results.csv", "results.json", "results.md", "report.html"):
+        assert (out / name).is_file(), name
+    pngs = sorted((out / "figures").glob("*.png"))
+    assert len(pngs) == figures
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert page.count("data:image/png;base64,") == figures  # self-contained
+    assert not list(out.glob(".*.tmp"))  # atomic writes leave no scratch files
+    return json.loads((out / "results.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("experiments")
+
+
+@pytest.fixture(scope="module")
+def rank_out(root: Path) -> Path:
+    run_experiment("rank", out=root / "rank", quick=True, log=quiet)
+    return root / "rank"
+
+
+def test_registry_names():
+    assert set(EXPERIMENTS) == {"rank", "targets", "methods", "amplification"}
+    with pytest.raises(LoraLabError, match="unknown experiment"):
+        run_experiment("ranks", quick=True)
+
+
+def test_rank_quick(rank_out: Path):
+    data = check_outputs(rank_out, figures=2)
+    rows = read_csv(rank_out / "results.csv")
+    assert [int(r["r"]) for r in rows] == [1, 2, 4, 8, 16]
+    for row in rows:
+        r = int(row["r"])
+        # LoRA on Wq, Wv: 2 matrices per layer, A (r×d) + B (d×r) each.
+        assert int(row["adapter_params"]) == LAYERS * 2 * 2 * D * r
+        assert int(row["trainable_params"]) == LAYERS * 2 * 2 * D * r + HEAD
+        assert 0.0 <= float(row["dev_accuracy"]) <= 1.0
+        assert math.isfinite(float(row["dev_loss"])) and float(row["dev_loss"]) > 0
+        assert int(row["steps"]) == math.ceil(200 / 16)
+        assert float(row["seconds_per_step"]) > 0
+        assert (rank_out / "runs" / row["run"] / "adapter").is_dir()
+    sub = read_csv(rank_out / "subspace.csv")
+    assert len(sub) == LAYERS * 2  # query and value of each layer
+    for row in sub:
+        assert (int(row["r1"]), int(row["r2"]), int(row["dim"])) == (8, 16, D)
+        for key in ("phi(1,1)", "phi(1,8)", "mean phi", "phi(1,1) random"):
+            assert 0.0 <= float(row[key]) <= 1.0 + 1e-6
+        # φ(1, 8) of random subspaces ≈ max(1, 8)/d: the baseline is the textbook value.
+        assert float(row["phi(1,8) random"]) == pytest.approx(8 / D, abs=0.08)
+    assert (rank_out / "analysis" / "report.html").is_file()
+    assert data["meta"]["metric"] == "accuracy" and data["meta"]["skipped_runs"] == []
+
+
+def test_rank_resume_skips_finished_runs(rank_out: Path):
+    mtimes = {p: p.stat().st_mtime_ns for p in (rank_out / "runs").glob("*/metrics.json")}
+    (rank_out / "runs" / "r2" / "metrics.json").unlink()  # as if the run had been killed before the end
+    logs: list[str] = []
+    run_experiment("rank", out=rank_out, quick=True, log=logs.append)
+    data = json.loads((rank_out / "results.json").read_text(encoding="utf-8"))
+    assert data["meta"]["skipped_runs"] == ["r1", "r4", "r8", "r16"]
+    assert sum("finished before" in line for line in logs) == 4
+    for path, mtime in mtimes.items():
+        if path.parent.name != "r2":
+            assert path.stat().st_mtime_ns == mtime  # not rewritten
+    assert is_finished(rank_out / "runs" / "r2")
+
+
+def test_amplification_reuses_rank_runs(root: Path, rank_out: Path):
+    out = root / "amplification"
+    report = run_experiment("amplification", out=out, quick=True, log=quiet)
+    data = check_outputs(out, figures=1)
+    assert data["meta"]["reused_runs"] == ["r1", "r2", "r4", "r8", "r16"]  # nothing retrained
+    rows = read_csv(out / "results.csv")
+    assert {(int(r["r"]), r["matrix"]) for r in rows} == {(r, m) for r in (1, 2, 4, 8, 16) for m in ("query", "value")}
+    modules = read_csv(out / "amplification_modules.csv")
+    assert len(modules) == 5 * LAYERS * 2
+    for row in modules:
+        r = int(row["r"])
+        w, proj_w, proj_delta = float(row["w_fro"]), float(row["proj_w_top"]), float(row["proj_delta"])
+        # W's own top-r directions capture the most of W; nothing exceeds ‖W‖_F.
+        assert 0 <= proj_delta <= proj_w + 1e-5 <= w + 2e-5
+        assert float(row["amplification"]) == pytest.approx(float(row["delta_fro"]) / proj_delta, rel=1e-4)
+    assert report.tables[0].name == "amplification"
+
+
+def test_targets_quick(root: Path):
+    out = root / "targets"
+    run_experiment("targets", out=out, quick=True, log=quiet)
+    check_outputs(out, figures=1)
+    rows = read_csv(out / "results.csv")
+    assert [r["targets"] for r in rows] == ["Wq", "Wk", "Wv", "Wo", "Wq,Wk", "Wq,Wv", "Wq,Wk,Wv,Wo"]
+    assert [int(r["r"]) for r in rows] == [8, 8, 8, 8, 4, 4, 2]
+    # One budget: 2·L·d·r·(matrix types) = 16·L·d for every row.
+    assert {int(r["adapter_params"]) for r in rows} == {16 * LAYERS * D}
+    assert {int(r["trainable_params"]) for r in rows} == {16 * LAYERS * D + HEAD}
+    config = json.loads((out / "runs" / "Wq-Wk-Wv-Wo" / "config.json").read_text(encoding="utf-8"))
+    assert config["lora"]["targets"] == ["query", "key", "value", "attention.output.dense"]
+
+
+def test_methods_quick(root: Path):
+    out = root / "methods"
+    run_experiment("methods", out=out, quick=True, log=quiet)
+    data = check_outputs(out, figures=4)
+    rows = read_csv(out / "results.csv")
+    expected = {"lora": LAYERS * 2 * 2 * D * 8 + HEAD}
+    if has_method_support():
+        expected.update({
+            "houlsby": LAYERS * 2 * (2 * D * 8 + 8 + D) + HEAD,   # 2 adapters/block: d→8→d with biases
+            "prefix": LAYERS * 2 * 16 * D + HEAD,                  # keys and values, 16 positions
+        })
+    names = [r["method"] for r in rows]
+    assert names == (["lora", "full", "bitfit", "houlsby", "prefix"] if has_method_support() else ["lora"])
+    for row in rows:
+        if row["method"] in expected:
+            assert int(row["trainable_params"]) == expected[row["method"]], row["method"]
+        # Each run is its own process, so its peak RSS is its own: a torch process holds well over 100 MiB.
+        assert 100 < float(row["peak_rss_mb"]) < 8000
+        assert float(row["seconds_per_step"]) > 0
+        assert 0.0 <= float(row["dev_accuracy"]) <= 1.0
+    if has_method_support():
+        by = {r["method"]: int(r["trainable_params"]) for r in rows}
+        assert by["bitfit"] < by["lora"] < by["full"]
+    latency = read_csv(out / "latency.csv")
+    assert {r["config"] for r in latency} == {"base", "houlsby", "lora_unmerged", "lora_merged"}
+    assert all(float(r["median_ms"]) > 0 for r in latency)
+    assert data["meta"]["methods"] == names
+
+
+def test_run_grid_rejects_duplicate_names(tmp_path: Path):
+    from loralab.training.config import TrainConfig
+
+    config = TrainConfig(data="sst2")
+    with pytest.raises(LoraLabError, match="unique"):
+        run_grid([RunSpec("a", config), RunSpec("a", config)], tmp_path)
+    with pytest.raises(LoraLabError, match="letters"):
+        RunSpec("a/b", config)
+
+
+def test_saved_parameter_counts(tmp_path: Path):
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"base.q.lora_A.weight": torch.zeros(4, 32), "base.q.lora_B.weight": torch.zeros(32, 4),
+               "classifier.weight": torch.zeros(2, 32)}, str(tmp_path / "adapter_model.safetensors"))
+    assert saved_parameter_counts(tmp_path) == (4 * 32 * 2 + 64, 4 * 32 * 2)
+    with pytest.raises(LoraLabError, match="no .safetensors"):
+        saved_parameter_counts(tmp_path / "missing")
