@@ -1,0 +1,1 @@
+"""Benchmarks of loralab against PEFT (see README.md); `python benchmarks/run.py`."""
