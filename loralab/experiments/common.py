@@ -42,6 +42,10 @@ class RunSpec:
     name: str
     config: Any
     info: dict[str, Any] = field(default_factory=dict)
+    method: str | None = None
+    """A loralab.baselines method trained by loralab.experiments.baseline_run, for a TrainConfig without
+    its own `method` field; None: run_training as usual."""
+    method_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
@@ -123,14 +127,15 @@ def read_result(spec: RunSpec, folder: Path, skipped: bool) -> RunResult:
                      seconds, seconds / steps if steps else math.nan, total, lora, rss, skipped)
 
 
-def _run_in_child(config_path: Path, folder: Path, log: Callable[[str], None]) -> float:
+def _run_in_child(config_path: Path, folder: Path, log: Callable[[str], None], method_path: Path | None = None) -> float:
     """Train in a child process; returns its peak RSS in MiB. The child's output goes to train.log."""
     env = dict(os.environ)
     # The child must import this checkout of loralab even when it was not installed.
     root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     with open(folder / "train.log", "ab") as log_file:
-        child = subprocess.Popen([sys.executable, "-m", "loralab.experiments.common", str(config_path), str(folder)],
+        command = [sys.executable, "-m", "loralab.experiments.common", str(config_path), str(folder)]
+        child = subprocess.Popen(command + ([str(method_path)] if method_path else []),
                                  stdout=log_file, stderr=subprocess.STDOUT, env=env)
         # os.wait4 gives this child's own rusage (RUSAGE_CHILDREN would be the max over all children so far).
         try:
@@ -173,9 +178,17 @@ def run_grid(specs: Sequence[RunSpec], runs_dir: str | os.PathLike, isolate: boo
         if isolate:
             config_path = folder / "experiment-config.json"
             spec.config.save(config_path)
-            rss = _run_in_child(config_path, folder, log)
+            method_path = None
+            if spec.method is not None:
+                method_path = folder / "experiment-method.json"
+                atomic_write(method_path, json.dumps({"method": spec.method, "options": spec.method_options}) + "\n")
+            rss = _run_in_child(config_path, folder, log, method_path)
             atomic_write(folder / RESOURCES_FILE, json.dumps({"peak_rss_mb": round(rss, 1), "measured": "ru_maxrss "
                                                                "of the training process (os.wait4)"}) + "\n")
+        elif spec.method is not None:
+            from loralab.experiments.baseline_run import train_baseline
+
+            train_baseline(spec.config, spec.method, spec.method_options, folder, resume=resume)
         else:
             from loralab.training.loop import run_training
 
@@ -230,13 +243,22 @@ def has_method_support() -> bool:
 
 
 def _child_main(argv: Sequence[str]) -> int:
-    """Entry of an isolated run: train the config at argv[0] into the folder argv[1]."""
+    """Entry of an isolated run: train the config at argv[0] into the folder argv[1]; argv[2], when given,
+    is a JSON file {"method", "options"} for loralab.experiments.baseline_run."""
     from loralab.training.config import TrainConfig
-    from loralab.training.loop import run_training
 
     config_path, folder = Path(argv[0]), Path(argv[1])
     config = TrainConfig.load(config_path)
-    run_training(config, folder, resume=(folder / "checkpoints" / "LATEST").exists())
+    resume = (folder / "checkpoints" / "LATEST").exists()
+    if len(argv) > 2:
+        from loralab.experiments.baseline_run import train_baseline
+
+        method = json.loads(Path(argv[2]).read_text(encoding="utf-8"))
+        train_baseline(config, method["method"], method["options"], folder, resume=resume)
+    else:
+        from loralab.training.loop import run_training
+
+        run_training(config, folder, resume=resume)
     return 0
 
 

@@ -7,8 +7,8 @@ roughly to LoRA r=8 on Wq, Wv (2·6·2·384·8 = 73,728 values on MiniLM): Houls
 prefix length 16 (6·2·16·384 = 73,728). Learning rates are per method (full fine-tuning needs a far
 smaller one); they are fixed, not tuned, and listed in the table.
 
-Needs TrainConfig's `method` / `method_options` fields (the trainer calling the loralab.baselines
-registry); without them only the LoRA row can run and the experiment says so.
+Uses TrainConfig's `method` / `method_options` fields when the trainer has them; otherwise the
+baselines train through loralab.experiments.baseline_run (same data, schedule and evaluation).
 """
 from __future__ import annotations
 
@@ -40,23 +40,23 @@ def method_specs(quick: bool, data: str | None, model: str | None, out: Path,
     model_spec, data_name, train = settings(quick, data, model, out)
     methods = tuple(METHOD_GRID) if methods is None else methods
     supported = has_method_support()
-    if not supported and methods != ("lora",):
-        raise LoraLabError("this loralab's trainer cannot train the baselines yet (TrainConfig has no `method` "
-                           "field); update loralab, or run only LoRA")
     specs = []
     for name in methods:
+        if name not in METHOD_GRID:
+            raise LoraLabError(f"unknown method {name!r}; choose from {', '.join(METHOD_GRID)}")
         options, lr, quick_lr = METHOD_GRID[name]
+        # checkpoint_every=0 (at evaluations only): a full fine-tuning checkpoint is ~270 MB, and the
+        # other methods get the same schedule so that step times compare.
         fields = dict(train, lr=quick_lr if quick else lr)
+        fields.update(model=model_spec, data=data_name, seed=0, eval_every=0, checkpoint_every=0, progress=False)
+        info = {"method": name, "options": ", ".join(f"{k}={v}" for k, v in options.items()), "lr": fields["lr"]}
         if name == "lora":
-            extra = {"lora": dict(options)}
-            if supported:
-                extra["method"] = "lora"
-        else:
-            extra = {"method": name, "method_options": dict(options)}
-        config = TrainConfig(model=model_spec, data=data_name, seed=0, eval_every=0, checkpoint_every=50,
-                             progress=False, **fields, **extra)
-        specs.append(RunSpec(name, config, {"method": name, "options": ", ".join(f"{k}={v}" for k, v in options.items()),
-                                            "lr": fields["lr"]}))
+            extra = {"method": "lora"} if supported else {}
+            specs.append(RunSpec(name, TrainConfig(lora=dict(options), **fields, **extra), info))
+        elif supported:
+            specs.append(RunSpec(name, TrainConfig(method=name, method_options=dict(options), **fields), info))
+        else:  # this trainer predates `method`: loralab.experiments.baseline_run trains it
+            specs.append(RunSpec(name, TrainConfig(**fields), info, method=name, method_options=dict(options)))
     return specs
 
 
@@ -87,9 +87,6 @@ def run(out: str | os.PathLike = "experiments/methods", quick: bool = False, dat
         methods: tuple[str, ...] | None = None) -> ExperimentReport:
     """Train (or reuse) one run per method in child processes, measure latency, write the report."""
     out = Path(out)
-    if methods is None and not has_method_support():
-        log("note: the trainer has no `method` field yet; running LoRA only")
-        methods = ("lora",)
     specs = method_specs(quick, data, model, out, methods)
     results = run_grid(specs, out / "runs", isolate=True, log=log)
     metric = metric_name(results)

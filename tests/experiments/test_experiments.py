@@ -16,7 +16,7 @@ import pytest
 
 from loralab.errors import LoraLabError
 from loralab.experiments import EXPERIMENTS, run_experiment
-from loralab.experiments.common import RunSpec, has_method_support, is_finished, run_grid, saved_parameter_counts
+from loralab.experiments.common import RunSpec, is_finished, run_grid, saved_parameter_counts
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 pytestmark = pytest.mark.skipif(not (SHARED / "glue" / "SST-2" / "train.tsv").is_file(),
@@ -139,24 +139,28 @@ def test_methods_quick(root: Path):
     run_experiment("methods", out=out, quick=True, log=quiet)
     data = check_outputs(out, figures=4)
     rows = read_csv(out / "results.csv")
-    expected = {"lora": LAYERS * 2 * 2 * D * 8 + HEAD}
-    if has_method_support():
-        expected.update({
-            "houlsby": LAYERS * 2 * (2 * D * 8 + 8 + D) + HEAD,   # 2 adapters/block: d→8→d with biases
-            "prefix": LAYERS * 2 * 16 * D + HEAD,                  # keys and values, 16 positions
-        })
+    from loralab.baselines import count_all
+    from loralab.experiments.common import quick_model_dir
+    from transformers import BertForSequenceClassification
+
+    model = BertForSequenceClassification.from_pretrained(quick_model_dir(root / "_quick-model"), num_labels=2)
+    biases = sum(p.numel() for n, p in model.named_parameters() if n.endswith("bias") and "classifier" not in n)
+    expected = {"lora": LAYERS * 2 * 2 * D * 8 + HEAD,
+                "full": count_all(model),
+                "bitfit": biases + HEAD,
+                "houlsby": LAYERS * 2 * (2 * D * 8 + 8 + D) + HEAD,   # 2 adapters/block: d→8→d with biases
+                "prefix": LAYERS * 2 * 16 * D + HEAD}                 # keys and values, 16 positions
     names = [r["method"] for r in rows]
-    assert names == (["lora", "full", "bitfit", "houlsby", "prefix"] if has_method_support() else ["lora"])
+    assert names == ["lora", "full", "bitfit", "houlsby", "prefix"]
     for row in rows:
-        if row["method"] in expected:
-            assert int(row["trainable_params"]) == expected[row["method"]], row["method"]
+        assert int(row["trainable_params"]) == expected[row["method"]], row["method"]
         # Each run is its own process, so its peak RSS is its own: a torch process holds well over 100 MiB.
         assert 100 < float(row["peak_rss_mb"]) < 8000
         assert float(row["seconds_per_step"]) > 0
         assert 0.0 <= float(row["dev_accuracy"]) <= 1.0
-    if has_method_support():
-        by = {r["method"]: int(r["trainable_params"]) for r in rows}
-        assert by["bitfit"] < by["lora"] < by["full"]
+    by = {r["method"]: int(r["trainable_params"]) for r in rows}
+    assert by["bitfit"] < by["lora"] < by["full"]
+    assert float(rows[1]["params_vs_lora"]) == pytest.approx(by["full"] / by["lora"])
     latency = read_csv(out / "latency.csv")
     assert {r["config"] for r in latency} == {"base", "houlsby", "lora_unmerged", "lora_merged"}
     assert all(float(r["median_ms"]) > 0 for r in latency)
