@@ -257,7 +257,7 @@ class Trainer:
         self.total_steps = config.max_steps or max(1, math.ceil(config.epochs * self.steps_per_epoch))
         self.warmup_steps = int(round(config.warmup_ratio * self.total_steps))
         if config.eval_every is None:
-            self.eval_every = max(1, self.total_steps // 4)
+            self.eval_every = max(1, -(-self.total_steps // 4))  # ceil: the 4th evaluation is the final one
         elif config.eval_every == 0:
             self.eval_every = self.steps_per_epoch
         else:
@@ -606,8 +606,9 @@ def run_training(config: TrainConfig, output_dir: str | os.PathLike, resume: boo
         result: dict[str, Any] = {"best_step": state["best_step"], "steps": state["step"],
                                   "best_metric": config.best_metric}
         if "dev" in encoded:
-            result["dev"] = evaluate(model, encoded["dev"], task.kind, collator, config.eval_batch_size,
-                                     label_map, dist).metrics
+            # The best adapter's dev metrics were computed when it was chosen; no need to score dev again.
+            best_rows = [r for r in state["history"] if r["split"] == "dev" and r["step"] == state["best_step"]]
+            result["dev"] = {k: v for k, v in best_rows[-1].items() if k not in ("step", "epoch", "split")}
         if "test" in encoded:
             result["test"] = evaluate(model, encoded["test"], task.kind, collator, config.eval_batch_size,
                                       label_map, dist).metrics

@@ -79,6 +79,7 @@ def test_training_learns_and_is_bitwise_deterministic(tiny_bert_dir, sst2_files,
     assert [r for r in state_a["history"] if r["split"] == "dev"] == [r for r in state_b["history"] if r["split"] == "dev"]
 
 
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")
 def test_gradient_accumulation_matches_one_big_batch(tiny_bert_dir, sst2_files, tmp_path):
     model, config, train, dev, collator, label_map = _setup(tiny_bert_dir, sst2_files, grad_accum=2)
     trainer = Trainer(model, config, train, dev, collator, tmp_path, label_map)
