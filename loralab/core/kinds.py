@@ -1,10 +1,11 @@
 """Layer kinds: how each base-layer type maps onto LoRA's matrix view W0: (d, k).
 
-A kind answers four questions for its layer type:
+A kind answers these questions for its layer type:
   * `shape(layer)`                 -> (d, k): output and input features of the matrix view
   * `weight(layer)` / `to_weight_layout(layer, ΔW)`: where W0 is stored and how a (d, k) ΔW is laid out there
   * `lora_input(layer, x, A)`      -> A·x for this layer's input  (..., r)  [or (N, r, *spatial) for convs]
   * `lora_output(layer, a, B)`     -> B·a in this layer's output layout
+  * `add_lora_output(layer, out, a, B, s)` -> out + s·B·a, fused where the layout allows (the forward's hot path)
 
 New layer types are added with `@register_kind(SomeModuleType)`; lookup follows the type's MRO, so
 subclasses of nn.Linear (e.g. NonDynamicallyQuantizableLinear) are found without extra code.
@@ -67,6 +68,13 @@ class LayerKind:
 
     def lora_output(self, layer: nn.Module, a: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
         return F.linear(a, B)
+
+    def add_lora_output(self, layer: nn.Module, out: torch.Tensor, a: torch.Tensor, B: torch.Tensor,
+                        scale: float) -> torch.Tensor:
+        """out + scale·B·a as one addmm over the flattened tokens: no separate scale, no (..., d)-sized
+        temporary for B·a and no extra pass to add it (about a third of an unmerged adapter's time)."""
+        flat = torch.addmm(out.reshape(-1, out.shape[-1]), a.reshape(-1, a.shape[-1]), B.t(), alpha=scale)
+        return flat.view(out.shape)
 
 
 @register_kind(nn.Linear)
@@ -142,6 +150,11 @@ class ConvKind(LayerKind):
     def lora_output(self, layer: nn.Module, a: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
         spatial = layer.weight.dim() - 2
         return self._conv[spatial](a, B.reshape(*B.shape, *([1] * spatial)))
+
+    def add_lora_output(self, layer: nn.Module, out: torch.Tensor, a: torch.Tensor, B: torch.Tensor,
+                        scale: float) -> torch.Tensor:
+        # Channels are dim 1 here, not last: no addmm; scale the r-channel map, the cheapest place.
+        return out + self.lora_output(layer, a * scale, B)
 
     def check(self, layer: nn.Module) -> None:
         if layer.groups != 1:

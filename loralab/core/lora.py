@@ -13,8 +13,8 @@ Conv1D) and `variants.py` holds the variants that change how ΔW is applied (DoR
 * init:    A random (Kaiming-uniform like the reference code, or Gaussian like the paper), B = 0,
            so ΔW = s·B·A = 0 and the adapted model starts exactly at the base model.
            PiSSA (Meng et al. 2024) instead takes A, B from the top-r SVD of W0 and leaves the residual in W0.
-* forward: base output + s·B·(A·dropout(x)). The r-wide intermediate is scaled, not the d-wide output,
-           because it is the cheapest place to multiply.
+* forward: base output + s·B·(A·dropout(x)). For linear layers the scale and the add ride on one
+           addmm (out + s·a·Bᵀ), so the d-wide product is never stored on its own.
 * merge:   W0 += s·B·A, so inference costs exactly what the base model costs (paper §4.1).
 * unmerge: W0 -= s·B·A. In fp32 each merge/unmerge cycle moves a weight by at most
            u·(2|W0| + |ΔW|) with u = 2**-24 (two roundings), so n cycles stay within n times that.
@@ -233,10 +233,15 @@ class LoraLayer(nn.Module):
             out = f.variant.forward(self, f, x, out)
         return out
 
-    def lora_output(self, f: LoraFactors, x: torch.Tensor) -> torch.Tensor:
-        """s·B·A·x in the layer's output layout, x already through the adapter's dropout:
-        the whole extra cost of an unmerged adapter."""
+    def add_lora(self, f: LoraFactors, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """out + s·B·A·x, x already through the adapter's dropout: the whole extra cost of an unmerged
+        adapter. The add and the scale ride on the last matmul (one addmm for linear layers)."""
         a = self.kind.lora_input(self.base_layer, x, f.A)                 # (..., rank_total)
+        return self.kind.add_lora_output(self.base_layer, out, a, f.B_matrix(), f.scale)
+
+    def lora_output(self, f: LoraFactors, x: torch.Tensor) -> torch.Tensor:
+        """s·B·A·x alone, in the layer's output layout (for variants that weight it, like DoRA)."""
+        a = self.kind.lora_input(self.base_layer, x, f.A)
         return self.kind.lora_output(self.base_layer, a * f.scale, f.B_matrix())
 
     def extra_repr(self) -> str:

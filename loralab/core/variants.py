@@ -34,7 +34,7 @@ class Variant:
         pass
 
     def forward(self, layer, f, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        return out + layer.lora_output(f, f.dropout(x))
+        return layer.add_lora(f, f.dropout(x), out)
 
     def merge(self, layer, f) -> None:
         layer.add_to_weight(f.delta_weight())
