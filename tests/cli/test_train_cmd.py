@@ -142,3 +142,28 @@ def test_causal_lm_train_then_generate(llama_dir, tmp_path, capsys, monkeypatch)
     assert main(["predict", "--adapter", str(output / "adapter"), "--max-new-tokens", "5", "--num-beams", "2"]) == 0
     generated = capsys.readouterr().out.splitlines()
     assert len(generated) == 3 and all(len(text.split()) <= 5 for text in generated)
+
+
+def _config(argv):
+    from loralab.cli.main import build_parser
+    from loralab.cli.train_cmd import config_from_args
+
+    parser = build_parser({"train": ("loralab.cli.train_cmd", "")})
+    return config_from_args(parser.parse_args(["train", *argv]))
+
+
+def test_flags_to_config_default_run_builtin_data_and_limits():
+    from loralab.training.config import DEFAULT_RUN
+
+    default = _config([])
+    assert {k: getattr(default, k) for k in DEFAULT_RUN} == DEFAULT_RUN
+    sst2 = _config(["--data", "sst2", "--r", "4", "--targets", "query", "value", "--train-limit", "0",
+                    "--grad-accum", "2", "--max-grad-norm", "0"])
+    assert sst2.train_limit is None and sst2.max_length is None and sst2.epochs == 3.0  # generic defaults
+    assert sst2.lora["r"] == 4 and sst2.lora["targets"] == ["query", "value"] and sst2.grad_accum == 2
+    assert sst2.max_grad_norm is None
+    e2e = _config(["--data", "e2e"])
+    assert e2e.task == "causal-lm" and e2e.model == "smollm2-135m-instruct" and e2e.best_metric == "loss"
+    files = _config(["--train-file", "t.tsv", "--text-column", "review", "--no-header", "--task", "regression"])
+    assert files.data is None and files.read_options == {"text_column": "review", "header": False}
+    assert files.best_metric == "pearson"
