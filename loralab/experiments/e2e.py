@@ -248,8 +248,9 @@ def _settings_key(settings: dict[str, Any]) -> str:
 
 def generate_for(system: str, model: Any, tokenizer: Any, prompts: list[str], config: E2EConfig, out: Path,
                  settings: dict[str, Any], log: Callable[[str], None] = print) -> tuple[list[str], float]:
-    """Outputs of `model` for `prompts` (reused from out/predictions/<system>.txt when the settings match);
-    returns (outputs, generation seconds, as measured when they were generated)."""
+    """Outputs of `model` for `prompts` (reused from out/predictions/<system>.txt when the settings match,
+    continued from <system>.partial.json after a kill); returns (outputs, generation seconds summed over
+    the batches, as measured when they were generated)."""
     from loralab.serving.generate import generate
     from loralab.training.checkpoint import atomic_write_text
     from loralab.training.data import Task
@@ -264,23 +265,33 @@ def generate_for(system: str, model: Any, tokenizer: Any, prompts: list[str], co
             if len(outputs) == len(prompts):
                 log(f"{system}: reusing {len(outputs)} outputs from {text_path}")
                 return outputs, float(meta["generate_seconds"])
+    # finished batches are kept in <system>.partial.json, so a killed run continues after the last one
+    partial_path = folder / f"{system}.partial.json"
+    outputs, seconds = [], 0.0
+    if partial_path.is_file():
+        partial = json.loads(partial_path.read_text(encoding="utf-8"))
+        if partial.get("key") == key:
+            outputs, seconds = list(partial["outputs"]), float(partial["generate_seconds"])
+            log(f"{system}: continuing after {len(outputs)} outputs saved in {partial_path}")
     task = Task("causal-lm", chat_template=True)
-    log(f"{system}: generating for {len(prompts)} MRs (beams {config.num_beams}, up to {config.max_new_tokens} "
-        "new tokens)")
-    started = time.perf_counter()
-    outputs = []
-    for start in range(0, len(prompts), config.gen_batch_size):
-        chunk = prompts[start:start + config.gen_batch_size]
-        outputs.extend(generate(model, tokenizer, chunk, max_new_tokens=config.max_new_tokens,
-                                num_beams=config.num_beams, task=task, batch_size=config.gen_batch_size))
-        log(f"{system}: {len(outputs)}/{len(prompts)} MRs, {time.perf_counter() - started:.0f} s")
-    seconds = time.perf_counter() - started
-    # one output per line: a newline inside an output would shift every later line
-    outputs = [" ".join(text.split()) for text in outputs]
+    log(f"{system}: generating for {len(prompts) - len(outputs)} MRs (beams {config.num_beams}, up to "
+        f"{config.max_new_tokens} new tokens)")
     folder.mkdir(parents=True, exist_ok=True)
+    for start in range(len(outputs), len(prompts), config.gen_batch_size):
+        started = time.perf_counter()
+        chunk = prompts[start:start + config.gen_batch_size]
+        texts = generate(model, tokenizer, chunk, max_new_tokens=config.max_new_tokens,
+                         num_beams=config.num_beams, task=task, batch_size=config.gen_batch_size)
+        # one output per line: a newline inside an output would shift every later line
+        outputs.extend(" ".join(text.split()) for text in texts)
+        seconds += time.perf_counter() - started
+        atomic_write_text(partial_path, json.dumps({"key": key, "outputs": outputs, "generate_seconds": seconds})
+                          + "\n")
+        log(f"{system}: {len(outputs)}/{len(prompts)} MRs, {seconds:.0f} s")
     atomic_write_text(text_path, "\n".join(outputs) + "\n")
     atomic_write_text(meta_path, json.dumps({"key": key, "settings": settings, "generate_seconds": seconds},
                                             indent=2) + "\n")
+    partial_path.unlink(missing_ok=True)
     return outputs, seconds
 
 

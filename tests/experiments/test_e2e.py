@@ -92,6 +92,25 @@ def test_second_run_reuses_adapter_and_predictions(quick_run):
     assert again["rows"] == before["rows"]
 
 
+def test_killed_generation_continues_after_the_last_saved_batch(quick_run):
+    predictions = quick_run / "predictions"
+    meta = json.loads((predictions / "lora.json").read_text(encoding="utf-8"))
+    finished = (predictions / "lora.txt").read_text(encoding="utf-8").splitlines()
+    # what a run killed after its first batch of 4 leaves behind: no lora.txt, a partial file
+    (predictions / "lora.txt").unlink()
+    (predictions / "lora.json").unlink()
+    (predictions / "lora.partial.json").write_text(json.dumps(
+        {"key": meta["key"], "outputs": finished[:3] + ["kept from the partial file"], "generate_seconds": 1.5}))
+    messages: list[str] = []
+    run_e2e(E2EConfig.quick(), quick_run, log=messages.append)
+    assert any("continuing after 4 outputs" in m for m in messages)
+    assert any("generating for 4 MRs" in m for m in messages)
+    resumed = (predictions / "lora.txt").read_text(encoding="utf-8").splitlines()
+    assert resumed[:4] == finished[:3] + ["kept from the partial file"] and len(resumed) == 8
+    assert not (predictions / "lora.partial.json").exists()
+    assert json.loads((predictions / "lora.json").read_text(encoding="utf-8"))["generate_seconds"] > 1.5
+
+
 def test_quick_refuses_a_model_and_adapter_must_exist(tmp_path):
     assert main(["e2e", "--quick", "--model", "x", "--out", str(tmp_path)]) == 2
     with pytest.raises(LoraLabError, match="adapter_config.json"):
