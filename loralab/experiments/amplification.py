@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from loralab.experiments.common import run_grid
+from loralab.experiments.common import one_thread, run_grid
 from loralab.experiments.rank import rank_specs, settings
 from loralab.experiments.report import ExperimentReport, Table, line_figure, write_experiment_report
 
@@ -51,7 +51,8 @@ def run(out: str | os.PathLike = "experiments/amplification", quick: bool = Fals
     base = load_base_model(resolve_model_spec(model_spec))
     detail: list[dict[str, Any]] = []
     for result in results:
-        analysis = analyze_adapters([result.folder / "adapter"], base_model=base, trials=10, seed=0)
+        with one_thread():
+            analysis = analyze_adapters([result.folder / "adapter"], base_model=base, trials=10, seed=0)
         for m in analysis.adapters[0].amplification or []:
             detail.append({"r": result.info["r"], "module": m.name, "layer": layer_index(m.name),
                            "matrix": matrix_kind(m.name), "w_fro": m.w_fro, "delta_fro": m.delta_fro,

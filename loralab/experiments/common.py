@@ -233,6 +233,23 @@ def quick_model_dir(folder: str | os.PathLike) -> Path:
     return folder
 
 
+class one_thread:
+    """Context manager: torch on one intra-op thread (restored after). On a machine whose few cores are
+    shared, two threads wait for the busy core at every parallel op; one is many times faster there."""
+
+    def __enter__(self) -> "one_thread":
+        import torch
+
+        self.before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import torch
+
+        torch.set_num_threads(self.before)
+
+
 def has_method_support() -> bool:
     """Whether this loralab's TrainConfig can train the baselines (its `method` field)."""
     import dataclasses

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from loralab.experiments.common import DEFAULT_MODEL, RunResult, RunSpec, quick_model_dir, run_grid
+from loralab.experiments.common import DEFAULT_MODEL, RunResult, RunSpec, one_thread, quick_model_dir, run_grid
 from loralab.experiments.report import ExperimentReport, Table, line_figure, write_experiment_report
 
 RANKS = (1, 2, 4, 8, 64)
@@ -79,8 +79,9 @@ def run(out: str | os.PathLike = "experiments/rank", quick: bool = False, data: 
     r_small, r_large = (8, QUICK_RANKS[-1]) if quick else (8, 64)
     by_rank = {r.info["r"]: r for r in results}
     log(f"subspace similarity φ between r={r_small} and r={r_large}")
-    analysis = analyze_adapters([by_rank[r_small].folder / "adapter", by_rank[r_large].folder / "adapter"],
-                                trials=20, seed=0)
+    with one_thread():
+        analysis = analyze_adapters([by_rank[r_small].folder / "adapter", by_rank[r_large].folder / "adapter"],
+                                    trials=20, seed=0)
     write_report(analysis, out / "analysis")
     sub_rows = subspace_rows(analysis.similarity)
 
