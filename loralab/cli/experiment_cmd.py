@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="; ".join(f"{k}: {v}" for k, (_, v) in EXPERIMENTS.items()))
     parser.add_argument("--quick", action="store_true",
                         help="tiny random-init model on a few hundred examples (well under a minute; for tests)")
-    parser.add_argument("--out", default=None, help="output folder (default: experiments/NAME)")
+    parser.add_argument("--out", default=None, help="output folder (default: runs/experiments/NAME)")
     parser.add_argument("--data", default=None, help="builtin data set (default: sst2, a fixed subset)")
     parser.add_argument("--model", default=None, help="model spec (default: all-minilm-l6-v2)")
 
@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from loralab.experiments import run_experiment
 
-    out = args.out or f"experiments/{args.name}"
+    out = args.out or f"runs/experiments/{args.name}"
     run_experiment(args.name, out=out, quick=args.quick, data=args.data, model=args.model)
     print(f"wrote {out}: results.csv, results.json, results.md, figures/, report.html")
     return 0

@@ -1,7 +1,7 @@
 """The paper's experiments as one call each (Hu et al. 2021): `loralab experiment <name>`.
 
     from loralab.experiments import run_experiment
-    report = run_experiment("rank", out="experiments/rank", quick=True)   # writes CSV/JSON/MD, PNGs, report.html
+    report = run_experiment("rank", out="runs/experiments/rank", quick=True)   # writes CSV/JSON/MD, PNGs, report.html
 
     rank           r ∈ {1, 2, 4, 8, 64} on Wq, Wv (Table 6) + φ between r=8 and r=64 (§7.2)
     targets        Wq, Wk, Wv, Wo and combinations under one trainable budget (Table 5)
@@ -30,11 +30,11 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
 
 def run_experiment(name: str, out: str | os.PathLike | None = None, quick: bool = False, data: str | None = None,
                    model: str | None = None, log: Callable[[str], None] = print):
-    """Run experiment `name` into `out` (default experiments/<name>); returns its ExperimentReport."""
+    """Run experiment `name` into `out` (default runs/experiments/<name>); returns its ExperimentReport."""
     if name not in EXPERIMENTS:
         raise LoraLabError(f"unknown experiment {name!r}; choose one of {', '.join(EXPERIMENTS)}")
     module = importlib.import_module(EXPERIMENTS[name][0])
-    return module.run(out=out or os.path.join("experiments", name), quick=quick, data=data, model=model, log=log)
+    return module.run(out=out or os.path.join("runs", "experiments", name), quick=quick, data=data, model=model, log=log)
 
 
 __all__ = ["EXPERIMENTS", "run_experiment"]

@@ -36,7 +36,7 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
-def run(out: str | os.PathLike = "experiments/amplification", quick: bool = False, data: str | None = None,
+def run(out: str | os.PathLike = "runs/experiments/amplification", quick: bool = False, data: str | None = None,
         model: str | None = None, log: Callable[[str], None] = print,
         rank_dir: str | os.PathLike | None = None) -> ExperimentReport:
     from loralab.analysis.base import load_base_model

@@ -82,7 +82,7 @@ def latency_rows(out: Path, quick: bool, model_spec: str, log: Callable[[str], N
                        bottleneck=METHOD_GRID["houlsby"][0]["bottleneck"], lora_r=METHOD_GRID["lora"][0]["r"])
 
 
-def run(out: str | os.PathLike = "experiments/methods", quick: bool = False, data: str | None = None,
+def run(out: str | os.PathLike = "runs/experiments/methods", quick: bool = False, data: str | None = None,
         model: str | None = None, log: Callable[[str], None] = print,
         methods: tuple[str, ...] | None = None) -> ExperimentReport:
     """Train (or reuse) one run per method in child processes, measure latency, write the report."""

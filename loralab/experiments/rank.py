@@ -66,7 +66,7 @@ def subspace_rows(similarity) -> list[dict[str, Any]]:
     return rows
 
 
-def run(out: str | os.PathLike = "experiments/rank", quick: bool = False, data: str | None = None,
+def run(out: str | os.PathLike = "runs/experiments/rank", quick: bool = False, data: str | None = None,
         model: str | None = None, log: Callable[[str], None] = print) -> ExperimentReport:
     """Train (or reuse) the rank grid, compare the two φ adapters, write the report into `out`."""
     from loralab.analysis import analyze_adapters, write_report

@@ -52,7 +52,7 @@ def target_specs(quick: bool, data: str | None, model: str | None, out: Path) ->
     return specs
 
 
-def run(out: str | os.PathLike = "experiments/targets", quick: bool = False, data: str | None = None,
+def run(out: str | os.PathLike = "runs/experiments/targets", quick: bool = False, data: str | None = None,
         model: str | None = None, log: Callable[[str], None] = print) -> ExperimentReport:
     out = Path(out)
     specs = target_specs(quick, data, model, out)
