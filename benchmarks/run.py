@@ -1,7 +1,7 @@
 """loralab vs PEFT on all-MiniLM-L6-v2: training step, SST-2 throughput and time to accuracy, forward
 latency, adapter switch/load, peak memory. Prints a markdown table and writes the raw numbers as JSON.
 
-    python benchmarks/run.py            # the full run (about 8 minutes on 2 CPU cores)
+    python benchmarks/run.py            # the full run (about 8 minutes on 2 idle CPU cores, estimated)
     python benchmarks/run.py --quick    # fewer rounds and steps (about 3 minutes): a smoke check
 
 See benchmarks/README.md for what each row measures and docs/benchmarks.md for results.
