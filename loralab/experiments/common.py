@@ -42,10 +42,6 @@ class RunSpec:
     name: str
     config: Any
     info: dict[str, Any] = field(default_factory=dict)
-    method: str | None = None
-    """A loralab.baselines method trained by loralab.experiments.baseline_run, for a TrainConfig without
-    its own `method` field; None: run_training as usual."""
-    method_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
@@ -127,7 +123,7 @@ def read_result(spec: RunSpec, folder: Path, skipped: bool) -> RunResult:
                      seconds, seconds / steps if steps else math.nan, total, lora, rss, skipped)
 
 
-def _run_in_child(config_path: Path, folder: Path, log: Callable[[str], None], method_path: Path | None = None) -> float:
+def _run_in_child(config_path: Path, folder: Path, log: Callable[[str], None]) -> float:
     """Train in a child process; returns its peak RSS in MiB. The child's output goes to train.log."""
     env = dict(os.environ)
     # The child must import this checkout of loralab even when it was not installed.
@@ -135,7 +131,7 @@ def _run_in_child(config_path: Path, folder: Path, log: Callable[[str], None], m
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     with open(folder / "train.log", "ab") as log_file:
         command = [sys.executable, "-m", "loralab.experiments.common", str(config_path), str(folder)]
-        child = subprocess.Popen(command + ([str(method_path)] if method_path else []),
+        child = subprocess.Popen(command,
                                  stdout=log_file, stderr=subprocess.STDOUT, env=env)
         # os.wait4 gives this child's own rusage (RUSAGE_CHILDREN would be the max over all children so far).
         try:
@@ -178,17 +174,9 @@ def run_grid(specs: Sequence[RunSpec], runs_dir: str | os.PathLike, isolate: boo
         if isolate:
             config_path = folder / "experiment-config.json"
             spec.config.save(config_path)
-            method_path = None
-            if spec.method is not None:
-                method_path = folder / "experiment-method.json"
-                atomic_write(method_path, json.dumps({"method": spec.method, "options": spec.method_options}) + "\n")
-            rss = _run_in_child(config_path, folder, log, method_path)
+            rss = _run_in_child(config_path, folder, log)
             atomic_write(folder / RESOURCES_FILE, json.dumps({"peak_rss_mb": round(rss, 1), "measured": "ru_maxrss "
                                                                "of the training process (os.wait4)"}) + "\n")
-        elif spec.method is not None:
-            from loralab.experiments.baseline_run import train_baseline
-
-            train_baseline(spec.config, spec.method, spec.method_options, folder, resume=resume)
         else:
             from loralab.training.loop import run_training
 
@@ -250,32 +238,16 @@ class one_thread:
         torch.set_num_threads(self.before)
 
 
-def has_method_support() -> bool:
-    """Whether this loralab's TrainConfig can train the baselines (its `method` field)."""
-    import dataclasses
-
-    from loralab.training.config import TrainConfig
-
-    return "method" in {f.name for f in dataclasses.fields(TrainConfig)}
-
-
 def _child_main(argv: Sequence[str]) -> int:
-    """Entry of an isolated run: train the config at argv[0] into the folder argv[1]; argv[2], when given,
-    is a JSON file {"method", "options"} for loralab.experiments.baseline_run."""
+    """Entry of an isolated run: train the config at argv[0] into the folder argv[1]."""
     from loralab.training.config import TrainConfig
 
     config_path, folder = Path(argv[0]), Path(argv[1])
     config = TrainConfig.load(config_path)
     resume = (folder / "checkpoints" / "LATEST").exists()
-    if len(argv) > 2:
-        from loralab.experiments.baseline_run import train_baseline
+    from loralab.training.loop import run_training
 
-        method = json.loads(Path(argv[2]).read_text(encoding="utf-8"))
-        train_baseline(config, method["method"], method["options"], folder, resume=resume)
-    else:
-        from loralab.training.loop import run_training
-
-        run_training(config, folder, resume=resume)
+    run_training(config, folder, resume=resume)
     return 0
 
 

@@ -353,8 +353,8 @@ def run_e2e(config: E2EConfig, out: str | os.PathLike, adapter: str | os.PathLik
             "system": system, **{k: round(float(scores[k]), 4) for k in METRIC_COLUMNS},
             "trainable_params": trainable if lora_row else 0,
             "adapter_bytes": folder_bytes(adapter_dir) if lora_row else 0,
-            "train_seconds": round(float(train_metrics.get("train_seconds", 0.0)), 1) if lora_row else 0.0,
-            "generate_seconds": round(seconds[system], 1), "mrs": len(mrs), "num_beams": config.num_beams,
+            "train_seconds": round(float(train_metrics.get("train_seconds", 0.0)), 3) if lora_row else 0.0,
+            "generate_seconds": round(seconds[system], 3), "mrs": len(mrs), "num_beams": config.num_beams,
             "max_new_tokens": config.max_new_tokens,
             "mean_output_words": round(sum(len(o.split()) for o in outputs[system]) / len(mrs), 2),
         })

@@ -7,8 +7,8 @@ roughly to LoRA r=8 on Wq, Wv (2·6·2·384·8 = 73,728 values on MiniLM): Houls
 prefix length 16 (6·2·16·384 = 73,728). Learning rates are per method (full fine-tuning needs a far
 smaller one); they are fixed, not tuned, and listed in the table.
 
-Uses TrainConfig's `method` / `method_options` fields when the trainer has them; otherwise the
-baselines train through loralab.experiments.baseline_run (same data, schedule and evaluation).
+Every method trains through loralab.training.run_training (TrainConfig.method / method_options), so data,
+schedule and evaluation are the same.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from loralab.errors import LoraLabError
-from loralab.experiments.common import RunSpec, has_method_support, run_grid
+from loralab.experiments.common import RunSpec, run_grid
 from loralab.experiments.rank import ALPHA, metric_name, settings
 from loralab.experiments.report import ExperimentReport, Table, bar_figure, write_experiment_report
 
@@ -39,7 +39,6 @@ def method_specs(quick: bool, data: str | None, model: str | None, out: Path,
 
     model_spec, data_name, train = settings(quick, data, model, out)
     methods = tuple(METHOD_GRID) if methods is None else methods
-    supported = has_method_support()
     specs = []
     for name in methods:
         if name not in METHOD_GRID:
@@ -51,12 +50,9 @@ def method_specs(quick: bool, data: str | None, model: str | None, out: Path,
         fields.update(model=model_spec, data=data_name, seed=0, eval_every=0, checkpoint_every=0, progress=False)
         info = {"method": name, "options": ", ".join(f"{k}={v}" for k, v in options.items()), "lr": fields["lr"]}
         if name == "lora":
-            extra = {"method": "lora"} if supported else {}
-            specs.append(RunSpec(name, TrainConfig(lora=dict(options), **fields, **extra), info))
-        elif supported:
+            specs.append(RunSpec(name, TrainConfig(lora=dict(options), **fields), info))
+        else:
             specs.append(RunSpec(name, TrainConfig(method=name, method_options=dict(options), **fields), info))
-        else:  # this trainer predates `method`: loralab.experiments.baseline_run trains it
-            specs.append(RunSpec(name, TrainConfig(**fields), info, method=name, method_options=dict(options)))
     return specs
 
 

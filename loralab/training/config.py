@@ -63,6 +63,10 @@ class TrainConfig:
     chat_template: bool = False
 
     lora: dict[str, Any] = field(default_factory=lambda: {"r": 8, "alpha": 16.0})
+    method: str = "lora"
+    """What trains: "lora" (the `lora` fields), or a baseline of loralab.baselines.METHODS
+    ("full", "bitfit", "houlsby", "prefix") with `method_options`, in the same harness."""
+    method_options: dict[str, Any] = field(default_factory=dict)
     epochs: float = 3.0
     max_steps: int | None = None
     batch_size: int = 16
@@ -138,6 +142,12 @@ class TrainConfig:
         if not isinstance(self.lora, dict):
             raise LoraLabError("lora must be a dict of LoraConfig fields")
         self.lora_config()  # validates the LoRA fields now, not after the model has loaded
+        from loralab.baselines import METHODS
+
+        if self.method not in METHODS:
+            raise LoraLabError(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
+        if not isinstance(self.method_options, dict):
+            raise LoraLabError("method_options must be a dict of the method's options")
 
     @property
     def best_is_lower(self) -> bool:

@@ -297,7 +297,8 @@ class Trainer:
 
     def _save_checkpoint(self) -> None:
         if self.dist.is_main:
-            save_checkpoint(self.checkpoint_dir, self.model, self.optimizer, self.scheduler, self.state)
+            save_checkpoint(self.checkpoint_dir, self.model, self.optimizer, self.scheduler, self.state,
+                            write_adapter=self.config.method == "lora")
         distributed.barrier(self.dist)
 
     def resume(self) -> bool:
@@ -526,6 +527,19 @@ def load_model_for(spec: str, task_kind: str, label_map: LabelMap | None, tokeni
     return model
 
 
+TRAINABLE_FILE = "trainable.safetensors"
+
+
+def save_trainable_tensors(model: nn.Module, path: Path) -> None:
+    """Every parameter that requires grad, by name, as safetensors (written to a temp name, then renamed)."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file({n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}, str(scratch))
+    os.replace(scratch, path)
+
+
 def write_task_file(folder: Path, config: TrainConfig) -> None:
     """What eval/predict need to use the adapter: base model, task and tokenization settings."""
     info = {"model": config.model, "task": config.task, "max_length": config.max_length,
@@ -582,16 +596,23 @@ def run_training(config: TrainConfig, output_dir: str | os.PathLike, resume: boo
 
         seed_everything(config.seed)  # before the head and LoRA initialisation
         model = load_model_for(config.model, task.kind, label_map, tokenizer)
-        lora_config = config.lora_config(head_modules(model))
-        loralab.inject(model, lora_config)
+        if config.method == "lora":
+            loralab.inject(model, config.lora_config(head_modules(model)))
+        else:
+            from loralab.baselines import METHODS
+
+            METHODS[config.method](model, **config.method_options)
         model.to(dist.device)
         say(loralab.trainable_summary(model))
         collator = PadCollator(pad_token_id_for(tokenizer))
         adapter_dir = output_dir / "adapter"
 
         def save_best(trained: nn.Module) -> None:
-            loralab.save_adapter(trained, adapter_dir, base_model_name_or_path=config.model,
-                                 task_type="CAUSAL_LM" if task.kind == "causal-lm" else "SEQ_CLS")
+            if config.method == "lora":
+                loralab.save_adapter(trained, adapter_dir, base_model_name_or_path=config.model,
+                                     task_type="CAUSAL_LM" if task.kind == "causal-lm" else "SEQ_CLS")
+            else:   # a baseline has no LoRA factors: keep exactly the tensors it trained
+                save_trainable_tensors(trained, adapter_dir / TRAINABLE_FILE)
             if label_map is not None:
                 label_map.save(adapter_dir / "labels.json")
             write_task_file(adapter_dir, config)
