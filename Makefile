@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 setup: $(VENV)/.installed
 
 train: $(VENV)/.installed
-	$(VENV)/bin/loralab train
+	$(VENV)/bin/loralab train --overwrite
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
