@@ -11,16 +11,12 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from loralab.cli.adapter_args import add_adapter_arguments
     from loralab.training.data import add_data_arguments
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("\n", 2)[2]
-    parser.add_argument("--adapter", action="append", required=True, metavar="NAME=PATH",
-                        help="an adapter folder written by loralab train; repeat to load several")
-    parser.add_argument("--use", help="which loaded adapter to evaluate (default: the first)")
-    parser.add_argument("--model", help="base model (default: the one the adapter was trained on)")
-    parser.add_argument("--task", choices=["classification", "pair-classification", "regression", "causal-lm"],
-                        help="default: the adapter's task")
+    add_adapter_arguments(parser, use_help="which loaded adapter to evaluate (default: the first)")
     parser.add_argument("--file", help="data file (TSV, CSV, JSONL, E2E) or datasets folder with labels")
     parser.add_argument("--data", help="builtin data set (with --data-split)")
     parser.add_argument("--data-split", default=None, help="split of --data (default: its evaluation split)")

@@ -15,16 +15,12 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from loralab.cli.adapter_args import add_adapter_arguments
     from loralab.training.data import add_data_arguments
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("\n", 2)[2]
-    parser.add_argument("--adapter", action="append", required=True, metavar="NAME=PATH",
-                        help="an adapter folder written by loralab train; repeat to load several")
-    parser.add_argument("--use", help="which loaded adapter predicts (default: the first)")
-    parser.add_argument("--model", help="base model (default: the one the adapter was trained on)")
-    parser.add_argument("--task", choices=["classification", "pair-classification", "regression", "causal-lm"],
-                        help="default: the adapter's task")
+    add_adapter_arguments(parser, use_help="which loaded adapter predicts (default: the first)")
     parser.add_argument("--file", help="inputs file (default: stdin, one input per line)")
     parser.add_argument("--output", "-o", help="write predictions here instead of stdout")
     parser.add_argument("--max-length", type=int, help="tokens per input (default: as in training)")

@@ -32,22 +32,32 @@ def _read_lines(path: Path) -> list[str]:
                            f"save the file as UTF-8") from None
 
 
+def parse_e2e_line(line: str, where: str) -> tuple[str, str] | None:
+    """(meaning representation, text) of one `mr||text` line, both stripped; None for a blank line.
+    `where` ("file:line") starts the error message of a malformed line."""
+    if not line.strip():
+        return None
+    parts = line.split("||")
+    if len(parts) != 2:
+        raise LoraLabError(f"{where}: an E2E line is `meaning representation||reference text` "
+                           f"with exactly one `||`, this one has {len(parts) - 1}")
+    mr, text = parts[0].strip(), parts[1].strip()
+    if not mr or not text:
+        missing = "meaning representation" if not mr else "reference text"
+        raise LoraLabError(f"{where}: empty {missing}; every line needs both sides of `||`")
+    return mr, text
+
+
 def read_e2e(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
     """(meaning representation, reference text) pairs of an E2E file with one `mr||text` per line,
     both stripped of surrounding whitespace. Blank lines are skipped."""
     path = Path(path)
     pairs = []
     for number, line in enumerate(_read_lines(path), start=1):
-        if not line.strip():
+        pair = parse_e2e_line(line, f"{path}:{number}")
+        if pair is None:
             continue
-        parts = line.split("||")
-        if len(parts) != 2:
-            raise LoraLabError(f"{path}:{number}: an E2E line is `meaning representation||reference text` "
-                               f"with exactly one `||`, this one has {len(parts) - 1}")
-        mr, text = parts[0].strip(), parts[1].strip()
-        if not mr or not text:
-            missing = "meaning representation" if not mr else "reference text"
-            raise LoraLabError(f"{path}:{number}: empty {missing}; every line needs both sides of `||`")
+        mr, text = pair
         pairs.append((mr, text))
     if not pairs:
         raise LoraLabError(f"{path}: the file holds no `mr||text` lines")

@@ -300,18 +300,15 @@ def _as_label(path: Path, line: int, column: Column, value: Any) -> str | int | 
 
 
 def _e2e_examples(path: Path, options: ReadOptions) -> list[Example]:
+    from loralab.metrics.e2e import parse_e2e_line
+
     examples = []
     with _open_text(path, options.encoding) as fh:
         for line, text in enumerate(fh, start=1):
-            if not text.strip():
+            pair = parse_e2e_line(text, f"{path}:{line}")
+            if pair is None:
                 continue
-            parts = text.split("||")
-            if len(parts) != 2:
-                raise LoraLabError(f"{path}:{line}: an E2E line is `meaning representation||reference text` "
-                                   f"with one `||`, this one has {len(parts) - 1}")
-            prompt, target = parts[0].strip(), parts[1].strip()
-            if not prompt or not target:
-                raise LoraLabError(f"{path}:{line}: empty {'meaning representation' if not prompt else 'reference text'}")
+            prompt, target = pair
             examples.append(Example(text=prompt, target=target, source=str(path), line=line))
     return examples
 
