@@ -1,0 +1,348 @@
+"""Writing files and folders the one way loralab writes them: atomically, owned, and one writer at a time.
+
+Every file loralab writes goes through `atomic_write` (or a wrapper of it): the bytes go to a temporary
+sibling `.NAME.PID.RANDOM.tmp`, are flushed to disk, and `os.replace` puts them in place, so a reader (or a
+crash) sees the old file or the new one, never half of one. Whole outputs (a merged model, a run's result
+folder) are built by `atomic_folder` in a temporary sibling folder and swapped in with renames.
+
+Ownership: a folder loralab creates as an output holds a marker file `.loralab-output` naming what it is
+("train-run", "merged-model", ...). loralab deletes or replaces a folder only when that marker says it wrote
+it — never a folder of photos, a model, or the inputs of the same command.
+
+Locks: `OutputLock(folder)` takes an advisory `flock` on `folder/.loralab.lock` and writes its PID there.
+A second writer gets one line naming the PID that holds it. The kernel drops the lock when its process
+dies, so a lock left by a killed process is simply taken over (and said so).
+
+Nothing here unpickles; JSON and safetensors only.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from loralab.errors import LoraLabError
+
+OWNER_MARKER = ".loralab-output"
+LOCK_NAME = ".loralab.lock"
+_TMP_SUFFIX = ".tmp"
+
+
+# --------------------------------------------------------------------------------------------------
+# One file
+# --------------------------------------------------------------------------------------------------
+def _temp_sibling(path: Path) -> Path:
+    """A temporary name next to `path`: `.NAME.PID.RANDOM.tmp` (the PID lets a later run tell if the
+    writer is gone, see `remove_stale_temps`)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{_TMP_SUFFIX}")
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Create or replace `path` atomically: `write(tmp)` writes the content to a temporary sibling, which
+    is flushed to disk and renamed over `path`. On any error the temporary file is removed and `path` is
+    left as it was. Returns `path`."""
+    path = Path(path)
+    make_dirs(path.parent)
+    tmp = _temp_sibling(path)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(exc, OSError):
+            raise unwritable(path, exc) from None
+        raise
+    return path
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """`text` as UTF-8, atomically."""
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_json(path: str | os.PathLike, data: Any) -> Path:
+    """`data` as indented JSON with a final newline, atomically. NaN/Inf are refused (not valid JSON)."""
+    return write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
+
+
+def write_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, str] | None = None) -> Path:
+    """{name: tensor} as a safetensors file (contiguous CPU copies), atomically."""
+    from safetensors.torch import save_file
+
+    plain = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    return atomic_write(path, lambda tmp: save_file(plain, str(tmp), metadata=metadata))
+
+
+def save_figure(figure: Any, path: str | os.PathLike, **savefig_kwargs: Any) -> Path:
+    """A matplotlib figure, atomically, in the format the path's suffix names."""
+    path = Path(path)
+    fmt = path.suffix.lstrip(".") or "png"
+    return atomic_write(path, lambda tmp: figure.savefig(tmp, format=fmt, **savefig_kwargs))
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete temporary files and folders (`.*.PID.*.tmp`) in `folder` whose writing process is gone.
+    Returns what was removed. A temp file of a live process is left alone."""
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        pid = _temp_owner(entry.name)
+        if pid is None or _pid_alive(pid):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                entry.unlink()
+        removed.append(entry)
+    return removed
+
+
+def _temp_owner(name: str) -> int | None:
+    """The PID in a temporary name `.NAME.PID.RANDOM.tmp`, else None."""
+    if not (name.startswith(".") and name.endswith(_TMP_SUFFIX)):
+        return None
+    parts = name[: -len(_TMP_SUFFIX)].split(".")
+    if len(parts) < 4 or not parts[-2].isdigit():
+        return None
+    return int(parts[-2])
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:        # exists, owned by someone else
+        return True
+    return True
+
+
+# --------------------------------------------------------------------------------------------------
+# Errors for outputs that cannot be written
+# --------------------------------------------------------------------------------------------------
+_WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.ENOTDIR, errno.EEXIST,
+                 errno.EISDIR, errno.ENOENT, errno.EDQUOT, errno.ENAMETOOLONG}
+
+
+def unwritable(path: str | os.PathLike, exc: OSError) -> OSError | LoraLabError:
+    """The user-facing error for an OSError while writing `path`: one line naming the path, the reason
+    and the fix. Errors that are not about the output itself (e.g. EIO) are returned unchanged."""
+    if exc.errno not in _WRITE_ERRNOS:
+        return exc
+    reason = exc.strerror or str(exc)
+    return LoraLabError(f"cannot write {path}: {reason}; choose a writable output location")
+
+
+def make_dirs(folder: str | os.PathLike) -> Path:
+    """mkdir -p with a one-line error for paths that cannot hold a folder (/proc/x, a file, read-only)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise LoraLabError(f"{folder} exists and is not a folder; choose another output location") from None
+    except OSError as exc:
+        raise unwritable(folder, exc) from None
+    return folder
+
+
+def check_writable_dir(folder: str | os.PathLike) -> Path:
+    """Fail early, before any work, if `folder` cannot be created or written (probe file, then removed)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise LoraLabError(f"{folder} exists and is not a folder; choose another output location")
+    probe_parent = folder if folder.exists() else _nearest_existing(folder)
+    if not probe_parent.is_dir():
+        raise LoraLabError(f"cannot create {folder}: {probe_parent} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(dir=probe_parent, prefix=f".loralab-probe.{os.getpid()}.", suffix=_TMP_SUFFIX)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise unwritable(folder, exc) from None
+    return folder
+
+
+def _nearest_existing(path: Path) -> Path:
+    for parent in [path, *path.parents]:
+        if parent.exists():
+            return parent
+    return Path(".")
+
+
+# --------------------------------------------------------------------------------------------------
+# Owned output folders
+# --------------------------------------------------------------------------------------------------
+def mark_owned(folder: str | os.PathLike, kind: str) -> None:
+    """Record in `folder` that loralab wrote it, as an output of the given kind."""
+    write_json(Path(folder) / OWNER_MARKER, {"kind": kind})
+
+
+def owned_kind(folder: str | os.PathLike) -> str | None:
+    """The kind recorded by `mark_owned`, or None when loralab's marker is missing or unreadable."""
+    try:
+        data = json.loads((Path(folder) / OWNER_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data.get("kind") if isinstance(data, dict) else None
+
+
+def is_empty_dir(folder: Path) -> bool:
+    return folder.is_dir() and not any(folder.iterdir())
+
+
+def check_replaceable(folder: str | os.PathLike, kinds: tuple[str, ...], protect: tuple[Path, ...] = ()) -> None:
+    """Raise unless `folder` may be replaced by a new output: it is missing, empty, or marked by loralab
+    as one of `kinds`; and it is none of the `protect` paths (the command's inputs), nor inside or
+    around one of them."""
+    folder = Path(folder)
+    resolved = folder.resolve()
+    for other in protect:
+        other = Path(other).resolve()
+        if resolved == other or other.is_relative_to(resolved) or resolved.is_relative_to(other):
+            raise LoraLabError(f"output {folder} is, holds or lies inside an input of this command ({other}); "
+                               "choose another output location")
+    if not folder.exists() or is_empty_dir(folder):
+        return
+    if folder.is_symlink() or not folder.is_dir():
+        raise LoraLabError(f"{folder} exists and is not a folder loralab wrote; not replacing it. "
+                           "Choose another output location or remove it yourself")
+    kind = owned_kind(folder)
+    if kind not in kinds:
+        what = f"a loralab {kind} folder" if kind else "not a folder loralab wrote (no .loralab-output marker)"
+        raise LoraLabError(f"{folder} is {what}; not replacing it. Choose another output location or remove "
+                           "it yourself")
+
+
+@contextlib.contextmanager
+def atomic_folder(target: str | os.PathLike, kind: str, replace: bool = False,
+                  protect: tuple[Path, ...] = ()) -> Iterator[Path]:
+    """Build a whole output folder and swap it in: yields a fresh temporary sibling folder to fill; on
+    success it is marked as `kind` and renamed to `target`. An existing `target` is replaced only with
+    `replace=True` and only if `check_replaceable` allows it (checked before and after the build).
+    On any error the temporary folder is removed and `target` is untouched."""
+    target = Path(target)
+    if target.exists() and not is_empty_dir(target) and not replace:
+        raise LoraLabError(f"{target} already exists; pass --overwrite to replace it, or choose another output")
+    check_replaceable(target, (kind,), protect)
+    make_dirs(target.parent)
+    remove_stale_temps(target.parent)
+    scratch = _temp_sibling(target)
+    try:
+        scratch.mkdir()
+    except OSError as exc:
+        raise unwritable(target, exc) from None
+    try:
+        yield scratch
+        mark_owned(scratch, kind)
+        swap_in(scratch, target, (kind,), protect)
+    except BaseException as exc:
+        shutil.rmtree(scratch, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise unwritable(target, exc) from None
+        raise
+
+
+def swap_in(new: Path, target: Path, kinds: tuple[str, ...], protect: tuple[Path, ...] = ()) -> None:
+    """Rename the finished folder `new` to `target`; an old `target` (checked replaceable) is first renamed
+    aside and deleted only after the new one is in place."""
+    if not target.exists():
+        os.replace(new, target)
+        return
+    check_replaceable(target, kinds, protect)
+    old = _temp_sibling(target)
+    os.replace(target, old)
+    try:
+        os.replace(new, target)
+    except BaseException:
+        os.replace(old, target)       # put the old output back
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_owned(folder: str | os.PathLike, kinds: tuple[str, ...], protect: tuple[Path, ...] = ()) -> None:
+    """Delete an output folder loralab wrote (checked with `check_replaceable`); a missing one is fine."""
+    folder = Path(folder)
+    check_replaceable(folder, kinds, protect)
+    if folder.exists():
+        shutil.rmtree(folder)
+
+
+# --------------------------------------------------------------------------------------------------
+# One writer per output folder
+# --------------------------------------------------------------------------------------------------
+class OutputLock:
+    """An advisory lock on an output folder, held for as long as a command writes there.
+
+        with OutputLock(run_dir):
+            ...train and write checkpoints...
+
+    Raises LoraLabError("... is in use by PID N ...") when another live process holds it. A lock file
+    left by a process that died (SIGKILL, power loss) is not held by anyone and is taken over; `stale_pid`
+    tells whose it was, so callers can say so."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK_NAME
+        self.stale_pid: int | None = None
+        self._fd: int | None = None
+
+    def acquire(self) -> "OutputLock":
+        make_dirs(self.folder)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise unwritable(self.path, exc) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_pid(fd)
+            os.close(fd)
+            who = f"PID {holder}" if holder else "another process"
+            raise LoraLabError(f"{self.folder} is in use by {who} (another loralab command is writing there); "
+                               "wait for it to finish, or choose another output location") from None
+        previous = _read_pid(fd)
+        if previous and previous != os.getpid() and not _pid_alive(previous):
+            self.stale_pid = previous
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._fd, 0)
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> "OutputLock":
+        return self.acquire()
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None

@@ -1,0 +1,147 @@
+"""loralab.files: atomic writes, owned folders, output locks."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from loralab import LoraLabError
+from loralab import files
+
+
+def test_atomic_write_replaces_and_leaves_no_temp(tmp_path):
+    path = tmp_path / "a" / "x.json"
+    files.write_json(path, {"v": 1})
+    files.write_json(path, {"v": 2})
+    assert json.loads(path.read_text()) == {"v": 2}
+    assert sorted(p.name for p in path.parent.iterdir()) == ["x.json"]
+
+
+def test_failed_write_keeps_the_old_file_and_removes_the_temp(tmp_path):
+    path = files.write_text(tmp_path / "x.txt", "old")
+
+    def boom(tmp):
+        tmp.write_text("half")
+        raise RuntimeError("disk went away")
+
+    with pytest.raises(RuntimeError):
+        files.atomic_write(path, boom)
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["x.txt"]
+
+
+def test_oserror_while_writing_is_one_clear_line(tmp_path):
+    def refuse(tmp):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    with pytest.raises(LoraLabError, match="cannot write .*Read-only file system; choose a writable"):
+        files.atomic_write(tmp_path / "x", refuse)
+    with pytest.raises(LoraLabError, match="cannot write /proc/loralab-x"):
+        files.write_text("/proc/loralab-x/y.txt", "z")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(LoraLabError, match="is not a folder"):
+        files.check_writable_dir(tmp_path / "file")
+    with pytest.raises(LoraLabError, match="cannot"):
+        files.check_writable_dir("/proc/loralab-x")
+    assert files.check_writable_dir(tmp_path / "new" / "deep") == tmp_path / "new" / "deep"
+    assert not (tmp_path / "new").exists()
+
+
+def test_write_json_refuses_nan(tmp_path):
+    with pytest.raises(ValueError):
+        files.write_json(tmp_path / "x.json", {"loss": float("nan")})
+    assert not list(tmp_path.iterdir())
+
+
+def test_safetensors_round_trip(tmp_path):
+    t = torch.arange(6.0).reshape(2, 3).t()          # not contiguous
+    files.write_safetensors(tmp_path / "t.safetensors", {"t": t}, {"k": "v"})
+    assert torch.equal(load_file(str(tmp_path / "t.safetensors"))["t"], t)
+
+
+def test_stale_temps_of_dead_processes_are_removed(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    stale = tmp_path / f".LATEST.{dead}.abcd1234.tmp"
+    live = tmp_path / f".LATEST.{os.getpid()}.abcd1234.tmp"
+    other = tmp_path / ".hidden.tmp"
+    for p in (stale, live, other):
+        p.write_text("")
+    assert files.remove_stale_temps(tmp_path) == [stale]
+    assert live.exists() and other.exists()
+
+
+def test_atomic_folder_replaces_only_what_loralab_wrote(tmp_path):
+    out = tmp_path / "merged"
+    with files.atomic_folder(out, "merged-model") as scratch:
+        (scratch / "model.txt").write_text("one")
+    assert files.owned_kind(out) == "merged-model"
+    with pytest.raises(LoraLabError, match="already exists; pass --overwrite"):
+        with files.atomic_folder(out, "merged-model"):
+            pass
+    with files.atomic_folder(out, "merged-model", replace=True) as scratch:
+        (scratch / "model.txt").write_text("two")
+    assert (out / "model.txt").read_text() == "two"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "cat.jpg").write_bytes(b"\xff\xd8")
+    with pytest.raises(LoraLabError, match="not a folder loralab wrote"):
+        with files.atomic_folder(photos, "merged-model", replace=True):
+            pass
+    assert (photos / "cat.jpg").exists()
+    train_run = tmp_path / "run"
+    train_run.mkdir()
+    files.mark_owned(train_run, "train-run")
+    with pytest.raises(LoraLabError, match="is a loralab train-run folder"):
+        files.remove_owned(train_run, ("merged-model",))
+
+
+def test_atomic_folder_refuses_the_commands_own_inputs(tmp_path):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    files.mark_owned(adapter, "merged-model")
+    for out in (adapter, tmp_path, adapter / "inside"):
+        with pytest.raises(LoraLabError, match="an input of this command"):
+            with files.atomic_folder(out, "merged-model", replace=True, protect=(adapter,)):
+                pass
+    assert adapter.is_dir()
+
+
+def test_failed_build_leaves_the_old_folder(tmp_path):
+    out = tmp_path / "merged"
+    with files.atomic_folder(out, "merged-model") as scratch:
+        (scratch / "model.txt").write_text("one")
+    with pytest.raises(RuntimeError):
+        with files.atomic_folder(out, "merged-model", replace=True) as scratch:
+            (scratch / "model.txt").write_text("half")
+            raise RuntimeError("killed")
+    assert (out / "model.txt").read_text() == "one"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]
+
+
+def test_lock_names_the_holder_and_takes_over_stale_locks(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import sys, time
+from loralab.files import OutputLock
+lock = OutputLock({str(tmp_path)!r}).acquire()
+print('held', flush=True)
+time.sleep(60)
+"""], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(LoraLabError, match=f"in use by PID {holder.pid}"):
+            files.OutputLock(tmp_path).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    with files.OutputLock(tmp_path) as lock:        # the kernel released the dead holder's flock
+        assert lock.stale_pid == holder.pid
+        assert (tmp_path / files.LOCK_NAME).read_text().strip() == str(os.getpid())
