@@ -3,12 +3,26 @@
     loralab experiment rank --quick --out /tmp/rank      # tiny random model, seconds
     loralab experiment rank                              # all-MiniLM-L6-v2 on SST-2: 5 runs of 500 steps
                                                          # (~15 min on 2 idle cores; 35 min measured on busy ones)
+    loralab experiment rank --seeds 3 --runs r1,r4       # r=1 and r=4 with seeds 0, 1, 2: median and spread
+    loralab experiment data-size                         # LoRA vs full FT, prefix, adapters on 100 .. all examples
+    loralab experiment intrinsic-dim --data mrpc         # random-subspace training (Fastfood), d90
 
 Re-running the same command continues where it stopped: finished runs are read back.
 """
 from __future__ import annotations
 
 import argparse
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _names(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,12 +35,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="output folder (default: runs/experiments/NAME)")
     parser.add_argument("--data", default=None, help="builtin data set (default: sst2, a fixed subset)")
     parser.add_argument("--model", default=None, help="model spec (default: all-minilm-l6-v2)")
+    parser.add_argument("--seeds", type=_positive, default=None,
+                        help="train every run with seeds 0..N-1 and report median, min, max (the paper: median of 5)")
+    parser.add_argument("--runs", type=_names, default=None, metavar="NAME,NAME",
+                        help="train and report only these runs of the experiment's grid (e.g. r1,r4 or lora,full)")
+    parser.add_argument("--dims", type=lambda t: [int(x) for x in _names(t)], default=None, metavar="D,D",
+                        help="intrinsic-dim: the subspace dimensions d to sweep")
 
 
 def run(args: argparse.Namespace) -> int:
     from loralab.experiments import run_experiment
 
     out = args.out or f"runs/experiments/{args.name}"
-    run_experiment(args.name, out=out, quick=args.quick, data=args.data, model=args.model)
+    run_experiment(args.name, out=out, quick=args.quick, data=args.data, model=args.model, seeds=args.seeds,
+                   runs=args.runs, dims=args.dims)
     print(f"wrote {out}: results.csv, results.json, results.md, figures/, report.html")
     return 0
