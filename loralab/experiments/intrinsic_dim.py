@@ -30,14 +30,16 @@ from typing import Any
 
 from loralab.baselines.fastfood import FastfoodProjection, fastfood_projection
 from loralab.errors import LoraLabError
-from loralab.experiments.common import (DEFAULT_MODEL, RunResult, RunSpec, majority_fraction, one_thread,
-                                        quick_model_dir, run_grid, select_runs, train_set_size)
+from loralab.analysis.full_update import update_spectrum
+from loralab.experiments.common import (DEFAULT_MODEL, RunResult, RunSpec, majority_fraction, quick_model_dir,
+                                        run_grid, select_runs, train_set_size)
 from loralab.experiments.methods import METHOD_GRID
 from loralab.experiments.rank import ALPHA, metric_name
 from loralab.experiments.report import ExperimentReport, Table, line_figure, write_experiment_report
 
 DIMS = (10, 100, 300, 1000, 3000, 10000)
 QUICK_DIMS = (4, 16, 64)
+STEP_TIME_DIMS = (10, 1000, 10000)     # the projection's cost grows with log2(d) only
 DEFAULT_DATA = "mrpc"
 SUBSPACE_LR, QUICK_SUBSPACE_LR = 1e-2, 5e-2
 MIN_STEPS, QUICK_STEPS = 300, 8
@@ -128,55 +130,6 @@ def d90(metric_by_d: dict[int, float], reference: float, floor: float = 0.0, fra
     return min(reached) if reached else None
 
 
-def _base_key(name: str, base: dict[str, Any]) -> str | None:
-    """The base checkpoint's key for a trained tensor name: the name itself, or it with leading components
-    dropped (a classification model stores the encoder under "bert.", the base checkpoint does not)."""
-    parts = name.split(".")
-    for start in range(len(parts)):
-        key = ".".join(parts[start:])
-        if key in base:
-            return key
-    return None
-
-
-def update_spectrum(trained_file: str | os.PathLike, model_spec: str, seed: int = 0) -> list[dict[str, Any]]:
-    """Singular values of ΔW = W_ft − W0 for every weight matrix of a full fine-tuning run.
-
-    trained_file: the run's adapter/trainable.safetensors (every parameter, fine-tuned); model_spec: its base
-    model. Embedding tables (lookups, mostly untouched rows) and the fresh head (no W0) are left out. Per
-    matrix: ‖ΔW‖_F, ‖ΔW‖_F/‖W0‖_F, effective rank (exp of the entropy of σ/Σσ), stable rank
-    (‖ΔW‖_F²/σ_1²), the ranks holding 50 % and 90 % of ‖ΔW‖_F², and the same ranks of a Gaussian matrix of
-    the same shape (a full-rank reference). Also "singular_values" (descending) for plots."""
-    import torch
-    from safetensors.torch import load_file
-
-    from loralab.analysis.spectrum import effective_rank, energy_rank, stable_rank
-    from loralab.models.loading import resolve_model_spec
-
-    base: dict[str, Any] = {}
-    for path in sorted(Path(resolve_model_spec(model_spec)).glob("*.safetensors")):
-        base.update(load_file(str(path)))
-    generator = torch.Generator().manual_seed(seed)
-    rows = []
-    with one_thread():
-        for name, tuned in load_file(str(trained_file)).items():
-            key = _base_key(name, base)
-            if tuned.ndim != 2 or "embeddings" in name or key is None:
-                continue
-            w0 = base[key].double()
-            sigma = torch.linalg.svdvals(tuned.double() - w0)
-            gauss = torch.linalg.svdvals(torch.randn(tuple(tuned.shape), generator=generator, dtype=torch.float64))
-            frobenius = float(sigma.norm())
-            rows.append({"matrix": key, "shape": "×".join(map(str, tuned.shape)), "full_rank": min(tuned.shape),
-                         "delta_fro": frobenius, "relative_change": frobenius / float(w0.norm()),
-                         "effective_rank": effective_rank(sigma), "stable_rank": stable_rank(sigma),
-                         "rank_50": energy_rank(sigma, 0.5), "rank_90": energy_rank(sigma, 0.9),
-                         "top1_energy": float(sigma[0] ** 2) / frobenius ** 2 if frobenius else 0.0,
-                         "gaussian_effective_rank": effective_rank(gauss), "gaussian_rank_90": energy_rank(gauss, 0.9),
-                         "singular_values": [float(s) for s in sigma]})
-    return rows
-
-
 def _spectrum_figure(rows: list[dict[str, Any]]) -> bytes:
     """Share of ‖ΔW‖_F² in the top k directions, for the matrices of the middle layer and a Gaussian."""
     import re
@@ -208,6 +161,26 @@ def _result_rows(results: list[RunResult], metric: str, reference: float) -> lis
         row.update(trained_values=r.trainable_params, percent_of_full=100 * value / reference if reference else None,
                    step_time_vs_full=r.seconds_per_step / full_step if full_step else None)
         rows.append(row)
+    return rows
+
+
+def step_times(out: Path, quick: bool, model_spec: str, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """CPU and wall time of one training step: full fine-tuning, LoRA r=1, subspaces of several d, measured
+    side by side (loralab.experiments.step_time); read back from out/step_time.json when it exists."""
+    import json
+
+    from loralab.experiments.step_time import measure_step_times
+    from loralab.files import write_json
+
+    saved = out / "step_time.json"
+    if saved.is_file():
+        log(f"step time: reading {saved}")
+        return json.loads(saved.read_text(encoding="utf-8"))
+    log("step time: full fine-tuning vs LoRA r=1 vs random subspaces, one batch, side by side")
+    methods = [("full", "full", {}), ("lora r=1", "lora", {"r": 1, "alpha": ALPHA})]
+    methods += [(f"intrinsic d={d}", "intrinsic", {"d": d}) for d in (QUICK_DIMS if quick else STEP_TIME_DIMS)]
+    rows = measure_step_times(model_spec, methods, seq_len=32 if quick else 64, rounds=3 if quick else 5)
+    write_json(saved, rows)
     return rows
 
 
@@ -254,6 +227,12 @@ def run(out: str | os.PathLike = "runs/experiments/intrinsic-dim", quick: bool =
                             "shape. LoRA r=1 and r=8 fit 1 and 8 directions per matrix."))
         figures["update_spectrum"] = _spectrum_figure(spectrum)
         summary["median_update_rank_90"] = sorted(r["rank_90"] for r in spectrum)[len(spectrum) // 2] if spectrum else None
+    tables.append(Table("step_time", "Time of one training step (batch 16, measured side by side)",
+                        ["method", "trained_values", "cpu_ms_per_step", "wall_ms_per_step", "cpu_vs_first",
+                         "wall_vs_first"], step_times(out, quick, specs[0].config.model, log),
+                        "Forward, backward and AdamW step on one fixed batch, median of interleaved repeats; CPU "
+                        "time of the process (robust to other jobs). A subspace step is a full backward pass "
+                        "plus the projection P·z and its transpose over all D values."))
     first = specs[0].config
     meta = {"quick": quick, "model": first.model, "data": first.data, "train_limit": first.train_limit,
             "max_length": first.max_length, "steps": first.max_steps, "batch_size": first.batch_size,

@@ -93,3 +93,13 @@ def test_subspace_run_trains_then_reuses(tmp_path: Path):
     logs: list[str] = []
     again = subspace_run(8, quick=True, out=tmp_path, log=logs.append)
     assert again.metric == first.metric and any("finished before" in line for line in logs)
+
+
+def test_step_time_table(quick_out: Path):
+    rows = read_csv(quick_out / "step_time.csv")
+    assert [r["method"] for r in rows] == ["full", "lora r=1"] + [f"intrinsic d={d}" for d in QUICK_DIMS]
+    trained = {r["method"]: int(r["trained_values"]) for r in rows}
+    assert trained["lora r=1"] == LAYERS * 2 * 2 * D + HEAD
+    assert all(trained[f"intrinsic d={d}"] == d for d in QUICK_DIMS)
+    assert float(rows[0]["cpu_vs_first"]) == 1.0
+    assert all(float(r["cpu_ms_per_step"]) > 0 for r in rows)
