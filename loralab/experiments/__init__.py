@@ -35,7 +35,7 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
     "methods": ("loralab.experiments.methods", "LoRA vs full FT, BitFit, Houlsby adapters, prefix-tuning + latency"),
     "amplification": ("loralab.experiments.amplification", "ΔW versus W across ranks (reuses the rank runs)"),
     "data-size": ("loralab.experiments.data_size", "LoRA vs full FT, prefix-tuning, adapters on 100 .. all examples"),
-    "intrinsic-dim": ("loralab.experiments.intrinsic_dim", "train a random d-dim subspace (Fastfood), d90, ΔW spectrum"),
+    "intrinsic-dim": ("loralab.experiments.intrinsic_dim", "random d-dim subspace training (Fastfood), d90, ΔW spectrum"),
     "lr-sweep": ("loralab.experiments.lr_sweep", "a small learning-rate sweep for LoRA and full fine-tuning"),
 }
 

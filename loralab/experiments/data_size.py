@@ -149,15 +149,17 @@ def run(out: str | os.PathLike = "runs/experiments/data-size", quick: bool = Fal
                   ["method", *[f"{n:,}" for n in PAPER_SIZES]], paper_rows(),
                   "As read from arXiv 2106.09685 (Hu et al. 2021), Appendix F.3; check the paper before quoting.")
     per_run = Table("runs", "Every run", ["run", "method", "size_label", "seed", f"dev_{metric}", "dev_loss",
-                                          "steps", "seconds_per_step", "peak_rss_mb"],
+                                          "steps", "seconds_per_step", "peak_rss_mb", "cpu_seconds"],
                     [r.row(metric) for r in results])
     first = specs[0].config
     meta = {"quick": quick, "model": first.model, "data": first.data, "metric": metric, "batch_size": BATCH_SIZE,
             "max_length": first.max_length, "min_steps": QUICK_MIN_STEPS if quick else MIN_STEPS,
-            "max_steps": QUICK_MAX_STEPS if quick else MAX_STEPS, "methods": list(dict.fromkeys(r["method"] for r in summary)),
+            "max_steps": QUICK_MAX_STEPS if quick else MAX_STEPS,
+            "methods": list(dict.fromkeys(r["method"] for r in summary)),
             "method_options": {m: METHOD_GRID[m][0] for m in dict.fromkeys(r["method"] for r in summary)},
             "skipped_runs": [r.name for r in results if r.skipped],
-            "cpu_seconds_trained": round(sum(r.train_seconds for r in results), 1)}
+            "train_seconds_total": round(sum(r.train_seconds for r in results), 1),
+            "cpu_seconds_total": round(sum(r.cpu_seconds for r in results if r.cpu_seconds), 1)}
     report = ExperimentReport("data-size", "Experiment: training-set size (paper Appendix F.3, Table 16)",
                               "LoRA, full fine-tuning, prefix-tuning and Houlsby adapters trained on growing subsets "
                               "of the same data, each with its own fixed learning rate.",

@@ -98,7 +98,8 @@ def test_random_columns_are_nearly_orthogonal():
 
 def test_zero_maps_to_zero_and_seed_is_deterministic():
     state = torch.get_rng_state()
-    a, b, c = FastfoodProjection(1000, 20, seed=7), FastfoodProjection(1000, 20, seed=7), FastfoodProjection(1000, 20, seed=8)
+    a, b = FastfoodProjection(1000, 20, seed=7), FastfoodProjection(1000, 20, seed=7)
+    c = FastfoodProjection(1000, 20, seed=8)
     assert torch.equal(torch.get_rng_state(), state)   # its own generator: the global stream is untouched
     assert torch.equal(a(torch.zeros(20)), torch.zeros(1000))
     z = torch.randn(20)
