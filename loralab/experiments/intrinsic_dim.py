@@ -58,14 +58,15 @@ __all__ = ["DIMS", "FastfoodProjection", "SubspaceRun", "d90", "fastfood_project
 
 @dataclass
 class SubspaceRun:
-    """One trained subspace: d, the dev metric (name and value), trained values, seconds per step, folder."""
+    """One trained subspace: d, the dev metric (name and value), trained values, wall seconds per step, and
+    the run folder (None when it was a temporary one, already removed)."""
 
     d: int
     metric_name: str
     metric: float
     trainable_params: int
     seconds_per_step: float
-    folder: Path
+    folder: Path | None
 
 
 def _settings(quick: bool, data: str | None, model: str | None, out: Path) -> tuple[str, str, dict[str, Any]]:
@@ -87,9 +88,14 @@ def _config(quick: bool, data: str | None, model: str | None, out: Path, lr: flo
 
 
 def subspace_spec(d: int, quick: bool, data: str | None, model: str | None, out: Path,
-                  lr: float | None = None) -> RunSpec:
+                  lr: float | None = None, steps: int | None = None) -> RunSpec:
+    """One random-subspace run; lr and steps default to the experiment's (SUBSPACE_LR, the step rule)."""
+    import dataclasses
+
     lr = lr or (QUICK_SUBSPACE_LR if quick else SUBSPACE_LR)
     config = _config(quick, data, model, out, lr, method="intrinsic", method_options={"d": d})
+    if steps is not None:
+        config = dataclasses.replace(config, max_steps=steps, eval_every=steps)
     return RunSpec(f"d{d}", config, {"method": "intrinsic", "d": d, "lr": lr})
 
 
@@ -110,17 +116,19 @@ def intrinsic_specs(quick: bool, data: str | None, model: str | None, out: Path,
 
 
 def subspace_run(d: int, quick: bool = True, data: str | None = None, model: str | None = None,
-                 out: str | os.PathLike | None = None, lr: float | None = None,
+                 out: str | os.PathLike | None = None, lr: float | None = None, steps: int | None = None,
                  log: Callable[[str], None] = print) -> SubspaceRun:
-    """Train z for one d (quick: the 2-layer random BERT on 128 SST-2/MRPC examples, seconds) and return the
-    dev metric. out: the runs folder (a finished run there is read back); default a temporary folder."""
+    """Train z for one d and return the dev metric. quick: the 2-layer random BERT on 128 MRPC pairs, 8 steps
+    (seconds; it learns little); otherwise all-MiniLM-L6-v2 with the experiment's settings (MIN_STEPS steps,
+    minutes) unless `steps` says fewer. data: a builtin data set (default MRPC). out: the runs folder (a
+    finished run of the same d there is read back, not retrained); default a temporary folder."""
     with tempfile.TemporaryDirectory(prefix="loralab-subspace-") as scratch:
         folder = Path(out) if out is not None else Path(scratch)
-        spec = subspace_spec(d, quick, data, model, folder / "_spec", lr)
+        spec = subspace_spec(d, quick, data, model, folder / "_spec", lr, steps)
         result = run_grid([spec], folder, log=log)[0]
         name = metric_name([result])
         return SubspaceRun(d, name, result.metric(name), result.trainable_params, result.seconds_per_step,
-                           result.folder)
+                           result.folder if out is not None else None)
 
 
 def d90(metric_by_d: dict[int, float], reference: float, floor: float = 0.0, fraction: float = FRACTION) -> int | None:
