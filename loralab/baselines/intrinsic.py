@@ -29,6 +29,7 @@ from loralab.baselines.common import freeze_all, head_modules
 from loralab.baselines.common import train_head as unfreeze_head
 from loralab.baselines.fastfood import FastfoodProjection
 from loralab.errors import LoraLabError
+from loralab.surgery.targeting import matches
 
 SUBSPACE_NAME = "intrinsic_subspace"
 
@@ -84,12 +85,25 @@ def subspace_of(model: nn.Module) -> IntrinsicSubspace | None:
     return found if isinstance(found, IntrinsicSubspace) else None
 
 
+def _excluded(model: nn.Module, rules: Sequence[str]) -> set[int]:
+    """ids of the parameters of the modules the rules select (each rule must select something)."""
+    found: set[int] = set()
+    for rule in rules:
+        hits = [m for n, m in model.named_modules() if n and matches(n, rule)]
+        if not hits:
+            raise LoraLabError(f"exclude rule {rule!r} matches no module; use names from model.named_modules()")
+        found.update(id(p) for m in hits for p in m.parameters())
+    return found
+
+
 def prepare_intrinsic(model: nn.Module, d: int, seed: int = 0, train_head: bool = False,
-                      head: Sequence[str] | None = None) -> nn.Module:
+                      head: Sequence[str] | None = None, exclude: Sequence[str] = ()) -> nn.Module:
     """Make z (d values) the only trained values of `model` (plus the head when train_head): θ = θ0 + P·z.
 
     d: subspace dimension (1 ≤ d ≤ D). seed: draw of the Fastfood projection. train_head: keep the task
-    head out of the subspace and train it directly. Returns the same model object, forward unchanged."""
+    head out of the subspace and train it directly. exclude: module-name rules (as for LoRA targets) whose
+    parameters stay frozen outside the subspace, e.g. ["word_embeddings"]. Returns the same model object,
+    forward unchanged."""
     if not isinstance(d, int) or isinstance(d, bool) or d < 1:
         raise LoraLabError(f"intrinsic dimension d must be a positive integer, got {d!r}")
     if subspace_of(model) is not None:
@@ -98,9 +112,9 @@ def prepare_intrinsic(model: nn.Module, d: int, seed: int = 0, train_head: bool 
     if len(every) != len(set(every)):
         raise LoraLabError("this model ties some weights (e.g. input and output embeddings); the intrinsic "
                            "subspace method supports models without tied weights only")
-    skip = set()
+    skip = _excluded(model, exclude)
     if train_head:
-        skip = {id(p) for m in head_modules(model, head).values() for p in m.parameters()}
+        skip |= {id(p) for m in head_modules(model, head).values() for p in m.parameters()}
     freeze_all(model)
     targets = [(name, p) for name, p in model.named_parameters() if id(p) not in skip]
     total = sum(p.numel() for _, p in targets)

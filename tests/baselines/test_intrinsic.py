@@ -114,3 +114,18 @@ def test_errors():
     model = prepare_intrinsic(tiny_model("bert"), d=3)
     with pytest.raises(LoraLabError, match="already"):
         prepare_intrinsic(model, d=3)
+
+
+def test_excluded_modules_stay_outside_the_subspace():
+    model = tiny_model("bert")
+    total = sum(p.numel() for p in model.parameters())
+    words = model.bert.embeddings.word_embeddings.weight
+    before = words.detach().clone()
+    prepare_intrinsic(model, d=4, exclude=["word_embeddings"])
+    assert subspace_of(model).projection.D == total - before.numel()
+    with torch.no_grad():
+        subspace_of(model).z.fill_(1.0)
+    assert torch.equal(model.bert.embeddings.word_embeddings.weight, before)   # not parametrized: unchanged
+    assert not torch.equal(model.classifier.weight, model.classifier.parametrizations.weight.original)
+    with pytest.raises(LoraLabError, match="matches no module"):
+        prepare_intrinsic(tiny_model("bert"), d=4, exclude=["no_such_module"])
