@@ -105,3 +105,11 @@ def test_step_time_table(quick_out: Path):
     assert all(trained[f"intrinsic d={d}"] == d for d in QUICK_DIMS)
     assert float(rows[0]["cpu_vs_first"]) == 1.0
     assert all(float(r["cpu_ms_per_step"]) > 0 for r in rows)
+
+
+def test_learning_rate_keeps_the_step_in_parameter_space_constant():
+    from loralab.experiments.intrinsic_dim import subspace_lr
+
+    assert subspace_lr(300) == 0.1 and subspace_lr(1200) == 0.05 and subspace_lr(3) == 1.0
+    for d in (10, 100, 10_000):   # lr·√d, the size of one Adam step in θ-space, is the same for every d
+        assert subspace_lr(d) * d ** 0.5 == pytest.approx(0.1 * 300 ** 0.5, rel=2e-3)
