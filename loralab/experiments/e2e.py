@@ -139,7 +139,7 @@ class E2EConfig:
 def e2e_dir(config: E2EConfig) -> Path:
     if config.data_dir is not None:
         return Path(config.data_dir)
-    from loralab.training.data import shared_data_dir
+    from loralab.data.builtin import shared_data_dir
 
     return shared_data_dir() / "e2e"
 
@@ -253,7 +253,7 @@ def generate_for(system: str, model: Any, tokenizer: Any, prompts: list[str], co
     the batches, as measured when they were generated)."""
     from loralab.serving.generate import generate
     from loralab.training.checkpoint import atomic_write_text
-    from loralab.training.data import Task
+    from loralab.data.encoding import Task
 
     folder = out / "predictions"
     text_path, meta_path = folder / f"{system}.txt", folder / f"{system}.json"

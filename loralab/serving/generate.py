@@ -2,7 +2,7 @@
 
     texts = generate(model, tokenizer, ["name[The Eagle], food[French]"], max_new_tokens=64, num_beams=4)
 
-Prompts are tokenized exactly as in training (loralab.training.data: the task's prompt template or chat
+Prompts are tokenized exactly as in training (loralab.data.encoding: the task's prompt template or chat
 template, the tokenizer's special tokens), sorted by length into batches, left-padded so every prompt
 ends at the last position, and decoded back into input order. Decoding uses transformers'
 `model.generate` with sampling off, so the output is deterministic.
@@ -24,12 +24,13 @@ def generate(model: nn.Module, tokenizer: Any, prompts: Sequence[str], max_new_t
     """The continuation of each prompt (new tokens only, special tokens dropped, whitespace stripped).
 
     prompts: raw prompt texts (e.g. E2E meaning representations), formatted with `task`
-    (a loralab.training.data.Task of kind "causal-lm"; default: the plain "{prompt}\\n" template).
+    (a loralab.data.encoding.Task of kind "causal-lm"; default: the plain "{prompt}\\n" template).
     max_new_tokens: the most tokens generated per prompt; generation also stops at EOS.
     num_beams: 1 is greedy search, more is beam search. Returns one string per prompt, in order.
     """
-    from loralab.training.batching import PadCollator, eval_batches, pad_token_id_for, restore_order
-    from loralab.training.data import Example, Task, encode_examples
+    from loralab.data.batching import PadCollator, eval_batches, pad_token_id_for, restore_order
+    from loralab.data.encoding import Task, encode_examples
+    from loralab.data.examples import Example
 
     if max_new_tokens < 1:
         raise LoraLabError(f"max_new_tokens must be at least 1, got {max_new_tokens}")

@@ -19,7 +19,7 @@ from loralab.errors import LoraLabError
 
 @dataclass
 class Loaded:
-    """A model with its adapters; `task` is a loralab.training.data.Task, label_map None for causal LM."""
+    """A model with its adapters; `task` is a loralab.data.encoding.Task, label_map None for causal LM."""
 
     model: nn.Module
     tokenizer: Any
@@ -58,8 +58,9 @@ def load_with_adapters(adapters: dict[str, Path], model: str | os.PathLike | Non
     """Base model + every adapter (the first one's loralab-task.json names model and task unless given);
     `use` (default: the first adapter) is made active. The adapters must share task and label map."""
     import loralab
+    from loralab.data.encoding import Task
+    from loralab.data.labels import LabelMap
     from loralab.models import load_tokenizer
-    from loralab.training.data import LabelMap, Task
     from loralab.training.loop import load_model_for
 
     if not adapters:

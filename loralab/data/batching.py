@@ -2,7 +2,7 @@
 
 Padding to the longest example of a batch (not to max_length) and putting examples of similar length in
 the same batch both cut the pad tokens the model computes on; on SST-2 the grouped sampler pads several
-times less than random batches (tests/training/test_batching.py holds the numbers).
+times less than random batches (tests/data/test_batching.py holds the numbers).
 
 Training order is a pure function of (seed, epoch): a run resumed from a checkpoint at (epoch, batch k)
 sees exactly the batches it would have seen, and data-parallel ranks agree on the order without talking.
@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from loralab.errors import LoraLabError
-from loralab.training.data import IGNORE_INDEX
+from loralab.data.encoding import IGNORE_INDEX
 
 
 def pad_token_id_for(tokenizer: Any) -> int:

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from loralab.errors import LoraLabError
-from loralab.training.batching import (
+from loralab.data.batching import (
     LengthGroupedBatchSampler,
     PadCollator,
     count_pad_tokens,
@@ -18,7 +17,10 @@ from loralab.training.batching import (
     pad_token_id_for,
     restore_order,
 )
-from loralab.training.data import IGNORE_INDEX, LabelMap, Task, encode_examples, load_builtin
+from loralab.data.builtin import load_builtin
+from loralab.data.encoding import IGNORE_INDEX, Task, encode_examples
+from loralab.data.labels import LabelMap
+from loralab.errors import LoraLabError
 
 
 def lengths_of(n: int, seed: int = 0) -> list[int]:
