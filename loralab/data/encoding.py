@@ -40,7 +40,8 @@ class Task:
     prompt_template: plain-text prompt format for causal LM, with `{prompt}` where the example text goes.
         The default "{prompt}\\n" puts the target on the line after the prompt.
     chat_template: format the prompt with the tokenizer's chat template instead (one user turn, then the
-        assistant prefix), for instruction-tuned models; prompt_template is then not used.
+        assistant prefix, by loralab.data.chat.render_chat_prompt), for instruction-tuned models;
+        prompt_template is then not used. Chat examples (Example.messages) always use the chat template.
     """
 
     kind: str = DEFAULT_TASK

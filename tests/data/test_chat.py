@@ -191,3 +191,14 @@ def test_chat_examples_need_the_causal_lm_task_and_one_kind_of_example(chat_toke
         encode_examples([chat], chat_tokenizer, Task("classification"))
     with pytest.raises(LoraLabError, match="prompt/target examples mixed with chat examples"):
         encode_examples([chat, Example("hi", target="hello")], chat_tokenizer, Task("causal-lm"))
+
+
+def test_chat_rows_from_a_saved_datasets_folder(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    conversations = [[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+                     [{"role": "system", "content": "be brief"}, {"role": "user", "content": "thanks"},
+                      {"role": "assistant", "content": "you are welcome"}]]
+    datasets.Dataset.from_dict({"messages": conversations}).save_to_disk(str(tmp_path / "hf"))
+    examples = read_examples(tmp_path / "hf", ReadOptions(format="chat"))
+    assert [list(e.messages) for e in examples] == conversations
+    assert [e.where for e in examples] == [f"{tmp_path / 'hf'}:1", f"{tmp_path / 'hf'}:2"]
