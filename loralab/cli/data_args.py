@@ -20,7 +20,8 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     """
     group = parser.add_argument_group("data file format")
     group.add_argument("--format", choices=FORMATS, default=None,
-                       help="file format (default: from the file name; E2E files need --format e2e)")
+                       help="file format (default: from the file name; E2E files need --format e2e, "
+                            "conversation JSONL files --format chat)")
     group.add_argument("--text-column", type=parse_column, default=None,
                        help="column with the text or prompt: header name, or 0-based index (default: sentence)")
     group.add_argument("--text-pair-column", type=parse_column, default=None,

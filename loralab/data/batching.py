@@ -6,6 +6,9 @@ times less than random batches (tests/data/test_batching.py holds the numbers).
 
 Training order is a pure function of (seed, epoch): a run resumed from a checkpoint at (epoch, batch k)
 sees exactly the batches it would have seen, and data-parallel ranks agree on the order without talking.
+
+Packed training rows (loralab.data.packing) go through the same sampler and collator: the collator sees
+their position_ids and builds the block-diagonal attention mask.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import torch
 
 from loralab.errors import LoraLabError
 from loralab.data.encoding import IGNORE_INDEX
+from loralab.data.packing import block_causal_mask
 
 
 def pad_token_id_for(tokenizer: Any) -> int:
@@ -37,6 +41,9 @@ class PadCollator:
     (B, T) when the features have them, and labels: (B,) int64 class ids, (B,) float32 regression
     targets, or (B, T) int64 token labels padded with IGNORE_INDEX (causal LM). T is the longest
     input in the batch, rounded up to pad_to_multiple_of if set.
+    Packed rows (features with position_ids, from loralab.data.packing.pack_examples) also give
+    position_ids (B, T) int64, and attention_mask is then the (B, 1, T, T) float32 additive mask that
+    keeps attention inside each packed example (loralab.data.packing.block_causal_mask).
     padding_side: "right" for training and scoring; "left" for batched generation, so that every prompt
     ends at the last position and new tokens follow directly.
     """
@@ -73,6 +80,11 @@ class PadCollator:
         }
         if "token_type_ids" in features[0]:
             batch["token_type_ids"] = self._pad([list(f["token_type_ids"]) for f in features], 0, width)
+        if "position_ids" in features[0]:
+            if self.padding_side != "right":
+                raise LoraLabError("packed rows are for training and are padded on the right")
+            batch["position_ids"] = self._pad([list(f["position_ids"]) for f in features], 0, width)
+            batch["attention_mask"] = block_causal_mask(batch["position_ids"], [len(row) for row in ids])
         if "labels" in features[0]:
             labels = [f["labels"] for f in features]
             if isinstance(labels[0], list):

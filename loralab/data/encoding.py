@@ -6,10 +6,12 @@ causal LM prompt formats.
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from loralab.data.chat import assistant_spans, prompt_messages, render_chat_prompt, trained_token_mask
 from loralab.data.examples import Example
 from loralab.data.labels import LabelMap
 from loralab.data.tasks import DEFAULT_TASK, TaskKind, task_kind
@@ -18,6 +20,10 @@ from loralab.errors import LoraLabError
 IGNORE_INDEX = -100  # label id that torch.nn.CrossEntropyLoss skips (its default ignore_index)
 
 DEFAULT_PROMPT_TEMPLATE = "{prompt}\n"
+
+
+class DroppedExamplesWarning(UserWarning):
+    """Examples left out of an encoded data set because truncation left nothing to train on."""
 
 
 @dataclass(frozen=True)
@@ -34,7 +40,8 @@ class Task:
     prompt_template: plain-text prompt format for causal LM, with `{prompt}` where the example text goes.
         The default "{prompt}\\n" puts the target on the line after the prompt.
     chat_template: format the prompt with the tokenizer's chat template instead (one user turn, then the
-        assistant prefix), for instruction-tuned models; prompt_template is then not used.
+        assistant prefix, by loralab.data.chat.render_chat_prompt), for instruction-tuned models;
+        prompt_template is then not used. Chat examples (Example.messages) always use the chat template.
     """
 
     kind: str = DEFAULT_TASK
@@ -77,12 +84,16 @@ class EncodedDataset:
     makes them (pairs for BERT), and "labels" when labels were encoded: an int class id, a float
     regression target, or for causal LM a list[int] as long as input_ids with IGNORE_INDEX on prompt tokens.
     `lengths[i]` is len(features[i]["input_ids"]), what the length-grouped sampler sorts by.
+    examples[i] is the example features[i] came from; `dropped` holds the examples left out (chat
+    conversations with no assistant token within the length limit).
     """
 
-    def __init__(self, features: list[dict[str, Any]], examples: Sequence[Example], task: Task) -> None:
+    def __init__(self, features: list[dict[str, Any]], examples: Sequence[Example], task: Task,
+                 dropped: Sequence[Example] = ()) -> None:
         self.features = features
         self.examples = list(examples)
         self.task = task
+        self.dropped = list(dropped)
         self.lengths = [len(f["input_ids"]) for f in features]
 
     def __len__(self) -> int:
@@ -108,14 +119,11 @@ def _tokenize(tokenizer: Any, texts: list[str], pairs: list[str] | None = None, 
 
 
 def format_prompt(text: str, tokenizer: Any, task: Task) -> str:
-    """The prompt string a causal LM sees (with the chat template, or the plain template)."""
+    """The prompt string a causal LM sees for a one-text prompt: the plain template, or with
+    task.chat_template one user turn rendered by loralab.data.chat.render_chat_prompt."""
     if not task.chat_template:
         return task.prompt_template.format(prompt=text)
-    if not getattr(tokenizer, "chat_template", None):
-        raise LoraLabError("the tokenizer has no chat template; drop --chat-template to use the plain "
-                           f"prompt template {DEFAULT_PROMPT_TEMPLATE!r}")
-    return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                         add_generation_prompt=True)
+    return render_chat_prompt(tokenizer, [{"role": "user", "content": text}])
 
 
 def _fit_causal(prompt: list[int], target: list[int], limit: int, bos_id: int | None) -> tuple[list[int], list[int]]:
@@ -157,10 +165,18 @@ def encode_examples(examples: Sequence[Example], tokenizer: Any, task: Task,
     separately so the prompt tokens are exactly those the model is given at generation time; the prompt
     uses the tokenizer's special tokens (e.g. BOS) unless it comes from the chat template, which writes
     them itself. Examples without a target are encoded as prompts only (for generation).
+
+    Chat examples (Example.messages) are rendered with the chat template; see `_encode_chat`.
     """
     if not examples:
         raise LoraLabError("no examples to encode")
     limit = task.token_limit
+    chat = next((e for e in examples if e.messages is not None), None)
+    if chat is not None and not task.is_generative:
+        raise LoraLabError(f"{chat.where}: chat data (messages) trains a causal LM, but the task is {task.kind}; "
+                           "use the causal-lm task")
+    if chat is not None:
+        return _encode_chat(examples, tokenizer, task, limit, include_labels)
     if task.is_generative:
         return _encode_causal(examples, tokenizer, task, limit, include_labels)
     if not include_labels:
@@ -206,3 +222,45 @@ def _encode_causal(examples: Sequence[Example], tokenizer: Any, task: Task, limi
             prompt, _ = _fit_causal(prompt, [], limit, bos_id)
             features.append({"input_ids": prompt})
     return EncodedDataset(features, examples, task)
+
+
+def _encode_chat(examples: Sequence[Example], tokenizer: Any, task: Task, limit: int,
+                 include_labels: bool) -> EncodedDataset:
+    """Chat examples (loralab.data.chat). With labels: the whole conversation as the template renders it,
+    labels equal to the input ids on assistant tokens (content + end-of-turn marker) and IGNORE_INDEX
+    elsewhere, cut to `limit` tokens from the right (input ids and labels alike); a conversation left
+    with no assistant token is dropped (DroppedExamplesWarning; an error if none is left). Without
+    labels: the generation prompt for the final assistant reply (render_chat_prompt of the conversation
+    without its last assistant message), cut from the left like other causal LM prompts.
+    """
+    plain = next((e for e in examples if e.messages is None), None)
+    if plain is not None:
+        raise LoraLabError(f"{plain.where}: prompt/target examples mixed with chat examples (messages); "
+                           "use one kind per data set")
+    if not include_labels:
+        prompts = [render_chat_prompt(tokenizer, prompt_messages(e.messages)) for e in examples]
+        bos_id = getattr(tokenizer, "bos_token_id", None)
+        ids = _tokenize(tokenizer, prompts, add_special_tokens=False)["input_ids"]
+        return EncodedDataset([{"input_ids": _fit_causal(p, [], limit, bos_id)[0]} for p in ids], examples, task)
+    rendered = [assistant_spans(tokenizer, e.messages, e.where) for e in examples]
+    try:
+        encoded = _tokenize(tokenizer, [text for text, _ in rendered], add_special_tokens=False,
+                            return_offsets_mapping=True)
+    except NotImplementedError:
+        raise LoraLabError("chat data needs a fast tokenizer (one that reports character offsets)") from None
+    features, kept, dropped = [], [], []
+    for example, (_, spans), ids, offsets in zip(examples, rendered, encoded["input_ids"], encoded["offset_mapping"]):
+        trained = trained_token_mask(offsets, spans, example.where)[:limit]
+        if not any(trained):
+            dropped.append(example)
+            continue
+        features.append({"input_ids": ids[:limit],
+                         "labels": [t if keep else IGNORE_INDEX for t, keep in zip(ids, trained)]})
+        kept.append(example)
+    if dropped:
+        message = (f"{len(dropped)} of {len(examples)} conversations have no assistant token within the first "
+                   f"{limit} tokens (first: {dropped[0].where}); raise max_length to train on them")
+        if not kept:
+            raise LoraLabError(message)
+        warnings.warn(message + "; they are left out", DroppedExamplesWarning, stacklevel=3)
+    return EncodedDataset(features, kept, task, dropped)

@@ -1,6 +1,6 @@
 """Reading data files: `read_examples(path, ReadOptions(...))` turns a TSV, CSV, JSONL, E2E (`mr||text`)
-file, optionally compressed (.gz/.bz2/.xz), or a folder saved with `datasets.Dataset.save_to_disk` into a
-list of `Example`s (raw strings, no tokenizer).
+or chat (JSONL conversations) file, optionally compressed (.gz/.bz2/.xz), or a folder saved with
+`datasets.Dataset.save_to_disk` into a list of `Example`s (raw strings, no tokenizer).
 
 Every user-facing error is one line naming the file, the line and the column. The file formats and the
 reading rules are documented in docs/data.md.
@@ -24,7 +24,7 @@ from typing import Any
 from loralab.data.examples import Column, Example
 from loralab.errors import LoraLabError
 
-FORMATS = ("tsv", "csv", "jsonl", "e2e", "hf")
+FORMATS = ("tsv", "csv", "jsonl", "e2e", "hf", "chat")
 
 _COMPRESSED = {".bz2": bz2.open, ".gz": gzip.open, ".xz": lzma.open}
 _SUFFIX_FORMATS = {".tsv": "tsv", ".tab": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
@@ -48,9 +48,11 @@ def _check_column(name: str, value: Any, optional: bool) -> None:
 class ReadOptions:
     """How to read one data file.
 
-    format: "tsv", "csv", "jsonl", "e2e" (`mr||text` per line) or "hf" (a `save_to_disk` folder);
+    format: "tsv", "csv", "jsonl", "e2e" (`mr||text` per line), "hf" (a `save_to_disk` folder) or "chat"
+        (conversations, one JSON object per line or one row of a `save_to_disk` folder; see
+        loralab.data.chat.conversation_from_row; the column options are not used);
         None infers it from the name (.tsv/.tab, .csv, .jsonl/.ndjson, optionally + .gz/.bz2/.xz; a folder
-        is "hf"). E2E files end in .txt, so "e2e" is always given explicitly.
+        is "hf"). E2E files end in .txt and chat files in .jsonl, so "e2e" and "chat" are given explicitly.
     text_column / text_pair_column / label_column / target_column: a header name, or a 0-based index
         (the only choice for files without a header, and for JSONL lines that are arrays). text_column is
         the prompt for causal LM data; target_column its continuation. label_column=None reads no labels
@@ -295,6 +297,20 @@ def _e2e_examples(path: Path, options: ReadOptions) -> list[Example]:
     return examples
 
 
+def _chat_examples(path: Path, options: ReadOptions) -> list[Example]:
+    from loralab.data.chat import conversation_from_row
+
+    rows = _hf_rows(path, options) if path.is_dir() else _jsonl_rows(path, options)
+    examples = []
+    for line, row in rows:
+        if not isinstance(row, dict):
+            raise LoraLabError(f"{path}:{line}: a chat row must be a JSON object, got an array")
+        examples.append(Example.from_messages(conversation_from_row(row, f"{path}:{line}"), str(path), line))
+    if not examples:
+        raise LoraLabError(f"{path}: the file holds no conversations")
+    return examples
+
+
 def _table_examples(path: Path, fmt: str, options: ReadOptions) -> list[Example]:
     columns = options.columns()
     if fmt in ("tsv", "csv"):
@@ -350,12 +366,14 @@ def read_examples(path: str | os.PathLike[str], options: ReadOptions | None = No
     if not path.exists():
         raise LoraLabError(f"{path}: no such data file or folder")
     fmt = options.format or _infer_format(path)
-    if fmt != "hf" and path.is_dir():
+    if fmt not in ("hf", "chat") and path.is_dir():
         raise LoraLabError(f"{path} is a folder; a {fmt} data set is one file (folders are read as --format hf)")
     try:
         with _csv_field_limit(CSV_FIELD_LIMIT):
             if fmt == "e2e":
                 return _e2e_examples(path, options)
+            if fmt == "chat":
+                return _chat_examples(path, options)
             return _table_examples(path, fmt, options)
     except UnicodeError as exc:
         raise _decode_error(path, options.encoding, exc) from None

@@ -46,6 +46,8 @@ class TrainConfig:
     end, on the dev split;
     the checkpoint with the best `best_metric` is kept. `checkpoint_every` optimizer steps (0: at
     evaluations only) writes a resumable checkpoint.
+    packing: pack several short training examples into rows of max_length tokens, attention kept inside
+    each example (loralab.data.packing; causal-lm only; evaluation is never packed).
     """
 
     model: str = "all-minilm-l6-v2"
@@ -61,6 +63,7 @@ class TrainConfig:
     max_length: int | None = None
     prompt_template: str = "{prompt}\n"
     chat_template: bool = False
+    packing: bool = False
 
     lora: dict[str, Any] = field(default_factory=lambda: {"r": 8, "alpha": 16.0})
     method: str = "lora"
@@ -120,6 +123,10 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise LoraLabError(f"{name} must be 0 or a positive number of steps, got {value!r}")
+        if not isinstance(self.packing, bool):
+            raise LoraLabError(f"packing must be true or false, got {self.packing!r}")
+        if self.packing and not task_kind(self.task).is_generative:
+            raise LoraLabError(f"packing applies to causal LM training, not the {self.task} task; drop packing")
         if self.max_length is not None and self.max_length < 2:
             raise LoraLabError(f"max_length must be at least 2 tokens, got {self.max_length}")
         if not self.epochs > 0:
