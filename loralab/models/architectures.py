@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from loralab.errors import LoraLabError
 
@@ -29,7 +29,7 @@ ROLES = ("q", "k", "v", "o", "gate", "up", "down")
 """q/k/v/o: attention query, key, value, output projections (the paper's Wq, Wk, Wv, Wo);
 gate/up/down: the MLP's projections (gate only in gated MLPs such as LLaMA's SwiGLU)."""
 
-SliceSpec = Union[list[bool], dict[str, list]]
+SliceSpec = list[bool] | dict[str, list]
 """LoraConfig.fused_slices value: [adapt slice 0?, ...] for equal widths, else {"adapt": [...], "widths": [...]}."""
 
 
@@ -214,15 +214,6 @@ def task_head_modules(model: Any) -> tuple[str, ...]:
     return arch.head if arch is not None else ()
 
 
-def describe(arch: Architecture) -> dict[str, str]:
-    """{role: module rule} of an entry, fused roles shown as "c_attn[q]"; for docs and error messages."""
-    out = {}
-    for role in arch.roles:
-        fused = arch.fused_for(role)
-        out[role] = f"{fused.module}[{role}]" if fused is not None else getattr(arch, role)
-    return out
-
-
 # ------------------------------------------------------------------------------------------------
 # The table (module names as of transformers 5; older names as alternatives)
 # ------------------------------------------------------------------------------------------------
@@ -281,4 +272,4 @@ register_architecture(Architecture(model_types=("dinov2",), q="q_proj", k="k_pro
                                                               up="mlp.fc1", down="mlp.fc2", head=("classifier",)),)))
 
 __all__ = ["ROLES", "Architecture", "FusedProjection", "LoraTargets", "SliceSpec", "architecture", "architecture_for",
-           "architectures", "describe", "model_type_of", "model_types", "register_architecture", "task_head_modules"]
+           "architectures", "model_type_of", "model_types", "register_architecture", "task_head_modules"]
