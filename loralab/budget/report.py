@@ -172,7 +172,7 @@ def estimate_budgets(source, ranks: list[int] | tuple[int, ...] = (8,), targets:
     lora_options: further LoraConfig fields (alpha, exclude, dora, bias, dropout, rank_pattern, ...).
     """
     skeleton = source if isinstance(source, ModelSkeleton) else build_skeleton(source, architecture)
-    resolved = resolve_targets(skeleton.model_type, targets)
+    resolved = resolve_targets(skeleton.model, targets)
     config_cls = lora_config_class()
     budgets = []
     for r in ranks:
