@@ -9,7 +9,6 @@ or in one call: `estimate_budget("gpt3-175b", r=4)`; `format_report([...])` prin
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 
@@ -114,7 +113,7 @@ def _file_tensors(plan: list, model, lora_config, dense_slices: bool) -> list[tu
 
 def _file_metadata(plan: list, lora_config) -> dict[str, str]:
     """The safetensors metadata loralab.save_adapter writes (its own config, to restore fused slices)."""
-    from loralab.formats.peft import file_metadata, sliced_metadata
+    from loralab.formats.adapter_config import file_metadata, sliced_metadata
 
     sliced = {m.name: sliced_metadata(m.slices, m.slice_widths, m.r, m.alpha) for m in plan if m.slices}
     return file_metadata(lora_config, sliced)

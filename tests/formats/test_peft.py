@@ -245,7 +245,7 @@ def test_every_field_of_peft_lora_config_is_known(tmp_path):
     import dataclasses
     import warnings
 
-    from loralab.formats.peft import PEFT_CONFIG_FIELDS
+    from loralab.formats.adapter_config import PEFT_CONFIG_FIELDS
 
     assert {f.name for f in dataclasses.fields(peft.LoraConfig)} <= PEFT_CONFIG_FIELDS
     peft_model = peft.get_peft_model(tiny_model("bert"), peft.LoraConfig(r=2, target_modules=["query"]))
