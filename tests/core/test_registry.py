@@ -127,11 +127,12 @@ def plugins():
 
 
 def train_like(model, seed=1):
+    """Move every factor and extra tensor of the adapter away from its init, as training would."""
     g = torch.Generator().manual_seed(seed)
+    factors = [layer.lora_adapters["default"] for _, layer in loralab.lora_layers(model)]
     with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=g) * 0.3)
+        for p in (p for f in factors for p in f.parameters()):
+            p.add_(torch.randn(p.shape, generator=g) * 0.3)
 
 
 def test_kind_and_variant_round_trip_through_inject_merge_save_and_load(plugins, tmp_path):
