@@ -48,6 +48,7 @@ class LoraFactors(nn.Module):
     formats and the analyses all go through it or through `A`/`B_matrix()`.
     """
     slices: tuple[bool, ...] | None = None      # fused-projection slices this adapter covers (None: all of W0)
+    widths: tuple[int, ...] | None = None       # and the output rows of each slice
 
     def __init__(self, d: int, k: int, r: int, alpha: float, dropout: float = 0.0, rslora: bool = False,
                  variant: Variant | None = None):
@@ -185,8 +186,9 @@ class LoraLayer(nn.Module):
             raise
 
     def remove_adapter(self, name: str) -> None:
-        """Unmerge everything merged, give W0 back what the init took from it (PiSSA), drop the adapter."""
-        self.unmerge()
+        """Drop adapter `name` (unmerged first if merged), giving W0 back what its init took (PiSSA)."""
+        if name in self.merged:
+            self.unmerge()
         f = self.lora_adapters.pop(name)
         offset = f.base_offset()
         if offset is not None:
@@ -210,7 +212,8 @@ class LoraLayer(nn.Module):
     def check_merge(self, names: list[str] | None = None) -> None:
         """Raise ValueError if one of the given (default: active) adapters cannot be merged (NaN/Inf)."""
         for name in names if names is not None else self.active:
-            if not all(torch.isfinite(p).all() for p in self.lora_adapters[name].parameters()):
+            f = self.lora_adapters[name]
+            if name not in self.merged and not all(torch.isfinite(p).all() for p in f.parameters()):
                 raise ValueError(f"adapter {name!r} holds NaN/Inf values; refusing to merge it into the weights")
 
     def merge(self, names: list[str] | None = None) -> None:

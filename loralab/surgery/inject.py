@@ -111,7 +111,7 @@ def plan_injection(model: nn.Module, config: LoraConfig) -> list[PlannedModule]:
         with torch.device("meta"):              # the real factors, without memory: their sizes are the count
             f = _make_factors(name, module, config)
         params = sum(p.numel() for p in f.parameters())
-        plan.append(PlannedModule(name, kind.name, d, k, f.r, f.alpha, params, f.slices, getattr(f, "widths", None)))
+        plan.append(PlannedModule(name, kind.name, d, k, f.r, f.alpha, params, f.slices, f.widths))
     return plan
 
 
@@ -163,7 +163,7 @@ def _warn_if_not_low_rank(layers: dict[str, tuple[LoraLayer, LoraFactors]]) -> N
     """One warning when r >= min(d, k) somewhere (per slice for fused projections): ΔW is then not low-rank."""
     full = []
     for name, (_, f) in layers.items():
-        smallest = min(*getattr(f, "enabled_widths", [f.d]), f.k)
+        smallest = min(*(f.enabled_widths if f.slices is not None else [f.d]), f.k)
         if f.r >= smallest:
             full.append((name, f.r, smallest))
     if full:
@@ -175,7 +175,8 @@ def _warn_if_not_low_rank(layers: dict[str, tuple[LoraLayer, LoraFactors]]) -> N
 
 class _Surgery:
     """Installs one adapter on a model and records how to undo each step, so a failure half-way leaves the
-    model exactly as it was (weights an init rewrote are restored from a copy)."""
+    model exactly as it was (weights an init rewrites, like PiSSA's, are restored from a host-memory copy
+    kept until the injection has succeeded)."""
 
     def __init__(self, model: nn.Module, adapter: str):
         self.model, self.adapter = model, adapter
@@ -201,7 +202,7 @@ class _Surgery:
             self.undo.append(lambda: self.model.set_submodule(name, layer.base_layer))
         if INITS[init].changes_base_weight:
             weight = layer.kind.weight(layer.base_layer)
-            saved = weight.detach().clone()
+            saved = weight.detach().to("cpu", copy=True)       # in host memory: no extra accelerator memory
             self.undo.append(lambda: _copy_into(weight, saved))
         layer.add_adapter(self.adapter, factors, init)
         self.undo.append(lambda: layer.lora_adapters.pop(self.adapter))
