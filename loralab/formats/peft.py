@@ -116,12 +116,13 @@ def _sort_tensors(tensors: dict[str, torch.Tensor], out: AdapterFile, weights_pa
     """File tensors into A and B factors (by the PEFT names of the registered kinds), variants' extra
     tensors, biases and modules_to_save copies. Returns ({module: (kind, A)}, {module: (kind, B)})."""
     factor_names, extra_names = _registered_names()
+    longest_first = sorted(factor_names, key=len, reverse=True)
     factors: tuple[dict, dict] = ({}, {})
     for key, tensor in tensors.items():
         if not key.startswith(PREFIX):
             raise LoraLabError(f"{weights_path}: unexpected tensor key {key!r} (keys start with {PREFIX!r})")
         path_key = key[len(PREFIX):]
-        leaf = next((n for n in sorted(factor_names, key=len, reverse=True) if path_key.endswith("." + n)), None)
+        leaf = next((n for n in longest_first if path_key.endswith("." + n)), None)
         module, _, last = path_key.rpartition(".")
         if leaf is not None:
             kind, which = factor_names[leaf]
@@ -208,15 +209,17 @@ def _peft_factors(f: LoraFactors) -> tuple[torch.Tensor, torch.Tensor, float]:
     return A, B, alpha
 
 
-def _layer_tensors(name: str, kind: LayerKind, base: nn.Module, f: LoraFactors) -> dict[str, torch.Tensor]:
-    """One adapted layer's tensors in the file: A and B as its kind names and lays them out, and the
-    variant's extra tensors."""
-    A, B, _ = _peft_factors(f)
+def _layer_tensors(name: str, kind: LayerKind, base: nn.Module,
+                   f: LoraFactors) -> tuple[dict[str, torch.Tensor], int, float]:
+    """One adapted layer's tensors in the file (A and B as its kind names and lays them out, and the
+    variant's extra tensors), with the rank and alpha PEFT's config must give them."""
+    A, B, alpha = _peft_factors(f)
+    rank = A.shape[0]
     A, B = kind.to_peft(base, A, B)
     tensors = {f"{PREFIX}{name}.{kind.peft_names[0]}": A, f"{PREFIX}{name}.{kind.peft_names[1]}": B}
     for attr, leaf in f.variant.peft_keys.items():
         tensors[f"{PREFIX}{name}.{leaf}"] = getattr(f, attr).detach()
-    return tensors
+    return tensors, rank, alpha
 
 
 def save_adapter(model: nn.Module, path: str | os.PathLike, adapter: str | None = None,
@@ -234,9 +237,8 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, adapter: str | None 
         if adapter not in layer.lora_adapters:
             continue
         f = layer.lora_adapters[adapter]
-        tensors.update(_layer_tensors(name, layer.kind, layer.base_layer, f))
-        _, B, alpha = _peft_factors(f)
-        rank_pattern[name], alpha_pattern[name] = B.shape[1], alpha
+        layer_tensors, rank_pattern[name], alpha_pattern[name] = _layer_tensors(name, layer.kind, layer.base_layer, f)
+        tensors.update(layer_tensors)
         fan_in_fan_out |= layer.kind.fan_in_fan_out
         if f.slices is not None:
             sliced[name] = sliced_metadata(f.slices, f.widths, f.r, f.alpha)

@@ -71,7 +71,7 @@ def select_modules(model: nn.Module, config: LoraConfig) -> dict[str, nn.Module]
     else:
         chosen = {n: m for n, m in candidates.items() if first_match(n, config.targets) is not None}
         if config.strict:
-            all_names = [n for n, _ in model.named_modules() if n]
+            all_names = [n for n, _ in base_modules(model)]
             for rule in config.targets:
                 if not any(matches(n, rule) for n in candidates):
                     near = nearest_names(rule, list(candidates) or all_names)
