@@ -54,7 +54,7 @@ class RunResult:
 
     dev / test: the metrics dicts of metrics.json ({} when the split is missing).
     trainable_params: values saved in the adapter folder (the trained parameters, head included);
-    adapter_params: those of them that belong to LoRA factors (names containing "lora_"), 0 for others.
+    adapter_params: those of them that belong to LoRA factors (and a variant's extra tensors), 0 for others.
     seconds_per_step: train_seconds / optimizer steps (wall clock, evaluation excluded).
     peak_rss_mb: the training process's peak resident set size in MiB (None: not measured, in-process run).
     skipped: True when the run was already finished before this call.
@@ -96,6 +96,8 @@ def saved_parameter_counts(adapter_dir: str | os.PathLike) -> tuple[int, int]:
     headers only. The trainer saves exactly the trained tensors, so this is the trainable-parameter count."""
     from safetensors import safe_open
 
+    from loralab.formats.peft import is_adapter_tensor
+
     files = sorted(Path(adapter_dir).glob("*.safetensors"))
     if not files:
         raise LoraLabError(f"{adapter_dir}: no .safetensors file; the run did not save its parameters")
@@ -105,7 +107,7 @@ def saved_parameter_counts(adapter_dir: str | os.PathLike) -> tuple[int, int]:
             for key in fh.keys():
                 count = math.prod(fh.get_slice(key).get_shape())
                 total += count
-                if "lora_" in key:
+                if is_adapter_tensor(key):
                     lora += count
     return total, lora
 

@@ -2,11 +2,19 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import InitVar, asdict, dataclass, field, fields
+from typing import NamedTuple
 
 from loralab.errors import LoraLabError
 
 BIAS_MODES = ("none", "all", "lora_only")
+
+
+class FusedSlices(NamedTuple):
+    """How one fused projection is adapted: which slices (in stacking order) and their output widths
+    (None: equal widths)."""
+    adapt: tuple[bool, ...]
+    widths: tuple[int, ...] | None
 
 
 @dataclass
@@ -37,22 +45,33 @@ class LoraConfig:
     alpha_pattern: dict[str, float] = field(default_factory=dict)
     """Per-module alpha overrides: {target rule: alpha}."""
     init: str = "kaiming"
-    """A's initialisation: "kaiming" (reference code), "gaussian" (paper) or "pissa" (SVD of W0)."""
+    """Initialisation, a registered name (loralab.core.inits): "kaiming" (reference code), "gaussian" (paper)
+    or "pissa" (SVD of W0)."""
     rslora: bool = False
     """Scale by alpha/sqrt(r) instead of alpha/r (rank-stabilised LoRA)."""
-    dora: bool = False
-    """Weight-decomposed LoRA: a trainable magnitude per output row (linear layers only)."""
+    variant: str = "lora"
+    """How ΔW is applied, a registered name (loralab.core.variants): "lora" (plain) or "dora" (weight-decomposed:
+    a trainable magnitude per output row, linear layers only)."""
     bias: str = "none"
     """Which biases train too: "none", "all", or "lora_only" (biases of adapted layers)."""
     modules_to_save: list[str] = field(default_factory=list)
     """Modules trained in full and saved with the adapter (e.g. a new classifier head)."""
-    fused_slices: dict[str, list[bool]] = field(default_factory=dict)
-    """Fused projections adapted slice by slice: {target rule: [adapt slice 0?, slice 1?, ...]},
-    e.g. GPT-2 {"c_attn": [True, False, True]} adapts q and v of the stacked [q; k; v]."""
+    fused_slices: dict[str, list[bool] | dict] = field(default_factory=dict)
+    """Fused projections adapted slice by slice: {target rule: [adapt slice 0?, slice 1?, ...]} for slices of
+    equal width, e.g. GPT-2 {"c_attn": [True, False, True]} adapts q and v of the stacked [q; k; v]; or
+    {target rule: {"adapt": [...], "widths": [output rows of each slice]}}, e.g. Phi-3-medium's qkv_proj
+    {"adapt": [True, False, True], "widths": [5120, 1280, 1280]} (grouped-query attention)."""
     strict: bool = True
     """Every entry of `targets` must match at least one module."""
+    dora: InitVar[bool | None] = None
+    """Old spelling (loralab 0.1) of variant="dora": True sets it. Not stored; read `variant`."""
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, dora: bool | None) -> None:
+        if dora:
+            if self.variant not in ("lora", "dora"):
+                raise LoraLabError(f"dora=True (the old spelling of variant='dora') conflicts with "
+                                   f"variant={self.variant!r}; give only variant")
+            self.variant = "dora"
         if isinstance(self.targets, (list, tuple)):
             self.targets = [str(t) for t in self.targets]
             if not self.targets:
@@ -67,9 +86,10 @@ class LoraConfig:
         self.alpha = float(self.alpha)
         if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
             raise LoraLabError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        from loralab.core.lora import INITS
-        if self.init not in INITS:
-            raise LoraLabError(f"unknown init {self.init!r}; choose one of {sorted(INITS)}")
+        from loralab.core.inits import INITS
+        from loralab.core.variants import VARIANTS
+        INITS.lookup(self.init)
+        VARIANTS.lookup(self.variant)
         if self.bias not in BIAS_MODES:
             raise LoraLabError(f"unknown bias mode {self.bias!r}; choose one of {list(BIAS_MODES)}")
         self.exclude = _str_list("exclude", self.exclude)
@@ -79,12 +99,7 @@ class LoraConfig:
         for key, value in self.alpha_pattern.items():
             if not (isinstance(value, (int, float)) and value > 0):
                 raise LoraLabError(f"alpha_pattern[{key!r}] must be a positive number, got {value!r}")
-        for key, slices in self.fused_slices.items():
-            if not (isinstance(slices, (list, tuple)) and len(slices) >= 2 and all(isinstance(s, bool) for s in slices)
-                    and any(slices)):
-                raise LoraLabError(f"fused_slices[{key!r}] must be a list of >= 2 booleans with at least one True, "
-                                   f"got {slices!r}")
-            self.fused_slices[key] = list(slices)
+        self.fused_slices = {key: checked_fused_slices(key, value) for key, value in self.fused_slices.items()}
 
     def rank_for(self, module_name: str) -> int:
         from loralab.surgery.targeting import first_match
@@ -96,17 +111,23 @@ class LoraConfig:
         key = first_match(module_name, self.alpha_pattern)
         return float(self.alpha_pattern[key]) if key is not None else self.alpha
 
-    def slices_for(self, module_name: str) -> list[bool] | None:
+    def slices_for(self, module_name: str) -> FusedSlices | None:
         from loralab.surgery.targeting import first_match
         key = first_match(module_name, self.fused_slices)
-        return self.fused_slices[key] if key is not None else None
+        if key is None:
+            return None
+        entry = self.fused_slices[key]
+        if isinstance(entry, dict):
+            return FusedSlices(tuple(entry["adapt"]), tuple(entry["widths"]))
+        return FusedSlices(tuple(entry), None)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "LoraConfig":
-        known = {f.name for f in fields(cls)}
+        """A config from its `to_dict()` form; configs stored by loralab 0.1 (with "dora") load too."""
+        known = {f.name for f in fields(cls)} | {"dora"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise LoraLabError(f"unknown LoraConfig field(s) {unknown}; known fields: {sorted(known)}")
@@ -125,6 +146,27 @@ class LoraConfig:
 def _positive_int(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise LoraLabError(f"{name} must be a positive integer, got {value!r}")
+
+
+def stored_variant(data: dict) -> str | None:
+    """The variant a stored config dict names: its "variant", or "dora" for loralab 0.1's `"dora": true`."""
+    return data.get("variant") or ("dora" if data.get("dora") is True else None)
+
+
+def checked_fused_slices(key: str, value) -> list[bool] | dict:
+    """One fused_slices value, checked: a list of >= 2 booleans (equal widths) or {"adapt": [...], "widths": [...]}."""
+    adapt, widths = (value.get("adapt"), value.get("widths")) if isinstance(value, dict) else (value, None)
+    if not (isinstance(adapt, (list, tuple)) and len(adapt) >= 2 and all(isinstance(s, bool) for s in adapt)
+            and any(adapt)) or (isinstance(value, dict) and set(value) != {"adapt", "widths"}):
+        raise LoraLabError(f"fused_slices[{key!r}] must be a list of >= 2 booleans with at least one True, or "
+                           f"{{'adapt': [booleans], 'widths': [output rows of each slice]}}, got {value!r}")
+    if not isinstance(value, dict):
+        return list(adapt)
+    if not (isinstance(widths, (list, tuple)) and len(widths) == len(adapt)
+            and all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths)):
+        raise LoraLabError(f"fused_slices[{key!r}]['widths'] must be {len(adapt)} positive integers (one per "
+                           f"slice), got {widths!r}")
+    return {"adapt": list(adapt), "widths": list(widths)}
 
 
 def _str_list(name: str, value) -> list[str]:
