@@ -47,11 +47,7 @@ def resolve_config(model: nn.Module, config: LoraConfig) -> LoraConfig:
         return config
     preset = preset_for(model)
     data = config.to_dict()
-    names = list(_candidates(model))
-    targets = preset.targets
-    if preset.renamed_targets and not any(matches(n, targets[0]) for n in names):
-        targets = preset.renamed_targets
-    data["targets"] = list(targets)
+    data["targets"] = list(preset.targets)
     data["fused_slices"] = {**preset.fused_slices, **config.fused_slices}
     return LoraConfig(**data)
 

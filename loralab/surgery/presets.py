@@ -20,8 +20,6 @@ class Preset:
     fused_slices: dict[str, SliceSpec] = field(default_factory=dict)
     head: tuple[str, ...] = ()
     """Task heads created fresh for fine-tuning (trained in full via modules_to_save)."""
-    renamed_targets: tuple[str, ...] = ()
-    """Always empty: architecture_for picks the naming the model uses. Read by surgery/inject.py's old fallback."""
 
 
 def preset_for(model: nn.Module) -> Preset:
@@ -37,13 +35,3 @@ def preset_for(model: nn.Module) -> Preset:
     targets = arch.lora_targets(DEFAULT_ROLES, model.config)
     return Preset(tuple(targets.targets), targets.fused_slices, arch.head)
 
-
-def __getattr__(name: str):
-    # Old spellings, read by loralab/training/loop.py's head_modules until it calls
-    # loralab.models.architectures.task_head_modules; remove both then.
-    if name == "model_type":
-        return model_type_of
-    if name == "PRESETS":
-        from loralab.models.architectures import architecture
-        return {t: architecture(t) for t in model_types()}
-    raise AttributeError(f"module 'loralab.surgery.presets' has no attribute {name!r}")

@@ -493,11 +493,10 @@ def task_of(config: TrainConfig) -> Task:
 
 
 def head_modules(model: nn.Module) -> tuple[str, ...]:
-    """The family's fresh task-head module names (loralab.surgery.presets), () when unknown."""
-    from loralab.surgery.presets import PRESETS, model_type
+    """The family's fresh task-head module names (loralab.models.architectures), () when unknown."""
+    from loralab.models.architectures import task_head_modules
 
-    preset = PRESETS.get(model_type(model) or "")
-    return preset.head if preset else ()
+    return task_head_modules(model)
 
 
 def load_model_for(spec: str, task_kind: str, label_map: LabelMap | None, tokenizer: Any) -> nn.Module:

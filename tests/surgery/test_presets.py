@@ -41,9 +41,6 @@ def test_phi3_grouped_query_preset_gives_the_slice_widths():
     assert preset_for(model).fused_slices == {"qkv_proj": {"adapt": [True, False, True], "widths": [32, 16, 16]}}
 
 
-@pytest.mark.xfail(strict=True, raises=LoraLabError,
-                   reason="LoraConfig learns the {'adapt', 'widths'} fused_slices form in the core branch of issue 9; "
-                          "drop this mark after merging it")
 def test_phi3_grouped_query_preset_injects():
     model = tiny_phi3(kv_heads=2)
     inputs = {"input_ids": torch.randint(3, 100, (2, 7), generator=torch.Generator().manual_seed(1))}
