@@ -33,9 +33,11 @@ def run(args: argparse.Namespace) -> int:
     from loralab.errors import LoraLabError
     from loralab.serving.load import load_with_adapters, parse_adapter_specs
     from loralab.training.batching import PadCollator, pad_token_id_for
-    from loralab.training.checkpoint import atomic_write_text
+    from loralab.files import write_text as atomic_write_text
     from loralab.training.data import builtin_dataset, encode_examples, load_builtin, read_examples, read_options_from_args
-    from loralab.training.loop import evaluate, fixed_subset, set_threads
+    from loralab.training.evaluation import evaluate
+    from loralab.training.inputs import fixed_subset
+    from loralab.training.runtime import set_threads
 
     if bool(args.file) == bool(args.data):
         raise LoraLabError("give the data to evaluate: either --file PATH or --data NAME")

@@ -81,9 +81,9 @@ def predict_texts(loaded, examples, batch_size: int = 32, max_new_tokens: int = 
 def run(args: argparse.Namespace) -> int:
     _quiet_transformers()
     from loralab.serving.load import load_with_adapters, parse_adapter_specs
-    from loralab.training.checkpoint import atomic_write_text
+    from loralab.files import write_text as atomic_write_text
     from loralab.training.data import ReadOptions, read_examples, read_options_from_args
-    from loralab.training.loop import set_threads
+    from loralab.training.runtime import set_threads
 
     set_threads(args.threads)
     loaded = load_with_adapters(parse_adapter_specs(args.adapter), args.model, args.task, args.use, args.max_length)
