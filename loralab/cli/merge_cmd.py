@@ -60,10 +60,10 @@ def run(args: argparse.Namespace) -> int:
     inputs = (base, adapter)
     # Refuse a bad output before the (slow) load: an existing folder is replaced only with --overwrite and
     # only if loralab wrote it as a merged model; never the base or adapter folder, or one around them.
+    files.check_writable_dir(out)
     if out.exists() and not files.is_empty_dir(out) and not args.overwrite:
         raise LoraLabError(f"output folder {out} already exists; choose another path or pass --overwrite")
     files.check_replaceable(out, (MERGED_KIND,), inputs)
-    files.check_writable_dir(out)
     adapter_file = loralab.read_adapter(adapter)
     model = load_base_for_adapter(args.base, adapter_file, args.task)
     loralab.load_adapter(model, adapter)
