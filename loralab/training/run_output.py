@@ -104,8 +104,10 @@ class RunOutput:
                 files.mark_owned(self.target, RUN_KIND)  # a loralab 0.1 run, recognised by its layout
             try:
                 files.swap_in(self.scratch, self.target, (RUN_KIND,), self.protect)
-            except BaseException:
+            except BaseException as exc:
                 new_lock.release()
+                if isinstance(exc, OSError):
+                    raise files.unwritable(self.target, exc) from None
                 raise
             self.lock.release()
             self.lock = new_lock

@@ -10,8 +10,8 @@ step boundary and raise TrainingInterrupted.
 
 Sanity: every checkpoint records the largest |w| of the trainable tensors. It is *sane* when all trainable
 values are finite and max |w| <= SANE_GROWTH x max(1, max |w| at the run's start) — LoRA factors and heads
-start below 1 and a healthy run stays within a few units, while a diverging one reaches 1e8 before its
-loss turns NaN. The losses of every checkpoint are finite (a non-finite loss stops the run before the
+start below 1 and a healthy run stays within a few units, while a diverging one can reach 1e8 and more
+with a still finite loss. The losses of every checkpoint are finite (a non-finite loss stops the run before the
 update). When the loss or gradient becomes NaN/Inf, the run stops naming the newest sane checkpoint as
 the last good one; if later checkpoints were not sane, LATEST is pointed back at it and they are deleted,
 so `--resume` continues from good weights.
@@ -186,11 +186,14 @@ class Trainer:
             if not isinstance(error, LoraLabError):
                 raise
             pointer = self.checkpoint_dir / LATEST
-            kept = (f"its last complete checkpoint {self.checkpoint_dir / pointer.read_text().strip()} is intact"
-                    if pointer.is_file() else "no checkpoint was complete")
+            if pointer.is_file():
+                after = (f"its last complete checkpoint {self.checkpoint_dir / pointer.read_text().strip()} is "
+                         f"intact. Make {self.output_dir} writable, then continue with `loralab train --output "
+                         f"{self.output_dir} --resume`")
+            else:   # before the first checkpoint the run's folder is not committed: nothing was kept
+                after = "no checkpoint was complete, so nothing was kept; choose a writable output and start again"
             raise LoraLabError(f"could not write the {what} at step {self.state['step']} ({error}); training "
-                               f"stopped and {kept}. Make {self.output_dir} writable, then continue with "
-                               f"`loralab train --output {self.output_dir} --resume`") from None
+                               f"stopped and {after}") from None
 
     def _save_checkpoint(self) -> Path:
         sane, max_abs = self.weights_record()
@@ -287,7 +290,8 @@ class Trainer:
                   f"--lr {self.config.lr / 10:g}`) or raise --warmup-ratio and start again with --overwrite")
         if good is None or not (self.checkpoint_dir / good).is_dir():
             return TrainingDiverged(f"the {what} became {value} {where}; training stopped and no sane "
-                                    f"checkpoint was written yet. {advice.replace('--resume ', '')}")
+                                    f"checkpoint was written yet. Lower the learning rate (--lr, e.g. --lr "
+                                    f"{self.config.lr / 10:g}) or raise --warmup-ratio, and start again")
         removed = rewind(self.checkpoint_dir, good) if self.dist.is_main else []
         note = (f"; LATEST points there again and the later {', '.join(removed)} (weights not finite or above "
                 f"{SANE_GROWTH:g}x their start) were removed" if removed else "")

@@ -143,29 +143,23 @@ def test_a_run_failing_before_its_first_step_leaves_nothing(inputs, tmp_path, ca
     assert code == 0
 
 
+def test_a_new_run_diverging_before_its_first_checkpoint_leaves_nothing(inputs, tmp_path, capsys):
+    output = tmp_path / "run"
+    code, _, err = _run(_argv(inputs, output, "--lr", "1e30"), capsys)
+    _one_line_error(code, err, "became nan at step 2; training stopped and no sane checkpoint was written yet",
+                    "--lr 1e+29")
+    assert list(tmp_path.iterdir()) == []
+
+
 # -- case 3: checkpoints hold no pickles; a planted one never runs ---------------------------------------
-class _RunsCode:
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
-
-
-def test_a_pickle_planted_as_rng_pt_never_runs_and_resume_says_why(tmp_path, capsys):
-    work = tmp_path / "inputs"
-    work.mkdir()
-    model_dir = fixtures.write_tiny_bert(work / "bert")
-    data = {s: fixtures.write_sst2_slice(work, start, count, f"{s}.tsv")
-            for s, start, count in (("train", 0, 48), ("dev", 1000, 24), ("test", 2000, 24))}
+def test_a_pickle_planted_as_rng_pt_never_runs_and_resume_says_why(inputs, tmp_path, capsys):
     run = tmp_path / "run"
-    shutil.copytree(GOLDEN_RUN, run)
-    config = json.loads((run / "config.json").read_text())
-    config.update(model=str(model_dir), train_file=str(data["train"]), dev_file=str(data["dev"]),
-                  test_file=str(data["test"]))
+    shutil.copytree(GOLDEN_RUN, run)   # a loralab 0.1 run: its checkpoint files are pickles (.pt)
+    config = {**json.loads((run / "config.json").read_text()), "model": str(inputs["model"]),
+              "train_file": str(inputs["train"]), "dev_file": str(inputs["dev"]), "test_file": None}
     (run / "config.json").write_text(json.dumps(config))
     marker = tmp_path / "code-ran"
-    torch.save({"python": _RunsCode(marker)}, run / "checkpoints" / "step-000009" / "rng.pt")
+    torch.save({"python": fixtures.RunsCode(marker)}, run / "checkpoints" / "step-000009" / "rng.pt")
     code, _, err = _run(["train", "--output", str(run), "--resume"], capsys)
     _one_line_error(code, err, "no usable checkpoint", "rng.pt holds posix.system, not plain tensors; refused to load "
                     "it (nothing in it was run)")

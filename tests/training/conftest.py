@@ -156,3 +156,21 @@ def build_classifier_run(model_dir: Path, files: dict[str, Path], **overrides):
 def classifier_run(tiny_bert_dir, sst2_files):
     """build_classifier_run on the session's tiny BERT and SST-2 slices; call it with TrainConfig overrides."""
     return lambda **overrides: build_classifier_run(tiny_bert_dir, sst2_files, **overrides)
+
+
+class RunsCode:
+    """An object whose unpickling would run a shell command creating `marker`: plant it with torch.save
+    where loralab reads a file back, and check the marker never appears."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.fixture
+def runs_code():
+    return RunsCode

@@ -200,22 +200,12 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
         usable_checkpoint(tmp_path, said.append)
 
 
-class _RunsCode:
-    """Unpickling this would run a shell command creating `marker`."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
-
-
 @pytest.mark.parametrize("name", ["rng.pt", "optimizer.pt", "trainable.pt", "scheduler.pt"])
-def test_a_pickle_planted_in_an_old_checkpoint_is_never_run(tmp_path, name):
+def test_a_pickle_planted_in_an_old_checkpoint_is_never_run(tmp_path, name, runs_code):
     checkpoint = tmp_path / "step-000009"
     shutil.copytree(GOLDEN_RUN / "checkpoints" / "step-000009", checkpoint)
     marker = tmp_path / "code-ran"
-    torch.save({"python": _RunsCode(marker)}, checkpoint / name)
+    torch.save({"python": runs_code(marker)}, checkpoint / name)
     with pytest.raises(UnreadableState, match=f"{name} holds posix.system, not plain tensors; refused to load it"):
         read_checkpoint(checkpoint)
     assert not marker.exists()
