@@ -43,3 +43,17 @@ def test_legacy_rng_pt_restores_numpy_state_and_truncated_files_are_named(tmp_pa
     cut.write_bytes((GOLDEN_STEP / "optimizer.pt").read_bytes()[:500])
     with pytest.raises(UnreadableState, match="optimizer.pt is truncated or corrupt"):
         load_legacy_pt(cut)
+
+
+def test_cuda_generator_states_are_kept_per_device(monkeypatch):
+    """No GPU here: fake two devices' generator states and check they travel as cuda.0, cuda.1 and come back
+    in device order (a GPU machine runs the real thing through the same code)."""
+    states = [torch.arange(16, dtype=torch.uint8), torch.arange(16, 32, dtype=torch.uint8)]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: states)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.extend)
+    tensors, meta = rng_files(capture_rng())
+    assert torch.equal(tensors["cuda.0"], states[0]) and torch.equal(tensors["cuda.1"], states[1])
+    restore_rng(rng_state(tensors, meta))
+    assert len(restored) == 2 and all(torch.equal(a, b) for a, b in zip(restored, states))
