@@ -272,7 +272,9 @@ def test_a_truncated_optimizer_state_falls_back_to_the_previous_checkpoint(run_c
 
 
 # -- case 7: what --resume may change, recorded ----------------------------------------------------------
-def test_resume_applies_allowed_flags_refuses_others_and_records_changes(run_copy, capsys):
+def test_resume_applies_allowed_flags_refuses_others_and_records_changes(inputs, run_copy, capsys):
+    code, out, _ = _run(_argv(inputs, run_copy, "--resume"), capsys)   # the original command again: no change
+    assert code == 0 and "resume changes" not in out and not (run_copy / "resumes.json").exists()
     code, _, err = _run(["train", "--output", str(run_copy), "--resume", "--seed", "3"], capsys)
     _one_line_error(code, err, "--seed cannot change when resuming (the run has 0, given 3)")
     code, _, err = _run(["train", "--output", str(run_copy), "--resume", "--r", "4"], capsys)
