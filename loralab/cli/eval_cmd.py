@@ -38,8 +38,9 @@ def run(args: argparse.Namespace) -> int:
     from loralab.data.splits import fixed_subset
     from loralab.errors import LoraLabError
     from loralab.serving.load import load_with_adapters, parse_adapter_specs
-    from loralab.training.checkpoint import atomic_write_text
-    from loralab.training.loop import evaluate, set_threads
+    from loralab.files import write_text as atomic_write_text
+    from loralab.training.evaluation import evaluate
+    from loralab.training.runtime import set_threads
 
     if bool(args.file) == bool(args.data):
         raise LoraLabError("give the data to evaluate: either --file PATH or --data NAME")

@@ -2,7 +2,10 @@
 
 Each sub-command lives in its own module under `loralab.cli` and registers itself in COMMANDS:
 a module exposes `add_arguments(parser)` and `run(args) -> int`. Errors meant for the user are
-raised as `LoraLabError` and printed as one line on stderr with exit status 2.
+raised as `LoraLabError` and printed as one line on stderr with exit status 2 (or the error's own
+`exit_status`: a training run stopped by SIGINT/SIGTERM exits 130/143). Two last-resort mappings keep
+tracebacks away from problems that are not bugs: an OSError about an output that cannot be written
+(read-only, full, missing folder) becomes that one line, and Ctrl-C outside a training loop exits 130.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import importlib
 import sys
 
 from loralab.errors import LoraLabError
+from loralab.files import unwritable
 
 # sub-command name -> (module path, one-line help). Modules are imported lazily so that
 # `loralab --help` stays fast and one command's heavy imports never slow another.
@@ -51,6 +55,15 @@ def main(argv: list[str] | None = None) -> int:
         return int(args._run(args) or 0)
     except LoraLabError as exc:
         print(f"loralab {args.command}: error: {exc}", file=sys.stderr)
+        return getattr(exc, "exit_status", 2)
+    except KeyboardInterrupt:
+        print(f"loralab {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        error = unwritable(exc.filename, exc) if exc.filename else exc
+        if not isinstance(error, LoraLabError):
+            raise
+        print(f"loralab {args.command}: error: {error}", file=sys.stderr)
         return 2
 
 

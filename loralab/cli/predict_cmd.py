@@ -83,8 +83,8 @@ def run(args: argparse.Namespace) -> int:
     from loralab.cli.data_args import read_options_from_args
     from loralab.data.readers import ReadOptions, read_examples
     from loralab.serving.load import load_with_adapters, parse_adapter_specs
-    from loralab.training.checkpoint import atomic_write_text
-    from loralab.training.loop import set_threads
+    from loralab.files import write_text as atomic_write_text
+    from loralab.training.runtime import set_threads
 
     set_threads(args.threads)
     loaded = load_with_adapters(parse_adapter_specs(args.adapter), args.model, args.task, args.use, args.max_length)

@@ -19,7 +19,7 @@ sorted by restaurant name, so the first N would cover only a few restaurants); N
 Output folder:
 
     data/train.jsonl       the instruction-prefixed prompts and targets the adapter is trained on
-    train/                 loralab.training.loop.run_training's folder (adapter/, metrics.json, checkpoints/)
+    train/                 loralab.training.run.run_training's folder (adapter/, metrics.json, checkpoints/)
     predictions/base.txt   one output per evaluated MR (and lora.txt), with *.json holding their settings
     results.json / .csv / .md   the comparison table; examples.md: side-by-side outputs for a few MRs
 
@@ -164,7 +164,7 @@ def evaluation_set(config: E2EConfig) -> tuple[list[str], list[list[str]]]:
 def write_train_file(config: E2EConfig, path: Path) -> Path:
     """valid.txt as JSONL {"prompt": instruction + MR, "target": reference}, written atomically."""
     from loralab.metrics import read_e2e
-    from loralab.training.checkpoint import atomic_write_text
+    from loralab.files import write_text as atomic_write_text
 
     lines = [json.dumps({"prompt": config.instruction + mr, "target": text}, ensure_ascii=False)
              for mr, text in read_e2e(e2e_dir(config) / "valid.txt")]
@@ -217,7 +217,7 @@ def write_quick_model(folder: Path, config: E2EConfig) -> Path:
 
 def train_adapter(config: E2EConfig, out: Path, log: Callable[[str], None] = print) -> tuple[Path, dict[str, Any]]:
     """Train (or reuse / resume) the adapter under out/train; returns (adapter folder, training metrics)."""
-    from loralab.training.loop import run_training
+    from loralab.training.run import run_training
 
     run_dir = out / "train"
     metrics_path = run_dir / "metrics.json"
@@ -252,7 +252,7 @@ def generate_for(system: str, model: Any, tokenizer: Any, prompts: list[str], co
     continued from <system>.partial.json after a kill); returns (outputs, generation seconds summed over
     the batches, as measured when they were generated)."""
     from loralab.serving.generate import generate
-    from loralab.training.checkpoint import atomic_write_text
+    from loralab.files import write_text as atomic_write_text
     from loralab.data.encoding import Task
 
     folder = out / "predictions"
@@ -302,7 +302,7 @@ def run_e2e(config: E2EConfig, out: str | os.PathLike, adapter: str | os.PathLik
     import loralab
     from loralab.metrics import score_e2e
     from loralab.models import load_model, load_tokenizer
-    from loralab.training.loop import set_threads
+    from loralab.training.runtime import set_threads
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -422,7 +422,7 @@ def examples_markdown(result: dict[str, Any]) -> str:
 
 def write_results(result: dict[str, Any], out: Path) -> None:
     """results.json, results.csv (TABLE_COLUMNS), results.md and examples.md, each written atomically."""
-    from loralab.training.checkpoint import atomic_write_text
+    from loralab.files import write_text as atomic_write_text
 
     atomic_write_text(out / "results.json", json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     buffer = io.StringIO()

@@ -6,7 +6,6 @@ can be loaded onto one base model and switched per call with `loralab.set_adapte
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,12 +44,9 @@ def parse_adapter_specs(specs: list[str]) -> dict[str, Path]:
 
 
 def read_task_info(adapter: Path) -> dict[str, Any]:
-    from loralab.training.loop import TASK_FILENAME
+    from loralab.training.run_folder import read_task_info as read
 
-    path = adapter / TASK_FILENAME
-    if not path.is_file():
-        return {}
-    return json.loads(path.read_text(encoding="utf-8"))
+    return read(adapter)
 
 
 def load_with_adapters(adapters: dict[str, Path], model: str | os.PathLike | None = None, task: str | None = None,
@@ -61,7 +57,7 @@ def load_with_adapters(adapters: dict[str, Path], model: str | os.PathLike | Non
     from loralab.data.encoding import Task
     from loralab.data.labels import LabelMap
     from loralab.models import load_tokenizer
-    from loralab.training.loop import load_model_for
+    from loralab.training.inputs import load_model_for
 
     if not adapters:
         raise LoraLabError("no adapter given; pass --adapter NAME=PATH (a folder written by loralab train)")

@@ -57,7 +57,10 @@ def trained(bert_dir, sst2, tmp_path_factory):
 
 def test_train_writes_the_output_folder(trained, capsys):
     assert sorted(p.name for p in trained.iterdir()) == \
-        ["adapter", "checkpoints", "config.json", "metrics.csv", "metrics.json", "training.png"]
+        [".loralab-output", ".loralab.lock", "adapter", "checkpoints", "config.json", "metrics.csv", "metrics.json",
+         "training.png"]
+    assert json.loads((trained / ".loralab-output").read_text()) == {"kind": "train-run"}
+    assert (trained / ".loralab.lock").read_text() == ""  # released: no PID in it
     adapter = trained / "adapter"
     assert {p.name for p in adapter.iterdir()} >= {"adapter_config.json", "adapter_model.safetensors", "labels.json",
                                                   "loralab-task.json"}
@@ -116,7 +119,7 @@ def test_predict_from_stdin_and_file_with_two_adapters(trained, bert_dir, sst2, 
 
 def test_user_errors_are_one_line_messages(trained, sst2, tmp_path, capsys):
     assert main(["train", "--train-file", str(sst2["train"]), "--output", str(trained)]) == 2
-    assert "not empty" in capsys.readouterr().err
+    assert "already holds a training run; pass --resume" in capsys.readouterr().err
     assert main(["train", "--resume"]) == 2
     assert "--resume needs --output" in capsys.readouterr().err
     bad = tmp_path / "bad.tsv"
