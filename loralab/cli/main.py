@@ -10,8 +10,10 @@ tracebacks away from problems that are not bugs: an OSError about an output that
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
+import warnings
 
 from loralab.errors import LoraLabError
 from loralab.files import unwritable
@@ -52,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser({name: COMMANDS[name]} if name else None)
     args = parser.parse_args(argv)
     try:
-        return int(args._run(args) or 0)
+        with one_line_warnings(f"loralab {args.command}"):
+            return int(args._run(args) or 0)
     except LoraLabError as exc:
         print(f"loralab {args.command}: error: {exc}", file=sys.stderr)
         return getattr(exc, "exit_status", 2)
@@ -65,6 +68,21 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"loralab {args.command}: error: {error}", file=sys.stderr)
         return 2
+
+
+@contextlib.contextmanager
+def one_line_warnings(prefix: str):
+    """Show Python warnings (e.g. a typo'd adapter_config key, mixed label spellings) as one line each,
+    `loralab train: warning: ...`, instead of two lines with the library's source line."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"{prefix}: warning: {message}", file=file or sys.stderr)
+
+    previous = warnings.showwarning
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
 
 
 if __name__ == "__main__":

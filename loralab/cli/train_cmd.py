@@ -47,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--prompt-template", help="causal-lm prompt format with {prompt} (default '{prompt}\\n')")
     g.add_argument("--chat-template", action="store_true", default=None,
                    help="causal-lm: format prompts with the tokenizer's chat template")
+    g.add_argument("--packing", action="store_true", default=None,
+                   help="causal-lm: pack short training examples into full --max-length rows (attention stays "
+                        "inside each example)")
     add_data_arguments(parser)
     add_lora_arguments(parser)
 
@@ -123,7 +126,7 @@ def _apply_flags(args: argparse.Namespace, base: dict) -> dict:
             base[limit] = None
     if args.train_file:
         base["data"] = None
-    for flag, field in (("chat_template", "chat_template"), ("compile", "compile")):
+    for flag, field in (("chat_template", "chat_template"), ("compile", "compile"), ("packing", "packing")):
         if getattr(args, flag) is not None:
             base[field] = True
     if args.progress is not None:
@@ -162,7 +165,7 @@ def resumed_config(args: argparse.Namespace, output: Path):
 def _flag_name(field: str) -> str:
     """How a TrainConfig field is given on the command line, for messages."""
     names = {"lora": "the LoRA flags (--r, --alpha, --targets, ...)", "read_options": "the data format flags",
-             "progress": "--no-progress", "chat_template": "--chat-template"}
+             "progress": "--no-progress", "chat_template": "--chat-template", "packing": "--packing"}
     if field in names:
         return names[field]
     return f"--{field.replace('_', '-')}" if field in _SIMPLE_FIELDS or field == "compile" else f"the setting {field!r}"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +21,12 @@ from typing import Any
 
 from torch import nn
 
+from loralab.data.batching import PadCollator, pad_token_id_for
+from loralab.data.encoding import EncodedDataset, Task
+from loralab.data.labels import LabelMap, LabelSpellingWarning
 from loralab.errors import LoraLabError
 from loralab.training import distributed
-from loralab.data.batching import PadCollator, pad_token_id_for
 from loralab.training.config import TrainConfig, resume_changes
-from loralab.data.encoding import EncodedDataset, Task
-from loralab.data.labels import LabelMap
 from loralab.training.evaluation import evaluate
 from loralab.training.inputs import head_modules, input_paths, load_model_for, load_splits, task_of
 from loralab.training.run_folder import (ADAPTER_DIR, read_config, record_resume, write_best_adapter, write_config,
@@ -116,12 +117,23 @@ def prepare_inputs(config: TrainConfig, dist: distributed.DistInfo, threads: int
     tokenizer = load_tokenizer(config.model)
     task = task_of(config)
     label_map = None
-    if task.kind != "causal-lm":
-        label_map = LabelMap.from_examples(splits["train"], regression=task.kind == "regression")
+    if not task.spec.is_generative:
+        with warnings.catch_warnings():      # said once below, in the run summary
+            warnings.simplefilter("ignore", LabelSpellingWarning)
+            label_map = LabelMap.from_examples(splits["train"], regression=task.kind == "regression")
     encoded = {name: encode_examples(examples, tokenizer, task, label_map) for name, examples in splits.items()}
     say(f"data: {', '.join(f'{n} {len(e):,}' for n, e in encoded.items())} examples; task {task.kind}"
         + (f", labels {', '.join(label_map.names)}" if label_map and label_map.names else "")
         + f"; {threads} thread(s) x {dist.world_size} process(es)")
+    for warning in (label_map.warnings if label_map else ()):
+        say(f"warning: {warning}")
+    if config.packing:
+        from loralab.data.packing import pack_examples
+
+        packed = pack_examples(encoded["train"], task.token_limit)
+        say(f"packed {len(packed.source):,} training examples into {len(packed):,} rows of at most "
+            f"{task.token_limit} tokens ({packed.fill:.0%} full)")
+        encoded["train"] = packed
     return RunInputs(encoded, task, label_map, PadCollator(pad_token_id_for(tokenizer)), tokenizer)
 
 
@@ -175,7 +187,8 @@ def _finish(trainer: Trainer, state: dict[str, Any], prepared: RunInputs, dist: 
         result["test"] = evaluate(trainer.model, prepared.encoded["test"], prepared.task.kind, prepared.collator,
                                   config.eval_batch_size, prepared.label_map, dist).metrics
         say("test: " + ", ".join(f"{k} {v:.4f}" for k, v in result["test"].items()))
-    result.update(train_examples=len(prepared.encoded["train"]), examples_seen=state["examples"],
+    train = prepared.encoded["train"]
+    result.update(train_examples=len(getattr(train, "source", train)), examples_seen=state["examples"],
                   train_seconds=round(state["train_seconds"], 2), wall_seconds=round(time.perf_counter() - started, 2),
                   world_size=dist.world_size, threads_per_process=threads, history=state["history"])
     if dist.is_main:

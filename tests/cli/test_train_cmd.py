@@ -170,3 +170,41 @@ def test_flags_to_config_default_run_builtin_data_and_limits():
     files = _config(["--train-file", "t.tsv", "--text-column", "review", "--no-header", "--task", "regression"])
     assert files.data is None and files.read_options == {"text_column": "review", "header": False}
     assert files.best_metric == "pearson"
+
+
+def test_packing_trains_on_packed_rows_and_counts_examples(llama_dir, tmp_path, capsys):
+    lines = fixtures.e2e_lines()
+    train = tmp_path / "train.txt"
+    train.write_text("\n".join(lines) + "\n")
+    output = tmp_path / "packed"
+    assert main(["train", "--model", str(llama_dir), "--task", "causal-lm", "--train-file", str(train),
+                 "--format", "e2e", "--max-length", "128", "--packing", "--batch-size", "2", "--max-steps", "2",
+                 "--threads", "1", "--no-progress", "--output", str(output)]) == 0
+    out = capsys.readouterr().out
+    rows = int(out.split(" training examples into ")[1].split()[0])
+    assert f"packed {len(lines)} training examples into {rows} rows of at most 128 tokens" in out
+    assert 1 <= rows < len(lines)
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert metrics["train_examples"] == len(lines) and metrics["examples_seen"] == 4   # 2 steps x 2 rows
+    assert json.loads((output / "config.json").read_text())["packing"] is True
+
+
+def test_mixed_label_spellings_are_named_in_the_run_summary(bert_dir, tmp_path, capsys):
+    train = tmp_path / "mixed.tsv"
+    train.write_text("sentence\tlabel\n" + "".join(f"text number {i}\t{lab}\n"
+                                                   for i, lab in enumerate(["0", "1", "neg", "pos"] * 4)))
+    assert main(["train", "--model", str(bert_dir), "--train-file", str(train), "--max-length", "16",
+                 "--max-steps", "1", "--threads", "1", "--no-progress", "--output", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "warning: " in out and "mix numeric ids '0' (4), '1' (4) with names 'neg' (4), 'pos' (4)" in out
+
+
+def test_python_warnings_are_one_line_on_the_command_line(capsys):
+    import warnings
+
+    from loralab.cli.main import one_line_warnings
+
+    with one_line_warnings("loralab load"):
+        warnings.warn("adapter_config.json: unknown key 'lora_alhpa'; did you mean 'lora_alpha'?")
+    assert capsys.readouterr().err == ("loralab load: warning: adapter_config.json: unknown key 'lora_alhpa'; "
+                                       "did you mean 'lora_alpha'?\n")
