@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     failed = result.failed
     if failed is not None:
         last = failed.error.strip().splitlines()[-1]
-        print(f"loralab learn: lesson {lesson.number} stopped at the cell on line {failed.cell.line} of "
+        print(f"loralab learn: lesson {lesson.number} stopped in the cell starting at line {failed.cell.line} of "
               f"{lesson.file}: {last}; the page shows the traceback: {page}", file=sys.stderr)
         return 1
     checks = result.namespace.get("checks")

@@ -19,16 +19,18 @@ FOLDER = Path(__file__).resolve().parent
 
 @dataclass(frozen=True)
 class Lesson:
-    """One lesson: its number (1-5, the stage of the route), file name in this package and title."""
+    """One lesson: its number (1-5, the stage of the route), file name, title, the checklist concepts it
+    teaches, and the folder holding the file (this package's, unless a test points elsewhere)."""
 
     number: int
     file: str
     title: str
     concepts: tuple[str, ...]
+    folder: Path = FOLDER
 
     @property
     def path(self) -> Path:
-        return FOLDER / self.file
+        return self.folder / self.file
 
     @property
     def folder_name(self) -> str:

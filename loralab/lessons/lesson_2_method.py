@@ -256,9 +256,11 @@ print(f"after 10 switches {name} differs from W0 + ΔW_sst2 by at most {drift:.1
 print(f"one task on disk: adapter {adapter_bytes / 1e6:.2f} MB vs a full fp32 model {model_bytes / 1e6:.1f} MB")
 
 # %% [markdown]
-# Switching task is a few milliseconds of arithmetic on 12 matrices instead of loading a whole model, and every
-# switch leaves the weights where they should be up to float32 rounding. This is the paper's deployment
-# story: one frozen base in memory, one small file per task.
+# Switching task is arithmetic on the 12 adapted matrices — no second model in memory, nothing but a small
+# file on disk per task — and every switch leaves the weights where they should be, up to float32 rounding.
+# (Loading a whole model can be quick too when its file sits in the operating system's cache, as here; it
+# still means one full-size copy per task.) This is the paper's deployment story: one frozen base in
+# memory, one small file per task.
 #
 # ## Check yourself
 #

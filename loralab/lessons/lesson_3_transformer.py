@@ -139,11 +139,13 @@ for r, run in runs.items():
 axes[0].set(xlabel="optimizer step", ylabel="training loss (moving average of 10)",
             title="convergence at different ranks (α = 16)")
 axes[0].legend()
-axes[1].plot(list(runs), [run.dev_accuracy for run in runs.values()], marker="o")
+accuracies = [run.dev_accuracy for run in runs.values()]
+standard_errors = [(a * (1 - a) / recipe.dev_sentences) ** 0.5 for a in accuracies]     # binomial
+axes[1].errorbar(list(runs), accuracies, yerr=standard_errors, marker="o", capsize=3)
 for r, run in runs.items():
     axes[1].annotate(f"{run.trainable:,}", (r, run.dev_accuracy), textcoords="offset points", xytext=(0, 6),
                      ha="center", fontsize=8)
-axes[1].set(xscale="log", xlabel="rank r", ylabel="dev accuracy",
+axes[1].set(xscale="log", xlabel="rank r", ylabel="dev accuracy (± one standard error)", ylim=(0.45, 1.0),
             title="dev accuracy (labels: trained values incl. head)")
 fig.tight_layout()
 

@@ -72,6 +72,7 @@ class LessonRun:
     results: list[CellResult]
     seconds: float
     cpu_seconds: float
+    threads: int
     namespace: dict[str, Any] = field(repr=False)
 
     @property
@@ -141,6 +142,24 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+@contextlib.contextmanager
+def _process_settings_kept() -> Iterator[None]:
+    """Restore what a lesson changes for the whole process (torch threads, transformers' verbosity and
+    progress bars), so running a lesson inside a test session or a notebook leaves no trace."""
+    import torch
+    import transformers
+
+    threads, verbosity = torch.get_num_threads(), transformers.logging.get_verbosity()
+    bars = transformers.utils.logging.is_progress_bar_enabled()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        transformers.logging.set_verbosity(verbosity)
+        if bars:
+            transformers.utils.logging.enable_progress_bar()
 
 
 def _save_open_figures(figures_dir: Path, index: int) -> list[Path]:
@@ -213,10 +232,10 @@ def run_lesson(lesson: Lesson, out: str | os.PathLike, cache: str | os.PathLike,
     env = {ENV_QUICK: "1" if quick else "0", ENV_CACHE: str(cache.resolve()), ENV_THREADS: str(threads)}
     with atomic_folder(out, OUTPUT_KIND, replace=True) as scratch:
         started, cpu_started = time.perf_counter(), time.process_time()
-        with _environment(env):
+        with _environment(env), _process_settings_kept():
             results, namespace = execute(lesson.path, scratch / "figures", echo=echo, on_cell=on_cell)
         run = LessonRun(lesson, quick, results, time.perf_counter() - started, time.process_time() - cpu_started,
-                        namespace)
+                        threads, namespace)
         write_text(scratch / "index.html", render_html(run, scratch))
         write_json(scratch / "run.json", run_summary(run, scratch))
     for result in run.results:   # the figures now live in `out`, not in the scratch folder
@@ -234,7 +253,8 @@ def run_summary(run: LessonRun, folder: Path) -> dict:
     failed = run.failed
     return {
         "lesson": run.lesson.number, "title": run.lesson.title, "quick": run.quick,
-        "seconds": round(run.seconds, 2), "cpu_seconds": round(run.cpu_seconds, 2), "failed": failed is not None,
+        "seconds": round(run.seconds, 2), "cpu_seconds": round(run.cpu_seconds, 2), "threads": run.threads,
+        "failed": failed is not None,
         "error": None if failed is None else failed.error.strip().splitlines()[-1],
         "checks": _checks(run),
         "cells": [{"line": r.cell.line, "kind": r.cell.kind, "seconds": round(r.seconds, 3),
@@ -308,7 +328,7 @@ def render_html(run: LessonRun, folder: Path) -> str:
     status = (f"stopped with an error in the cell at line {failed.cell.line}" if failed else "ran to the end")
     meta = (f"Lesson {lesson.number} of 5, {mode}; {status} in {run.seconds:.1f} s ({run.cpu_seconds:.1f} CPU s) on "
             f"{time.strftime('%Y-%m-%d %H:%M')}; Python {platform.python_version()}, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} torch thread(s). Source: {lesson.file}.")
+            f"{run.threads} torch thread(s). Source: {lesson.file}.")
     body = [f'<p class="meta">{html.escape(meta)}</p>']
     for result in run.results:
         body.extend(_cell_html(result))
