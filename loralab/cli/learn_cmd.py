@@ -67,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
                         on_cell=progress)
     page = out / "index.html"
     failed = result.failed
+    if isinstance(getattr(failed, "exception", None), LoraLabError):   # e.g. data or a model package missing
+        raise LoraLabError(f"lesson {lesson.number} cannot run here: {failed.exception} (page: {page})")
     if failed is not None:
         last = failed.error.strip().splitlines()[-1]
         print(f"loralab learn: lesson {lesson.number} stopped in the cell starting at line {failed.cell.line} of "

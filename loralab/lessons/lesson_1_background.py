@@ -174,12 +174,13 @@ for r in (1, 8, 64):
           f"random keeps {1 - relative_errors(noise)[r].item() ** 2:6.1%}; numbers r·(d+k) = {r * (d + k):,} "
           f"of d·k = {d * k:,}")
 r90 = int((errors ** 2 <= 0.1).nonzero()[0])
-print(f"W_q needs r = {r90} of {min(d, k)} to keep 90 % of its energy")
+print(f"W_q needs r = {r90} of {min(d, k)} to keep 90 % of its energy: factors of {r90 * (d + k):,} numbers "
+      f"for a matrix of {d * k:,}")
 
 # %% [markdown]
-# **What this tells us.** A pretrained weight matrix is *not* low-rank: its spectrum decays, but slowly — to
-# keep 90 % of Wq's energy you need a large fraction of all directions, and the error curve of the
-# pretrained matrix is not far from that of the random one. So LoRA does **not** compress W. Its hypothesis
+# **What this tells us.** A pretrained weight matrix is *not* low-rank: its spectrum decays faster than a
+# random matrix's, but slowly — keeping 90 % of Wq's energy takes a large fraction of all directions, and
+# factors almost as large as W itself. So LoRA does **not** compress W. Its hypothesis
 # is about the *change* that fine-tuning makes: that ΔW = W_finetuned − W0 has a low "intrinsic rank", so
 # it can be learned as B·A with a small r while W0 stays frozen and untouched. Lesson 2 builds that update,
 # and lesson 5 measures the spectrum of a real full fine-tuning update to test the hypothesis.

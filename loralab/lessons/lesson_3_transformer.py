@@ -123,25 +123,31 @@ print("the paper: 4.7M at r = 1, 37.7M at r = 8; 'the 18M budget' at r = 4")
 # %%
 RANKS = (1, 2, 4, 8, 16) if S.quick else (1, 2, 4, 8, 64)
 runs = {r: kit.lora_run(S, r) for r in RANKS}
+head_only = kit.train_run(S, "head")          # the reference point "r = 0": only the classifier head trains
 recipe = S.recipe
 print(f"{recipe.steps} steps of {recipe.batch_size} sentences, lr {runs[1].lr:g}, dev = first "
       f"{recipe.dev_sentences} SST-2 dev sentences")
 print(f"{'r':>3} {'trained values':>15} {'s = α/r':>8} {'final loss':>11} {'dev acc':>8} {'s/step':>7}")
-for r, run in runs.items():
+for r, run in [(0, head_only), *runs.items()]:
     final = sum(run.losses[-10:]) / len(run.losses[-10:])
-    print(f"{r:>3} {run.trainable:>15,} {16 / r:>8.3g} {final:>11.3f} {run.dev_accuracy:>8.3f} "
+    scale = f"{16 / r:>8.3g}" if r else f"{'—':>8}"
+    print(f"{r:>3} {run.trainable:>15,} {scale} {final:>11.3f} {run.dev_accuracy:>8.3f} "
           f"{run.seconds_per_step:>7.2f}")
+print("(r = 0: no LoRA, only the classifier head trains)")
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
 for r, run in runs.items():
     axes[0].plot(kit.smooth(run.losses), label=f"r = {r}")
+axes[0].plot(kit.smooth(head_only.losses), color="black", ls="--", label="head only (no LoRA)")
 axes[0].set(xlabel="optimizer step", ylabel="training loss (moving average of 10)",
             title="convergence at different ranks (α = 16)")
 axes[0].legend()
 accuracies = [run.dev_accuracy for run in runs.values()]
 standard_errors = [(a * (1 - a) / recipe.dev_sentences) ** 0.5 for a in accuracies]     # binomial
 axes[1].errorbar(list(runs), accuracies, yerr=standard_errors, marker="o", capsize=3)
+axes[1].axhline(head_only.dev_accuracy, color="black", ls="--", label="head only (no LoRA)")
+axes[1].legend(loc="lower right")
 for r, run in runs.items():
     axes[1].annotate(f"{run.trainable:,}", (r, run.dev_accuracy), textcoords="offset points", xytext=(0, 6),
                      ha="center", fontsize=8)
@@ -156,18 +162,20 @@ def first_step_below(losses, level: float) -> int | None:
 
 
 level = 0.6
-for r, run in runs.items():
+for label, run in [*((f"r = {r:>2}", run) for r, run in runs.items()), ("head only", head_only)]:
     step = first_step_below(run.losses, level)
-    print(f"r = {r:>2}: smoothed loss below {level} at step {step if step is not None else '— (not reached)'}")
+    print(f"{label:9}: smoothed loss below {level} at step {step if step is not None else '— (not reached)'}")
 
 # %% [markdown]
 # How to read it. The rank multiplies the trained values by 64 from r = 1 to r = 64, but the curves do not
 # separate by anything like that: a handful of directions per matrix is enough to start fitting the task.
+# The dashed line is the floor — the same run with no LoRA at all, only the new head trained on the frozen
+# encoder: what LoRA's low-rank updates add is the gap between it and the coloured curves.
 # That is the paper's Table 6 (on GPT-3, r = 1 already matches r = 64 on WikiSQL and MNLI). With α fixed,
 # the scale α/r makes each step's change of ΔW *smaller* at large r (lesson 2, section 3), so a large rank
-# can even converge a little more slowly at the same learning rate. With a few dozen steps and 200 dev
-# sentences (one sentence = 0.5 points, a standard error of about 3 points), differences of a few points are
-# noise; `loralab experiment rank` runs the full-size version (500 steps, the whole dev set).
+# can even converge a little more slowly at the same learning rate. The error bars are one binomial standard
+# error of the dev accuracy: with a few hundred dev sentences, differences of a few points are noise;
+# `loralab experiment rank` runs the full-size version (500 steps of 16, the whole dev set).
 #
 # ## Check yourself
 #

@@ -60,6 +60,7 @@ class CellResult:
     figures: list[Path] = field(default_factory=list)
     seconds: float = 0.0
     error: str | None = None
+    exception: Exception | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -188,6 +189,7 @@ def _run_cell(cell: Cell, index: int, path: Path, namespace: dict, figures_dir: 
         except Exception as exc:  # a lesson's error is shown in its page, not raised past it
             frames = traceback.extract_tb(exc.__traceback__)[1:]   # drop this function's exec frame
             result.error = "".join(traceback.format_list(frames) + traceback.format_exception_only(exc))
+            result.exception = exc
     result.seconds = time.perf_counter() - started
     result.output = out.buffer_.getvalue()
     result.figures = _save_open_figures(figures_dir, index)

@@ -62,6 +62,14 @@ def test_a_failing_lesson_exits_1_with_one_line(stand_in, capsys):
     assert (stand_in / "page" / "index.html").is_file()             # the page shows the traceback
 
 
+def test_a_lesson_that_cannot_find_its_data_is_a_user_error(stand_in, monkeypatch, capsys):
+    (stand_in / "lesson_1.py").write_text(LESSON + "kit.examples('sst2', 'dev', 5)\n", encoding="utf-8")
+    monkeypatch.setenv("LORALAB_SHARED_DATA", str(stand_in / "no-such-folder"))
+    assert main(["learn", "1", "--quiet", "--out", str(stand_in / "page"), "--cache", str(stand_in / "c")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "lesson 1 cannot run here: shared data folder" in err[0] and "LORALAB_SHARED_DATA" in err[0]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["learn", "9"], "there is no lesson 9; choose one of 1, 2, 3, 4, 5"),
     (["learn", "1", "--threads", "0"], "--threads must be at least 1"),

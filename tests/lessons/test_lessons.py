@@ -62,7 +62,7 @@ def test_lesson_3_numbers(quick_lessons):
                                      "all linear": LAYERS * 8 * (4 * 2 * D + 2 * (D + FFN)) + 8 * 2 * D}
     # tiny LLaMA: q, o 32×32; k, v 16×32 (2 KV heads of 8)
     assert ns["costs"]["SmolLM2"]["Wq, Wv"] == LAYERS * 8 * ((32 + 32) + (32 + 16))
-    assert sorted(ns["runs"]) == [1, 2, 4, 8, 16]
+    assert sorted(ns["runs"]) == [1, 2, 4, 8, 16] and ns["head_only"].trainable == HEAD
     for r, run in ns["runs"].items():
         assert run.trainable == 2 * LAYERS * r * 2 * D + HEAD
         assert len(run.losses) == 6
