@@ -4,11 +4,13 @@ they do for a learner, so later lessons reuse what earlier ones trained."""
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+# Where loralab's readers look: $LORALAB_SHARED_DATA, else ../shared/data next to the checkout.
+SHARED = Path(os.environ.get("LORALAB_SHARED_DATA") or Path(__file__).resolve().parents[2].parent / "shared" / "data")
 
 
 def lessons_can_run() -> str | None:
