@@ -162,9 +162,9 @@ def first_step_below(losses, level: float) -> int | None:
 
 
 level = 0.6
-for label, run in [*((f"r = {r:>2}", run) for r, run in runs.items()), ("head only", head_only)]:
+for label, run in [*((f"r = {r}", run) for r, run in runs.items()), ("head only", head_only)]:
     step = first_step_below(run.losses, level)
-    print(f"{label:9}: smoothed loss below {level} at step {step if step is not None else '— (not reached)'}")
+    print(f"{label + ':':10} smoothed loss below {level} at step {step if step is not None else '— (not reached)'}")
 
 # %% [markdown]
 # How to read it. The rank multiplies the trained values by 64 from r = 1 to r = 64, but the curves do not
