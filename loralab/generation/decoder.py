@@ -163,6 +163,7 @@ class BatchDecoder:
         self.eos_token_ids = tuple(eos_ids_of(tokenizer) if eos_token_ids is None else eos_token_ids)
         self.pad_token_id = pad_token_id_for(tokenizer)
         self.context_length = context_length(model)
+        self.vocab_size = model.get_input_embeddings().num_embeddings
         self.device = next(model.parameters()).device
         accepted = inspect.signature(model.forward).parameters
         self._cache_arg = "cache" if "cache" in accepted else "past_key_values"
@@ -204,6 +205,9 @@ class BatchDecoder:
         prompt = [int(t) for t in prompt_ids]
         if not prompt:
             raise LoraLabError(f"request {request_id!r} has an empty prompt; give at least one token")
+        if min(prompt) < 0 or max(prompt) >= self.vocab_size:
+            raise LoraLabError(f"request {request_id!r}: prompt token ids must be in 0..{self.vocab_size - 1}; "
+                               "tokenize with the model's tokenizer")
         if self.context_length is not None and len(prompt) > self.context_length:
             raise LoraLabError(f"request {request_id!r}: the prompt has {len(prompt)} tokens, more than the model's "
                                f"context of {self.context_length}; shorten the prompt")

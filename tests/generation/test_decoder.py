@@ -195,6 +195,8 @@ def test_bad_requests_are_refused(tiny):
         decoder.add("x", prompts[1])
     with pytest.raises(LoraLabError, match="empty prompt"):
         decoder.add("y", [])
+    with pytest.raises(LoraLabError, match="prompt token ids must be in 0.."):
+        decoder.add("y", [1, len(tokenizer) + 50])
     with pytest.raises(LoraLabError, match="beam search"):
         decoder.add("y", prompts[0], SamplingParams(num_beams=2))
     with pytest.raises(LoraLabError, match="more than the model's context"):
