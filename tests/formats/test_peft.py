@@ -138,7 +138,7 @@ def test_our_round_trip_keeps_fused_slices_and_file_layout(tmp_path):
     f = dict(loralab.lora_layers(loaded))["transformer.h.0.attn.c_attn"].lora_adapters["default"]
     assert isinstance(f, SlicedLoraFactors) and f.slices == (True, False, True)
     torch.testing.assert_close(model_output(loaded, inputs), out, rtol=1e-5, atol=1e-6)
-    assert sorted(os.listdir(tmp_path / "ad")) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(os.listdir(tmp_path / "ad")) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
 
 
 def test_pissa_adapter_is_saved_relative_to_the_original_weights(tmp_path):
@@ -245,7 +245,7 @@ def test_every_field_of_peft_lora_config_is_known(tmp_path):
     import dataclasses
     import warnings
 
-    from loralab.formats.adapter_config import PEFT_CONFIG_FIELDS
+    from loralab.surgery.peft_names import PEFT_CONFIG_FIELDS
 
     assert {f.name for f in dataclasses.fields(peft.LoraConfig)} <= PEFT_CONFIG_FIELDS
     peft_model = peft.get_peft_model(tiny_model("bert"), peft.LoraConfig(r=2, target_modules=["query"]))
@@ -359,8 +359,8 @@ def test_save_writes_through_loralab_files(tmp_path, monkeypatch):
     original = loralab.files.atomic_write
     monkeypatch.setattr(loralab.files, "atomic_write", lambda path, write: written.append(path.name) or original(path, write))
     folder = _saved_bert(tmp_path)
-    assert written == ["adapter_model.safetensors", "adapter_config.json"]          # weights first
-    assert sorted(os.listdir(folder)) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert written == ["adapter_model.safetensors", "adapter_config.json", "README.md"]   # weights first
+    assert sorted(os.listdir(folder)) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
     (tmp_path / "file").write_text("x")
     model = tiny_model("bert")
     loralab.inject(model, LoraConfig(r=2))
