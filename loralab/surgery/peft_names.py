@@ -236,9 +236,9 @@ def to_peft_config(config) -> dict[str, Any]:
     if init is None:
         raise LoraLabError(f"init {config.init!r} has no PEFT init_lora_weights value; PEFT cannot describe it")
     targets = _rules_to_peft(config.targets)
-    if config.layers is not None and isinstance(targets, str) and targets != ALL_LINEAR:
+    if config.layers is not None and isinstance(targets, str):
         raise LoraLabError("PEFT applies layers_to_transform only to a list of target names, and these targets "
-                           "need a regex; write plain target names to convert this config")
+                           "are a regex or 'all-linear' in PEFT's terms; list plain target names to convert this config")
     return {
         "peft_type": "LORA",
         **shared_peft_fields(config),
@@ -251,7 +251,7 @@ def to_peft_config(config) -> dict[str, Any]:
         "modules_to_save": list(config.modules_to_save) or None,
         "init_lora_weights": init,
         "layers_to_transform": list(config.layers) if config.layers is not None else None,
-        "layers_pattern": list(config.layers_pattern) if config.layers_pattern else None,
+        "layers_pattern": _one_or_list(config.layers_pattern),
         "fan_in_fan_out": bool(config.fan_in_fan_out),
     }
 
@@ -266,6 +266,11 @@ def _rules_to_peft(rules) -> list[str] | str | None:
     regexes = [rule[len(REGEX_PREFIX):] if rule.startswith(REGEX_PREFIX) else
                (rf"(?:.*\.)?{_escaped(rule)}" if is_plain_name(rule) else rf"(?:.*\.)?(?:{rule})") for rule in rules]
     return regexes[0] if len(regexes) == 1 else "|".join(f"(?:{r})" for r in regexes)
+
+
+def _one_or_list(values: list[str] | None) -> list[str] | str | None:
+    """layers_pattern as PEFT users usually write it: one name as a string."""
+    return values[0] if values and len(values) == 1 else (list(values) if values else None)
 
 
 def _escaped(name: str) -> str:
