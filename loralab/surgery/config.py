@@ -52,7 +52,8 @@ class LoraConfig:
     exclude: list[str] = field(default_factory=list)
     """Modules never adapted, even if `targets` matches them."""
     rank_pattern: dict[str, int] = field(default_factory=dict)
-    """Per-module rank overrides: {target rule: r}. The first matching rule wins."""
+    """Per-module rank overrides: {target rule: r}. The first matching rule wins; PEFT's regex keys work as in
+    PEFT. With `strict`, a key matching none of the adapted modules is an error (PEFT ignores it silently)."""
     alpha_pattern: dict[str, float] = field(default_factory=dict)
     """Per-module alpha overrides: {target rule: alpha}."""
     init: str = "kaiming"

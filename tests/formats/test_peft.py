@@ -494,3 +494,13 @@ def test_adapters_record_their_base_for_loralab_and_for_peft(tmp_path):
     config = json.loads((tmp_path / "memory" / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] is None and config["task_type"] == "CAUSAL_LM"
     assert "base" not in loralab.formats.peft.read_loralab_metadata(tmp_path / "memory")
+
+
+def test_transformers_trainer_saves_the_adapter_of_an_adapted_model(tmp_path):
+    import transformers
+
+    model = _adapted_folder_model(tmp_path)
+    args = transformers.TrainingArguments(output_dir=str(tmp_path / "trainer"), report_to=[], use_cpu=True)
+    transformers.Trainer(model=model, args=args).save_model(str(tmp_path / "saved"))
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= set(os.listdir(tmp_path / "saved"))
+    assert not (tmp_path / "saved" / "model.safetensors").exists()
