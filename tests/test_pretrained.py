@@ -16,7 +16,7 @@ import transformers
 import loralab
 from loralab import LoraConfig, LoraLabError
 from loralab.cli.main import main
-from loralab.testing import tiny_inputs, tiny_model
+from loralab.testing import randomize_trainable as randomize, tiny_inputs, tiny_model
 
 peft = pytest.importorskip("peft")
 
@@ -25,14 +25,6 @@ _spec = importlib.util.spec_from_file_location("training_fixtures", Path(__file_
 fixtures = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(fixtures)
 LABELS = {0: "negative", 1: "neutral", 2: "positive"}
-
-
-def randomize(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=g) * 0.2)
 
 
 def logits(model, inputs):
@@ -114,7 +106,8 @@ def test_peft_regression_and_causal_lm_adapters_get_their_task(base_dir, tmp_pat
     assert adapter_task_and_labels(tmp_path / "causal") == ("causal-lm", None)
     model = loralab.from_pretrained(tmp_path / "causal")
     assert isinstance(model, transformers.LlamaForCausalLM)
-    inputs = {"input_ids": torch.randint(0, model.config.vocab_size, (2, 7), generator=torch.Generator().manual_seed(0))}
+    ids = torch.randint(0, model.config.vocab_size, (2, 7), generator=torch.Generator().manual_seed(0))
+    inputs = {"input_ids": ids}
     torch.testing.assert_close(logits(model, inputs), logits(causal, inputs), rtol=1e-5, atol=1e-6)
     token_cls = tmp_path / "tok"
     shutil.copytree(tmp_path / "causal", token_cls)

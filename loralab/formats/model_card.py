@@ -50,8 +50,8 @@ def card_text(facts: CardFacts, folder: str) -> str:
                                                           if r.get("gguf_fingerprint") else "") + \
             (f", commit {r['revision']}" if r.get("revision") else "") + ")"
     rows = [("base model", where), ("task_type", f"`{task}`" if task else "not recorded"),
-            ("rank r / lora_alpha", f"{c['r']} / {c['lora_alpha']:g}" + (" (rsLoRA scale alpha/√r)" if c.get("use_rslora")
-                                                                        else "")),
+            ("rank r / lora_alpha", f"{c['r']} / {c['lora_alpha']:g}"
+             + (" (rsLoRA scale alpha/√r)" if c.get("use_rslora") else "")),
             ("variant / init", f"{facts.variant} / {facts.init}"), ("dropout", str(c.get("lora_dropout"))),
             ("adapted modules", f"{len(facts.modules)} ({', '.join(short)})"),
             ("modules_to_save", ", ".join(c.get("modules_to_save") or []) or "none"), ("bias", c.get("bias")),

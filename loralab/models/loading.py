@@ -199,7 +199,8 @@ def _origin_of(folder: Path, weights: Path) -> tuple[str, str, str | None]:
                 return "builtin", name, None
         except (LoraLabError, OSError):
             continue
-    return ("gguf" if weights.is_file() or weights.suffix.lower() == ".gguf" else "folder"), os.path.abspath(weights), None
+    kind = "gguf" if weights.is_file() or weights.suffix.lower() == ".gguf" else "folder"
+    return kind, os.path.abspath(weights), None
 
 
 def source_from_record(record: dict, cache_dir: str | os.PathLike | None = None) -> ModelSource:

@@ -237,8 +237,8 @@ def to_peft_config(config) -> dict[str, Any]:
         raise LoraLabError(f"init {config.init!r} has no PEFT init_lora_weights value; PEFT cannot describe it")
     targets = _rules_to_peft(config.targets)
     if config.layers is not None and isinstance(targets, str):
-        raise LoraLabError("PEFT applies layers_to_transform only to a list of target names, and these targets "
-                           "are a regex or 'all-linear' in PEFT's terms; list plain target names to convert this config")
+        raise LoraLabError("PEFT applies layers_to_transform only to a list of target names, and these targets are "
+                           "a regex or 'all-linear' in PEFT's terms; list plain target names to convert this config")
     return {
         "peft_type": "LORA",
         **shared_peft_fields(config),

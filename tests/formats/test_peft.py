@@ -10,17 +10,12 @@ from torch import nn
 import loralab
 from loralab import LoraConfig, LoraLabError
 from loralab.core.lora import SlicedLoraFactors
-from loralab.testing import model_output, tiny_inputs, tiny_model
+from loralab.testing import model_output, randomize_trainable, tiny_inputs, tiny_model
 
 peft = pytest.importorskip("peft")
 
 
-def randomize_ours(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=g) * 0.2)
+randomize_ours = randomize_trainable
 
 
 def randomize_peft(model, seed=0):
@@ -424,7 +419,7 @@ def test_save_pretrained_writes_the_adapters_in_peft_layout_like_peft(tmp_path):
     assert (tmp_path / "two" / "adapter_config.json").is_file() and (tmp_path / "two" / "other" / "README.md").is_file()
     model.save_pretrained(tmp_path / "one", selected_adapters=["other"])
     assert sorted(os.listdir(tmp_path / "one")) == ["other"]
-    model.save_pretrained(tmp_path / "trainer", state_dict={}, is_main_process=True)   # as transformers' Trainer calls it
+    model.save_pretrained(tmp_path / "trainer", state_dict={}, is_main_process=True)   # as transformers' Trainer does
     assert (tmp_path / "trainer" / "adapter_model.safetensors").is_file()
     model.save_pretrained(tmp_path / "rank1", is_main_process=False)
     assert not (tmp_path / "rank1").exists()

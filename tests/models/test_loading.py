@@ -314,15 +314,12 @@ def test_peft_loads_an_adapter_of_a_gguf_base_from_the_converted_folder(tiny_ggu
     import json
 
     import loralab
+    from loralab.testing import randomize_trainable
 
     peft = pytest.importorskip("peft")
     gguf_path, _ = tiny_gguf
     model = load_model(str(gguf_path)).eval()
-    loralab.inject(model, loralab.LoraConfig(r=2, alpha=4))
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(0.1)
+    randomize_trainable(loralab.inject(model, loralab.LoraConfig(r=2, alpha=4)))
     ids = torch.tensor([[5, 70, 100, 262, 3, 9]])
     with torch.no_grad():
         ours = model(input_ids=ids).logits
