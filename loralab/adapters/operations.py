@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from loralab.adapters.state import adapter_state, lora_layers, set_trainable, trainable_copies
+from loralab.adapters.state import STATE_ATTR, adapter_state, lora_layers, set_trainable, trainable_copies
 from loralab.core.lora import LoraFactors
 from loralab.errors import LoraLabError
 
@@ -103,8 +103,11 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
         model.set_submodule(name, layer.base_layer)
     for name, wrapper in list(trainable_copies(model)):
         model.set_submodule(name, wrapper.current())
-    if hasattr(model, "loralab_state"):
-        object.__delattr__(model, "loralab_state")
+    state = getattr(model, STATE_ATTR, None)
+    if state is not None:
+        for name in state.bound_methods:          # the class's own methods again (save_pretrained: a full model)
+            model.__dict__.pop(name, None)
+        object.__delattr__(model, STATE_ATTR)
     return model
 
 

@@ -22,6 +22,8 @@ class AdapterState:
     """Kept on the model as `model.loralab_state`: every adapter's config and the active adapter."""
     configs: dict = field(default_factory=dict)       # name -> LoraConfig
     active: str | None = None
+    bound_methods: list[str] = field(default_factory=list)
+    """Methods loralab bound on the model instance (save_pretrained); merge_and_unload removes them."""
 
 
 def adapter_state(model: nn.Module, create: bool = False) -> AdapterState:

@@ -6,8 +6,10 @@ Hooks (receive the LoraLayer and the adapter's fresh LoraFactors):
   base_offset(f)     (A0 (r0, k), B0 (d, r0)) when the scheme moved part of W0 into the adapter, so that
                      the original W0 = the layer's W0 now + s·B0·A0; None when W0 is untouched. Saving
                      relative to the original W0 and deleting the adapter use it.
-Declared: `supports_slices` (works on fused-projection slices) and `changes_base_weight` (init writes W0;
-an injection that fails later restores W0 from a copy).
+Declared: `supports_slices` (works on fused-projection slices), `changes_base_weight` (init writes W0;
+an injection that fails later restores W0 from a copy), and `peft_value`: the value of PEFT's
+`init_lora_weights` meaning the same scheme (True, "gaussian", ...; None when PEFT has none), which
+`accepts_peft(value)` recognises (PiSSA also takes PEFT's "pissa_niter_N").
 
 A new scheme is a `@register_init` subclass of `Init`; `INITS.remove(NAME)` (or `with INITS.scoped():`)
 undoes a registration.
@@ -15,6 +17,7 @@ undoes a registration.
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 from torch import nn
@@ -34,6 +37,13 @@ class Init:
     name = ""
     supports_slices = True
     changes_base_weight = False
+    peft_value: bool | str | None = None
+
+    def accepts_peft(self, value) -> bool:
+        """True when PEFT's `init_lora_weights=value` names this scheme."""
+        if isinstance(value, bool) or isinstance(self.peft_value, bool):
+            return value is self.peft_value
+        return isinstance(value, str) and value.lower() == self.peft_value
 
     def check(self, layer, f) -> None:
         pass
@@ -49,6 +59,7 @@ class Init:
 class Kaiming(Init):
     """A ~ Kaiming-uniform(a=√5) (the reference implementation's choice), B = 0."""
     name = "kaiming"
+    peft_value = True           # PEFT's default, the same A and B
 
     def init(self, layer, f) -> None:
         nn.init.kaiming_uniform_(f.A, a=math.sqrt(5))
@@ -59,6 +70,7 @@ class Kaiming(Init):
 class Gaussian(Init):
     """A ~ N(0, 1/r²) (the paper's "random Gaussian"; std 1/r keeps A·x of order one), B = 0."""
     name = "gaussian"
+    peft_value = "gaussian"
 
     def init(self, layer, f) -> None:
         nn.init.normal_(f.A, std=1.0 / f.r)
@@ -75,6 +87,12 @@ class PiSSA(Init):
     name = "pissa"
     supports_slices = False
     changes_base_weight = True
+    peft_value = "pissa"
+
+    def accepts_peft(self, value) -> bool:
+        # PEFT's "pissa_niter_N" approximates the SVD with N subspace iterations; loralab computes it exactly.
+        return super().accepts_peft(value) or (isinstance(value, str)
+                                               and re.fullmatch(r"pissa_niter_\d+", value) is not None)
 
     def check(self, layer, f) -> None:
         d, k = layer.kind.shape(layer.base_layer)

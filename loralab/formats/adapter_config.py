@@ -1,36 +1,23 @@
 """The two descriptions that travel with an adapter's tensors: `adapter_config.json` (PEFT's LoraConfig
 fields) and loralab's own metadata in the safetensors header ({"config": LoraConfig.to_dict(), "sliced":
-{module: fused-slice description}}) — how they are written, and how they are read back and checked.
+{module: fused-slice description}, "base": ModelSource.record() of the base model, when known}) — how they
+are written, and how they are read back and checked.
 
 A variant appears in PEFT's config only through its `peft_flag` (use_dora); loralab's metadata names it.
 """
 from __future__ import annotations
 
-import difflib
 import json
 import math
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 from loralab.core.variants import VARIANTS
 from loralab.errors import LoraLabError
 from loralab.surgery.config import BIAS_MODES, LoraConfig, checked_fused_slices, stored_variant
+from loralab.surgery.peft_names import shared_peft_fields, variant_flags, warn_unknown_keys
 
 METADATA_KEY = "loralab"
-
-# Every field of PEFT's LoraConfig (and its PeftConfig base) that PEFT versions up to 0.21 write; keys outside
-# this list are warned about (a typo such as "lora_alhpa" would otherwise silently fall back to a default).
-PEFT_CONFIG_FIELDS = frozenset({
-    "peft_type", "task_type", "base_model_name_or_path", "revision", "inference_mode", "auto_mapping",
-    "peft_version", "r", "lora_alpha", "lora_dropout", "target_modules", "exclude_modules", "target_parameters",
-    "fan_in_fan_out", "bias", "lora_bias", "use_rslora", "use_dora", "use_qalora", "qalora_group_size",
-    "use_bdlora", "modules_to_save", "init_lora_weights", "layers_to_transform", "layers_pattern", "rank_pattern",
-    "alpha_pattern", "megatron_config", "megatron_core", "loftq_config", "eva_config", "corda_config",
-    "lora_ga_config", "kasa_config", "velora_config", "monteclora_config", "arrow_config", "layer_replication",
-    "runtime_config", "trainable_token_indices", "ensure_weight_tying", "alora_invocation_tokens",
-})
-
 
 # ------------------------------------------------------------------------------------------------
 # Writing
@@ -44,9 +31,11 @@ def sliced_metadata(slices, widths, r: int, alpha: float) -> dict:
     return entry
 
 
-def file_metadata(config: LoraConfig, sliced: dict[str, dict]) -> dict[str, str]:
-    """The safetensors header metadata of an adapter file: loralab's config and fused-slice descriptions."""
-    return {"format": "pt", METADATA_KEY: json.dumps({"config": config.to_dict(), "sliced": sliced})}
+def file_metadata(config: LoraConfig, sliced: dict[str, dict], base: dict | None = None) -> dict[str, str]:
+    """The safetensors header metadata of an adapter file: loralab's config, fused-slice descriptions and,
+    when known, the base model's portable record (loralab.models.ModelSource.record())."""
+    meta = {"config": config.to_dict(), "sliced": sliced, **({"base": base} if base else {})}
+    return {"format": "pt", METADATA_KEY: json.dumps(meta)}
 
 
 def peft_config(config: LoraConfig, rank_pattern: dict, alpha_pattern: dict, saved_names: list[str],
@@ -57,23 +46,37 @@ def peft_config(config: LoraConfig, rank_pattern: dict, alpha_pattern: dict, sav
     a0 = max(set(alpha_pattern.values()), key=list(alpha_pattern.values()).count)
     return {
         "peft_type": "LORA",
+        **shared_peft_fields(config),
         "task_type": task_type,
         "base_model_name_or_path": base_model_name_or_path,
         "r": r0,
         "lora_alpha": a0,
-        "lora_dropout": config.dropout,
         "target_modules": sorted(rank_pattern),
         "exclude_modules": None,
         "rank_pattern": {n: r for n, r in rank_pattern.items() if r != r0},
         "alpha_pattern": {n: a for n, a in alpha_pattern.items() if a != a0},
-        "bias": config.bias,
         "modules_to_save": saved_names or None,
-        "use_rslora": config.rslora,
-        **{v.peft_flag: v.name == config.variant for v in VARIANTS.values() if v.peft_flag},
         "init_lora_weights": True,
         "fan_in_fan_out": fan_in_fan_out,
         "inference_mode": True,
     }
+
+
+def task_type_of(model) -> str | None:
+    """PEFT's task_type for a transformers model, read from transformers' own tables of task classes
+    (BertForSequenceClassification -> "SEQ_CLS", LlamaForCausalLM -> "CAUSAL_LM"); None for other models."""
+    from transformers.models.auto import modeling_auto as auto
+
+    tables = {"SEQ_CLS": auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+              "CAUSAL_LM": auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+              "TOKEN_CLS": auto.MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES,
+              "QUESTION_ANS": auto.MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES,
+              "SEQ_2_SEQ_LM": auto.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES}
+    name = type(model).__name__
+    for task_type, table in tables.items():
+        if any(name == value or (isinstance(value, (tuple, list)) and name in value) for value in table.values()):
+            return task_type
+    return None
 
 
 
@@ -92,11 +95,8 @@ def read_peft_config(config_path: Path) -> dict:
     peft_type = config.get("peft_type", "LORA")
     if peft_type != "LORA":
         raise LoraLabError(f"{config_path} describes a {peft_type} adapter; only LORA adapters can be loaded")
-    flags = {v.peft_flag for v in VARIANTS.values() if v.peft_flag}
-    for key in sorted(set(config) - PEFT_CONFIG_FIELDS - flags):
-        near = difflib.get_close_matches(key, sorted(PEFT_CONFIG_FIELDS | flags), n=1)
-        hint = f"; did you mean {near[0]!r}?" if near else " (not a PEFT LoraConfig field)"
-        warnings.warn(f"{config_path}: unknown key {key!r} is ignored{hint}", stacklevel=3)
+    warn_unknown_keys(config, str(config_path), stacklevel=4)
+    flags = set(variant_flags())
     checks = {**_CONFIG_CHECKS, **{flag: _CONFIG_CHECKS["use_rslora"] for flag in flags}}
     for key, (wanted, ok) in checks.items():
         if key in config and not ok(config[key]):
@@ -140,6 +140,8 @@ def read_metadata(metadata: dict[str, str], weights_path: Path) -> dict:
         sliced = meta.get("sliced", {})
         if not isinstance(sliced, dict):
             raise ValueError("'sliced' is not an object")
+        if not isinstance(meta.get("base", {}), dict):
+            raise ValueError("'base' is not an object")
         for module, info in sliced.items():
             if not (isinstance(info, dict) and _positive_int(info.get("r")) and _positive_number(info.get("alpha"))):
                 raise ValueError(f"bad fused-slice entry for {module}: {info!r}")

@@ -30,9 +30,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -46,9 +47,14 @@ from loralab.core.variants import VARIANTS
 from loralab.errors import LoraLabError
 from loralab.files import write_safetensors, write_text
 from loralab.formats.adapter_config import (file_metadata, fused_slices_value, peft_config, read_metadata,
-                                            read_peft_config, sliced_metadata, variant_of)
+                                            read_peft_config, sliced_metadata, task_type_of, variant_of)
+from loralab.formats.model_card import CardFacts, card_text, write_card
 from loralab.surgery.config import LoraConfig
-from loralab.surgery.inject import inject
+from loralab.surgery.inject import INJECT_HOOKS, inject
+from loralab.surgery.targeting import first_match
+
+if TYPE_CHECKING:
+    from loralab.models import ModelSource
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -74,14 +80,6 @@ class AdapterFile:
     biases: dict[str, torch.Tensor] = field(default_factory=dict)
     saved_modules: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     loralab_meta: dict = field(default_factory=dict)
-
-
-def _peft_pattern_key(patterns: dict, name: str):
-    """PEFT's rule for rank_pattern/alpha_pattern keys: exact name, or a regex matching a dotted suffix."""
-    for key in patterns:
-        if key == name or re.match(rf"(.*\.)?({key})$", name):
-            return key
-    return None
 
 
 def read_adapter(path: str | os.PathLike) -> AdapterFile:
@@ -110,6 +108,20 @@ def read_adapter(path: str | os.PathLike) -> AdapterFile:
     lora_a, lora_b = _sort_tensors(tensors, out, weights_path)
     out.factors = _factors(lora_a, lora_b, config, weights_path)
     return out
+
+
+def read_loralab_metadata(path: str | os.PathLike) -> dict:
+    """loralab's own description in an adapter folder's weights header ({"config", "sliced", "base"}; {} for a
+    file PEFT wrote or a folder without weights), read without loading the tensors."""
+    weights_path = Path(path) / WEIGHTS_NAME
+    if not weights_path.is_file():
+        return {}
+    try:
+        with safe_open(str(weights_path), framework="pt") as fh:
+            metadata = fh.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise LoraLabError(f"{weights_path} is truncated or corrupted ({exc}); re-save or re-download it") from None
+    return read_metadata(metadata, weights_path)
 
 
 def _sort_tensors(tensors: dict[str, torch.Tensor], out: AdapterFile, weights_path: Path):
@@ -173,11 +185,11 @@ def _factors(lora_a: dict, lora_b: dict, config: dict, weights_path: Path) -> di
         if A2.shape[0] != B2.shape[1]:
             raise LoraLabError(f"{weights_path}: {module} has lora_A rank {A2.shape[0]} but lora_B rank {B2.shape[1]}")
         r = A2.shape[0]
-        key = _peft_pattern_key(rank_pattern, module)
+        key = first_match(module, rank_pattern)
         r_config = int(rank_pattern[key]) if key is not None else r_default
         if r_config != r:
             raise LoraLabError(f"{weights_path}: {module} has rank {r} but the config says {r_config}")
-        key = _peft_pattern_key(alpha_pattern, module)
+        key = first_match(module, alpha_pattern)
         alpha = float(alpha_pattern[key]) if key is not None else float(alpha_default)
         factors[module] = (A2, B2, lora_scale(r, alpha, rslora))
     return factors
@@ -223,45 +235,122 @@ def _layer_tensors(name: str, kind: LayerKind, base: nn.Module,
 
 
 def save_adapter(model: nn.Module, path: str | os.PathLike, adapter: str | None = None,
-                 base_model_name_or_path: str | None = None, task_type: str | None = None) -> Path:
-    """Write one adapter (default: the active one) as a PEFT-layout folder. Each file is written
-    atomically, the weights before the config, so a crash never leaves a config without its weights."""
+                 base_model_name_or_path: str | None = None, task_type: str | None = None,
+                 source: ModelSource | None = None) -> Path:
+    """Write one adapter (default: the active one) as a PEFT-layout folder with a model card (README.md).
+
+    source: how the base model was found (loralab.models.resolve_model_source(spec)); default: worked out
+    from the model's `name_or_path` (loralab.models.source_of_loaded). Its portable record goes into loralab's
+    metadata, so loralab.from_pretrained finds the exact same weights anywhere, and its
+    `base_model_name_or_path` (a hub id, or a folder's absolute path) into adapter_config.json for PEFT.
+    base_model_name_or_path / task_type: override what adapter_config.json says (task_type default: the
+    config's, else the model class's, e.g. SEQ_CLS for a *ForSequenceClassification model).
+    Each file is written atomically, the weights before the config, so a crash never leaves a config
+    without its weights."""
+    from loralab.models import source_of_loaded
+
     state = adapter_state(model)
     adapter = adapter or state.active
     if adapter not in state.configs:
         raise LoraLabError(f"no adapter named {adapter!r}; this model has {sorted(state.configs) or 'none'}")
     config = state.configs[adapter]
+    tensors, layout = _adapter_tensors(model, adapter, config)
+    source = source or source_of_loaded(getattr(model, "name_or_path", None))
+    base = base_model_name_or_path or (source.base_model_name_or_path if source else None)
+    description = peft_config(config, layout["ranks"], layout["alphas"], layout["saved"], layout["fan_in_fan_out"],
+                               base, task_type or config.task_type or task_type_of(model))
+    folder = Path(path)
+    write_safetensors(folder / WEIGHTS_NAME, tensors,
+                      file_metadata(config, layout["sliced"], source.record() if source else None))
+    write_text(folder / CONFIG_NAME, json.dumps(description, indent=2, sort_keys=True) + "\n")
+    write_card(folder, card_text(_card_facts(description, config, tensors, source), str(folder)))
+    return folder
+
+
+def _adapter_tensors(model: nn.Module, adapter: str, config: LoraConfig) -> tuple[dict[str, torch.Tensor], dict]:
+    """(the file's tensors, {"ranks"/"alphas": {module: PEFT rank/alpha}, "sliced": {module: fused-slice
+    metadata}, "saved": [modules_to_save names], "fan_in_fan_out": bool}) for one adapter."""
     tensors: dict[str, torch.Tensor] = {}
-    rank_pattern, alpha_pattern, sliced, fan_in_fan_out = {}, {}, {}, False
+    layout = {"ranks": {}, "alphas": {}, "sliced": {}, "saved": [], "fan_in_fan_out": False}
     for name, layer in lora_layers(model):
         if adapter not in layer.lora_adapters:
             continue
         f = layer.lora_adapters[adapter]
-        layer_tensors, rank_pattern[name], alpha_pattern[name] = _layer_tensors(name, layer.kind, layer.base_layer, f)
+        layer_tensors, layout["ranks"][name], layout["alphas"][name] = _layer_tensors(name, layer.kind,
+                                                                                     layer.base_layer, f)
         tensors.update(layer_tensors)
-        fan_in_fan_out |= layer.kind.fan_in_fan_out
+        layout["fan_in_fan_out"] |= layer.kind.fan_in_fan_out
         if f.slices is not None:
-            sliced[name] = sliced_metadata(f.slices, f.widths, f.r, f.alpha)
+            layout["sliced"][name] = sliced_metadata(f.slices, f.widths, f.r, f.alpha)
         bias = getattr(layer.base_layer, "bias", None)
         if config.bias != "none" and isinstance(bias, torch.Tensor):
             tensors[f"{PREFIX}{name}.base_layer.bias"] = bias.detach()
     if config.bias == "all":
         for name, module in base_modules(model):
             for pname, p in module.named_parameters(recurse=False):
-                if pname.endswith("bias") and name not in rank_pattern:
+                if pname.endswith("bias") and name not in layout["ranks"]:
                     tensors[f"{PREFIX}{name}.{pname}"] = p.detach()
-    saved_names = []
     for name, wrapper in trainable_copies(model):
         if adapter in wrapper.trainable_copies:
-            saved_names.append(name)
+            layout["saved"].append(name)
             for pname, p in wrapper.trainable_copies[adapter].state_dict().items():
                 tensors[f"{PREFIX}{name}.{pname}"] = p.detach()
-    description = peft_config(config, rank_pattern, alpha_pattern, saved_names, fan_in_fan_out,
-                               base_model_name_or_path, task_type)
-    folder = Path(path)
-    write_safetensors(folder / WEIGHTS_NAME, tensors, file_metadata(config, sliced))
-    write_text(folder / CONFIG_NAME, json.dumps(description, indent=2, sort_keys=True) + "\n")
-    return folder
+    return tensors, layout
+
+
+def _card_facts(description: dict, config: LoraConfig, tensors: dict[str, torch.Tensor],
+                source: ModelSource | None) -> CardFacts:
+    modules = tuple(description["target_modules"])
+    heads = [t for k, t in tensors.items() if not is_adapter_tensor(k) and k.endswith(".weight") and t.dim() == 2]
+    return CardFacts(description["base_model_name_or_path"], source.record() if source else None, description,
+                     config.variant, config.init, modules, sum(t.numel() for t in tensors.values()),
+                     min(t.shape[0] for t in heads) if heads else None)
+
+
+# ------------------------------------------------------------------------------------------------
+# PEFT's save_pretrained on an adapted model
+# ------------------------------------------------------------------------------------------------
+def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, selected_adapters: list[str] | None = None,
+                    safe_serialization: bool = True, is_main_process: bool = True, state_dict: dict | None = None,
+                    **kwargs) -> None:
+    """`model.save_pretrained(dir)` on a model loralab adapted, as `PeftModel.save_pretrained` does: each
+    adapter (default: all) in PEFT layout, "default" in `save_directory` itself and any other in
+    `save_directory/<name>/`. A model whose adapters were all deleted saves in full (its class's method).
+    `state_dict` (passed by transformers' Trainer) is not needed: the adapters are read from the model.
+    The merged full model: `loralab.merge_and_unload(model).save_pretrained(dir)`."""
+    state = adapter_state(model)
+    if not state.configs:
+        full_save = getattr(type(model), "save_pretrained", None)
+        if full_save is None:
+            raise LoraLabError("this model has no adapters left to save (all were deleted)")
+        full_save(model, save_directory, safe_serialization=safe_serialization, is_main_process=is_main_process,
+                  state_dict=state_dict, **kwargs)
+        return
+    if kwargs:
+        raise LoraLabError(f"save_pretrained of a LoRA model takes no {', '.join(sorted(kwargs))}; it writes the "
+                           f"adapters (for the full model: loralab.merge_and_unload(model).save_pretrained(dir))")
+    if not safe_serialization:
+        raise LoraLabError("loralab writes adapters as safetensors only; drop safe_serialization=False")
+    names = list(state.configs) if selected_adapters is None else list(selected_adapters)
+    for name in names:
+        if name not in state.configs:
+            raise LoraLabError(f"no adapter named {name!r}; this model has {sorted(state.configs)}")
+    if not is_main_process:
+        return
+    for name in names:
+        save_adapter(model, Path(save_directory) if name == "default" else Path(save_directory) / name, adapter=name)
+
+
+def give_save_pretrained(model: nn.Module) -> None:
+    """Bind `save_pretrained` on this model instance (the class and other instances are untouched), so that
+    `model.save_pretrained(dir)` writes the adapters like PEFT; merge_and_unload removes it again."""
+    state = adapter_state(model)
+    if "save_pretrained" not in state.bound_methods:
+        object.__setattr__(model, "save_pretrained", types.MethodType(save_pretrained, model))
+        state.bound_methods.append("save_pretrained")
+
+
+INJECT_HOOKS.append(give_save_pretrained)
 
 
 # ------------------------------------------------------------------------------------------------

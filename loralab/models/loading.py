@@ -11,14 +11,14 @@ huggingface_hub keeps, as with HF_HUB_OFFLINE=1).
 """
 from __future__ import annotations
 
-import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from loralab.errors import LoraLabError
 from loralab.models.builtin import BUILTIN_MODELS, builtin_model, builtin_model_dir
-from loralab.models.gguf import SOURCE_RECORD, ensure_plain_model
+from loralab.models.gguf import cached_folder_with_fingerprint, ensure_plain_model, gguf_cache_dir, source_record
 
 MODEL_TASKS = ("causal-lm", "sequence-classification", "base")
 SOURCE_KINDS = ("builtin", "folder", "gguf", "hub")
@@ -49,6 +49,12 @@ class ModelSource:
     def __post_init__(self) -> None:
         if self.kind not in SOURCE_KINDS:
             raise ValueError(f"model source kind must be one of {SOURCE_KINDS}, not {self.kind!r}")
+
+    def record(self) -> dict:
+        """loralab's portable description of these weights, kept in an adapter's metadata: kind, name,
+        gguf_fingerprint, revision (no machine-specific folder). `source_from_record` finds them again."""
+        return {"kind": self.kind, "name": self.name, "gguf_fingerprint": self.gguf_fingerprint,
+                "revision": self.revision}
 
     @property
     def base_model_name_or_path(self) -> str:
@@ -92,8 +98,7 @@ def _cached_snapshot(repo_id: str) -> Path | None:
 
 
 def _fingerprint_of(converted: Path) -> str | None:
-    record = converted / SOURCE_RECORD
-    return json.loads(record.read_text(encoding="utf-8")).get("fingerprint") if record.is_file() else None
+    return source_record(converted).get("fingerprint")
 
 
 def _from_folder(spec: str, kind: str, name: str, path: Path, cache_dir: str | os.PathLike | None,
@@ -157,6 +162,81 @@ def resolve_model_source(spec: str | os.PathLike, cache_dir: str | os.PathLike |
     if snapshot is None:
         raise _not_found(text)
     return _from_folder(text, "hub", text, snapshot, cache_dir, revision=snapshot.name)
+
+
+def source_of_loaded(name_or_path: str | os.PathLike | None,
+                     cache_dir: str | os.PathLike | None = None) -> ModelSource | None:
+    """How the weights of a model loaded from `name_or_path` (transformers' `model.name_or_path`) were found,
+    as resolve_model_source would have said: a de-quantized GGUF folder names its GGUF file (a builtin one by
+    the builtin name), a hub cache snapshot its repository and commit, a builtin folder its name. None when it
+    cannot be told (a model built in memory, a folder that no longer exists)."""
+    text = os.fspath(name_or_path or "")
+    path = Path(text).expanduser()
+    if not text:
+        return None
+    if not path.is_dir():
+        try:
+            return resolve_model_source(text, cache_dir)     # a builtin name or a cached hub id
+        except LoraLabError:
+            return None
+    record = source_record(path)
+    if record.get("fingerprint") and record.get("source"):
+        gguf = Path(record["source"])
+        kind, name, revision = _origin_of(gguf.parent, gguf)
+        return ModelSource(text, kind, path, name, record["fingerprint"], revision)
+    kind, name, revision = _origin_of(path, path)
+    return ModelSource(text, kind, path, name, revision=revision)
+
+
+def _origin_of(folder: Path, weights: Path) -> tuple[str, str, str | None]:
+    """(kind, name, revision) of weights at `weights` inside `folder`: a hub cache snapshot
+    (models--ORG--NAME/snapshots/COMMIT), a builtin model's file or folder, else the plain path."""
+    if folder.parent.name == "snapshots" and folder.parent.parent.name.startswith("models--"):
+        return "hub", folder.parent.parent.name[len("models--"):].replace("--", "/"), folder.name
+    for name in BUILTIN_MODELS:
+        try:
+            if os.path.samefile(builtin_model_dir(name), weights):
+                return "builtin", name, None
+        except (LoraLabError, OSError):
+            continue
+    kind = "gguf" if weights.is_file() or weights.suffix.lower() == ".gguf" else "folder"
+    return kind, os.path.abspath(weights), None
+
+
+def source_from_record(record: dict, cache_dir: str | os.PathLike | None = None) -> ModelSource:
+    """The weights a `ModelSource.record()` describes, found on this machine: the builtin model (its GGUF
+    fingerprint checked), the GGUF file (or, where the file is gone, the cached folder converted from a file
+    with the same fingerprint), the hub snapshot of the recorded commit (else the cached one, with a warning),
+    or the folder. LoraLabError (one line) saying why they cannot be found."""
+    kind, name = record.get("kind"), record.get("name")
+    fingerprint, revision = record.get("gguf_fingerprint"), record.get("revision")
+    if kind not in SOURCE_KINDS or not isinstance(name, str) or not name:
+        raise LoraLabError(f"model record {record!r} is not a loralab model description")
+    if kind == "gguf" and not Path(name).is_file() and fingerprint:
+        folder = cached_folder_with_fingerprint(fingerprint, cache_dir)
+        if folder is None:
+            raise LoraLabError(f"GGUF file {name} is not here, and no folder converted from it (fingerprint "
+                               f"{fingerprint[:16]}) is in the cache {gguf_cache_dir(cache_dir)}")
+        return ModelSource(name, "gguf", folder, name, fingerprint)
+    if kind == "hub" and revision:
+        snapshot = hf_hub_cache() / ("models--" + name.replace("/", "--")) / "snapshots" / revision
+        if snapshot.is_dir():
+            return _checked(_from_folder(name, "hub", name, snapshot, cache_dir, revision=revision), fingerprint)
+    if kind == "folder" and not Path(name).is_dir():
+        raise LoraLabError(f"model folder {name} does not exist")
+    source = _checked(resolve_model_source(name, cache_dir), fingerprint)
+    if kind == "hub" and revision and source.revision != revision:
+        warnings.warn(f"hub model {name}: commit {revision} is not in the cache; using the cached commit "
+                      f"{source.revision}", stacklevel=2)
+    return source
+
+
+def _checked(source: ModelSource, fingerprint: str | None) -> ModelSource:
+    if fingerprint and source.gguf_fingerprint != fingerprint:
+        found = (source.gguf_fingerprint or "not a GGUF file")[:16]
+        raise LoraLabError(f"{source.kind} model {source.name!r} here is not the GGUF file the adapter was made "
+                           f"for (fingerprint {found} here, {fingerprint[:16]} recorded)")
+    return source
 
 
 def resolve_model_spec(spec: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:

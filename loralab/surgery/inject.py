@@ -21,8 +21,15 @@ from loralab.core.lora import LoraFactors, LoraLayer, SlicedLoraFactors
 from loralab.core.variants import VARIANTS
 from loralab.errors import LoraLabError
 from loralab.surgery.config import LoraConfig
+from loralab.models.architectures import task_head_modules
+from loralab.surgery.peft_names import PEFT_TASK_HEADS
 from loralab.surgery.presets import preset_for
-from loralab.surgery.targeting import ALL_LINEAR, first_match, matches, nearest_names, output_head_names
+from loralab.surgery.targeting import (ALL_LINEAR, first_match, layer_index, matches, nearest_names,
+                                       output_head_names)
+
+# Called with the model after every successful inject. Surgery cannot import formats (packages import one way),
+# so loralab.formats.peft registers the hook that gives an adapted model PEFT's save_pretrained.
+INJECT_HOOKS: list[Callable[[nn.Module], None]] = []
 
 
 @dataclass(frozen=True)
@@ -42,14 +49,29 @@ class PlannedModule:
 
 
 def resolve_config(model: nn.Module, config: LoraConfig) -> LoraConfig:
-    """Fill targets (and GPT-2's fused slices) from the architecture preset when none are given."""
-    if config.targets is not None:
+    """Fill targets (and GPT-2's fused slices) from the architecture preset when none are given, and add the
+    task head to modules_to_save when the task_type asks for it (as PEFT's task classes do)."""
+    heads = [h for h in task_heads(model, config.task_type) if h not in config.modules_to_save]
+    if config.targets is not None and not heads:
         return config
-    preset = preset_for(model)
     data = config.to_dict()
-    data["targets"] = list(preset.targets)
-    data["fused_slices"] = {**preset.fused_slices, **config.fused_slices}
+    if config.targets is None:
+        preset = preset_for(model)
+        data["targets"] = list(preset.targets)
+        data["fused_slices"] = {**preset.fused_slices, **config.fused_slices}
+    data["modules_to_save"] = [*config.modules_to_save, *heads]
     return LoraConfig(**data)
+
+
+def task_heads(model: nn.Module, task_type: str | None) -> list[str]:
+    """The head modules PEFT's class for `task_type` trains and saves (e.g. SEQ_CLS: the classifier): the
+    family's heads from the architecture table, else PEFT's names ("classifier", "score") the model has."""
+    names = PEFT_TASK_HEADS.get(task_type, ())
+    if not names:
+        return []
+    own = [n for n, _ in base_modules(model)]
+    table = list(task_head_modules(model)) if task_type == "SEQ_CLS" else []
+    return [h for h in table or names if any(matches(n, h) for n in own)]
 
 
 def _candidates(model: nn.Module) -> dict[str, nn.Module]:
@@ -75,10 +97,27 @@ def select_modules(model: nn.Module, config: LoraConfig) -> dict[str, nn.Module]
                     what = "adaptable layer" if any(matches(n, rule) for n in all_names) else "module"
                     raise LoraLabError(f"target {rule!r} matches no {what} in {type(model).__name__}{hint}")
     chosen = {n: m for n, m in chosen.items() if first_match(n, config.exclude) is None}
+    if config.layers is not None:
+        chosen = {n: m for n, m in chosen.items() if layer_index(n, config.layers_pattern) in config.layers}
     if not chosen:
         raise LoraLabError(f"LoRA config selects no layer of {type(model).__name__} (targets={config.targets}, "
-                           f"exclude={config.exclude}); run `loralab inspect` to see the module names")
+                           f"exclude={config.exclude}, layers={config.layers}); run `loralab inspect` to see the "
+                           "module names")
+    if config.strict:
+        _check_patterns_match(config, list(chosen))
     return chosen
+
+
+def _check_patterns_match(config: LoraConfig, chosen: list[str]) -> None:
+    """A rank_pattern / alpha_pattern key that matches no adapted module would silently do nothing: refuse it."""
+    for field in ("rank_pattern", "alpha_pattern"):
+        for key in getattr(config, field):
+            if not any(matches(n, key) for n in chosen):
+                near = nearest_names(key, chosen)
+                hint = f"; nearest adapted modules: {', '.join(near)}" if near else ""
+                raise LoraLabError(f"{field} key {key!r} matches none of the {len(chosen)} adapted modules{hint} "
+                                   f"(keys are target rules: a name suffix, 're:REGEX' on the full name, or "
+                                   f"PEFT's regex on a dotted suffix)")
 
 
 def _make_factors(name: str, layer_module: nn.Module, config: LoraConfig) -> LoraFactors:
@@ -136,6 +175,8 @@ def inject(model: nn.Module, config: LoraConfig, adapter: str = "default",
     _Surgery(model, adapter).run(config, layers, to_save, fill)
     adapter_state(model, create=True).configs[adapter] = config
     set_trainable(model, adapter)
+    for hook in INJECT_HOOKS:
+        hook(model)
     return model
 
 

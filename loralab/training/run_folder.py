@@ -29,10 +29,12 @@ from typing import Any
 from torch import nn
 
 from loralab import files
+from loralab.data.labels import LABELS_FILENAME, LabelMap
+from loralab.data.tasks import task_kind
 from loralab.errors import LoraLabError
+from loralab.models import resolve_model_source
 from loralab.training.checkpoint import LATEST, write_measured_json
 from loralab.training.config import TrainConfig
-from loralab.data.labels import LABELS_FILENAME, LabelMap
 
 RUN_KIND = "train-run"
 CONFIG_FILE = "config.json"
@@ -57,8 +59,10 @@ def write_config(folder: Path, config: TrainConfig) -> Path:
 
 def write_task_file(adapter_dir: Path, config: TrainConfig) -> Path:
     """What eval/predict need to use the adapter: base model, task and tokenization settings."""
+    # A model trained on chat conversations is prompted through the same chat template afterwards.
+    chat = config.chat_template or config.read_options.get("format") == "chat"
     info = {"model": config.model, "task": config.task, "max_length": config.max_length,
-            "prompt_template": config.prompt_template, "chat_template": config.chat_template}
+            "prompt_template": config.prompt_template, "chat_template": chat}
     return files.write_json(Path(adapter_dir) / TASK_FILENAME, info)
 
 
@@ -74,8 +78,10 @@ def write_best_adapter(adapter_dir: Path, model: nn.Module, config: TrainConfig,
 
     adapter_dir = Path(adapter_dir)
     if config.method == "lora":
-        loralab.save_adapter(model, adapter_dir, base_model_name_or_path=config.model,
-                             task_type="CAUSAL_LM" if config.task == "causal-lm" else "SEQ_CLS")
+        # PEFT's base_model_name_or_path becomes what transformers resolves (hub id or absolute folder);
+        # loralab's own portable description of the base (ModelSource) goes into the file's metadata.
+        loralab.save_adapter(model, adapter_dir, source=resolve_model_source(config.model),
+                             task_type=task_kind(config.task).peft_task_type)
     else:
         save_trainable_tensors(model, adapter_dir / TRAINABLE_FILE)
     if label_map is not None:

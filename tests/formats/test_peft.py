@@ -10,17 +10,12 @@ from torch import nn
 import loralab
 from loralab import LoraConfig, LoraLabError
 from loralab.core.lora import SlicedLoraFactors
-from loralab.testing import model_output, tiny_inputs, tiny_model
+from loralab.testing import model_output, randomize_trainable, tiny_inputs, tiny_model
 
 peft = pytest.importorskip("peft")
 
 
-def randomize_ours(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=g) * 0.2)
+randomize_ours = randomize_trainable
 
 
 def randomize_peft(model, seed=0):
@@ -138,7 +133,7 @@ def test_our_round_trip_keeps_fused_slices_and_file_layout(tmp_path):
     f = dict(loralab.lora_layers(loaded))["transformer.h.0.attn.c_attn"].lora_adapters["default"]
     assert isinstance(f, SlicedLoraFactors) and f.slices == (True, False, True)
     torch.testing.assert_close(model_output(loaded, inputs), out, rtol=1e-5, atol=1e-6)
-    assert sorted(os.listdir(tmp_path / "ad")) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(os.listdir(tmp_path / "ad")) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
 
 
 def test_pissa_adapter_is_saved_relative_to_the_original_weights(tmp_path):
@@ -245,7 +240,7 @@ def test_every_field_of_peft_lora_config_is_known(tmp_path):
     import dataclasses
     import warnings
 
-    from loralab.formats.adapter_config import PEFT_CONFIG_FIELDS
+    from loralab.surgery.peft_names import PEFT_CONFIG_FIELDS
 
     assert {f.name for f in dataclasses.fields(peft.LoraConfig)} <= PEFT_CONFIG_FIELDS
     peft_model = peft.get_peft_model(tiny_model("bert"), peft.LoraConfig(r=2, target_modules=["query"]))
@@ -359,8 +354,8 @@ def test_save_writes_through_loralab_files(tmp_path, monkeypatch):
     original = loralab.files.atomic_write
     monkeypatch.setattr(loralab.files, "atomic_write", lambda path, write: written.append(path.name) or original(path, write))
     folder = _saved_bert(tmp_path)
-    assert written == ["adapter_model.safetensors", "adapter_config.json"]          # weights first
-    assert sorted(os.listdir(folder)) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert written == ["adapter_model.safetensors", "adapter_config.json", "README.md"]   # weights first
+    assert sorted(os.listdir(folder)) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
     (tmp_path / "file").write_text("x")
     model = tiny_model("bert")
     loralab.inject(model, LoraConfig(r=2))
@@ -379,3 +374,128 @@ class safe_open_metadata:
 
     def __exit__(self, *exc):
         return False
+
+
+# ------------------------------------------------------------------------------------------------
+# model.save_pretrained on an adapted model, and what an adapter records about its base
+# ------------------------------------------------------------------------------------------------
+def _adapted_folder_model(tmp_path, family="bert"):
+    """A tiny model saved as a folder, loaded back from it (so its name_or_path is that folder), adapted."""
+    import transformers
+
+    tiny_model(family).save_pretrained(tmp_path / "base")
+    auto = transformers.AutoModelForSequenceClassification if family == "bert" else transformers.AutoModelForCausalLM
+    model = auto.from_pretrained(tmp_path / "base").eval()
+    loralab.inject(model, LoraConfig(r=2, alpha=4, targets=["query", "value"] if family == "bert" else None,
+                                     modules_to_save=["classifier"] if family == "bert" else []))
+    randomize_ours(model)
+    return model
+
+
+def _files(folder):
+    return {"config": json.loads((folder / "adapter_config.json").read_text()),
+            "tensors": load_file(str(folder / "adapter_model.safetensors"))}
+
+
+def test_save_pretrained_writes_the_adapters_in_peft_layout_like_peft(tmp_path):
+    import transformers
+
+    model = _adapted_folder_model(tmp_path)
+    inputs = tiny_inputs(model)
+    ours = model_output(model, inputs)
+    model.save_pretrained(tmp_path / "sp")
+    loralab.save_adapter(model, tmp_path / "sa")
+    assert sorted(os.listdir(tmp_path / "sp")) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+    a, b = _files(tmp_path / "sp"), _files(tmp_path / "sa")
+    assert a["config"] == b["config"] and a["tensors"].keys() == b["tensors"].keys()
+    assert all(torch.equal(a["tensors"][k], b["tensors"][k]) for k in a["tensors"])
+    peft_model = peft.PeftModel.from_pretrained(transformers.AutoModelForSequenceClassification.from_pretrained(
+        tmp_path / "base"), str(tmp_path / "sp")).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(peft_model(**inputs).logits, ours, rtol=1e-5, atol=1e-6)
+    # PEFT's layout for several adapters: "default" in the folder itself, the others in sub-folders
+    loralab.inject(model, LoraConfig(r=2, targets=["query"]), adapter="other")
+    model.save_pretrained(tmp_path / "two")
+    assert (tmp_path / "two" / "adapter_config.json").is_file() and (tmp_path / "two" / "other" / "README.md").is_file()
+    model.save_pretrained(tmp_path / "one", selected_adapters=["other"])
+    assert sorted(os.listdir(tmp_path / "one")) == ["other"]
+    model.save_pretrained(tmp_path / "trainer", state_dict={}, is_main_process=True)   # as transformers' Trainer does
+    assert (tmp_path / "trainer" / "adapter_model.safetensors").is_file()
+    model.save_pretrained(tmp_path / "rank1", is_main_process=False)
+    assert not (tmp_path / "rank1").exists()
+
+
+def test_save_pretrained_is_bound_on_the_instance_only_and_merge_and_unload_gives_the_full_model_back(tmp_path):
+    import copy
+
+    import transformers
+
+    model = _adapted_folder_model(tmp_path)
+    untouched = tiny_model("bert")
+    assert untouched.save_pretrained.__func__ is transformers.PreTrainedModel.save_pretrained
+    assert type(model).save_pretrained is transformers.PreTrainedModel.save_pretrained   # the class is not patched
+    twin = copy.deepcopy(model)
+    assert twin.save_pretrained.__self__ is twin
+    with pytest.raises(LoraLabError, match="takes no max_shard_size; it writes the adapters"):
+        model.save_pretrained(tmp_path / "x", max_shard_size="1GB")
+    with pytest.raises(LoraLabError, match="safetensors only"):
+        model.save_pretrained(tmp_path / "x", safe_serialization=False)
+    inputs = tiny_inputs(model)
+    merged = loralab.merge_and_unload(model)
+    expected = model_output(merged, inputs)
+    assert "save_pretrained" not in vars(merged)
+    merged.save_pretrained(tmp_path / "full")
+    assert {"config.json", "model.safetensors"} <= set(os.listdir(tmp_path / "full"))
+    reloaded = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "full").eval()
+    torch.testing.assert_close(model_output(reloaded, inputs), expected, rtol=1e-5, atol=1e-6)
+    # an adapted model whose adapters were all deleted saves in full too
+    loralab.delete_adapter(twin, "default")
+    twin.save_pretrained(tmp_path / "deleted")
+    assert "model.safetensors" in os.listdir(tmp_path / "deleted")
+
+
+def test_loaded_adapters_save_pretrained_too(tmp_path):
+    folder = _saved_bert(tmp_path)
+    model = loralab.load_adapter(tiny_model("bert"), folder)
+    model.save_pretrained(tmp_path / "again")
+    a, b = _files(folder), _files(tmp_path / "again")
+    assert a["tensors"].keys() == b["tensors"].keys() and all(torch.equal(a["tensors"][k], b["tensors"][k])
+                                                              for k in a["tensors"])
+
+
+def test_adapters_record_their_base_for_loralab_and_for_peft(tmp_path):
+    model = _adapted_folder_model(tmp_path)
+    loralab.save_adapter(model, tmp_path / "ad")
+    config = json.loads((tmp_path / "ad" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str((tmp_path / "base").absolute())     # what PEFT itself writes
+    assert config["task_type"] == "SEQ_CLS"                                              # from the model's class
+    meta = loralab.formats.peft.read_loralab_metadata(tmp_path / "ad")
+    assert meta["base"] == {"kind": "folder", "name": str((tmp_path / "base").absolute()), "gguf_fingerprint": None,
+                            "revision": None}
+    # explicit arguments win: a source (how the base was found), base_model_name_or_path, task_type
+    from loralab.models import ModelSource
+
+    hub = ModelSource("org/tiny", "hub", tmp_path / "base", "org/tiny", revision="abc")
+    loralab.save_adapter(model, tmp_path / "hub", source=hub, task_type="FEATURE_EXTRACTION")
+    config = json.loads((tmp_path / "hub" / "adapter_config.json").read_text())
+    assert (config["base_model_name_or_path"], config["task_type"]) == ("org/tiny", "FEATURE_EXTRACTION")
+    assert loralab.formats.peft.read_loralab_metadata(tmp_path / "hub")["base"]["revision"] == "abc"
+    loralab.save_adapter(model, tmp_path / "named", base_model_name_or_path="my/base")
+    assert json.loads((tmp_path / "named" / "adapter_config.json").read_text())["base_model_name_or_path"] == "my/base"
+    # a model built in memory has no base to record
+    memory = tiny_model("llama")
+    loralab.inject(memory, LoraConfig(r=2))
+    loralab.save_adapter(memory, tmp_path / "memory")
+    config = json.loads((tmp_path / "memory" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] is None and config["task_type"] == "CAUSAL_LM"
+    assert "base" not in loralab.formats.peft.read_loralab_metadata(tmp_path / "memory")
+
+
+def test_transformers_trainer_saves_the_adapter_of_an_adapted_model(tmp_path):
+    import transformers
+
+    model = _adapted_folder_model(tmp_path)
+    args = transformers.TrainingArguments(output_dir=str(tmp_path / "trainer"), report_to=[], use_cpu=True)
+    transformers.Trainer(model=model, args=args).save_model(str(tmp_path / "saved"))
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= set(os.listdir(tmp_path / "saved"))
+    assert not (tmp_path / "saved" / "model.safetensors").exists()

@@ -256,3 +256,79 @@ def test_model_sources_record_how_the_model_was_found(tiny_gguf, cache, hub_cach
     hub = resolve_model_source("org/tiny-gguf")
     assert (hub.kind, hub.name, hub.revision, hub.gguf_fingerprint) == ("hub", "org/tiny-gguf", COMMIT, fingerprint)
     assert hub.folder == from_file.folder and hub.base_model_name_or_path == str(from_file.folder)
+
+
+# --------------------------------------------------------------------------------------------------
+# Sources found again: what a loaded model came from (source_of_loaded), and a record resolved on this
+# machine (source_from_record), as adapters use them
+# --------------------------------------------------------------------------------------------------
+def test_a_loaded_model_tells_where_its_weights_came_from(tiny_gguf, cache, hub_cache, tiny_bert_folder, tmp_path):
+    from loralab.models import source_of_loaded
+
+    gguf_path, _ = tiny_gguf
+    from_gguf = resolve_model_source(str(gguf_path))
+    for spec in (str(gguf_path), "all-minilm-l6-v2", str(tiny_bert_folder[0])):
+        source = resolve_model_source(spec)
+        again = source_of_loaded(load_model(spec, task="base").name_or_path)
+        assert again.record() == source.record() and again.folder == source.folder
+    write_hub_snapshot(hub_cache, "org/tiny-bert", tiny_bert_folder[0])
+    hub = resolve_model_source("org/tiny-bert")
+    assert source_of_loaded(str(hub.folder)).record() == hub.record() == {
+        "kind": "hub", "name": "org/tiny-bert", "gguf_fingerprint": None, "revision": COMMIT}
+    assert source_of_loaded("org/tiny-bert").record() == hub.record()          # a hub id transformers loaded
+    assert from_gguf.record()["kind"] == "gguf"
+    assert source_of_loaded("") is None and source_of_loaded(str(tmp_path / "gone")) is None
+
+
+def test_a_record_finds_the_same_weights_or_says_why_not(tiny_gguf, cache, hub_cache, tiny_bert_folder, tmp_path,
+                                                          make_gguf):
+    from loralab.models import source_from_record
+
+    gguf_path, _ = tiny_gguf
+    source = resolve_model_source(str(gguf_path))
+    record = source.record()
+    assert source_from_record(record).folder == source.folder
+    moved = tmp_path / "moved.gguf"           # the file gone from where it was: the converted folder still serves
+    gguf_path.rename(moved)
+    found = source_from_record(record)
+    assert (found.kind, found.folder, found.gguf_fingerprint) == ("gguf", source.folder, record["gguf_fingerprint"])
+    make_gguf(gguf_path, seed=1)              # a different file at the recorded path is refused
+    with pytest.raises(LoraLabError, match="is not the GGUF file the adapter was made for"):
+        source_from_record(record)
+    with pytest.raises(LoraLabError, match="is not here, and no folder converted from it"):
+        source_from_record({**record, "name": str(tmp_path / "x.gguf"), "gguf_fingerprint": "f" * 64})
+    # a hub record finds its own commit; another cached commit is used with a warning
+    write_hub_snapshot(hub_cache, "org/tiny-bert", tiny_bert_folder[0])
+    hub = source_from_record({"kind": "hub", "name": "org/tiny-bert", "revision": COMMIT})
+    assert hub.folder.name == COMMIT
+    with pytest.warns(UserWarning, match=f"commit {'9' * 40} is not in the cache; using the cached commit {COMMIT}"):
+        source_from_record({"kind": "hub", "name": "org/tiny-bert", "revision": "9" * 40})
+    with pytest.raises(LoraLabError, match="model folder .* does not exist"):
+        source_from_record({"kind": "folder", "name": str(tmp_path / "nowhere")})
+    with pytest.raises(LoraLabError, match="is not a loralab model description"):
+        source_from_record({"kind": "cloud", "name": "x"})
+
+
+def test_peft_loads_an_adapter_of_a_gguf_base_from_the_converted_folder(tiny_gguf, cache):
+    """A GGUF base is recorded for PEFT as the de-quantized folder's absolute path, which transformers loads."""
+    import json
+
+    import loralab
+    from loralab.testing import randomize_trainable
+
+    peft = pytest.importorskip("peft")
+    gguf_path, _ = tiny_gguf
+    model = load_model(str(gguf_path)).eval()
+    randomize_trainable(loralab.inject(model, loralab.LoraConfig(r=2, alpha=4)))
+    ids = torch.tensor([[5, 70, 100, 262, 3, 9]])
+    with torch.no_grad():
+        ours = model(input_ids=ids).logits
+    model.save_pretrained(cache / "adapter")
+    config = json.loads((cache / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(resolve_model_source(str(gguf_path)).folder.absolute())
+    theirs = peft.AutoPeftModelForCausalLM.from_pretrained(str(cache / "adapter")).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(input_ids=ids).logits, ours, rtol=1e-5, atol=1e-5)
+    back = loralab.from_pretrained(cache / "adapter")
+    with torch.no_grad():
+        torch.testing.assert_close(back(input_ids=ids).logits, ours, rtol=1e-5, atol=1e-5)

@@ -43,3 +43,14 @@ def test_metrics_task_info_and_resume_records_round_trip(tmp_path):
     record_resume(tmp_path, 9, {"max_steps": (9, 12)})
     records = json.loads((tmp_path / "resumes.json").read_text())
     assert [(r["step"], r["changed"]) for r in records] == [(6, {"lr": [0.005, 0.001]}), (9, {"max_steps": [9, 12]})]
+
+
+def test_task_file_says_chat_template_for_chat_data_and_flag(tmp_path):
+    from loralab.training.config import TrainConfig
+    from loralab.training.run_folder import write_task_file
+
+    common = dict(model="m", task="causal-lm", train_file="t.jsonl")
+    write_task_file(tmp_path / "a", TrainConfig(**common, read_options={"format": "chat"}))
+    write_task_file(tmp_path / "b", TrainConfig(**common, chat_template=True))
+    write_task_file(tmp_path / "c", TrainConfig(**common))
+    assert [read_task_info(tmp_path / n)["chat_template"] for n in "abc"] == [True, True, False]
