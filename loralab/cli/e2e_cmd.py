@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--instruction", help="text before each MR in the user turn "
                                               "(default: 'Write one sentence describing this restaurant: ')")
     parser.add_argument("--threads", type=int, help="torch threads (default: the available cores)")
+    parser.add_argument("--meteor", choices=("auto", "official", "loralab"),
+                        help="METEOR implementation: the official Meteor 1.5 jar (needs Java), loralab's exact+stem "
+                             "reimplementation, or auto (the jar when available; default; --quick uses loralab's)")
     add_sampling_arguments(parser, SamplingParams(max_new_tokens=48))
 
 
@@ -55,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from loralab.experiments.e2e import E2EConfig, run_e2e
 
     overrides = {name: getattr(args, name) for name in ("model", "epochs", "lr", "r", "alpha", "instruction",
-                                                         "threads")
+                                                         "threads", "meteor")
                  if getattr(args, name) is not None}
     decoding = sampling_overrides(args)
     for name in ("num_beams", "max_new_tokens"):
