@@ -189,11 +189,13 @@ class Sst2:
 
 
 def load_sst2(setup: Setup, train_limit: int | None = None, dev_limit: int | None = None) -> Sst2:
-    """SST-2 train/dev read and tokenized with loralab.training.data (max 128 tokens)."""
+    """SST-2 train/dev read and tokenized with loralab.data (max 128 tokens)."""
     from transformers import AutoTokenizer
 
-    from loralab.training.batching import PadCollator, eval_batches, pad_token_id_for
-    from loralab.training.data import LabelMap, Task, encode_examples, read_examples
+    from loralab.data.batching import PadCollator, eval_batches, pad_token_id_for
+    from loralab.data.encoding import Task, encode_examples
+    from loralab.data.labels import LabelMap
+    from loralab.data.readers import read_examples
 
     tokenizer = AutoTokenizer.from_pretrained(setup.model_dir)
     train = read_examples(setup.data_dir / "train.tsv")[:train_limit]
@@ -207,7 +209,7 @@ def load_sst2(setup: Setup, train_limit: int | None = None, dev_limit: int | Non
 
 def grouped_batches(data: Sst2, batch: int, steps: int, seed: int) -> list[list[int]]:
     """loralab's batching: length-grouped batches (LengthGroupedBatchSampler), padded to the batch's longest."""
-    from loralab.training.batching import LengthGroupedBatchSampler
+    from loralab.data.batching import LengthGroupedBatchSampler
 
     sampler = LengthGroupedBatchSampler(data.train.lengths, batch, seed=seed, drop_last=True)
     out, epoch = [], 0

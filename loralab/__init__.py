@@ -5,6 +5,7 @@
     ...train...
     loralab.save_adapter(model, "out/adapter")                          # PEFT-compatible folder
     loralab.merge(model)                                                # W0 += (alpha/r)·B·A: zero latency
+    model = loralab.from_pretrained("out/adapter")                      # base model + adapter, one line
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "LoraConfig": "loralab.surgery.config",
     "PlannedModule": "loralab.surgery.inject",
-    "inject": "loralab.surgery.inject",
+    # surgery's inject, reached through formats.peft so that its hook (model.save_pretrained in PEFT layout) is set
+    "inject": "loralab.formats.peft",
     "plan_injection": "loralab.surgery.inject",
     "trainable_summary": "loralab.surgery.inject",
     "lora_layers": "loralab.adapters.state",
@@ -36,6 +38,7 @@ _EXPORTS = {
     "load_adapter": "loralab.formats.peft",
     "read_adapter": "loralab.formats.peft",
     "save_adapter": "loralab.formats.peft",
+    "from_pretrained": "loralab.pretrained",
 }
 
 __all__ = ["LoraLabError", *_EXPORTS]

@@ -68,3 +68,14 @@ def model_output(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Ten
     """The model's main output tensor (logits) for comparisons."""
     with torch.no_grad():
         return model(**inputs).logits
+
+
+def randomize_trainable(model: nn.Module, seed: int = 0, scale: float = 0.2) -> nn.Module:
+    """Add N(0, scale²) noise to every parameter that requires grad (fresh LoRA factors start with B = 0, a
+    no-op; this makes them do something), deterministic for a seed. Returns the model."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=g) * scale)
+    return model

@@ -5,15 +5,15 @@ All of them act on every LoraLayer of the model; the per-layer math lives in `lo
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator
 
 import torch
 from torch import nn
 
-from loralab.adapters.state import adapter_state, lora_layers, set_trainable, trainable_copies
+from loralab.adapters.state import STATE_ATTR, adapter_state, lora_layers, set_trainable, trainable_copies
 from loralab.core.lora import LoraFactors
 from loralab.errors import LoraLabError
-from loralab.surgery.config import LoraConfig
 
 
 def _check_adapter(model: nn.Module, name: str) -> None:
@@ -24,13 +24,24 @@ def _check_adapter(model: nn.Module, name: str) -> None:
 
 def merge(model: nn.Module) -> nn.Module:
     """Fold the active adapter into the base weights (W0 += s·B·A) so forward costs what the base costs.
-    Idempotent; refuses factors holding NaN/Inf. Returns the model."""
+    Idempotent. All or nothing: every layer is checked first (factors holding NaN/Inf are refused), and
+    an error half-way takes the layers merged so far out again. Returns the model."""
     adapter_state(model)
-    for name, layer in lora_layers(model):
+    layers = list(lora_layers(model))
+    for name, layer in layers:
         try:
-            layer.merge()
+            layer.check_merge()
         except ValueError as exc:
             raise LoraLabError(f"{name}: {exc}") from None
+    done = []
+    try:
+        for _, layer in layers:
+            done.append((layer, len(layer.merged)))
+            layer.merge()
+    except BaseException:
+        for layer, before in reversed(done):
+            layer.unmerge(keep=before)
+        raise
     return model
 
 
@@ -67,18 +78,12 @@ def list_adapters(model: nn.Module) -> list[str]:
 
 def delete_adapter(model: nn.Module, name: str) -> nn.Module:
     """Remove an adapter's factors and trainable copies. If it was active, another remaining adapter
-    becomes active (or none). A PiSSA adapter's principal part is put back into W0 first."""
+    becomes active (or none). What its init took from W0 (PiSSA's principal part) is put back first."""
     _check_adapter(model, name)
     state = adapter_state(model)
     for _, layer in lora_layers(model):
-        if name in layer.merged:
-            layer.unmerge()
         if name in layer.lora_adapters:
-            f = layer.lora_adapters[name]
-            if hasattr(f, "A0"):                       # PiSSA: the residual W0 - s·B0·A0 lives in the base
-                layer.add_to_weight(f.scale * (f.B0 @ f.A0))
-            del layer.lora_adapters[name]
-            layer.set_active([a for a in layer.active if a != name])
+            layer.remove_adapter(name)
     for _, wrapper in trainable_copies(model):
         if name in wrapper.trainable_copies:
             del wrapper.trainable_copies[name]
@@ -93,15 +98,16 @@ def delete_adapter(model: nn.Module, name: str) -> nn.Module:
 def merge_and_unload(model: nn.Module) -> nn.Module:
     """Merge the active adapter and return a plain model: every LoraLayer replaced by its (merged) base
     layer and every trainable copy by the active adapter's copy. No loralab module or state remains."""
-    from loralab.surgery.inject import _set_submodule
-
     merge(model)
     for name, layer in list(lora_layers(model)):
-        _set_submodule(model, name, layer.base_layer)
+        model.set_submodule(name, layer.base_layer)
     for name, wrapper in list(trainable_copies(model)):
-        _set_submodule(model, name, wrapper.current())
-    if hasattr(model, "loralab_state"):
-        object.__delattr__(model, "loralab_state")
+        model.set_submodule(name, wrapper.current())
+    state = getattr(model, STATE_ATTR, None)
+    if state is not None:
+        for name in state.bound_methods:          # the class's own methods again (save_pretrained: a full model)
+            model.__dict__.pop(name, None)
+        object.__delattr__(model, STATE_ATTR)
     return model
 
 
@@ -129,42 +135,75 @@ def disabled(model: nn.Module) -> Iterator[nn.Module]:
             merge(model)
 
 
-def combine_adapters(model: nn.Module, weights: dict[str, float], new_name: str) -> nn.Module:
+def combine_adapters(model: nn.Module, weights: dict[str, float], new_name: str, head: str | None = None) -> nn.Module:
     """Add adapter `new_name` with ΔW = Σ w_i·ΔW_i over the given adapters, exactly, for any ranks.
 
     Per layer the factors are concatenated: A = [A_1; A_2; ...], B = [w_1·s_1·B_1, w_2·s_2·B_2, ...]
     with scale 1 (alpha = rank), so B·A = Σ w_i·s_i·B_i·A_i. The new rank is the sum of the ranks.
-    DoRA adapters cannot be combined this way (their ΔW is not additive) and are refused.
+    Only variants whose whole effect is ΔW = s·B·A add up this way (not DoRA); others are refused.
+
+    Modules trained in full (modules_to_save, e.g. a classifier head) have no weighted sum. The combined
+    adapter gets the copies of adapter `head`; without `head`, the adapters must use identical modules
+    (the same copy values, or all the original), which it then copies, else it is refused.
     """
     if not weights:
         raise LoraLabError("combine_adapters needs at least one adapter and weight")
-    for name in weights:
+    for name in [*weights, *([head] if head is not None else [])]:
         _check_adapter(model, name)
     state = adapter_state(model)
     if new_name in state.configs:
         raise LoraLabError(f"adapter {new_name!r} already exists")
-    ranks = {}
-    for layer_name, layer in lora_layers(model):
-        parts = [(layer.lora_adapters[n], w) for n, w in weights.items() if n in layer.lora_adapters]
-        if not parts:
-            continue
-        if any(f.variant.name != "lora" for f, _ in parts):
-            raise LoraLabError(f"{layer_name}: only plain LoRA adapters can be combined (found DoRA)")
-        with torch.no_grad():
-            A = torch.cat([f.A for f, _ in parts])
-            B = torch.cat([w * f.scale * f.B_matrix() for f, w in parts], dim=1)
-        rank = A.shape[0]
-        f0 = parts[0][0]
-        combined = LoraFactors(f0.d, f0.k, rank, alpha=float(rank))
-        combined.to(device=A.device, dtype=A.dtype)
-        with torch.no_grad():
-            combined.A.copy_(A)
-            combined.B.copy_(B)
-        layer.lora_adapters[new_name] = combined
-        ranks[layer_name] = rank
+    head = head or _shared_head(model, list(weights))
+    combined = {layer_name: _combined_factors(layer_name, layer, weights)
+                for layer_name, layer in lora_layers(model) if any(n in layer.lora_adapters for n in weights)}
+    layers = dict(lora_layers(model))
+    for layer_name, factors in combined.items():
+        layers[layer_name].lora_adapters[new_name] = factors
+    saved = []
+    for wrapper_name, wrapper in trainable_copies(model):
+        if head in wrapper.trainable_copies:
+            wrapper.trainable_copies[new_name] = copy.deepcopy(wrapper.trainable_copies[head])
+            saved.append(wrapper_name)
+    ranks = {n: f.r for n, f in combined.items()}
     base = state.configs[next(iter(weights))]
-    state.configs[new_name] = LoraConfig(
+    state.configs[new_name] = type(base)(      # a LoraConfig, without importing surgery
         r=max(ranks.values()), alpha=float(max(ranks.values())), targets=sorted(ranks),
-        rank_pattern={n: r for n, r in ranks.items()}, alpha_pattern={n: float(r) for n, r in ranks.items()},
-        modules_to_save=[], bias="none", dropout=0.0, init=base.init if base.init != "pissa" else "kaiming")
+        rank_pattern=dict(ranks), alpha_pattern={n: float(r) for n, r in ranks.items()}, modules_to_save=saved,
+        bias="none", dropout=0.0, init=base.init if base.init != "pissa" else "kaiming")
     return model
+
+
+def _combined_factors(layer_name: str, layer, weights: dict[str, float]) -> LoraFactors:
+    """One plain-LoRA factor pair whose ΔW is Σ w_i·ΔW_i of the adapters present on this layer."""
+    parts = [(layer.lora_adapters[n], w) for n, w in weights.items() if n in layer.lora_adapters]
+    refused = sorted({f.variant.name for f, _ in parts if not f.variant.combinable})
+    if refused:
+        raise LoraLabError(f"{layer_name}: adapters of variant {', '.join(refused)} cannot be combined "
+                           f"(their effect is not ΔW = s·B·A, so a weighted sum is not defined)")
+    with torch.no_grad():
+        A = torch.cat([f.A for f, _ in parts])
+        B = torch.cat([w * f.scale * f.B_matrix() for f, w in parts], dim=1)
+    f0 = parts[0][0]
+    combined = LoraFactors(f0.d, f0.k, A.shape[0], alpha=float(A.shape[0])).to(device=A.device, dtype=A.dtype)
+    with torch.no_grad():
+        combined.A.copy_(A)
+        combined.B.copy_(B)
+    return combined
+
+
+def _shared_head(model: nn.Module, names: list[str]) -> str | None:
+    """The adapter whose modules_to_save copies all of `names` share (identical values, or none of them
+    has a copy); a LoraLabError when they differ, since a weighted sum of trained modules is not defined."""
+    for wrapper_name, wrapper in trainable_copies(model):
+        used = [wrapper.trainable_copies[n] if n in wrapper.trainable_copies else wrapper.original_module
+                for n in names]
+        if not all(_same_values(used[0], other) for other in used[1:]):
+            raise LoraLabError(f"adapters {', '.join(map(repr, names))} use different copies of {wrapper_name} "
+                               f"(modules_to_save), which cannot be averaged; pass head=NAME to give the combined "
+                               f"adapter the copy of one of them")
+    return next((n for n in names if any(n in w.trainable_copies for _, w in trainable_copies(model))), None)
+
+
+def _same_values(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

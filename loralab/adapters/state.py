@@ -1,6 +1,7 @@
 """Model-level adapter bookkeeping: which adapters exist, which one is active, what trains.
 
-Adapters are found by type (LoraLayer, TrainableCopy), never by matching "lora" in parameter names.
+Adapters are found by type (LoraLayer, TrainableCopy), never by matching "lora" in parameter names:
+`base_modules(model)` is the one walk that tells the model's own modules from loralab's wrappers.
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ class AdapterState:
     """Kept on the model as `model.loralab_state`: every adapter's config and the active adapter."""
     configs: dict = field(default_factory=dict)       # name -> LoraConfig
     active: str | None = None
+    bound_methods: list[str] = field(default_factory=list)
+    """Methods loralab bound on the model instance (save_pretrained); merge_and_unload removes them."""
 
 
 def adapter_state(model: nn.Module, create: bool = False) -> AdapterState:
@@ -45,6 +48,36 @@ def trainable_copies(model: nn.Module) -> Iterator[tuple[str, "TrainableCopy"]]:
     for name, module in model.named_modules():
         if isinstance(module, TrainableCopy):
             yield name, module
+
+
+def base_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """(name, module) for the model's own modules below the root, as if no adapter were injected, found
+    by type: a LoraLayer is its base layer (under the wrapper's name), a TrainableCopy is listed as itself
+    with nothing below it (its original and copies are loralab's), and no adapter factor appears."""
+    seen: set[int] = set()
+
+    def walk(module: nn.Module, prefix: str) -> Iterator[tuple[str, nn.Module]]:
+        for name, child in module.named_children():
+            if id(child) in seen:
+                continue
+            seen.add(id(child))
+            if isinstance(child, LoraLayer):
+                yield prefix + name, child.base_layer
+                continue
+            yield prefix + name, child
+            if not isinstance(child, TrainableCopy):
+                yield from walk(child, f"{prefix}{name}.")
+
+    yield from walk(model, "")
+
+
+def check_nothing_else_merged(model: nn.Module, adapter: str) -> None:
+    """Raise unless every adapter merged into the weights is `adapter` itself: another adapter cannot
+    become active or trainable while a different one sits inside W0."""
+    merged = sorted({n for _, layer in lora_layers(model) for n in layer.merged if n != adapter})
+    if merged:
+        raise LoraLabError(f"adapter(s) {', '.join(map(repr, merged))} are merged into the base weights; call "
+                           f"loralab.unmerge(model) first (loralab.set_adapter switches a merged model itself)")
 
 
 class TrainableCopy(nn.Module):
@@ -78,15 +111,15 @@ class TrainableCopy(nn.Module):
 
 def set_trainable(model: nn.Module, adapter: str) -> None:
     """Make `adapter` the active adapter everywhere and the only thing that requires grad
-    (with the biases its config's bias mode names, and its copies of modules_to_save)."""
+    (with the biases its config's bias mode names, and its copies of modules_to_save).
+    Refuses (LoraLabError) while another adapter is merged into the weights; nothing is unmerged silently."""
     state = adapter_state(model)
     config = state.configs[adapter]
+    check_nothing_else_merged(model, adapter)
     for p in model.parameters():
         p.requires_grad_(False)
     state.active = adapter
     for _, layer in lora_layers(model):
-        if layer.merged and adapter not in layer.merged:
-            layer.unmerge()        # an adapter cannot train while another one sits merged in W0
         layer.set_active([adapter])
         if adapter in layer.lora_adapters:
             for p in layer.lora_adapters[adapter].parameters():
@@ -95,16 +128,12 @@ def set_trainable(model: nn.Module, adapter: str) -> None:
             if config.bias == "lora_only" and isinstance(bias, nn.Parameter):
                 bias.requires_grad_(True)
     if config.bias == "all":
-        for name, p in model.named_parameters():
-            if name.endswith("bias") and not _is_adapter_param(name):
-                p.requires_grad_(True)
+        for _, module in base_modules(model):
+            for name, p in module.named_parameters(recurse=False):
+                if name.endswith("bias"):
+                    p.requires_grad_(True)
     for _, wrapper in trainable_copies(model):
         wrapper.active = adapter
         if adapter in wrapper.trainable_copies:
             for p in wrapper.trainable_copies[adapter].parameters():
                 p.requires_grad_(True)
-
-
-def _is_adapter_param(name: str) -> bool:
-    parts = name.split(".")
-    return "lora_adapters" in parts or "original_module" in parts or "trainable_copies" in parts

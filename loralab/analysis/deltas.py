@@ -90,13 +90,14 @@ def deltas_from_adapter(adapter: "AdapterFile", split_fused: bool = True) -> lis
             continue
         slices, r = list(info["slices"]), int(info["r"])
         d = B.shape[0]
-        if d % len(slices) != 0 or A.shape[0] != r * sum(slices):
+        widths = info.get("widths") or ([d // len(slices)] * len(slices))     # files before 0.2: equal widths
+        if sum(widths) != d or A.shape[0] != r * sum(slices):
             raise LoraLabError(f"{adapter.path}: {module} does not match its fused-slice description {info}; "
                                f"re-save the adapter or analyse it with split_fused=False")
-        size = d // len(slices)
+        starts = [sum(widths[:i]) for i in range(len(widths))]
         enabled = [i for i, on in enumerate(slices) if on]
         for j, i in enumerate(enabled):
-            rows = (i * size, (i + 1) * size)
+            rows = (starts[i], starts[i] + widths[i])
             cols = slice(j * r, (j + 1) * r)
             out.append(make_delta(f"{module}[{i}]", A[cols], B[rows[0]:rows[1], cols], scale, module=module,
                                   rows=rows))

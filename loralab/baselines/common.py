@@ -1,8 +1,8 @@
 """What every baseline shares: freezing, the task head, counting trainable values.
 
 Every method trains the task head (the classifier a fine-tuning run creates fresh), as LoRA does via
-`modules_to_save`; the head's module names come from the architecture preset
-(`loralab.surgery.presets.PRESETS[model_type].head`) unless the caller names them.
+`modules_to_save`; the head's module names come from the architecture table
+(`loralab.models.architectures.task_head_modules`) unless the caller names them.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from torch import nn
 
 from loralab.errors import LoraLabError
-from loralab.surgery.presets import PRESETS, model_type
+from loralab.models.architectures import task_head_modules
 from loralab.surgery.targeting import matches
 
 
@@ -22,14 +22,13 @@ def freeze_all(model: nn.Module) -> None:
 
 
 def head_modules(model: nn.Module, head: Sequence[str] | None = None) -> dict[str, nn.Module]:
-    """{name: module} of the task head: the given rules, or the preset's head names that exist in this model.
+    """{name: module} of the task head: the given rules, or the family's head names that exist in this model.
 
     A bare encoder (e.g. all-MiniLM-L6-v2 loaded with AutoModel) has no head, which gives {}. Rules given
     explicitly must each match something, so a typo is not silently ignored."""
     explicit = head is not None
     if head is None:
-        preset = PRESETS.get(model_type(model) or "")
-        head = preset.head if preset is not None else ()
+        head = task_head_modules(model)
     found: dict[str, nn.Module] = {}
     for rule in head:
         hits = {name: module for name, module in model.named_modules() if name and matches(name, rule)}

@@ -25,19 +25,8 @@ from torch import nn
 
 from loralab.baselines.common import freeze_all, train_head
 from loralab.errors import LoraLabError
-from loralab.surgery.presets import model_type
+from loralab.models.architectures import architecture_for, model_type_of
 from loralab.surgery.targeting import matches
-
-_BERT_LIKE = (r"re:.*\.layer\.\d+\.attention\.output\.dense", r"re:.*\.layer\.\d+\.output\.dense")
-_DECODER = (r"re:.*\.layers\.\d+\.self_attn\.o_proj", r"re:.*\.layers\.\d+\.mlp\.down_proj")
-
-# model_type -> (attention output projection rule, MLP output projection rule)
-PLACEMENTS: dict[str, tuple[str, str]] = {
-    **{t: _BERT_LIKE for t in ("bert", "roberta", "xlm-roberta", "camembert", "electra")},
-    "distilbert": (r"re:.*\.layer\.\d+\.attention\.out_lin", r"re:.*\.layer\.\d+\.ffn\.lin2"),
-    "gpt2": (r"re:.*\.h\.\d+\.attn\.c_proj", r"re:.*\.h\.\d+\.mlp\.c_proj"),
-    **{t: _DECODER for t in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "olmo", "olmo2")},
-}
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh}
 
@@ -86,14 +75,20 @@ def _out_features(module: nn.Module) -> int:
                        f"Houlsby adapters wrap Linear or Conv1D output projections")
 
 
+def default_placement(model: nn.Module) -> tuple[str, str]:
+    """(attention output projection rule, MLP output projection rule) from the architecture table, for
+    encoder-only and decoder-only stacks (an encoder-decoder's decoder blocks have a third sub-layer)."""
+    arch = architecture_for(model)
+    if arch is None or not (arch.o and arch.down) or getattr(model.config, "is_encoder_decoder", False):
+        raise LoraLabError(f"no Houlsby adapter placement for model_type {model_type_of(model)!r}; pass "
+                           f"targets=[attention output rule, MLP output rule]")
+    return arch.o, arch.down
+
+
 def adapter_sites(model: nn.Module, targets: Sequence[str] | None = None) -> dict[str, nn.Module]:
     """{name: output projection} that get an adapter: two per block for known families, or the given rules."""
     if targets is None:
-        mt = model_type(model)
-        if mt not in PLACEMENTS:
-            raise LoraLabError(f"no Houlsby adapter placement for model_type {mt!r}; pass targets=[attention "
-                               f"output rule, MLP output rule] (known: {', '.join(sorted(PLACEMENTS))})")
-        targets = PLACEMENTS[mt]
+        targets = default_placement(model)
     sites = {}
     for rule in targets:
         hits = {n: m for n, m in model.named_modules() if matches(n, rule) and not isinstance(m, AdaptedOutput)}
@@ -115,7 +110,7 @@ def prepare_houlsby(model: nn.Module, bottleneck: int = 16, activation: str = "g
     """Add Houlsby adapters in place; only the adapters (plus the head, and LayerNorms if asked) train.
 
     bottleneck: m, the adapter's inner width. activation: "gelu", "relu" or "tanh".
-    targets: module-name rules of the projections to wrap (default: PLACEMENTS[model_type]).
+    targets: module-name rules of the projections to wrap (default: `default_placement(model)`).
     Returns the same model object; its forward signature is unchanged."""
     if not isinstance(bottleneck, int) or bottleneck < 1:
         raise LoraLabError(f"Houlsby bottleneck must be a positive integer, got {bottleneck!r}")

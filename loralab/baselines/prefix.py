@@ -29,22 +29,17 @@ from torch import nn
 
 from loralab.baselines.common import freeze_all, train_head
 from loralab.errors import LoraLabError
-from loralab.surgery.presets import model_type
+from loralab.models.architectures import architecture_for, model_type_of
 from loralab.surgery.targeting import matches
 
 PREFIX_ATTR = "loralab_prefix"
 _IMPL_NAME = "loralab_prefix_{}"
 _SUPPORTED = ("sdpa", "eager")
 
-_BERT_LIKE = r"re:(.*\.)?layer\.\d+\.attention\.self"
-_DECODER = r"re:(.*\.)?layers\.\d+\.self_attn"
-
-# model_type -> rule selecting each layer's self-attention module (the module that calls the attention function)
-ATTENTION_MODULES: dict[str, str] = {
-    **{t: _BERT_LIKE for t in ("bert", "roberta", "xlm-roberta", "camembert", "electra")},
-    "gpt2": r"re:(.*\.)?h\.\d+\.attn",
-    **{t: _DECODER for t in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "olmo", "olmo2")},
-}
+# Families whose self-attention module (the parent of the table's q projection) calls transformers'
+# attention function, so the dispatcher below sees every call; checked in tests/baselines/test_prefix.py.
+FAMILIES = ("bert", "roberta", "xlm-roberta", "camembert", "electra", "gpt2", "llama", "mistral", "qwen2", "qwen3",
+            "gemma", "gemma2", "olmo", "olmo2")
 
 
 class PrefixKV(nn.Module):
@@ -127,16 +122,22 @@ def _register() -> None:
 def attention_modules(model: nn.Module, rule: str | None = None) -> dict[str, nn.Module]:
     """{name: self-attention module} of every layer that gets a prefix."""
     if rule is None:
-        mt = model_type(model)
-        if mt not in ATTENTION_MODULES:
-            raise LoraLabError(f"no prefix-tuning support for model_type {mt!r}; pass attention=<rule selecting each "
-                               f"self-attention module> (known: {', '.join(sorted(ATTENTION_MODULES))})")
-        rule = ATTENTION_MODULES[mt]
+        return _self_attention_modules(model)
     found = {n: m for n, m in model.named_modules() if matches(n, rule)}
     if not found:
         raise LoraLabError(f"prefix attention rule {rule!r} matches no module; pass attention=... with a name "
                            f"from model.named_modules()")
     return found
+
+
+def _self_attention_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """The parent of every q projection (or of the fused projection holding q), for the known families."""
+    mt, arch = model_type_of(model), architecture_for(model)
+    if mt not in FAMILIES or arch is None:
+        raise LoraLabError(f"no prefix-tuning support for model_type {mt!r}; pass attention=<rule selecting each "
+                           f"self-attention module> (known: {', '.join(sorted(FAMILIES))})")
+    parents = [n.rpartition(".")[0] for n, _ in model.named_modules() if matches(n, arch.rule("q"))]
+    return {n: model.get_submodule(n) for n in parents}
 
 
 def _kv_shape(model: nn.Module, module: nn.Module) -> tuple[int, int]:
@@ -165,7 +166,7 @@ def prepare_prefix(model: nn.Module, length: int = 10, init_std: float = 0.02, a
     """Add trainable key/value prefixes of `length` positions to every self-attention layer, in place.
 
     Only the prefixes (and the task head) train. attention: rule selecting each layer's self-attention
-    module (default: ATTENTION_MODULES[model_type]). Returns the same model object; the forward
+    module (default: the parent of each q projection of a family in FAMILIES). Returns the same model object; the forward
     signature is unchanged (pass input_ids / attention_mask as before; the mask covers the tokens only)."""
     if not isinstance(length, int) or length < 0:
         raise LoraLabError(f"prefix length must be an integer ≥ 0, got {length!r}")

@@ -39,7 +39,7 @@ def resolve_config(model: nn.Module, lora_config):
 
 def planned_modules(model: nn.Module, lora_config) -> list:
     """Every layer LoRA would adapt (loralab's PlannedModule: name, kind, d_out, d_in, r, alpha,
-    num_params, slices). The single place where the budget asks what gets adapted."""
+    num_params, slices, slice_widths). The single place where the budget asks what gets adapted."""
     plan, _ = _core()
     return plan(model, lora_config)
 
@@ -66,19 +66,20 @@ def _type_name(name: str) -> str:
 def by_module_type(plan: list, dora: bool = False) -> list[ModuleTypeCount]:
     """Group a plan by module type, keeping first-seen order. A fused projection adapted slice by
     slice (GPT-2's c_attn) is shown one row per slice, so the paper's Wq and Wv appear separately;
-    each slice's ΔW is (d_out/n) × d_in of rank r and costs r·(d_out/n + d_in)."""
+    slice i's ΔW is d_i × d_in of rank r and costs r·(d_i + d_in). With a variant's extra parameters
+    (dora=True, or any count beyond the slices') the projection stays one row."""
     groups: dict[tuple, list[int]] = {}
     for m in plan:
-        if m.slices and not dora:
+        per_slice = [m.r * (w + m.d_in) for w in m.slice_widths] if m.slices else []
+        if m.slices and not dora and sum(p for p, on in zip(per_slice, m.slices) if on) == m.num_params:
             n = len(m.slices)
             labels = _SLICE_NAMES.get(n, tuple(str(i) for i in range(n)))
-            per_slice = m.num_params // sum(m.slices)
-            for label, on in zip(labels, m.slices):
+            for label, on, width, params in zip(labels, m.slices, m.slice_widths, per_slice):
                 if on:
-                    key = (f"{_type_name(m.name)} [{label}]", m.d_out // n, m.d_in, m.r)
+                    key = (f"{_type_name(m.name)} [{label}]", width, m.d_in, m.r)
                     groups.setdefault(key, [0, 0])
                     groups[key][0] += 1
-                    groups[key][1] += per_slice
+                    groups[key][1] += params
         else:
             key = (_type_name(m.name) + (" [slices]" if m.slices else ""), m.d_out, m.d_in, m.r)
             groups.setdefault(key, [0, 0])

@@ -9,7 +9,6 @@ or in one call: `estimate_budget("gpt3-175b", r=4)`; `format_report([...])` prin
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 
@@ -76,24 +75,29 @@ class Budget:
 
 
 def _file_tensors(plan: list, model, lora_config, dense_slices: bool) -> list[tuple[str, tuple[int, ...]]]:
-    """(name, shape) of every tensor in the adapter file, named as loralab.save_adapter names them.
+    """(name, shape) of every tensor in the adapter file, named as loralab.save_adapter names them
+    (the layer kind's PEFT names for A and B, the variant's keys for its extra tensors).
 
     dense_slices=False: a fused-slice adapter's B holds only the adapted slices' rows (the trainable
     values, as the paper's reference code stores them); True: B spans the whole fused output with
     zero rows for the frozen slices, as PEFT's layout (and so loralab.save_adapter) stores it."""
+    from loralab.core.kinds import kind_of
+    from loralab.core.variants import VARIANTS
+
+    variant = VARIANTS.lookup(lora_config.variant)
     tensors = []
     for m in plan:
         rows = rank_total(m)
         if m.slices and not dense_slices:
-            b_shape = (m.d_out // len(m.slices) * sum(m.slices), m.r)
+            b_shape = (sum(w for w, on in zip(m.slice_widths, m.slices) if on), m.r)
         else:
             b_shape = (m.d_out, rows)
-        a_key, b_key = (("lora_embedding_A", "lora_embedding_B") if m.kind == "embedding"
-                        else ("lora_A.weight", "lora_B.weight"))
+        a_key, b_key = kind_of(model.get_submodule(m.name)).peft_names
         tensors.append((f"{_PREFIX}{m.name}.{a_key}", (rows, m.d_in)))
         tensors.append((f"{_PREFIX}{m.name}.{b_key}", b_shape))
-        if lora_config.dora:
-            tensors.append((f"{_PREFIX}{m.name}.lora_magnitude_vector", (m.d_out,)))
+        for attr, shape in variant.extra_parameters(m.d_out, m.d_in).items():
+            if attr in variant.peft_keys:
+                tensors.append((f"{_PREFIX}{m.name}.{variant.peft_keys[attr]}", shape))
     if lora_config.bias != "none":
         adapted = {m.name for m in plan}
         for name, p in model.named_parameters():
@@ -109,8 +113,10 @@ def _file_tensors(plan: list, model, lora_config, dense_slices: bool) -> list[tu
 
 def _file_metadata(plan: list, lora_config) -> dict[str, str]:
     """The safetensors metadata loralab.save_adapter writes (its own config, to restore fused slices)."""
-    sliced = {m.name: {"slices": list(m.slices), "r": m.r, "alpha": m.alpha} for m in plan if m.slices}
-    return {"format": "pt", "loralab": json.dumps({"config": lora_config.to_dict(), "sliced": sliced})}
+    from loralab.formats.adapter_config import file_metadata, sliced_metadata
+
+    sliced = {m.name: sliced_metadata(m.slices, m.slice_widths, m.r, m.alpha) for m in plan if m.slices}
+    return file_metadata(lora_config, sliced)
 
 
 def _file_sizes(values: int, tensors: list, metadata: dict[str, str]) -> dict[str, FileSize]:
@@ -146,7 +152,7 @@ def lora_budget(skeleton: ModelSkeleton, lora_config, setup: TrainingSetup | Non
     return Budget(
         skeleton=skeleton, lora_config=lora_config,
         targets_label=targets_label or _default_label(lora_config), setup=setup, plan=plan,
-        by_type=by_module_type(plan, dora=lora_config.dora), lora_params=lora_params, bias_params=bias_params,
+        by_type=by_module_type(plan), lora_params=lora_params, bias_params=bias_params,
         file_sizes=file_sizes, saved_values=saved_values, saved_file_sizes=saved_sizes,
         memory_full=full_finetune_memory(skeleton.total_params, skeleton.dims, setup),
         memory_lora=lora_memory(skeleton.total_params, lora_params, bias_params, plan, skeleton.dims, setup,
@@ -172,7 +178,7 @@ def estimate_budgets(source, ranks: list[int] | tuple[int, ...] = (8,), targets:
     lora_options: further LoraConfig fields (alpha, exclude, dora, bias, dropout, rank_pattern, ...).
     """
     skeleton = source if isinstance(source, ModelSkeleton) else build_skeleton(source, architecture)
-    resolved = resolve_targets(skeleton.model_type, targets)
+    resolved = resolve_targets(skeleton.model, targets)
     config_cls = lora_config_class()
     budgets = []
     for r in ranks:
@@ -223,7 +229,7 @@ def format_report(budgets: list[Budget]) -> str:
     for b in budgets:
         c = b.lora_config
         out += ["", f"LoRA r={c.r}, alpha={c.alpha:g}, targets: {b.targets_label}"
-                + (", DoRA" if c.dora else "") + (f", bias={c.bias}" if c.bias != "none" else "")]
+                + (f", variant {c.variant}" if c.variant != "lora" else "") + (f", bias={c.bias}" if c.bias != "none" else "")]
         rows = [["adapted matrices", "count", "ΔW each", "r", "params"]]
         rows += [[t.module_type, str(t.count), f"{t.d_out} x {t.d_in}", str(t.r), f"{t.params:,}"] for t in b.by_type]
         if b.bias_params:

@@ -1,49 +1,49 @@
 """The paper's matrix names (Wq, Wk, Wv, Wo, plus the MLP's projections) as LoraConfig targets.
 
 `loralab budget --targets q v` means "the query and value projections", whatever a family calls
-them. This module only translates those role names into LoraConfig `targets` / `fused_slices`;
-which modules a rule then selects is decided by the surgery code (plan_injection), never here.
-Anything that is not a role name (a module name, an "re:" rule, "all-linear") passes through as is.
+them (the names come from `loralab.models.architectures`). This module only translates role names
+into LoraConfig `targets` / `fused_slices`; which modules a rule then selects is decided by the
+surgery code (plan_injection), never here. Anything that is not a role name (a module name, an
+"re:" rule, "all-linear") passes through as is.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from loralab.errors import LoraLabError
+from loralab.models.architectures import ROLES, SliceSpec, architecture, architecture_for
 
-ROLES = ("q", "k", "v", "o", "gate", "up", "down")
-"""q/k/v/o: attention query, key, value, output projections (the paper's Wq, Wk, Wv, Wo);
-gate/up/down: the MLP's projections (gate only in gated MLPs such as LLaMA's SwiGLU)."""
-
-_BERT = {"q": "query", "k": "key", "v": "value", "o": "attention.output.dense", "up": "intermediate.dense",
-         # "output.dense" alone would also match attention.output.dense: pin the MLP's one with a regex.
-         "down": r"re:.*layer\.\d+\.output\.dense"}
-_LLAMA = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj", "gate": "gate_proj", "up": "up_proj",
-          "down": "down_proj"}
-
-# model_type -> role -> target rule. GPT-2 keeps q, k, v stacked in c_attn: those roles become slices.
-ROLE_TARGETS: dict[str, dict[str, str]] = {
-    **{t: _BERT for t in ("bert", "roberta", "xlm-roberta", "camembert", "electra", "ernie")},
-    "distilbert": {"q": "q_lin", "k": "k_lin", "v": "v_lin", "o": "out_lin", "up": "lin1", "down": "lin2"},
-    "gpt2": {"o": "attn.c_proj", "up": "mlp.c_fc", "down": "mlp.c_proj"},
-    **{t: _LLAMA for t in ("llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text",
-                           "olmo", "olmo2", "granite", "smollm3")},
-    "opt": {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "out_proj", "up": "fc1", "down": "fc2"},
-}
-_FUSED_QKV: dict[str, str] = {"gpt2": "c_attn"}
+__all__ = ["ROLES", "ResolvedTargets", "resolve_targets"]
 
 
 @dataclass(frozen=True)
 class ResolvedTargets:
     targets: list[str] | str | None
     """LoraConfig.targets (None: the architecture preset, the paper's Wq, Wv)."""
-    fused_slices: dict[str, list[bool]]
+    fused_slices: dict[str, SliceSpec]
     label: str
     """How the selection is shown to the user, e.g. "q, v" or "preset (Wq, Wv)"."""
 
 
-def resolve_targets(model_type: str | None, targets: list[str] | None) -> ResolvedTargets:
+def _family(model: Any):
+    """(table entry, model type, config) of a model, or of a model_type string (transformers' default config)."""
+    if isinstance(model, str) or model is None:
+        arch = architecture(model)
+        config = None
+        if arch is not None and arch.fused:
+            from transformers import AutoConfig
+
+            config = AutoConfig.for_model(model)
+        return arch, model, config
+    return architecture_for(model), getattr(model.config, "model_type", None), model.config
+
+
+def resolve_targets(model: Any, targets: list[str] | None) -> ResolvedTargets:
     """Translate role names in `targets` for one model family; other entries pass through unchanged.
+
+    model: the model (its family, naming and config are read from it) or a `model_type` string
+    (then fused slice widths come from transformers' default config of that type).
 
     >>> resolve_targets("gpt2", ["q", "v"]).fused_slices
     {'c_attn': [True, False, True]}
@@ -52,25 +52,15 @@ def resolve_targets(model_type: str | None, targets: list[str] | None) -> Resolv
         return ResolvedTargets(None, {}, "preset (the paper's Wq, Wv)")
     if targets == ["all-linear"] or targets == "all-linear":
         return ResolvedTargets("all-linear", {}, "all-linear")
-    table = ROLE_TARGETS.get(model_type or "")
-    fused = _FUSED_QKV.get(model_type or "")
-    rules: list[str] = []
-    slices = [False, False, False]
+    if "all-linear" in targets:
+        raise LoraLabError("'all-linear' cannot be combined with other targets; pass it alone")
+    arch, model_type, config = _family(model)
+    if arch is None:
+        return ResolvedTargets(list(dict.fromkeys(targets)), {}, ", ".join(targets))
     for entry in targets:
-        if entry == "all-linear":
-            raise LoraLabError("'all-linear' cannot be combined with other targets; pass it alone")
-        if entry in ROLES and table is not None:
-            if fused is not None and entry in ("q", "k", "v"):
-                slices["qkv".index(entry)] = True
-                rule = fused
-            elif entry in table:
-                rule = table[entry]
-            else:
-                raise LoraLabError(f"model type {model_type!r} has no {entry!r} projection; "
-                                   f"roles it has: {', '.join(r for r in ROLES if r in table or (fused and r in 'qkv'))}")
-        else:
-            rule = entry
-        if rule not in rules:
-            rules.append(rule)
-    fused_slices = {fused: slices} if fused is not None and any(slices) else {}
-    return ResolvedTargets(rules, fused_slices, ", ".join(targets))
+        if entry in ROLES and entry not in arch.roles:
+            raise LoraLabError(f"model type {model_type!r} has no {entry!r} projection; "
+                               f"roles it has: {', '.join(arch.roles)}")
+    roles = [t for t in targets if t in ROLES]
+    rules = list(dict.fromkeys(arch.rule(t) if t in ROLES else t for t in targets))
+    return ResolvedTargets(rules, arch.fused_slices(roles, config), ", ".join(targets))

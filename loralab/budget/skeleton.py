@@ -11,7 +11,10 @@ import torch
 from torch import nn
 
 from loralab.budget.shapes import NamedShape, config_for_shape, find_shape, load_config
+from loralab.core.kinds import kind_of
 from loralab.errors import LoraLabError
+from loralab.models.architectures import Architecture, architecture_for
+from loralab.surgery.targeting import matches
 
 
 @dataclass(frozen=True)
@@ -22,10 +25,10 @@ class TransformerDims:
     heads: int                # [a]
     kv_heads: int             # grouped-query attention: K and V have kv_heads·head_dim features
     head_dim: int
-    intermediate: int         # MLP width (4h in GPT)
+    intermediate: int         # MLP width (4h in GPT): the up projection's output features
     vocab: int                # [v]
     max_positions: int | None
-    gated_mlp: bool           # LLaMA-style SwiGLU: gate and up projections
+    gated_mlp: bool           # LLaMA-style SwiGLU: gate and up projections (the table has a gate role)
     dropout: bool             # the model has dropout layers with p > 0 (their masks are kept for backward)
     lm_head: bool             # the model ends in a vocabulary projection (logits kept for the loss)
     assumed: tuple[str, ...] = ()   # values we had to assume, stated in the output
@@ -122,6 +125,19 @@ def _first_attr(config, names: tuple[str, ...]):
     return None
 
 
+def _up_width(model: nn.Module, arch: Architecture | None, config) -> int | None:
+    """The MLP width: output features of the family's up projection (its slice, where fused)."""
+    if arch is None or "up" not in arch.roles:
+        return None
+    fused = arch.fused_for("up")
+    if fused is not None:
+        return fused.widths(config)[fused.roles.index("up")]
+    for name, module in model.named_modules():
+        if matches(name, arch.up) and kind_of(module) is not None:
+            return kind_of(module).shape(module)[0]
+    return None
+
+
 def transformer_dims(config, model: nn.Module) -> TransformerDims | None:
     """Read the stack's sizes from a transformers config (most families alias their own names to
     hidden_size / num_hidden_layers / num_attention_heads). None for encoder-decoder models and
@@ -136,18 +152,18 @@ def transformer_dims(config, model: nn.Module) -> TransformerDims | None:
     assumed = []
     kv_heads = _first_attr(config, ("num_key_value_heads",)) or heads
     head_dim = _first_attr(config, ("head_dim",)) or hidden // heads
-    intermediate = _first_attr(config, ("intermediate_size", "n_inner", "ffn_dim", "d_ff"))
-    if intermediate is None and getattr(config, "model_type", None) == "distilbert":
-        intermediate = _first_attr(config, ("hidden_dim",))
-    if intermediate is None and getattr(config, "model_type", None) == "gpt2":
-        intermediate = 4 * hidden           # GPT-2's n_inner=None means 4·n_embd by definition
+    arch = architecture_for(model)
+    intermediate = _up_width(model, arch, config) or _first_attr(config, ("intermediate_size", "n_inner", "ffn_dim",
+                                                                          "d_ff"))
     if intermediate is None:
         intermediate = 4 * hidden
         assumed.append(f"MLP width not in the config: assumed 4·hidden = {intermediate}")
     vocab = _first_attr(config, ("vocab_size",)) or 0
     max_positions = _first_attr(config, ("max_position_embeddings", "n_positions", "n_ctx"))
-    names = [n for n, _ in model.named_modules()]
-    gated = any(n.endswith("gate_proj") for n in names)
+    gated = arch is not None and "gate" in arch.roles
+    if arch is None:
+        assumed.append(f"model_type {config.model_type!r} is not in loralab.models.architectures: "
+                       f"assumed an ungated MLP")
     dropout = any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules()) or any(
         isinstance(getattr(config, k, None), float) and getattr(config, k) > 0
         for k in ("attention_dropout", "attention_probs_dropout_prob", "attn_pdrop"))

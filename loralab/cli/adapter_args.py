@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-TASK_CHOICES = ["classification", "pair-classification", "regression", "causal-lm"]
+from loralab.data.tasks import TASK_NAMES
 
 
 def add_adapter_arguments(parser: argparse.ArgumentParser, use_help: str) -> None:
@@ -11,4 +11,4 @@ def add_adapter_arguments(parser: argparse.ArgumentParser, use_help: str) -> Non
                         help="an adapter folder written by loralab train; repeat to load several")
     parser.add_argument("--use", help=use_help)
     parser.add_argument("--model", help="base model (default: the one the adapter was trained on)")
-    parser.add_argument("--task", choices=TASK_CHOICES, help="default: the adapter's task")
+    parser.add_argument("--task", choices=TASK_NAMES, help="default: the adapter's task")

@@ -6,9 +6,13 @@ A kind answers these questions for its layer type:
   * `lora_input(layer, x, A)`      -> A·x for this layer's input  (..., r)  [or (N, r, *spatial) for convs]
   * `lora_output(layer, a, B)`     -> B·a in this layer's output layout
   * `add_lora_output(layer, out, a, B, s)` -> out + s·B·a, fused where the layout allows (the forward's hot path)
+  * `peft_names`, `to_peft`, `from_peft`: the keys and layouts of A and B in PEFT-layout adapter files
+  * `is_linear`: the layer computes x·W0ᵀ on its last dimension (it counts for targets="all-linear",
+    and variants that recompute W0·x, like DoRA, accept it); `fan_in_fan_out`: W0 is stored as (k, d)
 
-New layer types are added with `@register_kind(SomeModuleType)`; lookup follows the type's MRO, so
-subclasses of nn.Linear (e.g. NonDynamicallyQuantizableLinear) are found without extra code.
+New layer types are added with `@register_kind(SomeModuleType)` on a `LayerKind` subclass; lookup follows
+the type's MRO, so subclasses of nn.Linear (e.g. NonDynamicallyQuantizableLinear) are found without extra
+code. `KINDS.remove(SomeModuleType)` (or `with KINDS.scoped():`) undoes a registration.
 """
 from __future__ import annotations
 
@@ -16,15 +20,30 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-KINDS: dict[type, "LayerKind"] = {}
+from loralab.core.registry import Registry
+
+KINDS = Registry("layer kind")      # module type -> LayerKind instance
 
 
 def register_kind(*module_types: type):
+    """Class decorator: one instance of the LayerKind subclass handles every given module type."""
     def deco(cls):
+        kind = cls()
+        _check_peft_names(kind)
         for t in module_types:
-            KINDS[t] = cls()
+            KINDS.add(t, kind)
         return cls
     return deco
+
+
+def _check_peft_names(kind: "LayerKind") -> None:
+    """Files are read without a model, so the PEFT key names alone must say how to read a tensor back:
+    two kinds may share key names only if they read them the same way."""
+    for other in set(KINDS.values()):
+        same_names = set(other.peft_names) & set(kind.peft_names)
+        if same_names and type(other).from_peft is not type(kind).from_peft:
+            raise ValueError(f"layer kind {kind.name!r} stores {sorted(same_names)} in PEFT files like kind "
+                             f"{other.name!r} but reads them back differently; give it its own peft_names")
 
 
 def kind_of(module: nn.Module) -> "LayerKind | None":
@@ -44,9 +63,13 @@ def weight_matrix(module: nn.Module) -> torch.Tensor:
 
 
 class LayerKind:
-    name = "linear"
+    """The base of every kind. Its defaults describe a layer that stores W0 as the (d, k) matrix view
+    and takes features on the last input dimension; a kind overrides what differs."""
+    name = "layer"
+    is_linear = False             # counts for "all-linear"; variants that recompute W0·x accept it
+    fan_in_fan_out = False        # W0 stored as (k, d) (PEFT's config flag of the same name)
     input_dropout = True          # embeddings look up ids: dropout on the input makes no sense there
-    supports_dora = True
+    peft_names = ("lora_A.weight", "lora_B.weight")    # A's and B's keys after the module path in PEFT files
 
     def check(self, layer: nn.Module) -> None:
         """Raise ValueError if this particular layer cannot take LoRA."""
@@ -77,10 +100,20 @@ class LayerKind:
         flat = torch.addmm(out.reshape(-1, out.shape[-1]), a.reshape(-1, a.shape[-1]), B.t(), alpha=scale)
         return flat.view(out.shape)
 
+    def to_peft(self, layer: nn.Module, A: torch.Tensor, B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A (r, k) and B (d, r) as a PEFT file stores them under `peft_names`."""
+        return A, B
+
+    def from_peft(self, A: torch.Tensor, B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The inverse of `to_peft`, without the layer (files are read without a model): A (r, k), B (d, r)."""
+        return A.reshape(A.shape[0], -1), B.reshape(B.shape[0], -1)
+
 
 @register_kind(nn.Linear)
 class LinearKind(LayerKind):
     """nn.Linear: weight (d, k) is already the matrix view; h = x·W0ᵀ."""
+    name = "linear"
+    is_linear = True
 
 
 def _conv1d_transformers() -> type | None:
@@ -94,6 +127,8 @@ def _conv1d_transformers() -> type | None:
 class TransposedLinearKind(LayerKind):
     """GPT-2's Conv1D: a linear layer whose weight is stored transposed, (k, d); h = x·W + b."""
     name = "conv1d-transposed"
+    is_linear = True
+    fan_in_fan_out = True
 
     def weight_matrix(self, layer: nn.Module) -> torch.Tensor:
         return layer.weight.T
@@ -113,7 +148,7 @@ class EmbeddingKind(LayerKind):
     lookups of Aᵀ. (PEFT stores the same A (r, num) and B (dim, r) as lora_embedding_A/B.)"""
     name = "embedding"
     input_dropout = False
-    supports_dora = False
+    peft_names = ("lora_embedding_A", "lora_embedding_B")
 
     def weight_matrix(self, layer: nn.Embedding) -> torch.Tensor:
         return layer.weight.T
@@ -133,7 +168,6 @@ class ConvKind(LayerKind):
     B is a 1×…×1 convolution from r to the output channels (as PEFT does). In the matrix view
     k = in_channels·prod(kernel) and ΔW = s·B·A reshapes back to W0's (out, in, *kernel)."""
     name = "conv"
-    supports_dora = False
 
     _conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
@@ -156,6 +190,11 @@ class ConvKind(LayerKind):
                         scale: float) -> torch.Tensor:
         # Channels are dim 1 here, not last: no addmm; scale the r-channel map, the cheapest place.
         return out + self.lora_output(layer, a * scale, B)
+
+    def to_peft(self, layer: nn.Module, A: torch.Tensor, B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A as an r-channel kernel (r, in, *kernel), B as a 1×…×1 kernel (out, r, 1, ...), as PEFT stores them."""
+        spatial = layer.weight.dim() - 2
+        return A.reshape(A.shape[0], *layer.weight.shape[1:]), B.reshape(*B.shape, *([1] * spatial))
 
     def check(self, layer: nn.Module) -> None:
         if layer.groups != 1:

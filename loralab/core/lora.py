@@ -8,7 +8,8 @@ A frozen pretrained layer computes h = W0·x. LoRA freezes W0 and learns a low-r
 
 Everything in this file works in that *matrix view*: k = input features, d = output features.
 `kinds.py` maps each layer type onto it (nn.Linear, nn.Embedding, convolutions, GPT-2's transposed
-Conv1D) and `variants.py` holds the variants that change how ΔW is applied (DoRA).
+Conv1D), `variants.py` holds the variants that change how ΔW is applied (DoRA) and `inits.py` the
+initialisation schemes (below).
 
 * init:    A random (Kaiming-uniform like the reference code, or Gaussian like the paper), B = 0,
            so ΔW = s·B·A = 0 and the adapted model starts exactly at the base model.
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from loralab.core.inits import INITS, Init
 from loralab.core.variants import PLAIN, Variant
 
 if TYPE_CHECKING:
@@ -39,11 +41,14 @@ def lora_scale(r: int, alpha: float, rslora: bool = False) -> float:
 
 
 class LoraFactors(nn.Module):
-    """One adapter's trainable factors for one layer: A (r, k) and B (d, r), plus its scale and dropout.
+    """One adapter's trainable factors for one layer: A (r, k) and B (d, r), plus its scale and dropout,
+    and the variant's extra trainable tensors (e.g. DoRA's magnitude (d,)) as attributes.
 
     `delta_weight()` is the single place where ΔW = s·B·A is formed; forward, merge, the file
     formats and the analyses all go through it or through `A`/`B_matrix()`.
     """
+    slices: tuple[bool, ...] | None = None      # fused-projection slices this adapter covers (None: all of W0)
+    widths: tuple[int, ...] | None = None       # and the output rows of each slice
 
     def __init__(self, d: int, k: int, r: int, alpha: float, dropout: float = 0.0, rslora: bool = False,
                  variant: Variant | None = None):
@@ -55,6 +60,9 @@ class LoraFactors(nn.Module):
         # Dropout on the LoRA input only (the frozen path sees the clean x). p=0 costs nothing.
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.variant = variant or PLAIN
+        for attr, shape in self.variant.extra_parameters(d, k).items():
+            self.register_parameter(attr, nn.Parameter(torch.zeros(shape)))
+        self.init_scheme: Init | None = None        # set by LoraLayer.add_adapter
 
     # Shapes. A subclass (SlicedLoraFactors) changes these; the math below does not change.
     @property
@@ -70,9 +78,17 @@ class LoraFactors(nn.Module):
         """B as a dense (d, rank_total) matrix so that ΔW = s·B_matrix()·A."""
         return self.B
 
+    def stored_B(self, B_matrix: torch.Tensor) -> torch.Tensor:
+        """The inverse of `B_matrix()`: the stored B for a dense (d, rank_total) B."""
+        return B_matrix
+
     def delta_weight(self) -> torch.Tensor:
         """ΔW = s·B·A, shape (d, k), in the matrix view (not the layer's storage layout)."""
         return self.scale * (self.B_matrix() @ self.A)
+
+    def base_offset(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(A0, B0) when the init moved part of W0 into the adapter (PiSSA): original W0 = W0 + s·B0·A0."""
+        return self.init_scheme.base_offset(self) if self.init_scheme is not None else None
 
     def extra_repr(self) -> str:
         return f"d={self.d}, k={self.k}, r={self.r}, alpha={self.alpha:g}, scale={self.scale:g}, variant={self.variant.name}"
@@ -81,83 +97,44 @@ class LoraFactors(nn.Module):
 class SlicedLoraFactors(LoraFactors):
     """LoRA on some slices of a fused projection (GPT-2's c_attn holds [q; k; v] stacked on d).
 
-    The paper adapts only Wq and Wv: each enabled slice i gets its own A_i (r, k) and B_i (d/n, r).
-    Stored stacked: A is (n_enabled·r, k), B is (n_enabled·d/n, r). B_matrix() places each B_i in its
+    The paper adapts only Wq and Wv: each enabled slice i gets its own A_i (r, k) and B_i (d_i, r), where
+    d_i is the slice's width (equal by default; grouped-query attention has narrower k and v slices).
+    Stored stacked: A is (n_enabled·r, k), B is (Σ enabled d_i, r). B_matrix() places each B_i in its
     slice's rows and its own r columns, giving an exact rank-(n_enabled·r) ΔW with zero rows for the
     frozen slices — which is also how the adapter is written in PEFT's layout.
     """
 
-    def __init__(self, d: int, k: int, r: int, alpha: float, slices: tuple[bool, ...], **kw):
-        if d % len(slices) != 0:
-            raise ValueError(f"fused output size {d} does not split into {len(slices)} equal slices")
-        self.slices = tuple(bool(s) for s in slices)
-        self.n_enabled = sum(self.slices)
-        self.slice_size = d // len(slices)
+    def __init__(self, d: int, k: int, r: int, alpha: float, slices: tuple[bool, ...],
+                 widths: tuple[int, ...] | None = None, **kw):
+        if widths is None:
+            if d % len(slices) != 0:
+                raise ValueError(f"fused output size {d} does not split into {len(slices)} equal slices")
+            widths = (d // len(slices),) * len(slices)
+        if len(widths) != len(slices) or sum(widths) != d:
+            raise ValueError(f"fused slice widths {list(widths)} do not add up to the layer's {d} outputs")
+        self.slices, self.widths = tuple(bool(s) for s in slices), tuple(int(w) for w in widths)
+        self.enabled_widths = [w for w, on in zip(self.widths, self.slices) if on]
         super().__init__(d, k, r, alpha, **kw)
-        rows = [torch.arange(i * self.slice_size, (i + 1) * self.slice_size) for i, on in enumerate(self.slices) if on]
+        starts = [sum(self.widths[:i]) for i in range(len(self.widths))]
+        rows = [torch.arange(s, s + w) for s, w, on in zip(starts, self.widths, self.slices) if on]
         self.register_buffer("slice_rows", torch.cat(rows), persistent=False)
 
     @property
     def rank_total(self) -> int:
-        return self.r * self.n_enabled
+        return self.r * len(self.enabled_widths)
 
     @property
     def B_shape(self) -> tuple[int, int]:
-        return (self.slice_size * self.n_enabled, self.r)
+        return (sum(self.enabled_widths), self.r)
 
     def B_matrix(self) -> torch.Tensor:
-        blocks = torch.block_diag(*self.B.split(self.slice_size))   # (n_en·d/n, n_en·r)
+        blocks = torch.block_diag(*self.B.split(self.enabled_widths))   # (Σ d_i, n_en·r)
         full = self.B.new_zeros(self.d, self.rank_total)
         return full.index_copy(0, self.slice_rows, blocks)
 
-
-# ---------------------------------------------------------------------------------------------
-# Initialisation. Registered by name so that a new scheme is one function, not a new branch.
-# Each takes the layer (for W0) and the fresh factors, and must leave the layer's output unchanged.
-# ---------------------------------------------------------------------------------------------
-INITS: dict[str, callable] = {}
-
-
-def register_init(name: str):
-    def deco(fn):
-        INITS[name] = fn
-        return fn
-    return deco
-
-
-@register_init("kaiming")
-def init_kaiming(layer: "LoraLayer", f: LoraFactors) -> None:
-    """A ~ Kaiming-uniform(a=√5) (the reference implementation's choice), B = 0."""
-    nn.init.kaiming_uniform_(f.A, a=math.sqrt(5))
-    nn.init.zeros_(f.B)
-
-
-@register_init("gaussian")
-def init_gaussian(layer: "LoraLayer", f: LoraFactors) -> None:
-    """A ~ N(0, 1/r²) (the paper's "random Gaussian"; std 1/r keeps A·x of order one), B = 0."""
-    nn.init.normal_(f.A, std=1.0 / f.r)
-    nn.init.zeros_(f.B)
-
-
-@register_init("pissa")
-def init_pissa(layer: "LoraLayer", f: LoraFactors) -> None:
-    """PiSSA: W0 = U·S·Vᵀ; B = U_r·√S_r/√s, A = √S_r·V_rᵀ/√s, W0 ← W0 - s·B·A (the residual).
-
-    The adapter then starts on W0's principal directions and the layer's output is unchanged.
-    The initial factors are kept (as buffers) so the adapter can be saved relative to the
-    original W0 (see `formats.peft`), like PEFT's PiSSA conversion.
-    """
-    if isinstance(f, SlicedLoraFactors):
-        raise ValueError("PiSSA init is not supported on fused slices; use init='kaiming' or 'gaussian'")
-    W = layer.kind.weight_matrix(layer.base_layer).detach().float()
-    U, S, Vh = torch.linalg.svd(W, full_matrices=False)
-    root = (S[: f.r] / f.scale).sqrt()
-    with torch.no_grad():
-        f.B.copy_(U[:, : f.r] * root)
-        f.A.copy_(root[:, None] * Vh[: f.r])
-        layer.add_to_weight(-f.delta_weight())
-    f.register_buffer("A0", f.A.detach().clone())
-    f.register_buffer("B0", f.B.detach().clone())
+    def stored_B(self, B_matrix: torch.Tensor) -> torch.Tensor:
+        rows = B_matrix.index_select(0, self.slice_rows.to(B_matrix.device)).split(self.enabled_widths)
+        return torch.cat([block[:, i * self.r:(i + 1) * self.r] for i, block in enumerate(rows)])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,18 +156,45 @@ class LoraLayer(nn.Module):
         self.merged: list[str] = []
         self._forward_adapters: list[str] = []    # active and not merged; recomputed on changes
 
+    def check_adapter(self, factors: LoraFactors, init: str) -> None:
+        """Raise ValueError if this layer cannot take these factors with this init. Changes nothing."""
+        scheme = INITS.lookup(init)
+        self.kind.check(self.base_layer)
+        for plugin, what in ((factors.variant, "variant"), (scheme, "init")):
+            if factors.slices is not None and not plugin.supports_slices:
+                raise ValueError(f"the {plugin.name!r} {what} does not support fused slices")
+        factors.variant.check(self, factors)
+        scheme.check(self, factors)
+
     def add_adapter(self, name: str, factors: LoraFactors, init: str) -> None:
+        """Initialise `factors` with the named init and add them as adapter `name` (not yet active).
+        If the init fails, the adapter is not added (the init itself must not have written W0 by then)."""
         if name in self.lora_adapters:
             raise ValueError(f"adapter {name!r} already exists on this layer")
-        self.kind.check(self.base_layer)
-        factors.variant.check(self, factors)
+        self.check_adapter(factors, init)
         if not self.kind.input_dropout:
             factors.dropout = nn.Identity()
         weight = self.kind.weight(self.base_layer)
         factors.to(device=weight.device, dtype=weight.dtype if weight.is_floating_point() else None)
+        factors.init_scheme = INITS[init]
         self.lora_adapters[name] = factors
-        INITS[init](self, factors)
-        factors.variant.init(self, factors)
+        try:
+            factors.init_scheme.init(self, factors)
+            factors.variant.init(self, factors)
+        except BaseException:
+            del self.lora_adapters[name]
+            raise
+
+    def remove_adapter(self, name: str) -> None:
+        """Drop adapter `name` (unmerged first if merged), giving W0 back what its init took (PiSSA)."""
+        if name in self.merged:
+            self.unmerge()
+        f = self.lora_adapters.pop(name)
+        offset = f.base_offset()
+        if offset is not None:
+            A0, B0 = offset
+            self.add_to_weight(f.scale * (B0 @ A0))
+        self.set_active([a for a in self.active if a != name])
 
     def set_active(self, names: list[str]) -> None:
         self.active = [n for n in names if n in self.lora_adapters]
@@ -205,21 +209,26 @@ class LoraLayer(nn.Module):
         with torch.no_grad():
             weight.add_(self.kind.to_weight_layout(self.base_layer, delta).to(weight.dtype))
 
+    def check_merge(self, names: list[str] | None = None) -> None:
+        """Raise ValueError if one of the given (default: active) adapters cannot be merged (NaN/Inf)."""
+        for name in names if names is not None else self.active:
+            f = self.lora_adapters[name]
+            if name not in self.merged and not all(torch.isfinite(p).all() for p in f.parameters()):
+                raise ValueError(f"adapter {name!r} holds NaN/Inf values; refusing to merge it into the weights")
+
     def merge(self, names: list[str] | None = None) -> None:
         """Fold the given (default: active) adapters into W0. Merging twice is a no-op."""
-        for name in names if names is not None else self.active:
-            if name in self.merged:
-                continue
+        names = [n for n in (names if names is not None else self.active) if n not in self.merged]
+        self.check_merge(names)
+        for name in names:
             f = self.lora_adapters[name]
-            if not (torch.isfinite(f.A).all() and torch.isfinite(f.B).all()):
-                raise ValueError(f"adapter {name!r} holds NaN/Inf values; refusing to merge it into the weights")
             f.variant.merge(self, f)
             self.merged.append(name)
         self._refresh()
 
-    def unmerge(self) -> None:
-        """Take every merged adapter out of W0 again, last merged first."""
-        while self.merged:
+    def unmerge(self, keep: int = 0) -> None:
+        """Take merged adapters out of W0 again, last merged first, until `keep` of them are left."""
+        while len(self.merged) > keep:
             name = self.merged.pop()
             f = self.lora_adapters[name]
             f.variant.unmerge(self, f)

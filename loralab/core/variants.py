@@ -1,24 +1,35 @@
 """Variants: plug-ins that change how an adapter's ΔW is applied, with fixed hooks.
 
 Hooks (all receive the LoraLayer and the adapter's LoraFactors):
-  check(layer, f)     refuse layer kinds the variant cannot handle
-  init(layer, f)      create extra parameters after the factors are initialised
+  check(layer, f)     refuse layers the variant cannot handle (raise ValueError); nothing has changed yet
+  init(layer, f)      give the extra parameters their starting values, after the factors are initialised
   forward(layer, f, x, out) -> out   add the adapter's contribution to the base output
   merge / unmerge     fold the adapter into W0 and take it out again
 
-The plain variant is LoRA itself. New variants register in VARIANTS by name.
+What a variant declares instead of being special-cased elsewhere:
+  extra_parameters(d, k)  {attribute: shape} of its extra trainable tensors, created on the factors with
+                          the factors (so injection, parameter counts and the optimizer see them)
+  peft_keys               {attribute: key after the module path in PEFT files}, how they are saved and loaded
+  peft_flag               the PEFT LoraConfig flag that selects the variant ("use_dora"), None if PEFT has none
+  combinable              its whole effect is ΔW = s·B·A, so `combine_adapters` may sum it with others
+  supports_slices         it works on the factors of fused-projection slices
+
+The plain variant is LoRA itself. A new variant is a `@register_variant` subclass, chosen by name with
+`LoraConfig(variant=NAME)`; `VARIANTS.remove(NAME)` (or `with VARIANTS.scoped():`) undoes a registration.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-VARIANTS: dict[str, "Variant"] = {}
+from loralab.core.registry import Registry
+
+VARIANTS = Registry("variant")      # name -> Variant instance
 
 
 def register_variant(cls):
-    VARIANTS[cls.name] = cls()
+    """Class decorator: register one instance of a Variant subclass under its `name`."""
+    VARIANTS.add(cls.name, cls())
     return cls
 
 
@@ -26,6 +37,13 @@ def register_variant(cls):
 class Variant:
     """Plain LoRA: h = W0·x + s·B·A·dropout(x)."""
     name = "lora"
+    peft_flag: str | None = None
+    peft_keys: dict[str, str] = {}
+    combinable = True
+    supports_slices = True
+
+    def extra_parameters(self, d: int, k: int) -> dict[str, tuple[int, ...]]:
+        return {}
 
     def check(self, layer, f) -> None:
         pass
@@ -61,13 +79,17 @@ class DoRA(Variant):
     treated as a constant in backward, which saves memory and barely changes the gradients.
     """
     name = "dora"
+    peft_flag = "use_dora"
+    peft_keys = {"magnitude": "lora_magnitude_vector"}
+    combinable = False            # W' is not W0 + ΔW: adapters do not add up
+    supports_slices = False       # the norms are over whole output rows of W0
+
+    def extra_parameters(self, d: int, k: int) -> dict[str, tuple[int, ...]]:
+        return {"magnitude": (d,)}
 
     def check(self, layer, f) -> None:
-        from loralab.core.lora import SlicedLoraFactors
-
-        if not layer.kind.supports_dora or isinstance(f, SlicedLoraFactors):
-            raise ValueError(f"DoRA is supported on linear layers only, not on {layer.kind.name}"
-                             + (" slices" if isinstance(f, SlicedLoraFactors) else ""))
+        if not layer.kind.is_linear:
+            raise ValueError(f"DoRA is supported on linear layers only, not on {layer.kind.name}")
 
     def _gain(self, layer, f) -> torch.Tensor:
         """m / ‖W0 + ΔW‖ per output row, (d,), with the norm detached."""
@@ -78,7 +100,7 @@ class DoRA(Variant):
     def init(self, layer, f) -> None:
         with torch.no_grad():
             W0 = layer.kind.weight_matrix(layer.base_layer)
-            f.magnitude = nn.Parameter(_row_norm(W0 + f.delta_weight().to(W0.dtype)).to(f.A.dtype))
+            f.magnitude.copy_(_row_norm(W0 + f.delta_weight().to(W0.dtype)))
 
     def forward(self, layer, f, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         # out = W0·x + b; the adapted layer computes g·(W0 + ΔW)·x + b, i.e. out + (g - 1)·W0·x + g·ΔW·x.

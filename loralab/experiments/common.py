@@ -3,7 +3,7 @@
     specs = [RunSpec("r8", TrainConfig(...), {"r": 8}), ...]
     results = run_grid(specs, "out/rank/runs")            # skips every run whose folder has metrics.json
 
-Each run gets its own folder `<runs_dir>/<name>/` holding what loralab.training.loop.run_training writes
+Each run gets its own folder `<runs_dir>/<name>/` holding what loralab.training.run.run_training writes
 (config.json, adapter/, metrics.json, checkpoints/ ...). A run counts as finished when metrics.json
 exists, so re-running an experiment after a kill continues where it stopped: finished runs are read
 back, and an unfinished one resumes from its last checkpoint.
@@ -54,7 +54,7 @@ class RunResult:
 
     dev / test: the metrics dicts of metrics.json ({} when the split is missing).
     trainable_params: values saved in the adapter folder (the trained parameters, head included);
-    adapter_params: those of them that belong to LoRA factors (names containing "lora_"), 0 for others.
+    adapter_params: those of them that belong to LoRA factors (and a variant's extra tensors), 0 for others.
     seconds_per_step: train_seconds / optimizer steps (wall clock, evaluation excluded).
     peak_rss_mb: the training process's peak resident set size in MiB (None: not measured, in-process run).
     skipped: True when the run was already finished before this call.
@@ -93,14 +93,14 @@ def train_run(config: Any, folder: str | os.PathLike, resume: bool = False,
               log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train one TrainConfig into `folder` (what `loralab train` does); returns its metrics dict.
     The experiments reach the trainer only through this function."""
-    from loralab.training.loop import run_training
+    from loralab.training.run import run_training
 
     return run_training(config, folder, resume=resume, log=log)
 
 
 def train_set_size(data: str) -> int:
     """Number of training examples of a builtin data set (its train split, before any train_limit)."""
-    from loralab.training.data import builtin_dataset, load_builtin
+    from loralab.data.builtin import builtin_dataset, load_builtin
 
     spec = builtin_dataset(data)
     return len(load_builtin(data, splits=[spec.train_split])[spec.train_split])
@@ -110,7 +110,7 @@ def majority_fraction(config: Any) -> float:
     """Accuracy of always answering the dev split's most common label (the config's data and dev_limit)."""
     from collections import Counter
 
-    from loralab.training.loop import load_splits
+    from loralab.training.inputs import load_splits
 
     dev = load_splits(config).get("dev") or []
     counts = Counter(example.label for example in dev)
@@ -127,6 +127,8 @@ def saved_parameter_counts(adapter_dir: str | os.PathLike) -> tuple[int, int]:
     headers only. The trainer saves exactly the trained tensors, so this is the trainable-parameter count."""
     from safetensors import safe_open
 
+    from loralab.formats.peft import is_adapter_tensor
+
     files = sorted(Path(adapter_dir).glob("*.safetensors"))
     if not files:
         raise LoraLabError(f"{adapter_dir}: no .safetensors file; the run did not save its parameters")
@@ -136,7 +138,7 @@ def saved_parameter_counts(adapter_dir: str | os.PathLike) -> tuple[int, int]:
             for key in fh.keys():
                 count = math.prod(fh.get_slice(key).get_shape())
                 total += count
-                if "lora_" in key:
+                if is_adapter_tensor(key):
                     lora += count
     return total, lora
 

@@ -6,7 +6,6 @@ projection). Data and training settings as in the rank experiment (loralab.exper
 """
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -19,34 +18,37 @@ from loralab.experiments.report import ExperimentReport, Table, bar_figure, writ
 # (label, matrix types, r): the paper's Table 5 grid.
 GRID = (("Wq", ("q",), 8), ("Wk", ("k",), 8), ("Wv", ("v",), 8), ("Wo", ("o",), 8),
         ("Wq,Wk", ("q", "k"), 4), ("Wq,Wv", ("q", "v"), 4), ("Wq,Wk,Wv,Wo", ("q", "k", "v", "o"), 2))
-# Module-name suffixes of the four attention matrices per architecture family.
-_BERT = {"q": "query", "k": "key", "v": "value", "o": "attention.output.dense"}
-_DECODER = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj"}
-MODULE_NAMES = {**{t: _BERT for t in ("bert", "roberta", "xlm-roberta", "electra", "mpnet")},
-                **{t: _DECODER for t in ("llama", "mistral", "qwen2", "qwen3", "gemma", "opt", "phi3")}}
 
 
-def module_names(model_spec: str) -> dict[str, str]:
-    """The q/k/v/o module suffixes of the model's family (read from its config.json)."""
+def lora_targets(model_spec: str) -> dict[str, dict]:
+    """{grid label: LoraConfig fields} adapting each row's matrices in the model's family: targets, plus
+    fused_slices where the family fuses q, k, v (GPT-2, Phi-3). Names from loralab.models.architectures."""
+    from loralab.budget.shapes import load_config
+    from loralab.models.architectures import architecture, architectures
     from loralab.models.loading import resolve_model_spec
 
-    config = json.loads((resolve_model_spec(model_spec) / "config.json").read_text(encoding="utf-8"))
-    model_type = config.get("model_type")
-    if model_type not in MODULE_NAMES:
-        raise LoraLabError(f"the targets experiment knows the q/k/v/o module names of {', '.join(sorted(MODULE_NAMES))}, "
-                           f"not {model_type!r}; pass one of those with --model")
-    return MODULE_NAMES[model_type]
+    config = load_config(resolve_model_spec(model_spec))
+    arch = architecture(config.model_type)
+    if arch is None or not set("qkvo") <= set(arch.roles):
+        known = sorted(t for a in architectures() if set("qkvo") <= set(a.roles) for t in a.model_types)
+        raise LoraLabError(f"the targets experiment knows the q/k/v/o modules of {', '.join(known)}, "
+                           f"not {config.model_type!r}; pass one of those with --model")
+    fields = {}
+    for label, roles, _ in GRID:
+        resolved = arch.lora_targets(roles, config)
+        fields[label] = {"targets": resolved.targets,
+                         **({"fused_slices": resolved.fused_slices} if resolved.fused_slices else {})}
+    return fields
 
 
 def target_specs(quick: bool, data: str | None, model: str | None, out: Path) -> list[RunSpec]:
     from loralab.training.config import TrainConfig
 
     model_spec, data_name, train = settings(quick, data, model, out)
-    names = module_names(model_spec)
+    lora = lora_targets(model_spec)
     specs = []
-    for label, kinds, r in GRID:
-        config = TrainConfig(model=model_spec, data=data_name,
-                             lora={"r": r, "alpha": ALPHA, "targets": [names[k] for k in kinds]}, seed=0,
+    for label, _, r in GRID:
+        config = TrainConfig(model=model_spec, data=data_name, lora={"r": r, "alpha": ALPHA, **lora[label]}, seed=0,
                              eval_every=0, checkpoint_every=50, progress=False, **train)
         specs.append(RunSpec(label.replace(",", "-"), config, {"targets": label, "r": r}))
     return specs

@@ -11,6 +11,9 @@ A folder holds two files:
       base_model.model.<path>.base_layer.bias        bias of an adapted layer (bias="lora_only"/"all")
       base_model.model.<path>.bias                   other biases (bias="all")
       base_model.model.<path>.<param>                modules_to_save (the adapter's own copy)
+The names and layouts of A and B come from the layer's kind (`LayerKind.peft_names/to_peft/from_peft`),
+a variant's extra tensors from the variant (`Variant.peft_keys`, `peft_flag` for the config flag such as
+use_dora): this module names no kind or variant itself.
 
 Two loralab adapters have no direct PEFT equivalent and are written as the exact same ΔW in PEFT terms:
 a fused-slice adapter (GPT-2 q,v of c_attn) as a rank n·r adapter on the whole projection whose B is
@@ -18,34 +21,44 @@ zero on frozen slices, and a PiSSA adapter as the rank-2r difference to the orig
 (A' = [A; A0], B' = [B, -B0]), like PEFT's own PiSSA conversion. Alphas are rescaled so the scale
 stays exact; loralab's own description is kept in the safetensors metadata to restore fused slices.
 
-Loading never unpickles: JSON and safetensors only.
+Loading never unpickles: JSON and safetensors only. Bad input (wrong types in the config, corrupt metadata,
+NaN/Inf tensors, a file for another model) is one LoraLabError line; unknown config keys are a warning.
+Files are written through `loralab.files` (each file atomically; the weights before the config).
 """
 from __future__ import annotations
 
 import json
 import math
 import os
-import re
-import tempfile
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
 from torch import nn
 
-from loralab.adapters.state import adapter_state, lora_layers, trainable_copies
-from loralab.core.kinds import kind_of
-from loralab.core.lora import LoraFactors, SlicedLoraFactors, lora_scale
+from loralab.adapters.state import adapter_state, base_modules, lora_layers, trainable_copies
+from loralab.core.kinds import KINDS, LayerKind, kind_of
+from loralab.core.lora import LoraFactors, lora_scale
+from loralab.core.variants import VARIANTS
 from loralab.errors import LoraLabError
+from loralab.files import write_safetensors, write_text
+from loralab.formats.adapter_config import (file_metadata, fused_slices_value, peft_config, read_metadata,
+                                            read_peft_config, sliced_metadata, task_type_of, variant_of)
+from loralab.formats.model_card import CardFacts, card_text, write_card
 from loralab.surgery.config import LoraConfig
+from loralab.surgery.inject import INJECT_HOOKS, inject
+from loralab.surgery.targeting import first_match
+
+if TYPE_CHECKING:
+    from loralab.models import ModelSource
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 PREFIX = "base_model.model."
-_METADATA_KEY = "loralab"
-
 
 # ------------------------------------------------------------------------------------------------
 # Reading
@@ -55,26 +68,18 @@ class AdapterFile:
     """An adapter folder read into memory, in the matrix view.
 
     factors:      {module path: (A (r, k), B (d, r), scale)}, ΔW = scale·B·A (d, k)
-    magnitudes:   {module path: m (d,)} for DoRA
+    extras:       {module path: {PEFT key: tensor}} a variant's extra tensors (DoRA: lora_magnitude_vector (d,))
     biases:       {parameter path: tensor} biases saved with the adapter
     saved_modules:{module path: {param name: tensor}} modules_to_save copies
+    loralab_meta: loralab's own description from the safetensors header ({"config": ..., "sliced": ...})
     """
     path: Path
     config: dict
     factors: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = field(default_factory=dict)
-    magnitudes: dict[str, torch.Tensor] = field(default_factory=dict)
+    extras: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     biases: dict[str, torch.Tensor] = field(default_factory=dict)
     saved_modules: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     loralab_meta: dict = field(default_factory=dict)
-    embedding_modules: set[str] = field(default_factory=set)
-
-
-def _peft_pattern_key(patterns: dict, name: str):
-    """PEFT's rule for rank_pattern/alpha_pattern keys: exact name, or a regex matching a dotted suffix."""
-    for key in patterns:
-        if key == name or re.match(rf"(.*\.)?({key})$", name):
-            return key
-    return None
 
 
 def read_adapter(path: str | os.PathLike) -> AdapterFile:
@@ -88,72 +93,106 @@ def read_adapter(path: str | os.PathLike) -> AdapterFile:
             hint = " (.bin adapters are pickles and are never loaded; re-save it with safetensors)" \
                 if p == weights_path and (folder / "adapter_model.bin").exists() else ""
             raise LoraLabError(f"adapter folder {folder} has no {p.name}{hint}")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise LoraLabError(f"{config_path} is not valid JSON ({exc}); the file is corrupted") from None
-    if not isinstance(config, dict):
-        raise LoraLabError(f"{config_path} must hold a JSON object")
-    peft_type = config.get("peft_type", "LORA")
-    if peft_type != "LORA":
-        raise LoraLabError(f"{config_path} describes a {peft_type} adapter; only LORA adapters can be loaded")
+    config = read_peft_config(config_path)
     try:
         tensors = load_file(str(weights_path))
-        from safetensors import safe_open
         with safe_open(str(weights_path), framework="pt") as fh:
             metadata = fh.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
         raise LoraLabError(f"{weights_path} is truncated or corrupted ({exc}); re-save or re-download it") from None
+    for key, tensor in tensors.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise LoraLabError(f"{weights_path}: tensor {key!r} holds NaN/Inf values (a diverged run?); "
+                               f"not loading it — use an earlier checkpoint")
+    out = AdapterFile(folder, config, loralab_meta=read_metadata(metadata, weights_path))
+    lora_a, lora_b = _sort_tensors(tensors, out, weights_path)
+    out.factors = _factors(lora_a, lora_b, config, weights_path)
+    return out
 
-    out = AdapterFile(folder, config)
-    if _METADATA_KEY in metadata:
-        out.loralab_meta = json.loads(metadata[_METADATA_KEY])
-    lora_a, lora_b = {}, {}
+
+def read_loralab_metadata(path: str | os.PathLike) -> dict:
+    """loralab's own description in an adapter folder's weights header ({"config", "sliced", "base"}; {} for a
+    file PEFT wrote or a folder without weights), read without loading the tensors."""
+    weights_path = Path(path) / WEIGHTS_NAME
+    if not weights_path.is_file():
+        return {}
+    try:
+        with safe_open(str(weights_path), framework="pt") as fh:
+            metadata = fh.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise LoraLabError(f"{weights_path} is truncated or corrupted ({exc}); re-save or re-download it") from None
+    return read_metadata(metadata, weights_path)
+
+
+def _sort_tensors(tensors: dict[str, torch.Tensor], out: AdapterFile, weights_path: Path):
+    """File tensors into A and B factors (by the PEFT names of the registered kinds), variants' extra
+    tensors, biases and modules_to_save copies. Returns ({module: (kind, A)}, {module: (kind, B)})."""
+    factor_names, extra_names = _registered_names()
+    longest_first = sorted(factor_names, key=len, reverse=True)
+    factors: tuple[dict, dict] = ({}, {})
     for key, tensor in tensors.items():
         if not key.startswith(PREFIX):
             raise LoraLabError(f"{weights_path}: unexpected tensor key {key!r} (keys start with {PREFIX!r})")
         path_key = key[len(PREFIX):]
-        module, _, leaf = path_key.rpartition(".")
-        if path_key.endswith(".lora_A.weight"):
-            lora_a[path_key[: -len(".lora_A.weight")]] = tensor
-        elif path_key.endswith(".lora_B.weight"):
-            lora_b[path_key[: -len(".lora_B.weight")]] = tensor
-        elif leaf == "lora_embedding_A":
-            lora_a[module] = tensor
-            out.embedding_modules.add(module)
-        elif leaf == "lora_embedding_B":
-            lora_b[module] = tensor
-        elif leaf == "lora_magnitude_vector":
-            out.magnitudes[module] = tensor
-        elif path_key.endswith(".base_layer.bias") or (leaf == "bias" and not _is_saved_module(path_key, config)):
+        leaf = next((n for n in longest_first if path_key.endswith("." + n)), None)
+        module, _, last = path_key.rpartition(".")
+        if leaf is not None:
+            kind, which = factor_names[leaf]
+            factors[which][path_key[: -len(leaf) - 1]] = (kind, tensor)
+        elif last in extra_names:
+            out.extras.setdefault(module, {})[last] = tensor
+        elif path_key.endswith(".base_layer.bias") or (last == "bias" and _saved_module_of(path_key, out.config) is None):
             out.biases[path_key.replace(".base_layer.bias", ".bias")] = tensor
         else:
-            owner = _saved_module_of(path_key, config)
+            owner = _saved_module_of(path_key, out.config)
             if owner is None:
                 raise LoraLabError(f"{weights_path}: tensor {key!r} is neither a LoRA factor, a bias nor part of "
-                                   f"modules_to_save {config.get('modules_to_save')}")
+                                   f"modules_to_save {out.config.get('modules_to_save')}")
             out.saved_modules.setdefault(owner, {})[path_key[len(owner) + 1:]] = tensor
+    return factors
+
+
+def _registered_names() -> tuple[dict[str, tuple[LayerKind, int]], set[str]]:
+    """({key leaf of A or B: (a kind that writes it, 0 for A / 1 for B)}, {key leaves of variants' extra
+    tensors}) over every registered kind and variant."""
+    factor_names = {}
+    for kind in KINDS.values():
+        factor_names.setdefault(kind.peft_names[0], (kind, 0))
+        factor_names.setdefault(kind.peft_names[1], (kind, 1))
+    return factor_names, {leaf for v in VARIANTS.values() for leaf in v.peft_keys.values()}
+
+
+def is_adapter_tensor(key: str) -> bool:
+    """True for a file key holding a LoRA factor or a variant's extra tensor (not a bias or a saved module)."""
+    factor_names, extra_names = _registered_names()
+    return any(key.endswith("." + n) for n in factor_names) or key.rpartition(".")[2] in extra_names
+
+
+def _factors(lora_a: dict, lora_b: dict, config: dict, weights_path: Path) -> dict:
+    """{module: (A (r, k), B (d, r), scale)} in the matrix view, ranks checked against the config."""
     if set(lora_a) != set(lora_b):
         missing = sorted(set(lora_a) ^ set(lora_b))[0]
-        raise LoraLabError(f"{weights_path}: module {missing} has only one of lora_A / lora_B; the file is incomplete")
-
-    r_default, alpha_default = int(config.get("r", 8)), float(config.get("lora_alpha", 8))
+        raise LoraLabError(f"{weights_path}: module {missing} has only one of A / B; the file is incomplete")
+    r_default, alpha_default = config.get("r", 8), config.get("lora_alpha", 8)
     rank_pattern, alpha_pattern = config.get("rank_pattern") or {}, config.get("alpha_pattern") or {}
     rslora = bool(config.get("use_rslora", False))
+    factors = {}
     for module in sorted(lora_a):
-        A, B = lora_a[module], lora_b[module]
-        A2, B2 = A.reshape(A.shape[0], -1), B.reshape(B.shape[0], -1)
+        (kind, A), (kind_b, B) = lora_a[module], lora_b[module]
+        if type(kind_b).from_peft is not type(kind).from_peft:
+            raise LoraLabError(f"{weights_path}: {module} stores A and B under the names of different layer kinds")
+        A2, B2 = kind.from_peft(A, B)
         if A2.shape[0] != B2.shape[1]:
             raise LoraLabError(f"{weights_path}: {module} has lora_A rank {A2.shape[0]} but lora_B rank {B2.shape[1]}")
         r = A2.shape[0]
-        key = _peft_pattern_key(rank_pattern, module)
+        key = first_match(module, rank_pattern)
         r_config = int(rank_pattern[key]) if key is not None else r_default
         if r_config != r:
             raise LoraLabError(f"{weights_path}: {module} has rank {r} but the config says {r_config}")
-        key = _peft_pattern_key(alpha_pattern, module)
-        alpha = float(alpha_pattern[key]) if key is not None else alpha_default
-        out.factors[module] = (A2, B2, lora_scale(r, alpha, rslora))
-    return out
+        key = first_match(module, alpha_pattern)
+        alpha = float(alpha_pattern[key]) if key is not None else float(alpha_default)
+        factors[module] = (A2, B2, lora_scale(r, alpha, rslora))
+    return factors
 
 
 def _saved_module_of(path_key: str, config: dict) -> str | None:
@@ -166,125 +205,152 @@ def _saved_module_of(path_key: str, config: dict) -> str | None:
     return None
 
 
-def _is_saved_module(path_key: str, config: dict) -> bool:
-    return _saved_module_of(path_key, config) is not None
-
-
 # ------------------------------------------------------------------------------------------------
 # Saving
 # ------------------------------------------------------------------------------------------------
-def _peft_factors(layer, f: LoraFactors) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """(A, B, alpha) in PEFT terms for one adapter on one layer, giving exactly the same ΔW."""
+def _peft_factors(f: LoraFactors) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(A, B, alpha) in PEFT terms (matrix view) for one adapter on one layer, giving exactly the same ΔW.
+    An init's offset from the original W0 (PiSSA) is included, so the file applies to the original W0."""
     A, B = f.A.detach(), f.B_matrix().detach()
-    if hasattr(f, "A0"):                 # PiSSA: save ΔW relative to the original W0
-        A, B = torch.cat([A, f.A0]), torch.cat([B, -f.B0], dim=1)
+    offset = f.base_offset()
+    if offset is not None:
+        A0, B0 = offset
+        A, B = torch.cat([A, A0]), torch.cat([B, -B0], dim=1)
     n = A.shape[0] / f.r                 # rank multiplier; keep alpha'/r' (or alpha'/sqrt(r')) = the scale
     alpha = f.alpha * (math.sqrt(n) if f.rslora else n)
     return A, B, alpha
 
 
-def _tensor_keys(layer, name: str, A: torch.Tensor, B: torch.Tensor) -> dict[str, torch.Tensor]:
-    base = layer.base_layer
-    if layer.kind.name == "embedding":
-        return {f"{PREFIX}{name}.lora_embedding_A": A, f"{PREFIX}{name}.lora_embedding_B": B}
-    if layer.kind.name == "conv":
-        spatial = base.weight.dim() - 2
-        A = A.reshape(A.shape[0], *base.weight.shape[1:])
-        B = B.reshape(*B.shape, *([1] * spatial))
-    return {f"{PREFIX}{name}.lora_A.weight": A, f"{PREFIX}{name}.lora_B.weight": B}
+def _layer_tensors(name: str, kind: LayerKind, base: nn.Module,
+                   f: LoraFactors) -> tuple[dict[str, torch.Tensor], int, float]:
+    """One adapted layer's tensors in the file (A and B as its kind names and lays them out, and the
+    variant's extra tensors), with the rank and alpha PEFT's config must give them."""
+    A, B, alpha = _peft_factors(f)
+    rank = A.shape[0]
+    A, B = kind.to_peft(base, A, B)
+    tensors = {f"{PREFIX}{name}.{kind.peft_names[0]}": A, f"{PREFIX}{name}.{kind.peft_names[1]}": B}
+    for attr, leaf in f.variant.peft_keys.items():
+        tensors[f"{PREFIX}{name}.{leaf}"] = getattr(f, attr).detach()
+    return tensors, rank, alpha
 
 
 def save_adapter(model: nn.Module, path: str | os.PathLike, adapter: str | None = None,
-                 base_model_name_or_path: str | None = None, task_type: str | None = None) -> Path:
-    """Write one adapter (default: the active one) as a PEFT-layout folder. Atomic: the folder's two
-    files are written to temporary names and renamed, so a crash never leaves a half-written adapter."""
+                 base_model_name_or_path: str | None = None, task_type: str | None = None,
+                 source: ModelSource | None = None) -> Path:
+    """Write one adapter (default: the active one) as a PEFT-layout folder with a model card (README.md).
+
+    source: how the base model was found (loralab.models.resolve_model_source(spec)); default: worked out
+    from the model's `name_or_path` (loralab.models.source_of_loaded). Its portable record goes into loralab's
+    metadata, so loralab.from_pretrained finds the exact same weights anywhere, and its
+    `base_model_name_or_path` (a hub id, or a folder's absolute path) into adapter_config.json for PEFT.
+    base_model_name_or_path / task_type: override what adapter_config.json says (task_type default: the
+    config's, else the model class's, e.g. SEQ_CLS for a *ForSequenceClassification model).
+    Each file is written atomically, the weights before the config, so a crash never leaves a config
+    without its weights."""
+    from loralab.models import source_of_loaded
+
     state = adapter_state(model)
     adapter = adapter or state.active
     if adapter not in state.configs:
         raise LoraLabError(f"no adapter named {adapter!r}; this model has {sorted(state.configs) or 'none'}")
     config = state.configs[adapter]
+    tensors, layout = _adapter_tensors(model, adapter, config)
+    source = source or source_of_loaded(getattr(model, "name_or_path", None))
+    base = base_model_name_or_path or (source.base_model_name_or_path if source else None)
+    description = peft_config(config, layout["ranks"], layout["alphas"], layout["saved"], layout["fan_in_fan_out"],
+                               base, task_type or config.task_type or task_type_of(model))
+    folder = Path(path)
+    write_safetensors(folder / WEIGHTS_NAME, tensors,
+                      file_metadata(config, layout["sliced"], source.record() if source else None))
+    write_text(folder / CONFIG_NAME, json.dumps(description, indent=2, sort_keys=True) + "\n")
+    write_card(folder, card_text(_card_facts(description, config, tensors, source), str(folder)))
+    return folder
+
+
+def _adapter_tensors(model: nn.Module, adapter: str, config: LoraConfig) -> tuple[dict[str, torch.Tensor], dict]:
+    """(the file's tensors, {"ranks"/"alphas": {module: PEFT rank/alpha}, "sliced": {module: fused-slice
+    metadata}, "saved": [modules_to_save names], "fan_in_fan_out": bool}) for one adapter."""
     tensors: dict[str, torch.Tensor] = {}
-    targets, rank_pattern, alpha_pattern = [], {}, {}
-    sliced, fan_in_fan_out = {}, False
+    layout = {"ranks": {}, "alphas": {}, "sliced": {}, "saved": [], "fan_in_fan_out": False}
     for name, layer in lora_layers(model):
         if adapter not in layer.lora_adapters:
             continue
         f = layer.lora_adapters[adapter]
-        A, B, alpha = _peft_factors(layer, f)
-        tensors.update(_tensor_keys(layer, name, A, B))
-        if f.variant.name == "dora":
-            tensors[f"{PREFIX}{name}.lora_magnitude_vector"] = f.magnitude.detach()
-        targets.append(name)
-        rank_pattern[name], alpha_pattern[name] = A.shape[0], alpha
-        fan_in_fan_out |= layer.kind.name == "conv1d-transposed"
-        if isinstance(f, SlicedLoraFactors):
-            sliced[name] = {"slices": list(f.slices), "r": f.r, "alpha": f.alpha}
+        layer_tensors, layout["ranks"][name], layout["alphas"][name] = _layer_tensors(name, layer.kind,
+                                                                                     layer.base_layer, f)
+        tensors.update(layer_tensors)
+        layout["fan_in_fan_out"] |= layer.kind.fan_in_fan_out
+        if f.slices is not None:
+            layout["sliced"][name] = sliced_metadata(f.slices, f.widths, f.r, f.alpha)
         bias = getattr(layer.base_layer, "bias", None)
         if config.bias != "none" and isinstance(bias, torch.Tensor):
             tensors[f"{PREFIX}{name}.base_layer.bias"] = bias.detach()
     if config.bias == "all":
-        for pname, p in model.named_parameters():
-            clean = pname.replace(".base_layer.bias", ".bias")
-            if clean.endswith("bias") and not _internal_param(pname) and clean[: -len(".bias")] not in targets:
-                tensors[f"{PREFIX}{clean}"] = p.detach()
-    saved_names = []
+        for name, module in base_modules(model):
+            for pname, p in module.named_parameters(recurse=False):
+                if pname.endswith("bias") and name not in layout["ranks"]:
+                    tensors[f"{PREFIX}{name}.{pname}"] = p.detach()
     for name, wrapper in trainable_copies(model):
         if adapter in wrapper.trainable_copies:
-            saved_names.append(name)
+            layout["saved"].append(name)
             for pname, p in wrapper.trainable_copies[adapter].state_dict().items():
                 tensors[f"{PREFIX}{name}.{pname}"] = p.detach()
-
-    # One rank/alpha for the common case keeps the config readable; patterns only where they differ.
-    r0 = max(set(rank_pattern.values()), key=list(rank_pattern.values()).count)
-    a0 = max(set(alpha_pattern.values()), key=list(alpha_pattern.values()).count)
-    peft_config = {
-        "peft_type": "LORA",
-        "task_type": task_type,
-        "base_model_name_or_path": base_model_name_or_path,
-        "r": r0,
-        "lora_alpha": a0,
-        "lora_dropout": config.dropout,
-        "target_modules": sorted(targets),
-        "exclude_modules": None,
-        "rank_pattern": {n: r for n, r in rank_pattern.items() if r != r0},
-        "alpha_pattern": {n: a for n, a in alpha_pattern.items() if a != a0},
-        "bias": config.bias,
-        "modules_to_save": saved_names or None,
-        "use_rslora": config.rslora,
-        "use_dora": config.dora,
-        "init_lora_weights": True,
-        "fan_in_fan_out": fan_in_fan_out,
-        "inference_mode": True,
-    }
-    meta = {"format": "pt", _METADATA_KEY: json.dumps({"config": config.to_dict(), "sliced": sliced})}
-    contiguous = {k: v.contiguous().cpu() for k, v in tensors.items()}
-    return _write_folder(Path(path), peft_config, contiguous, meta)
+    return tensors, layout
 
 
-def _internal_param(name: str) -> bool:
-    parts = name.split(".")
-    return "lora_adapters" in parts or "trainable_copies" in parts or "original_module" in parts
+def _card_facts(description: dict, config: LoraConfig, tensors: dict[str, torch.Tensor],
+                source: ModelSource | None) -> CardFacts:
+    modules = tuple(description["target_modules"])
+    heads = [t for k, t in tensors.items() if not is_adapter_tensor(k) and k.endswith(".weight") and t.dim() == 2]
+    return CardFacts(description["base_model_name_or_path"], source.record() if source else None, description,
+                     config.variant, config.init, modules, sum(t.numel() for t in tensors.values()),
+                     min(t.shape[0] for t in heads) if heads else None)
 
 
-def _write_folder(folder: Path, config: dict, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp_weights = tempfile.NamedTemporaryFile(dir=folder, prefix=".adapter_model.", suffix=".tmp", delete=False)
-    tmp_config = tempfile.NamedTemporaryFile(dir=folder, prefix=".adapter_config.", suffix=".tmp", delete=False,
-                                             mode="w", encoding="utf-8")
-    try:
-        tmp_weights.close()
-        save_file(tensors, tmp_weights.name, metadata=meta)
-        json.dump(config, tmp_config, indent=2, sort_keys=True)
-        tmp_config.write("\n")
-        tmp_config.close()
-        # Weights first: a reader that finds the new config also finds the matching weights.
-        os.replace(tmp_weights.name, folder / WEIGHTS_NAME)
-        os.replace(tmp_config.name, folder / CONFIG_NAME)
-    finally:
-        for tmp in (tmp_weights.name, tmp_config.name):
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    return folder
+# ------------------------------------------------------------------------------------------------
+# PEFT's save_pretrained on an adapted model
+# ------------------------------------------------------------------------------------------------
+def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, selected_adapters: list[str] | None = None,
+                    safe_serialization: bool = True, is_main_process: bool = True, state_dict: dict | None = None,
+                    **kwargs) -> None:
+    """`model.save_pretrained(dir)` on a model loralab adapted, as `PeftModel.save_pretrained` does: each
+    adapter (default: all) in PEFT layout, "default" in `save_directory` itself and any other in
+    `save_directory/<name>/`. A model whose adapters were all deleted saves in full (its class's method).
+    `state_dict` (passed by transformers' Trainer) is not needed: the adapters are read from the model.
+    The merged full model: `loralab.merge_and_unload(model).save_pretrained(dir)`."""
+    state = adapter_state(model)
+    if not state.configs:
+        full_save = getattr(type(model), "save_pretrained", None)
+        if full_save is None:
+            raise LoraLabError("this model has no adapters left to save (all were deleted)")
+        full_save(model, save_directory, safe_serialization=safe_serialization, is_main_process=is_main_process,
+                  state_dict=state_dict, **kwargs)
+        return
+    if kwargs:
+        raise LoraLabError(f"save_pretrained of a LoRA model takes no {', '.join(sorted(kwargs))}; it writes the "
+                           f"adapters (for the full model: loralab.merge_and_unload(model).save_pretrained(dir))")
+    if not safe_serialization:
+        raise LoraLabError("loralab writes adapters as safetensors only; drop safe_serialization=False")
+    names = list(state.configs) if selected_adapters is None else list(selected_adapters)
+    for name in names:
+        if name not in state.configs:
+            raise LoraLabError(f"no adapter named {name!r}; this model has {sorted(state.configs)}")
+    if not is_main_process:
+        return
+    for name in names:
+        save_adapter(model, Path(save_directory) if name == "default" else Path(save_directory) / name, adapter=name)
+
+
+def give_save_pretrained(model: nn.Module) -> None:
+    """Bind `save_pretrained` on this model instance (the class and other instances are untouched), so that
+    `model.save_pretrained(dir)` writes the adapters like PEFT; merge_and_unload removes it again."""
+    state = adapter_state(model)
+    if "save_pretrained" not in state.bound_methods:
+        object.__setattr__(model, "save_pretrained", types.MethodType(save_pretrained, model))
+        state.bound_methods.append("save_pretrained")
+
+
+INJECT_HOOKS.append(give_save_pretrained)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -294,13 +360,29 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, adapter: str = "defa
     """Load an adapter folder (ours or PEFT's) onto `model` as adapter `adapter` and make it active.
 
     Everything is checked before the model is touched: a module the model lacks, a layer type that
-    cannot take LoRA, or a shape from a different base model is an error naming the first mismatch.
+    cannot take LoRA, or a shape from a different base model is an error naming the first mismatch;
+    a problem found while filling in the factors undoes the whole injection.
     """
-    from loralab.surgery.inject import inject
-
     file = read_adapter(path)
+    if not file.factors:
+        held = "modules_to_save copies" if file.saved_modules else "biases" if file.biases else "no tensors"
+        raise LoraLabError(f"adapter {file.path} holds no LoRA factors (only {held}); there is no LoRA adapter "
+                           f"to load from it")
+    _check_fits(model, file)
+    inject(model, _config_from_file(file), adapter, fill=lambda name, f: _fill_factors(file, name, f))
+    with torch.no_grad():
+        params = dict(model.named_parameters())
+        for pname, t in file.biases.items():
+            params.get(pname, params.get(pname[: -len(".bias")] + ".base_layer.bias")).copy_(t)
+        for name, wrapper in trainable_copies(model):
+            if name in file.saved_modules and adapter in wrapper.trainable_copies:
+                wrapper.trainable_copies[adapter].load_state_dict(file.saved_modules[name], strict=False)
+    return model
+
+
+def _check_fits(model: nn.Module, file: AdapterFile) -> None:
+    """Raise LoraLabError at the first module, shape, bias or saved module of the file the model lacks."""
     modules = dict(model.named_modules())
-    sliced = file.loralab_meta.get("sliced", {})
     for name, (A, B, _) in file.factors.items():
         module = modules.get(name)
         if module is None:
@@ -323,49 +405,52 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, adapter: str = "defa
             if pname not in own or own[pname].shape != t.shape:
                 got = tuple(own[pname].shape) if pname in own else "missing"
                 raise LoraLabError(f"adapter {file.path}: {name}.{pname} has shape {tuple(t.shape)}, model has {got}")
-
-    config = _config_from_file(file, sliced)
-    inject(model, config, adapter)
-    with torch.no_grad():
-        for name, layer in lora_layers(model):
-            if name not in file.factors or adapter not in layer.lora_adapters:
-                continue
-            f = layer.lora_adapters[adapter]
-            A, B, _ = file.factors[name]
-            if isinstance(f, SlicedLoraFactors):
-                B = B.index_select(0, f.slice_rows)                          # rows of the adapted slices
-                B = torch.cat([blk[:, i * f.r:(i + 1) * f.r] for i, blk in enumerate(B.split(f.slice_size))])
-            f.A.copy_(A)
-            f.B.copy_(B)
-            if name in file.magnitudes:
-                f.magnitude.copy_(file.magnitudes[name])
-        params = dict(model.named_parameters())
-        for pname, t in file.biases.items():
-            target = params.get(pname, params.get(pname[: -len(".bias")] + ".base_layer.bias"))
-            if target is None:
-                raise LoraLabError(f"adapter {file.path} saves bias {pname}, which this model does not have")
-            target.copy_(t)
-        for name, wrapper in trainable_copies(model):
-            if name in file.saved_modules and adapter in wrapper.trainable_copies:
-                wrapper.trainable_copies[adapter].load_state_dict(file.saved_modules[name], strict=False)
-    return model
+    params = dict(model.named_parameters())
+    for pname, t in file.biases.items():
+        target = params.get(pname, params.get(pname[: -len(".bias")] + ".base_layer.bias"))
+        if target is None or target.shape != t.shape:
+            raise LoraLabError(f"adapter {file.path} saves bias {pname} of shape {tuple(t.shape)}, which this model "
+                               f"does not have" + (f" (its is {tuple(target.shape)})" if target is not None else ""))
 
 
-def _config_from_file(file: AdapterFile, sliced: dict) -> LoraConfig:
+@torch.no_grad()
+def _fill_factors(file: AdapterFile, name: str, f: LoraFactors) -> None:
+    """Copy one layer's A, B (dense, PEFT's form) and the variant's extra tensors from the file into `f`."""
+    A, B, _ = file.factors[name]
+    if A.shape != f.A.shape or B.shape != (f.d, f.rank_total):
+        raise LoraLabError(f"adapter {file.path}: {name} has A {tuple(A.shape)} and B {tuple(B.shape)}, which do not "
+                           f"match its description (rank {f.r}, slices {f.slices}); re-save the adapter")
+    B = B.to(device=f.B.device, dtype=f.B.dtype)
+    f.A.copy_(A)
+    f.B.copy_(f.stored_B(B))
+    if not torch.equal(f.B_matrix(), B):
+        raise LoraLabError(f"adapter {file.path}: {name}'s lora_B is not zero outside the fused slices "
+                           f"{list(f.slices)} its metadata names; re-save the adapter")
+    extras = file.extras.get(name, {})
+    for attr, leaf in f.variant.peft_keys.items():
+        param = getattr(f, attr)
+        if leaf not in extras or extras[leaf].shape != param.shape:
+            raise LoraLabError(f"adapter {file.path}: {name} needs {leaf} of shape {tuple(param.shape)} for the "
+                               f"{f.variant.name} variant, the file has "
+                               f"{tuple(extras[leaf].shape) if leaf in extras else 'none'}")
+        param.copy_(extras[leaf])
+
+
+def _config_from_file(file: AdapterFile) -> LoraConfig:
     """A LoraConfig reproducing the file's adapter: exact module names, per-module ranks and alphas."""
     c = file.config
+    sliced = file.loralab_meta.get("sliced", {})
     rank_pattern, alpha_pattern, fused = {}, {}, {}
     for name, (A, _, scale) in file.factors.items():
         if name in sliced:
             rank_pattern[name], alpha_pattern[name] = sliced[name]["r"], sliced[name]["alpha"]
-            fused[name] = sliced[name]["slices"]
+            fused[name] = fused_slices_value(sliced[name])
         else:
             r = A.shape[0]
             rank_pattern[name] = r
             alpha_pattern[name] = scale * (math.sqrt(r) if c.get("use_rslora") else r)
-    saved = sorted(file.saved_modules)
     return LoraConfig(
         r=max(rank_pattern.values()), alpha=max(alpha_pattern.values()), dropout=float(c.get("lora_dropout") or 0.0),
         targets=sorted(file.factors), rank_pattern=rank_pattern, alpha_pattern=alpha_pattern,
-        rslora=bool(c.get("use_rslora", False)), dora=bool(c.get("use_dora", False)),
-        bias=c.get("bias") or "none", modules_to_save=saved, fused_slices=fused)
+        rslora=bool(c.get("use_rslora", False)), variant=variant_of(file.config, file.loralab_meta),
+        bias=c.get("bias") or "none", modules_to_save=sorted(file.saved_modules), fused_slices=fused)

@@ -14,6 +14,7 @@ from loralab.errors import LoraLabError
 from loralab.metrics.bleu import corpus_bleu
 from loralab.metrics.cider import corpus_cider_d
 from loralab.metrics.meteor import corpus_meteor
+from loralab.metrics.meteor_jar import OFFICIAL, corpus_meteor_official, meteor_implementation
 from loralab.metrics.nist import ReferenceLength, corpus_nist
 from loralab.metrics.rouge import corpus_rouge_l
 
@@ -96,19 +97,28 @@ def _check_inputs(hypotheses: Sequence[str], references: Sequence[Sequence[str]]
             raise LoraLabError(f"segment {index}: every reference must be a string")
 
 
+METEOR_CHOICES = ("auto", "official", "loralab")
+
+
 def score_e2e(hypotheses: Sequence[str], references: Sequence[Sequence[str]],
-              nist_reference_length: ReferenceLength = "official") -> dict[str, float]:
+              nist_reference_length: ReferenceLength = "official", meteor: str = "auto") -> dict[str, float]:
     """The five E2E metrics of `hypotheses` (one output string per segment) against `references`
     (a non-empty list of reference strings per segment), on the scales the LoRA paper prints:
     {"BLEU": 0-100, "NIST": raw (≈8.9), "METEOR": 0-100, "ROUGE_L": 0-100, "CIDEr": coco scale (≈2.5)}.
 
     nist_reference_length: see `loralab.metrics.nist.corpus_nist` ("official" matches the script).
+    meteor: "official" = the Meteor 1.5 jar the E2E challenge runs (needs Java + pycocoevalcap's jar),
+    "loralab" = loralab's exact+stem reimplementation, "auto" = the jar when available, else loralab's;
+    `loralab.metrics.meteor_jar.meteor_implementation()` names what "auto" picks.
     """
     _check_inputs(hypotheses, references)
+    if meteor not in METEOR_CHOICES:
+        raise LoraLabError(f"unknown METEOR implementation {meteor!r}; choose one of {', '.join(METEOR_CHOICES)}")
+    use_jar = meteor == "official" or (meteor == "auto" and meteor_implementation() == OFFICIAL)
     return {
         "BLEU": corpus_bleu(hypotheses, references),
         "NIST": corpus_nist(hypotheses, references, reference_length=nist_reference_length),
-        "METEOR": corpus_meteor(hypotheses, references),
+        "METEOR": (corpus_meteor_official if use_jar else corpus_meteor)(hypotheses, references),
         "ROUGE_L": corpus_rouge_l(hypotheses, references),
         "CIDEr": corpus_cider_d(hypotheses, references),
     }
@@ -120,7 +130,7 @@ def read_predictions(path: str | os.PathLike[str]) -> list[str]:
 
 
 def score_file(predictions_path: str | os.PathLike[str], references_path: str | os.PathLike[str],
-               nist_reference_length: ReferenceLength = "official") -> dict[str, float]:
+               nist_reference_length: ReferenceLength = "official", meteor: str = "auto") -> dict[str, float]:
     """Score a predictions file (one line per distinct MR of the E2E file, in first-appearance order)
     against an E2E `mr||text` file; returns `score_e2e`'s dict."""
     _, references = read_e2e_references(references_path)
@@ -132,4 +142,4 @@ def score_file(predictions_path: str | os.PathLike[str], references_path: str | 
         raise LoraLabError(f"{predictions_path} has {len(predictions)} lines but {references_path} has "
                            f"{len(references)} distinct meaning representations; write one output per MR, "
                            f"in the order the MRs first appear")
-    return score_e2e(predictions, references, nist_reference_length)
+    return score_e2e(predictions, references, nist_reference_length, meteor)

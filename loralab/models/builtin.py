@@ -27,7 +27,7 @@ class BuiltinModel:
     package: the import name (found with find_spec, never imported). pip_name: what to `pip install`.
     relative_path: the model inside the package folder; a transformers folder (kind "folder", holding
     config.json) or a single GGUF file (kind "gguf", de-quantized to a cached folder on first use).
-    tasks: the tasks it is the default model for (values of loralab.training.data.TASK_KINDS).
+    tasks: the tasks it is the default model for (values of loralab.data.tasks.TASK_NAMES).
     """
 
     name: str

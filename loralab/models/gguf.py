@@ -200,6 +200,25 @@ def _write_source_record(folder: Path, gguf_path: Path, fingerprint: str, second
     (folder / SOURCE_RECORD).write_text(text, encoding="utf-8")
 
 
+def cached_folder_with_fingerprint(fingerprint: str, cache_dir: str | os.PathLike | None = None) -> Path | None:
+    """The complete converted folder in the cache made from a GGUF file with this content fingerprint (wherever
+    that file was), or None: the exact same weights, even where the file itself is not."""
+    for folder in gguf_cache_dir(cache_dir).glob(f"*-{fingerprint[:16]}"):
+        record = source_record(folder)
+        if _is_complete(folder) and record.get("fingerprint") == fingerprint:
+            return folder
+    return None
+
+
+def source_record(folder: str | os.PathLike) -> dict:
+    """The provenance a converted folder keeps (source GGUF path, fingerprint, ...); {} for any other folder."""
+    path = Path(folder) / SOURCE_RECORD
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+
+
 def list_cached_models(cache_dir: str | os.PathLike | None = None) -> list[Path]:
     """The converted folders in the cache, sorted by name (unfinished `.tmp-*` folders are not listed)."""
     root = gguf_cache_dir(cache_dir)

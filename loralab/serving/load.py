@@ -1,12 +1,12 @@
 """Load a base model with one or more trained adapters for evaluation and prediction.
 
 An adapter folder written by `loralab train` holds, next to the PEFT files, `labels.json` (the label map,
-classifiers only) and `loralab-task.json` (base model, task, tokenization settings). Several adapters
-can be loaded onto one base model and switched per call with `loralab.set_adapter`.
+classifiers only) and `loralab-task.json` (base model, task, tokenization settings); a folder PEFT wrote works
+too (base from base_model_name_or_path, task from task_type, labels from id2label: loralab.pretrained).
+Several adapters can be loaded onto one base model and switched per call with `loralab.set_adapter`.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +19,7 @@ from loralab.errors import LoraLabError
 
 @dataclass
 class Loaded:
-    """A model with its adapters; `task` is a loralab.training.data.Task, label_map None for causal LM."""
+    """A model with its adapters; `task` is a loralab.data.encoding.Task, label_map None for causal LM."""
 
     model: nn.Module
     tokenizer: Any
@@ -45,12 +45,9 @@ def parse_adapter_specs(specs: list[str]) -> dict[str, Path]:
 
 
 def read_task_info(adapter: Path) -> dict[str, Any]:
-    from loralab.training.loop import TASK_FILENAME
+    from loralab.training.run_folder import read_task_info as read
 
-    path = adapter / TASK_FILENAME
-    if not path.is_file():
-        return {}
-    return json.loads(path.read_text(encoding="utf-8"))
+    return read(adapter)
 
 
 def load_with_adapters(adapters: dict[str, Path], model: str | os.PathLike | None = None, task: str | None = None,
@@ -58,9 +55,10 @@ def load_with_adapters(adapters: dict[str, Path], model: str | os.PathLike | Non
     """Base model + every adapter (the first one's loralab-task.json names model and task unless given);
     `use` (default: the first adapter) is made active. The adapters must share task and label map."""
     import loralab
+    from loralab.data.encoding import Task
     from loralab.models import load_tokenizer
-    from loralab.training.data import LabelMap, Task
-    from loralab.training.loop import load_model_for
+    from loralab.pretrained import adapter_task_and_labels, resolve_base
+    from loralab.training.inputs import load_model_for
 
     if not adapters:
         raise LoraLabError("no adapter given; pass --adapter NAME=PATH (a folder written by loralab train)")
@@ -68,31 +66,22 @@ def load_with_adapters(adapters: dict[str, Path], model: str | os.PathLike | Non
         if not (path / "adapter_config.json").is_file():
             raise LoraLabError(f"adapter {name!r}: {path} has no adapter_config.json; give an adapter folder "
                                "(e.g. runs/<run>/adapter)")
-    infos = {name: read_task_info(path) for name, path in adapters.items()}
     first = next(iter(adapters))
-    info = infos[first]
-    model_spec = str(model or info.get("model") or "")
-    if not model_spec:
-        raise LoraLabError(f"{adapters[first]} does not say its base model; pass --model")
-    task_kind = task or info.get("task") or "classification"
-    label_maps = {}
+    info = read_task_info(adapters[first])
+    # Base model, task and labels as the adapter folder says them (loralab's files, or PEFT's: task_type,
+    # base_model_name_or_path, id2label); see loralab.pretrained.
+    source = resolve_base(adapters[first], model)
+    model_spec = source.spec
+    task_kind, label_map = adapter_task_and_labels(adapters[first], task, source.folder)
     for name, path in adapters.items():
-        if (path / "labels.json").is_file():
-            label_maps[name] = LabelMap.load(path / "labels.json")
-        other = infos[name].get("task")
-        if other and other != task_kind:
+        other, other_labels = adapter_task_and_labels(path, task, source.folder)
+        if other != task_kind:
             raise LoraLabError(f"adapter {name!r} was trained for {other}, not {task_kind}; load adapters of one task")
-    label_map = None
-    if task_kind != "causal-lm":
-        if first not in label_maps:
-            raise LoraLabError(f"{adapters[first]} has no labels.json; was it trained by loralab train?")
-        label_map = label_maps[first]
-        for name, other in label_maps.items():
-            if other != label_map:
-                raise LoraLabError(f"adapters {first!r} and {name!r} have different label maps; "
-                                   "load adapters with the same classes together")
-    tokenizer = load_tokenizer(model_spec)
-    base = load_model_for(model_spec, task_kind, label_map, tokenizer)
+        if other_labels != label_map:
+            raise LoraLabError(f"adapters {first!r} and {name!r} have different label maps; "
+                               "load adapters with the same classes together")
+    tokenizer = load_tokenizer(source.folder)
+    base = load_model_for(str(source.folder), task_kind, label_map, tokenizer)
     for name, path in adapters.items():
         loralab.load_adapter(base, path, adapter=name)
     use = use or first

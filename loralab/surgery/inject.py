@@ -6,25 +6,37 @@
 """
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
-from loralab.adapters.state import TrainableCopy, adapter_state, lora_layers, set_trainable
+from loralab.adapters.state import (STATE_ATTR, TrainableCopy, adapter_state, base_modules, check_nothing_else_merged,
+                                    lora_layers, set_trainable)
+from loralab.core.inits import INITS
 from loralab.core.kinds import kind_of
 from loralab.core.lora import LoraFactors, LoraLayer, SlicedLoraFactors
 from loralab.core.variants import VARIANTS
 from loralab.errors import LoraLabError
 from loralab.surgery.config import LoraConfig
+from loralab.models.architectures import task_head_modules
+from loralab.surgery.peft_names import PEFT_TASK_HEADS
 from loralab.surgery.presets import preset_for
-from loralab.surgery.targeting import ALL_LINEAR, first_match, matches, nearest_names, output_head_names
+from loralab.surgery.targeting import (ALL_LINEAR, first_match, layer_index, matches, nearest_names,
+                                       output_head_names)
 
-_LINEAR_KINDS = ("linear", "conv1d-transposed")
+# Called with the model after every successful inject. Surgery cannot import formats (packages import one way),
+# so loralab.formats.peft registers the hook that gives an adapted model PEFT's save_pretrained.
+INJECT_HOOKS: list[Callable[[nn.Module], None]] = []
 
 
 @dataclass(frozen=True)
 class PlannedModule:
-    """One layer that LoRA would adapt: ΔW (d_out × d_in) of rank r, num_params trainable values."""
+    """One layer that LoRA would adapt: ΔW (d_out × d_in) of rank r, num_params trainable values
+    (the variant's extra tensors included). A fused projection adapted slice by slice has `slices`
+    (which slices) and `slice_widths` (each slice's output rows)."""
     name: str
     kind: str
     d_out: int
@@ -33,41 +45,38 @@ class PlannedModule:
     alpha: float
     num_params: int
     slices: tuple[bool, ...] | None = None
+    slice_widths: tuple[int, ...] | None = None
 
 
 def resolve_config(model: nn.Module, config: LoraConfig) -> LoraConfig:
-    """Fill targets (and GPT-2's fused slices) from the architecture preset when none are given."""
-    if config.targets is not None:
+    """Fill targets (and GPT-2's fused slices) from the architecture preset when none are given, and add the
+    task head to modules_to_save when the task_type asks for it (as PEFT's task classes do)."""
+    heads = [h for h in task_heads(model, config.task_type) if h not in config.modules_to_save]
+    if config.targets is not None and not heads:
         return config
-    preset = preset_for(model)
     data = config.to_dict()
-    names = list(_candidates(model))
-    targets = preset.targets
-    if preset.renamed_targets and not any(matches(n, targets[0]) for n in names):
-        targets = preset.renamed_targets
-    data["targets"] = list(targets)
-    data["fused_slices"] = {**preset.fused_slices, **config.fused_slices}
+    if config.targets is None:
+        preset = preset_for(model)
+        data["targets"] = list(preset.targets)
+        data["fused_slices"] = {**preset.fused_slices, **config.fused_slices}
+    data["modules_to_save"] = [*config.modules_to_save, *heads]
     return LoraConfig(**data)
 
 
-def _base_module(module: nn.Module) -> nn.Module:
-    return module.base_layer if isinstance(module, LoraLayer) else module
-
-
-# Attribute names of loralab's own wrappers: their insides are never targets themselves.
-_INTERNAL = {"base_layer", "lora_adapters", "trainable_copies", "original_module"}
+def task_heads(model: nn.Module, task_type: str | None) -> list[str]:
+    """The head modules PEFT's class for `task_type` trains and saves (e.g. SEQ_CLS: the classifier): the
+    family's heads from the architecture table, else PEFT's names ("classifier", "score") the model has."""
+    names = PEFT_TASK_HEADS.get(task_type, ())
+    if not names:
+        return []
+    own = [n for n, _ in base_modules(model)]
+    table = list(task_head_modules(model)) if task_type == "SEQ_CLS" else []
+    return [h for h in table or names if any(matches(n, h) for n in own)]
 
 
 def _candidates(model: nn.Module) -> dict[str, nn.Module]:
     """Every adaptable layer by name; a layer already wrapped by an earlier adapter counts under its own name."""
-    found = {}
-    for name, module in model.named_modules():
-        if _INTERNAL.intersection(name.split(".")):
-            continue
-        base = _base_module(module)
-        if kind_of(base) is not None:
-            found[name] = base
-    return found
+    return {name: module for name, module in base_modules(model) if kind_of(module) is not None}
 
 
 def select_modules(model: nn.Module, config: LoraConfig) -> dict[str, nn.Module]:
@@ -76,12 +85,11 @@ def select_modules(model: nn.Module, config: LoraConfig) -> dict[str, nn.Module]
     candidates = _candidates(model)
     if config.targets == ALL_LINEAR:
         heads = output_head_names(model)
-        chosen = {n: m for n, m in candidates.items()
-                  if kind_of(m).name in _LINEAR_KINDS and n not in heads}
+        chosen = {n: m for n, m in candidates.items() if kind_of(m).is_linear and n not in heads}
     else:
         chosen = {n: m for n, m in candidates.items() if first_match(n, config.targets) is not None}
         if config.strict:
-            all_names = [n for n, _ in model.named_modules() if n]
+            all_names = [n for n, _ in base_modules(model)]
             for rule in config.targets:
                 if not any(matches(n, rule) for n in candidates):
                     near = nearest_names(rule, list(candidates) or all_names)
@@ -89,22 +97,41 @@ def select_modules(model: nn.Module, config: LoraConfig) -> dict[str, nn.Module]
                     what = "adaptable layer" if any(matches(n, rule) for n in all_names) else "module"
                     raise LoraLabError(f"target {rule!r} matches no {what} in {type(model).__name__}{hint}")
     chosen = {n: m for n, m in chosen.items() if first_match(n, config.exclude) is None}
+    if config.layers is not None:
+        chosen = {n: m for n, m in chosen.items() if layer_index(n, config.layers_pattern) in config.layers}
     if not chosen:
         raise LoraLabError(f"LoRA config selects no layer of {type(model).__name__} (targets={config.targets}, "
-                           f"exclude={config.exclude}); run `loralab inspect` to see the module names")
+                           f"exclude={config.exclude}, layers={config.layers}); run `loralab inspect` to see the "
+                           "module names")
+    if config.strict:
+        _check_patterns_match(config, list(chosen))
     return chosen
 
 
+def _check_patterns_match(config: LoraConfig, chosen: list[str]) -> None:
+    """A rank_pattern / alpha_pattern key that matches no adapted module would silently do nothing: refuse it."""
+    for field in ("rank_pattern", "alpha_pattern"):
+        for key in getattr(config, field):
+            if not any(matches(n, key) for n in chosen):
+                near = nearest_names(key, chosen)
+                hint = f"; nearest adapted modules: {', '.join(near)}" if near else ""
+                raise LoraLabError(f"{field} key {key!r} matches none of the {len(chosen)} adapted modules{hint} "
+                                   f"(keys are target rules: a name suffix, 're:REGEX' on the full name, or "
+                                   f"PEFT's regex on a dotted suffix)")
+
+
 def _make_factors(name: str, layer_module: nn.Module, config: LoraConfig) -> LoraFactors:
-    kind = kind_of(layer_module)
-    d, k = kind.shape(layer_module)
+    """The (uninitialised) factors `inject` gives one layer; LoraLabError if the layer cannot take them."""
+    d, k = kind_of(layer_module).shape(layer_module)
     r, alpha = config.rank_for(name), config.alpha_for(name)
-    variant = VARIANTS["dora" if config.dora else "lora"]
-    common = dict(dropout=config.dropout, rslora=config.rslora, variant=variant)
+    common = dict(dropout=config.dropout, rslora=config.rslora, variant=VARIANTS.lookup(config.variant))
     slices = config.slices_for(name)
-    if slices is not None:
-        return SlicedLoraFactors(d, k, r, alpha, tuple(slices), **common)
-    return LoraFactors(d, k, r, alpha, **common)
+    try:
+        if slices is not None:
+            return SlicedLoraFactors(d, k, r, alpha, slices.adapt, slices.widths, **common)
+        return LoraFactors(d, k, r, alpha, **common)
+    except ValueError as exc:
+        raise LoraLabError(f"cannot adapt {name}: {exc}") from None
 
 
 def plan_injection(model: nn.Module, config: LoraConfig) -> list[PlannedModule]:
@@ -116,70 +143,129 @@ def plan_injection(model: nn.Module, config: LoraConfig) -> list[PlannedModule]:
     for name, module in select_modules(model, config).items():
         kind = kind_of(module)
         d, k = kind.shape(module)
-        r = config.rank_for(name)
-        slices = config.slices_for(name)
-        if slices is None:
-            params = r * (d + k)
-        else:
-            n_en = sum(slices)
-            params = n_en * r * (d // len(slices) + k)
-        if config.dora:
-            params += d
-        plan.append(PlannedModule(name, kind.name, d, k, r, config.alpha_for(name), params,
-                                  tuple(slices) if slices else None))
+        with torch.device("meta"):              # the real factors, without memory: their sizes are the count
+            f = _make_factors(name, module, config)
+        params = sum(p.numel() for p in f.parameters())
+        plan.append(PlannedModule(name, kind.name, d, k, f.r, f.alpha, params, f.slices, f.widths))
     return plan
 
 
-def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
-
-
-def inject(model: nn.Module, config: LoraConfig, adapter: str = "default") -> nn.Module:
+def inject(model: nn.Module, config: LoraConfig, adapter: str = "default",
+           fill: Callable[[str, LoraFactors], None] | None = None) -> nn.Module:
     """Add a LoRA adapter named `adapter` to `model` in place and make it the active, trainable one.
 
     Layers already wrapped by an earlier adapter get a second set of factors; the base weights are
     frozen; only this adapter's factors (plus biases per `config.bias` and its copies of
-    `config.modules_to_save`) require grad. Returns the same model object.
+    `config.modules_to_save`) require grad. `fill(name, factors)`, if given, sets each layer's
+    factors after their init (loading a file does this). All or nothing: every layer is checked
+    before the model is touched, and an error on the way undoes everything. Returns the same model.
     """
     if not isinstance(config, LoraConfig):
         raise LoraLabError(f"config must be a loralab.LoraConfig, not {type(config).__name__}")
     if not adapter or not isinstance(adapter, str) or "." in adapter:
         raise LoraLabError(f"adapter name must be a non-empty string without dots, got {adapter!r}")
-    state = adapter_state(model, create=True)
-    if adapter in state.configs:
+    state = getattr(model, STATE_ATTR, None)
+    if state is not None and adapter in state.configs:
         raise LoraLabError(f"adapter {adapter!r} already exists; delete it first or choose another name")
+    check_nothing_else_merged(model, adapter)
     config = resolve_config(model, config)
-    selected = select_modules(model, config)
+    layers = _checked_layers(model, config)
     to_save = _select_modules_to_save(model, config)
+    _warn_if_not_low_rank(layers)
+    _Surgery(model, adapter).run(config, layers, to_save, fill)
+    adapter_state(model, create=True).configs[adapter] = config
+    set_trainable(model, adapter)
+    for hook in INJECT_HOOKS:
+        hook(model)
+    return model
 
-    for name, base in selected.items():
+
+def _checked_layers(model: nn.Module, config: LoraConfig) -> dict[str, tuple[LoraLayer, LoraFactors]]:
+    """{name: (its LoraLayer, new or existing but not yet installed, and the adapter's new factors)},
+    every one checked; nothing on the model has changed."""
+    layers = {}
+    for name, base in select_modules(model, config).items():
         module = model.get_submodule(name)
-        if not isinstance(module, LoraLayer):
-            module = LoraLayer(base, kind_of(base))
-            _set_submodule(model, name, module)
+        layer = module if isinstance(module, LoraLayer) else LoraLayer(base, kind_of(base))
+        factors = _make_factors(name, base, config)
         try:
-            module.add_adapter(adapter, _make_factors(name, base, config), config.init)
+            layer.check_adapter(factors, config.init)
         except ValueError as exc:
             raise LoraLabError(f"cannot adapt {name}: {exc}") from None
-    for name, module in to_save.items():
-        if not isinstance(module, TrainableCopy):
-            module = TrainableCopy(module)
-            _set_submodule(model, name, module)
-        module.add_copy(adapter)
+        layers[name] = (layer, factors)
+    return layers
 
-    state.configs[adapter] = config
-    set_trainable(model, adapter)
-    return model
+
+def _warn_if_not_low_rank(layers: dict[str, tuple[LoraLayer, LoraFactors]]) -> None:
+    """One warning when r >= min(d, k) somewhere (per slice for fused projections): ΔW is then not low-rank."""
+    full = []
+    for name, (_, f) in layers.items():
+        smallest = min(*(f.enabled_widths if f.slices is not None else [f.d]), f.k)
+        if f.r >= smallest:
+            full.append((name, f.r, smallest))
+    if full:
+        name, r, smallest = full[0]
+        more = f" (and {len(full) - 1} more layers)" if len(full) > 1 else ""
+        warnings.warn(f"LoRA rank r={r} is not below min(d, k)={smallest} for {name}{more}: ΔW is no longer "
+                      f"low-rank and costs as much as the full matrix; choose r < {smallest}", stacklevel=3)
+
+
+class _Surgery:
+    """Installs one adapter on a model and records how to undo each step, so a failure half-way leaves the
+    model exactly as it was (weights an init rewrites, like PiSSA's, are restored from a host-memory copy
+    kept until the injection has succeeded)."""
+
+    def __init__(self, model: nn.Module, adapter: str):
+        self.model, self.adapter = model, adapter
+        self.undo: list[Callable[[], None]] = []
+
+    def run(self, config: LoraConfig, layers: dict, to_save: dict[str, nn.Module],
+            fill: Callable[[str, LoraFactors], None] | None) -> None:
+        try:
+            for name, (layer, factors) in layers.items():
+                self._add_factors(name, layer, factors, config.init)
+                if fill is not None:
+                    fill(name, factors)
+            for name, module in to_save.items():
+                self._add_copy(name, module)
+        except BaseException:
+            for step in reversed(self.undo):
+                step()
+            raise
+
+    def _add_factors(self, name: str, layer: LoraLayer, factors: LoraFactors, init: str) -> None:
+        if self.model.get_submodule(name) is not layer:
+            self.model.set_submodule(name, layer)
+            self.undo.append(lambda: self.model.set_submodule(name, layer.base_layer))
+        if INITS[init].changes_base_weight:
+            weight = layer.kind.weight(layer.base_layer)
+            saved = weight.detach().to("cpu", copy=True)       # in host memory: no extra accelerator memory
+            self.undo.append(lambda: _copy_into(weight, saved))
+        layer.add_adapter(self.adapter, factors, init)
+        self.undo.append(lambda: layer.lora_adapters.pop(self.adapter))
+
+    def _add_copy(self, name: str, module: nn.Module) -> None:
+        wrapper = module
+        if not isinstance(module, TrainableCopy):
+            wrapper = TrainableCopy(module)
+            self.model.set_submodule(name, wrapper)
+            self.undo.append(lambda: self.model.set_submodule(name, module))
+        wrapper.add_copy(self.adapter)
+        self.undo.append(lambda: wrapper.trainable_copies.pop(self.adapter))
+
+
+@torch.no_grad()
+def _copy_into(weight: torch.Tensor, saved: torch.Tensor) -> None:
+    weight.copy_(saved)
 
 
 def _select_modules_to_save(model: nn.Module, config: LoraConfig) -> dict[str, nn.Module]:
     chosen = {}
+    own = [n for n, _ in base_modules(model)]
     for rule in config.modules_to_save:
-        hits = {n: m for n, m in model.named_modules() if matches(n, rule) and not _INTERNAL.intersection(n.split("."))}
+        hits = {n: model.get_submodule(n) for n in own if matches(n, rule)}
         if not hits and config.strict:
-            near = nearest_names(rule, [n for n, _ in model.named_modules() if n])
+            near = nearest_names(rule, own)
             hint = f"; nearest module names: {', '.join(near)}" if near else ""
             raise LoraLabError(f"modules_to_save entry {rule!r} matches no module{hint}")
         chosen.update(hits)

@@ -1,1 +1,2 @@
-"""Training, evaluation and prediction: data reading, batching, and the loops built on them."""
+"""Training and evaluation: the run config, the loop, checkpoints, data parallelism, metrics and plots
+(data reading, tokenizing and batching live in loralab.data)."""

@@ -2,9 +2,10 @@
 import dataclasses
 
 import pytest
+import transformers
 
 from loralab import LoraLabError
-from loralab.budget import estimate_budget, estimate_budgets
+from loralab.budget import build_skeleton, estimate_budget, estimate_budgets
 from loralab.budget.memory import (TrainingSetup, full_finetune_memory, layer_activation_terms, lora_memory,
                                    model_activation_bytes)
 from loralab.budget.skeleton import TransformerDims
@@ -94,3 +95,16 @@ def test_llama_shape_uses_gated_mlp_gqa_and_no_dropout():
     assert (dims.gated_mlp, dims.dropout, dims.kv_heads, dims.head_dim, dims.lm_head) == (True, False, 3, 64, True)
     gpt2 = estimate_budget("gpt2-small", r=8).skeleton.dims
     assert (gpt2.gated_mlp, gpt2.dropout, gpt2.intermediate) == (False, True, 3072) and gpt2.assumed == ()
+
+
+def test_mlp_width_and_gating_come_from_the_architecture_table():
+    phi3 = build_skeleton(transformers.Phi3Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                                  intermediate_size=96, vocab_size=100, pad_token_id=0,
+                                                  eos_token_id=0, bos_token_id=0)).dims
+    assert (phi3.gated_mlp, phi3.intermediate) == (True, 96)         # fused gate_up_proj: was read as ungated
+    distilbert = build_skeleton(transformers.DistilBertConfig(dim=32, hidden_dim=80, n_layers=2, n_heads=4)).dims
+    assert (distilbert.gated_mlp, distilbert.intermediate, distilbert.assumed) == (False, 80, ())
+    neox = build_skeleton(transformers.GPTNeoXConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                                     intermediate_size=64, vocab_size=100)).dims
+    assert (neox.gated_mlp, neox.intermediate) == (False, 64)
+    assert neox.assumed == ("model_type 'gpt_neox' is not in loralab.models.architectures: assumed an ungated MLP",)

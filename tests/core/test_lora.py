@@ -5,19 +5,21 @@ import pytest
 import torch
 from torch import nn
 
+from loralab.core.inits import INITS
 from loralab.core.kinds import kind_of
-from loralab.core.lora import INITS, LoraFactors, LoraLayer, SlicedLoraFactors, lora_scale
+from loralab.core.lora import LoraFactors, LoraLayer, SlicedLoraFactors, lora_scale
 from loralab.core.variants import VARIANTS
 
 U = 2.0 ** -24   # fp32 unit roundoff
 
 
-def make_layer(base: nn.Module, r=4, alpha=8.0, init="kaiming", variant="lora", slices=None, dropout=0.0, seed=0):
+def make_layer(base: nn.Module, r=4, alpha=8.0, init="kaiming", variant="lora", slices=None, dropout=0.0, seed=0,
+               widths=None):
     torch.manual_seed(seed)
     layer = LoraLayer(base, kind_of(base))
     d, k = layer.kind.shape(base)
     kw = dict(dropout=dropout, variant=VARIANTS[variant])
-    f = SlicedLoraFactors(d, k, r, alpha, slices, **kw) if slices else LoraFactors(d, k, r, alpha, **kw)
+    f = SlicedLoraFactors(d, k, r, alpha, slices, widths, **kw) if slices else LoraFactors(d, k, r, alpha, **kw)
     layer.add_adapter("a", f, init)
     layer.set_active(["a"])
     return layer, f
@@ -130,6 +132,23 @@ def test_merge_is_idempotent_and_refuses_nan():
     assert layer.merged == []
 
 
+def test_unmerge_can_keep_the_first_merged():
+    base = nn.Linear(8, 8)
+    w0 = base.weight.detach().clone()
+    layer, f = make_layer(base)
+    randomize(f)
+    layer.add_adapter("b", LoraFactors(8, 8, 2, 2.0), "kaiming")
+    randomize(layer.lora_adapters["b"], seed=2)
+    layer.merge(["a"])
+    w_a = base.weight.detach().clone()
+    layer.merge(["b"])
+    layer.unmerge(keep=1)
+    assert layer.merged == ["a"]
+    torch.testing.assert_close(base.weight, w_a, rtol=0, atol=1e-6)
+    layer.unmerge()
+    torch.testing.assert_close(base.weight, w0, rtol=0, atol=1e-6)
+
+
 def test_only_factors_train_and_frozen_weight_is_unchanged_by_a_step():
     base = nn.Linear(8, 6)
     base.requires_grad_(False)
@@ -166,6 +185,41 @@ def test_sliced_factors_adapt_only_enabled_slices():
     torch.testing.assert_close(dw[8:], f.B[4:] @ f.A[2:])
     x = torch.randn(3, 8)
     torch.testing.assert_close(layer(x), base(x) + x @ dw.T, rtol=1e-5, atol=1e-6)
+
+
+def test_sliced_factors_with_unequal_widths():
+    base = nn.Linear(8, 12)                    # grouped-query [q; k; v]: 8 query rows, 2 key, 2 value
+    layer, f = make_layer(base, r=2, alpha=2.0, slices=(True, False, True), widths=(8, 2, 2))
+    assert f.A.shape == (4, 8) and f.B.shape == (10, 2)
+    randomize(f)
+    dw = f.delta_weight()
+    assert torch.count_nonzero(dw[8:10]) == 0
+    torch.testing.assert_close(dw[:8], f.B[:8] @ f.A[:2])
+    torch.testing.assert_close(dw[10:], f.B[8:] @ f.A[2:])
+    assert torch.equal(f.stored_B(f.B_matrix()), f.B)         # the file layout's inverse is exact
+    x = torch.randn(3, 8)
+    torch.testing.assert_close(layer(x), base(x) + x @ dw.T, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"widths \[8, 2, 1\] do not add up to the layer's 12 outputs"):
+        SlicedLoraFactors(12, 8, 2, 2.0, (True, False, True), (8, 2, 1))
+
+
+@pytest.mark.parametrize("variant, init", [("dora", "kaiming"), ("lora", "pissa")])
+def test_variants_and_inits_declare_whether_they_take_slices(variant, init):
+    with pytest.raises(ValueError, match=f"the '{variant if variant != 'lora' else init}' .* does not support fused"):
+        make_layer(nn.Linear(8, 12), r=2, slices=(True, False, True), variant=variant, init=init)
+
+
+def test_failed_init_leaves_no_adapter_and_remove_adapter_restores_w0():
+    base = nn.Linear(6, 5)
+    w0 = base.weight.detach().clone()
+    with pytest.raises(ValueError, match="PiSSA needs r <= min"):
+        make_layer(base, r=6, init="pissa")
+    assert torch.equal(base.weight, w0)
+    layer, f = make_layer(base, r=3, init="pissa")
+    assert not torch.equal(base.weight, w0)
+    layer.remove_adapter("a")
+    assert list(layer.lora_adapters) == [] and layer.active == []
+    torch.testing.assert_close(base.weight, w0, rtol=0, atol=1e-6)
 
 
 def test_pissa_starts_at_base_output_on_principal_directions():

@@ -10,17 +10,12 @@ from torch import nn
 import loralab
 from loralab import LoraConfig, LoraLabError
 from loralab.core.lora import SlicedLoraFactors
-from loralab.testing import model_output, tiny_inputs, tiny_model
+from loralab.testing import model_output, randomize_trainable, tiny_inputs, tiny_model
 
 peft = pytest.importorskip("peft")
 
 
-def randomize_ours(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=g) * 0.2)
+randomize_ours = randomize_trainable
 
 
 def randomize_peft(model, seed=0):
@@ -138,7 +133,7 @@ def test_our_round_trip_keeps_fused_slices_and_file_layout(tmp_path):
     f = dict(loralab.lora_layers(loaded))["transformer.h.0.attn.c_attn"].lora_adapters["default"]
     assert isinstance(f, SlicedLoraFactors) and f.slices == (True, False, True)
     torch.testing.assert_close(model_output(loaded, inputs), out, rtol=1e-5, atol=1e-6)
-    assert sorted(os.listdir(tmp_path / "ad")) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(os.listdir(tmp_path / "ad")) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
 
 
 def test_pissa_adapter_is_saved_relative_to_the_original_weights(tmp_path):
@@ -197,3 +192,310 @@ def test_read_adapter_gives_factors_in_matrix_view(tmp_path):
     assert A.shape == (3, 32) and B.shape == (128, 3) and scale == 2.0
     f = dict(loralab.lora_layers(model))["transformer.h.0.mlp.c_fc"].lora_adapters["default"]
     torch.testing.assert_close(scale * B @ A, f.delta_weight().detach())
+
+
+def _saved_bert(tmp_path, **config):
+    model = tiny_model("bert")
+    loralab.inject(model, LoraConfig(r=4, **config))
+    randomize_ours(model)
+    return loralab.save_adapter(model, tmp_path / "ad")
+
+
+def _edit_config(folder, **changes):
+    path = folder / "adapter_config.json"
+    config = json.loads(path.read_text())
+    config.update(changes)
+    path.write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(r="eight"), "r must be a positive integer, got 'eight'"),
+    (dict(lora_alpha=None), "lora_alpha must be a positive number, got None"),
+    (dict(use_dora="yes"), "use_dora must be true, false or null, got 'yes'"),
+    (dict(rank_pattern={"query": 0}), "rank_pattern must be an object of positive integers"),
+    (dict(lora_dropout="0.1"), r"lora_dropout must be a number in \[0, 1\) or null"),
+    (dict(modules_to_save="classifier"), "modules_to_save must be a list of module names or null"),
+])
+def test_bad_config_values_are_one_clear_error(tmp_path, changes, message):
+    folder = _saved_bert(tmp_path)
+    _edit_config(folder, **changes)
+    model = tiny_model("bert")
+    with pytest.raises(LoraLabError, match=f"adapter_config.json: {message}.*; fix the file or re-save the adapter"):
+        loralab.load_adapter(model, folder)
+    assert not hasattr(model, "loralab_state")
+
+
+def test_unknown_config_keys_warn_naming_the_nearest_peft_field(tmp_path):
+    folder = _saved_bert(tmp_path)
+    _edit_config(folder, lora_alhpa=32, my_note="x")
+    with pytest.warns(UserWarning) as record:
+        loralab.read_adapter(folder)
+    messages = sorted(str(w.message) for w in record)
+    assert len(messages) == 2
+    assert messages[0].endswith("unknown key 'lora_alhpa' is ignored; did you mean 'lora_alpha'?")
+    assert messages[1].endswith("unknown key 'my_note' is ignored (not a PEFT LoraConfig field)")
+
+
+def test_every_field_of_peft_lora_config_is_known(tmp_path):
+    import dataclasses
+    import warnings
+
+    from loralab.surgery.peft_names import PEFT_CONFIG_FIELDS
+
+    assert {f.name for f in dataclasses.fields(peft.LoraConfig)} <= PEFT_CONFIG_FIELDS
+    peft_model = peft.get_peft_model(tiny_model("bert"), peft.LoraConfig(r=2, target_modules=["query"]))
+    peft_model.save_pretrained(str(tmp_path / "peft"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loralab.read_adapter(tmp_path / "peft")
+
+
+@pytest.mark.parametrize("metadata, message", [
+    ("{not json", "Expecting property name"),
+    ('["a list"]', "not a JSON object"),
+    ('{"config": {}, "sliced": {"transformer.h.0.attn.c_attn": {"slices": [true], "r": 2, "alpha": 4}}}',
+     "at least one True"),
+    ('{"config": {}, "sliced": {"transformer.h.0.attn.c_attn": {"slices": [true, false, true], "r": "2"}}}',
+     "bad fused-slice entry"),
+])
+def test_corrupt_loralab_metadata_is_one_clear_error(tmp_path, metadata, message):
+    from safetensors.torch import save_file
+
+    model = tiny_model("gpt2")
+    loralab.inject(model, LoraConfig(r=2, alpha=4))
+    folder = loralab.save_adapter(model, tmp_path / "ad")
+    weights = folder / "adapter_model.safetensors"
+    save_file(load_file(str(weights)), str(weights), metadata={"format": "pt", "loralab": metadata})
+    with pytest.raises(LoraLabError, match=f"the loralab metadata in its header is corrupted .*{message}"):
+        loralab.load_adapter(tiny_model("gpt2"), folder)
+
+
+def test_adapter_of_only_saved_modules_is_refused_clearly(tmp_path):
+    from safetensors.torch import save_file
+
+    folder = _saved_bert(tmp_path, modules_to_save=["classifier"])
+    weights = folder / "adapter_model.safetensors"
+    head_only = {k: v for k, v in load_file(str(weights)).items() if ".classifier." in k}
+    save_file(head_only, str(weights))
+    model = tiny_model("bert")
+    with pytest.raises(LoraLabError, match=r"holds no LoRA factors \(only modules_to_save copies\)"):
+        loralab.load_adapter(model, folder)
+    assert not hasattr(model, "loralab_state")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nan_or_inf_adapter_refuses_to_load_naming_the_tensor(tmp_path, bad):
+    from safetensors.torch import save_file
+
+    folder = _saved_bert(tmp_path)
+    weights = folder / "adapter_model.safetensors"
+    tensors = load_file(str(weights))
+    key = "base_model.model.bert.encoder.layer.1.attention.self.value.lora_B.weight"
+    tensors[key][0, 0] = bad
+    save_file(tensors, str(weights))
+    model = tiny_model("bert")
+    with pytest.raises(LoraLabError, match=f"tensor '{key}' holds NaN/Inf values"):
+        loralab.load_adapter(model, folder)
+    assert not hasattr(model, "loralab_state")
+
+
+def test_a_problem_found_while_filling_factors_undoes_the_injection(tmp_path):
+    from safetensors.torch import save_file
+
+    model = tiny_model("gpt2")
+    loralab.inject(model, LoraConfig(r=2, alpha=4))
+    randomize_ours(model)
+    folder = loralab.save_adapter(model, tmp_path / "ad")
+    weights = folder / "adapter_model.safetensors"
+    tensors = load_file(str(weights))
+    tensors["base_model.model.transformer.h.1.attn.c_attn.lora_B.weight"][40, 0] = 1.0    # a row of the frozen k slice
+    with safe_open_metadata(weights) as metadata:
+        save_file(tensors, str(weights), metadata=metadata)
+    fresh = tiny_model("gpt2")
+    with pytest.raises(LoraLabError, match=r"transformer.h.1.attn.c_attn's lora_B is not zero outside the fused"):
+        loralab.load_adapter(fresh, folder)
+    assert not hasattr(fresh, "loralab_state") and not list(loralab.lora_layers(fresh))
+
+
+def test_dora_file_without_magnitudes_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    folder = _saved_bert(tmp_path, variant="dora")
+    weights = folder / "adapter_model.safetensors"
+    tensors = {k: v for k, v in load_file(str(weights)).items() if "magnitude" not in k}
+    save_file(tensors, str(weights))         # no loralab metadata: the variant comes from use_dora
+    with pytest.raises(LoraLabError, match="needs lora_magnitude_vector of shape \\(32,\\) for the dora variant"):
+        loralab.load_adapter(tiny_model("bert"), folder)
+
+
+def test_unequal_fused_slices_round_trip_with_the_same_delta_w(tmp_path):
+    gqa = {"c_attn": {"adapt": [True, False, True], "widths": [48, 24, 24]}}     # 96 rows, unequal slices
+    model = tiny_model("gpt2")
+    inputs = tiny_inputs(model)
+    loralab.inject(model, LoraConfig(r=2, alpha=4, targets=["c_attn"], fused_slices=gqa))
+    randomize_ours(model)
+    out = model_output(model, inputs)
+    loralab.save_adapter(model, tmp_path / "ad")
+    B = load_file(str(tmp_path / "ad" / "adapter_model.safetensors"))["base_model.model.transformer.h.0.attn.c_attn.lora_B.weight"]
+    assert B.shape == (96, 4) and torch.count_nonzero(B[48:72]) == 0 and torch.count_nonzero(B[:48, 2:]) == 0
+    peft_model = peft.PeftModel.from_pretrained(tiny_model("gpt2"), str(tmp_path / "ad")).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(peft_model(**inputs).logits, out, rtol=1e-4, atol=1e-5)
+    loaded = loralab.load_adapter(tiny_model("gpt2"), tmp_path / "ad")
+    f = dict(loralab.lora_layers(loaded))["transformer.h.0.attn.c_attn"].lora_adapters["default"]
+    assert isinstance(f, SlicedLoraFactors) and (f.slices, f.widths) == ((True, False, True), (48, 24, 24))
+    torch.testing.assert_close(model_output(loaded, inputs), out, rtol=1e-5, atol=1e-6)
+
+
+def test_save_writes_through_loralab_files(tmp_path, monkeypatch):
+    import loralab.files
+
+    written = []
+    original = loralab.files.atomic_write
+    monkeypatch.setattr(loralab.files, "atomic_write", lambda path, write: written.append(path.name) or original(path, write))
+    folder = _saved_bert(tmp_path)
+    assert written == ["adapter_model.safetensors", "adapter_config.json", "README.md"]   # weights first
+    assert sorted(os.listdir(folder)) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+    (tmp_path / "file").write_text("x")
+    model = tiny_model("bert")
+    loralab.inject(model, LoraConfig(r=2))
+    with pytest.raises(LoraLabError, match="exists and is not a folder"):
+        loralab.save_adapter(model, tmp_path / "file")
+
+
+class safe_open_metadata:
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        from safetensors import safe_open
+        with safe_open(str(self.path), framework="pt") as fh:
+            return fh.metadata()
+
+    def __exit__(self, *exc):
+        return False
+
+
+# ------------------------------------------------------------------------------------------------
+# model.save_pretrained on an adapted model, and what an adapter records about its base
+# ------------------------------------------------------------------------------------------------
+def _adapted_folder_model(tmp_path, family="bert"):
+    """A tiny model saved as a folder, loaded back from it (so its name_or_path is that folder), adapted."""
+    import transformers
+
+    tiny_model(family).save_pretrained(tmp_path / "base")
+    auto = transformers.AutoModelForSequenceClassification if family == "bert" else transformers.AutoModelForCausalLM
+    model = auto.from_pretrained(tmp_path / "base").eval()
+    loralab.inject(model, LoraConfig(r=2, alpha=4, targets=["query", "value"] if family == "bert" else None,
+                                     modules_to_save=["classifier"] if family == "bert" else []))
+    randomize_ours(model)
+    return model
+
+
+def _files(folder):
+    return {"config": json.loads((folder / "adapter_config.json").read_text()),
+            "tensors": load_file(str(folder / "adapter_model.safetensors"))}
+
+
+def test_save_pretrained_writes_the_adapters_in_peft_layout_like_peft(tmp_path):
+    import transformers
+
+    model = _adapted_folder_model(tmp_path)
+    inputs = tiny_inputs(model)
+    ours = model_output(model, inputs)
+    model.save_pretrained(tmp_path / "sp")
+    loralab.save_adapter(model, tmp_path / "sa")
+    assert sorted(os.listdir(tmp_path / "sp")) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+    a, b = _files(tmp_path / "sp"), _files(tmp_path / "sa")
+    assert a["config"] == b["config"] and a["tensors"].keys() == b["tensors"].keys()
+    assert all(torch.equal(a["tensors"][k], b["tensors"][k]) for k in a["tensors"])
+    peft_model = peft.PeftModel.from_pretrained(transformers.AutoModelForSequenceClassification.from_pretrained(
+        tmp_path / "base"), str(tmp_path / "sp")).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(peft_model(**inputs).logits, ours, rtol=1e-5, atol=1e-6)
+    # PEFT's layout for several adapters: "default" in the folder itself, the others in sub-folders
+    loralab.inject(model, LoraConfig(r=2, targets=["query"]), adapter="other")
+    model.save_pretrained(tmp_path / "two")
+    assert (tmp_path / "two" / "adapter_config.json").is_file() and (tmp_path / "two" / "other" / "README.md").is_file()
+    model.save_pretrained(tmp_path / "one", selected_adapters=["other"])
+    assert sorted(os.listdir(tmp_path / "one")) == ["other"]
+    model.save_pretrained(tmp_path / "trainer", state_dict={}, is_main_process=True)   # as transformers' Trainer does
+    assert (tmp_path / "trainer" / "adapter_model.safetensors").is_file()
+    model.save_pretrained(tmp_path / "rank1", is_main_process=False)
+    assert not (tmp_path / "rank1").exists()
+
+
+def test_save_pretrained_is_bound_on_the_instance_only_and_merge_and_unload_gives_the_full_model_back(tmp_path):
+    import copy
+
+    import transformers
+
+    model = _adapted_folder_model(tmp_path)
+    untouched = tiny_model("bert")
+    assert untouched.save_pretrained.__func__ is transformers.PreTrainedModel.save_pretrained
+    assert type(model).save_pretrained is transformers.PreTrainedModel.save_pretrained   # the class is not patched
+    twin = copy.deepcopy(model)
+    assert twin.save_pretrained.__self__ is twin
+    with pytest.raises(LoraLabError, match="takes no max_shard_size; it writes the adapters"):
+        model.save_pretrained(tmp_path / "x", max_shard_size="1GB")
+    with pytest.raises(LoraLabError, match="safetensors only"):
+        model.save_pretrained(tmp_path / "x", safe_serialization=False)
+    inputs = tiny_inputs(model)
+    merged = loralab.merge_and_unload(model)
+    expected = model_output(merged, inputs)
+    assert "save_pretrained" not in vars(merged)
+    merged.save_pretrained(tmp_path / "full")
+    assert {"config.json", "model.safetensors"} <= set(os.listdir(tmp_path / "full"))
+    reloaded = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "full").eval()
+    torch.testing.assert_close(model_output(reloaded, inputs), expected, rtol=1e-5, atol=1e-6)
+    # an adapted model whose adapters were all deleted saves in full too
+    loralab.delete_adapter(twin, "default")
+    twin.save_pretrained(tmp_path / "deleted")
+    assert "model.safetensors" in os.listdir(tmp_path / "deleted")
+
+
+def test_loaded_adapters_save_pretrained_too(tmp_path):
+    folder = _saved_bert(tmp_path)
+    model = loralab.load_adapter(tiny_model("bert"), folder)
+    model.save_pretrained(tmp_path / "again")
+    a, b = _files(folder), _files(tmp_path / "again")
+    assert a["tensors"].keys() == b["tensors"].keys() and all(torch.equal(a["tensors"][k], b["tensors"][k])
+                                                              for k in a["tensors"])
+
+
+def test_adapters_record_their_base_for_loralab_and_for_peft(tmp_path):
+    model = _adapted_folder_model(tmp_path)
+    loralab.save_adapter(model, tmp_path / "ad")
+    config = json.loads((tmp_path / "ad" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str((tmp_path / "base").absolute())     # what PEFT itself writes
+    assert config["task_type"] == "SEQ_CLS"                                              # from the model's class
+    meta = loralab.formats.peft.read_loralab_metadata(tmp_path / "ad")
+    assert meta["base"] == {"kind": "folder", "name": str((tmp_path / "base").absolute()), "gguf_fingerprint": None,
+                            "revision": None}
+    # explicit arguments win: a source (how the base was found), base_model_name_or_path, task_type
+    from loralab.models import ModelSource
+
+    hub = ModelSource("org/tiny", "hub", tmp_path / "base", "org/tiny", revision="abc")
+    loralab.save_adapter(model, tmp_path / "hub", source=hub, task_type="FEATURE_EXTRACTION")
+    config = json.loads((tmp_path / "hub" / "adapter_config.json").read_text())
+    assert (config["base_model_name_or_path"], config["task_type"]) == ("org/tiny", "FEATURE_EXTRACTION")
+    assert loralab.formats.peft.read_loralab_metadata(tmp_path / "hub")["base"]["revision"] == "abc"
+    loralab.save_adapter(model, tmp_path / "named", base_model_name_or_path="my/base")
+    assert json.loads((tmp_path / "named" / "adapter_config.json").read_text())["base_model_name_or_path"] == "my/base"
+    # a model built in memory has no base to record
+    memory = tiny_model("llama")
+    loralab.inject(memory, LoraConfig(r=2))
+    loralab.save_adapter(memory, tmp_path / "memory")
+    config = json.loads((tmp_path / "memory" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] is None and config["task_type"] == "CAUSAL_LM"
+    assert "base" not in loralab.formats.peft.read_loralab_metadata(tmp_path / "memory")
+
+
+def test_transformers_trainer_saves_the_adapter_of_an_adapted_model(tmp_path):
+    import transformers
+
+    model = _adapted_folder_model(tmp_path)
+    args = transformers.TrainingArguments(output_dir=str(tmp_path / "trainer"), report_to=[], use_cpu=True)
+    transformers.Trainer(model=model, args=args).save_model(str(tmp_path / "saved"))
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= set(os.listdir(tmp_path / "saved"))
+    assert not (tmp_path / "saved" / "model.safetensors").exists()

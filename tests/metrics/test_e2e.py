@@ -51,14 +51,14 @@ def test_group_references_keeps_first_appearance_order():
 def test_score_e2e_identical_and_disjoint():
     refs = [["the eagle is a cheap coffee shop near burger king ."],
             ["zizzi is a pub with a customer rating of 5 out of 5 ."]]
-    perfect = score_e2e([r[0] for r in refs], refs)
+    perfect = score_e2e([r[0] for r in refs], refs, meteor="loralab")
     assert list(perfect) == list(METRIC_NAMES)
     assert perfect["BLEU"] == pytest.approx(100.0)
     assert perfect["METEOR"] == pytest.approx(100.0)
     assert perfect["ROUGE_L"] == pytest.approx(100.0)
     assert perfect["CIDEr"] == pytest.approx(10.0)
     assert perfect["NIST"] > 3.0
-    nothing = score_e2e(["qq rr ss tt", "uu vv ww xx"], refs)
+    nothing = score_e2e(["qq rr ss tt", "uu vv ww xx"], refs, meteor="loralab")
     assert nothing == {"BLEU": 0.0, "NIST": 0.0, "METEOR": 0.0, "ROUGE_L": 0.0, "CIDEr": 0.0}
 
 

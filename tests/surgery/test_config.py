@@ -33,7 +33,7 @@ def test_string_target_becomes_a_list_and_patterns_resolve():
 
 
 def test_dict_round_trip_and_unknown_field(tmp_path):
-    c = LoraConfig(r=4, alpha=8, targets=["q_proj"], dora=True)
+    c = LoraConfig(r=4, alpha=8, targets=["q_proj"], variant="dora")
     assert LoraConfig.from_dict(c.to_dict()) == c
     with pytest.raises(LoraLabError, match="unknown LoraConfig field"):
         LoraConfig.from_dict({"rank": 4})
@@ -41,3 +41,38 @@ def test_dict_round_trip_and_unknown_field(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(LoraLabError, match="cannot read LoRA config"):
         LoraConfig.from_json(str(bad))
+
+
+def test_variant_is_a_registered_name_and_dora_true_is_its_old_spelling():
+    assert LoraConfig().variant == "lora" and LoraConfig(variant="dora").variant == "dora"
+    assert LoraConfig(dora=True) == LoraConfig(variant="dora")
+    assert LoraConfig(dora=False).variant == "lora"
+    stored_by_0_1 = {"r": 4, "alpha": 8.0, "dora": True, "targets": ["q_proj"]}
+    c = LoraConfig.from_dict(stored_by_0_1)
+    assert c.variant == "dora" and "dora" not in c.to_dict() and c.to_dict()["variant"] == "dora"
+    assert LoraConfig.from_dict(c.to_dict()) == c
+    with pytest.raises(LoraLabError, match="unknown variant 'lokr'; choose one of: dora, lora"):
+        LoraConfig(variant="lokr")
+    with pytest.raises(LoraLabError, match="unknown init 'lokr'; choose one of: gaussian, kaiming, pissa"):
+        LoraConfig(init="lokr")
+
+
+def test_fused_slices_take_equal_or_given_widths():
+    c = LoraConfig(fused_slices={"c_attn": [True, False, True],
+                                 "qkv_proj": {"adapt": [True, False, True], "widths": [40, 10, 10]}})
+    assert c.slices_for("h.0.attn.c_attn") == ((True, False, True), None)
+    assert c.slices_for("layers.0.self_attn.qkv_proj") == ((True, False, True), (40, 10, 10))
+    assert c.slices_for("h.0.attn.c_proj") is None
+    assert LoraConfig.from_dict(c.to_dict()) == c
+
+
+@pytest.mark.parametrize("value, message", [
+    ({"adapt": [True, False]}, "must be a list of >= 2 booleans"),
+    ({"adapt": [True, False], "widths": [4, 4], "extra": 1}, "must be a list of >= 2 booleans"),
+    ({"adapt": [True, False], "widths": [4]}, r"widths'\] must be 2 positive integers"),
+    ({"adapt": [True, False], "widths": [4, 0]}, r"widths'\] must be 2 positive integers"),
+    ({"adapt": [False, False], "widths": [4, 4]}, "at least one True"),
+])
+def test_bad_fused_slice_widths_fail_at_construction(value, message):
+    with pytest.raises(LoraLabError, match=message):
+        LoraConfig(fused_slices={"qkv_proj": value})

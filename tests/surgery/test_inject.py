@@ -79,7 +79,8 @@ def test_plain_pytorch_model_needs_targets():
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
     with pytest.raises(LoraLabError, match="no transformers config"):
         loralab.inject(model, LoraConfig())
-    loralab.inject(model, LoraConfig(targets=["0", "2"], r=2))
+    with pytest.warns(UserWarning, match=r"r=2 is not below min\(d, k\)=2 for 2: ΔW is no longer low-rank"):
+        loralab.inject(model, LoraConfig(targets=["0", "2"], r=2))
     assert [n for n, _ in loralab.lora_layers(model)] == ["0", "2"]
 
 
@@ -124,3 +125,84 @@ def test_second_adapter_and_bad_names():
     assert set(layer.lora_adapters) == {"default", "second"}
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all(".second." in n for n in trainable)
+
+
+def _snapshot(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}, [type(m) for m in model.modules()]
+
+
+def _assert_untouched(model, snapshot):
+    tensors, types = snapshot
+    assert [type(m) for m in model.modules()] == types and not hasattr(model, "loralab_state")
+    assert model.state_dict().keys() == tensors.keys()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in tensors.items())
+
+
+def test_pissa_rank_above_min_d_k_is_refused_before_any_layer_changes():
+    model = tiny_model("llama")              # v_proj: 32 -> 16 (2 key/value heads of 8)
+    before = _snapshot(model)
+    config = LoraConfig(r=4, init="pissa", targets=["q_proj", "v_proj"], rank_pattern={"layers.1.self_attn.v_proj": 17})
+    with pytest.raises(LoraLabError, match=r"cannot adapt model.layers.1.self_attn.v_proj: PiSSA needs r <= "
+                                           r"min\(d, k\) = 16 singular vectors, got r=17"):
+        loralab.inject(model, config)
+    _assert_untouched(model, before)
+
+
+def test_a_failure_on_the_last_layer_undoes_the_whole_injection(monkeypatch):
+    from loralab.core.inits import PiSSA
+
+    model = tiny_model("llama")
+    before = _snapshot(model)
+    calls = []
+    original = PiSSA.init
+
+    def failing_on_the_fourth(self, layer, f):
+        calls.append(1)
+        if len(calls) == 4:
+            raise RuntimeError("out of memory (simulated)")
+        original(self, layer, f)
+
+    monkeypatch.setattr(PiSSA, "init", failing_on_the_fourth)
+    with pytest.raises(RuntimeError, match="simulated"):
+        loralab.inject(model, LoraConfig(r=4, init="pissa", targets=["q_proj", "v_proj"], modules_to_save=["lm_head"]))
+    assert len(calls) == 4                   # three layers had their W0 rewritten before the failure
+    _assert_untouched(model, before)
+
+
+def test_inject_refuses_while_another_adapter_is_merged():
+    model = tiny_model("bert")
+    loralab.inject(model, LoraConfig(r=4), adapter="a")
+    loralab.merge(model)
+    before = _snapshot(model)[0]
+    with pytest.raises(LoraLabError, match=r"adapter\(s\) 'a' are merged into the base weights; call "
+                                           r"loralab.unmerge\(model\) first"):
+        loralab.inject(model, LoraConfig(r=2), adapter="b")
+    assert loralab.list_adapters(model) == ["a"] and loralab.is_merged(model)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+
+
+class FusedQKV(nn.Module):
+    """Grouped-query attention's fused projection: 32 query rows, 8 key rows, 8 value rows."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.qkv_proj = nn.Linear(32, 48)
+
+    def forward(self, x):
+        return self.qkv_proj(x)
+
+
+def test_fused_slices_of_unequal_widths():
+    gqa = {"qkv_proj": {"adapt": [True, False, True], "widths": [32, 8, 8]}}
+    model = FusedQKV()
+    plan = loralab.plan_injection(model, LoraConfig(r=2, targets=["qkv_proj"], fused_slices=gqa))
+    assert [(p.slices, p.slice_widths, p.num_params) for p in plan] == [
+        ((True, False, True), (32, 8, 8), 2 * (32 + 32) + 2 * (8 + 32))]
+    loralab.inject(model, LoraConfig(r=2, targets=["qkv_proj"], fused_slices=gqa))
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == plan[0].num_params
+    bad = {"qkv_proj": {"adapt": [True, False, True], "widths": [32, 4, 4]}}
+    for call in (loralab.plan_injection, loralab.inject):
+        with pytest.raises(LoraLabError, match=r"cannot adapt qkv_proj: fused slice widths \[32, 4, 4\] do not add "
+                                               r"up to the layer's 48 outputs"):
+            call(FusedQKV(), LoraConfig(r=2, targets=["qkv_proj"], fused_slices=bad))

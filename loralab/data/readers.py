@@ -1,0 +1,381 @@
+"""Reading data files: `read_examples(path, ReadOptions(...))` turns a TSV, CSV, JSONL, E2E (`mr||text`)
+or chat (JSONL conversations) file, optionally compressed (.gz/.bz2/.xz), or a folder saved with
+`datasets.Dataset.save_to_disk` into a list of `Example`s (raw strings, no tokenizer).
+
+Every user-facing error is one line naming the file, the line and the column. The file formats and the
+reading rules are documented in docs/data.md.
+"""
+from __future__ import annotations
+
+import bz2
+import codecs
+import contextlib
+import csv
+import gzip
+import io
+import json
+import lzma
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from loralab.data.examples import Column, Example
+from loralab.errors import LoraLabError
+
+FORMATS = ("tsv", "csv", "jsonl", "e2e", "hf", "chat")
+
+_COMPRESSED = {".bz2": bz2.open, ".gz": gzip.open, ".xz": lzma.open}
+_SUFFIX_FORMATS = {".tsv": "tsv", ".tab": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+# Review texts run to tens of kilobytes, past csv's default 128 KiB cap per field. The cap is process-wide,
+# so it is raised only while a file is read (`_csv_field_limit`), never at import.
+CSV_FIELD_LIMIT = 1 << 30
+
+
+def _check_column(name: str, value: Any, optional: bool) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise LoraLabError(f"{name} must be a column name or a 0-based column index, got {value!r}")
+    if isinstance(value, int) and value < 0:
+        raise LoraLabError(f"{name} must be a 0-based column index (0 or more), got {value}")
+    if isinstance(value, str) and not value:
+        raise LoraLabError(f"{name} is empty; give a column name or a 0-based index")
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How to read one data file.
+
+    format: "tsv", "csv", "jsonl", "e2e" (`mr||text` per line), "hf" (a `save_to_disk` folder) or "chat"
+        (conversations, one JSON object per line or one row of a `save_to_disk` folder; see
+        loralab.data.chat.conversation_from_row; the column options are not used);
+        None infers it from the name (.tsv/.tab, .csv, .jsonl/.ndjson, optionally + .gz/.bz2/.xz; a folder
+        is "hf"). E2E files end in .txt and chat files in .jsonl, so "e2e" and "chat" are given explicitly.
+    text_column / text_pair_column / label_column / target_column: a header name, or a 0-based index
+        (the only choice for files without a header, and for JSONL lines that are arrays). text_column is
+        the prompt for causal LM data; target_column its continuation. label_column=None reads no labels
+        (prediction inputs); text_pair_column and target_column default to None (not read).
+    header: the first non-blank row of a TSV/CSV holds column names (a UTF-8 BOM on it is dropped).
+    quoting: honour CSV double quotes (needed for fields with newlines or delimiters inside). Off reads
+        every quote as a literal character: GLUE MRPC and RTE have unbalanced quotes and need it off.
+    encoding: text encoding; the default "utf-8-sig" also reads plain UTF-8.
+    split: which split of a saved DatasetDict folder to read (not needed for a single Dataset).
+    """
+
+    format: str | None = None
+    text_column: Column = "sentence"
+    text_pair_column: Column | None = None
+    label_column: Column | None = "label"
+    target_column: Column | None = None
+    header: bool = True
+    quoting: bool = True
+    encoding: str = "utf-8-sig"
+    split: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.format is not None and self.format not in FORMATS:
+            raise LoraLabError(f"unknown data format {self.format!r}; use one of {', '.join(FORMATS)}")
+        _check_column("text column", self.text_column, optional=False)
+        _check_column("text-pair column", self.text_pair_column, optional=True)
+        _check_column("label column", self.label_column, optional=True)
+        _check_column("target column", self.target_column, optional=True)
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise LoraLabError(f"unknown text encoding {self.encoding!r}; try utf-8 or latin-1") from None
+
+    def columns(self) -> dict[str, Column]:
+        """The columns to read, as {field of Example: column}, skipping those not asked for."""
+        wanted = {"text": self.text_column, "text_pair": self.text_pair_column,
+                  "label": self.label_column, "target": self.target_column}
+        return {key: col for key, col in wanted.items() if col is not None}
+
+
+def _describe(column: Column) -> str:
+    return f"column {column}" if isinstance(column, int) else f"column {column!r}"
+
+
+def _infer_format(path: Path) -> str:
+    if path.is_dir():
+        return "hf"
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in _COMPRESSED:
+        suffixes = suffixes[:-1]
+    if suffixes and suffixes[-1] in _SUFFIX_FORMATS:
+        return _SUFFIX_FORMATS[suffixes[-1]]
+    raise LoraLabError(
+        f"{path}: cannot tell the data format from the file name; pass --format (one of {', '.join(FORMATS)})"
+    )
+
+
+def _open_text(path: Path, encoding: str) -> io.TextIOBase:
+    opener = _COMPRESSED.get(path.suffix.lower())
+    if opener is not None:
+        return opener(path, "rt", encoding=encoding, newline="")
+    return open(path, encoding=encoding, newline="")
+
+
+def _decode_error(path: Path, encoding: str, exc: UnicodeError) -> LoraLabError:
+    """Find the first physical line that does not decode, for a message the user can act on."""
+    opener = _COMPRESSED.get(path.suffix.lower(), open)
+    with opener(path, "rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            try:
+                raw.decode(encoding)
+            except UnicodeDecodeError as line_exc:
+                bad = raw[line_exc.start:line_exc.start + 1].hex()
+                return LoraLabError(
+                    f"{path}:{number}: byte 0x{bad} (byte {line_exc.start + 1} of the line) is not valid {encoding}; "
+                    f"pass the file's encoding with --encoding (e.g. latin-1)"
+                )
+    reason = getattr(exc, "reason", None) or str(exc)
+    return LoraLabError(f"{path}: not valid {encoding} ({reason}); pass the file's encoding with --encoding")
+
+
+def _read_error(path: Path, exc: BaseException) -> LoraLabError:
+    """One line for a file that cannot be read: an OS error, or a corrupt or mislabelled compressed file."""
+    suffix = path.suffix.lower()
+    if suffix in _COMPRESSED and not isinstance(exc, PermissionError):
+        return LoraLabError(f"{path}: not a readable {suffix[1:]} file ({exc}); if it is not compressed, "
+                            f"rename it without the {suffix} suffix")
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return LoraLabError(f"{path}: cannot read the file ({reason})")
+
+
+@contextlib.contextmanager
+def _csv_field_limit(limit: int) -> Iterator[None]:
+    """Raise csv's per-field size cap to at least `limit` bytes while a file is read, then restore it.
+
+    The cap is global to the process: restoring it keeps other csv users (and later reads) unaffected.
+    """
+    previous = csv.field_size_limit()
+    csv.field_size_limit(max(previous, limit))
+    try:
+        yield
+    finally:
+        csv.field_size_limit(previous)
+
+
+# --------------------------------------------------------------------------------------------------
+# Row readers: each yields (line, row) where row is a list (by position) or a dict (by name)
+# --------------------------------------------------------------------------------------------------
+
+
+def _delimited_rows(path: Path, options: ReadOptions, delimiter: str) -> Iterator[tuple[int, list[str]]]:
+    quoting = csv.QUOTE_MINIMAL if options.quoting else csv.QUOTE_NONE
+    # strict: a stray quote raises instead of silently swallowing the rest of the file into one field.
+    with _open_text(path, options.encoding) as fh:
+        reader = csv.reader(fh, delimiter=delimiter, quoting=quoting, strict=options.quoting)
+        start = 1
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                hint = "; if quotes in this file are literal text, pass --no-quoting" if options.quoting else ""
+                raise LoraLabError(f"{path}:{start}: unreadable row ({exc}){hint}") from None
+            line, start = start, reader.line_num + 1
+            if all(not cell.strip() for cell in row):
+                continue  # blank line
+            yield line, row
+
+
+def _jsonl_rows(path: Path, options: ReadOptions) -> Iterator[tuple[int, list[Any] | dict[str, Any]]]:
+    with _open_text(path, options.encoding) as fh:
+        for line, text in enumerate(fh, start=1):
+            if not text.strip():
+                continue
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise LoraLabError(f"{path}:{line}: not a JSON value ({exc.msg} at character {exc.colno}); "
+                                   "each line of a .jsonl file must be one JSON object") from None
+            if not isinstance(row, (dict, list)):
+                raise LoraLabError(f"{path}:{line}: expected a JSON object (or array), got {type(row).__name__}")
+            yield line, row
+
+
+def _hf_rows(path: Path, options: ReadOptions) -> Iterator[tuple[int, dict[str, Any]]]:
+    try:
+        import datasets  # lazily: a heavy import that only this format needs
+    except ImportError:
+        raise LoraLabError("reading a saved datasets folder needs the `datasets` package: pip install datasets") from None
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except (FileNotFoundError, ValueError) as exc:
+        raise LoraLabError(f"{path}: not a folder saved with datasets' save_to_disk ({exc})") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        names = list(loaded.keys())
+        if options.split is None and len(names) == 1:
+            loaded = loaded[names[0]]
+        elif options.split in loaded:
+            loaded = loaded[options.split]
+        else:
+            raise LoraLabError(f"{path}: holds splits {', '.join(names)}; choose one with --split")
+    for row_number, row in enumerate(loaded, start=1):
+        yield row_number, row
+
+
+def _resolve_positions(path: Path, header: list[str], header_line: int,
+                       columns: dict[str, Column]) -> dict[str, int]:
+    positions = {}
+    for key, column in columns.items():
+        if isinstance(column, int):
+            positions[key] = column
+        elif column in header:
+            positions[key] = header.index(column)
+        else:
+            shown = ", ".join(repr(h) for h in header)
+            raise LoraLabError(f"{path}:{header_line}: no column {column!r} in the header ({shown}); "
+                               f"name one of these, or a 0-based index, with --{key.replace('_', '-')}-column")
+    return positions
+
+
+def _cell(path: Path, line: int, row: list[Any] | dict[str, Any], column: Column, position: int | None) -> Any:
+    """One field of a row; a missing field is an error naming file, line and column."""
+    if isinstance(row, dict):
+        if isinstance(column, int):
+            names = list(row.keys())
+            if column >= len(names):
+                raise LoraLabError(f"{path}:{line}: row has {len(names)} fields, no {_describe(column)}")
+            column = names[column]
+        if column not in row:
+            raise LoraLabError(f"{path}:{line}: {_describe(column)} is missing; "
+                               f"fields present: {', '.join(map(str, row.keys()))}")
+        if row[column] is None:
+            raise LoraLabError(f"{path}:{line}: {_describe(column)} is empty (null)")
+        return row[column]
+    if position is None:
+        raise LoraLabError(f"{path}:{line}: the line is a JSON array, so {_describe(column)} must be given "
+                           "as a 0-based index")
+    if position >= len(row):
+        raise LoraLabError(
+            f"{path}:{line}: row has {len(row)} fields, {_describe(column)} (position {position}) is missing; "
+            "check the format/delimiter, and --no-quoting for files with literal quotes"
+        )
+    if row[position] is None:
+        raise LoraLabError(f"{path}:{line}: {_describe(column)} is empty (null)")
+    return row[position]
+
+
+def _as_text(path: Path, line: int, column: Column, value: Any) -> str:
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise LoraLabError(f"{path}:{line}: {_describe(column)} should hold text, got {type(value).__name__}")
+
+
+def _as_label(path: Path, line: int, column: Column, value: Any) -> str | int | float:
+    if isinstance(value, str):
+        value = value.strip()
+        if not value:
+            raise LoraLabError(f"{path}:{line}: {_describe(column)} (the label) is empty")
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    raise LoraLabError(f"{path}:{line}: {_describe(column)} (the label) should be text or a number, "
+                       f"got {type(value).__name__}")
+
+
+def _e2e_examples(path: Path, options: ReadOptions) -> list[Example]:
+    from loralab.metrics.e2e import parse_e2e_line
+
+    examples = []
+    with _open_text(path, options.encoding) as fh:
+        for line, text in enumerate(fh, start=1):
+            pair = parse_e2e_line(text, f"{path}:{line}")
+            if pair is None:
+                continue
+            prompt, target = pair
+            examples.append(Example(text=prompt, target=target, source=str(path), line=line))
+    if not examples:
+        raise LoraLabError(f"{path}: the file holds no examples")
+    return examples
+
+
+def _chat_examples(path: Path, options: ReadOptions) -> list[Example]:
+    from loralab.data.chat import conversation_from_row
+
+    rows = _hf_rows(path, options) if path.is_dir() else _jsonl_rows(path, options)
+    examples = []
+    for line, row in rows:
+        if not isinstance(row, dict):
+            raise LoraLabError(f"{path}:{line}: a chat row must be a JSON object, got an array")
+        examples.append(Example.from_messages(conversation_from_row(row, f"{path}:{line}"), str(path), line))
+    if not examples:
+        raise LoraLabError(f"{path}: the file holds no conversations")
+    return examples
+
+
+def _table_examples(path: Path, fmt: str, options: ReadOptions) -> list[Example]:
+    columns = options.columns()
+    if fmt in ("tsv", "csv"):
+        rows: Iterator[tuple[int, Any]] = _delimited_rows(path, options, "\t" if fmt == "tsv" else ",")
+    elif fmt == "jsonl":
+        rows = _jsonl_rows(path, options)
+    else:
+        rows = _hf_rows(path, options)
+
+    positions: dict[str, int] = {}
+    if fmt in ("tsv", "csv"):
+        if options.header:
+            first = next(rows, None)
+            if first is None:
+                raise LoraLabError(f"{path}: the file is empty; expected a header row and examples")
+            header_line, header = first
+            header = [cell.lstrip("\ufeff").strip() for cell in header]
+            positions = _resolve_positions(path, header, header_line, columns)
+        else:
+            named = [col for col in columns.values() if isinstance(col, str)]
+            if named:
+                raise LoraLabError(f"{path}: column {named[0]!r} is given by name but the file has no header "
+                                   "row (--no-header); give columns as 0-based indices")
+            positions = {key: col for key, col in columns.items() if isinstance(col, int)}
+    else:
+        positions = {key: col for key, col in columns.items() if isinstance(col, int)}
+
+    examples = []
+    for line, row in rows:
+        fields: dict[str, Any] = {}
+        for key, column in columns.items():
+            value = _cell(path, line, row, column, positions.get(key))
+            if key == "label":
+                fields[key] = _as_label(path, line, column, value)
+            else:
+                fields[key] = _as_text(path, line, column, value)
+        examples.append(Example(**fields, source=str(path), line=line))
+    if not examples:
+        what = "has a header but no examples" if fmt in ("tsv", "csv") and options.header else "holds no examples"
+        raise LoraLabError(f"{path}: the file {what}")
+    return examples
+
+
+def read_examples(path: str | os.PathLike[str], options: ReadOptions | None = None) -> list[Example]:
+    """Read every example of one data file (or saved `datasets` folder), in file order.
+
+    Text fields are stripped of surrounding whitespace; blank lines are skipped. Raises LoraLabError naming
+    file, line and column for a missing file, an empty file, a missing column, a short or unreadable row,
+    bytes that are not valid in `options.encoding`, or a corrupt compressed file.
+    """
+    options = options or ReadOptions()
+    path = Path(path)
+    if not path.exists():
+        raise LoraLabError(f"{path}: no such data file or folder")
+    fmt = options.format or _infer_format(path)
+    if fmt not in ("hf", "chat") and path.is_dir():
+        raise LoraLabError(f"{path} is a folder; a {fmt} data set is one file (folders are read as --format hf)")
+    try:
+        with _csv_field_limit(CSV_FIELD_LIMIT):
+            if fmt == "e2e":
+                return _e2e_examples(path, options)
+            if fmt == "chat":
+                return _chat_examples(path, options)
+            return _table_examples(path, fmt, options)
+    except UnicodeError as exc:
+        raise _decode_error(path, options.encoding, exc) from None
+    except (OSError, EOFError, lzma.LZMAError) as exc:
+        raise _read_error(path, exc) from None

@@ -1,0 +1,175 @@
+"""One-line loading: an adapter folder (loralab's or PEFT's) -> its base model with the adapter, ready to use.
+
+    model = loralab.from_pretrained("runs/sst2-all-minilm-l6-v2/adapter")     # the base found by the adapter
+    model = loralab.from_pretrained("peft-adapter", model="bert-base-uncased")   # or named
+    tokenizer = loralab.models.load_tokenizer(model.name_or_path)
+
+What an adapter folder says about its use, read here for from_pretrained and for `loralab eval/predict`
+(loralab.serving.load), so a folder PEFT wrote works wherever one loralab wrote does:
+  base model  `resolve_base`: loralab's record in the weights' metadata (ModelSource.record(): builtin name,
+              GGUF file + fingerprint, hub id + commit, or folder), then loralab-task.json's "model", then
+              PEFT's base_model_name_or_path; an error names every place tried and why it failed.
+  task        `adapter_task_and_labels`: loralab-task.json's "task", else PEFT's task_type (SEQ_CLS: a classifier,
+              regression when its saved head has one output; CAUSAL_LM: causal-lm); without either, a folder
+              saving a head is a classifier, otherwise a causal LM.
+  labels      labels.json, else the id2label of a config.json in the adapter folder or of the base model,
+              as many as the saved classifier head has outputs (LABEL_i where the config has no names).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from loralab.errors import LoraLabError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from loralab.data.labels import LabelMap
+    from loralab.models import ModelSource
+
+
+def from_pretrained(adapter_dir: str | os.PathLike, model: str | os.PathLike | None = None,
+                    adapter_name: str = "default", task: str | None = None) -> "nn.Module":
+    """The base model with the adapter at `adapter_dir` loaded and active, in eval mode: the right head for the
+    task (a classifier with the adapter's labels as config.id2label, or a causal LM).
+
+    model: the base model (a builtin name, folder, GGUF file or cached hub id); default: the one the adapter
+    names (see resolve_base). task: a loralab task name (loralab.data.tasks); default: the adapter's.
+    The adapter's parameters stay trainable (as after loralab.inject); `loralab.load_adapter(model, other,
+    adapter="name")` adds more adapters, `loralab.set_adapter` switches between them."""
+    from loralab.serving.load import load_with_adapters
+
+    return load_with_adapters({adapter_name: Path(adapter_dir)}, model, task).model
+
+
+def resolve_base(adapter_dir: str | os.PathLike, model: str | os.PathLike | None = None,
+                 cache_dir: str | os.PathLike | None = None) -> "ModelSource":
+    """Where the base model of an adapter is on this machine: `model` if given, else the first of loralab's
+    record, loralab-task.json's "model" and PEFT's base_model_name_or_path that resolves. One-line
+    LoraLabError naming each place tried when none does."""
+    from loralab.models import resolve_model_source
+
+    folder = Path(adapter_dir)
+    if model is not None:
+        return resolve_model_source(model, cache_dir)
+    tried = []
+    for what, find in _base_candidates(folder):
+        try:
+            return find(cache_dir)
+        except LoraLabError as exc:
+            tried.append(f"{what}: {exc}")
+    if not tried:
+        raise LoraLabError(f"adapter {folder} does not say its base model; pass it (model=... or --model)")
+    raise LoraLabError(f"cannot find the base model of adapter {folder}; tried {' | '.join(tried)}; pass the base "
+                       f"model (model=... or --model)")
+
+
+def _base_candidates(folder: Path) -> list[tuple[str, Any]]:
+    """[(what, find(cache_dir) -> ModelSource)] in the order resolve_base tries them."""
+    from loralab.formats.peft import read_loralab_metadata
+    from loralab.models import resolve_model_source, source_from_record
+    from loralab.serving.load import read_task_info
+
+    record = read_loralab_metadata(folder).get("base")
+    spec = read_task_info(folder).get("model")
+    peft_base = _peft_config(folder).get("base_model_name_or_path")
+    found = []
+    if record:
+        found.append((f"loralab's record ({record.get('kind')} {record.get('name')!r})",
+                      lambda cache_dir: source_from_record(record, cache_dir)))
+    if spec:
+        found.append((f"loralab-task.json's model {spec!r}", lambda cache_dir: resolve_model_source(spec, cache_dir)))
+    if peft_base and peft_base != spec:
+        found.append((f"base_model_name_or_path {peft_base!r}",
+                      lambda cache_dir: resolve_model_source(peft_base, cache_dir)))
+    return found
+
+
+def adapter_task_and_labels(adapter_dir: str | os.PathLike, task: str | None = None,
+                            base_folder: str | os.PathLike | None = None) -> tuple[str, "LabelMap | None"]:
+    """(loralab task name, label map or None for causal LM) of an adapter folder; `task` overrides the task.
+    base_folder: the base model's folder, whose config.json may name the labels."""
+    from loralab.data.labels import LABELS_FILENAME, LabelMap
+    from loralab.data.tasks import task_kind
+    from loralab.serving.load import read_task_info
+
+    folder = Path(adapter_dir)
+    stated = task or read_task_info(folder).get("task")
+    head_rows = _saved_head_rows(folder)
+    name = stated or _task_from_peft(folder, head_rows)
+    if task_kind(name).is_generative:
+        return name, None
+    if (folder / LABELS_FILENAME).is_file():
+        return name, LabelMap.load(folder / LABELS_FILENAME)
+    label_map = _labels_from_config(folder, base_folder, head_rows)
+    if label_map is None:
+        raise LoraLabError(f"{folder} has no labels.json, and neither a saved classifier head nor an id2label in "
+                           f"a config.json names its classes; add labels.json or pass the task (--task causal-lm)")
+    if label_map.regression and not stated:
+        name = "regression"
+    return name, label_map
+
+
+def _task_from_peft(folder: Path, head_rows: int | None) -> str:
+    """The loralab task of PEFT's task_type (the task list's `peft_task_type`); without one, a folder saving
+    a head is a classifier and any other a causal LM."""
+    from loralab.data.tasks import TASKS
+
+    task_type = _peft_config(folder).get("task_type")
+    if task_type is None:
+        return "classification" if head_rows else "causal-lm"
+    for kind in TASKS.values():
+        if kind.peft_task_type == task_type:
+            return kind.name
+    served = sorted({k.peft_task_type for k in TASKS.values()})
+    raise LoraLabError(f"{folder} is a PEFT {task_type} adapter; loralab's tasks cover task_type {', '.join(served)}")
+
+
+def _labels_from_config(folder: Path, base_folder: str | os.PathLike | None,
+                        head_rows: int | None) -> "LabelMap | None":
+    """Labels from a config.json (the adapter folder's, else the base model's): regression for a one-output head
+    or problem_type "regression", else id2label's names, LABEL_i where they do not fit the head."""
+    from loralab.data.labels import LabelMap
+
+    config = next((_read_json(p / "config.json") for p in (folder, base_folder) if p is not None
+                   and (Path(p) / "config.json").is_file()), {})
+    if head_rows == 1 or config.get("problem_type") == "regression":
+        return LabelMap(regression=True)
+    id2label = config.get("id2label") or {}
+    names = [str(id2label[k]) for k in sorted(id2label, key=int)] if id2label else []
+    rows = head_rows or len(names)
+    if rows < 2:
+        return None
+    return LabelMap(tuple(names) if len(names) == rows else tuple(f"LABEL_{i}" for i in range(rows)))
+
+
+def _saved_head_rows(folder: Path) -> int | None:
+    """Outputs of the classifier head an adapter saves (modules_to_save): the fewest rows among its 2-D
+    weights (a head's last layer maps hidden -> labels), None when it saves none. Reads shapes only."""
+    from safetensors import safe_open
+
+    from loralab.formats.peft import WEIGHTS_NAME, is_adapter_tensor
+
+    if not (folder / WEIGHTS_NAME).is_file():
+        return None
+    with safe_open(str(folder / WEIGHTS_NAME), framework="pt") as fh:
+        shapes = [fh.get_slice(k).get_shape() for k in fh.keys() if k.endswith(".weight") and not is_adapter_tensor(k)]
+    rows = [shape[0] for shape in shapes if len(shape) == 2]
+    return min(rows) if rows else None
+
+
+def _peft_config(folder: Path) -> dict:
+    from loralab.formats.peft import CONFIG_NAME
+
+    return _read_json(folder / CONFIG_NAME) if (folder / CONFIG_NAME).is_file() else {}
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise LoraLabError(f"cannot read {path}: {exc}") from None
+    return data if isinstance(data, dict) else {}
