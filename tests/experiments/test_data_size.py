@@ -2,7 +2,6 @@
 seed statistics and the paper's Table 16 as quoted."""
 from __future__ import annotations
 
-import csv
 import json
 import statistics
 from pathlib import Path
@@ -13,15 +12,8 @@ from loralab.experiments import run_experiment
 from loralab.experiments.data_size import (MAX_STEPS, MIN_STEPS, PAPER_TABLE16, QUICK_MAX_STEPS, QUICK_MIN_STEPS,
                                            steps_for)
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-pytestmark = pytest.mark.skipif(not (SHARED / "glue" / "SST-2" / "train.tsv").is_file(),
-                                reason="needs ../shared/data (GLUE SST-2)")
+pytestmark = pytest.mark.needs_glue("SST-2")
 D, LAYERS, HEAD = 32, 2, 32 * 2 + 2
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
 
 
 def test_steps_rule():
@@ -36,7 +28,7 @@ def test_paper_table16_as_quoted():
     assert PAPER_TABLE16["PrefixLayer"] == (48.3, 82.5, 85.9, 89.6)
 
 
-def test_data_size_quick(tmp_path: Path):
+def test_data_size_quick(tmp_path: Path, read_csv):
     out = tmp_path / "data-size"
     run_experiment("data-size", out=out, quick=True, log=lambda message: None)
     data = json.loads((out / "results.json").read_text(encoding="utf-8"))

@@ -3,7 +3,6 @@ read off the table, the spectrum of full fine-tuning's ΔW is that of W_ft − W
 `subspace_run` trains (then reuses) one subspace."""
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -13,15 +12,8 @@ import torch
 from loralab.experiments import run_experiment
 from loralab.experiments.intrinsic_dim import QUICK_DIMS, d90, fastfood_projection, subspace_run
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-pytestmark = pytest.mark.skipif(not (SHARED / "glue" / "MRPC" / "train.tsv").is_file(),
-                                reason="needs ../shared/data (GLUE MRPC)")
+pytestmark = pytest.mark.needs_glue("MRPC")
 D, LAYERS, HEAD = 32, 2, 32 * 2 + 2
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
 
 
 def test_d90_definition():
@@ -46,7 +38,7 @@ def quick_out(tmp_path_factory) -> Path:
     return out
 
 
-def test_intrinsic_dim_quick_table(quick_out: Path):
+def test_intrinsic_dim_quick_table(quick_out: Path, read_csv):
     rows = read_csv(quick_out / "results.csv")
     assert [r["run"] for r in rows] == ["full", "lora-r1"] + [f"d{d}" for d in QUICK_DIMS]
     by = {r["run"]: r for r in rows}
@@ -65,7 +57,7 @@ def test_intrinsic_dim_quick_table(quick_out: Path):
     assert len(list((quick_out / "figures").glob("*.png"))) == 2
 
 
-def test_update_spectrum_is_that_of_the_weight_difference(quick_out: Path):
+def test_update_spectrum_is_that_of_the_weight_difference(quick_out: Path, read_csv):
     from safetensors.torch import load_file
 
     spectrum = read_csv(quick_out / "update_spectrum.csv")
@@ -97,7 +89,7 @@ def test_subspace_run_trains_then_reuses(tmp_path: Path):
     assert subspace_run(2, quick=True, steps=2, log=lambda message: None).folder is None   # temporary, removed
 
 
-def test_step_time_table(quick_out: Path):
+def test_step_time_table(quick_out: Path, read_csv):
     rows = read_csv(quick_out / "step_time.csv")
     assert [r["method"] for r in rows] == ["full", "lora r=1"] + [f"intrinsic d={d}" for d in QUICK_DIMS]
     trained = {r["method"]: int(r["trained_values"]) for r in rows}

@@ -1,7 +1,6 @@
 """`loralab experiment lr-sweep --quick`: one run per (method, rate), the best rate is the argmax."""
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import pytest
@@ -9,17 +8,10 @@ import pytest
 from loralab.experiments import run_experiment
 from loralab.experiments.lr_sweep import LEARNING_RATES
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-pytestmark = pytest.mark.skipif(not (SHARED / "glue" / "SST-2" / "train.tsv").is_file(),
-                                reason="needs ../shared/data (GLUE SST-2)")
+pytestmark = pytest.mark.needs_glue("SST-2")
 
 
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
-
-
-def test_lr_sweep_quick(tmp_path: Path):
+def test_lr_sweep_quick(tmp_path: Path, read_csv):
     out = tmp_path / "lr-sweep"
     run_experiment("lr-sweep", out=out, quick=True, log=lambda message: None)
     rows = read_csv(out / "results.csv")
