@@ -18,7 +18,7 @@ def test_config_validation_and_default_run():
                          (dict(data="sst2", lora={"r": 0}), "r")]:
         with pytest.raises(LoraLabError, match=message):
             TrainConfig(**bad)
-    with pytest.raises(LoraLabError, match="unknown training settings"):
+    with pytest.raises(LoraLabError, match="unknown setting 'learning_rate'; did you mean 'lr'"):
         TrainConfig.from_dict({"data": "sst2", "learning_rate": 1})
     assert config.lora_config(("classifier",)).modules_to_save == ["classifier"]
 
