@@ -30,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser, split_help="the split to evaluate: of the builtin --data set (e.g. test), or of a "
                                           "saved datasets DatasetDict folder given as --file")
     add_deprecated(parser, "--data-split", dest="split", new="--split")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from loralab.data.encoding import encode_examples
     from loralab.data.readers import read_examples
     from loralab.data.splits import fixed_subset
+    from loralab.cli.progress import forward_progress
     from loralab.errors import LoraLabError
     from loralab.cli.adapter_args import adapter_paths
     from loralab.serving.load import load_with_adapters
@@ -61,7 +63,9 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_with_adapters(adapter_paths(args), args.model, args.task, args.use, args.max_length)
     encoded = encode_examples(examples, loaded.tokenizer, loaded.task, loaded.label_map)
     collator = PadCollator(pad_token_id_for(loaded.tokenizer))
-    metrics = evaluate(loaded.model, encoded, loaded.task.kind, collator, args.batch_size, loaded.label_map).metrics
+    with forward_progress(loaded.model, len(encoded), args.progress):
+        metrics = evaluate(loaded.model, encoded, loaded.task.kind, collator, args.batch_size,
+                           loaded.label_map).metrics
     use = args.use or next(iter(loaded.adapters))
     print(f"{source}: {len(encoded)} examples, adapter {use!r} on {loaded.model_spec}")
     for name, value in metrics.items():

@@ -1,1 +1,1 @@
-"""Using trained adapters: loading a base model with one or several adapters, and text generation."""
+"""Using trained adapters: loading a base model with one or several adapters (generation: loralab.generation)."""
