@@ -1,5 +1,5 @@
 """Where a command writes: `--output/-o PATH` on every command that writes (train, merge, eval, predict,
-analyze, experiment, e2e), with the old `--out` accepted for one release."""
+analyze, experiment, e2e, learn), with the old `--out` accepted for one release."""
 from __future__ import annotations
 
 import argparse
