@@ -3,7 +3,7 @@
 Examples:
   loralab budget --shape gpt3-175b --r 1 8 --targets q v
   loralab budget --model path/to/model_folder --r 8 --targets q v o --batch-size 16 --seq-len 128
-  loralab budget --shape llama-7b --targets all-linear --dtype bf16 --attention flash --json
+  loralab budget --shape llama-7b --targets all-linear --precision bf16 --attention flash --json
   loralab budget --list-shapes
 """
 from __future__ import annotations
@@ -14,7 +14,10 @@ from pathlib import Path
 
 # Only light modules at import time: torch and transformers load in run(), so --help stays fast.
 from loralab.budget.shapes import SHAPES
+from loralab.cli.deprecated import add_deprecated
 from loralab.errors import LoraLabError
+
+PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,16 +39,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "'re:' regexes, or all-linear (default: the architecture preset, Wq and Wv)")
     lora.add_argument("--exclude", nargs="+", default=[], metavar="T", help="modules never adapted")
     lora.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha (shown only; it changes no size)")
-    lora.add_argument("--dora", action="store_true", help="DoRA: one trainable magnitude per output row")
+    lora.add_argument("--variant", default="lora",
+                      help="lora, or dora (one trainable magnitude per output row) (default lora)")
+    add_deprecated(lora, "--dora", dest="variant", new="--variant dora", const="dora")
     lora.add_argument("--bias", choices=("none", "all", "lora_only"), default="none",
                       help="biases that train and are saved too (default none)")
-    lora.add_argument("--lora-dropout", type=float, default=0.0, metavar="P",
+    lora.add_argument("--dropout", type=float, default=0.0, metavar="P",
                       help="LoRA dropout; p > 0 stores each adapter's dropped-out input (default 0)")
+    add_deprecated(lora, "--lora-dropout", dest="dropout", new="--dropout", type=float, metavar="P")
     train = parser.add_argument_group("training memory")
     train.add_argument("--batch-size", type=int, default=1, help="sequences per step (default 1)")
     train.add_argument("--seq-len", type=int, default=512, help="tokens per sequence (default 512)")
-    train.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp16",
-                       help="training dtype of weights, gradients, activations (default fp16)")
+    train.add_argument("--precision", choices=PRECISIONS, default="fp16",
+                       help="training precision of weights, gradients and activations (default fp16)")
+    # --dtype names the frozen weights' precision on other commands; here it was loralab 0.1's --precision.
+    add_deprecated(train, "--dtype", dest="precision", new="--precision", choices=PRECISIONS)
     train.add_argument("--attention", choices=("eager", "flash"), default="eager",
                        help="eager keeps the a*s^2 attention probabilities (Korthikanti et al.); "
                             "flash keeps none (default eager)")
@@ -72,11 +80,11 @@ def run(args: argparse.Namespace) -> int:
     from loralab.budget.shapes import find_shape
 
     source = find_shape(args.shape) if args.shape else Path(args.model)
-    setup = TrainingSetup(batch_size=args.batch_size, seq_len=args.seq_len, dtype=args.dtype,
+    setup = TrainingSetup(batch_size=args.batch_size, seq_len=args.seq_len, dtype=args.precision,
                           master_weights=not args.no_master_weights, attention=args.attention)
     budgets = estimate_budgets(source, args.r, args.targets, setup=setup, architecture=args.architecture,
-                               alpha=args.alpha, exclude=args.exclude, dora=args.dora, bias=args.bias,
-                               dropout=args.lora_dropout)
+                               alpha=args.alpha, exclude=args.exclude, variant=args.variant, bias=args.bias,
+                               dropout=args.dropout)
     if args.json:
         print(json.dumps(report_dict(budgets), indent=2))
     else:

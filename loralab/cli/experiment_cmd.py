@@ -1,11 +1,11 @@
 """Run one of the paper's experiments end to end: training runs (resumable), analysis, CSV/JSON, PNG plots and an HTML report.
 
-    loralab experiment rank --quick --out /tmp/rank      # tiny random model, seconds
+    loralab experiment rank --quick -o /tmp/rank         # tiny random model, seconds
     loralab experiment rank                              # all-MiniLM-L6-v2 on SST-2: 5 runs of 500 steps
                                                          # (~15 min on 2 idle cores; 35 min measured on busy ones)
     loralab experiment rank --seeds 3 --runs r1,r4       # r=1 and r=4 with seeds 0, 1, 2: median and spread
     loralab experiment data-size                         # LoRA vs full FT, prefix, adapters on 100 .. all examples
-    loralab experiment intrinsic-dim --data mrpc         # random-subspace training (Fastfood), d90
+    loralab experiment intrinsic-dim --dims 100,1000     # random-subspace training (Fastfood) on MRPC, d90
 
 Re-running the same command continues where it stopped: finished runs are read back.
 """
@@ -26,16 +26,18 @@ def _names(text: str) -> list[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from loralab.cli.output_args import add_output_argument
+    from loralab.cli.train_args import add_train_arguments
     from loralab.experiments import EXPERIMENTS
 
     parser.add_argument("name", choices=list(EXPERIMENTS), metavar="NAME",
                         help="; ".join(f"{k}: {v}" for k, (_, v) in EXPERIMENTS.items()))
     parser.add_argument("--quick", action="store_true",
                         help="tiny random-init model on a few hundred examples (well under a minute; for tests)")
-    parser.add_argument("--out", default=None, help="output folder (default: runs/experiments/NAME)")
-    parser.add_argument("--data", default=None, help="builtin data set (default: sst2, a fixed subset)")
-    parser.add_argument("--model", default=None, help="model spec (default: all-minilm-l6-v2)")
-    parser.add_argument("--seeds", type=_positive, default=None,
+    add_output_argument(parser, "output folder (default: runs/experiments/NAME)", metavar="DIR")
+    add_train_arguments(parser, ("model", "data"), helps={"data": "builtin data set (default: sst2, a fixed subset)",
+                                                          "model": "model spec (default: all-minilm-l6-v2)"})
+    parser.add_argument("--seeds", type=_positive, default=None, metavar="N",
                         help="train every run with seeds 0..N-1 and report median, min, max (the paper: median of 5)")
     parser.add_argument("--runs", type=_names, default=None, metavar="NAME,NAME",
                         help="train and report only these runs of the experiment's grid (e.g. r1,r4 or lora,full)")
@@ -46,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from loralab.experiments import run_experiment
 
-    out = args.out or f"runs/experiments/{args.name}"
+    out = args.output or f"runs/experiments/{args.name}"
     run_experiment(args.name, out=out, quick=args.quick, data=args.data, model=args.model, seeds=args.seeds,
                    runs=args.runs, dims=args.dims)
     print(f"wrote {out}: results.csv, results.json, results.md, figures/, report.html")
