@@ -35,8 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="tiny random-init model on a few hundred examples (well under a minute; for tests)")
     add_output_argument(parser, "output folder (default: runs/experiments/NAME)", metavar="DIR")
-    add_train_arguments(parser, ("model", "data"), helps={"data": "builtin data set (default: sst2, a fixed subset)",
-                                                          "model": "model spec (default: all-minilm-l6-v2)"})
+    add_train_arguments(parser, ("model", "data", "max_steps"),
+                        helps={"data": "builtin data set (default: sst2, a fixed subset)",
+                               "model": "model spec (default: all-minilm-l6-v2)",
+                               "max_steps": "intrinsic-dim: every run's optimizer steps instead of the default "
+                                            "(a shorter sweep; give it its own --output)"})
     parser.add_argument("--seeds", type=_positive, default=None, metavar="N",
                         help="train every run with seeds 0..N-1 and report median, min, max (the paper: median of 5)")
     parser.add_argument("--runs", type=_names, default=None, metavar="NAME,NAME",
@@ -50,6 +53,6 @@ def run(args: argparse.Namespace) -> int:
 
     out = args.output or f"runs/experiments/{args.name}"
     run_experiment(args.name, out=out, quick=args.quick, data=args.data, model=args.model, seeds=args.seeds,
-                   runs=args.runs, dims=args.dims)
+                   runs=args.runs, dims=args.dims, max_steps=args.max_steps)
     print(f"wrote {out}: results.csv, results.json, results.md, figures/, report.html")
     return 0

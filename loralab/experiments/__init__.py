@@ -52,7 +52,7 @@ def run_experiment(name: str, out: str | os.PathLike | None = None, quick: bool 
     accepted = inspect.signature(module.run).parameters
     unknown = sorted(k for k, v in options.items() if k not in accepted and v is not None)
     if unknown:
-        raise LoraLabError(f"experiment {name} does not take {', '.join('--' + k for k in unknown)}; "
+        raise LoraLabError(f"experiment {name} does not take {', '.join('--' + k.replace('_', '-') for k in unknown)}; "
                            f"remove {'it' if len(unknown) == 1 else 'them'}")
     given = {k: v for k, v in options.items() if v is not None}
     return module.run(out=out or os.path.join("runs", "experiments", name), quick=quick, data=data, model=model,

@@ -80,13 +80,16 @@ def _settings(quick: bool, data: str | None, model: str | None, out: Path) -> tu
     return model or DEFAULT_MODEL, data_name, dict(TRAIN)
 
 
-def _config(quick: bool, data: str | None, model: str | None, out: Path, lr: float, **method: Any):
+def _config(quick: bool, data: str | None, model: str | None, out: Path, lr: float, steps: int | None = None,
+            **method: Any):
+    """One run's TrainConfig; steps: optimizer steps (default: the experiment's rule, at least MIN_STEPS)."""
     from loralab.training.config import TrainConfig
 
     model_spec, data_name, train = _settings(quick, data, model, out)
     train_size = train.pop("train_limit")
-    examples = train_size if quick else min(train_size, train_set_size(data_name))
-    steps = QUICK_STEPS if quick else max(MIN_STEPS, math.ceil(examples / train["batch_size"]))
+    if steps is None:
+        examples = train_size if quick else min(train_size, train_set_size(data_name))
+        steps = QUICK_STEPS if quick else max(MIN_STEPS, math.ceil(examples / train["batch_size"]))
     return TrainConfig(model=model_spec, data=data_name, train_limit=train_size, epochs=1.0, max_steps=steps,
                        lr=lr, seed=0, eval_every=steps, checkpoint_every=0, progress=False, **train, **method)
 
@@ -100,28 +103,27 @@ def subspace_lr(d: int, quick: bool = False) -> float:
 def subspace_spec(d: int, quick: bool, data: str | None, model: str | None, out: Path,
                   lr: float | None = None, steps: int | None = None) -> RunSpec:
     """One random-subspace run; lr and steps default to the experiment's (subspace_lr(d), the step rule)."""
-    import dataclasses
-
     lr = lr or subspace_lr(d, quick)
-    config = _config(quick, data, model, out, lr, method="intrinsic", method_options={"d": d})
-    if steps is not None:
-        config = dataclasses.replace(config, max_steps=steps, eval_every=steps)
+    config = _config(quick, data, model, out, lr, steps, method="intrinsic", method_options={"d": d})
     return RunSpec(f"d{d}", config, {"method": "intrinsic", "d": d, "lr": lr})
 
 
 def intrinsic_specs(quick: bool, data: str | None, model: str | None, out: Path,
-                    dims: Sequence[int] | None = None) -> list[RunSpec]:
-    """Full fine-tuning, LoRA r=1 on Wq, Wv, then one random-subspace run per d."""
+                    dims: Sequence[int] | None = None, steps: int | None = None) -> list[RunSpec]:
+    """Full fine-tuning, LoRA r=1 on Wq, Wv, then one random-subspace run per d; steps: every run's optimizer
+    steps (default: the experiment's rule)."""
+    if steps is not None and (not isinstance(steps, int) or steps < 1):
+        raise LoraLabError(f"max steps must be a positive integer, got {steps!r}")
     full_lr = METHOD_GRID["full"][2 if quick else 1]
     lora_lr = METHOD_GRID["lora"][2 if quick else 1]
-    specs = [RunSpec("full", _config(quick, data, model, out, full_lr, method="full"),
+    specs = [RunSpec("full", _config(quick, data, model, out, full_lr, steps, method="full"),
                      {"method": "full", "d": None, "lr": full_lr}),
-             RunSpec("lora-r1", _config(quick, data, model, out, lora_lr, lora={"r": 1, "alpha": ALPHA}),
+             RunSpec("lora-r1", _config(quick, data, model, out, lora_lr, steps, lora={"r": 1, "alpha": ALPHA}),
                      {"method": "lora r=1", "d": None, "lr": lora_lr})]
     for d in dims or (QUICK_DIMS if quick else DIMS):
         if not isinstance(d, int) or d < 1:
             raise LoraLabError(f"subspace dimensions must be positive integers, got {d!r}")
-        specs.append(subspace_spec(d, quick, data, model, out))
+        specs.append(subspace_spec(d, quick, data, model, out, steps=steps))
     return specs
 
 
@@ -205,10 +207,12 @@ def step_times(out: Path, quick: bool, model_spec: str, log: Callable[[str], Non
 
 def run(out: str | os.PathLike = "runs/experiments/intrinsic-dim", quick: bool = False, data: str | None = None,
         model: str | None = None, log: Callable[[str], None] = print, dims: Sequence[int] | None = None,
-        runs: Sequence[str] | None = None) -> ExperimentReport:
-    """Train (or reuse) full fine-tuning, LoRA r=1 and one subspace per d; d90; the spectrum of full FT's ΔW."""
+        runs: Sequence[str] | None = None, max_steps: int | None = None) -> ExperimentReport:
+    """Train (or reuse) full fine-tuning, LoRA r=1 and one subspace per d; d90; the spectrum of full FT's ΔW.
+    max_steps: every run's optimizer steps instead of the default rule (a cheaper, shorter sweep: give it
+    its own `out`, finished runs there are read back whatever their steps)."""
     out = Path(out)
-    specs = select_runs(intrinsic_specs(quick, data, model, out, dims), runs)
+    specs = select_runs(intrinsic_specs(quick, data, model, out, dims, max_steps), runs)
     results = run_grid(specs, out / "runs", isolate=not quick, log=log)
     metric = metric_name(results)
     by_name = {r.name: r for r in results}

@@ -105,3 +105,18 @@ def test_learning_rate_keeps_the_step_in_parameter_space_constant():
     assert subspace_lr(300) == 0.1 and subspace_lr(1200) == 0.05 and subspace_lr(3) == 1.0
     for d in (10, 100, 10_000):   # lr·√d, the size of one Adam step in θ-space, is the same for every d
         assert subspace_lr(d) * d ** 0.5 == pytest.approx(0.1 * 300 ** 0.5, rel=2e-3)
+
+
+def test_max_steps_sets_every_runs_steps_and_only_intrinsic_dim_takes_it(tmp_path: Path):
+    from loralab.errors import LoraLabError
+    from loralab.experiments.intrinsic_dim import intrinsic_specs
+
+    default = intrinsic_specs(False, None, None, tmp_path / "default", dims=[10])
+    assert [s.config.max_steps for s in default] == [300, 300, 300]   # MRPC: 161 steps per epoch, at least 300
+    short = intrinsic_specs(False, None, None, tmp_path / "short", dims=[10, 100], steps=7)
+    assert [(s.name, s.config.max_steps, s.config.eval_every) for s in short] == [
+        ("full", 7, 7), ("lora-r1", 7, 7), ("d10", 7, 7), ("d100", 7, 7)]
+    with pytest.raises(LoraLabError, match="positive"):
+        intrinsic_specs(False, None, None, tmp_path / "bad", dims=[10], steps=0)
+    with pytest.raises(LoraLabError, match="does not take --max-steps"):
+        run_experiment("rank", out=tmp_path / "rank", quick=True, max_steps=5)
