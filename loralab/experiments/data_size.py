@@ -6,8 +6,9 @@ fine-tuning at every size, and prefix-tuning far behind on the small sets. Here:
 subsets of 100, 1,000 and 8,000 sentences and all 67,349, scored on the whole dev set (872 sentences).
 
 Schedule per size n (batch 16): one epoch, but at least MIN_STEPS and at most MAX_STEPS optimizer steps,
-so a 100-sentence run sees its data 32 times and the "all" run stops after MAX_STEPS steps (24,000
-sentences, 36 % of an epoch: a cap forced by the CPU budget, stated in the table's `epochs` column).
+so a 100-sentence run (7 batches an epoch, the last one of 4) passes over its data 28.6 times and the
+"all" run stops after MAX_STEPS steps (24,000 sentences, 36 % of an epoch: a cap forced by the CPU budget,
+stated in the table's `epochs` column: optimizer steps over batches per epoch).
 One evaluation, at the end (no checkpoint selection on dev). Small sets (≤ SMALL_SET) are trained with
 SMALL_SET_SEEDS seeds and reported as median and min–max; the seeds change initialisation and batch
 order, not the subset (subsets are one fixed draw, and nested: the 100 lie inside the 1,000).
@@ -87,7 +88,7 @@ def data_size_specs(quick: bool, data: str | None, model: str | None, out: Path,
             else:
                 config = TrainConfig(method=method, method_options=dict(options), **fields)
             info = {"method": method, "size": size, "size_label": size_label(size, everything),
-                    "steps": steps, "epochs": round(steps * BATCH_SIZE / size, 2), "lr": fields["lr"]}
+                    "steps": steps, "epochs": round(steps / math.ceil(size / BATCH_SIZE), 2), "lr": fields["lr"]}
             name = f"{method}-n{'all' if everything else size}"
             base.append(RunSpec(name, config, info))
             counts[name] = seeds or ((QUICK_SMALL_SET_SEEDS if quick else SMALL_SET_SEEDS) if size <= small else 1)

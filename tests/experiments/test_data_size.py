@@ -21,6 +21,17 @@ def test_steps_rule():
     assert [steps_for(n, quick=True) for n in (32, 96, 1000)] == [QUICK_MIN_STEPS, 6, QUICK_MAX_STEPS]
 
 
+def test_default_grid_epochs_count_the_short_last_batch(tmp_path: Path):
+    from loralab.experiments.data_size import data_size_specs
+
+    specs = data_size_specs(False, None, None, tmp_path, runs=["lora-n100", "lora-n1000", "lora-nall"])
+    epochs = {s.name: (s.info["steps"], s.info["epochs"]) for s in specs}
+    # 100 sentences: 7 batches an epoch (6 of 16, 1 of 4); 1,000: 63; all 67,349: 4,210
+    assert epochs == {"lora-n100": (200, 28.57), "lora-n100-seed1": (200, 28.57), "lora-n100-seed2": (200, 28.57),
+                      "lora-n1000": (200, 3.17), "lora-n1000-seed1": (200, 3.17), "lora-n1000-seed2": (200, 3.17),
+                      "lora-nall": (1500, 0.36)}
+
+
 def test_paper_table16_as_quoted():
     assert PAPER_TABLE16["lora"] == (63.8, 85.6, 89.2, 91.7)
     assert PAPER_TABLE16["full"] == (60.2, 85.8, 88.9, 89.5)
@@ -43,7 +54,8 @@ def test_data_size_quick(tmp_path: Path, read_csv):
         (m, "32", 2, 4) for m in ("lora", "full", "prefix", "houlsby")] + [
         (m, "96", 1, 6) for m in ("lora", "full", "prefix", "houlsby")]
     for row in summary:
-        assert float(row["epochs"]) == pytest.approx(int(row["steps"]) * 16 / int(row["size_label"]), abs=0.01)
+        batches_per_epoch = -(-int(row["size_label"]) // 16)        # the last batch of an epoch may be short
+        assert float(row["epochs"]) == pytest.approx(int(row["steps"]) / batches_per_epoch, abs=0.01)
         values = [float(r["dev_accuracy"]) for r in runs if r["run"].split("-seed")[0] == row["run"]]
         assert float(row["dev_accuracy_median"]) == pytest.approx(statistics.median(values))
         assert float(row["dev_accuracy_min"]) == min(values) and float(row["dev_accuracy_max"]) == max(values)
