@@ -13,6 +13,7 @@ from pathlib import Path
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from loralab.cli.adapter_args import add_adapter_arguments
     from loralab.cli.data_args import add_data_arguments
+    from loralab.cli.runtime_args import add_runtime_arguments
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("\n", 2)[2]
@@ -27,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", dest="json_out", help="also write the metrics to this JSON file")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     add_data_arguments(parser)
+    add_runtime_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from loralab.data.readers import read_examples
     from loralab.data.splits import fixed_subset
     from loralab.cli.progress import forward_progress
+    from loralab.cli.runtime_args import runtime_from_args
     from loralab.errors import LoraLabError
     from loralab.serving.load import load_with_adapters, parse_adapter_specs
     from loralab.files import write_text as atomic_write_text
@@ -47,7 +50,9 @@ def run(args: argparse.Namespace) -> int:
     if bool(args.file) == bool(args.data):
         raise LoraLabError("give the data to evaluate: either --file PATH or --data NAME")
     set_threads(args.threads)
-    loaded = load_with_adapters(parse_adapter_specs(args.adapter), args.model, args.task, args.use, args.max_length)
+    runtime = runtime_from_args(args)
+    loaded = load_with_adapters(parse_adapter_specs(args.adapter), args.model, args.task, args.use, args.max_length,
+                                runtime.precision, runtime.quantize)
     if args.data:
         split = args.data_split or builtin_dataset(args.data).eval_split
         examples = load_builtin(args.data, [split])[split]
@@ -60,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     collator = PadCollator(pad_token_id_for(loaded.tokenizer))
     with forward_progress(loaded.model, len(encoded), args.progress):
         metrics = evaluate(loaded.model, encoded, loaded.task.kind, collator, args.batch_size,
-                           loaded.label_map).metrics
+                           loaded.label_map, device=runtime.device).metrics
     use = args.use or next(iter(loaded.adapters))
     print(f"{source}: {len(encoded)} examples, adapter {use!r} on {loaded.model_spec}")
     for name, value in metrics.items():

@@ -18,6 +18,7 @@ from pathlib import Path
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from loralab.cli.adapter_args import add_adapter_arguments
     from loralab.cli.data_args import add_data_arguments
+    from loralab.cli.runtime_args import add_runtime_arguments
     from loralab.cli.sampling_args import add_sampling_arguments
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -31,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     add_sampling_arguments(parser)
     add_data_arguments(parser)
+    add_runtime_arguments(parser)
 
 
 def _stdin_examples(pairs: bool):
@@ -63,6 +65,7 @@ def predict_texts(loaded, examples, batch_size: int = 32, params=None, progress:
     from loralab.data.batching import PadCollator, eval_batches, pad_token_id_for, restore_order
     from loralab.data.encoding import encode_examples
     from loralab.generation import generate
+    from loralab.training.evaluation import move_batch
 
     if loaded.task.kind == "causal-lm":
         texts = generate(loaded.model, loaded.tokenizer, [e.text for e in examples], params, task=loaded.task,
@@ -74,7 +77,8 @@ def predict_texts(loaded, examples, batch_size: int = 32, params=None, progress:
     outputs = []
     with torch.inference_mode():
         for indices in tqdm(batches, desc="predicting", unit="batch", disable=not progress, dynamic_ncols=True):
-            logits = loaded.model(**collator([encoded[i] for i in indices])).logits
+            batch = move_batch(collator([encoded[i] for i in indices]), next(loaded.model.parameters()).device)
+            logits = loaded.model(**batch).logits
             if loaded.label_map.regression:
                 outputs.append([f"{v:.6g}" for v in logits.view(-1).tolist()])
             else:
@@ -86,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
     _quiet_transformers()
     from loralab.cli.data_args import read_options_from_args
     from loralab.data.readers import ReadOptions, read_examples
+    from loralab.cli.runtime_args import runtime_from_args
     from loralab.cli.sampling_args import sampling_params_from_args
     from loralab.serving.load import load_with_adapters, parse_adapter_specs
     from loralab.files import write_text as atomic_write_text
@@ -93,7 +98,9 @@ def run(args: argparse.Namespace) -> int:
 
     set_threads(args.threads)
     params = sampling_params_from_args(args)  # checked before the model loads
-    loaded = load_with_adapters(parse_adapter_specs(args.adapter), args.model, args.task, args.use, args.max_length)
+    runtime = runtime_from_args(args)
+    loaded = load_with_adapters(parse_adapter_specs(args.adapter), args.model, args.task, args.use, args.max_length,
+                                runtime.precision, runtime.quantize)
     pairs = loaded.task.kind == "pair-classification"
     if args.file:
         examples = read_examples(args.file, read_options_from_args(args, ReadOptions(label_column=None)))

@@ -22,11 +22,12 @@ _SIMPLE_FIELDS = ("model", "task", "data", "train_file", "dev_file", "test_file"
                   "test_limit", "max_length", "prompt_template", "epochs", "max_steps", "batch_size",
                   "eval_batch_size", "grad_accum", "lr", "weight_decay", "warmup_ratio", "scheduler",
                   "max_grad_norm", "seed", "eval_every", "checkpoint_every", "log_every", "best_metric",
-                  "early_stopping_patience", "threads")
+                  "early_stopping_patience", "threads", "device", "dtype", "quantize")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from loralab.cli.data_args import add_data_arguments
+    from loralab.cli.runtime_args import add_runtime_arguments
     from loralab.data.tasks import TASK_NAMES
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -81,6 +82,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     t.add_argument("--threads", type=int, help="torch threads per process (default: cores / processes)")
     t.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
+    # Device, precision and memory: TrainConfig fields (these lines go when train's flags are generated).
+    runtime = add_runtime_arguments(parser)
+    runtime.add_argument("--gradient-checkpointing", action="store_true", default=None,
+                         help="recompute activations in backward: much less activation memory, one more forward")
+    runtime.add_argument("--fsdp", action="store_true", default=None,
+                         help="under torchrun: shard the frozen base across the processes (FSDP2) instead of DDP")
 
 
 def _limit(value: str) -> int | None:
@@ -126,7 +133,8 @@ def _apply_flags(args: argparse.Namespace, base: dict) -> dict:
             base[limit] = None
     if args.train_file:
         base["data"] = None
-    for flag, field in (("chat_template", "chat_template"), ("compile", "compile"), ("packing", "packing")):
+    for flag, field in (("chat_template", "chat_template"), ("compile", "compile"), ("packing", "packing"),
+                        ("gradient_checkpointing", "gradient_checkpointing"), ("fsdp", "fsdp")):
         if getattr(args, flag) is not None:
             base[field] = True
     if args.progress is not None:
@@ -165,7 +173,8 @@ def resumed_config(args: argparse.Namespace, output: Path):
 def _flag_name(field: str) -> str:
     """How a TrainConfig field is given on the command line, for messages."""
     names = {"lora": "the LoRA flags (--r, --alpha, --targets, ...)", "read_options": "the data format flags",
-             "progress": "--no-progress", "chat_template": "--chat-template", "packing": "--packing"}
+             "progress": "--no-progress", "chat_template": "--chat-template", "packing": "--packing",
+             "gradient_checkpointing": "--gradient-checkpointing", "fsdp": "--fsdp"}
     if field in names:
         return names[field]
     return f"--{field.replace('_', '-')}" if field in _SIMPLE_FIELDS or field == "compile" else f"the setting {field!r}"
