@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 
+from loralab.cli.runtime_args import add_runtime_arguments, runtime_fields
 from loralab.cli.sampling_args import add_sampling_arguments, sampling_overrides
 from loralab.errors import LoraLabError
 from loralab.generation.params import SamplingParams
@@ -49,6 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                               "(default: 'Write one sentence describing this restaurant: ')")
     parser.add_argument("--threads", type=int, help="torch threads (default: the available cores)")
     add_sampling_arguments(parser, SamplingParams(max_new_tokens=48))
+    add_runtime_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = {name: getattr(args, name) for name in ("model", "epochs", "lr", "r", "alpha", "instruction",
                                                          "threads")
                  if getattr(args, name) is not None}
+    overrides.update(runtime_fields(args))
     decoding = sampling_overrides(args)
     for name in ("num_beams", "max_new_tokens"):
         if name in decoding:

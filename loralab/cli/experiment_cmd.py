@@ -12,6 +12,7 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from loralab.cli.runtime_args import add_runtime_arguments
     from loralab.experiments import EXPERIMENTS
 
     parser.add_argument("name", choices=list(EXPERIMENTS), metavar="NAME",
@@ -21,12 +22,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="output folder (default: runs/experiments/NAME)")
     parser.add_argument("--data", default=None, help="builtin data set (default: sst2, a fixed subset)")
     parser.add_argument("--model", default=None, help="model spec (default: all-minilm-l6-v2)")
+    add_runtime_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    from loralab.cli.runtime_args import runtime_fields, runtime_from_args
     from loralab.experiments import run_experiment
+    from loralab.experiments.common import grid_runtime
 
+    runtime_from_args(args)     # a missing GPU or a dtype it cannot run: one line, before any run starts
     out = args.out or f"runs/experiments/{args.name}"
-    run_experiment(args.name, out=out, quick=args.quick, data=args.data, model=args.model)
+    with grid_runtime(**runtime_fields(args)):
+        run_experiment(args.name, out=out, quick=args.quick, data=args.data, model=args.model)
     print(f"wrote {out}: results.csv, results.json, results.md, figures/, report.html")
     return 0
