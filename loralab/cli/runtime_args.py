@@ -18,8 +18,7 @@ QUANTIZE_HELP = ("store the frozen base's Linear weights quantized: none, int8 (
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """Add --device, --dtype and --quantize (defaults None: 'not given', so configs and runs can fill them)."""
-    from loralab.precision import DEVICE_CHOICES, DTYPES
-    from loralab.training.config import QUANTIZE_CHOICES
+    from loralab.precision import DEVICE_CHOICES, DTYPES, QUANTIZE_CHOICES
 
     group = parser.add_argument_group("device and precision")
     group.add_argument("--device", help=f"where the model runs: {DEVICE_CHOICES} (default auto: a GPU when there "

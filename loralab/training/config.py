@@ -18,7 +18,6 @@ from loralab.data.tasks import DEFAULT_TASK, task_kind
 from loralab.errors import LoraLabError
 
 SCHEDULERS = ("linear", "cosine", "constant")
-QUANTIZE_CHOICES = ("none", "int8", "nf4")
 
 
 # The offline default run; TrainConfig(**DEFAULT_RUN) is what `loralab train` runs without arguments.
@@ -170,7 +169,7 @@ class TrainConfig:
     def _check_runtime(self) -> None:
         """device, dtype, quantize and the memory switches: known names (whether the device is there is checked
         when the run starts, on the machine that runs it)."""
-        from loralab.precision import DEVICE_CHOICES, DTYPES
+        from loralab.precision import DEVICE_CHOICES, DTYPES, QUANTIZE_CHOICES
 
         if not isinstance(self.device, str) or not (self.device in ("auto", "cpu", "cuda", "mps")
                                                     or self.device.startswith("cuda:")):
