@@ -253,6 +253,8 @@ def load_model(spec: str | os.PathLike, task: str = "causal-lm", num_labels: int
     task: "causal-lm" (AutoModelForCausalLM), "sequence-classification" (AutoModelForSequenceClassification,
     a freshly initialised head with `num_labels` outputs unless the folder already has one) or "base"
     (AutoModel, no head). kwargs go to `from_pretrained` (e.g. attn_implementation="eager").
+    A folder saved quantized by bitsandbytes (nf4 or int8; a quantization_config in config.json) loads with
+    loralab's own quantized layers holding the same codes; other saved quantizations are a one-line error.
     """
     import transformers
 
@@ -275,12 +277,29 @@ def load_model(spec: str | os.PathLike, task: str = "causal-lm", num_labels: int
     }[task]
     kwargs.setdefault("dtype", dtype_of(dtype))
     kwargs["local_files_only"] = True
+    saved = _saved_quantization(folder)      # a checkpoint saved quantized: checked before anything loads
     try:
-        return model_class.from_pretrained(str(folder), **kwargs)
+        model = model_class.from_pretrained(str(folder), **kwargs)
     except ValueError as exc:
         # e.g. a BERT folder asked for task causal-lm: transformers lists the classes it knows.
         first_line = (str(exc).strip().splitlines() or ["ValueError"])[0]
         raise LoraLabError(f"cannot load {folder} for task {task!r}: {first_line}") from exc
+    if saved:
+        from loralab.quantization.saved import from_bitsandbytes
+
+        from_bitsandbytes(model)
+    return model
+
+
+def _saved_quantization(folder: Path) -> dict | None:
+    """The folder's quantization_config when loralab can load it (else a one-line LoraLabError); None for
+    a full-precision checkpoint (loralab.quantization.saved)."""
+    from loralab.quantization.saved import check_loadable, saved_quantization
+
+    config = saved_quantization(folder)
+    if config is not None:
+        check_loadable(folder, config)
+    return config
 
 
 def load_tokenizer(spec: str | os.PathLike, cache_dir: str | os.PathLike | None = None, **kwargs):
