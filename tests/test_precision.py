@@ -11,7 +11,7 @@ import loralab
 from loralab.errors import LoraLabError
 from loralab.precision import (DTYPES, Precision, PrecisionWarning, check_dtype, dtype_name, dtype_of,
                                keep_trainable_fp32, resolve_device)
-from loralab.testing import tiny_model
+from loralab.testing import tiny_inputs, tiny_model
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -98,6 +98,15 @@ def test_prepare_keeps_every_trainable_tensor_fp32():
     Precision(torch.device("cpu"), torch.bfloat16).prepare(model)
     assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
     assert {p.dtype for p in model.parameters() if not p.requires_grad} == {torch.bfloat16}
+    # Without autocast too (the trainer uses autocast): the fp32 head takes the bf16 hidden states and gives
+    # bf16 logits back. (fp32 biases inside frozen bf16 layers, bias="all", need autocast.)
+    model = tiny_model("bert").to(torch.bfloat16)
+    loralab.inject(model, loralab.LoraConfig(r=4, modules_to_save=["classifier"]))
+    Precision(torch.device("cpu"), torch.bfloat16).prepare(model)
+    logits = model(**tiny_inputs(model)).logits
+    logits.float().sum().backward()
+    assert logits.dtype == torch.bfloat16
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
 
 
 def test_fp16_loss_scaling_skips_an_overflowing_step_on_cpu():
