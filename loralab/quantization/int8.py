@@ -10,10 +10,11 @@ tokens (see docs/precision.md). The input quantization adds its own error (about
 inputs); rows are scaled to max 1 before it, so that it is per token (`_int8_product`).
 
 Those kernels have no autograd, and a frozen layer still needs dL/dx = g·W0 for earlier adapters. With
-`transposed_copy=True` (default) a second packed int8 matrix holds W0ᵀ (re-quantized per column from the
-dequantized W0, so it is a function of the stored weight alone) and the backward is as fast as the
-forward; with `transposed_copy=False` the backward unpacks Q and multiplies in bf16 (half the memory,
-slower backward). Elsewhere (no fbgemm, or a GPU) the layer dequantizes to `compute_dtype` and multiplies.
+`transposed_copy=True` a second packed int8 matrix holds W0ᵀ (re-quantized per column from the dequantized
+W0, so it is a function of the stored weight alone) and the backward runs on the int8 kernel too; with
+False the backward unpacks Q and multiplies in bf16: half the memory, and on this CPU (native bf16) as
+fast once the per-token scaling of g is paid for, so 'auto' keeps the copy only where bf16 is not native.
+Elsewhere (no fbgemm, or a GPU) the layer dequantizes to `compute_dtype` and multiplies.
 
 `torch.ops.quantized` and quantized tensors are deprecated in torch 2.13 but present; when they go, the
 dequantizing path (`Int8Linear`) still works, only slower.
@@ -28,8 +29,8 @@ from typing import ClassVar
 import torch
 
 from loralab.errors import LoraLabError
-from loralab.quantization.base import (DequantizingLinear, QuantScheme, check_compute_dtype, register_scheme,
-                                       resolve_compute_dtype)
+from loralab.quantization.base import (DequantizingLinear, QuantScheme, check_compute_dtype, native_bf16,
+                                       register_scheme, resolve_compute_dtype)
 
 QMAX = 127
 
@@ -81,14 +82,25 @@ def needs_reduce_range() -> bool:
 @register_scheme
 @dataclass(frozen=True)
 class Int8Scheme(QuantScheme):
-    """int8 per-output-channel weights. transposed_copy: keep W0ᵀ packed too, for a fast backward (CPU/fbgemm).
-    compute_dtype ('auto' = bf16 where native, else fp32): for products without an int8 kernel."""
+    """int8 per-output-channel weights.
+
+    transposed_copy (CPU/fbgemm): keep W0ᵀ packed too, so that dL/dx runs on the int8 kernel. 'auto' keeps
+    it only where bf16 is not native: with native bf16 the backward through the unpacked Q in bf16 was
+    as fast here (docs/precision.md), at half the memory. compute_dtype ('auto' = bf16 where native, else
+    fp32): for products without an int8 kernel."""
     name: ClassVar[str] = "int8"
-    transposed_copy: bool = True
+    transposed_copy: bool | str = "auto"
     compute_dtype: str = "auto"
 
     def __post_init__(self):
         check_compute_dtype(self.compute_dtype)
+        if self.transposed_copy not in (True, False, "auto"):
+            raise LoraLabError(f"int8 transposed_copy must be True, False or 'auto', got {self.transposed_copy!r}")
+
+    def keeps_transposed_copy(self) -> bool:
+        if self.transposed_copy == "auto":
+            return fbgemm_available() and not native_bf16(torch.device("cpu"))
+        return bool(self.transposed_copy) and fbgemm_available()
 
     def quantize_weight(self, weight: torch.Tensor, bias: torch.Tensor | None) -> DequantizingLinear:
         q, scale = quantize_per_channel(weight)
@@ -96,11 +108,10 @@ class Int8Scheme(QuantScheme):
         return (FbgemmInt8Linear if fast else Int8Linear)(q, scale, bias, self)
 
     def weight_bytes(self, d_out: int, d_in: int) -> int:
-        """d·k int8 + d fp32 scales (+ k·d + k for W0ᵀ with transposed_copy on CPU). fbgemm's packed
-        layout pads the int8 part by 0-25 % more, depending on d_in (measured in docs/precision.md)."""
+        """d·k int8 + d fp32 scales (+ k·d + 4k for W0ᵀ when the transposed copy is kept, CPU). fbgemm's
+        packed layout takes 0-25 % more than the int8 values, depending on d_in (docs/precision.md)."""
         one = d_out * d_in + 4 * d_out
-        copy = d_in * d_out + 4 * d_in if self.transposed_copy and fbgemm_available() else 0
-        return one + copy
+        return one + (d_in * d_out + 4 * d_in if self.keeps_transposed_copy() else 0)
 
 
 class Int8Linear(DequantizingLinear):
@@ -133,7 +144,7 @@ class FbgemmInt8Linear(DequantizingLinear):
     def _pack(self, qweight: torch.Tensor) -> None:
         self._packed = _prepack(qweight, self.scale)
         self._packed_t = self._scale_t = None
-        if self.scheme.transposed_copy:
+        if self.scheme.keeps_transposed_copy():
             q_t, self._scale_t = quantize_per_channel(dequantize_per_channel(qweight, self.scale, torch.float32).t())
             self._packed_t = _prepack(q_t, self._scale_t)
 

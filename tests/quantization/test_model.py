@@ -17,7 +17,7 @@ import loralab
 from loralab.quantization import (QuantizedLinear, dequantize_model, get_scheme, quantize, quantized_memory)
 from loralab.testing import model_output, tiny_inputs, tiny_model
 
-SCHEMES = [("int8", {}), ("int8", {"transposed_copy": False}), ("nf4", {}), ("nf4", {"double_quant": True}),
+SCHEMES = [("int8", {}), ("int8", {"transposed_copy": True}), ("nf4", {}), ("nf4", {"double_quant": True}),
            ("bf16", {})]
 PLUMBING_TOL = {"int8": 0.03, "nf4": 0.01, "bf16": 0.01}
 SCHEME_TOL = {"int8": 0.03, "nf4": 0.45, "bf16": 0.01}
@@ -102,8 +102,12 @@ def _grads(model, x):
     return {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("scheme, options", SCHEMES, ids=ids(SCHEMES))
+# Every scheme on LLaMA; int8 and nf4 also on BERT and GPT-2 (Conv1D bases).
+GRADIENT_CASES = [("llama", s, o) for s, o in SCHEMES] + [(f, s, {}) for f in ("bert", "gpt2") for s in ("int8", "nf4")]
+
+
+@pytest.mark.parametrize("family, scheme, options", GRADIENT_CASES,
+                         ids=[f"{f}-{i}" for (f, _, _), i in zip(GRADIENT_CASES, ids([(s, o) for _, s, o in GRADIENT_CASES]))])
 def test_gradients_reach_every_adapter(family, scheme, options):
     fp32 = _lora(tiny_model(family))
     x = tiny_inputs(fp32, batch=4, seq=16)
