@@ -200,15 +200,16 @@ def training_steps(setup: suites.Setup, batch: int, seq: int, rounds: int, warmu
         with_bnb = True
     except ImportError:
         with_bnb = False
-    models = step_models(setup, with_bnb)
     data = suites.fixed_batch(setup.base().config.vocab_size, batch, seq, setup.seed)
     start = {}
-    for name, (model, autocast) in models.items():
-        model.eval()                        # dropout off for the comparison; training steps run in train mode
+    # On models of their own, in eval mode (dropout off): bitsandbytes repacks its CPU weights for inference
+    # on the first eval-mode forward, and such layers cannot train afterwards.
+    for name, (model, autocast) in step_models(setup, with_bnb).items():
+        model.eval()
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             out = model(**data)
-        model.train()
         start[name] = (float(out.loss), out.logits.float())
+    models = step_models(setup, with_bnb)
     ref_loss, ref_logits = start["loralab fp32"]
     runs = {}
     for name, (model, autocast) in models.items():

@@ -36,6 +36,8 @@ _EXPORTS = {
     "load_adapter": "loralab.formats.peft",
     "read_adapter": "loralab.formats.peft",
     "save_adapter": "loralab.formats.peft",
+    "quantize": "loralab.quantization",
+    "merge_into_quantized": "loralab.quantization",
 }
 
 __all__ = ["LoraLabError", *_EXPORTS]

@@ -104,10 +104,10 @@ def _grads(model, x):
 
 # Every scheme on LLaMA; int8 and nf4 also on BERT and GPT-2 (Conv1D bases).
 GRADIENT_CASES = [("llama", s, o) for s, o in SCHEMES] + [(f, s, {}) for f in ("bert", "gpt2") for s in ("int8", "nf4")]
+GRADIENT_IDS = [f"{f}-{i}" for (f, _, _), i in zip(GRADIENT_CASES, ids([(s, o) for _, s, o in GRADIENT_CASES]))]
 
 
-@pytest.mark.parametrize("family, scheme, options", GRADIENT_CASES,
-                         ids=[f"{f}-{i}" for (f, _, _), i in zip(GRADIENT_CASES, ids([(s, o) for _, s, o in GRADIENT_CASES]))])
+@pytest.mark.parametrize("family, scheme, options", GRADIENT_CASES, ids=GRADIENT_IDS)
 def test_gradients_reach_every_adapter(family, scheme, options):
     fp32 = _lora(tiny_model(family))
     x = tiny_inputs(fp32, batch=4, seq=16)
@@ -219,3 +219,19 @@ def test_errors_are_one_line():
         quantize(nn.Sequential(nn.Embedding(5, 3)), "nf4")
     with pytest.raises(loralab.LoraLabError, match="unknown quantization scheme"):
         quantize(tiny_model("bert"), "int4")
+
+
+@pytest.mark.parametrize("scheme", ["int8", "nf4"])
+def test_gradient_checkpointing_on_a_quantized_base_gives_the_same_gradients(scheme):
+    model = quantize(_lora(tiny_model("llama")), scheme)       # tiny LLaMA has no dropout: train mode is exact
+    x = tiny_inputs(model, batch=2, seq=8)
+    plain = _grads(model.train(), x)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    checkpointed = _grads(model, x)
+    for name, grad in plain.items():
+        torch.testing.assert_close(checkpointed[name], grad, rtol=0, atol=0)
+
+
+def test_quantize_is_exported_at_the_top():
+    assert loralab.quantize is quantize
+    assert loralab.merge_into_quantized.__module__ == "loralab.quantization.merge"
