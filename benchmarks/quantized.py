@@ -194,7 +194,7 @@ def _model_bytes(model: nn.Module) -> dict:
 
 def training_steps(setup: suites.Setup, batch: int, seq: int, rounds: int, warmup: int = 2) -> dict:
     """Median step time (forward + backward + AdamW) of each variant on one fixed batch; the loss and
-    logits at the start (B = 0, so every variant starts at its base model) vs the fp32 base's."""
+    the last hidden states at the start (B = 0: every variant is its base model) vs the fp32 base's."""
     try:
         import bitsandbytes  # noqa: F401
         with_bnb = True
@@ -207,10 +207,10 @@ def training_steps(setup: suites.Setup, batch: int, seq: int, rounds: int, warmu
     for name, (model, autocast) in step_models(setup, with_bnb).items():
         model.eval()
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            out = model(**data)
-        start[name] = (float(out.loss), out.logits.float())
+            out = model(**data, output_hidden_states=True)
+        start[name] = (float(out.loss), out.hidden_states[-1].float())
     models = step_models(setup, with_bnb)
-    ref_loss, ref_logits = start["loralab fp32"]
+    ref_loss, ref_hidden = start["loralab fp32"]
     runs = {}
     for name, (model, autocast) in models.items():
         step = suites._trainer(model, data)
@@ -218,7 +218,7 @@ def training_steps(setup: suites.Setup, batch: int, seq: int, rounds: int, warmu
     times = timed_rounds(runs, rounds, warmup)
     return {"batch": batch, "seq": seq, "rounds": rounds, "variants": {
         name: {**times[name], "start_loss": start[name][0], "start_loss_diff": start[name][0] - ref_loss,
-               "start_logits_error": _rel(start[name][1], ref_logits), **_model_bytes(models[name][0])}
+               "start_hidden_error": _rel(start[name][1], ref_hidden), **_model_bytes(models[name][0])}
         for name in models}}
 
 
@@ -301,14 +301,14 @@ def step_table(result: dict) -> str:
     lines = [f"LoRA training step (r=8 on query/value, classifier trained), all-MiniLM-L6-v2, batch "
              f"{result['batch']}×{result['seq']} tokens (ms: median wall / CPU of {result['rounds']} rounds)",
              "", f"| variant | step | PEFT fp32 ÷ this | {fastest_peft} ÷ this | start loss − fp32 | "
-             "start logits error | quantized weights vs fp32 | whole model vs fp32 |",
+             "last hidden state error | quantized weights vs fp32 | whole model vs fp32 |",
              "|---|---|---|---|---|---|---|---|"]
     for name, r in v.items():
         weights = _pct(r["weight_bytes"], r["weight_fp32_bytes"]) if "weight_bytes" in r else "—"
         whole = _pct(r["model_bytes"], r["model_fp32_bytes"]) if "model_bytes" in r else "—"
         lines.append(f"| {name} | {r['wall_ms']:.0f} / {r['cpu_ms']:.0f} | {peft['PEFT fp32'] / r['wall_ms']:.2f}× | "
                      f"{peft[fastest_peft] / r['wall_ms']:.2f}× | {r['start_loss_diff']:+.4f} | "
-                     f"{100 * r['start_logits_error']:.2f} % | {weights} | {whole} |")
+                     f"{100 * r['start_hidden_error']:.2f} % | {weights} | {whole} |")
     return "\n".join(lines)
 
 
