@@ -12,8 +12,8 @@ inputs); rows are scaled to max 1 before it, so that it is per token (`_int8_pro
 Those kernels have no autograd, and a frozen layer still needs dL/dx = g·W0 for earlier adapters. With
 `transposed_copy=True` a second packed int8 matrix holds W0ᵀ (re-quantized per column from the dequantized
 W0, so it is a function of the stored weight alone) and the backward runs on the int8 kernel too; with
-False the backward unpacks Q and multiplies in bf16: half the memory, and on this CPU (native bf16) as
-fast once the per-token scaling of g is paid for, so 'auto' keeps the copy only where bf16 is not native.
+False the backward unpacks Q and multiplies in bf16: half the memory, a ~10 % slower MiniLM step on this
+CPU (native bf16), so 'auto' keeps the copy only where bf16 is not native (there the backward is fp32).
 Elsewhere (no fbgemm, or a GPU) the layer dequantizes to `compute_dtype` and multiplies.
 
 `torch.ops.quantized` and quantized tensors are deprecated in torch 2.13 but present; when they go, the
@@ -84,10 +84,10 @@ def needs_reduce_range() -> bool:
 class Int8Scheme(QuantScheme):
     """int8 per-output-channel weights.
 
-    transposed_copy (CPU/fbgemm): keep W0ᵀ packed too, so that dL/dx runs on the int8 kernel. 'auto' keeps
-    it only where bf16 is not native: with native bf16 the backward through the unpacked Q in bf16 was
-    as fast here (docs/precision.md), at half the memory. compute_dtype ('auto' = bf16 where native, else
-    fp32): for products without an int8 kernel."""
+    transposed_copy (CPU/fbgemm): keep W0ᵀ packed too, so that dL/dx runs on the int8 kernel: twice the
+    int8 memory for a ~10 % faster LoRA step here (docs/precision.md). 'auto' keeps it only where bf16
+    is not native, where the backward would otherwise run in fp32. compute_dtype ('auto' = bf16 where
+    native, else fp32): for products without an int8 kernel."""
     name: ClassVar[str] = "int8"
     transposed_copy: bool | str = "auto"
     compute_dtype: str = "auto"

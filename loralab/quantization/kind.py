@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from loralab.core.kinds import LayerKind, register_kind
+from loralab.core.kinds import LinearKind, register_kind
 from loralab.quantization.base import QuantizedLinear
 
 IN_PLACE_ERROR = ("W0 of a quantized layer cannot change in place: merge with "
@@ -18,10 +18,9 @@ IN_PLACE_ERROR = ("W0 of a quantized layer cannot change in place: merge with "
 
 
 @register_kind(QuantizedLinear)
-class QuantizedLinearKind(LayerKind):
-    # "linear": the matrix view and the A·x / B·a products are a Linear's, and surgery's 'all-linear'
-    # selects kinds by this name.
-    name = "linear"
+class QuantizedLinearKind(LinearKind):
+    """A Linear's kind (name 'linear': 'all-linear' selects it, A·x and B·a are a Linear's products) whose
+    W0 is the dequantized weight."""
 
     def shape(self, layer: QuantizedLinear) -> tuple[int, int]:
         return (layer.out_features, layer.in_features)

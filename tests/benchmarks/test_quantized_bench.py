@@ -6,23 +6,18 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from benchmarks import quantized, suites  # noqa: E402
+from loralab.testing import tiny_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    from transformers import BertConfig, BertForSequenceClassification
-
     folder = tmp_path_factory.mktemp("tiny-bert-q")
-    config = BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
-                        intermediate_size=128, max_position_embeddings=32, num_labels=2)
-    torch.manual_seed(0)
-    BertForSequenceClassification(config).save_pretrained(folder)
+    # widths that bitsandbytes' CPU inference packing accepts (multiples of 64)
+    tiny_model("bert", num_labels=2, hidden_size=64, intermediate_size=128).save_pretrained(folder)
     return folder
 
 

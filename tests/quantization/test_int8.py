@@ -2,7 +2,8 @@
 exact memory, state dicts that move between the fbgemm and the plain layer.
 
 Tolerances (relative Frobenius error vs fp32, Gaussian data, a 96->160 layer):
-  weight rounding: |W - Ŵ| ≤ scale/2 = rowmax/254 per entry (exact); weight-only int8 output ≤ 1.5 % (0.7 % measured);
+  weight rounding: |W - Ŵ| ≤ scale/2 = rowmax/254 per entry (exact);
+  weight-only int8 output ≤ 1.5 % (0.7 % measured);
   fbgemm forward (inputs quantized to 8 bits with one scale per call) ≤ 3 % (≈ 1.3-2.2 % measured);
   input gradient through the transposed int8 copy ≤ 3 %; through the bf16 backward ≤ 1.5 %.
 """
