@@ -93,6 +93,10 @@ class LayerKind:
     def check(self, layer: nn.Module) -> None:
         """Raise ValueError if this particular layer cannot take LoRA."""
 
+    def check_merge(self, layer: nn.Module) -> None:
+        """Raise ValueError if W0 of this layer cannot change in place (W0 += ΔW on merge, PiSSA's init);
+        checked on every layer before any is touched."""
+
     def shape(self, layer: nn.Module) -> tuple[int, int]:
         return tuple(self.weight_matrix(layer).shape)
 

@@ -167,6 +167,8 @@ class LoraLayer(nn.Module):
         """Raise ValueError if this layer cannot take these factors with this init. Changes nothing."""
         scheme = INITS.lookup(init)
         self.kind.check(self.base_layer)
+        if scheme.changes_base_weight:
+            self.kind.check_merge(self.base_layer)
         for plugin, what in ((factors.variant, "variant"), (scheme, "init")):
             if factors.slices is not None and not plugin.supports_slices:
                 raise ValueError(f"the {plugin.name!r} {what} does not support fused slices")
@@ -220,10 +222,14 @@ class LoraLayer(nn.Module):
             weight.add_(self.kind.to_weight_layout(self.base_layer, delta).to(weight.device))
 
     def check_merge(self, names: list[str] | None = None) -> None:
-        """Raise ValueError if one of the given (default: active) adapters cannot be merged (NaN/Inf)."""
-        for name in names if names is not None else self.active:
+        """Raise ValueError if one of the given (default: active) adapters cannot be merged (NaN/Inf), or
+        the base layer's W0 cannot change in place."""
+        names = [n for n in (names if names is not None else self.active) if n not in self.merged]
+        if names:
+            self.kind.check_merge(self.base_layer)
+        for name in names:
             f = self.lora_adapters[name]
-            if name not in self.merged and not all(torch.isfinite(p).all() for p in f.parameters()):
+            if not all(torch.isfinite(p).all() for p in f.parameters()):
                 raise ValueError(f"adapter {name!r} holds NaN/Inf values; refusing to merge it into the weights")
 
     def merge(self, names: list[str] | None = None) -> None:
