@@ -13,11 +13,13 @@ from loralab.errors import LoraLabError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from loralab.cli.output_args import add_output_argument
+
     parser.add_argument("adapters", nargs="+", metavar="ADAPTER_DIR",
                         help="one or two adapter folders (adapter_config.json + adapter_model.safetensors)")
     parser.add_argument("--base", metavar="MODEL_DIR", default=None,
                         help="transformers folder of the base model: adds ΔW versus W and the amplification factor")
-    parser.add_argument("--out", metavar="DIR", required=True, help="folder for report.html, CSV/JSON and figures")
+    add_output_argument(parser, "folder for report.html, CSV/JSON and figures (required)", metavar="DIR")
     parser.add_argument("--factor", choices=["A", "B"], default="A",
                         help="subspace similarity on A's right-singular vectors (paper, default) or B's left ones")
     parser.add_argument("--trials", type=int, default=20, help="random draws per baseline (default 20)")
@@ -28,7 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from loralab.analysis.report import analyze_adapters, write_report
+    from loralab.cli.output_args import required_output
 
+    output = required_output(args, "the report folder")
     if len(args.adapters) > 2:
         raise LoraLabError(f"analyze takes one or two adapter folders, got {len(args.adapters)}; "
                            f"run it once per pair to compare more")
@@ -36,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         raise LoraLabError(f"--trials must be ≥ 1, got {args.trials}")
     report = analyze_adapters(args.adapters, base=args.base, factor=args.factor, trials=args.trials,
                               seed=args.seed, split_fused=not args.no_split_fused)
-    written = write_report(report, args.out)
+    written = write_report(report, output)
 
     for a in report.adapters:
         print(f"{a.label}: {len(a.spectra)} ΔW")

@@ -3,8 +3,8 @@
 Examples:
   loralab budget --shape gpt3-175b --r 1 8 --targets q v
   loralab budget --model path/to/model_folder --r 8 --targets q v o --batch-size 16 --seq-len 128
-  loralab budget --shape llama-7b --targets all-linear --dtype bf16 --attention flash --json
-  loralab budget --shape llama-65b --targets all-linear --r 64 --dtype bf16 --quantize nf4 --double-quant \
+  loralab budget --shape llama-7b --targets all-linear --precision bf16 --attention flash --json
+  loralab budget --shape llama-65b --targets all-linear --r 64 --precision bf16 --quantize nf4 --double-quant \
       --gradient-checkpointing                       # QLoRA's 65B on one 48 GB GPU
   loralab budget --list-shapes
 """
@@ -16,7 +16,10 @@ from pathlib import Path
 
 # Only light modules at import time: torch and transformers load in run(), so --help stays fast.
 from loralab.budget.shapes import SHAPES
+from loralab.cli.deprecated import add_deprecated
 from loralab.errors import LoraLabError
+
+PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,19 +41,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "'re:' regexes, or all-linear (default: the architecture preset, Wq and Wv)")
     lora.add_argument("--exclude", nargs="+", default=[], metavar="T", help="modules never adapted")
     lora.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha (shown only; it changes no size)")
-    lora.add_argument("--dora", action="store_true", help="DoRA: one trainable magnitude per output row")
+    lora.add_argument("--variant", default="lora",
+                      help="lora, or dora (one trainable magnitude per output row) (default lora)")
+    add_deprecated(lora, "--dora", dest="variant", new="--variant dora", const="dora")
     lora.add_argument("--bias", choices=("none", "all", "lora_only"), default="none",
                       help="biases that train and are saved too (default none)")
-    lora.add_argument("--lora-dropout", type=float, default=0.0, metavar="P",
+    lora.add_argument("--dropout", type=float, default=0.0, metavar="P",
                       help="LoRA dropout; p > 0 stores each adapter's dropped-out input (default 0)")
+    add_deprecated(lora, "--lora-dropout", dest="dropout", new="--dropout", type=float, metavar="P")
     train = parser.add_argument_group("training memory")
     train.add_argument("--batch-size", type=int, default=1, help="sequences per step (default 1)")
     train.add_argument("--seq-len", type=int, default=512, help="tokens per sequence (default 512)")
-    train.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp16",
-                       help="precision of the frozen weights and the compute, as `loralab train --dtype`; LoRA's "
-                            "trained values, gradients and AdamW states are fp32 (default fp16)")
+    train.add_argument("--precision", choices=PRECISIONS, default="fp16",
+                       help="precision of the frozen weights and the compute, what `loralab train --dtype` sets; "
+                            "LoRA's trained values, gradients and AdamW states are fp32 (default fp16)")
+    # loralab 0.1 spelt it --dtype; it means what train's --dtype means, but budget's flag is --precision.
+    add_deprecated(train, "--dtype", dest="precision", new="--precision", choices=PRECISIONS)
     train.add_argument("--quantize", choices=("none", "int8", "nf4"), default="none",
-                       help="LoRA's frozen Linear weights stored quantized, scales included (default none)")
+                       help="LoRA's frozen Linear weights stored quantized, scales included, as `loralab train "
+                            "--quantize` (default none)")
     train.add_argument("--double-quant", action="store_true", help="with --quantize nf4: QLoRA's double "
                                                                    "quantization of the scales")
     train.add_argument("--gradient-checkpointing", action="store_true",
@@ -81,13 +90,13 @@ def run(args: argparse.Namespace) -> int:
     from loralab.budget.shapes import find_shape
 
     source = find_shape(args.shape) if args.shape else Path(args.model)
-    setup = TrainingSetup(batch_size=args.batch_size, seq_len=args.seq_len, dtype=args.dtype,
+    setup = TrainingSetup(batch_size=args.batch_size, seq_len=args.seq_len, dtype=args.precision,
                           master_weights=not args.no_master_weights, attention=args.attention,
                           gradient_checkpointing=args.gradient_checkpointing, quantize=args.quantize,
                           double_quant=args.double_quant)
     budgets = estimate_budgets(source, args.r, args.targets, setup=setup, architecture=args.architecture,
-                               alpha=args.alpha, exclude=args.exclude, dora=args.dora, bias=args.bias,
-                               dropout=args.lora_dropout)
+                               alpha=args.alpha, exclude=args.exclude, variant=args.variant, bias=args.bias,
+                               dropout=args.dropout)
     if args.json:
         print(json.dumps(report_dict(budgets), indent=2))
     else:

@@ -13,7 +13,8 @@ def parse_column(value: str) -> Column:
     return int(value) if value.isdigit() else value
 
 
-def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+def add_data_arguments(parser: argparse.ArgumentParser,
+                       split_help: str = "split to read from a saved datasets DatasetDict folder") -> None:
     """Add the file-reading flags (format, columns, header, quoting, encoding, split) to a sub-command.
 
     Defaults are None so `read_options_from_args` can tell a given flag from an absent one.
@@ -34,12 +35,15 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-quoting", dest="quoting", action="store_false", default=None,
                        help="read double quotes as literal text (GLUE MRPC and RTE need this)")
     group.add_argument("--encoding", default=None, help="text encoding (default: utf-8, with or without BOM)")
-    group.add_argument("--split", default=None, help="split to read from a saved datasets DatasetDict folder")
+    group.add_argument("--split", default=None, help=split_help)
+
+
+def read_options_given(args: argparse.Namespace) -> dict:
+    """{ReadOptions field: value} of the data-file flags given on the command line."""
+    return {field.name: getattr(args, field.name) for field in dataclasses.fields(ReadOptions)
+            if getattr(args, field.name, None) is not None}
 
 
 def read_options_from_args(args: argparse.Namespace, base: ReadOptions | None = None) -> ReadOptions:
     """ReadOptions from `add_data_arguments` flags; flags not given keep `base`'s values."""
-    base = base or ReadOptions()
-    given = {field.name: getattr(args, field.name) for field in dataclasses.fields(ReadOptions)
-             if getattr(args, field.name, None) is not None}
-    return dataclasses.replace(base, **given)
+    return dataclasses.replace(base or ReadOptions(), **read_options_given(args))

@@ -10,21 +10,23 @@ from pathlib import Path
 from loralab.cli.lora_args import add_lora_arguments, lora_config_from_args
 from loralab.errors import LoraLabError
 
-TASKS = ("base", "sequence-classification", "causal-lm")
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from loralab.cli.task_args import add_task_argument
+
     parser.add_argument("model", help="a model folder (with config.json) or a config.json file")
-    parser.add_argument("--task", choices=TASKS, default=None,
-                        help="which head to build (default: from the config's architectures)")
+    add_task_argument(parser, "the config's architectures")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
-    add_lora_arguments(parser)
+    add_lora_arguments(parser, lora_config_file=True)
 
 
-def meta_model(path: str, task: str | None = None):
-    """The model of a folder/config.json built on the meta device (no weights read, no memory used)."""
+def meta_model(path: str, task: str = "auto"):
+    """The model of a folder/config.json built on the meta device (no weights read, no memory used).
+    task: a loralab task name or "base" (its head is built), or "auto" (the config's architectures)."""
     import torch
     import transformers
+
+    from loralab.cli.task_args import model_task
+    from loralab.models import auto_model_class
 
     p = Path(path)
     config_file = p / "config.json" if p.is_dir() else p
@@ -34,14 +36,12 @@ def meta_model(path: str, task: str | None = None):
         config = transformers.AutoConfig.from_pretrained(str(config_file))
     except (ValueError, OSError, json.JSONDecodeError) as exc:
         raise LoraLabError(f"cannot read {config_file}: {str(exc).splitlines()[0]}") from None
-    auto = {"base": transformers.AutoModel, "sequence-classification": transformers.AutoModelForSequenceClassification,
-            "causal-lm": transformers.AutoModelForCausalLM}
     with torch.device("meta"):
-        if task is None and getattr(config, "architectures", None):
+        if task == "auto" and getattr(config, "architectures", None):
             cls = getattr(transformers, config.architectures[0], None)
             if cls is not None:
                 return cls(config)
-        return auto[task or "base"].from_config(config)
+        return auto_model_class(model_task("base" if task == "auto" else task)).from_config(config)
 
 
 def format_plan(plan, total_params: int) -> str:

@@ -18,10 +18,12 @@ from loralab.errors import LoraLabError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from loralab.cli.output_args import add_output_argument
+
     parser.add_argument("lesson", nargs="?", type=int, metavar="N", help="the lesson to run (1-5); none: list them")
     parser.add_argument("--quick", action="store_true",
                         help="tiny random-init model and a few sentences: seconds; checks the mechanics, not the numbers")
-    parser.add_argument("--out", default=None, help="output folder (default: runs/lessons/NN)")
+    add_output_argument(parser, "output folder (default: runs/lessons/NN)", metavar="DIR")
     parser.add_argument("--cache", default=None,
                         help="folder of the training runs lessons share (default: runs/lessons/cache[-quick])")
     parser.add_argument("--threads", type=int, default=1,
@@ -54,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         raise LoraLabError(f"--threads must be at least 1, got {args.threads}")
     from loralab.lessons.runner import run_lesson
 
-    out = Path(args.out or Path("runs", "lessons", lesson.folder_name))
+    out = Path(args.output or Path("runs", "lessons", lesson.folder_name))
     cache = Path(args.cache or Path("runs", "lessons", "cache-quick" if args.quick else "cache"))
     print(f"lesson {lesson.number}: {lesson.title} ({'quick' if args.quick else 'normal'} mode)", flush=True)
 

@@ -1,45 +1,67 @@
-"""The LoraConfig flags shared by every command that builds an adapter (inspect, budget, train, experiment)."""
+"""The LoRA flags, generated from LoraConfig's fields (--r, --alpha, --dropout, --targets, --exclude, --init,
+--rslora, --variant, --bias, --modules-to-save, --no-strict), shared by every command that builds an
+adapter (inspect, train, e2e, experiment). Dict fields (rank_pattern, alpha_pattern, fused_slices) are set
+in a --lora-config file or with `lora.FIELD=VALUE` overrides (train)."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterable
+from typing import Any
 
-from loralab.errors import LoraLabError
+from loralab.cli.dataclass_args import add_field_flags, given_fields
+from loralab.cli.deprecated import add_deprecated
+
+FLAG_FIELDS = ("r", "alpha", "dropout", "targets", "exclude", "layers", "layers_pattern", "init", "rslora",
+               "variant", "bias", "modules_to_save", "strict")
+# LoraConfig fields with no flag: PEFT file fields that loralab derives itself (task_type from the run's task,
+# fan_in_fan_out from each layer's kind); they are read from --lora-config / PEFT files only.
+FILE_ONLY_FIELDS = ("task_type", "fan_in_fan_out")
+_TWEAKS = {
+    "targets": {"metavar": "RULE", "help": "modules to adapt: suffixes like 'query', full names, 're:REGEX', or "
+                                          "'all-linear' (default: the architecture preset, the paper's Wq and Wv)"},
+    "exclude": {"metavar": "RULE"},
+    "layers": {"metavar": "INDEX"},
+    "layers_pattern": {"metavar": "REGEX"},
+    "modules_to_save": {"metavar": "NAME"},
+    "bias": {"choices": ("none", "all", "lora_only")},
+}
 
 
-def add_lora_arguments(parser: argparse.ArgumentParser, r_default: int = 8, alpha_default: float = 16.0) -> None:
-    g = parser.add_argument_group("LoRA")
-    g.add_argument("--lora-config", metavar="JSON", help="a LoraConfig as JSON; flags below override its fields")
-    g.add_argument("--r", type=int, default=None, help=f"rank of ΔW = B·A (default {r_default})")
-    g.add_argument("--alpha", type=float, default=None, help=f"scale numerator, ΔW·alpha/r (default {alpha_default:g})")
-    g.add_argument("--dropout", type=float, default=None, help="dropout on the LoRA input (default 0)")
-    g.add_argument("--targets", nargs="+", default=None, metavar="RULE",
-                   help="modules to adapt: suffixes like 'query', full names, 're:REGEX', or 'all-linear' "
-                        "(default: the architecture preset, the paper's Wq and Wv)")
-    g.add_argument("--exclude", nargs="+", default=None, metavar="RULE", help="modules never adapted")
-    g.add_argument("--init", default=None, help="kaiming (default), gaussian or pissa")
-    g.add_argument("--rslora", action="store_true", default=None, help="scale by alpha/sqrt(r)")
-    g.add_argument("--dora", action="store_true", default=None, help="DoRA: trainable magnitude per output row")
-    g.add_argument("--bias", default=None, choices=["none", "all", "lora_only"], help="biases that train too")
-    parser.set_defaults(_lora_defaults=(r_default, alpha_default))
-
-
-def lora_config_from_args(args: argparse.Namespace, **extra):
-    """A validated LoraConfig from the flags (and --lora-config); `extra` fills fields the command decides."""
+def add_lora_arguments(parser: argparse.ArgumentParser, fields: Iterable[str] = FLAG_FIELDS,
+                       shown_defaults: dict[str, Any] | None = None, lora_config_file: bool = True) -> None:
+    """The "LoRA" group: a flag per LoraConfig field in `fields`, --lora-config, and the old --dora."""
     from loralab.surgery.config import LoraConfig
 
-    data = LoraConfig.from_json(args.lora_config).to_dict() if args.lora_config else {}
-    r_default, alpha_default = args._lora_defaults
-    data.setdefault("r", r_default)
-    data.setdefault("alpha", alpha_default)
-    for key in ("r", "alpha", "dropout", "init", "rslora", "dora", "bias", "exclude"):
-        value = getattr(args, key)
-        if value is not None:
-            data[key] = value
-    if args.targets is not None:
-        data["targets"] = "all-linear" if args.targets == ["all-linear"] else args.targets
-    for key, value in extra.items():
-        if value is not None and not data.get(key):
-            data[key] = value
-    if not isinstance(data["r"], int) or data["r"] < 1:
-        raise LoraLabError(f"--r must be a positive integer, got {data['r']}")
-    return LoraConfig(**data)
+    fields = tuple(fields)
+    group = parser.add_argument_group("LoRA")
+    if lora_config_file:
+        group.add_argument("--lora-config", metavar="FILE",
+                           help="a LoraConfig as JSON (all of it: it replaces a --config file's lora section); "
+                                "the flags below change its fields")
+    add_field_flags(group, LoraConfig, fields, _TWEAKS, shown_defaults)
+    if "variant" in fields:
+        add_deprecated(group, "--dora", dest="variant", new="--variant dora", const="dora")
+    parser.set_defaults(_lora_fields=fields)
+
+
+def lora_fields_given(args: argparse.Namespace) -> dict[str, Any]:
+    """{LoraConfig field: value} of the LoRA flags given (`--targets all-linear` is the string)."""
+    given = given_fields(args, getattr(args, "_lora_fields", FLAG_FIELDS))
+    if given.get("targets") == ["all-linear"]:
+        given["targets"] = "all-linear"
+    return given
+
+
+def lora_file_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The LoraConfig fields of --lora-config (every field: the file is a whole config), or {}."""
+    from loralab.surgery.config import LoraConfig
+
+    path = getattr(args, "lora_config", None)
+    return LoraConfig.from_json(path).to_dict() if path else {}
+
+
+def lora_config_from_args(args: argparse.Namespace, **defaults: Any):
+    """A validated LoraConfig: `defaults` (fields this command decides), then --lora-config, then the flags."""
+    from loralab.surgery.config import LoraConfig
+
+    return LoraConfig(**{**defaults, **lora_file_settings(args), **lora_fields_given(args)})

@@ -47,13 +47,19 @@ def build_parser(commands: dict[str, tuple[str, str]] | None = None) -> argparse
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The parsed command line; KEY=VALUE overrides may stand between flags (`train lora.r=4 --lr 1e-3`)."""
     # Build only the requested sub-command's parser when we can: importing every command
     # module would pull torch/transformers for `loralab budget --help` as well.
     name = argv[0] if argv and argv[0] in COMMANDS else None
     parser = build_parser({name: COMMANDS[name]} if name else None)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    _take_overrides(parser, args, extra)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         with one_line_warnings(f"loralab {args.command}"):
             return int(args._run(args) or 0)
@@ -69,6 +75,17 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"loralab {args.command}: error: {error}", file=sys.stderr)
         return 2
+
+
+def _take_overrides(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]) -> None:
+    """KEY=VALUE overrides placed between flags (`train lora.r=4 --lr 1e-3 epochs=2`) join args.overrides
+    of the commands that take them; anything else left over is argparse's usual error."""
+    if extra and isinstance(getattr(args, "overrides", None), list):
+        overrides = [item for item in extra if "=" in item and not item.startswith("-")]
+        args.overrides.extend(overrides)
+        extra = [item for item in extra if item not in overrides]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
 
 
 @contextlib.contextmanager

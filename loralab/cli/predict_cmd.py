@@ -18,17 +18,19 @@ from pathlib import Path
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from loralab.cli.adapter_args import add_adapter_arguments
     from loralab.cli.data_args import add_data_arguments
+    from loralab.cli.output_args import add_output_argument
     from loralab.cli.runtime_args import add_runtime_arguments
+    from loralab.cli.train_args import add_train_arguments
     from loralab.cli.sampling_args import add_sampling_arguments
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("\n", 2)[2]
     add_adapter_arguments(parser, use_help="which loaded adapter predicts (default: the first)")
     parser.add_argument("--file", help="inputs file (default: stdin, one input per line)")
-    parser.add_argument("--output", "-o", help="write predictions here instead of stdout")
-    parser.add_argument("--max-length", type=int, help="tokens per input (default: as in training)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--threads", type=int, help="torch threads (default: available cores)")
+    add_output_argument(parser, "write predictions to this file instead of stdout", metavar="FILE", old=())
+    parser.add_argument("--batch-size", type=int, default=32, help="inputs per batch (default: 32)")
+    add_train_arguments(parser, ("max_length", "threads"),
+                        helps={"max_length": "tokens per input (default: as in training)"})
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     add_sampling_arguments(parser)
     add_data_arguments(parser)
@@ -64,10 +66,11 @@ def predict_texts(loaded, examples, batch_size: int = 32, params=None, progress:
 
     from loralab.data.batching import PadCollator, eval_batches, pad_token_id_for, restore_order
     from loralab.data.encoding import encode_examples
+    from loralab.data.tasks import task_kind
     from loralab.generation import generate
     from loralab.training.evaluation import move_batch
 
-    if loaded.task.kind == "causal-lm":
+    if task_kind(loaded.task.kind).is_generative:
         texts = generate(loaded.model, loaded.tokenizer, [e.text for e in examples], params, task=loaded.task,
                          batch_size=batch_size, progress=progress)
         return [" ".join(t.split("\n")) for t in texts]
@@ -90,16 +93,17 @@ def run(args: argparse.Namespace) -> int:
     _quiet_transformers()
     from loralab.cli.data_args import read_options_from_args
     from loralab.data.readers import ReadOptions, read_examples
+    from loralab.cli.adapter_args import adapter_paths
     from loralab.cli.runtime_args import runtime_from_args
     from loralab.cli.sampling_args import sampling_params_from_args
-    from loralab.serving.load import load_with_adapters, parse_adapter_specs
+    from loralab.serving.load import load_with_adapters
     from loralab.files import write_text as atomic_write_text
     from loralab.training.runtime import set_threads
 
     set_threads(args.threads)
     params = sampling_params_from_args(args)  # checked before the model loads
     runtime = runtime_from_args(args)
-    loaded = load_with_adapters(parse_adapter_specs(args.adapter), args.model, args.task, args.use, args.max_length,
+    loaded = load_with_adapters(adapter_paths(args), args.model, args.task, args.use, args.max_length,
                                 runtime.precision, runtime.quantize)
     pairs = loaded.task.kind == "pair-classification"
     if args.file:

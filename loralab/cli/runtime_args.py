@@ -4,30 +4,24 @@
     runtime = runtime_from_args(args)            # in run: a checked Runtime (errors before anything loads)
     model = load_model(spec, dtype=runtime.dtype); quantize_base(model, runtime.quantize); model.to(runtime.device)
 
-`loralab train` takes the same three as TrainConfig fields (device, dtype, quantize). On `loralab budget` the
-same meaning is `--precision` (the frozen weights' and the compute's precision there too; trainables fp32).
+The flags are generated from TrainConfig's fields of the same names (`loralab train` has them with the rest).
+On `loralab budget` the same meaning is `--precision` (its loralab 0.1 spelling `--dtype` is still accepted
+there, meaning the same).
 """
 from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
 
-QUANTIZE_HELP = ("store the frozen base's Linear weights quantized: none, int8 (per-channel) or nf4 (QLoRA's "
-                 "4-bit NormalFloat); the output head and adapters stay in full precision (default none)")
+RUNTIME_FIELDS = ("device", "dtype", "quantize")
 
 
-def add_runtime_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
-    """Add --device, --dtype and --quantize (defaults None: 'not given', so configs and runs can fill them)."""
-    from loralab.precision import DEVICE_CHOICES, DTYPES, QUANTIZE_CHOICES
+def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add --device, --dtype and --quantize: train's flags of the TrainConfig fields of those names
+    (loralab.cli.train_args), so they mean the same on every command. Defaults None: 'not given'."""
+    from loralab.cli.train_args import add_train_arguments
 
-    group = parser.add_argument_group("device and precision")
-    group.add_argument("--device", help=f"where the model runs: {DEVICE_CHOICES} (default auto: a GPU when there "
-                                        "is one, else the CPU)")
-    group.add_argument("--dtype", choices=list(DTYPES),
-                       help="precision of the frozen base weights and the compute: fp32, bf16 or fp16 (fp16 on a "
-                            "CPU is slow: use bf16 there); adapters stay fp32 (default fp32)")
-    group.add_argument("--quantize", choices=list(QUANTIZE_CHOICES), help=QUANTIZE_HELP)
-    return group
+    add_train_arguments(parser, RUNTIME_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -49,7 +43,7 @@ class Runtime:
 
 def runtime_fields(args: argparse.Namespace) -> dict[str, str]:
     """{field: value} of the runtime flags given (TrainConfig / E2EConfig field names)."""
-    return {name: getattr(args, name) for name in ("device", "dtype", "quantize") if getattr(args, name, None)}
+    return {name: getattr(args, name) for name in RUNTIME_FIELDS if getattr(args, name, None)}
 
 
 def runtime_from_args(args: argparse.Namespace) -> Runtime:

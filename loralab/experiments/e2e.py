@@ -95,6 +95,7 @@ class E2EConfig:
     data_dir: str | None = None  # folder holding valid.txt and test.txt; None: <shared data>/e2e
     extra: dict[str, Any] = field(default_factory=dict)  # more TrainConfig fields, e.g. {"max_steps": 3}
     decoding: dict[str, Any] = field(default_factory=dict)
+    meteor: str = "auto"  # "auto": the official Meteor 1.5 jar when Java has it, else loralab's (see metrics)
     device: str = "auto"
     dtype: str = "fp32"
     quantize: str = "none"
@@ -111,6 +112,10 @@ class E2EConfig:
                 raise LoraLabError(f"{name} must be a positive integer, got {value!r}")
         if self.examples_shown < 0:
             raise LoraLabError(f"examples_shown must be 0 or more, got {self.examples_shown}")
+        from loralab.metrics.e2e import METEOR_CHOICES
+
+        if self.meteor not in METEOR_CHOICES:
+            raise LoraLabError(f"unknown METEOR implementation {self.meteor!r}; choose one of {', '.join(METEOR_CHOICES)}")
         if not self.instruction.strip():
             raise LoraLabError("the instruction is empty; the zero-shot base needs to be told what to write")
         # checked now, not after training; kept as JSON values, without the settings equal to the defaults
@@ -132,8 +137,10 @@ class E2EConfig:
     @classmethod
     def quick(cls, **overrides: Any) -> "E2EConfig":
         """A tiny random-init LLaMA, 32 training examples, 8 MRs: checks the whole pipeline in seconds."""
+        # loralab's METEOR: a Java start would take longer than the whole quick run (the jar is tested in metrics)
         settings: dict[str, Any] = dict(model=QUICK_MODEL, train_limit=32, batch_size=8, lr=5e-3, eval_mrs=8,
-                                        max_new_tokens=12, gen_batch_size=8, examples_shown=3, checkpoint_every=2)
+                                        max_new_tokens=12, gen_batch_size=8, examples_shown=3, checkpoint_every=2,
+                                        meteor="loralab")
         settings.update(overrides)
         return cls(**settings)
 
@@ -378,9 +385,12 @@ def run_e2e(config: E2EConfig, out: str | os.PathLike, adapter: str | os.PathLik
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     del model
 
+    from loralab.metrics.meteor_jar import FALLBACK, meteor_implementation
+
+    meteor_used = FALLBACK if config.meteor == "loralab" else meteor_implementation()
     rows = []
     for system in SYSTEMS:
-        scores = score_e2e(outputs[system], references)
+        scores = score_e2e(outputs[system], references, meteor=config.meteor)
         lora_row = system == "lora"
         rows.append({
             "system": system, **{k: round(float(scores[k]), 4) for k in METRIC_COLUMNS},
@@ -401,6 +411,7 @@ def run_e2e(config: E2EConfig, out: str | os.PathLike, adapter: str | os.PathLik
         "train": {k: train_metrics[k] for k in ("train_examples", "examples_seen", "steps", "train_seconds",
                                                  "wall_seconds") if k in train_metrics},
         "eval_mrs_of": 630 if config.data_dir is None else None,
+        "meteor": meteor_used,
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
     write_results(result, out)
@@ -426,7 +437,7 @@ def results_markdown(result: dict[str, Any]) -> str:
         "",
         f"{result['rows'][0]['mrs']} test MRs (evenly spaced over test.txt's distinct MRs), all references per MR; "
         f"{decoding}, up to {config['max_new_tokens']} new tokens. Prompt: chat template, user turn "
-        f"`{config['instruction']}<MR>`.",
+        f"`{config['instruction']}<MR>`. METEOR: {result.get('meteor', 'loralab exact+stem METEOR')}.",
         "",
         "| system | BLEU | NIST | METEOR | ROUGE-L | CIDEr | trainable params | adapter size | train time | "
         "generation time | mean words |",

@@ -42,9 +42,10 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[str], task: Any = None) -> 
     """Token ids of each prompt, formatted as in training (default task: causal LM, "{prompt}\\n")."""
     from loralab.data.encoding import Task, encode_examples
     from loralab.data.examples import Example
+    from loralab.data.tasks import task_kind
 
     task = task or Task("causal-lm")
-    if task.kind != "causal-lm":
+    if not task_kind(task.kind).is_generative:
         raise LoraLabError(f"generation needs a causal-lm task, not {task.kind!r}")
     encoded = encode_examples([Example(text=p) for p in prompts], tokenizer, task, include_labels=False)
     return [list(feature["input_ids"]) for feature in encoded.features]

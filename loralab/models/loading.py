@@ -16,11 +16,16 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from loralab.data.tasks import TASKS
 from loralab.errors import LoraLabError
 from loralab.models.builtin import BUILTIN_MODELS, builtin_model, builtin_model_dir
 from loralab.models.gguf import cached_folder_with_fingerprint, ensure_plain_model, gguf_cache_dir, source_record
 
-MODEL_TASKS = ("causal-lm", "sequence-classification", "base")
+# The heads a model loads with: "base" (none) and each task's head (loralab.data.tasks: TaskKind.model_task),
+# and transformers' Auto class for each.
+MODEL_TASKS = ("base", *dict.fromkeys(kind.model_task for kind in TASKS.values()))
+_AUTO_CLASSES = {"base": "AutoModel", "sequence-classification": "AutoModelForSequenceClassification",
+                 "causal-lm": "AutoModelForCausalLM"}
 SOURCE_KINDS = ("builtin", "folder", "gguf", "hub")
 
 
@@ -270,11 +275,7 @@ def load_model(spec: str | os.PathLike, task: str = "causal-lm", num_labels: int
             raise LoraLabError(f"num_labels must be at least 1, got {num_labels}")
         kwargs["num_labels"] = num_labels
     folder = resolve_model_spec(spec, cache_dir)
-    model_class = {
-        "causal-lm": transformers.AutoModelForCausalLM,
-        "sequence-classification": transformers.AutoModelForSequenceClassification,
-        "base": transformers.AutoModel,
-    }[task]
+    model_class = auto_model_class(task)
     kwargs.setdefault("dtype", dtype_of(dtype))
     kwargs["local_files_only"] = True
     saved = _saved_quantization(folder)      # a checkpoint saved quantized: checked before anything loads
@@ -300,6 +301,15 @@ def _saved_quantization(folder: Path) -> dict | None:
     if config is not None:
         check_loadable(folder, config)
     return config
+
+
+def auto_model_class(task: str) -> type:
+    """transformers' Auto class that builds a model with the head `task` (a MODEL_TASKS value)."""
+    import transformers
+
+    if task not in MODEL_TASKS:
+        raise LoraLabError(f"unknown model task {task!r}; choose one of {', '.join(MODEL_TASKS)}")
+    return getattr(transformers, _AUTO_CLASSES[task])
 
 
 def load_tokenizer(spec: str | os.PathLike, cache_dir: str | os.PathLike | None = None, **kwargs):

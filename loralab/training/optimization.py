@@ -1,13 +1,17 @@
-"""What updates the weights: AdamW over the trainable parameters, and the learning-rate schedule."""
+"""What updates the weights: AdamW over the trainable parameters, and the learning-rate schedule (transformers'
+schedulers: linear, cosine, cosine_with_restarts, polynomial, constant, each after a linear warm-up from 0)."""
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from loralab.errors import LoraLabError
+
+# loralab's schedule names that transformers spells differently: warm-up is always --warmup-ratio's, so
+# "constant" is transformers' constant_with_warmup (with no warm-up the two are the same).
+TRANSFORMERS_NAMES = {"constant": "constant_with_warmup"}
 
 # Normalisation layers whose weights are scales, not projections: never weight-decayed. Families that
 # define their own norm class (LLaMA's RMSNorm) keep 1-D weights, which the rank rule already covers.
@@ -43,27 +47,21 @@ def build_optimizer(model: nn.Module, config) -> torch.optim.AdamW:
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, betas=config.betas, eps=config.eps)
 
 
-def lr_factor(step: int, total_steps: int, warmup_steps: int, kind: str) -> float:
-    """Learning-rate multiplier for the update at `step` (0-based): linear warm-up from 1/(warmup+1) to
-    1 over `warmup_steps`, then linear or cosine decay to 0 at total_steps, or constant."""
-    if step < warmup_steps:
-        return (step + 1) / (warmup_steps + 1)
-    if kind == "constant":
-        return 1.0
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    progress = min(1.0, progress)
-    if kind == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    return 1.0 - progress
+def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, kind: str,
+                    options: dict[str, Any] | None = None) -> torch.optim.lr_scheduler.LambdaLR:
+    """transformers' schedule `kind` (a loralab.training.config.SCHEDULERS name) over `total_steps` optimizer
+    steps: the rate rises linearly from 0 over `warmup_steps`, then decays as the kind says. `options` are
+    the kind's own settings (num_cycles, power, lr_end), passed to transformers.get_scheduler.
 
+    Every kind is a LambdaLR whose state_dict holds only numbers, so checkpoints save it as JSON."""
+    from transformers import get_scheduler
 
-def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int | Callable[[], int],
-                    warmup_steps: int | Callable[[], int], kind: str) -> torch.optim.lr_scheduler.LambdaLR:
-    """LambdaLR over `lr_factor`. total_steps / warmup_steps may be callables, read at every step, so a
-    resumed run whose length was extended keeps the same scheduler object."""
-    total = total_steps if callable(total_steps) else (lambda: total_steps)
-    warmup = warmup_steps if callable(warmup_steps) else (lambda: warmup_steps)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total(), warmup(), kind))
+    name = TRANSFORMERS_NAMES.get(kind, kind)
+    scheduler = get_scheduler(name, optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps,
+                              scheduler_specific_kwargs=dict(options or {}))
+    if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        raise LoraLabError(f"scheduler {kind!r} is not a step-wise schedule loralab can checkpoint")
+    return scheduler
 
 
 def set_peak_lr(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,

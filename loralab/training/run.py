@@ -36,6 +36,7 @@ from loralab.training.memory import enable_gradient_checkpointing, quantize_base
 from loralab.training.runtime import seed_everything, set_threads
 from loralab.precision import Precision, check_dtype, dtype_of
 from loralab.training.stopping import stop_on_signals
+from loralab.training.tracking import Tracking
 from loralab.training.trainer import Trainer, TrainerCallback
 
 
@@ -67,8 +68,10 @@ def run_training(config: TrainConfig, output_dir: str | os.PathLike, resume: boo
         check_dtype(dist.device, dtype_of(config.dtype))     # a dtype the device cannot run: before any write
         threads = set_threads(config.threads, int(os.environ.get("LOCAL_WORLD_SIZE", dist.world_size)))
         protected = input_paths(config) + tuple(Path(p) for p in inputs)
+        tracking = Tracking(config, run_name=Path(output_dir).name)  # a missing tracker package fails here
         output = _open_output(Path(output_dir), dist, resume, overwrite, protected, in_place_ok, say)
-        with output:
+        tracking.ready = lambda: output.committed
+        with output, tracking:
             changes = _resume_changes(output.target, config) if resume else {}
             prepared = prepare_inputs(config, dist, threads, say)
             model = build_model(config, prepared, dist, say)
@@ -77,12 +80,13 @@ def run_training(config: TrainConfig, output_dir: str | os.PathLike, resume: boo
                               output.path, prepared.label_map, dist, log=say,
                               on_best=lambda trained: write_best_adapter(trainer.output_dir / ADAPTER_DIR, trained,
                                                                          config, prepared.label_map),
-                              callbacks=[CommitAtFirstCheckpoint(output), *callbacks])
+                              callbacks=[CommitAtFirstCheckpoint(output), tracking, *callbacks])
             say(f"{trainer.total_steps} optimizer steps of {trainer.global_batch} examples "
                 f"({trainer.steps_per_epoch} per epoch), warm-up {trainer.warmup_steps}, evaluation every "
                 f"{trainer.eval_every}")
             state = _train(trainer, output, config, resume, changes, say)
             result = _finish(trainer, state, prepared, dist, started, threads, say)
+            tracking.finish(trainer, result)
         distributed.barrier(dist)
         return result
     finally:

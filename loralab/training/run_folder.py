@@ -12,6 +12,7 @@ the experiments read runs through this module.
       metrics.json         final dev and test metrics, best step, wall time, and the full history
       metrics.csv          one row per logged step / evaluation
       training.png         train and dev loss, and the dev metric, against the optimizer step
+      logs/                with --report-to: one folder per tracker (logs/tensorboard/, ...; training.tracking)
 
 Runs written before the marker existed (loralab 0.1) are recognised by their exact layout only: a
 config.json that parses as a TrainConfig, and checkpoints/LATEST or metrics.json.
@@ -44,10 +45,12 @@ CHECKPOINTS_DIR = "checkpoints"
 METRICS_FILE = "metrics.json"
 METRICS_CSV = "metrics.csv"
 PLOT_FILE = "training.png"
+LOGS_DIR = "logs"
 TASK_FILENAME = "loralab-task.json"
 TRAINABLE_FILE = "trainable.safetensors"
 # Every name a run writes at its top level: an existing folder holding one of them is not written into.
-RUN_ENTRIES = (CONFIG_FILE, RESUMES_FILE, ADAPTER_DIR, CHECKPOINTS_DIR, METRICS_FILE, METRICS_CSV, PLOT_FILE)
+RUN_ENTRIES = (CONFIG_FILE, RESUMES_FILE, ADAPTER_DIR, CHECKPOINTS_DIR, METRICS_FILE, METRICS_CSV, PLOT_FILE,
+               LOGS_DIR)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -67,6 +67,12 @@ class TrainerCallback:
     """Hooks the trainer calls on every rank; override what you need. `trainer.state` holds the step,
     epoch and history; `trainer.request_stop(...)` stops the run at the next step boundary."""
 
+    def on_train_begin(self, trainer: "Trainer") -> None:
+        """When fit() starts, after a resume restored the state (trainer.state["step"] is where it goes on)."""
+
+    def on_log(self, trainer: "Trainer", row: dict[str, Any]) -> None:
+        """After a train row (step, epoch, loss, lr, grad_norm, examples_per_s) joined the history."""
+
     def on_step_end(self, trainer: "Trainer", step: int, loss: float) -> None:
         """After optimizer step `step` (1-based) and its logging, evaluation and checkpoint."""
 
@@ -133,13 +139,17 @@ class Trainer:
             self.eval_every = config.eval_every or self.steps_per_epoch  # 0: once per epoch
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(model, config)
-        self.scheduler = build_scheduler(self.optimizer, lambda: self.total_steps, lambda: self.warmup_steps,
-                                         config.scheduler)
+        self.scheduler = self._new_scheduler()
         self.state: dict[str, Any] = {"step": 0, "epoch": 0, "batch": 0, "best": None, "best_step": None,
                                       "evals_without_improvement": 0, "history": [], "examples": 0,
                                       "train_seconds": 0.0}
         self.best_state: dict[str, torch.Tensor] | None = None
         self.stop_signal: int | None = None
+
+    def _new_scheduler(self) -> torch.optim.lr_scheduler.LambdaLR:
+        """The schedule over this run's length; rebuilt on resume, whose length or warm-up may differ."""
+        return build_scheduler(self.optimizer, self.total_steps, self.warmup_steps, self.config.scheduler,
+                               self.config.scheduler_options)
 
     def _check_synchronised(self, log: Callable[[str], None]) -> None:
         """DDP must all-reduce exactly the trainable parameters: frozen base weights never cross the wire."""
@@ -227,8 +237,9 @@ class Trainer:
         checkpoint = usable_checkpoint(self.checkpoint_dir, self.log)
         if checkpoint is None:
             return False
+        self._adopt_length(checkpoint.state, checkpoint.path)
+        self.scheduler = self._new_scheduler()
         state = apply_checkpoint(checkpoint, self.model, self.optimizer, self.scheduler)
-        self._adopt_length(state, checkpoint.path)
         self.state.update(state)
         if self.scaler.is_enabled() and state.get("grad_scaler"):
             self.scaler.load_state_dict(state["grad_scaler"])
@@ -360,6 +371,8 @@ class Trainer:
         self.state.update(total_steps=self.total_steps, warmup_steps=self.warmup_steps,
                           steps_per_epoch=self.steps_per_epoch)
         self.state.setdefault("start_max_abs", self.weights_record()[1])
+        for callback in self.callbacks:
+            callback.on_train_begin(self)
         bar = tqdm(total=self.total_steps, initial=self.state["step"], desc="train", unit="step",
                    disable=not (self.config.progress and self.dist.is_main), dynamic_ncols=True)
         window, done = _Window(), self.state["step"] >= self.total_steps
@@ -415,11 +428,13 @@ class Trainer:
         return done
 
     def _log_window(self, step: int, window: _Window, grad_norm: float, speed: float) -> None:
-        self.state["history"].append({
-            "step": step, "epoch": round(step / self.steps_per_epoch, 4), "split": "train",
-            "loss": window.loss / window.steps, "lr": self.scheduler.get_last_lr()[0],
-            "grad_norm": grad_norm, "examples_per_s": speed})
+        row = {"step": step, "epoch": round(step / self.steps_per_epoch, 4), "split": "train",
+               "loss": window.loss / window.steps, "lr": self.scheduler.get_last_lr()[0],
+               "grad_norm": grad_norm, "examples_per_s": speed}
+        self.state["history"].append(row)
         window.loss, window.steps, window.examples, window.start = 0.0, 0, 0, time.perf_counter()
+        for callback in self.callbacks:
+            callback.on_log(self, row)
 
     def _maybe_evaluate(self, step: int, bar: Any) -> bool:
         if not (step % self.eval_every == 0 or step == self.total_steps):

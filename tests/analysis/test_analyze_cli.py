@@ -44,7 +44,7 @@ def _deltas(model):
 def test_cli_one_adapter_writes_spectra(bert_setup, tmp_path, capsys):
     root, _, m4, _ = bert_setup
     out = tmp_path / "one"
-    assert main(["analyze", str(root / "r4"), "--out", str(out)]) == 0
+    assert main(["analyze", str(root / "r4"), "--output", str(out)]) == 0
     assert "report:" in capsys.readouterr().out
     data = json.loads((out / "analysis.json").read_text())
     assert data["similarity"] is None and data["adapters"][0]["amplification"] is None
@@ -64,7 +64,7 @@ def test_cli_one_adapter_writes_spectra(bert_setup, tmp_path, capsys):
 def test_cli_two_adapters_and_base(bert_setup, tmp_path, capsys):
     root, base, m4, m8 = bert_setup
     out = tmp_path / "two"
-    assert main(["analyze", str(root / "r4"), str(root / "r8"), "--base", str(base), "--out", str(out),
+    assert main(["analyze", str(root / "r4"), str(root / "r8"), "--base", str(base), "--output", str(out),
                  "--trials", "5"]) == 0
     printed = capsys.readouterr().out
     assert "subspace similarity (A)" in printed and "amplif." in printed
@@ -140,11 +140,11 @@ def test_write_report_on_untrained_adapter_writes_nan_as_null(tmp_path):
 
 def test_cli_errors(bert_setup, tmp_path, capsys):
     root, _, _, _ = bert_setup
-    assert main(["analyze", str(root / "r4"), str(root / "r8"), str(root / "r4"), "--out", str(tmp_path)]) == 2
+    assert main(["analyze", str(root / "r4"), str(root / "r8"), str(root / "r4"), "--output", str(tmp_path)]) == 2
     assert "one or two adapter folders" in capsys.readouterr().err
-    assert main(["analyze", str(tmp_path / "missing"), "--out", str(tmp_path)]) == 2
+    assert main(["analyze", str(tmp_path / "missing"), "--output", str(tmp_path)]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert main(["analyze", str(root / "r4"), "--base", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert main(["analyze", str(root / "r4"), "--base", str(tmp_path), "--output", str(tmp_path / "o")]) == 2
     assert "config.json" in capsys.readouterr().err
 
 

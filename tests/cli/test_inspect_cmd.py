@@ -33,3 +33,14 @@ def test_inspect_bad_input_is_one_line_and_exit_2(bert_folder, capsys, argv, mes
     assert main(["inspect", str(bert_folder), *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_task_builds_that_tasks_head(bert_folder):
+    from loralab.cli.inspect_cmd import meta_model
+    from loralab.models import MODEL_TASKS, auto_model_class
+
+    assert type(meta_model(str(bert_folder), "classification")).__name__ == "BertForSequenceClassification"
+    assert type(meta_model(str(bert_folder), "regression")).__name__ == "BertForSequenceClassification"
+    assert type(meta_model(str(bert_folder), "base")).__name__ == "BertModel"
+    assert [auto_model_class(head).__name__ for head in MODEL_TASKS] == \
+        ["AutoModel", "AutoModelForSequenceClassification", "AutoModelForCausalLM"]

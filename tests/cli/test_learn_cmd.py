@@ -39,7 +39,7 @@ def test_list(capsys):
 
 def test_run_writes_the_page(stand_in, capsys):
     out = stand_in / "page"
-    assert main(["learn", "1", "--quick", "--out", str(out), "--cache", str(stand_in / "cache")]) == 0
+    assert main(["learn", "1", "--quick", "--output", str(out), "--cache", str(stand_in / "cache")]) == 0
     printed = capsys.readouterr().out
     assert "quick\n" in printed and "1 check-yourself answers verified" in printed and str(out / "index.html") in printed
     summary = json.loads((out / "run.json").read_text(encoding="utf-8"))
@@ -56,7 +56,7 @@ def test_default_output_folder(stand_in, monkeypatch, capsys):
 
 def test_a_failing_lesson_exits_1_with_one_line(stand_in, capsys):
     (stand_in / "lesson_1.py").write_text(LESSON.replace("2 + 2", "2 + 3"), encoding="utf-8")
-    assert main(["learn", "1", "--quiet", "--out", str(stand_in / "page"), "--cache", str(stand_in / "c")]) == 1
+    assert main(["learn", "1", "--quiet", "--output", str(stand_in / "page"), "--cache", str(stand_in / "c")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cell starting at line 4 of lesson_1.py" in err[0] and "AssertionError" in err[0]
     assert (stand_in / "page" / "index.html").is_file()             # the page shows the traceback
@@ -65,7 +65,7 @@ def test_a_failing_lesson_exits_1_with_one_line(stand_in, capsys):
 def test_a_lesson_that_cannot_find_its_data_is_a_user_error(stand_in, monkeypatch, capsys):
     (stand_in / "lesson_1.py").write_text(LESSON + "kit.examples('sst2', 'dev', 5)\n", encoding="utf-8")
     monkeypatch.setenv("LORALAB_SHARED_DATA", str(stand_in / "no-such-folder"))
-    assert main(["learn", "1", "--quiet", "--out", str(stand_in / "page"), "--cache", str(stand_in / "c")]) == 2
+    assert main(["learn", "1", "--quiet", "--output", str(stand_in / "page"), "--cache", str(stand_in / "c")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "lesson 1 cannot run here: shared data folder" in err[0] and "LORALAB_SHARED_DATA" in err[0]
 
@@ -84,6 +84,6 @@ def test_refuses_to_replace_a_folder_it_did_not_write(stand_in, capsys):
     mine = stand_in / "notes"
     mine.mkdir()
     (mine / "todo.txt").write_text("keep me", encoding="utf-8")
-    assert main(["learn", "1", "--quiet", "--out", str(mine), "--cache", str(stand_in / "c")]) == 2
+    assert main(["learn", "1", "--quiet", "--output", str(mine), "--cache", str(stand_in / "c")]) == 2
     assert "not a folder loralab wrote" in capsys.readouterr().err
     assert (mine / "todo.txt").read_text(encoding="utf-8") == "keep me"

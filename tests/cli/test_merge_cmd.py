@@ -48,23 +48,23 @@ def test_merge_writes_a_plain_model_with_the_adapted_outputs(bert_folder, adapte
     model, adapter = adapted
     inputs = tiny_inputs(model)
     expected = model_output(model, inputs)
-    assert main(["merge", str(bert_folder), str(adapter), str(tmp_path / "merged")]) == 0
+    assert main(["merge", str(bert_folder), str(adapter), "--output", str(tmp_path / "merged")]) == 0
     from transformers import AutoModelForSequenceClassification
     plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged").eval()
     torch.testing.assert_close(model_output(plain, inputs), expected, rtol=1e-4, atol=1e-5)
     assert files.owned_kind(tmp_path / "merged") == "merged-model"
-    assert main(["merge", str(bert_folder), str(adapter), str(tmp_path / "merged")]) == 2
+    assert main(["merge", str(bert_folder), str(adapter), "-o", str(tmp_path / "merged")]) == 2
     assert "already exists" in capsys.readouterr().err
-    assert main(["merge", str(bert_folder), str(tmp_path / "nothing"), str(tmp_path / "m2")]) == 2
+    assert main(["merge", str(bert_folder), str(tmp_path / "nothing"), "-o", str(tmp_path / "m2")]) == 2
     assert not (tmp_path / "m2").exists()
 
 
 def test_overwrite_replaces_only_a_merged_model(bert_folder, adapted, tmp_path, capsys):
     _, adapter = adapted
     out = tmp_path / "merged"
-    assert main(["merge", str(bert_folder), str(adapter), str(out)]) == 0
+    assert main(["merge", str(bert_folder), str(adapter), "-o", str(out)]) == 0
     (out / "stale-file").write_text("from the first merge")
-    assert main(["merge", str(bert_folder), str(adapter), str(out), "--overwrite"]) == 0
+    assert main(["merge", str(bert_folder), str(adapter), "-o", str(out), "--overwrite"]) == 0
     assert not (out / "stale-file").exists() and files.owned_kind(out) == "merged-model"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ad", "base", "merged"]   # no temporary folder left
 
@@ -76,7 +76,7 @@ def test_overwrite_replaces_only_a_merged_model(bert_folder, adapted, tmp_path, 
     for target, message in [(photos, "not a folder loralab wrote"), (adapter, "an input of this command"),
                             (bert_folder, "an input of this command"), (bert_folder / "inside", "an input of this command"),
                             (tmp_path, "an input of this command")]:
-        assert main(["merge", str(bert_folder), str(adapter), str(target), "--overwrite"]) == 2
+        assert main(["merge", str(bert_folder), str(adapter), "-o", str(target), "--overwrite"]) == 2
         assert message in _error_line(capsys.readouterr().err)
     assert saved == {name: _digest(folder) for name, folder in (("photos", photos), ("ad", adapter),
                                                                   ("base", bert_folder))}
@@ -85,7 +85,7 @@ def test_overwrite_replaces_only_a_merged_model(bert_folder, adapted, tmp_path, 
 def test_a_failed_merge_leaves_the_previous_output(bert_folder, adapted, tmp_path, monkeypatch, capsys):
     _, adapter = adapted
     out = tmp_path / "merged"
-    assert main(["merge", str(bert_folder), str(adapter), str(out)]) == 0
+    assert main(["merge", str(bert_folder), str(adapter), "-o", str(out)]) == 0
     before = _digest(out)
 
     def disk_full(self, folder, *args, **kwargs):
@@ -93,7 +93,7 @@ def test_a_failed_merge_leaves_the_previous_output(bert_folder, adapted, tmp_pat
         raise OSError(28, "No space left on device", str(folder / "model.safetensors"))
 
     monkeypatch.setattr("transformers.PreTrainedModel.save_pretrained", disk_full)
-    assert main(["merge", str(bert_folder), str(adapter), str(out), "--overwrite"]) == 2
+    assert main(["merge", str(bert_folder), str(adapter), "-o", str(out), "--overwrite"]) == 2
     assert "No space left on device" in _error_line(capsys.readouterr().err)
     assert _digest(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["ad", "base", "merged"]
 
@@ -103,6 +103,6 @@ def test_unwritable_merge_output_is_one_line(bert_folder, adapted, tmp_path, cap
     (tmp_path / "a-file").write_text("x")
     for target, message in [("/proc/loralab-merged", "cannot write /proc/loralab-merged"),
                             (str(tmp_path / "a-file"), "exists and is not a folder")]:
-        assert main(["merge", str(bert_folder), str(adapter), target]) == 2
+        assert main(["merge", str(bert_folder), str(adapter), "-o", target]) == 2
         assert message in _error_line(capsys.readouterr().err)
     shutil.rmtree(tmp_path / "ad")

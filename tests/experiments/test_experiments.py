@@ -106,7 +106,7 @@ def test_amplification_reuses_rank_runs(root: Path, rank_out: Path):
     from loralab.cli.main import main
 
     out = root / "amplification"  # next to root/"rank", where it looks for the rank runs
-    assert main(["experiment", "amplification", "--quick", "--out", str(out)]) == 0
+    assert main(["experiment", "amplification", "--quick", "--output", str(out)]) == 0
     data = check_outputs(out, figures=1)
     assert data["meta"]["reused_runs"] == ["r1", "r2", "r4", "r8", "r16"]  # nothing retrained
     rows = read_csv(out / "results.csv")

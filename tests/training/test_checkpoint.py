@@ -113,7 +113,7 @@ def test_checkpoints_hold_only_safetensors_and_json(tmp_path):
     path = save_checkpoint(tmp_path, model, optimizer, scheduler, {"step": 1})
     written = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()}
     assert written == {".loralab-output", "adapter/adapter_config.json", "adapter/adapter_model.safetensors",
-                       "adapter/README.md",  # the model card (loralab.formats.model_card)
+                       "adapter/README.md",   # the model card, like PEFT's
                        "trainable.safetensors", "optimizer.safetensors", "optimizer.json", "scheduler.json",
                        "rng.safetensors", "rng.json", "state.json"}
     restored = read_checkpoint(path)

@@ -18,7 +18,7 @@ def test_config_validation_and_default_run():
                          (dict(data="sst2", lora={"r": 0}), "r")]:
         with pytest.raises(LoraLabError, match=message):
             TrainConfig(**bad)
-    with pytest.raises(LoraLabError, match="unknown training settings"):
+    with pytest.raises(LoraLabError, match="unknown setting 'learning_rate'; did you mean 'lr'"):
         TrainConfig.from_dict({"data": "sst2", "learning_rate": 1})
     assert config.lora_config(("classifier",)).modules_to_save == ["classifier"]
 
@@ -39,6 +39,10 @@ def test_resume_may_change_only_the_resumable_settings():
     new = TrainConfig(data="sst2", lr=5e-4, epochs=4.0, lora={"r": 8, "alpha": 16.0}, threads=1)
     assert resume_changes(saved, new) == {"lr": (5e-3, 5e-4), "epochs": (2.0, 4.0), "threads": (None, 1)}
     assert {"lr", "epochs", "max_steps", "eval_every", "max_grad_norm"} <= set(RESUMABLE_FIELDS)
-    for field, value in [("seed", 1), ("batch_size", 4), ("data", "rte"), ("lora", {"r": 4}), ("warmup_ratio", 0.1)]:
-        with pytest.raises(LoraLabError, match=f"--{field.replace('_', '-')} cannot change when resuming"):
-            resume_changes(saved, TrainConfig(**{**saved.to_dict(), field: value}))
+    for field, value, named in [("seed", 1, "--seed"), ("batch_size", 4, "--batch-size"), ("data", "rte", "--data"),
+                                ("lora", {"r": 4, "alpha": 16.0}, r"lora\.r"), ("warmup_ratio", 0.1, "--warmup-ratio"),
+                                ("scheduler_options", {"num_cycles": 0.25}, r"scheduler_options\.num_cycles")]:
+        changed = {**saved.to_dict(), field: value, **({"scheduler": "cosine"} if field == "scheduler_options" else {})}
+        with pytest.raises(LoraLabError, match=f"^{named} cannot change when resuming"):
+            resume_changes(saved if field != "scheduler_options" else TrainConfig(**{**changed, field: {}}),
+                           TrainConfig(**changed))

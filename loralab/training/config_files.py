@@ -1,0 +1,250 @@
+"""Run configs as files and `key=value` overrides: reading YAML/JSON, checking keys, merging layers, and
+printing the resolved config.
+
+    loralab train --config run.yaml lora.r=4 lr=1e-3 --print-config
+
+A config file holds TrainConfig fields, the same keys as a run's config.json, with these sections:
+
+    lora:               loralab.LoraConfig fields (r, alpha, targets, variant, ...)
+    read_options:       loralab.data.readers.ReadOptions fields (format, text_column, ...)
+    method_options:     the baseline method's own settings (any keys)
+    scheduler_options:  the schedule's own settings (num_cycles, power, lr_end)
+
+An override is KEY=VALUE. KEY is a top-level field (`lr`, `epochs`), or SECTION.FIELD (`lora.r`,
+`read_options.text_column`); `train.` may prefix a top-level field (`train.lr` is `lr`). VALUE is read as a
+YAML value: `4` an int, `1e-3` a float (numbers as YAML 1.2 reads them), `true`, `null`, `[query, value]`,
+`{q_proj: 8}`; a string field keeps the text as typed unless it is quoted YAML (`prompt_template="Q: {prompt}\\n"`).
+An unknown key is one error line naming the nearest known key.
+
+Layers merge in order, each changing only the keys it names; a section merges key by key, so `lora.r=4`
+keeps the file's `lora.alpha`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+import json
+import os
+import re
+import typing
+from pathlib import Path
+from typing import Any
+
+from loralab.errors import LoraLabError
+
+# Sections whose keys are checked against a config class (the others take any key).
+SECTIONS = ("lora", "read_options", "method_options", "scheduler_options")
+TRAIN_PREFIX = "train."
+# transformers' TrainingArguments and PEFT's LoraConfig names for loralab's settings: what a user coming
+# from them types first, suggested by name in the unknown-key error.
+OTHER_SPELLINGS = {
+    "learning_rate": "lr", "num_train_epochs": "epochs", "per_device_train_batch_size": "batch_size",
+    "per_device_eval_batch_size": "eval_batch_size", "gradient_accumulation_steps": "grad_accum",
+    "lr_scheduler_type": "scheduler", "lr_scheduler_kwargs": "scheduler_options", "max_seq_length": "max_length",
+    "logging_steps": "log_every", "eval_steps": "eval_every", "save_steps": "checkpoint_every",
+    "model_name_or_path": "model", "adam_epsilon": "eps", "num_epochs": "epochs",
+    "lora.lora_alpha": "lora.alpha", "lora.lora_dropout": "lora.dropout", "lora.target_modules": "lora.targets",
+    "lora.use_rslora": "lora.rslora", "lora.use_dora": "lora.variant", "lora.init_lora_weights": "lora.init",
+}
+
+
+def yaml_loader() -> type:
+    """PyYAML's safe loader reading numbers as YAML 1.2 does: `1e-3` and `5E+4` are floats (YAML 1.1 makes
+    them strings), as they are in JSON and Python."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    float_pattern = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                                   |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                                   |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                                   |[-+]?\.(?:inf|Inf|INF)
+                                   |\.(?:nan|NaN|NAN))$""", re.X)
+    Loader.yaml_implicit_resolvers = {key: [(tag, regexp) for tag, regexp in resolvers
+                                            if tag != "tag:yaml.org,2002:float"]
+                                      for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", float_pattern, list("-+0123456789."))
+    return Loader
+
+
+RECIPES_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def recipes() -> dict[str, Path]:
+    """{name: file} of the run configs shipped with loralab (loralab/configs/*.yaml)."""
+    return {path.stem: path for path in sorted(RECIPES_DIR.glob("*.yaml"))}
+
+
+def config_path(spec: str | os.PathLike) -> Path:
+    """The config file `spec` names: a path, or the name of a shipped recipe (`sst2` -> .../configs/sst2.yaml)."""
+    path = Path(spec)
+    if path.exists() or path.suffix in (".yaml", ".yml", ".json") or os.sep in str(spec):
+        return path
+    shipped = recipes()
+    if str(spec) in shipped:
+        return shipped[str(spec)]
+    raise LoraLabError(f"no config file {spec!r}, and no recipe of that name; give a YAML/JSON file or one of the "
+                       f"shipped recipes: {', '.join(shipped)}")
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The settings in a YAML or JSON file (`.json` is read as JSON, anything else as YAML, which also reads
+    JSON); one error line for a missing, unreadable or non-mapping file."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise LoraLabError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LoraLabError(f"{path}: cannot read the config file ({exc})") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.load(text, Loader=yaml_loader())
+    except json.JSONDecodeError as exc:
+        raise LoraLabError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark is not None else ""
+        raise LoraLabError(f"{path}: not valid YAML ({getattr(exc, 'problem', None) or exc}{where})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise LoraLabError(f"{path}: a config file holds settings as `key: value` lines, not a "
+                           f"{type(data).__name__}")
+    return data
+
+
+# --------------------------------------------------------------------------------------------------
+# Which keys exist
+# --------------------------------------------------------------------------------------------------
+def known_keys() -> dict[str, tuple[str, ...] | None]:
+    """{"": TrainConfig fields, section: its class's fields (None: any key)}."""
+    from loralab.data.readers import ReadOptions
+    from loralab.surgery.config import LoraConfig
+    from loralab.training.config import TrainConfig
+
+    return {"": tuple(f.name for f in dataclasses.fields(TrainConfig)),
+            # the constructor's parameters: fields and accepted old spellings (e.g. "dora")
+            "lora": tuple(inspect.signature(LoraConfig).parameters),
+            "read_options": tuple(f.name for f in dataclasses.fields(ReadOptions)),
+            "method_options": None, "scheduler_options": None}
+
+
+def _unknown(key: str, candidates: list[str], where: str) -> LoraLabError:
+    near = [OTHER_SPELLINGS[key]] if key in OTHER_SPELLINGS else difflib.get_close_matches(key, candidates, n=1,
+                                                                                           cutoff=0.6)
+    hint = f"; did you mean {near[0]!r}?" if near else "; `loralab train --print-config` shows every setting"
+    return LoraLabError(f"{where}unknown setting {key!r}{hint}")
+
+
+def check_keys(data: dict[str, Any], where: str = "") -> None:
+    """Every key of a settings dict (and of its lora / read_options sections) names a field; else one
+    error line naming the nearest known key. `where` prefixes the message (e.g. "run.yaml: ")."""
+    keys = known_keys()
+    everything = list(keys[""]) + [f"{s}.{k}" for s, fields in keys.items() if s and fields for k in fields]
+    for key, value in data.items():
+        if key not in keys[""]:
+            raise _unknown(key, everything, where)
+        fields = keys.get(key)
+        if key in SECTIONS and isinstance(value, dict) and fields is not None:
+            for inner in value:
+                if inner not in fields:
+                    raise _unknown(f"{key}.{inner}", everything, where)
+
+
+# --------------------------------------------------------------------------------------------------
+# Overrides and layers
+# --------------------------------------------------------------------------------------------------
+def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
+    """`lora.r=4` -> (("lora", "r"), 4); the value is typed by the field it sets (see the module docstring)."""
+    import yaml
+
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise LoraLabError(f"{text!r} is not an override; write KEY=VALUE, e.g. lora.r=4 or lr=1e-3")
+    if key.startswith(TRAIN_PREFIX):
+        key = key[len(TRAIN_PREFIX):]
+    path = tuple(key.split("."))
+    if len(path) > 2 or (len(path) == 2 and path[0] not in SECTIONS):
+        keys = known_keys()
+        everything = list(keys[""]) + [f"{s}.{k}" for s, fields in keys.items() if s and fields for k in fields]
+        raise _unknown(key, everything, "")
+    try:
+        value = yaml.load(raw, Loader=yaml_loader()) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if _is_text_field(path) and not (isinstance(value, str) or (value is None and raw.strip() in ("null", "~"))):
+        value = raw  # e.g. prompt_template={prompt}: YAML would read a mapping
+    return path, value
+
+
+def _is_text_field(path: tuple[str, ...]) -> bool:
+    """Whether the field a key names holds a string (and nothing but a string or None)."""
+    from loralab.data.readers import ReadOptions
+    from loralab.training.config import TrainConfig
+
+    owner = {1: TrainConfig, 2: {"read_options": ReadOptions}.get(path[0])}[len(path)]
+    if owner is None:
+        return False
+    hint = typing.get_type_hints(owner).get(path[-1])
+    return hint is not None and set(typing.get_args(hint) or (hint,)) <= {str, type(None)}
+
+
+def apply_overrides(settings: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """`settings` with each KEY=VALUE of `overrides` applied (a new dict; sections copied, not shared)."""
+    layer: dict[str, Any] = {}
+    for text in overrides:
+        path, value = parse_override(text)
+        if len(path) == 1:
+            layer[path[0]] = value
+        else:
+            layer.setdefault(path[0], {})[path[1]] = value
+    check_keys(layer)
+    return merge_settings(settings, layer)
+
+
+def merge_settings(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
+    """`base` updated by `layer`: top-level keys replace, sections (dicts) merge key by key. A layer naming
+    `train_file` without `data` (or `data` without `train_file`) switches the data source: the other is
+    cleared."""
+    merged = {key: dict(value) if isinstance(value, dict) else value for key, value in base.items()}
+    for key, value in layer.items():
+        if key == "lora" and isinstance(value, dict):
+            value = _loralab_lora_names(value)   # `lora_alpha` in one layer replaces `alpha` of another
+            if isinstance(merged.get(key), dict):
+                merged[key] = _loralab_lora_names(merged[key])
+        if key in SECTIONS and isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = dict(value) if isinstance(value, dict) else value
+    for named, other in (("train_file", "data"), ("data", "train_file")):
+        if layer.get(named) is not None and other not in layer:
+            merged[other] = None
+    return merged
+
+
+def _loralab_lora_names(section: dict[str, Any]) -> dict[str, Any]:
+    """A lora section with PEFT's field names (lora_alpha, use_dora, ...) spelt as loralab's, so that layers
+    written in either spelling override each other field by field."""
+    from loralab.surgery.peft_names import peft_kwargs_to_loralab
+
+    return peft_kwargs_to_loralab(section)
+
+
+def config_yaml(config) -> str:
+    """A TrainConfig as YAML, every field spelt out: reading it back with --config gives the same config."""
+    import yaml
+
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    def text(dumper: yaml.SafeDumper, value: str) -> yaml.Node:  # "{prompt}\n" on one line, escaped
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style='"' if "\n" in value else None)
+
+    Dumper.add_representer(str, text)
+    return yaml.dump(config.to_dict(), Dumper=Dumper, sort_keys=False, allow_unicode=True, width=100,
+                     default_flow_style=None)
