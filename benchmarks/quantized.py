@@ -164,11 +164,21 @@ def _peft_bf16(setup: suites.Setup) -> nn.Module:
     return get_peft_model(base, setup.peft_config())
 
 
+def _loralab_dtype_bf16(setup: suites.Setup) -> nn.Module:
+    """What `loralab train --dtype bf16` builds: the base's weights in bf16 (nn.Linear stays), LoRA factors and
+    the trained head fp32 (loralab.precision), run under bf16 autocast."""
+    from loralab.precision import Precision
+
+    model = setup.loralab_model(model=setup.base().to(torch.bfloat16))
+    return Precision.resolve("cpu", "bf16").prepare(model)
+
+
 def step_models(setup: suites.Setup, with_bnb: bool) -> dict[str, tuple[nn.Module, bool]]:
     """name -> (model, runs under bf16 autocast)."""
     ll = setup.loralab_model
     models = {
         "loralab fp32": (ll(), False),
+        "loralab --dtype bf16": (_loralab_dtype_bf16(setup), True),
         "loralab bf16 (weights + autocast)": (ll(model=quantize(setup.base(), "bf16")), True),
         "loralab int8 (no Wᵀ copy)": (ll(model=quantize(setup.base(), "int8", transposed_copy=False)), False),
         "loralab int8 (no Wᵀ copy) + bf16 autocast":
@@ -186,10 +196,26 @@ def step_models(setup: suites.Setup, with_bnb: bool) -> dict[str, tuple[nn.Modul
 
 def _model_bytes(model: nn.Module) -> dict:
     memory = quantized_memory(model)
+    out = {"resident_bytes": memory.model_bytes}
     if memory.layers:
-        return {"weight_bytes": memory.weight_bytes, "weight_fp32_bytes": memory.weight_fp32_bytes,
-                "model_bytes": memory.model_bytes, "model_fp32_bytes": memory.model_fp32_bytes}
-    return {}
+        out.update({"weight_bytes": memory.weight_bytes, "weight_fp32_bytes": memory.weight_fp32_bytes,
+                    "model_bytes": memory.model_bytes, "model_fp32_bytes": memory.model_fp32_bytes})
+    return out
+
+
+def step_peak_bytes(step: Callable[[], float]) -> int:
+    """Most bytes of tensors a (warmed-up) training step creates and holds at once: activations, gradients,
+    temporaries (loralab.benchmarking.memory.TensorMemory; the weights and optimizer state are not counted)."""
+    from loralab.benchmarking.memory import TensorMemory
+
+    with TensorMemory() as memory:
+        step()
+    return memory.peak_bytes
+
+
+def _optimizer_bytes(model: nn.Module) -> int:
+    """AdamW's two fp32-or-parameter-dtype moments per trained value."""
+    return sum(2 * p.nbytes for p in model.parameters() if p.requires_grad)
 
 
 def training_steps(setup: suites.Setup, batch: int, seq: int, rounds: int, warmup: int = 2) -> dict:
@@ -216,9 +242,11 @@ def training_steps(setup: suites.Setup, batch: int, seq: int, rounds: int, warmu
         step = suites._trainer(model, data)
         runs[name] = _autocast(step) if autocast else step
     times = timed_rounds(runs, rounds, warmup)
+    peaks = {name: step_peak_bytes(run) for name, run in runs.items()}
     return {"batch": batch, "seq": seq, "rounds": rounds, "variants": {
         name: {**times[name], "start_loss": start[name][0], "start_loss_diff": start[name][0] - ref_loss,
-               "start_hidden_error": _rel(start[name][1], ref_hidden), **_model_bytes(models[name][0])}
+               "start_hidden_error": _rel(start[name][1], ref_hidden), **_model_bytes(models[name][0]),
+               "step_peak_bytes": peaks[name], "optimizer_bytes": _optimizer_bytes(models[name][0])}
         for name in models}}
 
 
@@ -317,6 +345,24 @@ def step_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def step_memory_table(result: dict) -> str:
+    v = result["variants"]
+    mib = 2 ** 20
+
+    def total(r: dict) -> int:
+        return r["resident_bytes"] + r["optimizer_bytes"] + r["step_peak_bytes"]
+
+    ref = total(v["loralab fp32"])
+    lines = [f"Memory of the same training steps (MiB): the model's parameters and buffers (quantized storage as "
+             f"stored), AdamW's moments, and the most tensor bytes one step holds at once (activations, gradients, "
+             f"temporaries; TensorMemory)", "",
+             "| variant | model | AdamW | step peak | sum | sum vs loralab fp32 |", "|---|---|---|---|---|---|"]
+    for name, r in v.items():
+        lines.append(f"| {name} | {r['resident_bytes'] / mib:.1f} | {r['optimizer_bytes'] / mib:.2f} | "
+                     f"{r['step_peak_bytes'] / mib:.1f} | {total(r) / mib:.1f} | {_pct(total(r), ref)} |")
+    return "\n".join(lines)
+
+
 def packed_table(result: dict) -> str:
     lines = ["int8 weights of all-MiniLM-L6-v2's Linear layers (36 + pooler) as fbgemm holds them (RSS growth "
              "of a fresh process while packing; scales included)", "",
@@ -369,6 +415,7 @@ def main(argv: list[str] | None = None) -> None:
         if "step" in only:
             run["step"] = training_steps(setup, args.batch, args.seq, rounds)
             print(step_table(run["step"]) + "\n")
+            print(step_memory_table(run["step"]) + "\n")
         run["load_after"] = os.getloadavg()[0]
         results["runs"].append(run)
     if "packed" in only:

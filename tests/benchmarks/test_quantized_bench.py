@@ -41,3 +41,10 @@ def test_training_steps_table(tiny_model_dir):
     assert variants["loralab nf4"]["weight_bytes"] < 0.15 * variants["loralab nf4"]["weight_fp32_bytes"]
     assert all(r["wall_ms"] > 0 for r in variants.values())
     assert "PEFT fp32 ÷ this" in quantized.step_table(result)
+    # bf16 frozen weights: half the fp32 model's weight bytes (the fp32 head and LoRA factors are tiny here)
+    assert variants["loralab --dtype bf16"]["resident_bytes"] < 0.6 * variants["loralab fp32"]["resident_bytes"]
+    # AdamW's moments: fp32 trainables on the bf16 base too, so the same bytes as on the fp32 base
+    assert variants["loralab --dtype bf16"]["optimizer_bytes"] == variants["loralab fp32"]["optimizer_bytes"]
+    assert all(r["step_peak_bytes"] > 0 for r in variants.values())
+    memory = quantized.step_memory_table(result)
+    assert len([line for line in memory.splitlines() if line.startswith("| ")]) == len(variants) + 1

@@ -124,6 +124,21 @@ def test_gradients_reach_every_adapter(family, scheme, options):
             assert rel(got[name], original[name]) < SCHEME_TOL[scheme] * 2, name
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("scheme", ["int8", "nf4"])
+def test_quantized_base_on_a_gpu_gives_the_cpu_gradients(scheme):
+    """Quantized on CUDA, the layers take their dequantizing path (int8: no fbgemm there): the adapters'
+    gradients match the fp32 CPU model holding the same dequantized weights, within the plumbing tolerance."""
+    cpu = quantize(_lora(tiny_model("llama")), scheme)
+    x = tiny_inputs(cpu, batch=4, seq=16)
+    expected = _grads(dequantize_model(cpu), x)
+    gpu = quantize(_lora(tiny_model("llama")).to("cuda"), scheme)
+    got = _grads(gpu, {k: v.to("cuda") for k, v in x.items()})
+    for name in (n for n in expected if n.endswith((".A", ".B"))):
+        assert rel(got[name].cpu(), expected[name]) < PLUMBING_TOL[scheme] * 2, name
+
+
 def test_adapter_trained_on_a_quantized_base_loads_on_the_fp32_base(tmp_path):
     model = quantize(_lora(tiny_model("llama")), "nf4")
     loralab.save_adapter(model, tmp_path / "adapter")
