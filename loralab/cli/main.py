@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "analyze": ("loralab.cli.analyze_cmd", "spectra, subspace similarity and amplification of trained adapters"),
     "experiment": ("loralab.cli.experiment_cmd", "the paper's experiments as one command each, with plots and a report"),
     "e2e": ("loralab.cli.e2e_cmd", "E2E NLG: zero-shot base vs LoRA-adapted model, with the paper's metrics"),
+    "serve": ("loralab.cli.serve_cmd", "HTTP server: one base model, many adapters, OpenAI-compatible, mixed batches"),
 }
 
 
