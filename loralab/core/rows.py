@@ -113,6 +113,9 @@ class RowPlan:
         used = [n for n in self.groups(repeat) if n is not None and n in layer.lora_adapters]
         if not used:
             return out
+        if len(self.groups(repeat)) == 1:          # every row the same adapter: the layer's own path
+            f = layer.lora_adapters[used[0]]
+            return f.variant.forward(layer, f, x, out)
         strategy = self.strategy or choose_strategy(layer, x, used)
         if strategy != GROUPED and _stackable(layer, used):
             stack = stack_of(layer)

@@ -146,11 +146,12 @@ async def _wait_disconnect(request: Request) -> None:
 async def _next_event(sink: EventSink, disconnect: asyncio.Task) -> tuple | None:
     """The next event for this request, or None when its client went away first."""
     getter = asyncio.ensure_future(sink.get())
-    done, _ = await asyncio.wait({getter, disconnect}, return_when=asyncio.FIRST_COMPLETED)
-    if getter in done:
-        return getter.result()
-    getter.cancel()
-    return None
+    try:
+        done, _ = await asyncio.wait({getter, disconnect}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not getter.done():
+            getter.cancel()
+    return getter.result() if getter in done else None
 
 
 class _Tracker:
@@ -249,7 +250,7 @@ class _Run:
         return api.completion_object(self.req, self.job.job_id, choices, self.usage())
 
     async def stream(self, first: tuple):
-        status = 200
+        status = 499                          # until [DONE] is out: a client gone mid-stream closes the generator
         try:
             sent_role: set[int] = set()
             event = first
@@ -264,6 +265,7 @@ class _Run:
                 event = await self.next()
             yield api.sse(api.usage_chunk(self.req, self.job.job_id, self.usage()))
             yield api.sse("[DONE]")
+            status = 200
         except ApiError as exc:               # a failed step mid-stream: an error event, then the end
             status = exc.status
             if exc.status != 499:
