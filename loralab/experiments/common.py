@@ -3,7 +3,7 @@
     specs = [RunSpec("r8", TrainConfig(...), {"r": 8}), ...]
     results = run_grid(specs, "out/rank/runs")            # skips every run whose folder has metrics.json
 
-Each run gets its own folder `<runs_dir>/<name>/` holding what loralab.training.loop.run_training writes
+Each run gets its own folder `<runs_dir>/<name>/` holding what loralab.training.run.run_training writes
 (config.json, adapter/, metrics.json, checkpoints/ ...). A run counts as finished when metrics.json
 exists, so re-running an experiment after a kill continues where it stopped: finished runs are read
 back, and an unfinished one resumes from its last checkpoint.
@@ -180,7 +180,7 @@ def run_grid(specs: Sequence[RunSpec], runs_dir: str | os.PathLike, isolate: boo
             atomic_write(folder / RESOURCES_FILE, json.dumps({"peak_rss_mb": round(rss, 1), "measured": "ru_maxrss "
                                                                "of the training process (os.wait4)"}) + "\n")
         else:
-            from loralab.training.loop import run_training
+            from loralab.training.run import run_training
 
             run_training(spec.config, folder, resume=resume, log=lambda message: None)
         results.append(read_result(spec, folder, skipped=False))
@@ -247,7 +247,7 @@ def _child_main(argv: Sequence[str]) -> int:
     config_path, folder = Path(argv[0]), Path(argv[1])
     config = TrainConfig.load(config_path)
     resume = (folder / "checkpoints" / "LATEST").exists()
-    from loralab.training.loop import run_training
+    from loralab.training.run import run_training
 
     run_training(config, folder, resume=resume)
     return 0

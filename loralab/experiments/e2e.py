@@ -19,7 +19,7 @@ sorted by restaurant name, so the first N would cover only a few restaurants); N
 Output folder:
 
     data/train.jsonl       the instruction-prefixed prompts and targets the adapter is trained on
-    train/                 loralab.training.loop.run_training's folder (adapter/, metrics.json, checkpoints/)
+    train/                 loralab.training.run.run_training's folder (adapter/, metrics.json, checkpoints/)
     predictions/base.txt   one output per evaluated MR (and lora.txt), with *.json holding their settings
     results.json / .csv / .md   the comparison table; examples.md: side-by-side outputs for a few MRs
 
@@ -65,6 +65,8 @@ class E2EConfig:
         max_length: tokens per training example (prompt + target + EOS; ~75 for this prompt).
     Evaluation: eval_mrs evenly spaced distinct MRs of test.txt (None: all 630); decoding with num_beams
         (1: greedy) up to max_new_tokens new tokens per MR, stopping at EOS, gen_batch_size prompts a batch.
+        decoding: more loralab.generation.SamplingParams fields, e.g. {"temperature": 0.7, "seed": 0}
+        (empty: greedy or beam search as num_beams says).
     threads: torch threads (None: the cores this process may use).
     """
 
@@ -90,6 +92,7 @@ class E2EConfig:
     threads: int | None = None
     data_dir: str | None = None  # folder holding valid.txt and test.txt; None: <shared data>/e2e
     extra: dict[str, Any] = field(default_factory=dict)  # more TrainConfig fields, e.g. {"max_steps": 3}
+    decoding: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.targets = tuple(self.targets)
@@ -105,6 +108,21 @@ class E2EConfig:
             raise LoraLabError(f"examples_shown must be 0 or more, got {self.examples_shown}")
         if not self.instruction.strip():
             raise LoraLabError("the instruction is empty; the zero-shot base needs to be told what to write")
+        # checked now, not after training; kept as JSON values, without the settings equal to the defaults
+        params = self.sampling_params().non_default()
+        self.decoding = {k: v for k, v in params.items() if k not in ("num_beams", "max_new_tokens")}
+
+    def sampling_params(self):
+        """The decoding settings as a loralab.generation.SamplingParams."""
+        from loralab.generation import SamplingParams
+
+        for name in ("num_beams", "max_new_tokens"):
+            if name in self.decoding:
+                raise LoraLabError(f"set {name} as its own E2EConfig field, not inside decoding")
+        unknown = sorted(set(self.decoding) - set(SamplingParams.field_names()))
+        if unknown:
+            raise LoraLabError(f"unknown decoding setting(s) {unknown}; use SamplingParams fields")
+        return SamplingParams(max_new_tokens=self.max_new_tokens, num_beams=self.num_beams, **self.decoding)
 
     @classmethod
     def quick(cls, **overrides: Any) -> "E2EConfig":
@@ -164,7 +182,7 @@ def evaluation_set(config: E2EConfig) -> tuple[list[str], list[list[str]]]:
 def write_train_file(config: E2EConfig, path: Path) -> Path:
     """valid.txt as JSONL {"prompt": instruction + MR, "target": reference}, written atomically."""
     from loralab.metrics import read_e2e
-    from loralab.training.checkpoint import atomic_write_text
+    from loralab.files import write_text as atomic_write_text
 
     lines = [json.dumps({"prompt": config.instruction + mr, "target": text}, ensure_ascii=False)
              for mr, text in read_e2e(e2e_dir(config) / "valid.txt")]
@@ -217,7 +235,7 @@ def write_quick_model(folder: Path, config: E2EConfig) -> Path:
 
 def train_adapter(config: E2EConfig, out: Path, log: Callable[[str], None] = print) -> tuple[Path, dict[str, Any]]:
     """Train (or reuse / resume) the adapter under out/train; returns (adapter folder, training metrics)."""
-    from loralab.training.loop import run_training
+    from loralab.training.run import run_training
 
     run_dir = out / "train"
     metrics_path = run_dir / "metrics.json"
@@ -251,8 +269,8 @@ def generate_for(system: str, model: Any, tokenizer: Any, prompts: list[str], co
     """Outputs of `model` for `prompts` (reused from out/predictions/<system>.txt when the settings match,
     continued from <system>.partial.json after a kill); returns (outputs, generation seconds summed over
     the batches, as measured when they were generated)."""
-    from loralab.serving.generate import generate
-    from loralab.training.checkpoint import atomic_write_text
+    from loralab.generation import generate
+    from loralab.files import write_text as atomic_write_text
     from loralab.data.encoding import Task
 
     folder = out / "predictions"
@@ -277,11 +295,13 @@ def generate_for(system: str, model: Any, tokenizer: Any, prompts: list[str], co
     log(f"{system}: generating for {len(prompts) - len(outputs)} MRs (beams {config.num_beams}, up to "
         f"{config.max_new_tokens} new tokens)")
     folder.mkdir(parents=True, exist_ok=True)
+    params = config.sampling_params()
     for start in range(len(outputs), len(prompts), config.gen_batch_size):
         started = time.perf_counter()
         chunk = prompts[start:start + config.gen_batch_size]
-        texts = generate(model, tokenizer, chunk, max_new_tokens=config.max_new_tokens,
-                         num_beams=config.num_beams, task=task, batch_size=config.gen_batch_size)
+        # MR i is sampled with seed + i whichever chunk it falls in (generate adds the index in the chunk)
+        chunk_params = params if params.seed is None else replace(params, seed=(params.seed + start) % 2**63)
+        texts = generate(model, tokenizer, chunk, chunk_params, task=task, batch_size=config.gen_batch_size)
         # one output per line: a newline inside an output would shift every later line
         outputs.extend(" ".join(text.split()) for text in texts)
         seconds += time.perf_counter() - started
@@ -302,7 +322,7 @@ def run_e2e(config: E2EConfig, out: str | os.PathLike, adapter: str | os.PathLik
     import loralab
     from loralab.metrics import score_e2e
     from loralab.models import load_model, load_tokenizer
-    from loralab.training.loop import set_threads
+    from loralab.training.runtime import set_threads
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -334,6 +354,8 @@ def run_e2e(config: E2EConfig, out: str | os.PathLike, adapter: str | os.PathLik
     model.eval()
     decoding = {"model": config.model, "instruction": config.instruction, "mrs": mrs,
                 "num_beams": config.num_beams, "max_new_tokens": config.max_new_tokens}
+    if config.decoding:  # only when set, so greedy and beam predictions made before it are still reused
+        decoding["decoding"] = config.decoding
     outputs, seconds = {}, {}
     outputs["base"], seconds["base"] = generate_for("base", model, tokenizer, prompts, config, out, decoding, log)
     loralab.load_adapter(model, adapter_dir)
@@ -384,6 +406,10 @@ def results_markdown(result: dict[str, Any]) -> str:
     """The comparison table as markdown (metrics on the paper's scales)."""
     config = result["config"]
     decoding = "greedy" if config["num_beams"] == 1 else f"beam {config['num_beams']}"
+    settings = config.get("decoding") or {}
+    if settings:
+        decoding = ("sampled" if settings.get("temperature", 0) > 0 else decoding) + " (" + \
+            ", ".join(f"{k}={v}" for k, v in sorted(settings.items())) + ")"
     lines = [
         f"# E2E NLG: {config['model']} zero-shot vs LoRA",
         "",
@@ -422,7 +448,7 @@ def examples_markdown(result: dict[str, Any]) -> str:
 
 def write_results(result: dict[str, Any], out: Path) -> None:
     """results.json, results.csv (TABLE_COLUMNS), results.md and examples.md, each written atomically."""
-    from loralab.training.checkpoint import atomic_write_text
+    from loralab.files import write_text as atomic_write_text
 
     atomic_write_text(out / "results.json", json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     buffer = io.StringIO()

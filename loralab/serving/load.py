@@ -6,7 +6,6 @@ can be loaded onto one base model and switched per call with `loralab.set_adapte
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,18 +44,15 @@ def parse_adapter_specs(specs: list[str]) -> dict[str, Path]:
 
 
 def read_task_info(adapter: Path) -> dict[str, Any]:
-    from loralab.training.loop import TASK_FILENAME
+    from loralab.training.run_folder import read_task_info as read
 
-    path = adapter / TASK_FILENAME
-    if not path.is_file():
-        return {}
-    return json.loads(path.read_text(encoding="utf-8"))
+    return read(adapter)
 
 
 def load_base(model_spec: str, task_kind: str, label_map: Any = None) -> tuple[nn.Module, Any]:
     """The base model with the head `task_kind` needs (classifiers: label_map's width) and its tokenizer."""
     from loralab.models import load_tokenizer
-    from loralab.training.loop import load_model_for
+    from loralab.training.inputs import load_model_for
 
     tokenizer = load_tokenizer(model_spec)
     return load_model_for(model_spec, task_kind, label_map, tokenizer), tokenizer

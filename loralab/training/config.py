@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,20 +130,13 @@ class TrainConfig:
             raise LoraLabError(f"packing applies to causal LM training, not the {self.task} task; drop packing")
         if self.max_length is not None and self.max_length < 2:
             raise LoraLabError(f"max_length must be at least 2 tokens, got {self.max_length}")
-        if not self.epochs > 0:
-            raise LoraLabError(f"epochs must be positive, got {self.epochs}")
-        if not self.lr > 0:
-            raise LoraLabError(f"learning rate must be positive, got {self.lr}")
-        if self.weight_decay < 0:
-            raise LoraLabError(f"weight decay must be 0 or more, got {self.weight_decay}")
+        self._check_numbers()
         if not 0 <= self.warmup_ratio < 1:
             raise LoraLabError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise LoraLabError(f"betas must be two numbers in [0, 1), got {self.betas}")
         if self.scheduler not in SCHEDULERS:
             raise LoraLabError(f"unknown scheduler {self.scheduler!r}; use one of {', '.join(SCHEDULERS)}")
-        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
-            raise LoraLabError(f"max_grad_norm must be positive (or unset to not clip), got {self.max_grad_norm}")
         if self.best_metric is None:
             self.best_metric = task_kind(self.task).best_metric
         if not isinstance(self.lora, dict):
@@ -154,6 +148,19 @@ class TrainConfig:
             raise LoraLabError(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
         if not isinstance(self.method_options, dict):
             raise LoraLabError("method_options must be a dict of the method's options")
+
+    def _check_numbers(self) -> None:
+        """The float settings: finite (no inf/nan from the command line) and in range."""
+        checks = [("epochs", self.epochs, "a positive number of passes over the training data", lambda v: v > 0),
+                  ("lr", self.lr, "a positive learning rate", lambda v: v > 0),
+                  ("weight_decay", self.weight_decay, "0 or more", lambda v: v >= 0),
+                  ("eps", self.eps, "positive", lambda v: v > 0)]
+        if self.max_grad_norm is not None:
+            checks.append(("max_grad_norm", self.max_grad_norm, "positive (or unset to not clip)", lambda v: v > 0))
+        for name, value, wanted, ok in checks:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or not ok(value):
+                raise LoraLabError(f"{name} must be {wanted}, got {value!r}")
 
     @property
     def best_is_lower(self) -> bool:
@@ -188,9 +195,9 @@ class TrainConfig:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the config as JSON atomically."""
-        from loralab.training.checkpoint import atomic_write_text
+        from loralab.files import write_json
 
-        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
+        write_json(Path(path), self.to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TrainConfig":
@@ -201,3 +208,29 @@ class TrainConfig:
             raise LoraLabError(f"{path}: training config not found") from None
         except json.JSONDecodeError as exc:
             raise LoraLabError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+
+
+# Settings a resumed run may change, and why each is safe: the learning rate (the documented remedy after a
+# NaN stop; the schedule's shape is kept and scaled to it), the run's length (epochs, max_steps: a longer
+# run continues the same batch order and re-stretches the decay), evaluation, checkpoint and log cadence,
+# early-stopping patience, gradient clipping, and how the process runs (threads, progress bar, compile,
+# evaluation batch size). Everything else fixes what the checkpoint means — model, data, task, LoRA or
+# method settings, batch size and accumulation (the position in the epoch), seed (the batch order),
+# optimizer constants and schedule kind, best metric — and is refused.
+RESUMABLE_FIELDS = ("lr", "epochs", "max_steps", "eval_every", "checkpoint_every", "log_every",
+                    "early_stopping_patience", "max_grad_norm", "threads", "progress", "compile", "eval_batch_size")
+
+
+def resume_changes(saved: TrainConfig, new: TrainConfig,
+                   flag_name: Any = lambda field: f"--{field.replace('_', '-')}") -> dict[str, tuple[Any, Any]]:
+    """{field: (saved value, new value)} of the settings a resume changes; LoraLabError naming the first
+    setting that may not change on resume. `flag_name(field)` names a field in the message."""
+    old, now = saved.to_dict(), new.to_dict()
+    old["lora"], now["lora"] = saved.lora_config().to_dict(), new.lora_config().to_dict()  # defaults spelt out
+    changed = {name: (old[name], now[name]) for name in now if old.get(name) != now[name]}
+    for name, (before, after) in changed.items():
+        if name not in RESUMABLE_FIELDS:
+            raise LoraLabError(f"{flag_name(name)} cannot change when resuming (the run has {before!r}, "
+                               f"given {after!r}): it fixes what the checkpoints mean. Resume without it, or "
+                               "start a new run with --overwrite or another --output")
+    return changed

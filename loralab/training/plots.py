@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from loralab.files import save_figure
 
 
 def plot_history(history: Sequence[dict[str, Any]], path: str | os.PathLike, metric: str = "accuracy") -> Path:
@@ -39,14 +40,8 @@ def plot_history(history: Sequence[dict[str, Any]], path: str | os.PathLike, met
         ax_metric.text(0.5, 0.5, f"no dev {metric}", ha="center", va="center", transform=ax_metric.transAxes)
     ax_metric.set_xlabel("optimizer step")
     ax_metric.set_title(f"dev {metric}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
+        save_figure(fig, path, dpi=100)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path

@@ -57,7 +57,10 @@ def trained(bert_dir, sst2, tmp_path_factory):
 
 def test_train_writes_the_output_folder(trained, capsys):
     assert sorted(p.name for p in trained.iterdir()) == \
-        ["adapter", "checkpoints", "config.json", "metrics.csv", "metrics.json", "training.png"]
+        [".loralab-output", ".loralab.lock", "adapter", "checkpoints", "config.json", "metrics.csv", "metrics.json",
+         "training.png"]
+    assert json.loads((trained / ".loralab-output").read_text()) == {"kind": "train-run"}
+    assert (trained / ".loralab.lock").read_text() == ""  # released: no PID in it
     adapter = trained / "adapter"
     assert {p.name for p in adapter.iterdir()} >= {"adapter_config.json", "adapter_model.safetensors", "labels.json",
                                                   "loralab-task.json"}
@@ -116,7 +119,7 @@ def test_predict_from_stdin_and_file_with_two_adapters(trained, bert_dir, sst2, 
 
 def test_user_errors_are_one_line_messages(trained, sst2, tmp_path, capsys):
     assert main(["train", "--train-file", str(sst2["train"]), "--output", str(trained)]) == 2
-    assert "not empty" in capsys.readouterr().err
+    assert "already holds a training run; pass --resume" in capsys.readouterr().err
     assert main(["train", "--resume"]) == 2
     assert "--resume needs --output" in capsys.readouterr().err
     bad = tmp_path / "bad.tsv"
@@ -167,3 +170,41 @@ def test_flags_to_config_default_run_builtin_data_and_limits():
     files = _config(["--train-file", "t.tsv", "--text-column", "review", "--no-header", "--task", "regression"])
     assert files.data is None and files.read_options == {"text_column": "review", "header": False}
     assert files.best_metric == "pearson"
+
+
+def test_packing_trains_on_packed_rows_and_counts_examples(llama_dir, tmp_path, capsys):
+    lines = fixtures.e2e_lines()
+    train = tmp_path / "train.txt"
+    train.write_text("\n".join(lines) + "\n")
+    output = tmp_path / "packed"
+    assert main(["train", "--model", str(llama_dir), "--task", "causal-lm", "--train-file", str(train),
+                 "--format", "e2e", "--max-length", "128", "--packing", "--batch-size", "2", "--max-steps", "2",
+                 "--threads", "1", "--no-progress", "--output", str(output)]) == 0
+    out = capsys.readouterr().out
+    rows = int(out.split(" training examples into ")[1].split()[0])
+    assert f"packed {len(lines)} training examples into {rows} rows of at most 128 tokens" in out
+    assert 1 <= rows < len(lines)
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert metrics["train_examples"] == len(lines) and metrics["examples_seen"] == 4   # 2 steps x 2 rows
+    assert json.loads((output / "config.json").read_text())["packing"] is True
+
+
+def test_mixed_label_spellings_are_named_in_the_run_summary(bert_dir, tmp_path, capsys):
+    train = tmp_path / "mixed.tsv"
+    train.write_text("sentence\tlabel\n" + "".join(f"text number {i}\t{lab}\n"
+                                                   for i, lab in enumerate(["0", "1", "neg", "pos"] * 4)))
+    assert main(["train", "--model", str(bert_dir), "--train-file", str(train), "--max-length", "16",
+                 "--max-steps", "1", "--threads", "1", "--no-progress", "--output", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "warning: " in out and "mix numeric ids '0' (4), '1' (4) with names 'neg' (4), 'pos' (4)" in out
+
+
+def test_python_warnings_are_one_line_on_the_command_line(capsys):
+    import warnings
+
+    from loralab.cli.main import one_line_warnings
+
+    with one_line_warnings("loralab load"):
+        warnings.warn("adapter_config.json: unknown key 'lora_alhpa'; did you mean 'lora_alpha'?")
+    assert capsys.readouterr().err == ("loralab load: warning: adapter_config.json: unknown key 'lora_alhpa'; "
+                                       "did you mean 'lora_alpha'?\n")

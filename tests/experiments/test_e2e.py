@@ -115,3 +115,26 @@ def test_quick_refuses_a_model_and_adapter_must_exist(tmp_path):
     assert main(["e2e", "--quick", "--model", "x", "--out", str(tmp_path)]) == 2
     with pytest.raises(LoraLabError, match="adapter_config.json"):
         run_e2e(E2EConfig.quick(), tmp_path, adapter=tmp_path / "missing")
+
+
+def test_decoding_settings_are_checked_before_training():
+    with pytest.raises(LoraLabError, match="temperature"):
+        E2EConfig(decoding={"temperature": -1})
+    with pytest.raises(LoraLabError, match="num_beams as its own"):
+        E2EConfig(decoding={"num_beams": 2})
+    with pytest.raises(LoraLabError, match="unknown decoding setting"):
+        E2EConfig(decoding={"temprature": 0.5})
+    assert E2EConfig(num_beams=3, decoding={"length_penalty": 0.5}).sampling_params().num_beams == 3
+
+
+def test_sampled_decoding_with_the_cli_flags(quick_run, tmp_path, capsys):
+    out = tmp_path / "sampled"
+    flags = ["e2e", "--quick", "--adapter", str(quick_run / "train" / "adapter"), "--temperature", "0.9",
+             "--top-k", "20", "--seed", "1", "--stop", ".", "--threads", "1"]
+    assert main([*flags, "--out", str(out)]) == 0
+    assert "sampled (seed=1, stop=['.'], temperature=0.9, top_k=20)" in capsys.readouterr().out
+    meta = json.loads((out / "predictions" / "lora.json").read_text(encoding="utf-8"))
+    assert meta["settings"]["decoding"] == {"temperature": 0.9, "top_k": 20, "seed": 1, "stop": ["."]}
+    sampled = (out / "predictions" / "lora.txt").read_text(encoding="utf-8").splitlines()
+    greedy = (quick_run / "predictions" / "lora.txt").read_text(encoding="utf-8").splitlines()
+    assert len(sampled) == 8 and sampled != greedy and not any("." in line for line in sampled)

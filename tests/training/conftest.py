@@ -126,3 +126,53 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def build_classifier_run(model_dir: Path, files: dict[str, Path], **overrides):
+    """(model with LoRA r=8 + head, TrainConfig, encoded train, encoded dev, collator, label map) on the SST-2
+    slices: what the trainer tests train. `overrides` are TrainConfig fields."""
+    import loralab
+    from transformers import AutoTokenizer
+
+    from loralab.data.batching import PadCollator
+    from loralab.training.config import TrainConfig
+    from loralab.data.encoding import Task, encode_examples
+    from loralab.data.labels import LabelMap
+    from loralab.data.readers import read_examples
+    from loralab.training.inputs import head_modules, load_model_for
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    train, dev = read_examples(files["train"]), read_examples(files["dev"])
+    label_map = LabelMap.from_examples(train)
+    task = Task("classification", max_length=32)
+    config = TrainConfig(**{"model": str(model_dir), "train_file": str(files["train"]), "batch_size": 8,
+                            "lr": 5e-3, "epochs": 2, "progress": False, "checkpoint_every": 0, **overrides})
+    torch.manual_seed(config.seed)
+    model = load_model_for(str(model_dir), "classification", label_map, tokenizer)
+    loralab.inject(model, config.lora_config(head_modules(model)))
+    return (model, config, encode_examples(train, tokenizer, task, label_map),
+            encode_examples(dev, tokenizer, task, label_map), PadCollator(tokenizer.pad_token_id), label_map)
+
+
+@pytest.fixture
+def classifier_run(tiny_bert_dir, sst2_files):
+    """build_classifier_run on the session's tiny BERT and SST-2 slices; call it with TrainConfig overrides."""
+    return lambda **overrides: build_classifier_run(tiny_bert_dir, sst2_files, **overrides)
+
+
+class RunsCode:
+    """An object whose unpickling would run a shell command creating `marker`: plant it with torch.save
+    where loralab reads a file back, and check the marker never appears."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.fixture
+def runs_code():
+    return RunsCode

@@ -59,7 +59,9 @@ def test_two_process_ddp_matches_single_process_with_the_same_global_batch(tiny_
     assert train_a == pytest.approx(train_b, abs=1e-5)
     # Rank 0 alone wrote the folder: no stray files from rank 1.
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == \
-        ["adapter", "checkpoints", "config.json", "metrics.csv", "metrics.json", "training.png"]
+        [".loralab-output", ".loralab.lock", "adapter", "checkpoints", "config.json", "metrics.csv", "metrics.json",
+         "training.png"]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_single_process_setup_needs_no_process_group(monkeypatch):

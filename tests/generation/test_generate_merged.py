@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import loralab
-from loralab.serving.generate import generate
+from loralab.generation import SamplingParams, generate
 from loralab.testing import VOCAB, tiny_model
 
 _spec = importlib.util.spec_from_file_location("training_fixtures",
@@ -58,12 +58,13 @@ def raw_generate(model, input_ids, attention_mask, num_beams: int) -> torch.Tens
 @pytest.mark.parametrize("num_beams", [1, 3])
 def test_merged_and_unmerged_generation_are_token_identical(adapted, num_beams):
     model, tokenizer = adapted
+    params = SamplingParams(max_new_tokens=10, num_beams=num_beams)
     prompts = random_prompts(6)
     batch = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
 
     with loralab.disabled(model):
-        base_text = generate(model, tokenizer, prompts, max_new_tokens=10, num_beams=num_beams, batch_size=4)
-    unmerged_text = generate(model, tokenizer, prompts, max_new_tokens=10, num_beams=num_beams, batch_size=4)
+        base_text = generate(model, tokenizer, prompts, params, batch_size=4)
+    unmerged_text = generate(model, tokenizer, prompts, params, batch_size=4)
     unmerged_ids = raw_generate(model, batch["input_ids"], batch["attention_mask"], num_beams)
     with torch.no_grad():
         unmerged_logits = model(**batch).logits
@@ -71,7 +72,7 @@ def test_merged_and_unmerged_generation_are_token_identical(adapted, num_beams):
     loralab.merge(model)
     try:
         assert loralab.is_merged(model)
-        merged_text = generate(model, tokenizer, prompts, max_new_tokens=10, num_beams=num_beams, batch_size=4)
+        merged_text = generate(model, tokenizer, prompts, params, batch_size=4)
         merged_ids = raw_generate(model, batch["input_ids"], batch["attention_mask"], num_beams)
         with torch.no_grad():
             merged_logits = model(**batch).logits
@@ -84,7 +85,10 @@ def test_merged_and_unmerged_generation_are_token_identical(adapted, num_beams):
     # the outputs are real continuations, and the adapter changed them: the check is not vacuous
     assert unmerged_ids.shape[1] > batch["input_ids"].shape[1]
     assert sum(a != b for a, b in zip(base_text, unmerged_text)) >= 3
+    # loralab's decoding (BatchDecoder for greedy) gives the texts of transformers' generate
+    new_ids = unmerged_ids[:, batch["input_ids"].shape[1]:]
+    assert [t.strip() for t in tokenizer.batch_decode(new_ids, skip_special_tokens=True)] == unmerged_text
 
     # unmerging restores the unmerged path exactly enough to give the same tokens again
-    again = generate(model, tokenizer, prompts, max_new_tokens=10, num_beams=num_beams, batch_size=4)
+    again = generate(model, tokenizer, prompts, params, batch_size=4)
     assert again == unmerged_text

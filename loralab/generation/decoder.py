@@ -1,0 +1,323 @@
+"""BatchDecoder: step-wise batched decoding with a KV cache, where requests join and leave at any step.
+
+    decoder = BatchDecoder(model, tokenizer, max_batch_size=16)
+    decoder.add("a", prompt_ids, SamplingParams(temperature=0.7, seed=1))
+    while decoder.has_work:
+        for out in decoder.step():          # one new token for every running request
+            print(out.request_id, repr(out.text), out.finished and out.finish_reason)
+    decoder.add("b", other_ids, SamplingParams())   # may be called between any two steps
+    decoder.cancel("a")                              # leaves at once, its cache rows dropped
+
+One `step()`: (1) the running rows feed their last token through the model in one (B, 1) forward and
+each chooses its next token; finished rows leave the batch; (2) waiting requests join, up to
+`max_batch_size` rows in all: their prompts are prefilled together in one left-padded forward (each
+chooses its first token) and their cache rows are appended to the batch's (loralab.generation.cache).
+Each row carries its own position ids (the count of its real tokens), attention mask, sampling
+settings, random generator, seen-token set (repetition penalty), n-gram table and text, so a row's
+tokens do not depend on the other rows beyond float rounding; greedy rows give the tokens of
+`model.generate(do_sample=False)`.
+
+`forward_context(row_ids)`, when given, is entered around every model forward — prefill included —
+with the request ids of that forward's rows in batch order: the hook for per-row adapters, e.g.
+`forward_context=lambda ids: loralab.per_row_adapters(model, [adapter_of[i] for i in ids])`.
+`row_ids` is the running rows' order between steps.
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, ContextManager
+
+import torch
+from torch import nn
+
+from loralab.errors import LoraLabError
+from loralab.generation import cache as kv
+from loralab.generation.params import SamplingParams
+from loralab.generation.sampling import RowSettings, apply_repetition_penalty, draw_uniforms, sample_tokens
+from loralab.generation.text import IncrementalText
+
+ForwardContext = Callable[[list[Hashable]], ContextManager[Any]]
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """What one request got from one step: the token chosen (EOS included), the text it added (may be
+    empty: an unfinished character or a possible stop string is held back), whether the request is
+    done and why ("stop": EOS or a stop string; "length": max_new_tokens or the model's context),
+    and the count of tokens generated so far."""
+
+    request_id: Hashable
+    token_id: int
+    text: str
+    finished: bool
+    finish_reason: str | None
+    completion_tokens: int
+
+
+class _Row:
+    """The Python-side state of one running request."""
+
+    def __init__(self, request_id: Hashable, prompt: list[int], params: SamplingParams, tokenizer: Any) -> None:
+        self.request_id = request_id
+        self.prompt = prompt
+        self.params = params
+        self.text = IncrementalText(tokenizer, params.stop)
+        self.output: list[int] = []
+        self.generator = None
+        if not params.greedy:
+            self.generator = torch.Generator()
+            if params.seed is None:
+                self.generator.seed()
+            else:
+                self.generator.manual_seed(params.seed)
+        self._ngrams: dict[tuple[int, ...], set[int]] = {}
+        n = params.no_repeat_ngram_size
+        if n:
+            for i in range(len(prompt) - n + 1):
+                self._ngrams.setdefault(tuple(prompt[i:i + n - 1]), set()).add(prompt[i + n - 1])
+
+    def banned(self) -> list[int]:
+        """Tokens that would repeat an n-gram of prompt + output (no_repeat_ngram_size)."""
+        key = self._tail()
+        return sorted(self._ngrams.get(key, ())) if key is not None else []
+
+    def _tail(self) -> tuple[int, ...] | None:
+        """The last n-1 tokens of prompt + output (None when n-gram banning is off or too few tokens)."""
+        n = self.params.no_repeat_ngram_size
+        sequence = self.prompt + self.output
+        if not n or len(sequence) < n - 1:
+            return None
+        return tuple(sequence[len(sequence) - (n - 1):])
+
+    def record(self, token: int) -> None:
+        key = self._tail()
+        if key is not None:
+            self._ngrams.setdefault(key, set()).add(token)
+        self.output.append(token)
+
+
+@dataclass
+class _Batch:
+    """Rows with a KV cache: Python state, (B, T) mask, and per-row tensors: next position (B,), the
+    chosen token not yet in the cache (B,), sampling settings, seen tokens (B, V) bool."""
+
+    rows: list[_Row]
+    cache: Any
+    mask: torch.Tensor
+    positions: torch.Tensor
+    pending: torch.Tensor
+    settings: RowSettings
+    seen: torch.Tensor
+
+    def keep(self, index: list[int]) -> "_Batch":
+        at = torch.tensor(index, dtype=torch.long, device=self.mask.device)
+        mask = kv.keep_rows(self.cache, self.mask, at)
+        return _Batch([self.rows[i] for i in index], self.cache, mask, self.positions[at], self.pending[at],
+                      self.settings.select(at), self.seen[at])
+
+    def extend(self, other: "_Batch") -> "_Batch":
+        mask = kv.append_rows(self.cache, self.mask, other.cache, other.mask)
+        return _Batch(self.rows + other.rows, self.cache, mask, torch.cat([self.positions, other.positions]),
+                      torch.cat([self.pending, other.pending]), self.settings.concat(other.settings),
+                      torch.cat([self.seen, other.seen]))
+
+
+def context_length(model: nn.Module) -> int | None:
+    """The most positions the model embeds (max_position_embeddings / n_positions), None if unknown."""
+    config = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def eos_ids_of(tokenizer: Any) -> tuple[int, ...]:
+    eos = getattr(tokenizer, "eos_token_id", None)
+    return () if eos is None else (int(eos),)
+
+
+class BatchDecoder:
+    """Continuous batching over one causal LM: add / step / cancel (see the module docstring).
+
+    model: a transformers causal LM (LoRA-injected or not), in eval mode. tokenizer: its tokenizer
+    (decoding and pad id). max_batch_size: the most running rows (None: no limit); requests beyond it
+    wait in arrival order. forward_context: see the module docstring. eos_token_ids: tokens that end a
+    request (default: the tokenizer's EOS).
+    """
+
+    def __init__(self, model: nn.Module, tokenizer: Any, max_batch_size: int | None = None,
+                 forward_context: ForwardContext | None = None, eos_token_ids: Iterable[int] | None = None) -> None:
+        from loralab.data.batching import pad_token_id_for
+
+        if max_batch_size is not None and max_batch_size < 1:
+            raise LoraLabError(f"max_batch_size must be at least 1, got {max_batch_size}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_batch_size = max_batch_size
+        self.forward_context = forward_context or (lambda row_ids: contextlib.nullcontext())
+        self.eos_token_ids = tuple(eos_ids_of(tokenizer) if eos_token_ids is None else eos_token_ids)
+        self.pad_token_id = pad_token_id_for(tokenizer)
+        self.context_length = context_length(model)
+        self.vocab_size = model.get_input_embeddings().num_embeddings
+        self.device = next(model.parameters()).device
+        accepted = inspect.signature(model.forward).parameters
+        self._cache_arg = "cache" if "cache" in accepted else "past_key_values"
+        self._extra = {"logits_to_keep": 1} if "logits_to_keep" in accepted else {}
+        self._waiting: deque[tuple[Hashable, list[int], SamplingParams]] = deque()
+        self._batch: _Batch | None = None
+
+    # ---- what is in the decoder ----------------------------------------------------------------
+    @property
+    def row_ids(self) -> list[Hashable]:
+        """Request ids of the running rows, in batch order (the order of the next decode forward)."""
+        return [row.request_id for row in self._batch.rows] if self._batch else []
+
+    @property
+    def waiting_ids(self) -> list[Hashable]:
+        """Request ids added but not yet running, in the order they will join."""
+        return [request_id for request_id, _, _ in self._waiting]
+
+    @property
+    def cache_columns(self) -> int:
+        """Length T of the running batch's KV cache (B, heads, T, head_dim), left padding included."""
+        return int(self._batch.mask.shape[1]) if self._batch else 0
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self._waiting) or self._batch is not None
+
+    def __contains__(self, request_id: Hashable) -> bool:
+        return request_id in self.row_ids or request_id in self.waiting_ids
+
+    # ---- requests ----------------------------------------------------------------------------------
+    def add(self, request_id: Hashable, prompt_ids: Sequence[int], params: SamplingParams | None = None) -> None:
+        """Queue a request; it joins the batch at the next step() with room. prompt_ids: its token ids
+        (at least one, at most the model's context)."""
+        params = params or SamplingParams()
+        if params.num_beams != 1:
+            raise LoraLabError("step-wise decoding is greedy or sampled; beam search (num_beams > 1) goes through "
+                               "loralab.generation.generate")
+        prompt = [int(t) for t in prompt_ids]
+        if not prompt:
+            raise LoraLabError(f"request {request_id!r} has an empty prompt; give at least one token")
+        if min(prompt) < 0 or max(prompt) >= self.vocab_size:
+            raise LoraLabError(f"request {request_id!r}: prompt token ids must be in 0..{self.vocab_size - 1}; "
+                               "tokenize with the model's tokenizer")
+        if self.context_length is not None and len(prompt) > self.context_length:
+            raise LoraLabError(f"request {request_id!r}: the prompt has {len(prompt)} tokens, more than the model's "
+                               f"context of {self.context_length}; shorten the prompt")
+        if request_id in self:
+            raise LoraLabError(f"request id {request_id!r} is already in the decoder; give each request its own id")
+        self._waiting.append((request_id, prompt, params))
+
+    def cancel(self, request_id: Hashable) -> bool:
+        """Remove a waiting or running request (its cache rows are dropped); False if it is not here."""
+        for i, (waiting, _, _) in enumerate(self._waiting):
+            if waiting == request_id:
+                del self._waiting[i]
+                return True
+        ids = self.row_ids
+        if request_id not in ids:
+            return False
+        with torch.inference_mode():
+            self._keep([i for i, other in enumerate(ids) if other != request_id])
+        return True
+
+    def _keep(self, index: list[int]) -> None:
+        if self._batch is not None and len(index) < len(self._batch.rows):
+            self._batch = self._batch.keep(index) if index else None
+
+    # ---- decoding ------------------------------------------------------------------------------------
+    def step(self) -> list[StepOutput]:
+        """Advance every running request by one token, then let waiting requests join (their first
+        token comes from the prefill). Returns one StepOutput per request that got a token."""
+        outputs: list[StepOutput] = []
+        with torch.inference_mode():
+            if self._batch is not None:
+                outputs += self._decode()
+            room = len(self._waiting) if self.max_batch_size is None else \
+                self.max_batch_size - (len(self._batch.rows) if self._batch else 0)
+            joining = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
+            if joining:
+                outputs += self._prefill(joining)
+        return outputs
+
+    def _forward(self, row_ids: list[Hashable], input_ids: torch.Tensor, mask: torch.Tensor,
+                 positions: torch.Tensor, cache: Any) -> torch.Tensor:
+        """The model's last-position logits (B, V) as float32."""
+        with self.forward_context(row_ids):
+            out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                             **{self._cache_arg: cache}, use_cache=True, **self._extra)
+        return out.logits[:, -1].float()
+
+    def _decode(self) -> list[StepOutput]:
+        batch = self._batch
+        mask = torch.cat([batch.mask, batch.mask.new_ones(len(batch.rows), 1)], dim=1)
+        logits = self._forward(self.row_ids, batch.pending[:, None], mask, batch.positions[:, None], batch.cache)
+        batch.mask, batch.positions = mask, batch.positions + 1
+        outputs = self._choose(batch, logits)
+        self._keep([i for i, out in enumerate(outputs) if not out.finished])
+        return outputs
+
+    def _prefill(self, joining: list[tuple[Hashable, list[int], SamplingParams]]) -> list[StepOutput]:
+        width = max(len(prompt) for _, prompt, _ in joining)
+        ids = torch.full((len(joining), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(joining), width), dtype=torch.long)
+        for b, (_, prompt, _) in enumerate(joining):
+            ids[b, width - len(prompt):] = torch.tensor(prompt)
+            mask[b, width - len(prompt):] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(dim=1) - 1).clamp_(min=0)
+        cache = kv.new_cache()
+        logits = self._forward([r for r, _, _ in joining], ids, mask, positions, cache)
+        rows = [_Row(request_id, prompt, params, self.tokenizer) for request_id, prompt, params in joining]
+        seen = torch.zeros((len(rows), logits.shape[-1]), dtype=torch.bool, device=self.device)
+        for b, row in enumerate(rows):
+            seen[b, torch.tensor(row.prompt, device=self.device)] = True
+        batch = _Batch(rows, cache, mask, mask.sum(dim=1), ids[:, -1], RowSettings.of([r.params for r in rows],
+                                                                                     self.device), seen)
+        outputs = self._choose(batch, logits)
+        batch = batch.keep([i for i, out in enumerate(outputs) if not out.finished])
+        if batch.rows:
+            self._batch = batch if self._batch is None else self._batch.extend(batch)
+        return outputs
+
+    def _choose(self, batch: _Batch, logits: torch.Tensor) -> list[StepOutput]:
+        """Pick each row's next token from its logits (B, V), record it, and report it."""
+        settings = batch.settings
+        if bool((settings.repetition_penalty != 1).any()):
+            logits = apply_repetition_penalty(logits, batch.seen, settings.repetition_penalty)
+        counts = torch.tensor([len(row.output) for row in batch.rows], device=logits.device)
+        if self.eos_token_ids and bool((counts < settings.min_new_tokens).any()):
+            early = (counts < settings.min_new_tokens)[:, None]
+            eos = torch.tensor(self.eos_token_ids, device=logits.device)
+            logits[:, eos] = logits[:, eos].masked_fill(early, float("-inf"))
+        for b, row in enumerate(batch.rows):
+            banned = row.banned()
+            if banned:
+                logits[b, banned] = float("-inf")
+        uniforms = draw_uniforms([row.generator for row in batch.rows])
+        tokens = sample_tokens(logits, settings, uniforms.to(logits.device))
+        batch.pending = tokens
+        batch.seen[torch.arange(len(tokens), device=tokens.device), tokens] = True
+        return [self._report(row, int(token), int(position))
+                for row, token, position in zip(batch.rows, tokens.tolist(), batch.positions.tolist())]
+
+    def _report(self, row: _Row, token: int, position: int) -> StepOutput:
+        """Record `token` for `row` (to be fed at `position`) and decide whether the row is done."""
+        row.record(token)
+        reason = None
+        if token in self.eos_token_ids or row.text.add(token):
+            reason = "stop"
+        elif len(row.output) >= row.params.max_new_tokens or (
+                self.context_length is not None and position >= self.context_length):
+            reason = "length"
+        if reason is not None:
+            row.text.finish()
+        return StepOutput(row.request_id, token, row.text.take(final=reason is not None), reason is not None,
+                          reason, len(row.output))

@@ -1,0 +1,347 @@
+"""What the lessons share: their settings, the model and data they use, a short training loop, training runs
+cached between lessons, and the "check yourself" bookkeeping.
+
+    S = kit.settings()                      # quick or normal mode, cache folder, torch threads
+    model = kit.classifier(S)               # all-MiniLM-L6-v2 (quick: a 2-layer random BERT) + a 2-way head
+    train, dev = kit.task_batches(S, "sst2")   # GLUE SST-2 from ../shared/data, padded batches
+    losses = kit.train_steps(model, train, steps=60, lr=2e-3)
+    run = kit.lora_run(S, r=8)              # trained once, then read back from the cache by every lesson
+
+This is the one place where the lessons import loralab's data readers and batching; everything else they use
+is loralab's public API (loralab.inject, LoraConfig, save/load/merge, loralab.budget, loralab.analysis,
+loralab.baselines, loralab.benchmarking).
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from loralab.errors import LoraLabError
+
+MODEL = "all-minilm-l6-v2"
+LABELS = 2          # SST-2: negative (0) / positive (1)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How the lessons train on SST-2: a fixed seeded subset of train, `steps` optimizer steps of
+    `batch_size` sentences (each sentence seen once), scored on the first `dev_sentences` of SST-2 dev."""
+
+    steps: int
+    batch_size: int
+    dev_sentences: int
+    max_length: int
+
+    @property
+    def train_sentences(self) -> int:
+        return self.steps * self.batch_size
+
+
+# Normal mode: sized so that each lesson stays well under 5 minutes on 2 CPU cores with one torch thread: a
+# MiniLM LoRA run of 96 steps of 8 sentences took 18 CPU seconds here (full fine-tuning about 3×), and one
+# thread is what a machine shared with other jobs runs fastest. Quick mode: a tiny random BERT, seconds.
+NORMAL = Recipe(steps=96, batch_size=8, dev_sentences=300, max_length=40)
+QUICK = Recipe(steps=6, batch_size=8, dev_sentences=32, max_length=24)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """quick: tiny random model and a few examples (for tests; numbers are meaningless, mechanics exact).
+    cache: folder for training runs the lessons share. model: spec of the encoder the lessons fine-tune."""
+
+    quick: bool
+    cache: Path
+    threads: int
+    model: str
+    recipe: Recipe
+
+
+def settings() -> Settings:
+    """The lesson's settings: from the runner (`loralab learn`), or for a plain script `--quick` on the
+    command line. Also quiets transformers' load reports and progress bars, and sets the torch threads."""
+    import transformers
+
+    from loralab.lessons.runner import ENV_CACHE, ENV_QUICK, ENV_THREADS
+
+    quick = os.environ.get(ENV_QUICK, "1" if "--quick" in sys.argv[1:] else "0") == "1"
+    cache = Path(os.environ.get(ENV_CACHE) or Path("runs", "lessons", "cache-quick" if quick else "cache"))
+    threads = int(os.environ.get(ENV_THREADS) or 1)
+    torch.set_num_threads(threads)
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    model = str(quick_model(cache)) if quick else MODEL
+    return Settings(quick, cache, threads, model, QUICK if quick else NORMAL)
+
+
+def quick_model(cache: Path) -> Path:
+    """The quick mode's model: the experiments' 2-layer random BERT (hidden 32) with MiniLM's tokenizer."""
+    from loralab.experiments.common import quick_model_dir
+
+    return quick_model_dir(cache / "_quick-model")
+
+
+# --------------------------------------------------------------------------------------------------
+# Models and data
+# --------------------------------------------------------------------------------------------------
+def classifier(S: Settings, seed: int = 0) -> nn.Module:
+    """The encoder with a fresh 2-way classification head (seeded), in eval mode, float32, on the CPU."""
+    from loralab.models import load_model
+
+    torch.manual_seed(seed)
+    return load_model(S.model, task="sequence-classification", num_labels=LABELS).eval()
+
+
+def tokenizer(S: Settings):
+    from loralab.models import load_tokenizer
+
+    return load_tokenizer(S.model)
+
+
+def examples(name: str, split: str, limit: int | None, seed: int = 0) -> list:
+    """A fixed subset of a builtin data set's split: `limit` examples drawn with random.Random(seed) (the
+    first `limit` of dev-like splits when seed is None), in file order. loralab's readers, ../shared/data."""
+    from loralab.data.builtin import load_builtin
+
+    rows = load_builtin(name, [split])[split]
+    if limit is None or limit >= len(rows):
+        return rows
+    if seed is None:
+        return rows[:limit]
+    chosen = sorted(random.Random(seed).sample(range(len(rows)), limit))
+    return [rows[i] for i in chosen]
+
+
+def batches(rows: Sequence, tok, batch_size: int, max_length: int, task: str = "classification",
+            label_names: Sequence[str] = ("0", "1")) -> list[dict[str, torch.Tensor]]:
+    """Tokenize and cut into padded batches, in order: input_ids (B, T), attention_mask (B, T),
+    token_type_ids (B, T) and labels (B,) with T the longest sentence of the batch."""
+    from loralab.data.batching import PadCollator, pad_token_id_for
+    from loralab.data.encoding import Task, encode_examples
+    from loralab.data.labels import LabelMap
+
+    encoded = encode_examples(rows, tok, Task(task, max_length=max_length), LabelMap(tuple(label_names)))
+    collate = PadCollator(pad_token_id_for(tok))
+    return [collate([encoded[i] for i in range(start, min(start + batch_size, len(encoded)))])
+            for start in range(0, len(encoded), batch_size)]
+
+
+# data set -> (task, maximum tokens as a multiple of the recipe's max_length: pairs hold two sentences)
+TASKS = {"sst2": ("classification", 1.0), "mrpc": ("pair-classification", 1.6)}
+
+
+def task_batches(S: Settings, data: str = "sst2", tok=None) -> tuple[list[dict], list[dict]]:
+    """(train batches, dev batches) of the recipe: steps × batch_size seeded train examples of `data` (GLUE
+    SST-2 sentences or MRPC sentence pairs) and the first dev_sentences of its dev split in batches of 64."""
+    tok = tok or tokenizer(S)
+    task, length = TASKS[data]
+    recipe = S.recipe
+    max_length = int(recipe.max_length * length)
+    train = batches(examples(data, "train", recipe.train_sentences, seed=0), tok, recipe.batch_size, max_length, task)
+    dev = batches(examples(data, "dev", recipe.dev_sentences, seed=None), tok, 64, max_length, task)
+    return train, dev
+
+
+# --------------------------------------------------------------------------------------------------
+# Training and scoring
+# --------------------------------------------------------------------------------------------------
+def trainable(model: nn.Module) -> int:
+    """Number of values that receive gradient steps."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def train_steps(model: nn.Module, train: Sequence[dict], steps: int, lr: float, seed: int = 0,
+                on_step: Callable[[int, float], None] | None = None) -> list[float]:
+    """Plain AdamW (no weight decay, constant lr) on the parameters that require grad, one batch per step
+    (cycling through `train`). Returns the training loss of every step. This is all a LoRA training loop
+    is: inject() has frozen W0 and everything else, so the optimizer only ever sees A, B and the head."""
+    torch.manual_seed(seed)   # dropout masks
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+    model.train()
+    losses = []
+    for step in range(steps):
+        loss = model(**train[step % len(train)]).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if on_step is not None:
+            on_step(step, losses[-1])
+    model.eval()
+    return losses
+
+
+@torch.inference_mode()
+def accuracy(model: nn.Module, dev: Sequence[dict]) -> float:
+    """Fraction of correctly classified sentences."""
+    model.eval()
+    right = total = 0
+    for batch in dev:
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        right += int((logits.argmax(-1) == batch["labels"]).sum())
+        total += len(batch["labels"])
+    return right / total
+
+
+def smooth(values: Sequence[float], window: int = 10) -> list[float]:
+    """Trailing moving average (the first points average what there is), for readable loss curves."""
+    out, total = [], 0.0
+    for i, value in enumerate(values):
+        total += value
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Training runs shared between lessons (cached under S.cache)
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class Run:
+    """One training run (SST-2 or MRPC). folder holds adapter/ (LoRA, PEFT layout) or trainable.safetensors
+    (other methods: exactly the trained tensors, by parameter name) and run.json with these fields.
+    settings: everything that identifies the run (a cached run is reused only when they all match).
+    seconds / cpu_seconds: training wall time and this process's CPU time for it."""
+
+    name: str
+    folder: Path
+    settings: dict[str, Any]
+    losses: list[float]
+    dev_accuracy: float
+    trainable: int
+    seconds: float
+    cpu_seconds: float
+    reused: bool = False
+
+    @property
+    def lr(self) -> float:
+        return self.settings["lr"]
+
+    @property
+    def adapter(self) -> Path:
+        return self.folder / "adapter"
+
+    @property
+    def tensors(self) -> Path:
+        return self.folder / "trainable.safetensors"
+
+    @property
+    def seconds_per_step(self) -> float:
+        return self.seconds / max(len(self.losses), 1)
+
+
+# Learning rates per method (fixed, as in `loralab experiment methods`; full fine-tuning needs a much smaller one).
+LEARNING_RATES = {"lora": 3e-3, "head": 3e-3, "full": 5e-5, "houlsby": 2e-3, "prefix": 5e-3}
+
+
+def head_only(model: nn.Module) -> nn.Module:
+    """Train only the new classifier head (the reference point "r = 0": what LoRA adds is above this)."""
+    from loralab.baselines import freeze_all, train_head
+
+    freeze_all(model)
+    train_head(model)
+    return model
+
+
+def prepare(method: str, model: nn.Module, **options: Any) -> nn.Module:
+    """loralab.baselines.METHODS[method] (lora, full, houlsby, prefix, bitfit) or "head" (head_only)."""
+    from loralab.baselines import METHODS
+
+    if method == "head":
+        return head_only(model, **options)
+    return METHODS[method](model, **options)
+
+
+def _cached(folder: Path, settings: dict[str, Any]) -> Run | None:
+    path = folder / "run.json"
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if data.get("settings") != settings:
+        return None
+    return Run(**{**data, "folder": folder, "reused": True})
+
+
+def train_run(S: Settings, method: str, data: str = "sst2", lr: float | None = None,
+              log: Callable[[str], None] = print, **options: Any) -> Run:
+    """Train `method` ("lora", "full", "houlsby", "prefix" of loralab.baselines.METHODS, or "head") with `options`
+    on the recipe's `data` ("sst2" or "mrpc"), or read the same run back from the cache. Every method trains
+    the head."""
+    from loralab import save_adapter
+    from loralab.files import write_json, write_safetensors
+
+    lr = LEARNING_RATES[method] if lr is None else lr
+    name = f"{data}-{method}" + "".join(f"-{k}{v}" for k, v in sorted(options.items()))
+    folder = S.cache / name
+    settings = {"model": S.model, "data": data, "task": list(TASKS[data]), "recipe": asdict(S.recipe),
+                "method": method, "options": options, "lr": lr}
+    cached = _cached(folder, settings)
+    if cached is not None:
+        log(f"{name}: reusing the run in {folder}")
+        return cached
+    tok = tokenizer(S)
+    train, dev = task_batches(S, data, tok)
+    model = prepare(method, classifier(S), **options)
+    log(f"{name}: training {trainable(model):,} values for {len(train)} steps ...")
+    started, cpu_started = time.perf_counter(), time.process_time()
+    losses = train_steps(model, train, len(train), lr)
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+    if method == "lora":
+        save_adapter(model, folder / "adapter")
+    else:
+        write_safetensors(folder / "trainable.safetensors",
+                          {n: p for n, p in model.named_parameters() if p.requires_grad})
+    run = Run(name, folder, settings, losses, accuracy(model, dev), trainable(model), seconds, cpu_seconds)
+    write_json(folder / "run.json", {k: v for k, v in asdict(run).items() if k not in ("folder", "reused")})
+    log(f"{name}: {seconds:.0f} s ({cpu_seconds:.0f} CPU s), dev accuracy {run.dev_accuracy:.3f}")
+    return run
+
+
+def lora_run(S: Settings, r: int, alpha: float = 16.0, log: Callable[[str], None] = print) -> Run:
+    """LoRA on Wq, Wv (the preset) with rank r and fixed alpha, plus the head: lessons 3, 4 and 5 share these."""
+    return train_run(S, "lora", log=log, r=r, alpha=alpha)
+
+
+# --------------------------------------------------------------------------------------------------
+# Check yourself
+# --------------------------------------------------------------------------------------------------
+class Checks:
+    """The lesson's "check yourself" answers, each compared with a value worked out another way.
+
+    A wrong answer raises AssertionError at once (so a lesson that stops agreeing with itself fails its
+    test); `results` keeps every comparison for the lesson's page."""
+
+    def __init__(self) -> None:
+        self.results: list[dict[str, Any]] = []
+
+    def _record(self, name: str, answer: Any, expected: Any, passed: bool, how: str) -> None:
+        self.results.append({"name": name, "answer": repr(answer), "expected": repr(expected), "passed": passed})
+        mark = "✓" if passed else "✗"
+        print(f"{mark} {name}: {answer!r} {how} {expected!r}")
+        if not passed:
+            raise AssertionError(f"check yourself, {name}: got {answer!r}, expected {expected!r}")
+
+    def equal(self, name: str, answer: Any, expected: Any) -> None:
+        """Exact agreement (counts, shapes, labels)."""
+        self._record(name, answer, expected, answer == expected, "==")
+
+    def close(self, name: str, answer: float, expected: float, rel: float = 1e-6, abs_: float = 0.0) -> None:
+        """Agreement within rel·|expected| + abs_ (two floating-point computations of one quantity)."""
+        answer, expected = float(answer), float(expected)
+        ok = abs(answer - expected) <= rel * abs(expected) + abs_
+        self._record(name, round(answer, 10), round(expected, 10), ok, f"≈ (rel {rel:g})")
+
+    def true(self, name: str, condition: bool, detail: str = "") -> None:
+        """A statement that must hold, e.g. an inequality between two measured values."""
+        self._record(name, bool(condition), True, bool(condition), f"({detail})" if detail else "")
+

@@ -1,0 +1,114 @@
+"""Every lesson in quick mode: it runs to the end, all its check-yourself answers agree, its page and figures
+are written, and the numbers it computes are the ones worked out here independently (the quick model: a
+2-layer BERT, hidden 32, MLP 37, 2-way head; tiny LLaMA hidden 32, 2 KV heads of 8)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from loralab.lessons import LESSONS
+
+D, LAYERS, FFN, HEAD = 32, 2, 37, 32 * 2 + 2
+GPT3_PARAMS = 174_604_259_328
+# Lessons and their check-yourself counts; a lesson that loses an exercise should fail loudly.
+CHECKS = {1: 5, 2: 5, 3: 5, 4: 6, 5: 5}
+
+
+@pytest.mark.parametrize("number", [lesson.number for lesson in LESSONS])
+def test_lesson_runs_and_verifies_its_answers(quick_lessons, number):
+    run, out = quick_lessons[number]
+    assert run.failed is None, run.failed.error
+    checks = run.namespace["checks"].results
+    assert len(checks) == CHECKS[number] and all(c["passed"] for c in checks)
+    summary = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    assert summary["failed"] is False and summary["quick"] is True and len(summary["checks"]) == CHECKS[number]
+    figures = sorted((out / "figures").glob("*.png"))
+    assert figures and len(figures) == sum(len(c["figures"]) for c in summary["cells"])
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert page.count("data:image/png;base64,") == len(figures)
+    assert f"{CHECKS[number]} of {CHECKS[number]} answers verified" in page
+
+
+def test_lesson_1_numbers(quick_lessons):
+    ns = quick_lessons[1][0].namespace
+    assert ns["answer_1"] == 8 * (FFN + D)                      # rank-8 factors of the 37×32 MLP matrix
+    assert ns["budgets"]["gpt3-175b"].skeleton.total_params == GPT3_PARAMS
+    assert ns["answer_4"] == 16 * GPT3_PARAMS
+    assert ns["W_q"].shape == (D, D) and ns["W_up"].shape == (FFN, D)
+    errors = ns["relative_errors"](ns["W_q"])
+    assert errors[0] == pytest.approx(1.0) and errors[-1] == pytest.approx(0.0, abs=1e-12)
+    assert all(a >= b for a, b in zip(errors, errors[1:]))      # Eckart-Young error falls with r
+
+
+def test_lesson_2_numbers(quick_lessons):
+    ns = quick_lessons[2][0].namespace
+    assert ns["h"].tolist() == [15.0, 2.0, 22.0, -6.0]
+    assert ns["init_gap"] == 0.0 and ns["grad_A"] == 0.0 and ns["grad_B"] > 0
+    assert ns["drift"] < 1e-5                                   # ten merged task switches, float32 rounding
+    assert set(ns["table"]) == {"sst2", "mrpc"}
+    norms = ns["delta_norms"]
+    # with a constant scale s = α the update grows with r; dividing by r keeps it from growing
+    assert norms["α (no division)"][-1] > norms["α/r (the paper)"][-1]
+    assert norms["α/r (the paper)"][-1] <= norms["α/r (the paper)"][0]
+
+
+def test_lesson_3_numbers(quick_lessons):
+    ns = quick_lessons[3][0].namespace
+    assert ns["gpt3"][8].trainable_params == 2 * 96 * 8 * (12288 + 12288)
+    assert ns["gpt3"][1].trainable_params == 4_718_592 and ns["gpt3"][4].trainable_params == 18_874_368
+    assert ns["costs"]["MiniLM"] == {"Wq": LAYERS * 8 * 2 * D, "Wq, Wv": 2 * LAYERS * 8 * 2 * D,
+                                     "Wq, Wk, Wv, Wo": 4 * LAYERS * 8 * 2 * D,
+                                     "all linear": LAYERS * 8 * (4 * 2 * D + 2 * (D + FFN)) + 8 * 2 * D}
+    # tiny LLaMA: q, o 32×32; k, v 16×32 (2 KV heads of 8)
+    assert ns["costs"]["SmolLM2"]["Wq, Wv"] == LAYERS * 8 * ((32 + 32) + (32 + 16))
+    assert sorted(ns["runs"]) == [1, 2, 4, 8, 16] and ns["head_only"].trainable == HEAD
+    for r, run in ns["runs"].items():
+        assert run.trainable == 2 * LAYERS * r * 2 * D + HEAD
+        assert len(run.losses) == 6
+
+
+def test_lesson_4_numbers(quick_lessons):
+    ns = quick_lessons[4][0].namespace
+    work = ns["work"]
+    assert work["lora_merged"] == work["base"]                  # same calls, same FLOPs
+    assert work["lora_unmerged"][0] - work["base"][0] == 2 * 2 * LAYERS     # A·x and B·(A·x) per adapted layer
+    assert work["houlsby"][0] - work["base"][0] == 2 * 2 * LAYERS           # down and up, 2 adapters per block
+    runs = ns["runs"]
+    assert runs["LoRA r=8 (Wq, Wv)"].trainable == 2 * LAYERS * 8 * 2 * D + HEAD
+    assert runs["prefix-tuning, l=16"].trainable == LAYERS * 2 * 16 * D + HEAD
+    assert runs["Houlsby adapters, m=8"].trainable == 2 * LAYERS * (2 * D * 8 + D + 8) + HEAD
+    phi = ns["similarity"][ns["query"]].phi
+    assert len(phi) == 8 and len(phi[0]) == 16 and all(0 <= v <= 1 + 1e-9 for row in phi for v in row)
+    assert {row.config for row in ns["rows"]} == {"base", "houlsby", "lora_unmerged", "lora_merged"}
+
+
+def test_lesson_5_numbers(quick_lessons):
+    ns = quick_lessons[5][0].namespace
+    m, k = ns["m"], ns["k"]
+    assert ns["D"] == m * k + m + 2 * m + 2
+    assert ns["P_all"].shape == (ns["D"], max(ns["DIMS"]))
+    assert set(ns["updates"]) == {f"bert.encoder.layer.{i}.attention.self.{w}" for i in range(LAYERS)
+                                  for w in ("query", "value")}
+    assert ns["answer_4"] == 2 * LAYERS * 1 * 2 * D
+    assert ns["flops"]["prefix"] - ns["flops"]["base"] == 2 * LAYERS * 2 * 32 * 16 * D
+
+
+def test_lessons_reuse_cached_runs(quick_lessons):
+    """Lesson 4 reads back lesson 3's r=8 and r=16 adapters, lesson 5 lesson 4's full fine-tuning."""
+    lesson_4 = quick_lessons[4][0].namespace["runs"]
+    assert lesson_4["LoRA r=8 (Wq, Wv)"].reused and lesson_4["LoRA r=16 (Wq, Wv)"].reused
+    assert quick_lessons[5][0].namespace["full_run"].reused
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("number", [lesson.number for lesson in LESSONS])
+def test_lesson_normal_mode(lessons_ready, tmp_path_factory, number):
+    """The real thing: all-MiniLM-L6-v2 (a few minutes per lesson on 2 CPU cores)."""
+    from loralab.lessons import get_lesson
+    from loralab.lessons.runner import run_lesson
+
+    root = tmp_path_factory.getbasetemp() / "lessons-normal"
+    run = run_lesson(get_lesson(number), root / f"{number:02d}", root / "cache", quick=False)
+    assert run.failed is None, run.failed.error
+    assert all(c["passed"] for c in run.namespace["checks"].results)
