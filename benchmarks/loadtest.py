@@ -12,6 +12,7 @@ Only 127.0.0.1 is contacted; request loops are bounded in count and time and sto
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -22,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -49,6 +50,7 @@ class LoadConfig:
     max_batch_size: int = 32
     threads: int = 2
     seed: int = 0
+    slices: int = 4            # generation: the 8-adapter and 1-adapter loads alternate in this many parts each
 
 
 def free_port() -> int:
@@ -150,6 +152,12 @@ class Tally:
     wall: float = 0.0
     error_samples: list | None = None
 
+    def add(self, other: "Tally") -> None:
+        self.latencies += other.latencies
+        for name in ("tokens", "requests", "errors", "mismatches", "wall"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.error_samples += other.error_samples or []
+
     def summary(self) -> dict:
         q = statistics.quantiles(self.latencies, n=100) if len(self.latencies) >= 2 else [float("nan")] * 99
         return {"requests": self.requests, "errors": self.errors, "mismatches": self.mismatches,
@@ -196,67 +204,72 @@ async def run_clients(url: str, config: LoadConfig, make_request, check) -> Tall
     return tally
 
 
-async def generation_load(config: LoadConfig, log=print) -> dict:
-    mc = MixedConfig("smollm2", adapters=config.adapters, seed=config.seed)
-    model = with_adapters(load_base(mc), mc)
+@contextlib.asynccontextmanager
+async def serving(model, spec: str, config: LoadConfig, task: str, labels: list[str] | None = None):
+    """The model's adapters saved to a temporary folder and served by a `loralab serve` process on `spec`;
+    yields (server, results dict), and records the server's exit status (SIGTERM) in the results."""
+    with tempfile.TemporaryDirectory() as tmp:
+        server = ServerProcess(spec, save_adapters(model, Path(tmp), task, labels), config, task)
+        results: dict = {}
+        try:
+            await server.wait_ready()
+            yield server, results
+        finally:
+            results["exit_status"] = server.stop()
+
+
+def adapted(model_kind: str, config: LoadConfig):
+    """(model with config.adapters random adapters, their names, tokenizer)."""
     from loralab.models import load_tokenizer
 
-    tokenizer = load_tokenizer("smollm2-135m-instruct")
-    names = loralab.list_adapters(model)
+    mc = MixedConfig(model_kind, adapters=config.adapters, seed=config.seed)
+    model = with_adapters(load_base(mc), mc)
+    spec = "smollm2-135m-instruct" if model_kind == "smollm2" else "all-minilm-l6-v2"
+    return model, loralab.list_adapters(model), load_tokenizer(spec), spec
+
+
+async def generation_load(config: LoadConfig, log=print) -> dict:
+    model, names, tokenizer, spec = adapted("smollm2", config)
     log("offline greedy references ...")
     with torch.inference_mode():
         reference = {(n, i): t for n in names
                      for i, t in enumerate(offline_texts(model, tokenizer, n, PROMPTS, config.max_tokens))}
-    results = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = save_adapters(model, Path(tmp), "causal-lm")
-        del model
-        server = ServerProcess("smollm2-135m-instruct", paths, config, "causal-lm")
-        try:
-            await server.wait_ready()
-            for label, pool in (("8 adapters", names), ("1 adapter", names[:1])):
+    def check(key, answer):
+        return answer["choices"][0]["text"] == reference[key], answer["usage"]["completion_tokens"]
+
+    pools = {"8 adapters": names, "1 adapter": names[:1]}
+    tallies = {label: Tally(latencies=[], error_samples=[]) for label in pools}
+    part = replace(config, seconds=config.seconds / config.slices)
+    async with serving(model, spec, config, "causal-lm") as (server, results):
+        for turn in range(config.slices):          # the two loads alternate: the machine's load hits both alike
+            for label, pool in pools.items():
                 def make(rng, pool=pool):
                     adapter, i = rng.choice(pool), rng.randrange(len(PROMPTS))
                     return "/v1/completions", {"model": adapter, "prompt": PROMPTS[i], "temperature": 0,
                                                "max_tokens": config.max_tokens}, (adapter, i)
-
-                def check(key, answer):
-                    return answer["choices"][0]["text"] == reference[key], answer["usage"]["completion_tokens"]
-                log(f"generation load, {label}: {config.clients} clients for {config.seconds:g} s ...")
-                results[label] = (await run_clients(server.url, config, make, check)).summary()
-                log(f"  {results[label]}")
-        finally:
-            results["exit_status"] = server.stop()
+                log(f"generation load, {label}, part {turn + 1}/{config.slices}: {config.clients} clients for "
+                    f"{part.seconds:g} s ...")
+                tallies[label].add(await run_clients(server.url, replace(part, seed=config.seed + turn), make, check))
+        results.update({label: tally.summary() for label, tally in tallies.items()})
+        log(f"  {results}")
     return results
 
 
 async def classification_load(config: LoadConfig, log=print) -> dict:
-    from loralab.models import load_tokenizer
-
-    mc = MixedConfig("minilm", adapters=config.adapters, seed=config.seed)
-    model = with_adapters(load_base(mc), mc)
-    tokenizer = load_tokenizer("all-minilm-l6-v2")
-    names = loralab.list_adapters(model)
+    model, names, tokenizer, spec = adapted("minilm", config)
     reference = {(n, t): p for n in names for t, p in zip(TEXTS, offline_probs(model, tokenizer, n, TEXTS))}
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = save_adapters(model, Path(tmp), "classification", labels=["no", "yes"])
-        server = ServerProcess("all-minilm-l6-v2", paths, config, "classification")
-        try:
-            await server.wait_ready()
+    async with serving(model, spec, config, "classification", labels=["no", "yes"]) as (server, results):
+        def make(rng):
+            adapter = rng.choice(names)
+            texts = rng.sample(TEXTS, rng.randint(1, 4))
+            return "/v1/classify", {"model": adapter, "input": texts}, (adapter, texts)
 
-            def make(rng):
-                adapter = rng.choice(names)
-                texts = rng.sample(TEXTS, rng.randint(1, 4))
-                return "/v1/classify", {"model": adapter, "input": texts}, (adapter, texts)
-
-            def check(key, answer):
-                adapter, texts = key
-                ok = all(max(abs(a - b) for a, b in zip(item["probs"].values(), reference[(adapter, t)])) < 1e-4
-                         for item, t in zip(answer["data"], texts))
-                return ok, 0
-            log(f"classification load: {config.clients} clients for {config.seconds:g} s ...")
-            result = (await run_clients(server.url, config, make, check)).summary()
-            log(f"  {result}")
-        finally:
-            result["exit_status"] = server.stop()
-    return result
+        def check(key, answer):
+            adapter, texts = key
+            ok = all(max(abs(a - b) for a, b in zip(item["probs"].values(), reference[(adapter, t)])) < 1e-4
+                     for item, t in zip(answer["data"], texts))
+            return ok, 0
+        log(f"classification load: {config.clients} clients for {config.seconds:g} s ...")
+        results.update((await run_clients(server.url, config, make, check)).summary())
+        log(f"  {results}")
+    return results
