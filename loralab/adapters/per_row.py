@@ -15,7 +15,8 @@ from collections.abc import Iterator, Sequence
 
 from torch import nn
 
-from loralab.adapters.state import adapter_state, lora_layers, trainable_copies
+from loralab.adapters.state import TrainableCopy, adapter_state
+from loralab.core.lora import LoraLayer
 from loralab.core.rows import RowPlan
 from loralab.errors import LoraLabError
 
@@ -30,8 +31,9 @@ def per_row_adapters(model: nn.Module, names: Sequence[str | None], strategy: st
     adapters merged into the base weights (the base rows would not be the base), variants that do not
     declare `per_row`, and nesting.
     """
-    plan = _checked_plan(model, names, strategy)
-    layers = [layer for _, layer in lora_layers(model)] + [wrapper for _, wrapper in trainable_copies(model)]
+    found = [(name, m) for name, m in model.named_modules() if isinstance(m, (LoraLayer, TrainableCopy))]
+    plan = _checked_plan(model, names, strategy, [(n, m) for n, m in found if isinstance(m, LoraLayer)])
+    layers = [module for _, module in found]         # one walk: this runs around every decoding step
     if any(module.row_plan is not None for module in layers):
         raise LoraLabError("per_row_adapters blocks cannot nest; leave the outer block first")
     for module in layers:
@@ -43,7 +45,8 @@ def per_row_adapters(model: nn.Module, names: Sequence[str | None], strategy: st
             module.row_plan = None
 
 
-def _checked_plan(model: nn.Module, names: Sequence[str | None], strategy: str | None) -> RowPlan:
+def _checked_plan(model: nn.Module, names: Sequence[str | None], strategy: str | None,
+                  layers: list[tuple[str, LoraLayer]]) -> RowPlan:
     if isinstance(names, str) or not isinstance(names, Sequence) or not names:
         raise LoraLabError("per_row_adapters needs a non-empty list with one adapter name (or None) per row")
     known = adapter_state(model).configs
@@ -52,7 +55,7 @@ def _checked_plan(model: nn.Module, names: Sequence[str | None], strategy: str |
         raise LoraLabError(f"per_row_adapters: no adapter named {', '.join(map(repr, unknown))}; this model has "
                            f"{sorted(known) or 'none'}")
     used = {n for n in names if n is not None}
-    for layer_name, layer in lora_layers(model):
+    for layer_name, layer in layers:
         if layer.merged:
             raise LoraLabError(f"per_row_adapters: adapter(s) {', '.join(map(repr, layer.merged))} are merged into "
                                f"{layer_name}'s base weights, so no row could use the base or another adapter; "
