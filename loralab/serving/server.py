@@ -6,7 +6,10 @@ engine finishes what it holds and the process exits 0.
 """
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+import threading
 
 from loralab.serving.settings import ServeSettings
 
@@ -25,6 +28,20 @@ def make_server(settings: ServeSettings, log_level: str = "info"):
         def handle_exit(self, sig, frame) -> None:
             app.state.draining = True              # refuse new requests while the running ones finish
             super().handle_exit(sig, frame)
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            # uvicorn re-raises the signal after its graceful shutdown, so the process would die of SIGTERM;
+            # a drained server has done its job and exits 0.
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            saved = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in saved.items():
+                    signal.signal(sig, handler)
 
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level,
                             timeout_graceful_shutdown=None, access_log=log_level == "debug")

@@ -2,8 +2,14 @@
 the `loralab serve` command line, settings validation and the Prometheus text format."""
 from __future__ import annotations
 
+import os
 import signal
+import socket
+import subprocess
+import sys
 import threading
+import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -94,3 +100,38 @@ def test_serve_help_lists_the_flags(capsys):
     out = capsys.readouterr().out
     for flag in ("--adapter-root", "--api-key", "--max-batch-size", "--max-queue", "--max-lora-rank", "--host"):
         assert flag in out
+
+
+def test_loralab_serve_process_drains_on_sigterm_and_exits_0(lm_files):
+    """The real command: a stream in flight when SIGTERM arrives still ends with [DONE], and the process exits 0."""
+    base, adapters = lm_files
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "loralab", "serve", "--model", str(base), "--adapter",
+                                f"a={adapters['a']}", "--port", str(port), "--log-level", "warning"],
+                               env=env, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, process.stderr.read()
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "the server did not start"
+                time.sleep(0.2)
+        with httpx.stream("POST", url + "/v1/completions", timeout=60,
+                          json={"model": "a", "prompt": "the cat", "max_tokens": 30, "temperature": 0,
+                                "stream": True}) as r:
+            lines = r.iter_lines()
+            first = next(lines)
+            process.send_signal(signal.SIGTERM)
+            rest = [line for line in lines if line]
+        assert first.startswith("data: {") and rest[-1] == "data: [DONE]"
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
