@@ -22,6 +22,7 @@ Before timing, the mixed outputs of loralab and PEFT are compared (same adapters
 from __future__ import annotations
 
 import contextlib
+import inspect
 import statistics
 import tempfile
 from collections.abc import Callable
@@ -110,13 +111,15 @@ def decode_step(model: nn.Module, ids: torch.Tensor, context: Callable[[], conte
     from transformers import DynamicCache
 
     cache = DynamicCache()
+    accepted = inspect.signature(getattr(model, "get_base_model", lambda: model)().forward).parameters
+    cache_arg = {"cache" if "cache" in accepted else "past_key_values": cache}      # transformers 5 renamed it
     with torch.inference_mode(), context():
-        out = model(input_ids=ids, past_key_values=cache, use_cache=True, **extra)
+        out = model(input_ids=ids, use_cache=True, **cache_arg, **extra)
     step_ids = out.logits[:, -1].argmax(-1, keepdim=True)
 
     def run() -> torch.Tensor:
         with torch.inference_mode(), context():
-            logits = model(input_ids=step_ids, past_key_values=cache, use_cache=True, **extra).logits
+            logits = model(input_ids=step_ids, use_cache=True, **cache_arg, **extra).logits
         cache.crop(-1)                       # drop the step's token: every call does the same work
         return logits[:, -1]
     return run

@@ -36,6 +36,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, help="timed rounds per variant (default 20, quick 5)")
     parser.add_argument("--seconds", type=float, help="seconds per load phase (default 120, quick 20)")
     parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--models", nargs="+", choices=["minilm", "smollm2"], default=["minilm", "smollm2"],
+                        help="the in-process workloads to run")
     parser.add_argument("--json", default=str(Path(__file__).parent / "results" / "serve-latest.json"))
     return parser.parse_args(argv)
 
@@ -71,7 +73,7 @@ def main(argv=None) -> int:
     results: dict = {"load_average_start": os.getloadavg(), "threads": args.threads}
     if "mixed" in args.only:
         rounds = args.rounds or (5 if args.quick else 20)
-        results["mixed"] = {m: mixed.measure(mixed.MixedConfig(m, rounds=rounds), log=log) for m in ("minilm", "smollm2")}
+        results["mixed"] = {m: mixed.measure(mixed.MixedConfig(m, rounds=rounds), log=log) for m in args.models}
         results["mixed_table"] = mixed_table(results["mixed"])
         print(results["mixed_table"], flush=True)
     if "server" in args.only:
