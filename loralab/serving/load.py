@@ -50,15 +50,22 @@ def read_task_info(adapter: Path) -> dict[str, Any]:
     return read(adapter)
 
 
+def load_base(model_spec: str, task_kind: str, label_map: Any = None) -> tuple[nn.Module, Any]:
+    """The base model with the head `task_kind` needs (classifiers: label_map's width) and its tokenizer."""
+    from loralab.models import load_tokenizer
+    from loralab.training.inputs import load_model_for
+
+    tokenizer = load_tokenizer(model_spec)
+    return load_model_for(model_spec, task_kind, label_map, tokenizer), tokenizer
+
+
 def load_with_adapters(adapters: dict[str, Path], model: str | os.PathLike | None = None, task: str | None = None,
                        use: str | None = None, max_length: int | None = None) -> Loaded:
     """Base model + every adapter (the first one's loralab-task.json names model and task unless given);
     `use` (default: the first adapter) is made active. The adapters must share task and label map."""
     import loralab
     from loralab.data.encoding import Task
-    from loralab.models import load_tokenizer
     from loralab.pretrained import adapter_task_and_labels, resolve_base
-    from loralab.training.inputs import load_model_for
 
     if not adapters:
         raise LoraLabError("no adapter given; pass --adapter NAME=PATH (a folder written by loralab train)")
@@ -80,8 +87,7 @@ def load_with_adapters(adapters: dict[str, Path], model: str | os.PathLike | Non
         if other_labels != label_map:
             raise LoraLabError(f"adapters {first!r} and {name!r} have different label maps; "
                                "load adapters with the same classes together")
-    tokenizer = load_tokenizer(source.folder)
-    base = load_model_for(str(source.folder), task_kind, label_map, tokenizer)
+    base, tokenizer = load_base(str(source.folder), task_kind, label_map)
     for name, path in adapters.items():
         loralab.load_adapter(base, path, adapter=name)
     use = use or first
