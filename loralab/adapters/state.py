@@ -84,8 +84,10 @@ def check_nothing_else_merged(model: nn.Module, adapter: str) -> None:
 class TrainableCopy(nn.Module):
     """A module trained in full for some adapters (`modules_to_save`, e.g. a fresh classifier head).
 
-    The original stays frozen; each adapter gets its own deep copy, used while that adapter is active.
+    The original stays frozen; each adapter gets its own deep copy, used while that adapter is active
+    (or, while `row_plan` is set by `loralab.per_row_adapters`, by the rows that use that adapter).
     """
+    row_plan = None
 
     def __init__(self, original: nn.Module):
         super().__init__()
@@ -100,6 +102,8 @@ class TrainableCopy(nn.Module):
         return self.trainable_copies[self.active] if self.active in self.trainable_copies else self.original_module
 
     def forward(self, *args, **kwargs):
+        if self.row_plan is not None:
+            return self.row_plan.run_modules(self.trainable_copies, self.original_module, *args, **kwargs)
         return run_in_own_dtype(self.current(), args, kwargs)
 
     def __getattr__(self, name: str):

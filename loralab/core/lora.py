@@ -152,7 +152,10 @@ class LoraLayer(nn.Module):
 
     `active` adapters take part in forward; `merged` ones are already inside the base weight
     and are skipped by forward. Nothing merges implicitly (no merge on `.eval()`).
+    While `row_plan` is set (by `loralab.per_row_adapters`), it decides instead which adapter each row of
+    the batch uses (loralab.core.rows).
     """
+    row_plan = None
 
     def __init__(self, base_layer: nn.Module, kind: "LayerKind"):
         super().__init__()
@@ -252,6 +255,8 @@ class LoraLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         out = self.base_layer(x, *args, **kwargs)
+        if self.row_plan is not None:
+            return self.row_plan.apply(self, x, out)
         for name in self._forward_adapters:
             f = self.lora_adapters[name]
             out = f.variant.forward(self, f, x, out)

@@ -13,6 +13,8 @@ What a variant declares instead of being special-cased elsewhere:
   peft_flag               the PEFT LoraConfig flag that selects the variant ("use_dora"), None if PEFT has none
   combinable              its whole effect is ΔW = s·B·A, so `combine_adapters` may sum it with others
   supports_slices         it works on the factors of fused-projection slices
+  per_row                 its forward treats batch rows independently, so rows of one batch may use
+                          different adapters (loralab.per_row_adapters; loralab.core.rows)
 
 The plain variant is LoRA itself. A new variant is a `@register_variant` subclass, chosen by name with
 `LoraConfig(variant=NAME)`; `VARIANTS.remove(NAME)` (or `with VARIANTS.scoped():`) undoes a registration.
@@ -41,6 +43,7 @@ class Variant:
     peft_keys: dict[str, str] = {}
     combinable = True
     supports_slices = True
+    per_row = True
 
     def extra_parameters(self, d: int, k: int) -> dict[str, tuple[int, ...]]:
         return {}
@@ -83,6 +86,7 @@ class DoRA(Variant):
     peft_keys = {"magnitude": "lora_magnitude_vector"}
     combinable = False            # W' is not W0 + ΔW: adapters do not add up
     supports_slices = False       # the norms are over whole output rows of W0
+    per_row = True                # exact per row: its own forward runs on the rows that use it
 
     def extra_parameters(self, d: int, k: int) -> dict[str, tuple[int, ...]]:
         return {"magnitude": (d,)}

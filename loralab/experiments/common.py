@@ -177,7 +177,7 @@ def run_grid(specs: Sequence[RunSpec], runs_dir: str | os.PathLike, isolate: boo
     Runs take the fields of an enclosing `grid_runtime` block.
     """
     specs = [dataclasses.replace(s, config=dataclasses.replace(s.config, **_GRID_RUNTIME)) for s in specs]
-    from loralab.analysis.report import atomic_write
+    from loralab.files import write_text
 
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
@@ -198,7 +198,7 @@ def run_grid(specs: Sequence[RunSpec], runs_dir: str | os.PathLike, isolate: boo
             config_path = folder / "experiment-config.json"
             spec.config.save(config_path)
             rss = _run_in_child(config_path, folder, log)
-            atomic_write(folder / RESOURCES_FILE, json.dumps({"peak_rss_mb": round(rss, 1), "measured": "ru_maxrss "
+            write_text(folder / RESOURCES_FILE, json.dumps({"peak_rss_mb": round(rss, 1), "measured": "ru_maxrss "
                                                                "of the training process (os.wait4)"}) + "\n")
         else:
             from loralab.training.run import run_training
