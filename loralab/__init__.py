@@ -40,6 +40,8 @@ _EXPORTS = {
     "read_adapter": "loralab.formats.peft",
     "save_adapter": "loralab.formats.peft",
     "from_pretrained": "loralab.pretrained",
+    "quantize": "loralab.quantization",
+    "merge_into_quantized": "loralab.quantization",
 }
 
 __all__ = ["LoraLabError", *_EXPORTS]

@@ -96,23 +96,30 @@ class DoRA(Variant):
             raise ValueError(f"DoRA is supported on linear layers only, not on {layer.kind.name}")
 
     def _gain(self, layer, f) -> torch.Tensor:
-        """m / ‖W0 + ΔW‖ per output row, (d,), with the norm detached."""
-        W0 = layer.kind.weight_matrix(layer.base_layer)
-        norm = _row_norm(W0 + f.delta_weight().to(W0.dtype)).detach()
+        """m / ‖W0 + ΔW‖ per output row, (d,), with the norm detached (formed in the factors' precision)."""
+        norm = _row_norm(self._adapted(layer, f)).detach()
         return f.magnitude / norm
+
+    @staticmethod
+    def _adapted(layer, f) -> torch.Tensor:
+        """W0 + ΔW in the matrix view, in the wider of W0's and the factors' dtypes."""
+        delta = f.delta_weight()
+        W0 = layer.kind.weight_matrix(layer.base_layer)
+        return W0.to(torch.promote_types(W0.dtype, delta.dtype)) + delta
 
     def init(self, layer, f) -> None:
         with torch.no_grad():
-            W0 = layer.kind.weight_matrix(layer.base_layer)
-            f.magnitude.copy_(_row_norm(W0 + f.delta_weight().to(W0.dtype)))
+            f.magnitude.copy_(_row_norm(self._adapted(layer, f)))
 
     def forward(self, layer, f, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         # out = W0·x + b; the adapted layer computes g·(W0 + ΔW)·x + b, i.e. out + (g - 1)·W0·x + g·ΔW·x.
         g = self._gain(layer, f)
         x_d = f.dropout(x)
         W0 = layer.kind.weight_matrix(layer.base_layer)
-        # W0·dropout(x) is recomputed: `out` may already hold other adapters' contributions.
-        return out + (g - 1) * F.linear(x_d, W0) + g * layer.lora_output(f, x_d)
+        # W0·dropout(x) is recomputed: `out` may already hold other adapters' contributions. On a 16-bit base
+        # the sum is formed in the gain's (factors') dtype and rounded once to out's.
+        extra = (g - 1) * F.linear(x_d.to(W0.dtype), W0) + g * layer.lora_output(f, x_d)
+        return (out + extra).to(out.dtype)
 
     def merge(self, layer, f) -> None:
         with torch.no_grad():
