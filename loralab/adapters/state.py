@@ -103,7 +103,8 @@ class TrainableCopy(nn.Module):
 
     def forward(self, *args, **kwargs):
         if self.row_plan is not None:
-            return self.row_plan.run_modules(self.trainable_copies, self.original_module, *args, **kwargs)
+            return self.row_plan.run_modules(self.trainable_copies, self.original_module, run_in_own_dtype,
+                                             *args, **kwargs)
         return run_in_own_dtype(self.current(), args, kwargs)
 
     def __getattr__(self, name: str):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from loralab.cli.runtime_args import add_runtime_arguments
     from loralab.data.tasks import TASK_NAMES
     from loralab.serving.settings import API_KEY_ENV, ServeSettings
 
@@ -44,11 +45,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     limits.add_argument("--max-prompt-tokens", type=int, help="prompt tokens (default: the model's context)")
     limits.add_argument("--unload-timeout", type=float, default=d["unload_timeout"].default,
                         help="seconds an unload waits for the adapter's running requests (default: %(default)s)")
+    add_runtime_arguments(parser)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
 def settings_from_args(args: argparse.Namespace):
+    from loralab.cli.runtime_args import runtime_fields
     from loralab.serving.load import parse_adapter_specs
     from loralab.serving.settings import ServeSettings
 
@@ -57,7 +60,7 @@ def settings_from_args(args: argparse.Namespace):
         "default_max_tokens", "max_n", "max_inputs", "max_prompt_tokens", "unload_timeout")}
     return ServeSettings(model=args.model, adapters=parse_adapter_specs(args.adapter), task=args.task,
                          served_name=args.served_model_name, host=args.host, port=args.port, api_key=args.api_key,
-                         adapter_root=args.adapter_root, threads=args.threads, **limits)
+                         adapter_root=args.adapter_root, threads=args.threads, **runtime_fields(args), **limits)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -38,12 +38,14 @@ generate repeats each row m times for beams or num_return_sequences) sees each n
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from loralab.core.kinds import in_dtype_of, widened
 
 GROUPED, MASKED, GATHERED = "grouped", "masked", "gathered"
 STRATEGIES = (GROUPED, MASKED, GATHERED)
@@ -124,10 +126,12 @@ class RowPlan:
             return _gathered(stack, self.slots(stack, repeat), x, out)
         return _grouped(layer, self.groups(repeat), used, x, out)
 
-    def run_modules(self, modules: Mapping[str, nn.Module], default: nn.Module, x: torch.Tensor,
+    def run_modules(self, modules: Mapping[str, nn.Module], default: nn.Module,
+                    call: Callable[[nn.Module, tuple, dict], torch.Tensor], x: torch.Tensor,
                     *args: Any, **kwargs: Any) -> torch.Tensor:
         """A module trained in full per adapter (modules_to_save): each row through its adapter's copy
-        (`modules[name]`, or `default` for the base and for adapters without a copy). x: (rows, ...)."""
+        (`modules[name]`, or `default` for the base and for adapters without a copy), run as
+        `call(module, (rows, *args), kwargs)` (the caller decides dtypes). x: (rows, ...)."""
         groups = self.groups(self.repeat_of(x.shape[0], type(default).__name__))
         by_module: dict[int, tuple[nn.Module, list[torch.Tensor]]] = {}
         for name, index in groups.items():
@@ -135,11 +139,11 @@ class RowPlan:
             by_module.setdefault(id(module), (module, []))[1].append(index)
         if len(by_module) == 1:                    # every row uses the same module: no split
             module, _ = next(iter(by_module.values()))
-            return module(x, *args, **kwargs)
+            return call(module, (x, *args), kwargs)
         parts, order = [], []
         for module, indices in by_module.values():
             index = torch.cat(indices).to(x.device)
-            parts.append(module(x.index_select(0, index), *args, **kwargs))
+            parts.append(call(module, (x.index_select(0, index), *args), kwargs))
             order.append(index)
         return torch.cat(parts).index_select(0, torch.argsort(torch.cat(order)))
 
@@ -189,10 +193,11 @@ def _masked(stack: "FactorStack", columns: torch.Tensor, mask: torch.Tensor, x: 
     if columns.numel() != A.shape[0]:           # some stacked adapters unused here: keep only the used rows
         columns = columns.to(A.device)
         A, B = A.index_select(0, columns), B.index_select(0, columns)
-    a = F.linear(x, A)
+    a = F.linear(in_dtype_of(x, A), A)
     a = a * mask.to(a.device).view(mask.shape[0], *([1] * (a.dim() - 2)), mask.shape[1])
-    flat = torch.addmm(out.reshape(-1, out.shape[-1]), a.reshape(-1, a.shape[-1]), B.to(out.dtype))
-    return flat.view(out.shape)
+    wide = widened(out, B)                      # fp32 factors on a 16-bit base: add in fp32, round once
+    flat = torch.addmm(wide.reshape(-1, wide.shape[-1]), a.reshape(-1, a.shape[-1]), B.to(wide.dtype))
+    return flat.view(out.shape).to(out.dtype)
 
 
 def _gathered(stack: "FactorStack", slots: torch.Tensor, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -201,9 +206,11 @@ def _gathered(stack: "FactorStack", slots: torch.Tensor, x: torch.Tensor, out: t
     A_pad, B_pad = stack.padded()
     slots = slots.to(A_pad.device)
     rows = x.shape[0]
+    x = in_dtype_of(x, A_pad)
     a = torch.bmm(x.reshape(rows, -1, x.shape[-1]), A_pad.index_select(0, slots).transpose(1, 2))
-    B_rows = B_pad.index_select(0, slots).to(out.dtype)
-    return torch.baddbmm(out.reshape(rows, -1, out.shape[-1]), a, B_rows).view(out.shape)
+    wide = widened(out, B_pad)                  # fp32 factors on a 16-bit base: add in fp32, round once
+    B_rows = B_pad.index_select(0, slots).to(wide.dtype)
+    return torch.baddbmm(wide.reshape(rows, -1, wide.shape[-1]), a, B_rows).view(out.shape).to(out.dtype)
 
 
 class FactorStack:

@@ -267,6 +267,7 @@ class ClassifierEngine(ModelWorker):
         from loralab.data.batching import PadCollator
 
         self.collate = PadCollator(pad_token_id)
+        self.device = next(model.parameters()).device
         self.max_batch_size = max_batch_size
         self.regression = regression
         self._pending: deque[tuple[ClassifyJob, int]] = deque()
@@ -290,7 +291,7 @@ class ClassifierEngine(ModelWorker):
         names = [job.adapter for job, _ in rows]
         self.metrics.observe("loralab_batch_rows", len(rows))
         self.metrics.observe("loralab_batch_adapters", len(set(names)))
-        batch = self.collate([job.features[i] for job, i in rows])
+        batch = {k: v.to(self.device) for k, v in self.collate([job.features[i] for job, i in rows]).items()}
         with torch.inference_mode(), adapters_context(self.model, names):
             logits = self.model(**batch).logits.float()
         self._in_flight = []

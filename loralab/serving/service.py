@@ -127,11 +127,13 @@ class Service:
         if label_map is None and not task_kind(task).is_generative:
             raise LoraLabError("a classifier server needs at least one --adapter with its labels.json (it sets the "
                                "head's number of outputs)")
-        model, tokenizer = load_base(str(source.folder), task, label_map)
+        precision = settings.precision()
+        model, tokenizer = load_base(str(source.folder), task, label_map, dtype=precision.name,
+                                     quantize=settings.quantize)
         for name, adapter in described.items():
             _check_head(adapter, label_map)
             loralab.load_adapter(model, adapter.path, adapter=name)
-        model.eval()
+        model.to(precision.device).eval()
         service = cls(settings, model, tokenizer, task, model_spec, label_map)
         service.base_folder = source.folder
         service.adapters.update(described)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loralab.errors import LoraLabError
+from loralab.precision import QUANTIZE_CHOICES
 
 API_KEY_ENV = "LORALAB_API_KEY"
 
@@ -27,6 +28,8 @@ class ServeSettings:
         completion without max_tokens gets (chat requests get max_tokens). max_n: choices per request.
     max_inputs: texts per /v1/classify request. unload_timeout: seconds an unload waits for the adapter's
         running requests. threads: torch threads (None: torch's default).
+    device, dtype, quantize: where the model runs and how its frozen weights are stored, as on `loralab train`
+        (loralab.precision; "auto" picks a GPU when there is one); adapters stay fp32 in every case.
     """
 
     model: str | None = None
@@ -49,6 +52,9 @@ class ServeSettings:
     max_inputs: int = 64
     unload_timeout: float = 30.0
     threads: int | None = None
+    device: str = "auto"
+    dtype: str = "fp32"
+    quantize: str = "none"
 
     def __post_init__(self) -> None:
         if self.api_key is None:
@@ -72,5 +78,15 @@ class ServeSettings:
             if not root.is_dir():
                 raise LoraLabError(f"--adapter-root {root} is not a folder")
             self.adapter_root = root.resolve()
+        self.precision()   # a GPU asked for where none is, an unknown dtype: one line before anything loads
+        if self.quantize not in QUANTIZE_CHOICES:
+            raise LoraLabError(f"quantize must be one of {', '.join(QUANTIZE_CHOICES)}, got {self.quantize!r}")
         if self.model is None and not self.adapters:
             raise LoraLabError("nothing to serve: pass --model (a base model) and/or --adapter NAME=PATH")
+
+    def precision(self):
+        """The resolved device and dtype (loralab.precision.Precision)."""
+        from loralab.precision import Precision
+
+        return Precision.resolve(self.device, self.dtype)
+

@@ -92,6 +92,26 @@ def test_mixed_batch_rows_equal_rows_alone(family, strategy):
                     assert (other[0] - expected[i]).abs().max() > 1e-4, (family, n, m)
 
 
+@pytest.mark.parametrize("strategy", ["grouped", "masked", "gathered"])
+def test_mixed_batch_on_a_bf16_base_with_fp32_heads(strategy):
+    """What `--dtype bf16` builds: frozen weights bf16, LoRA factors and the per-adapter heads fp32. The heads'
+    row groups run in their own dtype as they do without a row plan."""
+    from loralab.precision import keep_trainable_fp32
+
+    model = model_with_adapters("bert")
+    model.to(torch.bfloat16)
+    keep_trainable_fp32(model)
+    inputs = tiny_inputs(model, batch=6, seq=5, seed=3)
+    names = ["a", "b", None, "a", "b", "c"]
+    with torch.no_grad():
+        expected = rows_alone(model, names, inputs)
+        with loralab.per_row_adapters(model, names, strategy):
+            got = model(**inputs).logits
+    assert got.dtype == expected.dtype
+    # bf16 rounds each layer's output (u = 2**-8); batch composition changes the base matmuls' summation order
+    assert float((got.float() - expected.float()).abs().max()) <= 0.05 * float(expected.float().abs().max())
+
+
 def _greedy(model, ids, **kw):
     out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=6,
                          output_scores=True, return_dict_in_generate=True, pad_token_id=0, **kw)

@@ -343,3 +343,33 @@ def _unload_waits_for_running_requests(server, c: httpx.Client, name: str) -> No
                 gate.set()
                 assert waiting.result().json()["status"] == "unloaded"
             assert running.result()[-1] == "data: [DONE]"
+
+
+def test_classify_on_a_bf16_base_matches_fp32_and_bad_runtime_settings_are_one_line(start_server, classifier_files):
+    """--dtype bf16 (the frozen base in bf16) and --quantize nf4 (its Linear weights in NF4), adapters and heads
+    fp32: mixed-adapter batches stay close to fp32."""
+    from loralab.quantization import QuantizedLinear
+    from loralab.serving.settings import ServeSettings
+
+    base, adapters = classifier_files
+    texts = ["the cat sat on the mat", "red and blue", "one two three four five", "very bad"]
+    answers = {}
+    for dtype, quantize in (("fp32", "none"), ("bf16", "none"), ("fp32", "nf4")):
+        server = start_server(adapters=adapters, max_batch_size=8, dtype=dtype, quantize=quantize, device="cpu")
+        frozen = next(p for name, p in server.service.model.named_parameters() if "embeddings" in name)
+        assert frozen.dtype == (torch.bfloat16 if dtype == "bf16" else torch.float32)
+        quantized = [m for m in server.service.model.modules() if isinstance(m, QuantizedLinear)]
+        assert len(quantized) == (13 if quantize == "nf4" else 0)     # q, k, v, o, MLP in, out × 2 layers, pooler
+        with client(server) as c, concurrent.futures.ThreadPoolExecutor(2) as pool:
+            answers[dtype, quantize] = list(pool.map(lambda m: c.post("/v1/classify", json={"model": m, "input": texts}).json(),
+                                           ["pos", "topic"]))
+        server.stop()
+    for setting in (("bf16", "none"), ("fp32", "nf4")):
+        for exact, other in zip(answers["fp32", "none"], answers[setting]):
+            for a, b in zip(exact["data"], other["data"]):
+                assert max(abs(a["probs"][k] - b["probs"][k]) for k in a["probs"]) < 0.02, setting
+    if not torch.cuda.is_available():
+        with pytest.raises(loralab.LoraLabError, match="^--device cuda: no CUDA GPU"):
+            ServeSettings(adapters=adapters, device="cuda")
+    with pytest.raises(loralab.LoraLabError, match="^quantize must be one of none, int8, nf4"):
+        ServeSettings(adapters=adapters, quantize="fp4")
