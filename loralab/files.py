@@ -71,6 +71,11 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """`data` as the file's bytes, atomically."""
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
 def write_json(path: str | os.PathLike, data: Any) -> Path:
     """`data` as indented JSON with a final newline, atomically. NaN/Inf are refused (not valid JSON)."""
     return write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")

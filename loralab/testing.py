@@ -5,6 +5,9 @@
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
@@ -79,3 +82,32 @@ def randomize_trainable(model: nn.Module, seed: int = 0, scale: float = 0.2) -> 
             if p.requires_grad:
                 p.add_(torch.randn(p.shape, generator=g) * scale)
     return model
+
+
+def fill_adapter(model: nn.Module, adapter: str, seed: int, std: float = 0.3) -> None:
+    """Give an adapter random non-zero values, as training would: every factor tensor (A, B and a
+    variant's extras) drawn from N(0, std²), and its modules_to_save copies shifted by N(0, std²) noise."""
+    from loralab.adapters.state import lora_layers, trainable_copies
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        tensors = [p for _, layer in lora_layers(model) if adapter in layer.lora_adapters
+                   for p in layer.lora_adapters[adapter].parameters()]
+        for p in tensors:
+            p.copy_(torch.randn(p.shape, generator=g) * std)
+        for _, wrapper in trainable_copies(model):
+            if adapter in wrapper.trainable_copies:
+                for p in wrapper.trainable_copies[adapter].parameters():
+                    p.add_(torch.randn(p.shape, generator=g) * std)
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """torch on one thread inside the block. Tiny models gain nothing from more, and on a busy shared
+    machine OpenMP threads spin-waiting for descheduled peers make tiny ops 10-100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -9,6 +9,7 @@ import copy
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 
 from loralab.core.lora import LoraLayer
@@ -83,8 +84,10 @@ def check_nothing_else_merged(model: nn.Module, adapter: str) -> None:
 class TrainableCopy(nn.Module):
     """A module trained in full for some adapters (`modules_to_save`, e.g. a fresh classifier head).
 
-    The original stays frozen; each adapter gets its own deep copy, used while that adapter is active.
+    The original stays frozen; each adapter gets its own deep copy, used while that adapter is active
+    (or, while `row_plan` is set by `loralab.per_row_adapters`, by the rows that use that adapter).
     """
+    row_plan = None
 
     def __init__(self, original: nn.Module):
         super().__init__()
@@ -99,7 +102,10 @@ class TrainableCopy(nn.Module):
         return self.trainable_copies[self.active] if self.active in self.trainable_copies else self.original_module
 
     def forward(self, *args, **kwargs):
-        return self.current()(*args, **kwargs)
+        if self.row_plan is not None:
+            return self.row_plan.run_modules(self.trainable_copies, self.original_module, run_in_own_dtype,
+                                             *args, **kwargs)
+        return run_in_own_dtype(self.current(), args, kwargs)
 
     def __getattr__(self, name: str):
         # Model code reads attributes of the wrapped module (e.g. `self.classifier.out_features`).
@@ -107,6 +113,23 @@ class TrainableCopy(nn.Module):
             return super().__getattr__(name)
         except AttributeError:
             return getattr(self.current(), name)
+
+
+def run_in_own_dtype(module: nn.Module, args: tuple, kwargs: dict):
+    """module(*args, **kwargs), where a copy trained in fp32 on a 16-bit model (loralab.precision keeps
+    trained heads fp32) gets its floating inputs in its own dtype and returns its floating outputs in the
+    inputs' dtype. Nothing is cast when the dtypes agree or autocast is on (it picks the products' dtype)."""
+    param = next(module.parameters(), None)
+    first = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor) and a.is_floating_point()),
+                 None)
+    if param is None or first is None or first.dtype == param.dtype or torch.is_autocast_enabled(first.device.type):
+        return module(*args, **kwargs)
+
+    def cast(value, dtype):
+        return value.to(dtype) if isinstance(value, torch.Tensor) and value.is_floating_point() else value
+
+    out = module(*(cast(a, param.dtype) for a in args), **{k: cast(v, param.dtype) for k, v in kwargs.items()})
+    return tuple(cast(o, first.dtype) for o in out) if isinstance(out, tuple) else cast(out, first.dtype)
 
 
 def set_trainable(model: nn.Module, adapter: str) -> None:

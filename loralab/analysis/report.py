@@ -9,7 +9,6 @@ import io
 import json
 import math
 import os
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from loralab.analysis.deltas import LowRankDelta, load_deltas
 from loralab.analysis.spectrum import ModuleSpectrum, adapter_spectra
 from loralab.analysis.subspace import ModuleSimilarity, compare_adapters
 from loralab.errors import LoraLabError
+from loralab.files import make_dirs, write_bytes, write_text
 
 
 @dataclass
@@ -102,26 +102,6 @@ def analyze_adapters(adapter_dirs: list[str | os.PathLike], base: str | os.PathL
 # ------------------------------------------------------------------------------------------------
 # Writing
 # ------------------------------------------------------------------------------------------------
-def atomic_write(path: Path, data: bytes | str) -> Path:
-    """Write `data` to `path` via a temporary file in the same folder and os.replace, so readers see
-    the old file or the new one, never half of one. The file gets the usual umask permissions."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    raw = data.encode("utf-8") if isinstance(data, str) else data
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(raw)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
 def _finite(obj):
     """JSON has no NaN/inf: write them as null."""
     if isinstance(obj, float):
@@ -165,49 +145,75 @@ th{background:#f3f3f3}td:first-child,td:nth-child(2){text-align:left}img{max-wid
 def write_report(report: AnalysisReport, out_dir: str | os.PathLike) -> dict[str, Path]:
     """Write analysis.json, spectra.csv, singular_values.csv, subspace.csv (two adapters),
     amplification.csv (with a base), figures/*.png and report.html into out_dir. Returns {kind: path}."""
-    from loralab.analysis import plots
+    out = make_dirs(out_dir)
+    written = {"json": write_text(out / "analysis.json",
+                                  json.dumps(report.to_dict(), indent=1, allow_nan=False) + "\n")}
+    written.update({kind: write_text(out / name, text) for kind, (name, text) in _csv_files(report).items()})
+    figures: dict[str, bytes] = {}
+    parts = _intro_html(report)
+    parts += _spectra_html(report, figures)
+    if report.similarity is not None:
+        parts += _similarity_html(report, figures)
+    if _has_amplification(report):
+        parts += _amplification_html(report, figures)
+    for name, png in figures.items():
+        written[f"figure:{name}"] = write_bytes(out / "figures" / f"{name}.png", png)
+    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>LoRA adapter analysis</title>"
+            f"<style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>\n")
+    written["html"] = write_text(out / "report.html", page)
+    return written
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written: dict[str, Path] = {}
-    written["json"] = atomic_write(out / "analysis.json", json.dumps(report.to_dict(), indent=1, allow_nan=False) + "\n")
 
+def _has_amplification(report: AnalysisReport) -> bool:
+    return any(a.amplification is not None for a in report.adapters)
+
+
+def _csv_files(report: AnalysisReport) -> dict[str, tuple[str, str]]:
+    """{kind: (file name, CSV text)} of the report's tables."""
     spec_rows, sv_rows = [], []
     for a in report.adapters:
         for s in a.spectra:
             spec_rows.append([a.label, s.name, s.module, s.d_out, s.d_in, s.r, s.scale, s.frobenius, s.spectral,
                               s.effective_rank, s.stable_rank, s.numerical_rank, s.energy_top1])
             sv_rows += [[a.label, s.name, i + 1, v] for i, v in enumerate(s.singular_values)]
-    written["spectra_csv"] = atomic_write(out / "spectra.csv", _csv(
-        ["adapter", "name", "module", "d_out", "d_in", "r", "scale", "frobenius", "spectral", "effective_rank",
-         "stable_rank", "numerical_rank", "energy_top1"], spec_rows))
-    written["singular_values_csv"] = atomic_write(out / "singular_values.csv", _csv(
-        ["adapter", "name", "index", "singular_value"], sv_rows))
+    files = {"spectra_csv": ("spectra.csv", _csv(
+                 ["adapter", "name", "module", "d_out", "d_in", "r", "scale", "frobenius", "spectral", "effective_rank",
+                  "stable_rank", "numerical_rank", "energy_top1"], spec_rows)),
+             "singular_values_csv": ("singular_values.csv", _csv(["adapter", "name", "index", "singular_value"],
+                                                                 sv_rows))}
     if report.similarity is not None:
         rows = [[s.name, s.factor, s.dim, i + 1, j + 1, s.phi[i][j], s.random_mean[i][j], s.random_std[i][j],
                  s.expected[i][j]] for s in report.similarity for i in range(s.r1) for j in range(s.r2)]
-        written["subspace_csv"] = atomic_write(out / "subspace.csv", _csv(
+        files["subspace_csv"] = ("subspace.csv", _csv(
             ["name", "factor", "dim", "i", "j", "phi", "random_mean", "random_std", "random_expected"], rows))
-    amp_rows = [[a.label, m.name, m.module, m.d_out, m.d_in, m.r, m.w_fro, m.delta_fro, m.proj_delta, m.proj_w_top,
+    if _has_amplification(report):
+        rows = [[a.label, m.name, m.module, m.d_out, m.d_in, m.r, m.w_fro, m.delta_fro, m.proj_delta, m.proj_w_top,
                  m.proj_random, m.proj_random_expected, m.amplification]
                 for a in report.adapters if a.amplification for m in a.amplification]
-    if any(a.amplification is not None for a in report.adapters):
-        written["amplification_csv"] = atomic_write(out / "amplification.csv", _csv(
+        files["amplification_csv"] = ("amplification.csv", _csv(
             ["adapter", "name", "module", "d_out", "d_in", "r", "w_fro", "delta_fro", "proj_delta", "proj_w_top",
              "proj_random", "proj_random_expected", "amplification"],
-            [[("" if isinstance(v, float) and not math.isfinite(v) else v) for v in row] for row in amp_rows]))
+            [[("" if isinstance(v, float) and not math.isfinite(v) else v) for v in row] for row in rows]))
+    return files
 
-    figures: dict[str, bytes] = {}
-    parts = [f"<h1>LoRA adapter analysis</h1>",
+
+def _intro_html(report: AnalysisReport) -> list[str]:
+    base = report.settings.get("base")
+    parts = ["<h1>LoRA adapter analysis</h1>",
              "<p>Adapters: " + ", ".join(f"<b>{html.escape(a.label)}</b> ({html.escape(a.path)})" for a in report.adapters)
-             + (f"; base model {html.escape(str(report.settings.get('base')))}" if report.settings.get("base") else "")
+             + (f"; base model {html.escape(str(base))}" if base else "")
              + f". Random baselines: {report.settings.get('trials')} draws, seed {report.settings.get('seed')}. "
                "Numbers: analysis.json and the CSV files next to this report; measures explained in docs/analysis.md.</p>"]
-    parts += [f'<p class="note">{html.escape(n)}</p>' for n in report.notes]
+    return parts + [f'<p class="note">{html.escape(n)}</p>' for n in report.notes]
 
-    parts.append("<h2>Singular value spectra of ΔW</h2><p>Effective rank = exp(entropy of σ/Σσ) (Roy &amp; "
-                 "Vetterli 2007); stable rank = ‖ΔW‖²_F / ‖ΔW‖²_2. Both lie in [1, r]; far below r means the "
-                 "update uses few directions.</p>")
+
+def _spectra_html(report: AnalysisReport, figures: dict[str, bytes]) -> list[str]:
+    """The spectra section; adds its figures to `figures`."""
+    from loralab.analysis import plots
+
+    parts = ["<h2>Singular value spectra of ΔW</h2><p>Effective rank = exp(entropy of σ/Σσ) (Roy &amp; "
+             "Vetterli 2007); stable rank = ‖ΔW‖²_F / ‖ΔW‖²_2. Both lie in [1, r]; far below r means the "
+             "update uses few directions.</p>"]
     for n, a in enumerate(report.adapters):
         parts.append(f"<h3>{html.escape(a.label)}</h3>")
         parts.append(_table(["name", "d_out×d_in", "r", "‖ΔW‖_F", "σ_1", "eff. rank", "stable rank", "σ_1² share"],
@@ -218,43 +224,47 @@ def write_report(report: AnalysisReport, out_dir: str | os.PathLike) -> dict[str
         for m, png in enumerate(plots.spectrum_figures(a.spectra, a.label)):
             figures[f"spectrum_{n + 1}_{m + 1}"] = png
             parts.append(_img(png, "spectrum"))
+    return parts
 
-    if report.similarity is not None:
-        labels = (report.adapters[0].label, report.adapters[1].label)
-        factor = report.similarity[0].factor
-        basis = "right-singular vectors of A (input directions)" if factor == "A" else \
-            "left-singular vectors of B (output directions)"
-        parts.append(f"<h2>Subspace similarity</h2><p>φ(i, j) = ‖U1[:, :i]ᵀ U2[:, :j]‖²_F / min(i, j), U = {basis}. "
-                     "1: the smaller top subspace lies inside the larger; 0: orthogonal. Random subspaces give "
-                     "max(i, j)/dim on average (right panels: measured with Gaussian matrices).</p>")
-        figures["similarity_summary"] = plots.similarity_summary_figure(report.similarity, labels)
-        parts.append(_img(figures["similarity_summary"], "similarity summary"))
-        parts.append(_table(["name", "dim", "r1", "r2", "φ(1,1)", "φ(1,1) random", "mean φ", "mean φ random"],
-                            [[s.name, str(s.dim), str(s.r1), str(s.r2), s.top_overlap, s.random_mean[0][0], s.mean_phi,
-                              s.mean_expected] for s in report.similarity]))
-        for n, s in enumerate(report.similarity):
-            figures[f"similarity_{n + 1}"] = plots.similarity_figure(s, labels)
-            parts.append(_img(figures[f"similarity_{n + 1}"], f"phi {s.name}"))
 
-    if any(a.amplification is not None for a in report.adapters):
-        parts.append("<h2>ΔW versus W</h2><p>‖UᵀWVᵀ‖_F: W projected onto the top-r left/right singular "
-                     "directions of ΔW, of W itself and of a random subspace; amplification = ‖ΔW‖_F / "
-                     "‖UᵀWVᵀ‖_F (ΔW's directions). Paper (GPT-3, Wq, layer 48, ‖W‖_F = 61.95): r = 4: 0.32 / 21.67 / "
-                     "0.02, amplification ≈ 21.5; r = 64: 1.90 / 37.71 / 0.33, amplification ≈ 2.</p>")
-        for n, a in enumerate(report.adapters):
-            if not a.amplification:
-                continue
-            parts.append(f"<h3>{html.escape(a.label)}</h3>")
-            parts.append(_table(["name", "r", "‖W‖_F", "‖ΔW‖_F", "ΔW dirs", "W top-r", "random", "random (expected)",
-                                 "amplification"],
-                                [[m.name, str(m.r), m.w_fro, m.delta_fro, m.proj_delta, m.proj_w_top, m.proj_random,
-                                  m.proj_random_expected, m.amplification] for m in a.amplification]))
-            figures[f"amplification_{n + 1}"] = plots.amplification_figure(a.amplification, a.label)
-            parts.append(_img(figures[f"amplification_{n + 1}"], "amplification"))
+def _similarity_html(report: AnalysisReport, figures: dict[str, bytes]) -> list[str]:
+    """The subspace-similarity section (two adapters); adds its figures to `figures`."""
+    from loralab.analysis import plots
 
-    for name, png in figures.items():
-        written[f"figure:{name}"] = atomic_write(out / "figures" / f"{name}.png", png)
-    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>LoRA adapter analysis</title>"
-            f"<style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>\n")
-    written["html"] = atomic_write(out / "report.html", page)
-    return written
+    labels = (report.adapters[0].label, report.adapters[1].label)
+    factor = report.similarity[0].factor
+    basis = "right-singular vectors of A (input directions)" if factor == "A" else \
+        "left-singular vectors of B (output directions)"
+    parts = [f"<h2>Subspace similarity</h2><p>φ(i, j) = ‖U1[:, :i]ᵀ U2[:, :j]‖²_F / min(i, j), U = {basis}. "
+             "1: the smaller top subspace lies inside the larger; 0: orthogonal. Random subspaces give "
+             "max(i, j)/dim on average (right panels: measured with Gaussian matrices).</p>"]
+    figures["similarity_summary"] = plots.similarity_summary_figure(report.similarity, labels)
+    parts.append(_img(figures["similarity_summary"], "similarity summary"))
+    parts.append(_table(["name", "dim", "r1", "r2", "φ(1,1)", "φ(1,1) random", "mean φ", "mean φ random"],
+                        [[s.name, str(s.dim), str(s.r1), str(s.r2), s.top_overlap, s.random_mean[0][0], s.mean_phi,
+                          s.mean_expected] for s in report.similarity]))
+    for n, s in enumerate(report.similarity):
+        figures[f"similarity_{n + 1}"] = plots.similarity_figure(s, labels)
+        parts.append(_img(figures[f"similarity_{n + 1}"], f"phi {s.name}"))
+    return parts
+
+
+def _amplification_html(report: AnalysisReport, figures: dict[str, bytes]) -> list[str]:
+    """The ΔW-versus-W section (adapters analysed with a base); adds its figures to `figures`."""
+    from loralab.analysis import plots
+
+    parts = ["<h2>ΔW versus W</h2><p>‖UᵀWVᵀ‖_F: W projected onto the top-r left/right singular "
+             "directions of ΔW, of W itself and of a random subspace; amplification = ‖ΔW‖_F / "
+             "‖UᵀWVᵀ‖_F (ΔW's directions). Paper (GPT-3, Wq, layer 48, ‖W‖_F = 61.95): r = 4: 0.32 / 21.67 / "
+             "0.02, amplification ≈ 21.5; r = 64: 1.90 / 37.71 / 0.33, amplification ≈ 2.</p>"]
+    for n, a in enumerate(report.adapters):
+        if not a.amplification:
+            continue
+        parts.append(f"<h3>{html.escape(a.label)}</h3>")
+        parts.append(_table(["name", "r", "‖W‖_F", "‖ΔW‖_F", "ΔW dirs", "W top-r", "random", "random (expected)",
+                             "amplification"],
+                            [[m.name, str(m.r), m.w_fro, m.delta_fro, m.proj_delta, m.proj_w_top, m.proj_random,
+                              m.proj_random_expected, m.amplification] for m in a.amplification]))
+        figures[f"amplification_{n + 1}"] = plots.amplification_figure(a.amplification, a.label)
+        parts.append(_img(figures[f"amplification_{n + 1}"], "amplification"))
+    return parts

@@ -26,7 +26,6 @@ import io
 import json
 import os
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -36,6 +35,7 @@ import torch
 from torch import nn
 
 from loralab.errors import LoraLabError
+from loralab.files import write_bytes, write_text
 
 CONFIGS = ("base", "houlsby", "lora_unmerged", "lora_merged")
 
@@ -197,18 +197,6 @@ def measure_latency(model_factory: Callable[[], nn.Module], batch_sizes: Sequenc
     return rows
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def markdown_table(rows: Sequence[LatencyRow]) -> str:
     """One line per shape: each configuration's median ms (IQR) and its overhead over base."""
     shapes = list(dict.fromkeys((r.batch_size, r.seq_len) for r in rows))
@@ -270,10 +258,10 @@ def write_results(rows: Sequence[LatencyRow], out_dir: str | os.PathLike, meta: 
     writer.writerows(records)
     paths = {"csv": out / "latency.csv", "json": out / "latency.json", "md": out / "latency.md",
              "png": out / "latency.png"}
-    _write_atomic(paths["csv"], text.getvalue().encode())
-    _write_atomic(paths["json"], json.dumps({"meta": meta or {}, "rows": records}, indent=2).encode())
-    _write_atomic(paths["md"], (markdown_table(rows) + "\n").encode())
-    _write_atomic(paths["png"], plot(rows, title))
+    write_text(paths["csv"], text.getvalue())
+    write_text(paths["json"], json.dumps({"meta": meta or {}, "rows": records}, indent=2))
+    write_text(paths["md"], markdown_table(rows) + "\n")
+    write_bytes(paths["png"], plot(rows, title))
     return paths
 
 

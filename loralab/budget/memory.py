@@ -3,15 +3,18 @@
 Everything is in bytes. The model-state part follows the usual mixed-precision AdamW accounting
 (Micikevicius et al. 2018, "Mixed Precision Training"; Rajbhandari et al. 2020, ZeRO §3):
 
-    weights      every parameter in the training dtype                      P · w
-    master copy  fp32 copy of each *trained* parameter when w is 16-bit    T · 4
-    gradients    one per trained parameter, in the training dtype          T · w
-    AdamW        two fp32 states (first and second moment) per trained one T · 8
+    full fine-tuning                                    LoRA (loralab's mixed precision)
+    weights      P · w                                  frozen (P − T) · w  (or quantized: Q bytes)
+                                                        + trained T · 4 (fp32)
+    master copy  P · 4 when w is 16-bit                 none (the trained values are fp32 already)
+    gradients    P · w                                  T · 4
+    AdamW        P · 8 (two fp32 moments)               T · 8
 
-with P all parameters, T the trained ones (P for full fine-tuning; the LoRA factors, plus any
-trained biases, for LoRA) and w the bytes per value of the training dtype. For fp16 full
-fine-tuning that is the familiar 16 bytes per parameter; for LoRA the frozen weights cost w each
-and only the small T pays the other 14.
+with P all parameters, T the trained ones (the LoRA factors, plus any trained biases) and w the bytes
+per value of `dtype`, the precision of the frozen weights and of the compute — what `loralab train --dtype`
+means (loralab.precision). For fp16 full fine-tuning that is the familiar 16 bytes per parameter; for LoRA
+the frozen weights cost w each (or their quantized size: `quantize`, counted by loralab.quantization's
+schemes) and only the small T pays 16 bytes.
 
 Activations follow Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer
 Models" (arXiv:2205.05198) §4.1: with 16-bit activations, no recomputation and no parallelism, one
@@ -34,6 +37,7 @@ from dataclasses import dataclass
 from loralab.budget.sizes import DTYPE_BYTES
 from loralab.budget.skeleton import TransformerDims
 from loralab.errors import LoraLabError
+from loralab.precision import QUANTIZE_CHOICES
 
 ATTENTION_MODES = ("eager", "flash")
 
@@ -44,12 +48,20 @@ class TrainingSetup:
     batch_size: int = 1
     seq_len: int = 512
     dtype: str = "fp16"
-    """Training dtype of weights, gradients and activations: fp32, fp16 or bf16."""
+    """Precision of the frozen weights and of the compute (activations): fp32, fp16 or bf16, as
+    `loralab train --dtype`. LoRA's trained values, their gradients and AdamW states are fp32; full
+    fine-tuning keeps weights and gradients in this dtype (plus an fp32 master copy, `master_weights`)."""
     master_weights: bool = True
-    """With a 16-bit dtype, keep an fp32 copy of each trained parameter (standard mixed precision)."""
+    """Full fine-tuning with a 16-bit dtype: keep an fp32 copy of each parameter (standard mixed precision)."""
     attention: str = "eager"
     """"eager": attention probabilities (a·s² per sequence) are kept, as in Korthikanti et al.;
     "flash": a fused kernel (FlashAttention / SDPA) recomputes them and keeps only O(s) statistics."""
+    gradient_checkpointing: bool = False
+    """Keep only each layer's input and recompute the rest in backward (one layer's activations at a time)."""
+    quantize: str = "none"
+    """LoRA: the frozen Linear weights stored quantized ("int8", "nf4"), as `loralab train --quantize`."""
+    double_quant: bool = False
+    """With quantize="nf4": QLoRA's double quantization of the block scales (8-bit, blocks of 256)."""
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "seq_len"):
@@ -60,6 +72,10 @@ class TrainingSetup:
             raise LoraLabError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPE_BYTES)}")
         if self.attention not in ATTENTION_MODES:
             raise LoraLabError(f"unknown attention mode {self.attention!r}; choose one of {', '.join(ATTENTION_MODES)}")
+        if self.quantize not in QUANTIZE_CHOICES:
+            raise LoraLabError(f"unknown quantization {self.quantize!r}; choose one of {', '.join(QUANTIZE_CHOICES)}")
+        if self.double_quant and self.quantize != "nf4":
+            raise LoraLabError("double quantization applies to nf4 only; add --quantize nf4 or drop --double-quant")
 
     @property
     def value_bytes(self) -> int:
@@ -134,9 +150,15 @@ def layer_activation_terms(dims: TransformerDims, setup: TrainingSetup) -> dict[
 
 def model_activation_bytes(dims: TransformerDims, setup: TrainingSetup) -> int:
     """All layers plus the ends of the model (Korthikanti §4.3): embedding dropout mask, and for a
-    language-model head the final norm input, the head's input and the fp32 logits (4·s·b·v)."""
+    language-model head the final norm input, the head's input and the fp32 logits (4·s·b·v).
+    With gradient checkpointing each layer keeps only its input (s·b·h values) and one layer at a time
+    holds its full activations while it is recomputed (Korthikanti §5, full recomputation)."""
     s, b, w = setup.seq_len, setup.batch_size, setup.value_bytes
-    total = dims.layers * sum(layer_activation_terms(dims, setup).values())
+    layer = sum(layer_activation_terms(dims, setup).values())
+    if setup.gradient_checkpointing:
+        total = dims.layers * w * s * b * dims.hidden + layer
+    else:
+        total = dims.layers * layer
     if dims.dropout:
         total += s * b * dims.hidden
     if dims.lm_head:
@@ -144,9 +166,10 @@ def model_activation_bytes(dims: TransformerDims, setup: TrainingSetup) -> int:
     return total
 
 
-def lora_activation_bytes(plan: list, setup: TrainingSetup, lora_dropout: float) -> int:
+def lora_activation_bytes(plan: list, setup: TrainingSetup, lora_dropout: float, layers: int = 1) -> int:
     """What the adapters add: each keeps A·x (s·b·r values) for B's gradient; with LoRA dropout
-    also the dropped-out input (s·b·d_in values) and its mask (one byte each)."""
+    also the dropped-out input (s·b·d_in values) and its mask (one byte each). With gradient
+    checkpointing they are recomputed with their layer: one layer's share (of `layers`) at a time."""
     from loralab.budget.count import rank_total
 
     sb, w = setup.seq_len * setup.batch_size, setup.value_bytes
@@ -155,7 +178,7 @@ def lora_activation_bytes(plan: list, setup: TrainingSetup, lora_dropout: float)
         total += w * sb * rank_total(m)
         if lora_dropout > 0:
             total += (w + 1) * sb * m.d_in
-    return total
+    return -(-total // layers) if setup.gradient_checkpointing else total
 
 
 def full_finetune_memory(total_params: int, dims: TransformerDims | None, setup: TrainingSetup) -> MemoryEstimate:
@@ -169,31 +192,42 @@ def full_finetune_memory(total_params: int, dims: TransformerDims | None, setup:
 
 
 def lora_memory(total_params: int, lora_params: int, extra_trained: int, plan: list, dims: TransformerDims | None,
-                setup: TrainingSetup, lora_dropout: float = 0.0) -> MemoryEstimate:
+                setup: TrainingSetup, lora_dropout: float = 0.0,
+                quantized: tuple[int, int] = (0, 0)) -> MemoryEstimate:
     """Frozen base (total_params) plus LoRA factors (lora_params) trained with AdamW; `extra_trained`
-    are base parameters that train too (biases), already inside total_params."""
+    are base parameters that train too (biases), already inside total_params. Trained values, their
+    gradients and AdamW states are fp32. quantized: (values, bytes) of the frozen weights stored quantized
+    (setup.quantize), counted at those bytes instead of the dtype's."""
     w = setup.value_bytes
     trained = lora_params + extra_trained
+    quantized_values, quantized_bytes = quantized
     activations = None
     if dims:
-        activations = model_activation_bytes(dims, setup) + lora_activation_bytes(plan, setup, lora_dropout)
+        activations = model_activation_bytes(dims, setup) + lora_activation_bytes(plan, setup, lora_dropout,
+                                                                                  dims.layers)
+    frozen = w * (total_params - extra_trained - quantized_values) + quantized_bytes
     return MemoryEstimate(
-        "lora", trained, weights=w * (total_params + lora_params),
-        master_weights=4 * trained if setup.keeps_master else 0,
-        gradients=w * trained, optimizer=8 * trained, activations=activations)
+        "lora", trained, weights=frozen + 4 * trained, master_weights=0,
+        gradients=4 * trained, optimizer=8 * trained, activations=activations)
 
 
 def assumptions(setup: TrainingSetup, dims: TransformerDims | None) -> list[str]:
     """The assumptions behind the memory numbers, printed with them."""
     w = setup.value_bytes
     lines = [
-        f"batch {setup.batch_size} x sequence {setup.seq_len} tokens; weights, gradients and activations in "
-        f"{setup.dtype} ({w} bytes per value)",
-        "optimizer AdamW: 2 fp32 states (8 bytes) per trained parameter"
-        + ("; plus an fp32 master copy (4 bytes) of each trained parameter (mixed precision)"
-           if setup.keeps_master else ""),
-        "activations: Korthikanti et al. 2022 (arXiv:2205.05198) per-layer accounting, no recomputation "
-        "(gradient checkpointing would cut them to about one layer input per layer), no parallelism"
+        f"batch {setup.batch_size} x sequence {setup.seq_len} tokens; frozen weights and activations in "
+        f"{setup.dtype} ({w} bytes per value)"
+        + (f", the frozen Linear weights of LoRA's base in {setup.quantize}"
+           + (" with double quantization" if setup.double_quant else "") + " (scales included; the output "
+           "head and embeddings stay in the dtype)" if setup.quantize != "none" else ""),
+        "LoRA: trained values, their gradients and AdamW states fp32 (4 + 4 + 8 bytes); full fine-tuning: "
+        f"weights and gradients in {setup.dtype}"
+        + (", plus an fp32 master copy (4 bytes) of each parameter" if setup.keeps_master else "")
+        + ", AdamW states fp32 (8 bytes)",
+        "activations: Korthikanti et al. 2022 (arXiv:2205.05198) per-layer accounting, "
+        + ("gradient checkpointing (each layer keeps its input; one layer's activations during its recompute)"
+           if setup.gradient_checkpointing else "no recomputation (--gradient-checkpointing keeps only each "
+           "layer's input)") + ", no parallelism"
         + ("; eager attention keeps the a*s^2 softmax probabilities" if setup.attention == "eager"
            else "; fused (flash) attention keeps no s^2 tensors"),
         "LoRA activations: same as full fine-tuning (frozen layers still store what their input "

@@ -156,8 +156,30 @@ def lora_budget(skeleton: ModelSkeleton, lora_config, setup: TrainingSetup | Non
         file_sizes=file_sizes, saved_values=saved_values, saved_file_sizes=saved_sizes,
         memory_full=full_finetune_memory(skeleton.total_params, skeleton.dims, setup),
         memory_lora=lora_memory(skeleton.total_params, lora_params, bias_params, plan, skeleton.dims, setup,
-                                lora_config.dropout),
+                                lora_config.dropout, quantized_frozen(skeleton.model, setup)),
         notes=notes)
+
+
+def quantized_frozen(model, setup: TrainingSetup) -> tuple[int, int]:
+    """(values, bytes) of the frozen weights `setup.quantize` stores quantized: the Linear layers
+    loralab.quantization.quantize would replace (not the output head), each at its scheme's exact size with
+    scales (int8 without the transposed copy kept only on CPUs without native bf16). (0, 0) for "none"."""
+    if setup.quantize == "none":
+        return 0, 0
+    from loralab.core.kinds import kind_of
+    from loralab.quantization import get_scheme
+    from loralab.quantization.model import quantizable_layers
+
+    options = {"double_quant": True} if setup.double_quant else {}
+    if setup.quantize == "int8":
+        options["transposed_copy"] = False
+    scheme = get_scheme(setup.quantize, **options)
+    values = size = 0
+    for _, layer in quantizable_layers(model):
+        d_out, d_in = kind_of(layer).shape(layer)
+        values += d_out * d_in
+        size += scheme.weight_bytes(d_out, d_in)
+    return values, size
 
 
 def _default_label(lora_config) -> str:
@@ -207,7 +229,9 @@ def report_dict(budgets: list[Budget]) -> dict:
                    full_model_bytes={d: first.full_model_bytes(d) for d in DTYPE_BYTES},
                    dims=None if sk.dims is None else {k: v for k, v in vars(sk.dims).items() if k != "assumed"}),
         training=dict(batch_size=first.setup.batch_size, seq_len=first.setup.seq_len, dtype=first.setup.dtype,
-                      master_weights=first.setup.keeps_master, attention=first.setup.attention),
+                      master_weights=first.setup.keeps_master, attention=first.setup.attention,
+                      gradient_checkpointing=first.setup.gradient_checkpointing, quantize=first.setup.quantize,
+                      double_quant=first.setup.double_quant),
         assumptions=assumptions(first.setup, sk.dims),
         budgets=[b.to_dict() for b in budgets])
 
@@ -250,8 +274,10 @@ def format_report(budgets: list[Budget]) -> str:
         out += [f"  note: {n}" for n in b.notes]
 
     s = first.setup
-    out += ["", f"Training memory per step ({s.dtype}, batch {s.batch_size} x {s.seq_len} tokens, "
-                f"{s.attention} attention):"]
+    base = f"{s.dtype}" + (f", LoRA's base {s.quantize}" + ("+DQ" if s.double_quant else "")
+                           if s.quantize != "none" else "")
+    out += ["", f"Training memory per step ({base}, batch {s.batch_size} x {s.seq_len} tokens, "
+                f"{s.attention} attention" + (", gradient checkpointing" if s.gradient_checkpointing else "") + "):"]
     columns = [("full FT", first.memory_full)] + [(f"LoRA r={b.r}", b.memory_lora) for b in budgets]
     parts = [("weights", "weights"), ("fp32 master copy", "master_weights"), ("gradients", "gradients"),
              ("AdamW states", "optimizer"), ("activations", "activations"), ("total", "total")]

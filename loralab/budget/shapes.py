@@ -72,6 +72,13 @@ SHAPES: dict[str, NamedShape] = {s.name: s for s in (
                     intermediate_size=11008, vocab_size=32000, max_position_embeddings=2048,
                     tie_word_embeddings=False, rms_norm_eps=1e-6),
                "Touvron et al. 2023, Table 2"),
+    NamedShape("llama-65b", "LLaMA-65B: 8192 hidden, 80 layers, 64 heads, intermediate 22016, vocab 32000", "llama",
+               "LlamaForCausalLM",
+               dict(hidden_size=8192, num_hidden_layers=80, num_attention_heads=64, num_key_value_heads=64,
+                    intermediate_size=22016, vocab_size=32000, max_position_embeddings=2048,
+                    tie_word_embeddings=False, rms_norm_eps=1e-5),
+               "Touvron et al. 2023, Table 2 (intermediate size as in the released config); QLoRA's 65B "
+               "(Dettmers et al. 2023)"),
 )}
 
 _ALIASES: dict[str, str] = {alias: s.name for s in SHAPES.values() for alias in (s.name, *s.aliases)}

@@ -4,6 +4,8 @@ Examples:
   loralab budget --shape gpt3-175b --r 1 8 --targets q v
   loralab budget --model path/to/model_folder --r 8 --targets q v o --batch-size 16 --seq-len 128
   loralab budget --shape llama-7b --targets all-linear --precision bf16 --attention flash --json
+  loralab budget --shape llama-65b --targets all-linear --r 64 --precision bf16 --quantize nf4 --double-quant \
+      --gradient-checkpointing                       # QLoRA's 65B on one 48 GB GPU
   loralab budget --list-shapes
 """
 from __future__ import annotations
@@ -51,14 +53,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--batch-size", type=int, default=1, help="sequences per step (default 1)")
     train.add_argument("--seq-len", type=int, default=512, help="tokens per sequence (default 512)")
     train.add_argument("--precision", choices=PRECISIONS, default="fp16",
-                       help="training precision of weights, gradients and activations (default fp16)")
-    # --dtype names the frozen weights' precision on other commands; here it was loralab 0.1's --precision.
+                       help="precision of the frozen weights and the compute, what `loralab train --dtype` sets; "
+                            "LoRA's trained values, gradients and AdamW states are fp32 (default fp16)")
+    # loralab 0.1 spelt it --dtype; it means what train's --dtype means, but budget's flag is --precision.
     add_deprecated(train, "--dtype", dest="precision", new="--precision", choices=PRECISIONS)
+    train.add_argument("--quantize", choices=("none", "int8", "nf4"), default="none",
+                       help="LoRA's frozen Linear weights stored quantized, scales included, as `loralab train "
+                            "--quantize` (default none)")
+    train.add_argument("--double-quant", action="store_true", help="with --quantize nf4: QLoRA's double "
+                                                                   "quantization of the scales")
+    train.add_argument("--gradient-checkpointing", action="store_true",
+                       help="keep each layer's input only; recompute its activations in backward")
     train.add_argument("--attention", choices=("eager", "flash"), default="eager",
                        help="eager keeps the a*s^2 attention probabilities (Korthikanti et al.); "
                             "flash keeps none (default eager)")
     train.add_argument("--no-master-weights", action="store_true",
-                       help="with fp16/bf16, do not count an fp32 master copy of the trained parameters")
+                       help="full fine-tuning with fp16/bf16: do not count an fp32 master copy of the weights")
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON instead of tables")
 
 
@@ -81,7 +91,9 @@ def run(args: argparse.Namespace) -> int:
 
     source = find_shape(args.shape) if args.shape else Path(args.model)
     setup = TrainingSetup(batch_size=args.batch_size, seq_len=args.seq_len, dtype=args.precision,
-                          master_weights=not args.no_master_weights, attention=args.attention)
+                          master_weights=not args.no_master_weights, attention=args.attention,
+                          gradient_checkpointing=args.gradient_checkpointing, quantize=args.quantize,
+                          double_quant=args.double_quant)
     budgets = estimate_budgets(source, args.r, args.targets, setup=setup, architecture=args.architecture,
                                alpha=args.alpha, exclude=args.exclude, variant=args.variant, bias=args.bias,
                                dropout=args.dropout)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 
+from loralab.cli.runtime_args import add_runtime_arguments, runtime_fields
 from loralab.cli.sampling_args import add_sampling_arguments, sampling_overrides
 from loralab.errors import LoraLabError
 from loralab.generation.params import SamplingParams
@@ -50,6 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="METEOR implementation: the official Meteor 1.5 jar (needs Java), loralab's exact+stem "
                              "reimplementation, or auto (the jar when available; default; --quick uses loralab's)")
     add_sampling_arguments(parser, SamplingParams(max_new_tokens=48))
+    add_runtime_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = {name: getattr(args, name) for name in ("model", "epochs", "lr", "r", "alpha", "dropout", "targets",
                                                          "instruction", "threads", "meteor")
                  if getattr(args, name) is not None}
+    overrides.update(runtime_fields(args))
     decoding = sampling_overrides(args)
     for name in ("num_beams", "max_new_tokens"):
         if name in decoding:

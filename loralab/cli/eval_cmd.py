@@ -15,6 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from loralab.cli.data_args import add_data_arguments
     from loralab.cli.deprecated import add_deprecated
     from loralab.cli.output_args import add_output_argument
+    from loralab.cli.runtime_args import add_runtime_arguments
     from loralab.cli.train_args import add_train_arguments
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -31,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                           "saved datasets DatasetDict folder given as --file")
     add_deprecated(parser, "--data-split", dest="split", new="--split")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_runtime_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from loralab.data.readers import read_examples
     from loralab.data.splits import fixed_subset
     from loralab.cli.progress import forward_progress
+    from loralab.cli.runtime_args import runtime_from_args
     from loralab.errors import LoraLabError
     from loralab.cli.adapter_args import adapter_paths
     from loralab.serving.load import load_with_adapters
@@ -52,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     if bool(args.file) == bool(args.data):
         raise LoraLabError("give the data to evaluate: either --file PATH or --data NAME")
     set_threads(args.threads)
+    runtime = runtime_from_args(args)   # a missing GPU: one line before anything is read
     if args.data:  # the data is read first: a wrong split or file fails before the model loads
         split = args.split or builtin_dataset(args.data).eval_split
         examples = load_builtin(args.data, [split])[split]
@@ -60,12 +64,13 @@ def run(args: argparse.Namespace) -> int:
         examples = read_examples(args.file, read_options_from_args(args))
         source = args.file
     examples = fixed_subset(examples, args.limit)
-    loaded = load_with_adapters(adapter_paths(args), args.model, args.task, args.use, args.max_length)
+    loaded = load_with_adapters(adapter_paths(args), args.model, args.task, args.use, args.max_length,
+                                runtime.precision, runtime.quantize)
     encoded = encode_examples(examples, loaded.tokenizer, loaded.task, loaded.label_map)
     collator = PadCollator(pad_token_id_for(loaded.tokenizer))
     with forward_progress(loaded.model, len(encoded), args.progress):
         metrics = evaluate(loaded.model, encoded, loaded.task.kind, collator, args.batch_size,
-                           loaded.label_map).metrics
+                           loaded.label_map, device=runtime.device).metrics
     use = args.use or next(iter(loaded.adapters))
     print(f"{source}: {len(encoded)} examples, adapter {use!r} on {loaded.model_spec}")
     for name, value in metrics.items():

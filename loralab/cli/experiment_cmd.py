@@ -27,6 +27,7 @@ def _names(text: str) -> list[str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from loralab.cli.output_args import add_output_argument
+    from loralab.cli.runtime_args import add_runtime_arguments
     from loralab.cli.train_args import add_train_arguments
     from loralab.experiments import EXPERIMENTS
 
@@ -46,13 +47,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train and report only these runs of the experiment's grid (e.g. r1,r4 or lora,full)")
     parser.add_argument("--dims", type=lambda t: [int(x) for x in _names(t)], default=None, metavar="D,D",
                         help="intrinsic-dim: the subspace dimensions d to sweep")
+    add_runtime_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    from loralab.cli.runtime_args import runtime_fields, runtime_from_args
     from loralab.experiments import run_experiment
+    from loralab.experiments.common import grid_runtime
 
+    runtime_from_args(args)     # a missing GPU or a dtype it cannot run: one line, before any run starts
     out = args.output or f"runs/experiments/{args.name}"
-    run_experiment(args.name, out=out, quick=args.quick, data=args.data, model=args.model, seeds=args.seeds,
-                   runs=args.runs, dims=args.dims, max_steps=args.max_steps)
+    with grid_runtime(**runtime_fields(args)):
+        run_experiment(args.name, out=out, quick=args.quick, data=args.data, model=args.model, seeds=args.seeds,
+                       runs=args.runs, dims=args.dims, max_steps=args.max_steps)
     print(f"wrote {out}: results.csv, results.json, results.md, figures/, report.html")
     return 0

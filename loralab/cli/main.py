@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "experiment": ("loralab.cli.experiment_cmd", "the paper's experiments as one command each, with plots and a report"),
     "e2e": ("loralab.cli.e2e_cmd", "E2E NLG: zero-shot base vs LoRA-adapted model, with the paper's metrics"),
     "learn": ("loralab.cli.learn_cmd", "learn LoRA by running it: list the five lessons or run one into an HTML page"),
+    "serve": ("loralab.cli.serve_cmd", "HTTP server: one base model, many adapters, OpenAI-compatible, mixed batches"),
 }
 
 

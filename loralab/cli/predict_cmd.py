@@ -19,6 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from loralab.cli.adapter_args import add_adapter_arguments
     from loralab.cli.data_args import add_data_arguments
     from loralab.cli.output_args import add_output_argument
+    from loralab.cli.runtime_args import add_runtime_arguments
     from loralab.cli.train_args import add_train_arguments
     from loralab.cli.sampling_args import add_sampling_arguments
 
@@ -33,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     add_sampling_arguments(parser)
     add_data_arguments(parser)
+    add_runtime_arguments(parser)
 
 
 def _stdin_examples(pairs: bool):
@@ -66,6 +68,7 @@ def predict_texts(loaded, examples, batch_size: int = 32, params=None, progress:
     from loralab.data.encoding import encode_examples
     from loralab.data.tasks import task_kind
     from loralab.generation import generate
+    from loralab.training.evaluation import move_batch
 
     if task_kind(loaded.task.kind).is_generative:
         texts = generate(loaded.model, loaded.tokenizer, [e.text for e in examples], params, task=loaded.task,
@@ -77,7 +80,8 @@ def predict_texts(loaded, examples, batch_size: int = 32, params=None, progress:
     outputs = []
     with torch.inference_mode():
         for indices in tqdm(batches, desc="predicting", unit="batch", disable=not progress, dynamic_ncols=True):
-            logits = loaded.model(**collator([encoded[i] for i in indices])).logits
+            batch = move_batch(collator([encoded[i] for i in indices]), next(loaded.model.parameters()).device)
+            logits = loaded.model(**batch).logits
             if loaded.label_map.regression:
                 outputs.append([f"{v:.6g}" for v in logits.view(-1).tolist()])
             else:
@@ -90,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
     from loralab.cli.data_args import read_options_from_args
     from loralab.data.readers import ReadOptions, read_examples
     from loralab.cli.adapter_args import adapter_paths
+    from loralab.cli.runtime_args import runtime_from_args
     from loralab.cli.sampling_args import sampling_params_from_args
     from loralab.serving.load import load_with_adapters
     from loralab.files import write_text as atomic_write_text
@@ -97,7 +102,9 @@ def run(args: argparse.Namespace) -> int:
 
     set_threads(args.threads)
     params = sampling_params_from_args(args)  # checked before the model loads
-    loaded = load_with_adapters(adapter_paths(args), args.model, args.task, args.use, args.max_length)
+    runtime = runtime_from_args(args)
+    loaded = load_with_adapters(adapter_paths(args), args.model, args.task, args.use, args.max_length,
+                                runtime.precision, runtime.quantize)
     pairs = loaded.task.kind == "pair-classification"
     if args.file:
         examples = read_examples(args.file, read_options_from_args(args, ReadOptions(label_column=None)))

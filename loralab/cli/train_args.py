@@ -22,6 +22,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
                  "weight_decay", "betas", "eps", "warmup_ratio", "scheduler", "max_grad_norm", "seed", "eval_every",
                  "checkpoint_every", "log_every", "best_metric", "early_stopping_patience", "report_to"),
     "runtime": ("compile", "threads", "progress"),
+    "device, precision and memory": ("device", "dtype", "quantize", "gradient_checkpointing", "fsdp"),
 }
 FLAG_FIELDS = tuple(name for names in GROUPS.values() for name in names)
 
@@ -45,6 +46,7 @@ def _scheduler(text: str) -> str:
 
 
 def _tweaks() -> dict[str, dict[str, Any]]:
+    from loralab.precision import DTYPES, QUANTIZE_CHOICES
     from loralab.training.config import SCHEDULERS
 
     limit = {"type": count_or_all, "metavar": "N"}
@@ -52,7 +54,9 @@ def _tweaks() -> dict[str, dict[str, Any]]:
             "scheduler": {"type": _scheduler, "choices": list(SCHEDULERS)},
             "report_to": {"metavar": "TRACKER"}, "betas": {"metavar": ("BETA1", "BETA2")},
             "max_steps": {"metavar": "N"}, "eval_every": {"metavar": "N"}, "checkpoint_every": {"metavar": "N"},
-            "log_every": {"metavar": "N"}, "early_stopping_patience": {"metavar": "N"}}
+            "log_every": {"metavar": "N"}, "early_stopping_patience": {"metavar": "N"},
+            "device": {"metavar": "DEVICE"}, "dtype": {"choices": list(DTYPES)},
+            "quantize": {"choices": list(QUANTIZE_CHOICES)}}
 
 
 def add_train_arguments(parser: argparse.ArgumentParser, fields: Iterable[str] = FLAG_FIELDS,

@@ -6,6 +6,9 @@ A kind answers these questions for its layer type:
   * `lora_input(layer, x, A)`      -> A·x for this layer's input  (..., r)  [or (N, r, *spatial) for convs]
   * `lora_output(layer, a, B)`     -> B·a in this layer's output layout
   * `add_lora_output(layer, out, a, B, s)` -> out + s·B·a, fused where the layout allows (the forward's hot path)
+    Precision: the factors may be wider than the base (fp32 LoRA on a bf16 base). `lora_input` casts x to A's
+    dtype, `add_lora_output` adds in the factors' dtype and rounds once to `out`'s dtype, so the layer's output
+    keeps the base's dtype. Under autocast the products run in the autocast dtype and nothing is cast here.
   * `peft_names`, `to_peft`, `from_peft`: the keys and layouts of A and B in PEFT-layout adapter files
   * `is_linear`: the layer computes x·W0ᵀ on its last dimension (it counts for targets="all-linear",
     and variants that recompute W0·x, like DoRA, accept it); `fan_in_fan_out`: W0 is stored as (k, d)
@@ -54,6 +57,22 @@ def kind_of(module: nn.Module) -> "LayerKind | None":
     return None
 
 
+def in_dtype_of(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """The LoRA input `x` in the factor's dtype (a bf16 activation meeting fp32 factors), unless autocast is
+    active: then autocast picks the products' dtype, and a cast here would only copy x."""
+    if x.dtype == factor.dtype or torch.is_autocast_enabled(x.device.type):
+        return x
+    return x.to(factor.dtype)
+
+
+def widened(out: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """`out` in the factor's dtype when the factor is wider (fp32 LoRA on a 16-bit base) and no autocast
+    is active; `out` itself otherwise (under autocast the add runs in the autocast dtype anyway)."""
+    if out.dtype == factor.dtype or torch.is_autocast_enabled(out.device.type):
+        return out
+    return out.to(torch.promote_types(out.dtype, factor.dtype))
+
+
 def weight_matrix(module: nn.Module) -> torch.Tensor:
     """A base layer's W0 in the matrix view (d_out, d_in); a view where possible, never a copy of a Linear."""
     kind = kind_of(module)
@@ -74,6 +93,10 @@ class LayerKind:
     def check(self, layer: nn.Module) -> None:
         """Raise ValueError if this particular layer cannot take LoRA."""
 
+    def check_merge(self, layer: nn.Module) -> None:
+        """Raise ValueError if W0 of this layer cannot change in place (W0 += ΔW on merge, PiSSA's init);
+        checked on every layer before any is touched."""
+
     def shape(self, layer: nn.Module) -> tuple[int, int]:
         return tuple(self.weight_matrix(layer).shape)
 
@@ -87,7 +110,7 @@ class LayerKind:
         return delta
 
     def lora_input(self, layer: nn.Module, x: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, A)
+        return F.linear(in_dtype_of(x, A), A)
 
     def lora_output(self, layer: nn.Module, a: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
         return F.linear(a, B)
@@ -96,9 +119,11 @@ class LayerKind:
                         scale: float) -> torch.Tensor:
         """out + scale·B·a as one addmm over the flattened tokens: no separate scale, no (..., d)-sized
         temporary for B·a and no extra pass to add it (in a 2048×384 layer benchmark this halved the
-        unmerged adapter's extra time)."""
-        flat = torch.addmm(out.reshape(-1, out.shape[-1]), a.reshape(-1, a.shape[-1]), B.t(), alpha=scale)
-        return flat.view(out.shape)
+        unmerged adapter's extra time). A 16-bit `out` with wider factors is added in the factors' dtype
+        and rounded once back to its own dtype."""
+        wide = widened(out, B).reshape(-1, out.shape[-1])
+        flat = torch.addmm(wide, a.reshape(-1, a.shape[-1]), B.t(), alpha=scale)
+        return flat.view(out.shape).to(out.dtype)
 
     def to_peft(self, layer: nn.Module, A: torch.Tensor, B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A (r, k) and B (d, r) as a PEFT file stores them under `peft_names`."""
@@ -180,7 +205,7 @@ class ConvKind(LayerKind):
     def lora_input(self, layer: nn.Module, x: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
         kernel = A.reshape(A.shape[0], *layer.weight.shape[1:])
         conv = self._conv[layer.weight.dim() - 2]
-        return conv(x, kernel, None, layer.stride, layer.padding, layer.dilation)
+        return conv(in_dtype_of(x, A), kernel, None, layer.stride, layer.padding, layer.dilation)
 
     def lora_output(self, layer: nn.Module, a: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
         spatial = layer.weight.dim() - 2
@@ -189,7 +214,7 @@ class ConvKind(LayerKind):
     def add_lora_output(self, layer: nn.Module, out: torch.Tensor, a: torch.Tensor, B: torch.Tensor,
                         scale: float) -> torch.Tensor:
         # Channels are dim 1 here, not last: no addmm; scale the r-channel map, the cheapest place.
-        return out + self.lora_output(layer, a * scale, B)
+        return (widened(out, B) + self.lora_output(layer, a * scale, B)).to(out.dtype)
 
     def to_peft(self, layer: nn.Module, A: torch.Tensor, B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A as an r-channel kernel (r, in, *kernel), B as a 1×…×1 kernel (out, r, 1, ...), as PEFT stores them."""

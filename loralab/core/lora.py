@@ -19,6 +19,13 @@ initialisation schemes (below).
 * merge:   W0 += s·B·A, so inference costs exactly what the base model costs (paper §4.1).
 * unmerge: W0 -= s·B·A. In fp32 each merge/unmerge cycle moves a weight by at most
            u·(2|W0| + |ΔW|) with u = 2**-24 (two roundings), so n cycles stay within n times that.
+
+Precision. The factors are created at least fp32 (fp32 LoRA on a bf16 or fp16 base, as in mixed-precision
+training); the kinds cast the LoRA input to the factors' dtype and round the sum back once to the base
+output's dtype (`kinds.py`). ΔW is always formed in the factors' dtype and added to a 16-bit W0 in one
+rounding: merged = round(W0 + ΔW), so |merged − (W0 + ΔW)| ≤ u·|W0 + ΔW| per weight with u the storage
+dtype's unit roundoff, u = 2**-8 for bf16 and 2**-11 for fp16 (2**-24 for fp32), and a merge/unmerge cycle
+stays within u·(2|W0| + |ΔW|) as above with that u.
 """
 from __future__ import annotations
 
@@ -145,7 +152,10 @@ class LoraLayer(nn.Module):
 
     `active` adapters take part in forward; `merged` ones are already inside the base weight
     and are skipped by forward. Nothing merges implicitly (no merge on `.eval()`).
+    While `row_plan` is set (by `loralab.per_row_adapters`), it decides instead which adapter each row of
+    the batch uses (loralab.core.rows).
     """
+    row_plan = None
 
     def __init__(self, base_layer: nn.Module, kind: "LayerKind"):
         super().__init__()
@@ -160,6 +170,8 @@ class LoraLayer(nn.Module):
         """Raise ValueError if this layer cannot take these factors with this init. Changes nothing."""
         scheme = INITS.lookup(init)
         self.kind.check(self.base_layer)
+        if scheme.changes_base_weight:
+            self.kind.check_merge(self.base_layer)
         for plugin, what in ((factors.variant, "variant"), (scheme, "init")):
             if factors.slices is not None and not plugin.supports_slices:
                 raise ValueError(f"the {plugin.name!r} {what} does not support fused slices")
@@ -175,7 +187,9 @@ class LoraLayer(nn.Module):
         if not self.kind.input_dropout:
             factors.dropout = nn.Identity()
         weight = self.kind.weight(self.base_layer)
-        factors.to(device=weight.device, dtype=weight.dtype if weight.is_floating_point() else None)
+        # At least fp32: a 16-bit base gets fp32 factors (mixed precision); an fp64 base keeps fp64.
+        wide = torch.promote_types(weight.dtype, torch.float32) if weight.is_floating_point() else None
+        factors.to(device=weight.device, dtype=wide)
         factors.init_scheme = INITS[init]
         self.lora_adapters[name] = factors
         try:
@@ -204,16 +218,21 @@ class LoraLayer(nn.Module):
         self._forward_adapters = [n for n in self.active if n not in self.merged]
 
     def add_to_weight(self, delta: torch.Tensor) -> None:
-        """W0 += delta, delta given in the matrix view (d, k)."""
+        """W0 += delta, delta given in the matrix view (d, k). The sum is formed in the wider of the two dtypes
+        and rounded once to W0's (an in-place add with type promotion does exactly that)."""
         weight = self.kind.weight(self.base_layer)
         with torch.no_grad():
-            weight.add_(self.kind.to_weight_layout(self.base_layer, delta).to(weight.dtype))
+            weight.add_(self.kind.to_weight_layout(self.base_layer, delta).to(weight.device))
 
     def check_merge(self, names: list[str] | None = None) -> None:
-        """Raise ValueError if one of the given (default: active) adapters cannot be merged (NaN/Inf)."""
-        for name in names if names is not None else self.active:
+        """Raise ValueError if one of the given (default: active) adapters cannot be merged (NaN/Inf), or
+        the base layer's W0 cannot change in place."""
+        names = [n for n in (names if names is not None else self.active) if n not in self.merged]
+        if names:
+            self.kind.check_merge(self.base_layer)
+        for name in names:
             f = self.lora_adapters[name]
-            if name not in self.merged and not all(torch.isfinite(p).all() for p in f.parameters()):
+            if not all(torch.isfinite(p).all() for p in f.parameters()):
                 raise ValueError(f"adapter {name!r} holds NaN/Inf values; refusing to merge it into the weights")
 
     def merge(self, names: list[str] | None = None) -> None:
@@ -236,6 +255,8 @@ class LoraLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         out = self.base_layer(x, *args, **kwargs)
+        if self.row_plan is not None:
+            return self.row_plan.apply(self, x, out)
         for name in self._forward_adapters:
             f = self.lora_adapters[name]
             out = f.variant.forward(self, f, x, out)

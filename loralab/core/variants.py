@@ -13,6 +13,8 @@ What a variant declares instead of being special-cased elsewhere:
   peft_flag               the PEFT LoraConfig flag that selects the variant ("use_dora"), None if PEFT has none
   combinable              its whole effect is ΔW = s·B·A, so `combine_adapters` may sum it with others
   supports_slices         it works on the factors of fused-projection slices
+  per_row                 its forward treats batch rows independently, so rows of one batch may use
+                          different adapters (loralab.per_row_adapters; loralab.core.rows)
 
 The plain variant is LoRA itself. A new variant is a `@register_variant` subclass, chosen by name with
 `LoraConfig(variant=NAME)`; `VARIANTS.remove(NAME)` (or `with VARIANTS.scoped():`) undoes a registration.
@@ -41,6 +43,7 @@ class Variant:
     peft_keys: dict[str, str] = {}
     combinable = True
     supports_slices = True
+    per_row = True
 
     def extra_parameters(self, d: int, k: int) -> dict[str, tuple[int, ...]]:
         return {}
@@ -83,6 +86,7 @@ class DoRA(Variant):
     peft_keys = {"magnitude": "lora_magnitude_vector"}
     combinable = False            # W' is not W0 + ΔW: adapters do not add up
     supports_slices = False       # the norms are over whole output rows of W0
+    per_row = True                # exact per row: its own forward runs on the rows that use it
 
     def extra_parameters(self, d: int, k: int) -> dict[str, tuple[int, ...]]:
         return {"magnitude": (d,)}
@@ -92,23 +96,30 @@ class DoRA(Variant):
             raise ValueError(f"DoRA is supported on linear layers only, not on {layer.kind.name}")
 
     def _gain(self, layer, f) -> torch.Tensor:
-        """m / ‖W0 + ΔW‖ per output row, (d,), with the norm detached."""
-        W0 = layer.kind.weight_matrix(layer.base_layer)
-        norm = _row_norm(W0 + f.delta_weight().to(W0.dtype)).detach()
+        """m / ‖W0 + ΔW‖ per output row, (d,), with the norm detached (formed in the factors' precision)."""
+        norm = _row_norm(self._adapted(layer, f)).detach()
         return f.magnitude / norm
+
+    @staticmethod
+    def _adapted(layer, f) -> torch.Tensor:
+        """W0 + ΔW in the matrix view, in the wider of W0's and the factors' dtypes."""
+        delta = f.delta_weight()
+        W0 = layer.kind.weight_matrix(layer.base_layer)
+        return W0.to(torch.promote_types(W0.dtype, delta.dtype)) + delta
 
     def init(self, layer, f) -> None:
         with torch.no_grad():
-            W0 = layer.kind.weight_matrix(layer.base_layer)
-            f.magnitude.copy_(_row_norm(W0 + f.delta_weight().to(W0.dtype)))
+            f.magnitude.copy_(_row_norm(self._adapted(layer, f)))
 
     def forward(self, layer, f, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         # out = W0·x + b; the adapted layer computes g·(W0 + ΔW)·x + b, i.e. out + (g - 1)·W0·x + g·ΔW·x.
         g = self._gain(layer, f)
         x_d = f.dropout(x)
         W0 = layer.kind.weight_matrix(layer.base_layer)
-        # W0·dropout(x) is recomputed: `out` may already hold other adapters' contributions.
-        return out + (g - 1) * F.linear(x_d, W0) + g * layer.lora_output(f, x_d)
+        # W0·dropout(x) is recomputed: `out` may already hold other adapters' contributions. On a 16-bit base
+        # the sum is formed in the gain's (factors') dtype and rounded once to out's.
+        extra = (g - 1) * F.linear(x_d.to(W0.dtype), W0) + g * layer.lora_output(f, x_d)
+        return (out + extra).to(out.dtype)
 
     def merge(self, layer, f) -> None:
         with torch.no_grad():

@@ -15,12 +15,14 @@ no memory, because a process's peak RSS only ever grows.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import math
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -183,13 +185,32 @@ def _run_in_child(config_path: Path, folder: Path, log: Callable[[str], None]) -
     return usage.ru_maxrss / 1024.0, usage.ru_utime + usage.ru_stime  # Linux reports ru_maxrss in KiB
 
 
+# TrainConfig fields the command gives every run of a grid (`loralab experiment --device/--dtype/--quantize`),
+# set for the duration of one experiment by `grid_runtime`.
+_GRID_RUNTIME: dict[str, Any] = {}
+
+
+@contextlib.contextmanager
+def grid_runtime(**fields: Any) -> Iterator[None]:
+    """Within the block, every run_grid run takes these TrainConfig fields (device, dtype, quantize)."""
+    before = dict(_GRID_RUNTIME)
+    _GRID_RUNTIME.update(fields)
+    try:
+        yield
+    finally:
+        _GRID_RUNTIME.clear()
+        _GRID_RUNTIME.update(before)
+
+
 def run_grid(specs: Sequence[RunSpec], runs_dir: str | os.PathLike, isolate: bool = False,
              log: Callable[[str], None] = print) -> list[RunResult]:
     """Train every spec not yet finished (in order), then return all results in spec order.
 
     A folder with checkpoints but no metrics.json is an interrupted run: it is resumed from the checkpoint.
+    Runs take the fields of an enclosing `grid_runtime` block.
     """
-    from loralab.analysis.report import atomic_write
+    specs = [dataclasses.replace(s, config=dataclasses.replace(s.config, **_GRID_RUNTIME)) for s in specs]
+    from loralab.files import write_text
 
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
@@ -210,7 +231,7 @@ def run_grid(specs: Sequence[RunSpec], runs_dir: str | os.PathLike, isolate: boo
             config_path = folder / "experiment-config.json"
             spec.config.save(config_path)
             rss, cpu = _run_in_child(config_path, folder, log)
-            atomic_write(folder / RESOURCES_FILE, json.dumps({
+            write_text(folder / RESOURCES_FILE, json.dumps({
                 "peak_rss_mb": round(rss, 1), "cpu_seconds": round(cpu, 1),
                 "measured": "ru_maxrss and ru_utime + ru_stime of the training process (os.wait4)"}) + "\n")
         else:

@@ -68,6 +68,8 @@ class E2EConfig:
         decoding: more loralab.generation.SamplingParams fields, e.g. {"temperature": 0.7, "seed": 0}
         (empty: greedy or beam search as num_beams says).
     threads: torch threads (None: the cores this process may use).
+    device, dtype, quantize: where and in which precision both systems train and generate (TrainConfig's
+        fields of the same names; loralab.precision, loralab.quantization).
     """
 
     model: str = DEFAULT_MODEL
@@ -94,6 +96,9 @@ class E2EConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # more TrainConfig fields, e.g. {"max_steps": 3}
     decoding: dict[str, Any] = field(default_factory=dict)
     meteor: str = "auto"  # "auto": the official Meteor 1.5 jar when Java has it, else loralab's (see metrics)
+    device: str = "auto"
+    dtype: str = "fp32"
+    quantize: str = "none"
 
     def __post_init__(self) -> None:
         self.targets = tuple(self.targets)
@@ -151,7 +156,7 @@ class E2EConfig:
             lora={"r": self.r, "alpha": self.alpha, "dropout": self.dropout, "targets": list(self.targets)},
             epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, warmup_ratio=self.warmup_ratio,
             checkpoint_every=self.checkpoint_every, log_every=1, seed=self.seed, threads=self.threads,
-            progress=False)
+            progress=False, device=self.device, dtype=self.dtype, quantize=self.quantize)
         settings.update(self.extra)
         return TrainConfig(**settings)
 
@@ -329,8 +334,11 @@ def run_e2e(config: E2EConfig, out: str | os.PathLike, adapter: str | os.PathLik
     import loralab
     from loralab.metrics import score_e2e
     from loralab.models import load_model, load_tokenizer
+    from loralab.precision import Precision
+    from loralab.training.memory import quantize_base
     from loralab.training.runtime import set_threads
 
+    precision = Precision.resolve(config.device, config.dtype)    # a missing GPU: before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -357,16 +365,19 @@ def run_e2e(config: E2EConfig, out: str | os.PathLike, adapter: str | os.PathLik
     if not getattr(tokenizer, "chat_template", None):
         raise LoraLabError(f"{config.model}: the tokenizer has no chat template; this comparison prompts "
                            "both systems through it, so use an instruction-tuned model")
-    model = load_model(config.model, task="causal-lm")
-    model.eval()
+    model = load_model(config.model, task="causal-lm", dtype=config.dtype)
+    quantize_base(model, config.quantize)
+    model.to(precision.device).eval()
     decoding = {"model": config.model, "instruction": config.instruction, "mrs": mrs,
                 "num_beams": config.num_beams, "max_new_tokens": config.max_new_tokens}
     if config.decoding:  # only when set, so greedy and beam predictions made before it are still reused
         decoding["decoding"] = config.decoding
+    if (config.dtype, config.quantize) != ("fp32", "none"):      # likewise: fp32 predictions stay reusable
+        decoding["precision"] = {"dtype": config.dtype, "quantize": config.quantize}
     outputs, seconds = {}, {}
     outputs["base"], seconds["base"] = generate_for("base", model, tokenizer, prompts, config, out, decoding, log)
     loralab.load_adapter(model, adapter_dir)
-    model.eval()
+    model.to(precision.device).eval()
     adapter_weights = hashlib.sha256((adapter_dir / "adapter_model.safetensors").read_bytes()).hexdigest()[:16] \
         if (adapter_dir / "adapter_model.safetensors").is_file() else str(adapter_dir)
     outputs["lora"], seconds["lora"] = generate_for("lora", model, tokenizer, prompts, config, out,

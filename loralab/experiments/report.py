@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loralab.analysis.report import _STYLE, _finite, _img, atomic_write
+from loralab.analysis.report import _STYLE, _finite, _img
+from loralab.files import write_bytes, write_text
 
 
 @dataclass
@@ -83,19 +84,19 @@ def write_experiment_report(report: ExperimentReport, out_dir: str | os.PathLike
     written: dict[str, Path] = {}
     for n, table in enumerate(report.tables):
         stem = "results" if n == 0 else table.name
-        written[f"csv:{table.name}"] = atomic_write(out / f"{stem}.csv", table_csv(table))
+        written[f"csv:{table.name}"] = write_text(out / f"{stem}.csv", table_csv(table))
     data = {"experiment": report.experiment, "meta": report.meta,
             "tables": {t.name: {"columns": t.columns, "rows": t.rows} for t in report.tables}}
-    written["json"] = atomic_write(out / "results.json",
+    written["json"] = write_text(out / "results.json",
                                    json.dumps(_finite(data), indent=1, allow_nan=False, default=str) + "\n")
     markdown = [f"## {report.title}\n"]
     for table in report.tables:
         markdown += [f"### {table.title}\n", table_markdown(table)]
         if table.note:
             markdown.append(table.note + "\n")
-    written["markdown"] = atomic_write(out / "results.md", "\n".join(markdown))
+    written["markdown"] = write_text(out / "results.md", "\n".join(markdown))
     for stem, png in report.figures.items():
-        written[f"figure:{stem}"] = atomic_write(out / "figures" / f"{stem}.png", png)
+        written[f"figure:{stem}"] = write_bytes(out / "figures" / f"{stem}.png", png)
 
     parts = [f"<h1>{html.escape(report.title)}</h1>", f"<p>{html.escape(report.intro)}</p>"]
     for table in report.tables:
@@ -110,7 +111,7 @@ def write_experiment_report(report: ExperimentReport, out_dir: str | os.PathLike
     parts.append(f"<h2>Settings</h2><pre>{settings}</pre>")
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(report.title)}</title>"
             f"<style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>\n")
-    written["html"] = atomic_write(out / "report.html", page)
+    written["html"] = write_text(out / "report.html", page)
     return written
 
 

@@ -6,8 +6,8 @@ Hugging Face hub id already in the local hub cache.
     model = load_model("all-minilm-l6-v2", task="sequence-classification", num_labels=3)
     tokenizer = load_tokenizer("path/to/model.Q4_K_M.gguf")
 
-Everything loads in fp32 from local files only: nothing is downloaded (hub ids resolve from the cache
-huggingface_hub keeps, as with HF_HUB_OFFLINE=1).
+Everything loads from local files only, in fp32 unless `load_model(..., dtype="bf16")` asks otherwise: nothing
+is downloaded (hub ids resolve from the cache huggingface_hub keeps, as with HF_HUB_OFFLINE=1).
 """
 from __future__ import annotations
 
@@ -251,15 +251,19 @@ def resolve_model_spec(spec: str | os.PathLike, cache_dir: str | os.PathLike | N
 
 
 def load_model(spec: str | os.PathLike, task: str = "causal-lm", num_labels: int | None = None,
-               cache_dir: str | os.PathLike | None = None, **kwargs):
-    """The model `spec` names (see resolve_model_spec) with the head `task` asks for, fp32, from local files.
+               cache_dir: str | os.PathLike | None = None, dtype: str = "fp32", **kwargs):
+    """The model `spec` names (see resolve_model_spec) with the head `task` asks for, from local files, its
+    weights in `dtype` ("fp32", "bf16" or "fp16"; loralab.precision: the frozen base's precision).
 
     task: "causal-lm" (AutoModelForCausalLM), "sequence-classification" (AutoModelForSequenceClassification,
     a freshly initialised head with `num_labels` outputs unless the folder already has one) or "base"
     (AutoModel, no head). kwargs go to `from_pretrained` (e.g. attn_implementation="eager").
+    A folder saved quantized by bitsandbytes (nf4 or int8; a quantization_config in config.json) loads with
+    loralab's own quantized layers holding the same codes; other saved quantizations are a one-line error.
     """
-    import torch
     import transformers
+
+    from loralab.precision import dtype_of
 
     if task not in MODEL_TASKS:
         raise LoraLabError(f"unknown model task {task!r}; choose one of {', '.join(MODEL_TASKS)}")
@@ -272,14 +276,31 @@ def load_model(spec: str | os.PathLike, task: str = "causal-lm", num_labels: int
         kwargs["num_labels"] = num_labels
     folder = resolve_model_spec(spec, cache_dir)
     model_class = auto_model_class(task)
-    kwargs.setdefault("dtype", torch.float32)
+    kwargs.setdefault("dtype", dtype_of(dtype))
     kwargs["local_files_only"] = True
+    saved = _saved_quantization(folder)      # a checkpoint saved quantized: checked before anything loads
     try:
-        return model_class.from_pretrained(str(folder), **kwargs)
+        model = model_class.from_pretrained(str(folder), **kwargs)
     except ValueError as exc:
         # e.g. a BERT folder asked for task causal-lm: transformers lists the classes it knows.
         first_line = (str(exc).strip().splitlines() or ["ValueError"])[0]
         raise LoraLabError(f"cannot load {folder} for task {task!r}: {first_line}") from exc
+    if saved:
+        from loralab.quantization.saved import from_bitsandbytes
+
+        from_bitsandbytes(model)
+    return model
+
+
+def _saved_quantization(folder: Path) -> dict | None:
+    """The folder's quantization_config when loralab can load it (else a one-line LoraLabError); None for
+    a full-precision checkpoint (loralab.quantization.saved)."""
+    from loralab.quantization.saved import check_loadable, saved_quantization
+
+    config = saved_quantization(folder)
+    if config is not None:
+        check_loadable(folder, config)
+    return config
 
 
 def auto_model_class(task: str) -> type:

@@ -50,15 +50,31 @@ def read_task_info(adapter: Path) -> dict[str, Any]:
     return read(adapter)
 
 
+def load_base(model_spec: str, task_kind: str, label_map: Any = None, dtype: str = "fp32",
+              quantize: str = "none") -> tuple[nn.Module, Any]:
+    """The base model with the head `task_kind` needs (classifiers: label_map's width) and its tokenizer;
+    its weights in `dtype`, the frozen Linear weights quantized with `quantize` ("none": as loaded)."""
+    from loralab.models import load_tokenizer
+    from loralab.training.inputs import load_model_for
+    from loralab.training.memory import quantize_base
+
+    tokenizer = load_tokenizer(model_spec)
+    base = load_model_for(model_spec, task_kind, label_map, tokenizer, dtype=dtype)
+    quantize_base(base, quantize)
+    return base, tokenizer
+
+
 def load_with_adapters(adapters: dict[str, Path], model: str | os.PathLike | None = None, task: str | None = None,
-                       use: str | None = None, max_length: int | None = None) -> Loaded:
+                       use: str | None = None, max_length: int | None = None, precision=None,
+                       quantize: str = "none") -> Loaded:
     """Base model + every adapter (the first one's loralab-task.json names model and task unless given);
-    `use` (default: the first adapter) is made active. The adapters must share task and label map."""
+    `use` (default: the first adapter) is made active. The adapters must share task and label map.
+    precision (loralab.precision.Precision; None: fp32 on the CPU): the base loads in its dtype and the model
+    goes to its device; quantize: the frozen base's Linear weights stored as "int8" / "nf4" ("none": as loaded).
+    An adapter trained on a quantized or 16-bit base loads on any of them (its factors are plain fp32)."""
     import loralab
     from loralab.data.encoding import Task
-    from loralab.models import load_tokenizer
     from loralab.pretrained import adapter_task_and_labels, resolve_base
-    from loralab.training.inputs import load_model_for
 
     if not adapters:
         raise LoraLabError("no adapter given; pass --adapter NAME=PATH (a folder written by loralab train)")
@@ -80,10 +96,12 @@ def load_with_adapters(adapters: dict[str, Path], model: str | os.PathLike | Non
         if other_labels != label_map:
             raise LoraLabError(f"adapters {first!r} and {name!r} have different label maps; "
                                "load adapters with the same classes together")
-    tokenizer = load_tokenizer(source.folder)
-    base = load_model_for(str(source.folder), task_kind, label_map, tokenizer)
+    base, tokenizer = load_base(str(source.folder), task_kind, label_map,
+                                dtype=precision.name if precision is not None else "fp32", quantize=quantize)
     for name, path in adapters.items():
         loralab.load_adapter(base, path, adapter=name)
+    if precision is not None:
+        base.to(precision.device)
     use = use or first
     if use not in adapters:
         raise LoraLabError(f"--use {use!r} names no loaded adapter; loaded: {', '.join(adapters)}")

@@ -135,6 +135,22 @@ class TrainConfig:
     """Where to log scalars and the config: tensorboard, wandb, mlflow (loralab.training.tracking; several
     allowed; none: nowhere)."""
 
+    device: str = "auto"
+    """Where the model runs: auto (a GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps. Under
+    torchrun each process takes its local rank's GPU (cuda, auto) or the CPU (cpu)."""
+    dtype: str = "fp32"
+    """Precision of the frozen base weights and of the compute (autocast): fp32, bf16 or fp16 (fp16 with a loss
+    scaler). Trainable tensors and the optimizer state stay fp32 (loralab.precision)."""
+    quantize: str = "none"
+    """Store the frozen base's Linear weights quantized: none, int8 or nf4 (loralab.quantization; QLoRA-style).
+    The output head, embeddings and the adapter stay in full precision."""
+    gradient_checkpointing: bool = False
+    """Recompute each transformer layer's activations in backward instead of keeping them (transformers' own,
+    non-reentrant): much less activation memory for about one more forward pass of time."""
+    fsdp: bool = False
+    """Under torchrun: shard the frozen base across the processes (FSDP2, per transformer layer) instead of a
+    full copy per process (DDP). The adapter stays replicated, its gradients all-reduced."""
+
     def __post_init__(self) -> None:
         self._normalise()
         if self.task is None:  # a builtin data set knows its task; files default to classification
@@ -177,6 +193,7 @@ class TrainConfig:
 
         for name in self.report_to:
             REPORTERS.lookup(name)
+        self._check_runtime()
 
     def _normalise(self) -> None:
         """One spelling per value: the forms files and command lines give are turned into the stored ones."""
@@ -226,6 +243,25 @@ class TrainConfig:
             allowed = ", ".join(SCHEDULERS[self.scheduler]) or "none"
             raise LoraLabError(f"scheduler_options {unknown} do not apply to the {self.scheduler} schedule "
                                f"(its options: {allowed})")
+
+    def _check_runtime(self) -> None:
+        """device, dtype, quantize and the memory switches: known names (whether the device is there is checked
+        when the run starts, on the machine that runs it)."""
+        from loralab.precision import DEVICE_CHOICES, DTYPES, QUANTIZE_CHOICES
+
+        if not isinstance(self.device, str) or not (self.device in ("auto", "cpu", "cuda", "mps")
+                                                    or self.device.startswith("cuda:")):
+            raise LoraLabError(f"device must be one of {DEVICE_CHOICES}, got {self.device!r}")
+        if self.dtype not in DTYPES:
+            raise LoraLabError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.quantize not in QUANTIZE_CHOICES:
+            raise LoraLabError(f"quantize must be one of {', '.join(QUANTIZE_CHOICES)}, got {self.quantize!r}")
+        for name in ("gradient_checkpointing", "fsdp"):
+            if not isinstance(getattr(self, name), bool):
+                raise LoraLabError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.quantize != "none" and self.method == "full":
+            raise LoraLabError("quantize applies to a frozen base; full fine-tuning trains every weight (drop "
+                               "quantize, or train an adapter)")
 
     def _check_numbers(self) -> None:
         """The float settings: finite (no inf/nan from the command line) and in range."""
@@ -290,13 +326,15 @@ class TrainConfig:
 # NaN stop; the schedule's shape is kept and scaled to it), the run's length (epochs, max_steps: a longer
 # run continues the same batch order and re-stretches the decay), evaluation, checkpoint and log cadence,
 # early-stopping patience, gradient clipping, and how the process runs (threads, progress bar, compile,
-# evaluation batch size). Everything else fixes what the checkpoint means — model, data, task, LoRA or
-# method settings, batch size and accumulation (the position in the epoch), seed (the batch order),
-# optimizer constants and schedule kind, best metric — and is refused. Where the run reports to
+# evaluation batch size; device, dtype, gradient checkpointing and FSDP: checkpoints hold fp32 trainable
+# tensors and optimizer state on the CPU, so a run trained on a GPU in bf16 resumes on a CPU in fp32).
+# Everything else fixes what the checkpoint means — model, data, task, LoRA or method settings, quantize (the
+# base the adapter trains against), batch size and accumulation (the position in the epoch), seed (the batch
+# order), optimizer constants and schedule kind, best metric — and is refused. Where the run reports to
 # (report_to) may change too: a resumed run's trackers continue from the checkpoint's step.
 RESUMABLE_FIELDS = ("lr", "epochs", "max_steps", "eval_every", "checkpoint_every", "log_every",
                     "early_stopping_patience", "max_grad_norm", "threads", "progress", "compile", "eval_batch_size",
-                    "report_to")
+                    "report_to", "device", "dtype", "gradient_checkpointing", "fsdp")
 
 
 def resume_changes(saved: TrainConfig, new: TrainConfig,

@@ -213,6 +213,10 @@ def merge_settings(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any
     cleared."""
     merged = {key: dict(value) if isinstance(value, dict) else value for key, value in base.items()}
     for key, value in layer.items():
+        if key == "lora" and isinstance(value, dict):
+            value = _loralab_lora_names(value)   # `lora_alpha` in one layer replaces `alpha` of another
+            if isinstance(merged.get(key), dict):
+                merged[key] = _loralab_lora_names(merged[key])
         if key in SECTIONS and isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = {**merged[key], **value}
         else:
@@ -221,6 +225,14 @@ def merge_settings(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any
         if layer.get(named) is not None and other not in layer:
             merged[other] = None
     return merged
+
+
+def _loralab_lora_names(section: dict[str, Any]) -> dict[str, Any]:
+    """A lora section with PEFT's field names (lora_alpha, use_dora, ...) spelt as loralab's, so that layers
+    written in either spelling override each other field by field."""
+    from loralab.surgery.peft_names import peft_kwargs_to_loralab
+
+    return peft_kwargs_to_loralab(section)
 
 
 def config_yaml(config) -> str:

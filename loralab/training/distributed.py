@@ -4,17 +4,20 @@
     dist = setup()                                           # reads RANK, WORLD_SIZE, LOCAL_RANK
     model = wrap(model, dist)                                # DDP after LoRA injection
 
-Backend: gloo on CPU, NCCL when CUDA is available. DDP is wrapped *after* `loralab.inject`, so it sees
+Device and backend: `setup(device)` resolves the run's device (loralab.precision.resolve_device); under
+torchrun a CUDA device means each process takes its local rank's GPU and NCCL, anything else gloo (two CPU
+processes on one machine, the tests' setting). DDP is wrapped *after* `loralab.inject`, so it sees
 the frozen base weights as requires_grad=False and neither registers hooks for them nor all-reduces
 them: only the LoRA factors (and modules_to_save copies) are synchronised. `synchronised_parameters`
 lists what DDP will reduce, which tests compare with the trainable set.
 Only rank 0 writes files and prints; every rank holds the same trained weights after each step.
+With `fsdp=True` the frozen base is sharded instead of copied (loralab.training.fsdp) and the same holds.
 """
 from __future__ import annotations
 
 import datetime
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -24,12 +27,15 @@ from loralab.errors import LoraLabError
 
 @dataclass(frozen=True)
 class DistInfo:
-    """Where this process sits: rank among world_size processes, local_rank on its machine."""
+    """Where this process sits: rank among world_size processes, local_rank on its machine, the device its
+    model lives on, and whether the frozen base is sharded across the processes (FSDP) or copied (DDP)."""
 
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
     backend: str | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    sharded: bool = False
 
     @property
     def enabled(self) -> bool:
@@ -38,12 +44,6 @@ class DistInfo:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-    @property
-    def device(self) -> torch.device:
-        if self.backend == "nccl":
-            return torch.device("cuda", self.local_rank)
-        return torch.device("cpu")
 
 
 def env_world_size() -> int:
@@ -54,24 +54,49 @@ def env_world_size() -> int:
         raise LoraLabError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not an integer") from None
 
 
-def setup(backend: str | None = None, timeout_s: float = 1800.0) -> DistInfo:
+def setup(backend: str | None = None, timeout_s: float = 1800.0, device: str = "auto",
+          fsdp: bool = False) -> DistInfo:
     """Join the process group described by the torchrun environment; a single process when WORLD_SIZE is
-    unset or 1. backend None picks NCCL with CUDA, else gloo."""
+    unset or 1. device: the run's device spec (loralab.precision); under torchrun "auto"/"cuda" mean the local
+    rank's GPU (NCCL) when there are GPUs, else the CPU (gloo). backend None picks by the device.
+    fsdp: shard the frozen base (needs several processes)."""
+    from loralab.precision import resolve_device
+
     world_size = env_world_size()
     if world_size <= 1:
-        return DistInfo()
+        if fsdp:
+            raise LoraLabError("fsdp shards the model across processes; launch with torchrun --nproc_per_node=N "
+                               "(N > 1), or drop fsdp")
+        return DistInfo(device=resolve_device(device))
     import torch.distributed as dist
 
     missing = [k for k in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
     if missing:
         raise LoraLabError(f"WORLD_SIZE={world_size} but {', '.join(missing)} is not set; launch with torchrun")
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
-    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
-    if backend == "nccl":
-        torch.cuda.set_device(local_rank)
+    resolved = _rank_device(device, local_rank)
+    backend = backend or ("nccl" if resolved.type == "cuda" else "gloo")
+    if resolved.type == "cuda":
+        torch.cuda.set_device(resolved)
     if not dist.is_initialized():
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
-    return DistInfo(rank, world_size, local_rank, backend)
+    return DistInfo(rank, world_size, local_rank, backend, resolved, fsdp)
+
+
+def _rank_device(spec: str, local_rank: int) -> torch.device:
+    """A torchrun process's device: its local rank's GPU for a CUDA spec, else the spec's device."""
+    from loralab.precision import resolve_device
+
+    if spec.startswith("cuda:"):
+        raise LoraLabError(f"--device {spec}: under torchrun each process takes its local rank's GPU; give --device "
+                           "cuda (and CUDA_VISIBLE_DEVICES to choose the GPUs)")
+    resolved = resolve_device(spec)
+    if resolved.type != "cuda":
+        return resolved
+    if local_rank >= torch.cuda.device_count():
+        raise LoraLabError(f"local rank {local_rank} has no GPU (there are {torch.cuda.device_count()}); start at "
+                           "most that many processes per machine (--nproc_per_node)")
+    return torch.device("cuda", local_rank)
 
 
 def cleanup(info: DistInfo) -> None:
@@ -83,11 +108,16 @@ def cleanup(info: DistInfo) -> None:
 
 
 def wrap(model: nn.Module, info: DistInfo) -> nn.Module:
-    """DDP around an injected model (unchanged when not distributed). Call after `loralab.inject`."""
+    """DDP around an injected model, or its frozen base sharded in place (FSDP, `info.sharded`); unchanged when
+    not distributed. Call after `loralab.inject`."""
     if not info.enabled:
         return model
     if not any(p.requires_grad for p in model.parameters()):
         raise LoraLabError("no trainable parameters to synchronise; inject an adapter before wrapping")
+    if info.sharded:
+        from loralab.training.fsdp import shard_frozen_base
+
+        return shard_frozen_base(model, info)
     from torch.nn.parallel import DistributedDataParallel
 
     device_ids = [info.local_rank] if info.device.type == "cuda" else None

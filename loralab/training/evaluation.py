@@ -1,6 +1,7 @@
 """Scoring a model on an encoded data set: loss and the task's metrics, split across data-parallel ranks."""
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -9,6 +10,7 @@ import torch
 from torch import nn
 
 from loralab.errors import LoraLabError
+from loralab.precision import Precision
 from loralab.training import distributed
 from loralab.data.batching import PadCollator, eval_batches
 from loralab.data.encoding import IGNORE_INDEX, EncodedDataset
@@ -48,28 +50,36 @@ def _score_batch(model: nn.Module, batch: dict[str, torch.Tensor], task_kind: st
 
 def evaluate(model: nn.Module, dataset: EncodedDataset, task_kind: str, collator: PadCollator,
              batch_size: int = 64, label_map: LabelMap | None = None,
-             dist: distributed.DistInfo | None = None, device: torch.device | None = None) -> EvalResult:
-    """Score `dataset` (features with labels) under torch.inference_mode, model in eval mode.
+             dist: distributed.DistInfo | None = None, device: torch.device | None = None,
+             precision: Precision | None = None) -> EvalResult:
+    """Score `dataset` (features with labels) under torch.inference_mode, model in eval mode, forward under
+    `precision`'s autocast (loralab.precision; fp32 and the model's device when None).
 
     Batches are sorted by length (eval_batches); with several ranks, rank r scores batches r, r+N, ...
-    and the results are gathered, so every rank returns the same metrics. Loss: mean cross-entropy per
+    and the results are gathered, so every rank returns the same metrics (with a sharded model, ranks with
+    fewer batches run spare forwards: each forward is a collective). Loss: mean cross-entropy per
     example (classification), mean squared error (regression), mean cross-entropy per target token
     (causal LM, whose metrics add perplexity = exp(loss)).
     """
     dist = dist or distributed.DistInfo()
-    device = device or dist.device
+    device = device or (precision.device if precision is not None else dist.device)
+    autocast = precision.autocast() if precision is not None else contextlib.nullcontext()
     inner = distributed.unwrap(model)
     was_training = inner.training
     inner.eval()
     batches = eval_batches(dataset.lengths, batch_size)
     outputs: dict[int, list[Any]] = {}
     loss_sum, count = 0.0, 0
-    with torch.inference_mode():
-        for b in range(dist.rank, len(batches), dist.world_size):
+    mine = range(dist.rank, len(batches), dist.world_size)
+    spare = -(-len(batches) // dist.world_size) - len(mine) if dist.sharded else 0
+    with torch.inference_mode(), autocast:
+        for b in mine:
             batch = move_batch(collator([dataset[i] for i in batches[b]]), device)
             batch_loss, batch_count, outputs[b] = _score_batch(inner, batch, task_kind)
             loss_sum += batch_loss
             count += batch_count
+        for _ in range(spare):
+            _score_batch(inner, move_batch(collator([dataset[i] for i in batches[0]]), device), task_kind)
     if was_training:
         inner.train()
     gathered = distributed.all_gather_objects((outputs, loss_sum, count), dist)

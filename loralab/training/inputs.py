@@ -57,14 +57,16 @@ def head_modules(model: nn.Module) -> tuple[str, ...]:
     return task_head_modules(model)
 
 
-def load_model_for(spec: str, task: str, label_map: LabelMap | None, tokenizer: Any) -> nn.Module:
-    """The model with the head the task needs; classifier heads get `label_map.num_labels` outputs and a
-    pad token id (GPT-2/LLaMA classifiers find each row's last real token through it)."""
+def load_model_for(spec: str, task: str, label_map: LabelMap | None, tokenizer: Any,
+                   dtype: str = "fp32") -> nn.Module:
+    """The model with the head the task needs, its weights in `dtype`; classifier heads get
+    `label_map.num_labels` outputs and a pad token id (GPT-2/LLaMA classifiers find each row's last real token
+    through it)."""
     from loralab.models import load_model
 
     if task_kind(task).is_generative:
-        return load_model(spec, task="causal-lm")
-    model = load_model(spec, task="sequence-classification", num_labels=label_map.num_labels)
+        return load_model(spec, task="causal-lm", dtype=dtype)
+    model = load_model(spec, task="sequence-classification", num_labels=label_map.num_labels, dtype=dtype)
     if label_map.regression:
         model.config.problem_type = "regression"
     else:

@@ -32,7 +32,9 @@ from loralab.training.inputs import head_modules, input_paths, load_model_for, l
 from loralab.training.run_folder import (ADAPTER_DIR, read_config, record_resume, write_best_adapter, write_config,
                                          write_metrics, write_plot)
 from loralab.training.run_output import CommitAtFirstCheckpoint, RunOutput
+from loralab.training.memory import enable_gradient_checkpointing, quantize_base
 from loralab.training.runtime import seed_everything, set_threads
+from loralab.precision import Precision, check_dtype, dtype_of
 from loralab.training.stopping import stop_on_signals
 from loralab.training.tracking import Tracking
 from loralab.training.trainer import Trainer, TrainerCallback
@@ -60,9 +62,10 @@ def run_training(config: TrainConfig, output_dir: str | os.PathLike, resume: boo
     in_place_ok: allow writing into an existing folder of other files (see loralab.training.run_output).
     """
     started = time.perf_counter()
-    dist = distributed.setup()
+    dist = distributed.setup(device=config.device, fsdp=config.fsdp)
     say = log if dist.is_main else (lambda message: None)
     try:
+        check_dtype(dist.device, dtype_of(config.dtype))     # a dtype the device cannot run: before any write
         threads = set_threads(config.threads, int(os.environ.get("LOCAL_WORLD_SIZE", dist.world_size)))
         protected = input_paths(config) + tuple(Path(p) for p in inputs)
         tracking = Tracking(config, run_name=Path(output_dir).name)  # a missing tracker package fails here
@@ -143,18 +146,23 @@ def prepare_inputs(config: TrainConfig, dist: distributed.DistInfo, threads: int
 
 def build_model(config: TrainConfig, prepared: RunInputs, dist: distributed.DistInfo,
                 say: Callable[[str], None]) -> nn.Module:
-    """The model with its task head and the adapter (or baseline method), seeded, on the rank's device."""
+    """The model with its task head and the adapter (or baseline method), seeded, on the rank's device: the
+    base loaded in config.dtype and quantized as config.quantize asks, trainable tensors fp32."""
     import loralab
 
     seed_everything(config.seed)  # before the head and LoRA initialisation
-    model = load_model_for(config.model, prepared.task.kind, prepared.label_map, prepared.tokenizer)
+    model = load_model_for(config.model, prepared.task.kind, prepared.label_map, prepared.tokenizer,
+                           dtype=config.dtype)
+    quantize_base(model, config.quantize, say)
     if config.method == "lora":
         loralab.inject(model, config.lora_config(head_modules(model)))
     else:
         from loralab.baselines import METHODS
 
         METHODS[config.method](model, **config.method_options)
-    model.to(dist.device)
+    if config.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    Precision(dist.device, dtype_of(config.dtype)).prepare(model)
     say(loralab.trainable_summary(model))
     return model
 
@@ -188,8 +196,9 @@ def _finish(trainer: Trainer, state: dict[str, Any], prepared: RunInputs, dist: 
         best_rows = [r for r in state["history"] if r["split"] == "dev" and r["step"] == state["best_step"]]
         result["dev"] = {k: v for k, v in best_rows[-1].items() if k not in ("step", "epoch", "split")}
     if "test" in prepared.encoded:
-        result["test"] = evaluate(trainer.model, prepared.encoded["test"], prepared.task.kind, prepared.collator,
-                                  config.eval_batch_size, prepared.label_map, dist).metrics
+        result["test"] = evaluate(trainer.model, prepared.encoded["test"], prepared.task.kind,
+                                  prepared.collator, config.eval_batch_size, prepared.label_map, dist,
+                                  precision=trainer.precision).metrics
         say("test: " + ", ".join(f"{k} {v:.4f}" for k, v in result["test"].items()))
     train = prepared.encoded["train"]
     result.update(train_examples=len(getattr(train, "source", train)), examples_seen=state["examples"],

@@ -45,6 +45,7 @@ from loralab.data.encoding import EncodedDataset
 from loralab.data.labels import LabelMap
 from loralab.training.evaluation import evaluate, move_batch
 from loralab.training.optimization import build_optimizer, build_scheduler, set_peak_lr
+from loralab.precision import Precision, dtype_of
 
 SANE_GROWTH = 1e3
 
@@ -108,12 +109,18 @@ class Trainer:
                  log: Callable[[str], None] = print, callbacks: Sequence[TrainerCallback] = ()) -> None:
         self.config = config
         self.dist = dist or distributed.DistInfo()
+        self.precision = Precision(self.dist.device, dtype_of(getattr(config, "dtype", "fp32")))
+        self.scaler = self.precision.grad_scaler()     # fp16 only; a pass-through otherwise
         self.model = model  # unwrapped
         # dynamic=True: batches have many lengths (dynamic padding); avoids a recompile per length.
         self.forward_model = torch.compile(model, dynamic=True) if config.compile else model
         self.forward_model = distributed.wrap(self.forward_model, self.dist)
-        if self.dist.enabled:
+        if self.dist.enabled and not self.dist.sharded:
             self._check_synchronised(log if self.dist.is_main else (lambda message: None))
+        elif self.dist.sharded and self.dist.is_main:
+            from loralab.training.fsdp import describe
+
+            log(describe(model, self.dist))
         self.train_set, self.dev_set = train_set, dev_set
         self.collator, self.label_map = collator, label_map
         self.output_dir = Path(output_dir)
@@ -212,6 +219,8 @@ class Trainer:
         self.state.update(sane=sane, max_abs_weight=max_abs if math.isfinite(max_abs) else None)
         if sane:
             self.state["last_good"] = name
+        if self.scaler.is_enabled():
+            self.state["grad_scaler"] = self.scaler.state_dict()     # plain numbers: the scale and its tracker
         if self.dist.is_main:
             also_keep = {self.state.get("last_good"), step_name(self.state["best_step"] or 0)}
             with self._writing(f"checkpoint {name}"):
@@ -232,6 +241,8 @@ class Trainer:
         self.scheduler = self._new_scheduler()
         state = apply_checkpoint(checkpoint, self.model, self.optimizer, self.scheduler)
         self.state.update(state)
+        if self.scaler.is_enabled() and state.get("grad_scaler"):
+            self.scaler.load_state_dict(state["grad_scaler"])
         set_peak_lr(self.optimizer, self.scheduler, self.config.lr)  # a new --lr applies from here on
         distributed.barrier(self.dist)  # every rank has read before rank 0 tidies up
         pointer = self.checkpoint_dir / LATEST
@@ -266,7 +277,10 @@ class Trainer:
 
     def _step(self, group: Sequence[Sequence[int]]) -> tuple[float, float]:
         """Forward/backward over the micro-batches of one optimizer step, then clip and update.
-        Returns (mean loss over the global batch's micro-batches, gradient norm before clipping)."""
+        Returns (mean loss over the global batch's micro-batches, gradient norm before clipping).
+        Forward runs under the precision's autocast; with fp16 the loss is scaled for backward and the
+        gradients unscaled before clipping, and a step whose gradients overflowed is skipped (the scaler
+        lowers its scale) instead of stopping the run."""
         model = self.forward_model
         model.train()
         losses = torch.zeros(1, dtype=torch.float64)
@@ -274,25 +288,39 @@ class Trainer:
             batch = move_batch(self.collator([self.train_set[j] for j in indices]), self.dist.device)
             last = i == len(group) - 1
             # Inside an accumulation window DDP must not all-reduce; it does so on the window's last backward.
-            sync = contextlib.nullcontext() if (last or not self.dist.enabled) else model.no_sync()
+            ddp = self.dist.enabled and not self.dist.sharded
+            sync = model.no_sync() if (ddp and not last) else contextlib.nullcontext()
             with sync:
-                loss = model(**batch).loss
-                (loss / len(group)).backward()
+                with self.precision.autocast():
+                    loss = model(**batch).loss
+                self.scaler.scale(loss / len(group)).backward()
             losses += loss.detach().double().cpu()
+        if self.dist.sharded:
+            from loralab.training.fsdp import sync_gradients
+
+            sync_gradients(self.params, self.dist)
         value = float(distributed.all_reduce_sum(losses / len(group), self.dist) / self.dist.world_size)
-        if self.config.max_grad_norm is not None:
-            norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm))
-        else:
-            norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in self.params
-                                                               if p.grad is not None])))
-        if not (math.isfinite(value) and math.isfinite(norm)):
+        self.scaler.unscale_(self.optimizer)
+        norm = self._clip()
+        overflow = self.scaler.is_enabled() and math.isfinite(value) and not math.isfinite(norm)
+        if not overflow and not (math.isfinite(value) and math.isfinite(norm)):
             self.optimizer.zero_grad(set_to_none=True)
             raise self._diverged("loss" if not math.isfinite(value) else "gradient norm",
                                  value if not math.isfinite(value) else norm)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)        # skipped by the scaler when fp16 gradients overflowed
+        self.scaler.update()
+        if overflow:
+            self.state["skipped_steps"] = self.state.get("skipped_steps", 0) + 1
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return value, norm
+
+    def _clip(self) -> float:
+        """The global gradient norm before clipping (clipped to max_grad_norm when set)."""
+        if self.config.max_grad_norm is not None:
+            return float(torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm))
+        return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in self.params
+                                                           if p.grad is not None])))
 
     def _diverged(self, what: str, value: float) -> TrainingDiverged:
         """The error for a NaN/Inf stop, naming the last sane checkpoint (and pointing LATEST back at it)."""
@@ -316,7 +344,7 @@ class Trainer:
         if self.dev_set is None:
             return None
         return evaluate(self.forward_model, self.dev_set, self.config.task, self.collator,
-                        self.config.eval_batch_size, self.label_map, self.dist).metrics
+                        self.config.eval_batch_size, self.label_map, self.dist, precision=self.precision).metrics
 
     def _after_eval(self, metrics: dict[str, float]) -> None:
         value = metrics[self.config.best_metric] if self.config.best_metric in metrics else None

@@ -31,7 +31,8 @@ def test_json_output(capsys):
     assert round(b["adapter_file"]["fp16"]["MiB"], 1) == 36.0
     assert report["model"]["total_params"] == 174_604_259_328
     assert report["training"] == dict(batch_size=1, seq_len=2048, dtype="bf16", master_weights=True,
-                                      attention="eager")
+                                      attention="eager", gradient_checkpointing=False, quantize="none",
+                                      double_quant=False)
     mem = b["memory"]
     assert mem["lora"]["total"] < mem["full"]["total"] and mem["full"]["trained_params"] == 174_604_259_328
     assert any("AdamW" in a for a in report["assumptions"])

@@ -31,12 +31,20 @@ def test_overrides_are_typed_by_yaml_and_the_field(text, expected):
     ("lr", "'lr' is not an override; write KEY=VALUE"),
     ("lora.rnak=3", "unknown setting 'lora.rnak'; did you mean 'lora.r'?"),
     ("learning_rate=1e-3", "unknown setting 'learning_rate'; did you mean 'lr'?"),
-    ("lora.lora_alpha=32", "unknown setting 'lora.lora_alpha'; did you mean 'lora.alpha'?"),
+    ("lora.lora_alphaa=32", "unknown setting 'lora.lora_alphaa'; did you mean 'lora.lora_alpha'?"),
     ("seed.x=1", "unknown setting 'seed.x'"),
 ])
 def test_bad_overrides_are_one_line_naming_the_nearest_key(text, message):
     with pytest.raises(LoraLabError, match="^" + message.replace("(", r"\(").replace("?", r"\?")):
         apply_overrides({}, [text])
+
+
+def test_peft_spellings_override_loralab_spellings_field_by_field():
+    base = {"data": "sst2", "lora": {"r": 16, "alpha": 16.0}}
+    merged = apply_overrides(base, ["lora.lora_alpha=32", "lora.use_dora=true"])
+    assert merged["lora"] == {"r": 16, "alpha": 32, "variant": "dora"}
+    assert TrainConfig(**merged).lora["alpha"] == 32
+    assert merge_settings({"lora": {"lora_alpha": 8, "r": 4}}, {"lora": {"alpha": 2}})["lora"] == {"alpha": 2, "r": 4}
 
 
 def test_overrides_change_only_what_they_name():

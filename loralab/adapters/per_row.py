@@ -1,0 +1,71 @@
+"""Mixed-adapter batches: row i of a batch uses adapter names[i], or the bare base model for None.
+
+    with loralab.per_row_adapters(model, ["sst2", "mrpc", None, "sst2"]):
+        logits = model(**batch).logits            # row 2 is the base model's output
+    with loralab.per_row_adapters(model, names):
+        ids = model.generate(**prompts, do_sample=False)
+
+Inside the block the rows' names replace the active adapter in every LoraLayer and TrainableCopy
+(modules_to_save); on exit the model is as before. The math is in loralab.core.rows.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+from torch import nn
+
+from loralab.adapters.state import TrainableCopy, adapter_state
+from loralab.core.lora import LoraLayer
+from loralab.core.rows import RowPlan
+from loralab.errors import LoraLabError
+
+
+@contextlib.contextmanager
+def per_row_adapters(model: nn.Module, names: Sequence[str | None], strategy: str | None = None) -> Iterator[nn.Module]:
+    """Run the model with one adapter per batch row (see the module docstring).
+
+    names: one adapter name or None per row of the batches run inside the block (a layer that sees m·B
+    rows, as generate's beams do, repeats each name m times). strategy: None (picked per layer and
+    shape), "grouped" or "gathered" (loralab.core.rows). Refused with a LoraLabError: unknown names,
+    adapters merged into the base weights (the base rows would not be the base), variants that do not
+    declare `per_row`, and nesting.
+    """
+    found = [(name, m) for name, m in model.named_modules() if isinstance(m, (LoraLayer, TrainableCopy))]
+    plan = _checked_plan(model, names, strategy, [(n, m) for n, m in found if isinstance(m, LoraLayer)])
+    layers = [module for _, module in found]         # one walk: this runs around every decoding step
+    if any(module.row_plan is not None for module in layers):
+        raise LoraLabError("per_row_adapters blocks cannot nest; leave the outer block first")
+    for module in layers:
+        module.row_plan = plan
+    try:
+        yield model
+    finally:
+        for module in layers:
+            module.row_plan = None
+
+
+def _checked_plan(model: nn.Module, names: Sequence[str | None], strategy: str | None,
+                  layers: list[tuple[str, LoraLayer]]) -> RowPlan:
+    if isinstance(names, str) or not isinstance(names, Sequence) or not names:
+        raise LoraLabError("per_row_adapters needs a non-empty list with one adapter name (or None) per row")
+    known = adapter_state(model).configs
+    unknown = sorted({str(n) for n in names if n is not None and n not in known})
+    if unknown:
+        raise LoraLabError(f"per_row_adapters: no adapter named {', '.join(map(repr, unknown))}; this model has "
+                           f"{sorted(known) or 'none'}")
+    used = {n for n in names if n is not None}
+    for layer_name, layer in layers:
+        if layer.merged:
+            raise LoraLabError(f"per_row_adapters: adapter(s) {', '.join(map(repr, layer.merged))} are merged into "
+                               f"{layer_name}'s base weights, so no row could use the base or another adapter; "
+                               f"call loralab.unmerge(model) first")
+        for name in used & set(layer.lora_adapters):
+            variant = layer.lora_adapters[name].variant
+            if not variant.per_row:
+                raise LoraLabError(f"per_row_adapters: adapter {name!r} uses the {variant.name!r} variant, whose "
+                                   f"forward mixes batch rows; run it with loralab.set_adapter instead")
+    try:
+        return RowPlan(names, strategy)
+    except ValueError as exc:
+        raise LoraLabError(str(exc)) from None

@@ -1,0 +1,72 @@
+"""Serve a base model and many LoRA adapters over HTTP: OpenAI-compatible completions, classification, hot loading.
+
+    loralab serve --model smollm2-135m-instruct --adapter e2e=runs/e2e/adapter --port 8000
+    loralab serve --adapter sst2=runs/sst2/adapter --adapter mrpc=runs/mrpc/adapter     # a classifier server
+    loralab serve --model smollm2-135m-instruct --adapter-root /srv/adapters --api-key "$KEY"
+
+A request's "model" is the base model's name or an adapter's name; requests for different adapters are
+decoded together in mixed-adapter batches. Endpoints, limits and examples: docs/serving.md.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from loralab.cli.runtime_args import add_runtime_arguments
+    from loralab.data.tasks import TASK_NAMES
+    from loralab.serving.settings import API_KEY_ENV, ServeSettings
+
+    d = ServeSettings.__dataclass_fields__
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = __doc__.split("\n", 2)[2]
+    what = parser.add_argument_group("what to serve")
+    what.add_argument("--model", help="base model: builtin name, folder or .gguf (default: the first adapter's base)")
+    what.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH",
+                      help="an adapter folder to load at start; repeat for several")
+    what.add_argument("--task", choices=TASK_NAMES, help="default: the first adapter's task, else causal-lm")
+    what.add_argument("--served-model-name", help="the base model's name in requests (default: the --model spec)")
+    where = parser.add_argument_group("where and who")
+    where.add_argument("--host", default=d["host"].default, help="address to listen on (default: %(default)s)")
+    where.add_argument("--port", type=int, default=d["port"].default)
+    where.add_argument("--api-key", help=f"required as 'Authorization: Bearer KEY' on /v1/* (default: ${API_KEY_ENV})")
+    where.add_argument("--adapter-root", type=Path,
+                       help="folder under which /v1/load_lora_adapter may load adapters (default: hot loading off)")
+    limits = parser.add_argument_group("limits")
+    for flag, help_text in (("max-adapters", "adapters loaded at once"), ("max-lora-rank", "largest adapter rank"),
+                            ("max-batch-size", "rows decoded or classified together"),
+                            ("max-queue", "requests waiting for a row before 429"),
+                            ("max-body-bytes", "request body size"), ("max-tokens", "tokens one choice may ask for"),
+                            ("default-max-tokens", "completions without max_tokens"),
+                            ("max-n", "choices per request"), ("max-inputs", "texts per /v1/classify request")):
+        name = flag.replace("-", "_")
+        limits.add_argument(f"--{flag}", type=int, default=d[name].default, help=f"{help_text} (default: %(default)s)")
+    limits.add_argument("--max-prompt-tokens", type=int, help="prompt tokens (default: the model's context)")
+    limits.add_argument("--unload-timeout", type=float, default=d["unload_timeout"].default,
+                        help="seconds an unload waits for the adapter's running requests (default: %(default)s)")
+    add_runtime_arguments(parser)
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+
+
+def settings_from_args(args: argparse.Namespace):
+    from loralab.cli.runtime_args import runtime_fields
+    from loralab.serving.load import parse_adapter_specs
+    from loralab.serving.settings import ServeSettings
+
+    limits = {name: getattr(args, name) for name in (
+        "max_adapters", "max_lora_rank", "max_batch_size", "max_queue", "max_body_bytes", "max_tokens",
+        "default_max_tokens", "max_n", "max_inputs", "max_prompt_tokens", "unload_timeout")}
+    return ServeSettings(model=args.model, adapters=parse_adapter_specs(args.adapter), task=args.task,
+                         served_name=args.served_model_name, host=args.host, port=args.port, api_key=args.api_key,
+                         adapter_root=args.adapter_root, threads=args.threads, **runtime_fields(args), **limits)
+
+
+def run(args: argparse.Namespace) -> int:
+    import transformers
+
+    from loralab.serving.server import serve
+
+    transformers.logging.set_verbosity_error()
+    return serve(settings_from_args(args), log_level=args.log_level)

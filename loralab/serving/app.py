@@ -1,0 +1,328 @@
+"""The HTTP side of `loralab serve`: a FastAPI app over a Service.
+
+    GET  /                          the playground page (two models side by side, streamed)
+    GET  /health                    {"status": "ok"} (503 "draining" during shutdown)
+    GET  /metrics                   Prometheus text
+    GET  /v1/models                 the base model and every adapter (vLLM's shape: adapters name their parent)
+    POST /v1/completions            OpenAI completions (causal-LM servers)
+    POST /v1/chat/completions       OpenAI chat completions through the tokenizer's chat template
+    POST /v1/classify               labels and probabilities (classifier servers)
+    POST /v1/load_lora_adapter      {"lora_name", "lora_path"}: hot load from under --adapter-root
+    POST /v1/unload_lora_adapter    {"lora_name"}: waits for the adapter's running requests
+
+/v1/* needs "Authorization: Bearer KEY" when the server has an API key. Every error is OpenAI's error object
+with its status: 400 bad body or limits, 401 key, 403 path outside the adapter root, 404 unknown model,
+409 adapter in use, 429 queue full (Retry-After), 503 shutting down, 500 a failed model step.
+A client that disconnects cancels its generation at the next step.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from importlib import resources
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from loralab.serving import api
+from loralab.serving.api import ApiError
+from loralab.serving.engine import ClassifyJob, EventSink, GenerationJob
+from loralab.serving.service import Service
+
+
+def create_app(service: Service) -> FastAPI:
+    """The app; `app.state.draining = True` makes it refuse new requests (graceful shutdown)."""
+    app = FastAPI(title="loralab serve", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.service = service
+    app.state.draining = False
+    _error_handlers(app)
+    _routes(app, service)
+    return app
+
+
+def _error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        error = ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
+                         type="invalid_request_error" if exc.status_code < 500 else "internal_error")
+        return JSONResponse(error.body(), status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        error = ApiError(500, f"internal error ({type(exc).__name__})", type="internal_error", code="internal_error")
+        return JSONResponse(error.body(), status_code=500)
+
+
+def _routes(app: FastAPI, service: Service) -> None:
+    settings = service.settings
+
+    async def guard(request: Request) -> None:
+        if app.state.draining:
+            raise ApiError(503, "the server is shutting down; send the request to another instance",
+                           type="service_unavailable", code="shutting_down")
+        if settings.api_key is not None:
+            given = request.headers.get("authorization", "")
+            scheme, _, key = given.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(key.strip().encode(), settings.api_key.encode()):
+                raise ApiError(401, "missing or wrong API key; send 'Authorization: Bearer KEY'",
+                               code="invalid_api_key")
+
+    async def read_json(request: Request) -> dict[str, Any]:
+        await guard(request)
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > settings.max_body_bytes):
+            raise api.bad_request(f"the body is larger than this server's {settings.max_body_bytes} bytes")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > settings.max_body_bytes:
+                raise api.bad_request(f"the body is larger than this server's {settings.max_body_bytes} bytes")
+            chunks.append(chunk)
+        return api.parse_body(b"".join(chunks))
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        status = "draining" if app.state.draining else "ok"
+        return JSONResponse({"status": status, "task": service.task, "adapters": len(service.adapters)},
+                            status_code=503 if app.state.draining else 200)
+
+    @app.get("/metrics")
+    async def metrics() -> PlainTextResponse:
+        return PlainTextResponse(service.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/")
+    async def playground() -> HTMLResponse:
+        page = resources.files("loralab.serving").joinpath("static/playground.html").read_text(encoding="utf-8")
+        return HTMLResponse(page)
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> JSONResponse:
+        await guard(request)
+        return JSONResponse({"object": "list", "data": service.model_cards()})
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await _generation(request, service, await read_json(request), chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await _generation(request, service, await read_json(request), chat=True)
+
+    @app.post("/v1/classify")
+    async def classify(request: Request) -> JSONResponse:
+        return await _classify(request, service, await read_json(request))
+
+    @app.post("/v1/load_lora_adapter")
+    async def load_lora_adapter(request: Request) -> JSONResponse:
+        body = await read_json(request)
+        name = api.adapter_name_field(body)
+        path = api.field(body, "lora_path", "string", required=True)
+        info = await service.load_adapter(name, path)
+        return JSONResponse({"status": "loaded", "lora_name": name, "rank": info.rank, "task": info.task})
+
+    @app.post("/v1/unload_lora_adapter")
+    async def unload_lora_adapter(request: Request) -> JSONResponse:
+        name = api.adapter_name_field(await read_json(request))
+        await service.unload_adapter(name)
+        return JSONResponse({"status": "unloaded", "lora_name": name})
+
+
+# ------------------------------------------------------------------------------------------------
+# Requests that wait on the engine
+# ------------------------------------------------------------------------------------------------
+async def _wait_disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _next_event(sink: EventSink, disconnect: asyncio.Task) -> tuple | None:
+    """The next event for this request, or None when its client went away first."""
+    getter = asyncio.ensure_future(sink.get())
+    try:
+        done, _ = await asyncio.wait({getter, disconnect}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not getter.done():
+            getter.cancel()
+    return getter.result() if getter in done else None
+
+
+class _Tracker:
+    """Bookkeeping of one request: its adapter held against unloading, latency and status metrics."""
+
+    def __init__(self, service: Service, endpoint: str, model: str, adapter: str | None):
+        self.service, self.endpoint, self.model, self.adapter = service, endpoint, model, adapter
+        self.start = time.monotonic()
+        self.first_token: float | None = None
+        self._using = service.using(adapter)
+        self._using.__enter__()
+
+    def token(self) -> None:
+        if self.first_token is None:
+            self.first_token = time.monotonic()
+            self.service.metrics.observe("loralab_time_to_first_token_seconds", self.first_token - self.start,
+                                         {"model": self.model})
+
+    def done(self, status: int) -> None:
+        self._using.__exit__(None, None, None)
+        labels = {"model": self.model}
+        self.service.metrics.inc("loralab_requests_total", {"endpoint": self.endpoint, "status": str(status), **labels})
+        self.service.metrics.observe("loralab_request_seconds", time.monotonic() - self.start, labels)
+
+
+async def _generation(request: Request, service: Service, body: dict, chat: bool) -> Response:
+    if not service.generative:
+        raise ApiError(404, "this server classifies; use POST /v1/classify", code="wrong_endpoint")
+    req = api.generation_request(body, chat, service.settings)
+    adapter = service.resolve(req.model)
+    prompt_ids = await run_in_threadpool(service.encode_prompts, list(req.prompts), req.messages, req.max_tokens)
+    prompts = [ids for ids in prompt_ids for _ in range(req.n)]            # choice index = prompt·n + j
+    params = [req.sampling(i % req.n, req.max_tokens) for i in range(len(prompts))]
+    job = GenerationJob(api.new_id("cmpl" if not chat else "chatcmpl"), adapter, prompts, params,
+                        EventSink(asyncio.get_running_loop()))
+    endpoint = "/v1/chat/completions" if chat else "/v1/completions"
+    tracker = _Tracker(service, endpoint, req.model, adapter)
+    disconnect = asyncio.ensure_future(_wait_disconnect(request))
+    run = _Run(service, req, job, tracker, disconnect, prompt_tokens=sum(len(ids) for ids in prompt_ids))
+    status = 200
+    try:
+        service.engine.submit(job)
+        first = await run.next()
+        if req.stream:
+            return StreamingResponse(run.stream(first), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return JSONResponse(await run.collect())
+    except ApiError as exc:
+        status = exc.status
+        raise
+    except BaseException:
+        status = 499                        # cancelled (the server is stopping or the client left)
+        raise
+    finally:
+        if not req.stream or status != 200:
+            run.close(status)
+
+
+class _Run:
+    """One generation request's events: its choices' texts, finish reasons and token counts."""
+
+    def __init__(self, service: Service, req: api.GenerationRequest, job: GenerationJob, tracker: _Tracker,
+                 disconnect: asyncio.Task, prompt_tokens: int):
+        self.service, self.req, self.job, self.tracker, self.disconnect = service, req, job, tracker, disconnect
+        self.prompt_tokens = prompt_tokens
+        choices = len(job.prompts)
+        self.texts, self.reasons, self.tokens = [""] * choices, [None] * choices, [0] * choices
+        self.closed = False
+
+    @property
+    def finished(self) -> bool:
+        return all(r is not None for r in self.reasons)
+
+    async def next(self) -> tuple:
+        """The next event; raises ApiError for an error event, and 499 (client closed) on disconnect."""
+        event = await _next_event(self.job.sink, self.disconnect)
+        if event is None:
+            raise ApiError(499, "the client closed the connection")
+        if event[0] == "error":
+            raise event[1]
+        _, index, out = event
+        self.tracker.token()
+        self.texts[index] += out.text
+        self.tokens[index] = out.completion_tokens
+        if out.finished:
+            self.reasons[index] = out.finish_reason
+        return event
+
+    def usage(self) -> dict:
+        return api.usage(self.prompt_tokens, sum(self.tokens))
+
+    async def collect(self) -> dict:
+        while not self.finished:
+            await self.next()
+        choices = [{"index": i, "text": t, "finish_reason": r} for i, (t, r) in enumerate(zip(self.texts, self.reasons))]
+        return api.completion_object(self.req, self.job.job_id, choices, self.usage())
+
+    async def stream(self, first: tuple):
+        status = 499                          # until [DONE] is out: a client gone mid-stream closes the generator
+        try:
+            sent_role: set[int] = set()
+            event = first
+            while True:
+                _, index, out = event
+                chunk = api.chunk_object(self.req, self.job.job_id, index, out.text,
+                                         out.finish_reason if out.finished else None, first=index not in sent_role)
+                sent_role.add(index)
+                yield api.sse(chunk)
+                if self.finished:
+                    break
+                event = await self.next()
+            yield api.sse(api.usage_chunk(self.req, self.job.job_id, self.usage()))
+            yield api.sse("[DONE]")
+            status = 200
+        except ApiError as exc:               # a failed step mid-stream: an error event, then the end
+            status = exc.status
+            if exc.status != 499:
+                yield api.sse(exc.body())
+        finally:
+            self.close(status)
+
+    def close(self, status: int) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.disconnect.cancel()
+        if not self.finished:
+            self.service.engine.cancel(self.job.job_id)
+        self.tracker.done(status)
+        completion = sum(self.tokens)
+        labels = {"model": self.req.model}
+        self.service.metrics.inc("loralab_generation_tokens_total", labels, completion)
+        if status == 200:
+            self.service.metrics.inc("loralab_prompt_tokens_total", labels, self.prompt_tokens)
+
+
+async def _classify(request: Request, service: Service, body: dict) -> JSONResponse:
+    if service.generative:
+        raise ApiError(404, "this server generates text; use /v1/completions or /v1/chat/completions",
+                       code="wrong_endpoint")
+    req = api.classify_request(body, service.settings)
+    adapter = service.resolve(req.model)
+    features = await run_in_threadpool(service.encode_inputs, adapter, req.inputs)
+    job = ClassifyJob(adapter, features, EventSink(asyncio.get_running_loop()))
+    tracker = _Tracker(service, "/v1/classify", req.model, adapter)
+    disconnect = asyncio.ensure_future(_wait_disconnect(request))
+    status = 200
+    try:
+        service.engine.submit(job)
+        event = await _next_event(job.sink, disconnect)
+        if event is None:
+            status = 499
+            return JSONResponse({}, status_code=499)
+        if event[0] == "error":
+            raise event[1]
+    except ApiError as exc:
+        status = exc.status
+        raise
+    finally:
+        disconnect.cancel()
+        tracker.done(status)
+    labels = service.labels_of(adapter)
+    data = [_classification(i, value, labels) for i, value in enumerate(event[1])]
+    tokens = sum(len(f["input_ids"]) for f in features)
+    service.metrics.inc("loralab_classified_inputs_total", {"model": req.model}, len(features))
+    return JSONResponse({"id": api.new_id("cls"), "object": "classification", "created": int(time.time()),
+                         "model": req.model, "data": data, "usage": api.usage(tokens, 0)})
+
+
+def _classification(index: int, value, labels) -> dict:
+    if labels.regression:
+        return {"index": index, "value": value}
+    best = max(range(len(value)), key=value.__getitem__)
+    return {"index": index, "label": labels.names[best], "probs": dict(zip(labels.names, value))}

@@ -1,0 +1,314 @@
+"""What one server process serves: the base model, its adapters (hot loaded and unloaded), the engine.
+
+    service = Service.start(ServeSettings(model="smollm2-135m-instruct", adapters={"e2e": Path("runs/e2e/adapter")}))
+    adapter = service.resolve("e2e")              # None for the base model's name; 404 for unknown names
+    with service.using(adapter): ...              # an adapter in use is not unloaded under a request
+    await service.load_adapter("news", "/srv/adapters/news")
+    service.stop()
+
+One process serves one base model for one task: a causal LM (the OpenAI endpoints) or a classifier
+(/v1/classify; every adapter's labels.json must give the head the same number of outputs, each adapter
+keeps its own label names). Loading checks everything before the model is touched: the path lies under
+--adapter-root (403), the folder is an adapter for this task whose rank is within --max-lora-rank, and
+loralab.load_adapter checks every module and shape against the base (400 for another model's adapter).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from loralab.errors import LoraLabError
+from loralab.serving.api import ApiError, bad_request, not_found
+from loralab.serving.metrics import Metrics
+from loralab.serving.settings import ServeSettings
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    """A loaded adapter: folder, largest rank, task, label map (classifiers), token limit, load time."""
+    name: str
+    path: Path
+    rank: int
+    task: str
+    label_map: Any
+    max_length: int | None
+    created: int
+
+
+def describe_adapter(name: str, path: Path, task: str, max_rank: int, base_folder: Path | None = None) -> AdapterInfo:
+    """Read an adapter folder's config, task and labels without touching a model (loralab's folders and PEFT's,
+    see loralab.pretrained.adapter_task_and_labels); 400 when it is not an adapter for `task` within `max_rank`.
+    base_folder: the base model's folder, whose config.json may name a PEFT classifier's labels."""
+    from loralab.data.tasks import task_kind
+    from loralab.pretrained import adapter_task_and_labels
+    from loralab.serving.load import read_task_info
+
+    config_path = path / "adapter_config.json"
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        ranks = [int(config["r"]), *(int(r) for r in (config.get("rank_pattern") or {}).values())]
+        info = read_task_info(path)
+    except FileNotFoundError:
+        raise bad_request(f"adapter {name!r}: {path} has no adapter_config.json", param="lora_path") from None
+    except (OSError, ValueError, KeyError, TypeError, LoraLabError) as exc:
+        raise bad_request(f"adapter {name!r}: unreadable adapter_config.json or loralab-task.json ({exc})",
+                          param="lora_path") from None
+    if max(ranks) > max_rank:
+        raise bad_request(f"adapter {name!r} has rank {max(ranks)}, above this server's --max-lora-rank {max_rank}",
+                          param="lora_path")
+    try:
+        trained_for, label_map = adapter_task_and_labels(path, None, base_folder)
+    except (OSError, ValueError, LoraLabError) as exc:
+        raise bad_request(f"adapter {name!r}: {exc}", param="lora_path") from None
+    if task_kind(trained_for).is_generative != task_kind(task).is_generative:
+        raise bad_request(f"adapter {name!r} was trained for {trained_for}; this server serves {task}",
+                          param="lora_path")
+    return AdapterInfo(name, path, max(ranks), trained_for, label_map, info.get("max_length"), int(time.time()))
+
+
+class Service:
+    """The model, its tokenizer, the adapters and the engine (GenerationEngine or ClassifierEngine)."""
+
+    def __init__(self, settings: ServeSettings, model: nn.Module, tokenizer: Any, task: str, model_spec: str,
+                 label_map: Any = None):
+        from loralab.data.batching import pad_token_id_for
+        from loralab.data.tasks import task_kind
+        from loralab.serving.engine import ClassifierEngine, GenerationEngine
+
+        self.settings, self.model, self.tokenizer, self.task = settings, model, tokenizer, task
+        self.model_spec = model_spec
+        self.base_name = settings.served_name or model_spec
+        self.label_map = label_map                      # the head's width for classifiers
+        self.base_folder: Path | None = None            # where the base's config.json is (PEFT adapters' labels)
+        self.generative = task_kind(task).is_generative
+        self.metrics = Metrics()
+        self.adapters: dict[str, AdapterInfo] = {}
+        self.in_use: dict[str, int] = {}
+        self.unloading: set[str] = set()
+        self.manage_lock = asyncio.Lock()
+        self.created = int(time.time())
+        self._encode_lock = threading.Lock()            # request threads encode with their own tokenizer copy
+        self._encoder = copy.deepcopy(tokenizer)
+        if self.generative:
+            self.engine = GenerationEngine(model, tokenizer, settings.max_batch_size, settings.max_queue, self.metrics)
+        else:
+            self.engine = ClassifierEngine(model, pad_token_id_for(tokenizer), settings.max_batch_size,
+                                           settings.max_queue, self.metrics, regression=label_map.regression)
+
+    # ---- start and stop ---------------------------------------------------------------------------
+    @classmethod
+    def start(cls, settings: ServeSettings) -> "Service":
+        """Load the base model and the --adapter adapters, start the engine."""
+        import loralab
+        from loralab.data.tasks import task_kind
+        from loralab.models import resolve_model_source
+        from loralab.pretrained import adapter_task_and_labels, resolve_base
+        from loralab.serving.load import load_base
+
+        first = next(iter(settings.adapters.values()), None)
+        if first is None and not settings.model:
+            raise LoraLabError("no model to serve; pass --model (and --adapter NAME=PATH for its adapters)")
+        source = resolve_base(first, settings.model) if first is not None else resolve_model_source(settings.model)
+        model_spec = str(settings.model or source.spec)
+        task = settings.task or (adapter_task_and_labels(first, None, source.folder)[0] if first else "causal-lm")
+        described = {name: _describe_or_fail(name, path, task, settings.max_lora_rank, source.folder)
+                     for name, path in settings.adapters.items()}
+        label_map = next((d.label_map for d in described.values()), None)
+        if label_map is None and not task_kind(task).is_generative:
+            raise LoraLabError("a classifier server needs at least one --adapter with its labels.json (it sets the "
+                               "head's number of outputs)")
+        precision = settings.precision()
+        model, tokenizer = load_base(str(source.folder), task, label_map, dtype=precision.name,
+                                     quantize=settings.quantize)
+        for name, adapter in described.items():
+            _check_head(adapter, label_map)
+            loralab.load_adapter(model, adapter.path, adapter=name)
+        model.to(precision.device).eval()
+        service = cls(settings, model, tokenizer, task, model_spec, label_map)
+        service.base_folder = source.folder
+        service.adapters.update(described)
+        service.metrics.set("loralab_adapters_loaded", len(described))
+        service.engine.start()
+        return service
+
+    def stop(self, timeout: float | None = None) -> None:
+        self.engine.stop(timeout)
+
+    # ---- which model a request names ----------------------------------------------------------------
+    def resolve(self, model: str) -> str | None:
+        """The adapter a request's "model" names (None: the base model); 404 for anything else."""
+        if model == self.base_name:
+            return None
+        if model in self.adapters and model not in self.unloading:
+            return model
+        raise not_found(model)
+
+    @contextlib.contextmanager
+    def using(self, adapter: str | None) -> Iterator[None]:
+        """Count a running request on `adapter`, so unloading waits for it."""
+        if adapter is not None:
+            self.in_use[adapter] = self.in_use.get(adapter, 0) + 1
+        try:
+            yield
+        finally:
+            if adapter is not None:
+                self.in_use[adapter] -= 1
+
+    def model_cards(self) -> list[dict]:
+        """/v1/models entries: the base, then each adapter with its base as parent (vLLM's shape)."""
+        cards = [{"id": self.base_name, "object": "model", "created": self.created, "owned_by": "loralab",
+                  "root": self.model_spec, "parent": None, "task": self.task}]
+        for info in self.adapters.values():
+            card = {"id": info.name, "object": "model", "created": info.created, "owned_by": "loralab",
+                    "root": str(info.path), "parent": self.base_name, "task": info.task, "rank": info.rank}
+            if info.label_map is not None:
+                card["labels"] = list(info.label_map.names)
+            cards.append(card)
+        return cards
+
+    # ---- encoding requests (on request threads) -----------------------------------------------------
+    def context_length(self) -> int | None:
+        from loralab.generation.decoder import context_length
+
+        return context_length(self.model)
+
+    def encode_prompts(self, prompts: list[str] | None, messages: Any, max_tokens: int) -> list[list[int]]:
+        """Token ids of each prompt (chat: the messages through the chat template); 400 when a prompt is
+        empty or too long for --max-prompt-tokens or the model's context with max_tokens added."""
+        from loralab.data.chat import chat_prompt_ids, check_messages
+
+        with self._encode_lock:
+            try:
+                if messages is not None:
+                    ids = [chat_prompt_ids(self._encoder, check_messages(list(messages), "messages"))]
+                else:
+                    ids = [self._encoder(p)["input_ids"] for p in prompts]
+            except LoraLabError as exc:
+                raise bad_request(str(exc), param="messages" if messages is not None else "prompt") from None
+        limit, context = self.settings.max_prompt_tokens, self.context_length()
+        for one in ids:
+            if not one:
+                raise bad_request("the prompt is empty after tokenization", param="prompt")
+            if limit is not None and len(one) > limit:
+                raise bad_request(f"the prompt has {len(one)} tokens, above this server's --max-prompt-tokens "
+                                  f"{limit}", param="prompt")
+            if context is not None and len(one) + max_tokens > context:
+                raise bad_request(f"this model's context is {context} tokens, but the prompt ({len(one)}) plus "
+                                  f"max_tokens ({max_tokens}) needs {len(one) + max_tokens}", param="max_tokens")
+        return ids
+
+    def encode_inputs(self, adapter: str | None, inputs: tuple) -> list[dict]:
+        """Classifier features of each (text, text_pair), tokenized as the adapter was trained."""
+        from loralab.data.encoding import Task, encode_examples
+        from loralab.data.examples import Example
+        from loralab.data.tasks import task_kind
+
+        info = self.adapters.get(adapter) if adapter is not None else None
+        kind = info.task if info is not None else self.task
+        pairs = task_kind(kind).text_pair
+        if pairs == "never" and any(b is not None for _, b in inputs):
+            raise bad_request(f"{adapter or self.base_name} classifies single texts; send strings, not pairs",
+                              param="input")
+        if pairs == "required" and any(b is None for _, b in inputs):
+            raise bad_request(f"{adapter or self.base_name} classifies text pairs; send [text, text_pair]",
+                              param="input")
+        task = Task(kind, max_length=info.max_length if info is not None else None)
+        examples = [Example(text=a, text_pair=b) for a, b in inputs]
+        with self._encode_lock:
+            try:
+                return list(encode_examples(examples, self._encoder, task, include_labels=False).features)
+            except LoraLabError as exc:
+                raise bad_request(str(exc), param="input") from None
+
+    def labels_of(self, adapter: str | None):
+        return self.adapters[adapter].label_map if adapter is not None else self.label_map
+
+    # ---- hot loading ----------------------------------------------------------------------------------
+    def adapter_path(self, raw: str) -> Path:
+        """The folder a load request names, resolved; 403 unless it lies under --adapter-root."""
+        root = self.settings.adapter_root
+        if root is None:
+            raise ApiError(403, "runtime adapter loading is off; start the server with --adapter-root FOLDER",
+                           type="permission_error", param="lora_path", code="forbidden")
+        path = Path(raw).expanduser()
+        path = (path if path.is_absolute() else root / path).resolve()
+        if path != root and root not in path.parents:
+            raise ApiError(403, f"{raw!r} is outside the server's --adapter-root", type="permission_error",
+                           param="lora_path", code="forbidden")
+        return path
+
+    async def load_adapter(self, name: str, raw_path: str) -> AdapterInfo:
+        import loralab
+
+        async with self.manage_lock:
+            if name in self.adapters or name == self.base_name:
+                raise bad_request(f"the name {name!r} is already taken; unload it first or pick another",
+                                  param="lora_name")
+            if len(self.adapters) >= self.settings.max_adapters:
+                raise bad_request(f"{len(self.adapters)} adapters are loaded, this server's --max-adapters; unload "
+                                  "one first", param="lora_name")
+            path = self.adapter_path(raw_path)
+            info = await asyncio.to_thread(describe_adapter, name, path, self.task, self.settings.max_lora_rank,
+                                           self.base_folder)
+            _check_head(info, self.label_map, error=bad_request)
+
+            def load() -> None:
+                loralab.load_adapter(self.model, path, adapter=name)
+                self.model.eval()                        # fresh modules start in training mode (dropout)
+            try:
+                await self.engine.call(load)
+            except LoraLabError as exc:
+                raise bad_request(f"adapter {name!r} does not fit this base model: {exc}", param="lora_path") from None
+            self.adapters[name] = info
+            self.metrics.set("loralab_adapters_loaded", len(self.adapters))
+            return info
+
+    async def unload_adapter(self, name: str) -> None:
+        """Wait (up to --unload-timeout) for the adapter's running requests, then delete it; 409 if they
+        are still running then (the adapter stays loaded), 404 for an unknown name."""
+        import loralab
+
+        async with self.manage_lock:
+            if name not in self.adapters:
+                raise not_found(name)
+            self.unloading.add(name)                     # new requests for it get 404 from here on
+            try:
+                deadline = time.monotonic() + self.settings.unload_timeout
+                while self.in_use.get(name, 0) and time.monotonic() < deadline:
+                    await asyncio.sleep(0.02)
+                if self.in_use.get(name, 0):
+                    raise ApiError(409, f"adapter {name!r} is still used by {self.in_use[name]} running request(s) "
+                                        f"after {self.settings.unload_timeout:g} s; it stays loaded, retry later",
+                                   type="conflict_error", param="lora_name", code="adapter_in_use")
+                await self.engine.call(lambda: loralab.delete_adapter(self.model, name))
+                del self.adapters[name]
+                self.in_use.pop(name, None)
+                self.metrics.set("loralab_adapters_loaded", len(self.adapters))
+            finally:
+                self.unloading.discard(name)
+
+
+def _describe_or_fail(name: str, path: Path, task: str, max_rank: int, base_folder: Path | None) -> AdapterInfo:
+    try:
+        return describe_adapter(name, Path(path), task, max_rank, base_folder)
+    except ApiError as exc:
+        raise LoraLabError(exc.message) from None
+
+
+def _check_head(info: AdapterInfo, label_map: Any, error=LoraLabError) -> None:
+    """A classifier adapter must fit the loaded head: same number of outputs, regression or not."""
+    if label_map is None or info.label_map is None:
+        return
+    if info.label_map.num_labels != label_map.num_labels or info.label_map.regression != label_map.regression:
+        raise error(f"adapter {info.name!r} predicts {info.label_map.num_labels} output(s) but this server's head "
+                    f"has {label_map.num_labels}; serve it from a server started with adapters of its shape")

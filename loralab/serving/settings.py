@@ -1,0 +1,92 @@
+"""ServeSettings: what `loralab serve` runs and its limits, validated at construction."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from loralab.errors import LoraLabError
+from loralab.precision import QUANTIZE_CHOICES
+
+API_KEY_ENV = "LORALAB_API_KEY"
+
+
+@dataclass
+class ServeSettings:
+    """One server process: one base model (and task), its adapters, where it listens, and its limits.
+
+    model: base model spec (builtin name, folder or .gguf, as `loralab train` takes; None: the first
+        adapter's base). adapters: {name: adapter folder} loaded at start. task: "causal-lm" (the OpenAI
+        endpoints) or a classifier task (/v1/classify); None: the first adapter's task, else causal-lm.
+    served_name: the base model's name in /v1/models and a request's "model" (default: the spec).
+    api_key: required as "Authorization: Bearer KEY" on /v1/* (default: $LORALAB_API_KEY; None: open).
+    adapter_root: folder under which /v1/load_lora_adapter may load adapters (None: runtime loading off).
+    max_adapters / max_lora_rank: limits for loaded adapters (rank: the largest r of any layer).
+    max_batch_size: rows decoded (or classified) together. max_queue: requests waiting for a row before
+        new ones get 429. max_body_bytes: request body size. max_prompt_tokens: prompt length (None: the
+        model's context). max_tokens: the most tokens one choice may ask for; default_max_tokens: what a
+        completion without max_tokens gets (chat requests get max_tokens). max_n: choices per request.
+    max_inputs: texts per /v1/classify request. unload_timeout: seconds an unload waits for the adapter's
+        running requests. threads: torch threads (None: torch's default).
+    device, dtype, quantize: where the model runs and how its frozen weights are stored, as on `loralab train`
+        (loralab.precision; "auto" picks a GPU when there is one); adapters stay fp32 in every case.
+    """
+
+    model: str | None = None
+    adapters: dict[str, Path] = field(default_factory=dict)
+    task: str | None = None
+    served_name: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    adapter_root: Path | None = None
+    max_adapters: int = 16
+    max_lora_rank: int = 64
+    max_batch_size: int = 32
+    max_queue: int = 256
+    max_body_bytes: int = 1 << 20
+    max_prompt_tokens: int | None = None
+    max_tokens: int = 512
+    default_max_tokens: int = 16
+    max_n: int = 8
+    max_inputs: int = 64
+    unload_timeout: float = 30.0
+    threads: int | None = None
+    device: str = "auto"
+    dtype: str = "fp32"
+    quantize: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.api_key is None:
+            self.api_key = os.environ.get(API_KEY_ENV) or None
+        for name in ("max_adapters", "max_lora_rank", "max_batch_size", "max_queue", "max_body_bytes", "max_tokens",
+                     "default_max_tokens", "max_n", "max_inputs"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise LoraLabError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
+        if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
+            raise LoraLabError(f"max-prompt-tokens must be a positive integer, got {self.max_prompt_tokens!r}")
+        if self.default_max_tokens > self.max_tokens:
+            raise LoraLabError(f"default-max-tokens ({self.default_max_tokens}) is above max-tokens ({self.max_tokens})")
+        if not 0 < self.port < 65536:
+            raise LoraLabError(f"port must be in 1..65535, got {self.port}")
+        if len(self.adapters) > self.max_adapters:
+            raise LoraLabError(f"{len(self.adapters)} adapters given but max-adapters is {self.max_adapters}; "
+                               "raise --max-adapters")
+        if self.adapter_root is not None:
+            root = Path(self.adapter_root).expanduser()
+            if not root.is_dir():
+                raise LoraLabError(f"--adapter-root {root} is not a folder")
+            self.adapter_root = root.resolve()
+        self.precision()   # a GPU asked for where none is, an unknown dtype: one line before anything loads
+        if self.quantize not in QUANTIZE_CHOICES:
+            raise LoraLabError(f"quantize must be one of {', '.join(QUANTIZE_CHOICES)}, got {self.quantize!r}")
+        if self.model is None and not self.adapters:
+            raise LoraLabError("nothing to serve: pass --model (a base model) and/or --adapter NAME=PATH")
+
+    def precision(self):
+        """The resolved device and dtype (loralab.precision.Precision)."""
+        from loralab.precision import Precision
+
+        return Precision.resolve(self.device, self.dtype)
+

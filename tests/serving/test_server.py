@@ -1,0 +1,137 @@
+"""Graceful shutdown (SIGTERM: running streams finish, new requests are refused, the engine drains),
+the `loralab serve` command line, settings validation and the Prometheus text format."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from loralab import LoraLabError
+from loralab.cli.main import build_parser
+from loralab.cli.serve_cmd import settings_from_args
+from loralab.serving.metrics import Metrics
+from loralab.serving.settings import ServeSettings
+
+
+def test_sigterm_finishes_running_streams_and_refuses_new_requests(start_server, lm_files):
+    base, adapters = lm_files
+    server = start_server(model=str(base), adapters=adapters)
+    gate = threading.Event()
+    lines: list[str] = []
+
+    def stream() -> None:
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            with c.stream("POST", "/v1/completions", json={"model": "b", "prompt": "the cat", "max_tokens": 20,
+                                                           "temperature": 0, "stream": True}) as r:
+                for line in r.iter_lines():
+                    lines.append(line)
+                    if len(lines) == 1:
+                        gate.set()
+    reader = threading.Thread(target=stream)
+    reader.start()
+    assert gate.wait(60)
+    server.server.handle_exit(signal.SIGTERM, None)          # what uvicorn's signal handler calls
+    assert server.app.state.draining
+    reader.join(60)
+    assert [line for line in lines if line][-1] == "data: [DONE]"
+    assert sum(line.startswith("data: {") for line in lines) == 20 + 1      # every token chunk and the usage
+    server.thread.join(30)
+    assert not server.thread.is_alive()                      # uvicorn stopped once the stream was done
+    with pytest.raises(httpx.TransportError):
+        httpx.get(server.url + "/health", timeout=5)
+    server.service.stop(30)
+    assert not server.service.engine._thread.is_alive()
+
+
+def test_command_line_flags_become_settings(tmp_path, monkeypatch):
+    monkeypatch.delenv("LORALAB_API_KEY", raising=False)
+    args = build_parser().parse_args([
+        "serve", "--model", "smollm2-135m-instruct", "--adapter", "a=runs/a/adapter", "--adapter", "b=runs/b",
+        "--port", "9001", "--adapter-root", str(tmp_path), "--max-batch-size", "8", "--max-queue", "5",
+        "--max-tokens", "64", "--default-max-tokens", "8", "--unload-timeout", "2.5", "--api-key", "k"])
+    settings = settings_from_args(args)
+    assert settings.model == "smollm2-135m-instruct" and list(settings.adapters) == ["a", "b"]
+    assert (settings.port, settings.max_batch_size, settings.max_queue, settings.max_tokens) == (9001, 8, 5, 64)
+    assert settings.adapter_root == tmp_path.resolve() and settings.api_key == "k" and settings.host == "127.0.0.1"
+    monkeypatch.setenv("LORALAB_API_KEY", "from-env")
+    assert ServeSettings(model="m").api_key == "from-env"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({}, "nothing to serve"),
+    ({"model": "m", "max_batch_size": 0}, "max-batch-size must be a positive integer"),
+    ({"model": "m", "default_max_tokens": 900}, "default-max-tokens (900) is above max-tokens"),
+    ({"model": "m", "adapter_root": "/no/such/folder"}, "is not a folder"),
+    ({"model": "m", "port": 70000}, "port must be in"),
+])
+def test_settings_refuse_bad_values_in_one_line(kwargs, message):
+    with pytest.raises(LoraLabError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        ServeSettings(**kwargs)
+
+
+def test_prometheus_text_format():
+    metrics = Metrics()
+    metrics.inc("loralab_requests_total", {"endpoint": "/v1/completions", "model": 'a"b', "status": "200"}, 3)
+    metrics.set("loralab_queue_depth", 4)
+    for value in (0.02, 0.3, 200.0):
+        metrics.observe("loralab_request_seconds", value, {"model": "a"})
+    text = metrics.render()
+    assert 'loralab_requests_total{endpoint="/v1/completions",model="a\\"b",status="200"} 3' in text
+    assert "loralab_queue_depth 4" in text
+    assert 'loralab_request_seconds_bucket{model="a",le="0.025"} 1' in text
+    assert 'loralab_request_seconds_bucket{model="a",le="0.5"} 2' in text
+    assert 'loralab_request_seconds_bucket{model="a",le="+Inf"} 3' in text
+    assert 'loralab_request_seconds_count{model="a"} 3' in text
+    assert "# TYPE loralab_request_seconds histogram" in text
+    assert metrics.value("loralab_queue_depth") == 4
+
+
+def test_serve_help_lists_the_flags(capsys):
+    with pytest.raises(SystemExit):
+        build_parser({"serve": ("loralab.cli.serve_cmd", "")}).parse_args(["serve", "--help"])
+    out = capsys.readouterr().out
+    for flag in ("--adapter-root", "--api-key", "--max-batch-size", "--max-queue", "--max-lora-rank", "--host"):
+        assert flag in out
+
+
+def test_loralab_serve_process_drains_on_sigterm_and_exits_0(lm_files):
+    """The real command: a stream in flight when SIGTERM arrives still ends with [DONE], and the process exits 0."""
+    base, adapters = lm_files
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "loralab", "serve", "--model", str(base), "--adapter",
+                                f"a={adapters['a']}", "--port", str(port), "--log-level", "warning"],
+                               env=env, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, process.stderr.read()
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "the server did not start"
+                time.sleep(0.2)
+        with httpx.stream("POST", url + "/v1/completions", timeout=60,
+                          json={"model": "a", "prompt": "the cat", "max_tokens": 30, "temperature": 0,
+                                "stream": True}) as r:
+            lines = r.iter_lines()
+            first = next(lines)
+            process.send_signal(signal.SIGTERM)
+            rest = [line for line in lines if line]
+        assert first.startswith("data: {") and rest[-1] == "data: [DONE]"
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
