@@ -331,11 +331,8 @@ def run_e2e(config: E2EConfig, out: str | os.PathLike, adapter: str | os.PathLik
             log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train (or reuse `adapter`), generate with the base zero-shot and with the adapter on the same test
     MRs, score both, write the tables and examples into `out`. Returns what results.json holds."""
-    import loralab
-    from loralab.metrics import score_e2e
-    from loralab.models import load_model, load_tokenizer
+    from loralab.metrics.meteor_jar import FALLBACK, meteor_implementation
     from loralab.precision import Precision
-    from loralab.training.memory import quantize_base
     from loralab.training.runtime import set_threads
 
     precision = Precision.resolve(config.device, config.dtype)    # a missing GPU: before anything is written
@@ -344,23 +341,52 @@ def run_e2e(config: E2EConfig, out: str | os.PathLike, adapter: str | os.PathLik
     started = time.perf_counter()
     set_threads(config.threads)
     if config.model == QUICK_MODEL:
-        quick_folder = write_quick_model(out / "quick-model", config)
-        config = replace(config, model=str(quick_folder))
+        config = replace(config, model=str(write_quick_model(out / "quick-model", config)))
     mrs, references = evaluation_set(config)
-    prompts = [config.instruction + mr for mr in mrs]
+    adapter_dir, train_metrics = _adapter_and_metrics(config, out, adapter, log)
+    outputs, seconds, trainable = _generate_both(config, adapter_dir, mrs, out, precision, log)
+    rows = _score_rows(config, outputs, references, seconds, trainable, adapter_dir, train_metrics)
+    examples = [{"mr": mrs[i], "base": outputs["base"][i], "lora": outputs["lora"][i],
+                 "reference": references[i][0], "references": len(references[i])}
+                for i in evenly_spaced(len(mrs), min(config.examples_shown, len(mrs)))] if config.examples_shown else []
+    result = {
+        "rows": rows, "examples": examples,
+        "config": {**asdict(config), "targets": list(config.targets)},
+        "adapter": str(adapter_dir),
+        "train": {k: train_metrics[k] for k in ("train_examples", "examples_seen", "steps", "train_seconds",
+                                                 "wall_seconds") if k in train_metrics},
+        "eval_mrs_of": 630 if config.data_dir is None else None,
+        "meteor": FALLBACK if config.meteor == "loralab" else meteor_implementation(),
+        "wall_seconds": round(time.perf_counter() - started, 1),
+    }
+    write_results(result, out)
+    log(f"wrote {out}: results.md, results.json, results.csv, examples.md, predictions/")
+    return result
 
-    train_metrics: dict[str, Any] = {}
+
+def _adapter_and_metrics(config: E2EConfig, out: Path, adapter: str | os.PathLike | None,
+                         log: Callable[[str], None]) -> tuple[Path, dict[str, Any]]:
+    """(adapter folder, its training metrics): trained (or resumed) under out/train, or the given `adapter`
+    with the metrics.json of the run that wrote it, when there is one."""
     if adapter is None:
-        adapter_dir, train_metrics = train_adapter(config, out, log)
-    else:
-        adapter_dir = Path(adapter)
-        if not (adapter_dir / "adapter_config.json").is_file():
-            raise LoraLabError(f"--adapter {adapter_dir}: no adapter_config.json there; give the adapter folder "
-                               "a training run wrote (e.g. <out>/train/adapter)")
-        metrics_path = adapter_dir.parent / "metrics.json"
-        if metrics_path.is_file():
-            train_metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+        return train_adapter(config, out, log)
+    adapter_dir = Path(adapter)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise LoraLabError(f"--adapter {adapter_dir}: no adapter_config.json there; give the adapter folder "
+                           "a training run wrote (e.g. <out>/train/adapter)")
+    metrics_path = adapter_dir.parent / "metrics.json"
+    return adapter_dir, json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
 
+
+def _generate_both(config: E2EConfig, adapter_dir: Path, mrs: list[str], out: Path, precision: Any,
+                   log: Callable[[str], None]) -> tuple[dict[str, list[str]], dict[str, float], int]:
+    """({system: outputs}, {system: generation seconds}, trainable parameters of the adapter) for the base
+    model zero-shot and the same model with the adapter, on the same prompts."""
+    import loralab
+    from loralab.models import load_model, load_tokenizer
+    from loralab.training.memory import quantize_base
+
+    prompts = [config.instruction + mr for mr in mrs]
     tokenizer = load_tokenizer(config.model)
     if not getattr(tokenizer, "chat_template", None):
         raise LoraLabError(f"{config.model}: the tokenizer has no chat template; this comparison prompts "
@@ -378,16 +404,19 @@ def run_e2e(config: E2EConfig, out: str | os.PathLike, adapter: str | os.PathLik
     outputs["base"], seconds["base"] = generate_for("base", model, tokenizer, prompts, config, out, decoding, log)
     loralab.load_adapter(model, adapter_dir)
     model.to(precision.device).eval()
-    adapter_weights = hashlib.sha256((adapter_dir / "adapter_model.safetensors").read_bytes()).hexdigest()[:16] \
-        if (adapter_dir / "adapter_model.safetensors").is_file() else str(adapter_dir)
+    weights = adapter_dir / "adapter_model.safetensors"
+    adapter_key = hashlib.sha256(weights.read_bytes()).hexdigest()[:16] if weights.is_file() else str(adapter_dir)
     outputs["lora"], seconds["lora"] = generate_for("lora", model, tokenizer, prompts, config, out,
-                                                    {**decoding, "adapter": adapter_weights}, log)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    del model
+                                                    {**decoding, "adapter": adapter_key}, log)
+    return outputs, seconds, sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-    from loralab.metrics.meteor_jar import FALLBACK, meteor_implementation
 
-    meteor_used = FALLBACK if config.meteor == "loralab" else meteor_implementation()
+def _score_rows(config: E2EConfig, outputs: dict[str, list[str]], references: list[list[str]],
+                seconds: dict[str, float], trainable: int, adapter_dir: Path,
+                train_metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """One results row per system: the five metrics, sizes and times."""
+    from loralab.metrics import score_e2e
+
     rows = []
     for system in SYSTEMS:
         scores = score_e2e(outputs[system], references, meteor=config.meteor)
@@ -397,26 +426,11 @@ def run_e2e(config: E2EConfig, out: str | os.PathLike, adapter: str | os.PathLik
             "trainable_params": trainable if lora_row else 0,
             "adapter_bytes": folder_bytes(adapter_dir) if lora_row else 0,
             "train_seconds": round(float(train_metrics.get("train_seconds", 0.0)), 3) if lora_row else 0.0,
-            "generate_seconds": round(seconds[system], 3), "mrs": len(mrs), "num_beams": config.num_beams,
-            "max_new_tokens": config.max_new_tokens,
-            "mean_output_words": round(sum(len(o.split()) for o in outputs[system]) / len(mrs), 2),
+            "generate_seconds": round(seconds[system], 3), "mrs": len(outputs[system]),
+            "num_beams": config.num_beams, "max_new_tokens": config.max_new_tokens,
+            "mean_output_words": round(sum(len(o.split()) for o in outputs[system]) / len(outputs[system]), 2),
         })
-    examples = [{"mr": mrs[i], "base": outputs["base"][i], "lora": outputs["lora"][i],
-                 "reference": references[i][0], "references": len(references[i])}
-                for i in evenly_spaced(len(mrs), min(config.examples_shown, len(mrs)))] if config.examples_shown else []
-    result = {
-        "rows": rows, "examples": examples,
-        "config": {**asdict(config), "targets": list(config.targets)},
-        "adapter": str(adapter_dir),
-        "train": {k: train_metrics[k] for k in ("train_examples", "examples_seen", "steps", "train_seconds",
-                                                 "wall_seconds") if k in train_metrics},
-        "eval_mrs_of": 630 if config.data_dir is None else None,
-        "meteor": meteor_used,
-        "wall_seconds": round(time.perf_counter() - started, 1),
-    }
-    write_results(result, out)
-    log(f"wrote {out}: results.md, results.json, results.csv, examples.md, predictions/")
-    return result
+    return rows
 
 
 # --------------------------------------------------------------------------------------------------
