@@ -78,6 +78,16 @@ def stable_rank(singular_values: torch.Tensor) -> float:
     return float((s ** 2).sum() / top ** 2)
 
 
+def energy_rank(singular_values: torch.Tensor, fraction: float = 0.9) -> int:
+    """Smallest k whose top-k singular values hold `fraction` of Σσ² (= ‖M‖_F²): the rank of the best
+    approximation (Eckart–Young) with relative squared error ≤ 1 − fraction. 0 for a zero matrix."""
+    s = singular_values.detach().to(torch.float64).abs().sort(descending=True).values
+    energy = (s ** 2).cumsum(0)
+    if not s.numel() or energy[-1] <= 0:
+        return 0
+    return int((energy < fraction * energy[-1]).sum()) + 1
+
+
 def numerical_rank(singular_values: torch.Tensor, shape: tuple[int, int]) -> int:
     """Number of σ above the usual round-off threshold max(shape)·eps(float64)·σ_1."""
     s = singular_values.detach().to(torch.float64).abs()

@@ -12,6 +12,8 @@ the task head) with requires_grad=True, and keeps the model's forward signature:
     houlsby   2 bottleneck adapters per block + head                bottleneck=16, activation="gelu", ...
     prefix    L·2·l·d_kv key/value prefix values + head             length=10, init_std=0.02, ...
     lora      loralab.inject with LoraConfig(**options) + head      r=8, alpha=16, targets=..., ...
+    intrinsic z (d values): θ = θ0 + P·z, P a random Fastfood      d=, seed=0, train_head=False, exclude=()
+              projection of all D parameters (Aghajanyan et al. 2020)
 """
 from __future__ import annotations
 
@@ -22,7 +24,9 @@ from torch import nn
 from loralab.baselines.bitfit import bias_parameters, prepare_bitfit
 from loralab.baselines.common import count_all, count_trainable, freeze_all, head_modules, train_head
 from loralab.baselines.full import prepare_full
+from loralab.baselines.fastfood import FastfoodProjection, fastfood_projection, fwht, hadamard
 from loralab.baselines.houlsby import houlsby_param_count, prepare_houlsby, set_houlsby_enabled
+from loralab.baselines.intrinsic import IntrinsicSubspace, prepare_intrinsic, subspace_of
 from loralab.baselines.prefix import (prefix_disabled, prefix_param_count, prepare_prefix, remove_prefix,
                                       set_prefix_enabled)
 
@@ -43,10 +47,12 @@ METHODS: dict[str, Callable[..., nn.Module]] = {
     "houlsby": prepare_houlsby,
     "prefix": prepare_prefix,
     "lora": prepare_lora,
+    "intrinsic": prepare_intrinsic,
 }
 
 __all__ = [
-    "METHODS", "bias_parameters", "count_all", "count_trainable", "freeze_all", "head_modules",
+    "FastfoodProjection", "IntrinsicSubspace", "METHODS", "fastfood_projection", "fwht", "hadamard",
+    "prepare_intrinsic", "subspace_of", "bias_parameters", "count_all", "count_trainable", "freeze_all", "head_modules",
     "houlsby_param_count", "prefix_disabled", "prefix_param_count", "prepare_bitfit", "prepare_full",
     "prepare_houlsby", "prepare_lora", "prepare_prefix", "remove_prefix", "set_houlsby_enabled",
     "set_prefix_enabled", "train_head",

@@ -3,12 +3,26 @@
     loralab experiment rank --quick -o /tmp/rank         # tiny random model, seconds
     loralab experiment rank                              # all-MiniLM-L6-v2 on SST-2: 5 runs of 500 steps
                                                          # (~15 min on 2 idle cores; 35 min measured on busy ones)
+    loralab experiment rank --seeds 3 --runs r1,r4       # r=1 and r=4 with seeds 0, 1, 2: median and spread
+    loralab experiment data-size                         # LoRA vs full FT, prefix, adapters on 100 .. all examples
+    loralab experiment intrinsic-dim --dims 100,1000     # random-subspace training (Fastfood) on MRPC, d90
 
 Re-running the same command continues where it stopped: finished runs are read back.
 """
 from __future__ import annotations
 
 import argparse
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _names(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,8 +36,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="tiny random-init model on a few hundred examples (well under a minute; for tests)")
     add_output_argument(parser, "output folder (default: runs/experiments/NAME)", metavar="DIR")
-    add_train_arguments(parser, ("model", "data"), helps={"data": "builtin data set (default: sst2, a fixed subset)",
-                                                          "model": "model spec (default: all-minilm-l6-v2)"})
+    add_train_arguments(parser, ("model", "data", "max_steps"),
+                        helps={"data": "builtin data set (default: sst2, a fixed subset)",
+                               "model": "model spec (default: all-minilm-l6-v2)",
+                               "max_steps": "intrinsic-dim: every run's optimizer steps instead of the default "
+                                            "(a shorter sweep; give it its own --output)"})
+    parser.add_argument("--seeds", type=_positive, default=None, metavar="N",
+                        help="train every run with seeds 0..N-1 and report median, min, max (the paper: median of 5)")
+    parser.add_argument("--runs", type=_names, default=None, metavar="NAME,NAME",
+                        help="train and report only these runs of the experiment's grid (e.g. r1,r4 or lora,full)")
+    parser.add_argument("--dims", type=lambda t: [int(x) for x in _names(t)], default=None, metavar="D,D",
+                        help="intrinsic-dim: the subspace dimensions d to sweep")
     add_runtime_arguments(parser)
 
 
@@ -35,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     runtime_from_args(args)     # a missing GPU or a dtype it cannot run: one line, before any run starts
     out = args.output or f"runs/experiments/{args.name}"
     with grid_runtime(**runtime_fields(args)):
-        run_experiment(args.name, out=out, quick=args.quick, data=args.data, model=args.model)
+        run_experiment(args.name, out=out, quick=args.quick, data=args.data, model=args.model, seeds=args.seeds,
+                       runs=args.runs, dims=args.dims, max_steps=args.max_steps)
     print(f"wrote {out}: results.csv, results.json, results.md, figures/, report.html")
     return 0

@@ -7,6 +7,13 @@
     targets        Wq, Wk, Wv, Wo and combinations under one trainable budget (Table 5)
     methods        LoRA vs full FT, BitFit, Houlsby adapters, prefix-tuning + latency (Tables 2 and 1)
     amplification  ΔW versus W across ranks (Table 7), reusing the rank runs
+    data-size      LoRA vs full FT, prefix-tuning, adapters on 100 / 1k / 8k / all examples (Table 16)
+    intrinsic-dim  train θ0 + P·z for a random Fastfood P, sweep d, d90; spectrum of full FT's ΔW
+                   (Aghajanyan et al. 2020)
+    lr-sweep       a few learning rates for LoRA and full fine-tuning (the paper tuned each method)
+
+`seeds=N` (where an experiment takes it) trains every run with seeds 0 .. N-1 and reports the median and
+spread; `runs=[...]` trains only the named runs of the grid.
 
 Every experiment resumes: a run whose folder already holds metrics.json is read back, not retrained.
 Results and what they mean at our scale: docs/experiments.md.
@@ -14,8 +21,10 @@ Results and what they mean at our scale: docs/experiments.md.
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 from collections.abc import Callable
+from typing import Any
 
 from loralab.errors import LoraLabError
 
@@ -25,16 +34,29 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
     "targets": ("loralab.experiments.targets", "which attention matrices to adapt under a fixed parameter budget"),
     "methods": ("loralab.experiments.methods", "LoRA vs full FT, BitFit, Houlsby adapters, prefix-tuning + latency"),
     "amplification": ("loralab.experiments.amplification", "ΔW versus W across ranks (reuses the rank runs)"),
+    "data-size": ("loralab.experiments.data_size", "LoRA vs full FT, prefix-tuning, adapters on 100 .. all examples"),
+    "intrinsic-dim": ("loralab.experiments.intrinsic_dim", "random d-dim subspace training (Fastfood), d90, ΔW spectrum"),
+    "lr-sweep": ("loralab.experiments.lr_sweep", "a small learning-rate sweep for LoRA and full fine-tuning"),
 }
 
 
 def run_experiment(name: str, out: str | os.PathLike | None = None, quick: bool = False, data: str | None = None,
-                   model: str | None = None, log: Callable[[str], None] = print):
-    """Run experiment `name` into `out` (default runs/experiments/<name>); returns its ExperimentReport."""
+                   model: str | None = None, log: Callable[[str], None] = print, **options: Any):
+    """Run experiment `name` into `out` (default runs/experiments/<name>); returns its ExperimentReport.
+
+    options: the experiment's own keywords, e.g. seeds=3 (rank, targets, methods, data-size, lr-sweep) or
+    runs=["r1", "r4"] (train only these runs of the grid); an option the experiment lacks is an error."""
     if name not in EXPERIMENTS:
         raise LoraLabError(f"unknown experiment {name!r}; choose one of {', '.join(EXPERIMENTS)}")
     module = importlib.import_module(EXPERIMENTS[name][0])
-    return module.run(out=out or os.path.join("runs", "experiments", name), quick=quick, data=data, model=model, log=log)
+    accepted = inspect.signature(module.run).parameters
+    unknown = sorted(k for k, v in options.items() if k not in accepted and v is not None)
+    if unknown:
+        raise LoraLabError(f"experiment {name} does not take {', '.join('--' + k.replace('_', '-') for k in unknown)}; "
+                           f"remove {'it' if len(unknown) == 1 else 'them'}")
+    given = {k: v for k, v in options.items() if v is not None}
+    return module.run(out=out or os.path.join("runs", "experiments", name), quick=quick, data=data, model=model,
+                      log=log, **given)
 
 
 __all__ = ["EXPERIMENTS", "run_experiment"]

@@ -60,6 +60,7 @@ class RunResult:
     seconds_per_step: train_seconds / optimizer steps (wall clock, evaluation excluded).
     peak_rss_mb: the training process's peak resident set size in MiB (None: not measured, in-process run).
     skipped: True when the run was already finished before this call.
+    cpu_seconds: CPU time (user + system) of the training process (None: in-process run, or an older run).
     """
 
     name: str
@@ -74,6 +75,7 @@ class RunResult:
     adapter_params: int
     peak_rss_mb: float | None
     skipped: bool
+    cpu_seconds: float | None = None
 
     def metric(self, name: str, split: str = "dev") -> float:
         """One metric of one split; NaN when missing."""
@@ -85,7 +87,36 @@ class RunResult:
                 f"test_{metric}": self.metric(metric, "test"), "dev_loss": self.metric("loss", "dev"),
                 "trainable_params": self.trainable_params, "adapter_params": self.adapter_params,
                 "steps": self.steps, "train_seconds": self.train_seconds,
-                "seconds_per_step": self.seconds_per_step, "peak_rss_mb": self.peak_rss_mb}
+                "seconds_per_step": self.seconds_per_step, "peak_rss_mb": self.peak_rss_mb,
+                "cpu_seconds": self.cpu_seconds}
+
+
+def train_run(config: Any, folder: str | os.PathLike, resume: bool = False,
+              log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train one TrainConfig into `folder` (what `loralab train` does); returns its metrics dict.
+    The experiments reach the trainer only through this function."""
+    from loralab.training.run import run_training
+
+    return run_training(config, folder, resume=resume, log=log)
+
+
+def train_set_size(data: str) -> int:
+    """Number of training examples of a builtin data set (its train split, before any train_limit)."""
+    from loralab.data.builtin import builtin_dataset, load_builtin
+
+    spec = builtin_dataset(data)
+    return len(load_builtin(data, splits=[spec.train_split])[spec.train_split])
+
+
+def majority_fraction(config: Any) -> float:
+    """Accuracy of always answering the dev split's most common label (the config's data and dev_limit)."""
+    from collections import Counter
+
+    from loralab.training.inputs import load_splits
+
+    dev = load_splits(config).get("dev") or []
+    counts = Counter(example.label for example in dev)
+    return max(counts.values()) / len(dev) if dev else math.nan
 
 
 def is_finished(folder: str | os.PathLike) -> bool:
@@ -118,17 +149,19 @@ def read_result(spec: RunSpec, folder: Path, skipped: bool) -> RunResult:
     """The RunResult of a finished run folder."""
     metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
     total, lora = saved_parameter_counts(folder / "adapter")
-    rss = None
+    resources = {}
     if (folder / RESOURCES_FILE).is_file():
-        rss = json.loads((folder / RESOURCES_FILE).read_text(encoding="utf-8")).get("peak_rss_mb")
+        resources = json.loads((folder / RESOURCES_FILE).read_text(encoding="utf-8"))
     steps = int(metrics.get("steps") or 0)
     seconds = float(metrics.get("train_seconds") or 0.0)
     return RunResult(spec.name, folder, dict(spec.info), metrics.get("dev") or {}, metrics.get("test") or {}, steps,
-                     seconds, seconds / steps if steps else math.nan, total, lora, rss, skipped)
+                     seconds, seconds / steps if steps else math.nan, total, lora, resources.get("peak_rss_mb"),
+                     skipped, resources.get("cpu_seconds"))
 
 
-def _run_in_child(config_path: Path, folder: Path, log: Callable[[str], None]) -> float:
-    """Train in a child process; returns its peak RSS in MiB. The child's output goes to train.log."""
+def _run_in_child(config_path: Path, folder: Path, log: Callable[[str], None]) -> tuple[float, float]:
+    """Train in a child process; returns (its peak RSS in MiB, its CPU seconds, user + system).
+    The child's output goes to train.log."""
     env = dict(os.environ)
     # The child must import this checkout of loralab even when it was not installed.
     root = str(Path(__file__).resolve().parents[2])
@@ -149,7 +182,7 @@ def _run_in_child(config_path: Path, folder: Path, log: Callable[[str], None]) -
         tail = (folder / "train.log").read_text(encoding="utf-8", errors="replace").strip().splitlines()[-3:]
         raise LoraLabError(f"training run {folder.name} failed (exit {child.returncode}); see {folder / 'train.log'}: "
                            + " | ".join(tail))
-    return usage.ru_maxrss / 1024.0  # Linux reports KiB
+    return usage.ru_maxrss / 1024.0, usage.ru_utime + usage.ru_stime  # Linux reports ru_maxrss in KiB
 
 
 # TrainConfig fields the command gives every run of a grid (`loralab experiment --device/--dtype/--quantize`),
@@ -197,18 +230,104 @@ def run_grid(specs: Sequence[RunSpec], runs_dir: str | os.PathLike, isolate: boo
         if isolate:
             config_path = folder / "experiment-config.json"
             spec.config.save(config_path)
-            rss = _run_in_child(config_path, folder, log)
-            write_text(folder / RESOURCES_FILE, json.dumps({"peak_rss_mb": round(rss, 1), "measured": "ru_maxrss "
-                                                               "of the training process (os.wait4)"}) + "\n")
+            rss, cpu = _run_in_child(config_path, folder, log)
+            write_text(folder / RESOURCES_FILE, json.dumps({
+                "peak_rss_mb": round(rss, 1), "cpu_seconds": round(cpu, 1),
+                "measured": "ru_maxrss and ru_utime + ru_stime of the training process (os.wait4)"}) + "\n")
         else:
-            from loralab.training.run import run_training
-
-            run_training(spec.config, folder, resume=resume, log=lambda message: None)
+            train_run(spec.config, folder, resume=resume, log=lambda message: None)
         results.append(read_result(spec, folder, skipped=False))
         r = results[-1]
         log(f"    dev {', '.join(f'{k} {v:.4f}' for k, v in r.dev.items())}; {r.trainable_params:,} trainable; "
             f"{r.seconds_per_step:.3f} s/step" + (f"; peak RSS {r.peak_rss_mb:.0f} MiB" if r.peak_rss_mb else ""))
     return results
+
+
+# --------------------------------------------------------------------------------------------------
+# Several seeds per run, and a subset of an experiment's runs
+# --------------------------------------------------------------------------------------------------
+
+SEED_SUFFIX = "-seed"
+
+
+def seed_run_name(name: str, seed: int) -> str:
+    """Seed 0 keeps the plain name (so single-seed results are reused as seed 0); seed s adds "-seed<s>"."""
+    return name if seed == 0 else f"{name}{SEED_SUFFIX}{seed}"
+
+
+def with_seeds(specs: Sequence[RunSpec], seeds: int) -> list[RunSpec]:
+    """Each spec once per seed 0 .. seeds-1, the seed set in its TrainConfig (initialisation, dropout and
+    batch order; a train_limit subset stays the same draw). info gains "seed" and "base_run"."""
+    import dataclasses
+
+    if not isinstance(seeds, int) or seeds < 1:
+        raise LoraLabError(f"seeds must be a positive number of seeds, got {seeds!r}")
+    return [RunSpec(seed_run_name(spec.name, seed), dataclasses.replace(spec.config, seed=seed),
+                    {**spec.info, "seed": seed, "base_run": spec.name})
+            for spec in specs for seed in range(seeds)]
+
+
+def select_runs(specs: Sequence[RunSpec], names: Sequence[str] | None) -> list[RunSpec]:
+    """The specs named in `names` (all of them when None), in the experiment's order; unknown names are errors."""
+    if names is None:
+        return list(specs)
+    known = [s.name for s in specs]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise LoraLabError(f"unknown run(s) {', '.join(unknown)} for this experiment; choose from {', '.join(known)}")
+    return [s for s in specs if s.name in names]
+
+
+def spread(values: Sequence[float]) -> dict[str, float]:
+    """median, min, max and sample standard deviation (0 for one value) of the finite values; NaN if none."""
+    import statistics
+
+    finite = sorted(v for v in values if v is not None and math.isfinite(v))
+    if not finite:
+        return {"median": math.nan, "min": math.nan, "max": math.nan, "std": math.nan}
+    return {"median": statistics.median(finite), "min": finite[0], "max": finite[-1],
+            "std": statistics.stdev(finite) if len(finite) > 1 else 0.0}
+
+
+def seed_summary(results: Sequence[RunResult], metric: str, split: str = "dev") -> list[dict[str, Any]]:
+    """One row per base run (results of with_seeds grouped by info["base_run"], in first-seen order): its
+    info columns (seed and base_run dropped), the number of seeds, the metric's median / min / max / std
+    over seeds and each seed's value, trainable counts and the median seconds per step.
+    The paper (Hu et al. 2021) reports the median over 5 seeds."""
+    groups: dict[str, list[RunResult]] = {}
+    for result in results:
+        groups.setdefault(result.info.get("base_run", result.name), []).append(result)
+    rows = []
+    for base, members in groups.items():
+        values = [m.metric(metric, split) for m in members]
+        stats = spread(values)
+        info = {k: v for k, v in members[0].info.items() if k not in ("seed", "base_run")}
+        rows.append({"run": base, **info, "seeds": len(members),
+                     **{f"{split}_{metric}_{k}": v for k, v in stats.items()},
+                     f"{split}_{metric}_by_seed": " / ".join(f"{v:.4f}" for v in values),
+                     "trainable_params": members[0].trainable_params, "adapter_params": members[0].adapter_params,
+                     "steps": members[0].steps,
+                     "seconds_per_step": spread([m.seconds_per_step for m in members])["median"]})
+    return rows
+
+
+def seed_table(results: Sequence[RunResult], metric: str, columns: Sequence[str], name: str = "seeds"):
+    """A report Table of seed_summary rows (experiment columns first), or None when every run has one seed."""
+    from loralab.experiments.report import Table
+
+    summary = seed_summary(results, metric)
+    if all(row["seeds"] == 1 for row in summary):
+        return None
+    stats = [f"dev_{metric}_{k}" for k in ("median", "min", "max", "std", "by_seed")]
+    return Table(name, f"dev {metric} over seeds (median, min, max, sample std)",
+                 ["run", *columns, "seeds", *stats, "trainable_params", "seconds_per_step"], summary,
+                 "Seeds change the initialisation, dropout and batch order; the data subset is the same draw. "
+                 "The paper (Hu et al. 2021) reports the median over 5 seeds.")
+
+
+def seed_medians(results: Sequence[RunResult], metric: str) -> dict[str, float]:
+    """{base run name: median of the dev metric over its seeds}."""
+    return {row["run"]: row[f"dev_{metric}_median"] for row in seed_summary(results, metric)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -267,10 +386,7 @@ def _child_main(argv: Sequence[str]) -> int:
 
     config_path, folder = Path(argv[0]), Path(argv[1])
     config = TrainConfig.load(config_path)
-    resume = (folder / "checkpoints" / "LATEST").exists()
-    from loralab.training.run import run_training
-
-    run_training(config, folder, resume=resume)
+    train_run(config, folder, resume=(folder / "checkpoints" / "LATEST").exists())
     return 0
 
 

@@ -247,7 +247,7 @@ def write_quick_model(folder: Path, config: E2EConfig) -> Path:
 
 def train_adapter(config: E2EConfig, out: Path, log: Callable[[str], None] = print) -> tuple[Path, dict[str, Any]]:
     """Train (or reuse / resume) the adapter under out/train; returns (adapter folder, training metrics)."""
-    from loralab.training.run import run_training
+    from loralab.experiments.common import train_run
 
     run_dir = out / "train"
     metrics_path = run_dir / "metrics.json"
@@ -263,7 +263,7 @@ def train_adapter(config: E2EConfig, out: Path, log: Callable[[str], None] = pri
             raise LoraLabError(f"{run_dir} holds an unfinished run with other settings; use another --out "
                                "or remove that folder")
         log(f"resuming the unfinished training run in {run_dir}")
-    metrics = run_training(train_config, run_dir, resume=resume, log=log)
+    metrics = train_run(train_config, run_dir, resume=resume, log=log)
     return run_dir / "adapter", metrics
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from loralab.errors import LoraLabError
-from loralab.experiments.common import RunSpec, run_grid
+from loralab.experiments.common import RunSpec, run_grid, seed_table, with_seeds
 from loralab.experiments.rank import ALPHA, metric_name, settings
 from loralab.experiments.report import ExperimentReport, Table, bar_figure, write_experiment_report
 
@@ -80,17 +80,26 @@ def latency_rows(out: Path, quick: bool, model_spec: str, log: Callable[[str], N
 
 def run(out: str | os.PathLike = "runs/experiments/methods", quick: bool = False, data: str | None = None,
         model: str | None = None, log: Callable[[str], None] = print,
-        methods: tuple[str, ...] | None = None) -> ExperimentReport:
-    """Train (or reuse) one run per method in child processes, measure latency, write the report."""
+        methods: tuple[str, ...] | None = None, seeds: int | None = None,
+        runs: list[str] | None = None) -> ExperimentReport:
+    """Train (or reuse) one run per method (and seed) in child processes, measure latency, write the report.
+
+    methods / runs: only these methods (e.g. ("lora", "full")); the latency study then runs only if its
+    results are already in `out`. seeds: every method with seeds 0..seeds-1 (the `seeds` table)."""
     out = Path(out)
-    specs = method_specs(quick, data, model, out, methods)
+    chosen = tuple(runs) if runs is not None else methods
+    specs = with_seeds(method_specs(quick, data, model, out, chosen), seeds or 1)
     results = run_grid(specs, out / "runs", isolate=True, log=log)
     metric = metric_name(results)
     rows = [r.row(metric) for r in results]
     lora_params = next((r.trainable_params for r in results if r.name == "lora"), None)
     for row in rows:
         row["params_vs_lora"] = row["trainable_params"] / lora_params if lora_params else None
-    lat = latency_rows(out, quick, specs[0].config.model, log)
+    if chosen is None or (out / "latency" / "latency.json").is_file():
+        lat = latency_rows(out, quick, specs[0].config.model, log)
+    else:
+        log("latency: skipped (a subset of the methods was asked for, and no earlier latency results are in --out)")
+        lat = []
     lat_rows = [{"config": r.config, "batch": r.batch_size, "seq": r.seq_len, "median_ms": r.median_ms,
                  "iqr_ms": r.iqr_ms, "overhead_pct": r.overhead_pct, "added_params": r.added_params} for r in lat]
     labels = [r.name for r in results]
@@ -104,22 +113,27 @@ def run(out: str | os.PathLike = "runs/experiments/methods", quick: bool = False
                                           "wall time per optimizer step"),
     }
     main = Table("methods", "LoRA against the baselines, one harness",
-                 ["method", "options", "lr", f"dev_{metric}", f"test_{metric}", "dev_loss", "trainable_params",
-                  "params_vs_lora", "peak_rss_mb", "seconds_per_step", "steps", "train_seconds"], rows,
+                 ["method", "seed", "options", "lr", f"dev_{metric}", f"test_{metric}", "dev_loss", "trainable_params",
+                  "params_vs_lora", "peak_rss_mb", "cpu_seconds", "seconds_per_step", "steps", "train_seconds"], rows,
                  "trainable_params includes the classifier head; peak_rss_mb is the training process's "
                  "ru_maxrss (model, data, optimizer state, activations, Python and torch themselves).")
     latency_table = Table("latency", "Forward latency (ms per batch; paper Table 1)",
                           ["config", "batch", "seq", "median_ms", "iqr_ms", "overhead_pct", "added_params"], lat_rows,
                           "Median over interleaved repeats, one thread; overhead relative to the base model at the "
                           "same shape. Merged LoRA is the base architecture, so its overhead is noise.")
+    tables = [main, latency_table]
+    by_seed = seed_table(results, metric, ["method", "options", "lr"])
+    if by_seed is not None:
+        tables.append(by_seed)
     first = specs[0].config
     meta = {"quick": quick, "model": first.model, "data": first.data, "train_limit": first.train_limit,
             "dev_limit": first.dev_limit, "epochs": first.epochs, "batch_size": first.batch_size,
-            "max_length": first.max_length, "metric": metric, "methods": list(labels),
-            "skipped_runs": [r.name for r in results if r.skipped], "cpu_cores": os.cpu_count()}
+            "max_length": first.max_length, "metric": metric, "methods": list(dict.fromkeys(r.info["method"]
+                                                                                            for r in results)),
+            "seeds": seeds or 1, "skipped_runs": [r.name for r in results if r.skipped], "cpu_cores": os.cpu_count()}
     report = ExperimentReport("methods", "Experiment: LoRA vs full fine-tuning, BitFit, adapters, prefix-tuning "
                                          "(paper Tables 2 and 1)",
                               "Each method trained in its own process on the same data with the same schedule.",
-                              [main, latency_table], figures, meta)
+                              tables, figures, meta)
     write_experiment_report(report, out)
     return report

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from loralab.experiments.common import DEFAULT_MODEL, RunResult, RunSpec, one_thread, quick_model_dir, run_grid
+from loralab.experiments.common import (DEFAULT_MODEL, RunResult, RunSpec, one_thread, quick_model_dir, run_grid,
+                                        seed_medians, seed_table, select_runs, with_seeds)
 from loralab.experiments.report import ExperimentReport, Table, line_figure, write_experiment_report
 
 RANKS = (1, 2, 4, 8, 64)
@@ -66,29 +67,42 @@ def subspace_rows(similarity) -> list[dict[str, Any]]:
     return rows
 
 
-def run(out: str | os.PathLike = "runs/experiments/rank", quick: bool = False, data: str | None = None,
-        model: str | None = None, log: Callable[[str], None] = print) -> ExperimentReport:
-    """Train (or reuse) the rank grid, compare the two φ adapters, write the report into `out`."""
+def _subspace(results: list[RunResult], r_small: int, r_large: int, out: Path, log: Callable[[str], None]):
+    """φ between the seed-0 adapters of ranks r_small and r_large (None when either run is not in the grid)."""
     from loralab.analysis import analyze_adapters, write_report
 
-    out = Path(out)
-    specs = rank_specs(quick, data, model, out)
-    results = run_grid(specs, out / "runs", log=log)
-    metric = metric_name(results)
-    rows = [r.row(metric) for r in results]
-
-    r_small, r_large = (8, QUICK_RANKS[-1]) if quick else (8, 64)
-    by_rank = {r.info["r"]: r for r in results}
+    by_rank = {r.info["r"]: r for r in results if r.info.get("seed", 0) == 0}
+    if r_small not in by_rank or r_large not in by_rank:
+        log(f"subspace similarity skipped: the r={r_small} and r={r_large} runs are not both in this grid")
+        return None
     log(f"subspace similarity φ between r={r_small} and r={r_large}")
     with one_thread():
         analysis = analyze_adapters([by_rank[r_small].folder / "adapter", by_rank[r_large].folder / "adapter"],
                                     trials=20, seed=0)
     write_report(analysis, out / "analysis")
-    sub_rows = subspace_rows(analysis.similarity)
+    return subspace_rows(analysis.similarity)
 
+
+def run(out: str | os.PathLike = "runs/experiments/rank", quick: bool = False, data: str | None = None,
+        model: str | None = None, log: Callable[[str], None] = print, seeds: int | None = None,
+        runs: list[str] | None = None) -> ExperimentReport:
+    """Train (or reuse) the rank grid, compare the two φ adapters, write the report into `out`.
+    seeds: train every rank with seeds 0..seeds-1 (median and spread in the `seeds` table); runs: only
+    these ranks ("r1", "r4", ...)."""
+    out = Path(out)
+    specs = with_seeds(select_runs(rank_specs(quick, data, model, out), runs), seeds or 1)
+    results = run_grid(specs, out / "runs", log=log)
+    metric = metric_name(results)
+    rows = [r.row(metric) for r in results]
+    r_small, r_large = (8, QUICK_RANKS[-1]) if quick else (8, 64)
+    sub_rows = _subspace(results, r_small, r_large, out, log)
+
+    medians = seed_medians(results, metric)
+    ranks = list(dict.fromkeys(r.info["r"] for r in results))
     figures = {"metric_vs_rank": line_figure(
-        {"Wq,Wv": ([r.info["r"] for r in results], [r.metric(metric) for r in results])},
-        "rank r", f"dev {metric}", "task metric against LoRA rank", log_x=True)}
+        {"Wq,Wv": (ranks, [medians[f"r{r}"] for r in ranks])},
+        "rank r", f"dev {metric}" + (" (median over seeds)" if (seeds or 1) > 1 else ""),
+        "task metric against LoRA rank", log_x=True)}
     if sub_rows:
         names = [row["module"] for row in sub_rows]
         figures["phi_top"] = line_figure(
@@ -96,26 +110,31 @@ def run(out: str | os.PathLike = "runs/experiments/rank", quick: bool = False, d
              "φ(1,1) random": (list(range(len(names))), [row["phi(1,1) random"] for row in sub_rows])},
             "module (index into the subspace table)", "φ", f"top-direction overlap, r={r_small} vs r={r_large}")
     main = Table("rank", f"Task metric against rank (LoRA on Wq, Wv, α = {ALPHA:g})",
-                 ["run", "r", "targets", f"dev_{metric}", f"test_{metric}", "dev_loss", "trainable_params",
+                 ["run", "r", "seed", "targets", f"dev_{metric}", f"test_{metric}", "dev_loss", "trainable_params",
                   "adapter_params", "steps", "seconds_per_step", "train_seconds"], rows,
                  "adapter_params = LoRA factor values = 2·L̂·d·r; trainable_params adds the classifier head.")
-    sub = Table("subspace", f"Subspace similarity φ between the r={r_small} and r={r_large} adapters "
-                f"(right-singular vectors of A)",
-                ["module", "dim", "r1", "r2", "phi(1,1)", "phi(1,1) random", "phi(1,8)", "phi(1,8) random",
-                 "mean phi", "mean phi random"], sub_rows,
-                "φ(i,j) = ‖U_iᵀU_j‖²_F / min(i,j); random = mean over 20 pairs of Gaussian matrices of the same "
-                "shapes. Paper: the top direction overlaps (φ > 0.5), the rest is near random. Full heatmaps: "
-                "analysis/report.html.")
+    tables = [main]
+    if sub_rows is not None:
+        tables.append(Table("subspace", f"Subspace similarity φ between the r={r_small} and r={r_large} adapters "
+                            f"(right-singular vectors of A)",
+                            ["module", "dim", "r1", "r2", "phi(1,1)", "phi(1,1) random", "phi(1,8)", "phi(1,8) random",
+                             "mean phi", "mean phi random"], sub_rows,
+                            "φ(i,j) = ‖U_iᵀU_j‖²_F / min(i,j); random = mean over 20 pairs of Gaussian matrices of "
+                            "the same shapes. Paper: the top direction overlaps (φ > 0.5), the rest is near random. "
+                            "Full heatmaps: analysis/report.html."))
+    by_seed = seed_table(results, metric, ["r", "targets"])
+    if by_seed is not None:
+        tables.append(by_seed)
     first = specs[0].config
     meta = {"quick": quick, "model": first.model, "data": first.data, "train_limit": first.train_limit,
             "dev_limit": first.dev_limit, "epochs": first.epochs, "batch_size": first.batch_size, "lr": first.lr,
-            "max_length": first.max_length, "alpha": ALPHA, "metric": metric,
+            "max_length": first.max_length, "alpha": ALPHA, "metric": metric, "seeds": seeds or 1,
             "skipped_runs": [r.name for r in results if r.skipped]}
     report = ExperimentReport("rank", "Experiment: rank (paper Table 6 and §7.2)",
                               "LoRA on Wq and Wv at several ranks; then the subspace similarity between the "
                               f"r={r_small} and r={r_large} adapters, next to random subspaces.",
-                              [main, sub], figures, meta,
+                              tables, figures, meta,
                               extra_html='<p>Spectra, φ heatmaps per module: <a href="analysis/report.html">'
-                                         'analysis/report.html</a>.</p>')
+                                         'analysis/report.html</a>.</p>' if sub_rows is not None else "")
     write_experiment_report(report, out)
     return report

@@ -116,8 +116,10 @@ def write_experiment_report(report: ExperimentReport, out_dir: str | os.PathLike
 
 
 def line_figure(series: dict[str, tuple[list[float], list[float]]], xlabel: str, ylabel: str, title: str,
-                log_x: bool = False) -> bytes:
-    """A PNG line plot of {label: (xs, ys)}."""
+                log_x: bool = False, spans: dict[str, tuple[list[float], list[float]]] | None = None,
+                log_base: int = 2, hline: tuple[float, str] | None = None) -> bytes:
+    """A PNG line plot of {label: (xs, ys)}. spans: {label: (lows, highs)} drawn as error bars around ys
+    (e.g. min and max over seeds); log_base: of the log x axis; hline: (y, label) of a reference line."""
     from matplotlib.figure import Figure
 
     from loralab.analysis.plots import _png
@@ -125,14 +127,21 @@ def line_figure(series: dict[str, tuple[list[float], list[float]]], xlabel: str,
     fig = Figure(figsize=(6, 3.6))
     ax = fig.subplots()
     for label, (xs, ys) in series.items():
-        ax.plot(xs, ys, marker="o", label=label)
+        if spans and label in spans:
+            lows, highs = spans[label]
+            errors = [[y - lo for y, lo in zip(ys, lows)], [hi - y for y, hi in zip(ys, highs)]]
+            ax.errorbar(xs, ys, yerr=errors, marker="o", capsize=3, label=label)
+        else:
+            ax.plot(xs, ys, marker="o", label=label)
+    if hline is not None:
+        ax.axhline(hline[0], color="grey", linestyle="--", linewidth=1, label=hline[1])
     if log_x:
-        ax.set_xscale("log", base=2)
+        ax.set_xscale("log", base=log_base)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    if len(series) > 1:
+    if len(series) > 1 or hline is not None:
         ax.legend(fontsize=8)
     return _png(fig)
 

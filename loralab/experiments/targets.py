@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from loralab.errors import LoraLabError
-from loralab.experiments.common import RunSpec, run_grid
+from loralab.experiments.common import RunSpec, run_grid, seed_medians, seed_table, select_runs, with_seeds
 from loralab.experiments.rank import ALPHA, metric_name, settings
 from loralab.experiments.report import ExperimentReport, Table, bar_figure, write_experiment_report
 
@@ -55,9 +55,12 @@ def target_specs(quick: bool, data: str | None, model: str | None, out: Path) ->
 
 
 def run(out: str | os.PathLike = "runs/experiments/targets", quick: bool = False, data: str | None = None,
-        model: str | None = None, log: Callable[[str], None] = print) -> ExperimentReport:
+        model: str | None = None, log: Callable[[str], None] = print, seeds: int | None = None,
+        runs: list[str] | None = None) -> ExperimentReport:
+    """Train (or reuse) the Table 5 grid. seeds: every row with seeds 0..seeds-1 (median in the figure,
+    spread in the `seeds` table); runs: only these rows ("Wq", "Wq-Wv", ...)."""
     out = Path(out)
-    specs = target_specs(quick, data, model, out)
+    specs = with_seeds(select_runs(target_specs(quick, data, model, out), runs), seeds or 1)
     results = run_grid(specs, out / "runs", log=log)
     metric = metric_name(results)
     rows = [r.row(metric) for r in results]
@@ -65,17 +68,25 @@ def run(out: str | os.PathLike = "runs/experiments/targets", quick: bool = False
     note = ("Every row trains the same number of LoRA values (adapter_params) plus the classifier head."
             if len(budgets) == 1 else f"adapter_params differ between rows ({sorted(budgets)}): the matrices "
                                       "of this model are not all the same shape.")
-    figures = {"metric_by_targets": bar_figure([r.info["targets"] for r in results], [r.metric(metric) for r in results],
-                                               f"dev {metric}", "task metric by adapted matrices (fixed budget)")}
+    medians = seed_medians(results, metric)
+    labels = {r.info["base_run"]: r.info["targets"] for r in results}
+    figures = {"metric_by_targets": bar_figure(list(labels.values()), [medians[name] for name in labels],
+                                               f"dev {metric}" + (" (median over seeds)" if (seeds or 1) > 1 else ""),
+                                               "task metric by adapted matrices (fixed budget)")}
     first = specs[0].config
     table = Table("targets", "Task metric by adapted weight matrices, fixed budget",
-                  ["run", "targets", "r", f"dev_{metric}", f"test_{metric}", "dev_loss", "adapter_params",
+                  ["run", "targets", "r", "seed", f"dev_{metric}", f"test_{metric}", "dev_loss", "adapter_params",
                    "trainable_params", "seconds_per_step", "train_seconds"], rows, note)
+    tables = [table]
+    by_seed = seed_table(results, metric, ["targets", "r"])
+    if by_seed is not None:
+        tables.append(by_seed)
     meta = {"quick": quick, "model": first.model, "data": first.data, "train_limit": first.train_limit,
             "dev_limit": first.dev_limit, "epochs": first.epochs, "batch_size": first.batch_size, "lr": first.lr,
-            "alpha": ALPHA, "metric": metric, "skipped_runs": [r.name for r in results if r.skipped]}
+            "alpha": ALPHA, "metric": metric, "seeds": seeds or 1,
+            "skipped_runs": [r.name for r in results if r.skipped]}
     report = ExperimentReport("targets", "Experiment: which weight matrices (paper Table 5)",
                               "LoRA on different attention matrices with the same number of trainable values.",
-                              [table], figures, meta)
+                              tables, figures, meta)
     write_experiment_report(report, out)
     return report

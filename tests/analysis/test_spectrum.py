@@ -75,3 +75,15 @@ def test_spectrum_of_a_constructed_delta():
 def test_zero_delta_has_zero_ranks():
     spec = spectrum_of(make_delta("m", torch.randn(4, 10), torch.zeros(12, 4), scale=2.0))
     assert spec.frobenius == 0 and spec.effective_rank == 0 and spec.stable_rank == 0 and spec.numerical_rank == 0
+
+
+def test_energy_rank_of_known_spectra():
+    from loralab.analysis.spectrum import energy_rank
+
+    # σ² = 9, 4, 1 (total 14): the top 1 holds 64 %, the top 2 93 %.
+    s = torch.tensor([1.0, 3.0, 2.0])                # order does not matter
+    assert energy_rank(s, 0.5) == 1
+    assert energy_rank(s, 0.9) == 2
+    assert energy_rank(s, 1.0) == 3
+    assert energy_rank(torch.ones(10), 0.9) == 9      # flat spectrum: 9 of 10 equal directions
+    assert energy_rank(torch.zeros(4)) == 0

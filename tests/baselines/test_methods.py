@@ -18,7 +18,7 @@ def trainable_names(model):
 
 
 def test_registry_has_every_method():
-    assert set(METHODS) == {"full", "bitfit", "houlsby", "prefix", "lora"}
+    assert set(METHODS) == {"full", "bitfit", "houlsby", "prefix", "lora", "intrinsic"}
 
 
 def test_full_trains_everything():

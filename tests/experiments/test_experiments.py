@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from loralab.errors import LoraLabError
 from loralab.experiments import EXPERIMENTS, run_experiment
@@ -57,7 +58,8 @@ def rank_out(root: Path) -> Path:
 
 
 def test_registry_names():
-    assert set(EXPERIMENTS) == {"rank", "targets", "methods", "amplification"}
+    assert set(EXPERIMENTS) == {"rank", "targets", "methods", "amplification", "data-size", "intrinsic-dim",
+                                "lr-sweep"}
     with pytest.raises(LoraLabError, match="unknown experiment"):
         run_experiment("ranks", quick=True)
 
@@ -187,3 +189,50 @@ def test_saved_parameter_counts(tmp_path: Path):
     assert saved_parameter_counts(tmp_path) == (4 * 32 * 2 + 64, 4 * 32 * 2)
     with pytest.raises(LoraLabError, match="no .safetensors"):
         saved_parameter_counts(tmp_path / "missing")
+
+
+def test_rank_with_seeds_and_a_subset_of_runs(root: Path):
+    import statistics
+
+    from safetensors.torch import load_file
+
+    out = root / "rank-seeds"
+    run_experiment("rank", out=out, quick=True, seeds=2, runs=["r1", "r4"], log=quiet)
+    rows = read_csv(out / "results.csv")
+    assert [(r["run"], int(r["r"]), int(r["seed"])) for r in rows] == [
+        ("r1", 1, 0), ("r1-seed1", 1, 1), ("r4", 4, 0), ("r4-seed1", 4, 1)]
+    configs = [json.loads((out / "runs" / r["run"] / "config.json").read_text(encoding="utf-8")) for r in rows]
+    assert [c["seed"] for c in configs] == [0, 1, 0, 1]
+    a = load_file(str(next((out / "runs" / "r1").glob("adapter/*.safetensors"))))
+    b = load_file(str(next((out / "runs" / "r1-seed1").glob("adapter/*.safetensors"))))
+    assert any(not torch.equal(a[k], b[k]) for k in a)   # another seed, another initialisation
+    seeds = read_csv(out / "seeds.csv")
+    assert [(r["run"], int(r["seeds"])) for r in seeds] == [("r1", 2), ("r4", 2)]
+    for row in seeds:
+        values = [float(r["dev_accuracy"]) for r in rows if int(r["r"]) == int(row["r"])]
+        assert float(row["dev_accuracy_median"]) == pytest.approx(statistics.median(values))
+        assert float(row["dev_accuracy_std"]) == pytest.approx(statistics.stdev(values))
+    assert not (out / "subspace.csv").exists()   # r=8 and r=16 were not in this grid: no φ
+
+
+def test_options_an_experiment_lacks_are_errors(root: Path):
+    with pytest.raises(LoraLabError, match="does not take --seeds"):
+        run_experiment("amplification", out=root / "x", quick=True, seeds=2)
+    with pytest.raises(LoraLabError, match="unknown run"):
+        run_experiment("targets", out=root / "y", quick=True, runs=["Wz"])
+
+
+def test_seed_summary_and_spread():
+    from loralab.experiments.common import RunResult, seed_summary, spread
+
+    assert spread([3.0, 1.0, 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0, "std": 1.0}
+    assert spread([5.0])["std"] == 0.0 and math.isnan(spread([math.nan])["median"])
+
+    def result(name, base, seed, acc):
+        return RunResult(name, Path(name), {"r": 1, "seed": seed, "base_run": base}, {"accuracy": acc}, {}, 10,
+                         1.0, 0.1, 5, 4, None, False)
+
+    rows = seed_summary([result("a", "a", 0, 0.5), result("a-seed1", "a", 1, 0.7), result("a-seed2", "a", 2, 0.9),
+                         result("b", "b", 0, 0.6)], "accuracy")
+    assert [(r["run"], r["seeds"], r["dev_accuracy_median"]) for r in rows] == [("a", 3, 0.7), ("b", 1, 0.6)]
+    assert rows[0]["dev_accuracy_by_seed"] == "0.5000 / 0.7000 / 0.9000" and "seed" not in rows[0]
