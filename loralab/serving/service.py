@@ -80,7 +80,7 @@ class Service:
     """The model, its tokenizer, the adapters and the engine (GenerationEngine or ClassifierEngine)."""
 
     def __init__(self, settings: ServeSettings, model: nn.Module, tokenizer: Any, task: str, model_spec: str,
-                 label_map: Any = None):
+                 label_map: Any = None, base_folder: Path | None = None):
         from loralab.data.batching import pad_token_id_for
         from loralab.data.tasks import task_kind
         from loralab.serving.engine import ClassifierEngine, GenerationEngine
@@ -89,7 +89,7 @@ class Service:
         self.model_spec = model_spec
         self.base_name = settings.served_name or model_spec
         self.label_map = label_map                      # the head's width for classifiers
-        self.base_folder: Path | None = None            # where the base's config.json is (PEFT adapters' labels)
+        self.base_folder = base_folder                  # where the base's config.json is (PEFT adapters' labels)
         self.generative = task_kind(task).is_generative
         self.metrics = Metrics()
         self.adapters: dict[str, AdapterInfo] = {}
@@ -134,8 +134,7 @@ class Service:
             _check_head(adapter, label_map)
             loralab.load_adapter(model, adapter.path, adapter=name)
         model.to(precision.device).eval()
-        service = cls(settings, model, tokenizer, task, model_spec, label_map)
-        service.base_folder = source.folder
+        service = cls(settings, model, tokenizer, task, model_spec, label_map, source.folder)
         service.adapters.update(described)
         service.metrics.set("loralab_adapters_loaded", len(described))
         service.engine.start()
