@@ -314,12 +314,14 @@ def test_sigint_stops_at_a_step_boundary_with_a_checkpoint_and_says_how_to_resum
     config = TrainConfig(model=str(inputs["model"]), train_file=str(inputs["train"]), dev_file=str(inputs["dev"]),
                          max_length=32, batch_size=8, max_steps=6, eval_every=3, checkpoint_every=3, lr=5e-3,
                          threads=1, progress=False)
+    # what the process had before (a shell's background job starts with SIGINT ignored, not the default)
+    handler_before = signal.getsignal(signal.SIGINT)
     with pytest.raises(TrainingInterrupted) as caught:
         run_training(config, output, callbacks=[CtrlC()], log=lambda message: None)
     assert caught.value.exit_status == 130
     assert str(caught.value) == (f"stopped by SIGINT at step 2 of 6; the checkpoint {output / 'checkpoints' / 'step-000002'}"
                                  f" is saved. Continue with `loralab train --output {output} --resume`")
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # handlers restored
+    assert signal.getsignal(signal.SIGINT) is handler_before   # handlers restored
     assert (output / "checkpoints" / "LATEST").read_text() == "step-000002\n"
     code, out, _ = _run(["train", "--output", str(output), "--resume"], capsys)
     assert code == 0 and "(step 2 of 6)" in out
