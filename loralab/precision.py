@@ -28,9 +28,7 @@ from loralab.errors import LoraLabError
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"
-# What `--quantize` / TrainConfig.quantize take for the frozen base: loralab.quantization's schemes by name
-# (its "bf16" storage scheme is `--dtype bf16` on the commands).
-QUANTIZE_CHOICES = ("none", "int8", "nf4")
+# What `--quantize` / TrainConfig.quantize take is loralab.quantization.QUANTIZE_CHOICES, read from its registry.
 
 
 class PrecisionWarning(UserWarning):

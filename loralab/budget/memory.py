@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from loralab.budget.sizes import DTYPE_BYTES
 from loralab.budget.skeleton import TransformerDims
 from loralab.errors import LoraLabError
-from loralab.precision import QUANTIZE_CHOICES
+from loralab.quantization import QUANTIZE_CHOICES, SCHEMES, QuantScheme, get_scheme
 
 ATTENTION_MODES = ("eager", "flash")
 
@@ -59,9 +59,11 @@ class TrainingSetup:
     gradient_checkpointing: bool = False
     """Keep only each layer's input and recompute the rest in backward (one layer's activations at a time)."""
     quantize: str = "none"
-    """LoRA: the frozen Linear weights stored quantized ("int8", "nf4"), as `loralab train --quantize`."""
+    """LoRA: the frozen Linear weights stored quantized (a QUANTIZE_CHOICES scheme: "int8", "nf4", ...), as
+    `loralab train --quantize`, counted by the scheme's own `weight_bytes`."""
     double_quant: bool = False
-    """With quantize="nf4": QLoRA's double quantization of the block scales (8-bit, blocks of 256)."""
+    """With a scheme that takes the option (nf4): QLoRA's double quantization of the block scales (8-bit,
+    blocks of 256)."""
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "seq_len"):
@@ -74,8 +76,18 @@ class TrainingSetup:
             raise LoraLabError(f"unknown attention mode {self.attention!r}; choose one of {', '.join(ATTENTION_MODES)}")
         if self.quantize not in QUANTIZE_CHOICES:
             raise LoraLabError(f"unknown quantization {self.quantize!r}; choose one of {', '.join(QUANTIZE_CHOICES)}")
-        if self.double_quant and self.quantize != "nf4":
-            raise LoraLabError("double quantization applies to nf4 only; add --quantize nf4 or drop --double-quant")
+        if self.double_quant and (self.quantize == "none" or not SCHEMES[self.quantize].takes("double_quant")):
+            takers = [name for name in QUANTIZE_CHOICES[1:] if SCHEMES[name].takes("double_quant")]
+            raise LoraLabError(f"double quantization applies to {', '.join(takers)} only; add --quantize "
+                               f"{takers[0]} or drop --double-quant")
+
+    def scheme(self) -> QuantScheme | None:
+        """The quantization scheme the frozen Linear weights are counted in (None for "none"): the scheme's
+        `budget_options`, plus double quantization when asked for."""
+        if self.quantize == "none":
+            return None
+        options = {**SCHEMES[self.quantize].budget_options, **({"double_quant": True} if self.double_quant else {})}
+        return get_scheme(self.quantize, **options)
 
     @property
     def value_bytes(self) -> int:

@@ -163,17 +163,13 @@ def lora_budget(skeleton: ModelSkeleton, lora_config, setup: TrainingSetup | Non
 def quantized_frozen(model, setup: TrainingSetup) -> tuple[int, int]:
     """(values, bytes) of the frozen weights `setup.quantize` stores quantized: the Linear layers
     loralab.quantization.quantize would replace (not the output head), each at its scheme's exact size with
-    scales (int8 without the transposed copy kept only on CPUs without native bf16). (0, 0) for "none"."""
-    if setup.quantize == "none":
+    scales (`setup.scheme()`: the scheme's `weight_bytes` with its `budget_options`). (0, 0) for "none"."""
+    scheme = setup.scheme()
+    if scheme is None:
         return 0, 0
     from loralab.core.kinds import kind_of
-    from loralab.quantization import get_scheme
     from loralab.quantization.model import quantizable_layers
 
-    options = {"double_quant": True} if setup.double_quant else {}
-    if setup.quantize == "int8":
-        options["transposed_copy"] = False
-    scheme = get_scheme(setup.quantize, **options)
     values = size = 0
     for _, layer in quantizable_layers(model):
         d_out, d_in = kind_of(layer).shape(layer)

@@ -46,7 +46,8 @@ def _scheduler(text: str) -> str:
 
 
 def _tweaks() -> dict[str, dict[str, Any]]:
-    from loralab.precision import DTYPES, QUANTIZE_CHOICES
+    from loralab.precision import DTYPES
+    from loralab.quantization import QUANTIZE_CHOICES
     from loralab.training.config import SCHEDULERS
 
     limit = {"type": count_or_all, "metavar": "N"}

@@ -8,10 +8,12 @@ bf16, LoRA trained on top in full precision, gradients flowing through the quant
     ...train; loralab.save_adapter(...) writes plain LoRA factors, loadable on the fp32 base...
     report = merge_into_quantized(model, mode="requantize")     # or "dequantize"
 
-Schemes register by name (`@register_scheme`); see docs/precision.md for errors, memory and speed.
+Schemes register by name (`@register_scheme`, in SCHEMES; the offered ones are QUANTIZE_CHOICES, what
+`--quantize` takes); see docs/precision.md for errors, memory and speed.
 """
 from loralab.quantization import bf16, int8, kind, nf4  # noqa: F401  (registers the schemes and the layer kind)
-from loralab.quantization.base import SCHEMES, QuantizedLinear, QuantScheme, get_scheme, register_scheme
+from loralab.quantization.base import (QUANTIZE_CHOICES, SCHEMES, QuantizedLinear, QuantScheme, get_scheme,
+                                       register_scheme)
 from loralab.quantization.bf16 import BF16Linear, BF16Scheme
 from loralab.quantization.int8 import FbgemmInt8Linear, Int8Linear, Int8Scheme
 from loralab.quantization.merge import MergeReport, merge_into_quantized
@@ -19,7 +21,7 @@ from loralab.quantization.model import (QuantizedMemory, dequantize_model, quant
                                         register_quantizable)
 from loralab.quantization.nf4 import NF4Linear, NF4Scheme
 
-__all__ = ["SCHEMES", "BF16Linear", "BF16Scheme", "FbgemmInt8Linear", "Int8Linear", "Int8Scheme", "MergeReport",
+__all__ = ["QUANTIZE_CHOICES", "SCHEMES", "BF16Linear", "BF16Scheme", "FbgemmInt8Linear", "Int8Linear", "Int8Scheme", "MergeReport",
            "NF4Linear", "NF4Scheme", "QuantScheme", "QuantizedLinear", "QuantizedMemory", "dequantize_model",
            "get_scheme", "merge_into_quantized", "quantize", "quantized_memory", "register_quantizable",
            "register_scheme"]

@@ -1,7 +1,10 @@
 """Quantized frozen Linear layers: the module base class, the scheme registry and the one autograd path.
 
-A *scheme* (int8, nf4, bf16, ...) is a frozen dataclass registered by name with `@register_scheme`; its
-`quantize_weight(weight, bias)` turns a (d_out, d_in) weight into a `QuantizedLinear` module. Every such
+A *scheme* (int8, nf4, bf16, ...) is a frozen dataclass registered by name in `SCHEMES` with
+`@register_scheme` (a name registered twice is refused); its fields are its options (nf4's double_quant),
+`quantize_weight(weight, bias)` turns a (d_out, d_in) weight into a `QuantizedLinear` module, `weight_bytes`
+is its memory formula (what `loralab budget` counts), `bitsandbytes_options` its export (export.py), and
+`offered` puts it in `--quantize` / TrainConfig.quantize (QUANTIZE_CHOICES, read from SCHEMES). Every such
 module computes y = x·W0ᵀ + b with W0 frozen, and provides two products:
 
     matmul(x)      x (N, d_in)   -> x·W0ᵀ  (N, d_out)     the forward
@@ -12,22 +15,25 @@ gets one only if it requires grad. LoRA then adds s·B·A·x on top in full prec
 """
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from loralab.core.registry import Registry
 from loralab.errors import LoraLabError
+from loralab.precision import DTYPES
 
-SCHEMES: dict[str, type["QuantScheme"]] = {}
-
-COMPUTE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+SCHEMES = Registry("quantization scheme")       # name -> QuantScheme subclass
 
 
 def register_scheme(cls: type["QuantScheme"]) -> type["QuantScheme"]:
-    """Class decorator: make a QuantScheme subclass available by its `name` (quantize(model, name))."""
-    SCHEMES[cls.name] = cls
+    """Class decorator: make a QuantScheme subclass available by its `name` (quantize(model, name)); a name
+    already registered is refused (SCHEMES.remove(name) first to replace it)."""
+    SCHEMES.add(cls.name, cls)
     return cls
 
 
@@ -38,12 +44,34 @@ def get_scheme(scheme: "str | QuantScheme", **options) -> "QuantScheme":
             raise LoraLabError(f"options {sorted(options)} given with a ready {scheme.name} scheme object; "
                                f"pass them to its constructor instead")
         return scheme
-    if scheme not in SCHEMES:
-        raise LoraLabError(f"unknown quantization scheme {scheme!r}; use one of {', '.join(sorted(SCHEMES))}")
+    cls = SCHEMES.lookup(scheme)
     try:
-        return SCHEMES[scheme](**options)
+        return cls(**options)
     except TypeError as exc:
         raise LoraLabError(f"quantization scheme {scheme!r}: {exc}") from None
+
+
+class OfferedSchemes(Sequence):
+    """What `--quantize` and TrainConfig.quantize take: "none", then every registered scheme whose `offered`
+    is set, in registration order; read from SCHEMES at each use, so a scheme registered later is in it."""
+
+    def _names(self) -> tuple[str, ...]:
+        return ("none", *(name for name, cls in SCHEMES.items() if cls.offered))
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._names()[index]
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __repr__(self) -> str:
+        return repr(self._names())
+
+
+QUANTIZE_CHOICES = OfferedSchemes()
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -61,18 +89,33 @@ def resolve_compute_dtype(name: str, device: torch.device) -> torch.dtype:
     """'auto' -> bf16 where it is native, else fp32; 'fp32' / 'bf16' / 'fp16' as named."""
     if name == "auto":
         return torch.bfloat16 if native_bf16(device) else torch.float32
-    return COMPUTE_DTYPES[name]
+    return DTYPES[name]
 
 
 def check_compute_dtype(name: str) -> None:
-    if name != "auto" and name not in COMPUTE_DTYPES:
-        raise LoraLabError(f"compute_dtype must be 'auto' or one of {', '.join(COMPUTE_DTYPES)}, got {name!r}")
+    if name != "auto" and name not in DTYPES:
+        raise LoraLabError(f"compute_dtype must be 'auto' or one of {', '.join(DTYPES)}, got {name!r}")
 
 
 @dataclass(frozen=True)
 class QuantScheme:
-    """How frozen Linear weights are stored and multiplied. Subclasses set `name` and register."""
+    """How frozen Linear weights are stored and multiplied. Subclasses set `name` and register; their
+    dataclass fields are the scheme's options."""
     name: ClassVar[str] = ""
+    offered: ClassVar[bool] = True
+    """In `--quantize` / TrainConfig.quantize (QUANTIZE_CHOICES); bf16 is not: it is `--dtype bf16` there."""
+    budget_options: ClassVar[dict[str, Any]] = {}
+    """Options `loralab budget` counts the scheme with, where its defaults depend on the machine."""
+
+    @classmethod
+    def takes(cls, option: str) -> bool:
+        """True when `option` (e.g. "double_quant") is one of the scheme's options."""
+        return option in {f.name for f in dataclasses.fields(cls)}
+
+    def bitsandbytes_options(self) -> dict[str, Any] | None:
+        """transformers' BitsAndBytesConfig keyword arguments that store this scheme's weights in bitsandbytes'
+        format (quantization/export.py); None: there is no such format."""
+        return None
 
     def quantize_weight(self, weight: torch.Tensor, bias: torch.Tensor | None) -> "QuantizedLinear":
         """A frozen layer computing x·Q(weight)ᵀ + bias; weight is (d_out, d_in) in any float dtype."""

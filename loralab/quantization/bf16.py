@@ -15,6 +15,7 @@ from loralab.quantization.base import DequantizingLinear, QuantScheme, register_
 @dataclass(frozen=True)
 class BF16Scheme(QuantScheme):
     name: ClassVar[str] = "bf16"
+    offered: ClassVar[bool] = False          # the commands spell it `--dtype bf16`, not `--quantize`
 
     def quantize_weight(self, weight: torch.Tensor, bias: torch.Tensor | None) -> "BF16Linear":
         return BF16Linear(weight.detach().to(torch.bfloat16).clone(), bias, self)

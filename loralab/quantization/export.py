@@ -12,23 +12,28 @@ from pathlib import Path
 from torch import nn
 
 from loralab.errors import LoraLabError
+from loralab.quantization.base import SCHEMES, get_scheme
 
-SCHEMES = ("int8", "nf4")
+
+def exportable() -> tuple[str, ...]:
+    """The registered schemes with a bitsandbytes form (their `bitsandbytes_options` with default options)."""
+    return tuple(name for name, cls in SCHEMES.items() if cls().bitsandbytes_options() is not None)
 
 
 def bitsandbytes_config(scheme: str):
-    """transformers' BitsAndBytesConfig for a loralab scheme name (nf4 without double quantization)."""
+    """transformers' BitsAndBytesConfig for a loralab scheme name, from the scheme's `bitsandbytes_options`
+    (its default options: nf4 without double quantization)."""
     try:
         import bitsandbytes  # noqa: F401
         from transformers import BitsAndBytesConfig
     except ImportError:
         raise LoraLabError("saving a quantized model needs bitsandbytes: pip install bitsandbytes (or pip install "
                            "'loralab[quantization]'), or keep the merged weights in full precision") from None
-    if scheme == "nf4":
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=False)
-    if scheme == "int8":
-        return BitsAndBytesConfig(load_in_8bit=True)
-    raise LoraLabError(f"cannot save a {scheme!r} model in bitsandbytes' format; use one of {', '.join(SCHEMES)}")
+    options = get_scheme(scheme).bitsandbytes_options()
+    if options is None:
+        raise LoraLabError(f"cannot save a {scheme!r} model in bitsandbytes' format; use one of "
+                           f"{', '.join(exportable())}")
+    return BitsAndBytesConfig(**options)
 
 
 def save_bitsandbytes(dense: nn.Module, folder: str | Path, scheme: str) -> None:

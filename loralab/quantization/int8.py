@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import warnings
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -89,6 +89,8 @@ class Int8Scheme(QuantScheme):
     is not native, where the backward would otherwise run in fp32. compute_dtype ('auto' = bf16 where
     native, else fp32): for products without an int8 kernel."""
     name: ClassVar[str] = "int8"
+    # The transposed copy is a speed-up kept only on CPUs without native bf16: budgets count the weights without it.
+    budget_options: ClassVar[dict[str, Any]] = {"transposed_copy": False}
     transposed_copy: bool | str = "auto"
     compute_dtype: str = "auto"
 
@@ -112,6 +114,10 @@ class Int8Scheme(QuantScheme):
         packed layout takes 0-25 % more than the int8 values, depending on d_in (docs/precision.md)."""
         one = d_out * d_in + 4 * d_out
         return one + (d_in * d_out + 4 * d_in if self.keeps_transposed_copy() else 0)
+
+    def bitsandbytes_options(self) -> dict[str, Any]:
+        """LLM.int8() rows: bitsandbytes' CB, SCB = 127·scale are this scheme's codes and scales."""
+        return {"load_in_8bit": True}
 
 
 class Int8Linear(DequantizingLinear):

@@ -23,7 +23,7 @@ import functools
 import logging
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -153,6 +153,10 @@ class NF4Scheme(QuantScheme):
         if not self.double_quant:
             return -(-n // 2) + 4 * blocks
         return -(-n // 2) + blocks + 4 * -(-blocks // NESTED_BLOCK) + 4
+
+    def bitsandbytes_options(self) -> dict[str, Any]:
+        """bitsandbytes' NF4 (its codes and block absmax are this scheme's, nf4.py)."""
+        return {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": self.double_quant}
 
 
 class NF4Linear(DequantizingLinear):

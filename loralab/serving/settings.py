@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loralab.errors import LoraLabError
-from loralab.precision import QUANTIZE_CHOICES
+from loralab.quantization import QUANTIZE_CHOICES
 
 API_KEY_ENV = "LORALAB_API_KEY"
 

@@ -247,7 +247,8 @@ class TrainConfig:
     def _check_runtime(self) -> None:
         """device, dtype, quantize and the memory switches: known names (whether the device is there is checked
         when the run starts, on the machine that runs it)."""
-        from loralab.precision import DEVICE_CHOICES, DTYPES, QUANTIZE_CHOICES
+        from loralab.precision import DEVICE_CHOICES, DTYPES
+        from loralab.quantization import QUANTIZE_CHOICES
 
         if not isinstance(self.device, str) or not (self.device in ("auto", "cpu", "cuda", "mps")
                                                     or self.device.startswith("cuda:")):
