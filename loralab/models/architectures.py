@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from loralab.core.registry import Registry
 from loralab.errors import LoraLabError
 
 ROLES = ("q", "k", "v", "o", "gate", "up", "down")
@@ -157,35 +158,38 @@ class Architecture:
         return LoraTargets(targets, self.fused_slices(roles, config))
 
 
-_REGISTRY: dict[str, Architecture] = {}
+ARCHITECTURES = Registry("architecture")       # model_type -> Architecture (a family under each of its types)
 
 
 def register_architecture(arch: Architecture, replace: bool = False) -> Architecture:
     """Add a family to the table under each of its model types; returns it. A model type registered
-    before is an error unless replace=True."""
+    before is an error unless replace=True (all or nothing: nothing is added when one type is taken).
+    Tests undo their registrations with `with ARCHITECTURES.scoped():`."""
     if not isinstance(arch, Architecture) or not arch.model_types:
         raise LoraLabError("register_architecture takes an Architecture with at least one model_type")
-    taken = [t for t in arch.model_types if t in _REGISTRY and not replace]
-    if taken:
+    taken = [t for t in arch.model_types if t in ARCHITECTURES]
+    if taken and not replace:
         raise LoraLabError(f"model type {taken[0]!r} is already in the architecture table; "
                            f"pass replace=True to override it")
+    for model_type in taken:
+        ARCHITECTURES.remove(model_type)
     for model_type in arch.model_types:
-        _REGISTRY[model_type] = arch
+        ARCHITECTURES.add(model_type, arch)
     return arch
 
 
 def architecture(model_type: str | None) -> Architecture | None:
     """The registered family of a model type (its current transformers names), None if unknown."""
-    return _REGISTRY.get(model_type or "")
+    return ARCHITECTURES.get(model_type or "")
 
 
 def architectures() -> tuple[Architecture, ...]:
     """Every registered family once, in registration order."""
-    return tuple({id(a): a for a in _REGISTRY.values()}.values())
+    return tuple({id(a): a for a in ARCHITECTURES.values()}.values())
 
 
 def model_types() -> tuple[str, ...]:
-    return tuple(_REGISTRY)
+    return tuple(ARCHITECTURES)
 
 
 def model_type_of(model: Any) -> str | None:
@@ -271,5 +275,5 @@ register_architecture(Architecture(model_types=("dinov2",), q="q_proj", k="k_pro
                                    alternatives=(Architecture(q="query", k="key", v="value", o="attention.output.dense",
                                                               up="mlp.fc1", down="mlp.fc2", head=("classifier",)),)))
 
-__all__ = ["ROLES", "Architecture", "FusedProjection", "LoraTargets", "SliceSpec", "architecture", "architecture_for",
+__all__ = ["ARCHITECTURES", "ROLES", "Architecture", "FusedProjection", "LoraTargets", "SliceSpec", "architecture", "architecture_for",
            "architectures", "model_type_of", "model_types", "register_architecture", "task_head_modules"]

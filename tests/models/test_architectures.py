@@ -9,7 +9,7 @@ from transformers.models.auto import modeling_auto
 
 from loralab import LoraLabError
 from loralab.core.kinds import kind_of
-from loralab.models.architectures import (Architecture, FusedProjection, architecture, architecture_for,
+from loralab.models.architectures import (ARCHITECTURES, Architecture, FusedProjection, architecture, architecture_for,
                                           architectures, model_types, register_architecture, task_head_modules)
 from loralab.surgery.targeting import matches
 
@@ -137,12 +137,17 @@ def test_registration_rejects_ambiguous_entries():
         architecture("bert").lora_targets(["gate"], None)
 
 
-def test_registering_a_family_is_enough_for_presets_and_roles(monkeypatch):
-    import loralab.models.architectures as table
+@pytest.fixture
+def scoped_table():
+    with ARCHITECTURES.scoped():                                         # the registrations end with the test
+        yield
+    assert "loralab-test" not in ARCHITECTURES
+
+
+def test_registering_a_family_is_enough_for_presets_and_roles(scoped_table):
     from loralab.budget.roles import resolve_targets
     from loralab.surgery.presets import preset_for
 
-    monkeypatch.setattr(table, "_REGISTRY", dict(table._REGISTRY))      # the registration ends with the test
     register_architecture(Architecture(model_types=("loralab-test",), q="wq", k="wk", v="wv", o="wo", head=("head",)))
     model = torch.nn.Module()
     model.config = transformers.PretrainedConfig()
@@ -150,3 +155,15 @@ def test_registering_a_family_is_enough_for_presets_and_roles(monkeypatch):
     assert preset_for(model).targets == ("wq", "wv") and task_head_modules(model) == ("head",)
     assert resolve_targets(model, ["k", "o", "extra"]).targets == ["wk", "wo", "extra"]
     assert architecture("loralab-test").roles == ("q", "k", "v", "o")
+
+
+def test_the_table_is_a_registry_all_or_nothing_with_replace(scoped_table):
+    first = register_architecture(Architecture(model_types=("loralab-test",), q="wq"))
+    with pytest.raises(LoraLabError, match="model type 'loralab-test' is already in the architecture table; pass "
+                                           "replace=True"):
+        register_architecture(Architecture(model_types=("loralab-new", "loralab-test"), q="x"))
+    assert "loralab-new" not in ARCHITECTURES                          # nothing added
+    second = register_architecture(Architecture(model_types=("loralab-test",), q="wq2"), replace=True)
+    assert architecture("loralab-test") is second and architectures().count(first) == 0
+    with pytest.raises(ValueError, match="architecture 'loralab-test' is already registered"):
+        ARCHITECTURES.add("loralab-test", first)
