@@ -97,13 +97,12 @@ class ServeSettings:
 
 
 def _api_key(given: str | None) -> str | None:
-    """The key the server requires: the given one, else $LORALAB_API_KEY, else None (open); empty ones refused."""
-    if given is not None:
-        if not given.strip():
-            raise LoraLabError("--api-key is empty; give a key, or leave --api-key out to use $LORALAB_API_KEY "
-                               "(or to serve without a key)")
-        return given
+    """The key the server requires: the given one, else $LORALAB_API_KEY, else None (open). An empty key, given
+    or in the variable (even when a key is given), is refused: it is a setting that went wrong somewhere."""
     from_env = os.environ.get(API_KEY_ENV)
+    if given is not None and not given.strip():
+        raise LoraLabError("--api-key is empty; give a key, or leave --api-key out to use $LORALAB_API_KEY "
+                           "(or to serve without a key)")
     if from_env is not None and not from_env.strip():
-        raise LoraLabError(f"${API_KEY_ENV} is set but empty; give it a key, or unset it to serve without a key")
-    return from_env
+        raise LoraLabError(f"${API_KEY_ENV} is set but empty; give it a key, or unset it")
+    return given if given is not None else from_env
