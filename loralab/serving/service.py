@@ -93,9 +93,7 @@ class Pin:
         self.released = adapter is None                 # the base model is never unloaded: nothing to hold
 
     def release(self) -> None:
-        if not self.released:
-            self.released = True
-            self.service._unpin(self.adapter)
+        self.service._unpin(self)
 
     def __enter__(self) -> "Pin":
         return self
@@ -197,13 +195,16 @@ class Service:
         with self._pins:
             return self.in_use.get(adapter, 0)
 
-    def _unpin(self, adapter: str) -> None:
-        with self._pins:
-            left = self.in_use[adapter] - 1
+    def _unpin(self, pin: Pin) -> None:
+        with self._pins:                                 # the flag under the lock: released once, from any thread
+            if pin.released:
+                return
+            pin.released = True
+            left = self.in_use[pin.adapter] - 1
             if left:
-                self.in_use[adapter] = left
+                self.in_use[pin.adapter] = left
             else:
-                del self.in_use[adapter]
+                del self.in_use[pin.adapter]
 
     def model_cards(self) -> list[dict]:
         """/v1/models entries: the base, then each adapter with its base as parent (vLLM's shape)."""
