@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where = parser.add_argument_group("where and who")
     where.add_argument("--host", default=d["host"].default, help="address to listen on (default: %(default)s)")
     where.add_argument("--port", type=int, default=d["port"].default)
-    where.add_argument("--api-key", help=f"required as 'Authorization: Bearer KEY' on /v1/* (default: ${API_KEY_ENV})")
+    where.add_argument("--api-key", help=f"required as 'Authorization: Bearer KEY' on /v1/* (default: ${API_KEY_ENV}; "
+                       "an empty key is refused)")
     where.add_argument("--adapter-root", type=Path,
                        help="folder under which /v1/load_lora_adapter may load adapters (default: hot loading off)")
     limits = parser.add_argument_group("limits")

@@ -21,6 +21,10 @@ tokens do not depend on the other rows beyond float rounding; greedy rows give t
 with the request ids of that forward's rows in batch order: the hook for per-row adapters, e.g.
 `forward_context=lambda ids: loralab.per_row_adapters(model, [adapter_of[i] for i in ids])`.
 `row_ids` is the running rows' order between steps.
+
+A row whose own work after the forward (recording its token, detokenising, stop strings) raises leaves
+the batch at that step with `finish_reason` "error" and the exception in `StepOutput.error`; the other
+rows go on. (A failing forward raises from step(): it is the whole batch's.)
 """
 from __future__ import annotations
 
@@ -48,7 +52,8 @@ class StepOutput:
     """What one request got from one step: the token chosen (EOS included), the text it added (may be
     empty: an unfinished character or a possible stop string is held back), whether the request is
     done and why ("stop": EOS or a stop string; "length": max_new_tokens or the model's context),
-    and the count of tokens generated so far."""
+    and the count of tokens generated so far. error: the exception of a row whose own work failed (it
+    is finished, finish_reason "error"); None otherwise."""
 
     request_id: Hashable
     token_id: int
@@ -56,6 +61,7 @@ class StepOutput:
     finished: bool
     finish_reason: str | None
     completion_tokens: int
+    error: Exception | None = None
 
 
 class _Row:
@@ -305,8 +311,16 @@ class BatchDecoder:
         tokens = sample_tokens(logits, settings, uniforms.to(logits.device))
         batch.pending = tokens
         batch.seen[torch.arange(len(tokens), device=tokens.device), tokens] = True
-        return [self._report(row, int(token), int(position))
+        return [self._report_or_fail(row, int(token), int(position))
                 for row, token, position in zip(batch.rows, tokens.tolist(), batch.positions.tolist())]
+
+    def _report_or_fail(self, row: _Row, token: int, position: int) -> StepOutput:
+        """_report, or a finished "error" output when this row's own work raises: one row's failure
+        (a tokenizer that cannot decode its token, say) ends that row only."""
+        try:
+            return self._report(row, token, position)
+        except Exception as exc:  # noqa: BLE001 - handed to the caller in the row's output
+            return StepOutput(row.request_id, token, "", True, "error", len(row.output), error=exc)
 
     def _report(self, row: _Row, token: int, position: int) -> StepOutput:
         """Record `token` for `row` (to be fed at `position`) and decide whether the row is done."""

@@ -106,6 +106,8 @@ def _decode_all(model: nn.Module, tokenizer: Any, prompt_ids: list[list[int]], p
     with _progress_bar(len(prompt_ids), progress) as bar:
         while decoder.has_work:
             for out in decoder.step():
+                if out.error is not None:
+                    raise out.error
                 tokens[out.request_id].append(out.token_id)
                 texts[out.request_id] += out.text
                 if out.finished:

@@ -54,7 +54,32 @@ def parse_body(raw: bytes) -> dict[str, Any]:
         raise bad_request(f"the body must be a JSON object, got {type(body).__name__}")
     if _depth(body) > MAX_JSON_DEPTH:
         raise bad_request(f"the body nests deeper than {MAX_JSON_DEPTH} levels")
+    for name, value in body.items():
+        _check_text(value, _printable(name), _printable(name))
     return body
+
+
+def _check_text(value: Any, where: str, param: str) -> None:
+    """400 naming the field when a string (or key) anywhere in `value` cannot be encoded as UTF-8: JSON's
+    \\uXXXX escapes can spell lone surrogates, which no tokenizer, file path or response can carry."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise bad_request(f"'{where}' is not valid Unicode text: a lone surrogate {value[exc.start]!r} at "
+                              f"character {exc.start}; send UTF-8 text", param=param) from None
+    elif isinstance(value, dict):
+        for key, child in value.items():
+            _check_text(key, f"{where} key {_printable(key)}", param)
+            _check_text(child, f"{where}.{_printable(key)}", param)
+    elif isinstance(value, list):
+        for i, child in enumerate(value):
+            _check_text(child, f"{where}[{i}]", param)
+
+
+def _printable(text: str) -> str:
+    """`text` with lone surrogates spelled as \\udXXX escapes, so an error message can quote it."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _depth(value: Any, level: int = 1) -> int:
@@ -96,6 +121,7 @@ class GenerationRequest:
     n: int
     stream: bool
     max_tokens: int
+    max_tokens_field: str                          # the field that set max_tokens, named in errors about it
     temperature: float
     top_p: float
     top_k: int
@@ -144,9 +170,7 @@ def generation_request(body: dict, chat: bool, limits) -> GenerationRequest:
         raise bad_request("'best_of' other than n is not supported", param="best_of")
     if len(prompts) * n > limits.max_n:
         raise bad_request(f"{len(prompts)} prompts × n={n} choices is above this server's {limits.max_n}", param="n")
-    default_tokens = limits.max_tokens if chat else limits.default_max_tokens
-    max_tokens = field(body, "max_completion_tokens", "integer") if chat else None
-    max_tokens = _bounded(body, "max_tokens", "integer", max_tokens or default_tokens, 1, limits.max_tokens)
+    max_tokens_field, max_tokens = _max_tokens(body, chat, limits)
     stop = body.get("stop")
     stop = (stop,) if isinstance(stop, str) else stop or ()
     if not isinstance(stop, (list, tuple)) or len(stop) > 4 or not all(isinstance(s, str) and s for s in stop):
@@ -154,9 +178,23 @@ def generation_request(body: dict, chat: bool, limits) -> GenerationRequest:
     stream = field(body, "stream", "boolean", False)
     return GenerationRequest(
         chat=chat, model=model, prompts=prompts, messages=tuple(messages) if messages is not None else None, n=n,
-        stream=stream, max_tokens=max_tokens, temperature=float(_bounded(body, "temperature", "number", 1.0, 0, 2)),
+        stream=stream, max_tokens=max_tokens, max_tokens_field=max_tokens_field, temperature=float(_bounded(body, "temperature", "number", 1.0, 0, 2)),
         top_p=float(_bounded(body, "top_p", "number", 1.0, 1e-9, 1)), top_k=_top_k(body),
         seed=_bounded(body, "seed", "integer", None, -2 ** 63, 2 ** 64 - 1), stop=tuple(stop))
+
+
+def _max_tokens(body: dict, chat: bool, limits) -> tuple[str, int]:
+    """(the field that set it, tokens per choice): chat takes OpenAI's max_completion_tokens or the older
+    max_tokens (both: they must agree); each is checked, and named in errors, as itself."""
+    names = ("max_completion_tokens", "max_tokens") if chat else ("max_tokens",)
+    given = {name: _bounded(body, name, "integer", None, 1, limits.max_tokens) for name in names}
+    given = {name: value for name, value in given.items() if value is not None}
+    if len(set(given.values())) > 1:
+        raise bad_request(f"'max_completion_tokens' ({given['max_completion_tokens']}) and 'max_tokens' "
+                          f"({given['max_tokens']}) differ; send one of them", param="max_completion_tokens")
+    if given:
+        return next(iter(given.items()))
+    return "max_tokens", limits.max_tokens if chat else limits.default_max_tokens
 
 
 def _top_k(body: dict) -> int:
@@ -189,6 +227,15 @@ def classify_request(body: dict, limits) -> ClassifyRequest:
         else:
             raise bad_request("each input must be a string or a [text, text_pair] pair of strings", param="input")
     return ClassifyRequest(model, tuple(inputs))
+
+
+def path_field(body: dict, name: str) -> str:
+    """A required file-system path: a string without NUL characters (no file name holds one)."""
+    value = field(body, name, "string", required=True)
+    if "\x00" in value:
+        raise bad_request(f"'{name}' holds a NUL character at position {value.index(chr(0))}; no path has one",
+                          param=name)
+    return value
 
 
 def adapter_name_field(body: dict) -> str:

@@ -31,7 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from loralab.serving import api
 from loralab.serving.api import ApiError
 from loralab.serving.engine import ClassifyJob, EventSink, GenerationJob
-from loralab.serving.service import Service
+from loralab.serving.service import Pin, Service
 
 
 def create_app(service: Service) -> FastAPI:
@@ -124,7 +124,7 @@ def _routes(app: FastAPI, service: Service) -> None:
     async def load_lora_adapter(request: Request) -> JSONResponse:
         body = await read_json(request)
         name = api.adapter_name_field(body)
-        path = api.field(body, "lora_path", "string", required=True)
+        path = api.path_field(body, "lora_path")
         info = await service.load_adapter(name, path)
         return JSONResponse({"status": "loaded", "lora_name": name, "rank": info.rank, "task": info.task})
 
@@ -155,14 +155,13 @@ async def _next_event(sink: EventSink, disconnect: asyncio.Task) -> tuple | None
 
 
 class _Tracker:
-    """Bookkeeping of one request: its adapter held against unloading, latency and status metrics."""
+    """Bookkeeping of one request: the Pin on its adapter (released when it is done), latency and status
+    metrics."""
 
-    def __init__(self, service: Service, endpoint: str, model: str, adapter: str | None):
-        self.service, self.endpoint, self.model, self.adapter = service, endpoint, model, adapter
+    def __init__(self, service: Service, endpoint: str, model: str, pin: Pin):
+        self.service, self.endpoint, self.model, self.pin = service, endpoint, model, pin
         self.start = time.monotonic()
         self.first_token: float | None = None
-        self._using = service.using(adapter)
-        self._using.__enter__()
 
     def token(self) -> None:
         if self.first_token is None:
@@ -171,7 +170,7 @@ class _Tracker:
                                          {"model": self.model})
 
     def done(self, status: int) -> None:
-        self._using.__exit__(None, None, None)
+        self.pin.release()
         labels = {"model": self.model}
         self.service.metrics.inc("loralab_requests_total", {"endpoint": self.endpoint, "status": str(status), **labels})
         self.service.metrics.observe("loralab_request_seconds", time.monotonic() - self.start, labels)
@@ -181,14 +180,23 @@ async def _generation(request: Request, service: Service, body: dict, chat: bool
     if not service.generative:
         raise ApiError(404, "this server classifies; use POST /v1/classify", code="wrong_endpoint")
     req = api.generation_request(body, chat, service.settings)
-    adapter = service.resolve(req.model)
-    prompt_ids = await run_in_threadpool(service.encode_prompts, list(req.prompts), req.messages, req.max_tokens)
+    pin = service.pin(req.model)              # admitted: the adapter stays loaded until this is released
+    try:
+        return await _generate(request, service, req, pin)
+    except BaseException:
+        pin.release()                         # idempotent: the paths below may have released it already
+        raise
+
+
+async def _generate(request: Request, service: Service, req: api.GenerationRequest, pin: Pin) -> Response:
+    prompt_ids = await run_in_threadpool(service.encode_prompts, list(req.prompts), req.messages, req.max_tokens,
+                                         req.max_tokens_field)
     prompts = [ids for ids in prompt_ids for _ in range(req.n)]            # choice index = prompt·n + j
     params = [req.sampling(i % req.n, req.max_tokens) for i in range(len(prompts))]
-    job = GenerationJob(api.new_id("cmpl" if not chat else "chatcmpl"), adapter, prompts, params,
+    job = GenerationJob(api.new_id("cmpl" if not req.chat else "chatcmpl"), pin.adapter, prompts, params,
                         EventSink(asyncio.get_running_loop()))
-    endpoint = "/v1/chat/completions" if chat else "/v1/completions"
-    tracker = _Tracker(service, endpoint, req.model, adapter)
+    endpoint = "/v1/chat/completions" if req.chat else "/v1/completions"
+    tracker = _Tracker(service, endpoint, req.model, pin)
     disconnect = asyncio.ensure_future(_wait_disconnect(request))
     run = _Run(service, req, job, tracker, disconnect, prompt_tokens=sum(len(ids) for ids in prompt_ids))
     status = 200
@@ -196,8 +204,7 @@ async def _generation(request: Request, service: Service, body: dict, chat: bool
         service.engine.submit(job)
         first = await run.next()
         if req.stream:
-            return StreamingResponse(run.stream(first), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            return _RunStream(run, first)
         return JSONResponse(await run.collect())
     except ApiError as exc:
         status = exc.status
@@ -208,6 +215,22 @@ async def _generation(request: Request, service: Service, body: dict, chat: bool
     finally:
         if not req.stream or status != 200:
             run.close(status)
+
+
+class _RunStream(StreamingResponse):
+    """A generation's server-sent events; the run is closed (its rows cancelled, its Pin released) however
+    the response ends, even when the stream never started (the client left before the first byte)."""
+
+    def __init__(self, run: "_Run", first: tuple):
+        super().__init__(run.stream(first), media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self.run = run
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.run.close(499)               # a no-op when the stream itself closed the run
 
 
 class _Run:
@@ -293,10 +316,14 @@ async def _classify(request: Request, service: Service, body: dict) -> JSONRespo
         raise ApiError(404, "this server generates text; use /v1/completions or /v1/chat/completions",
                        code="wrong_endpoint")
     req = api.classify_request(body, service.settings)
-    adapter = service.resolve(req.model)
-    features = await run_in_threadpool(service.encode_inputs, adapter, req.inputs)
-    job = ClassifyJob(adapter, features, EventSink(asyncio.get_running_loop()))
-    tracker = _Tracker(service, "/v1/classify", req.model, adapter)
+    with service.pin(req.model) as pin:       # released on every exit path; the labels come from the Pin
+        return await _classify_pinned(request, service, req, pin)
+
+
+async def _classify_pinned(request: Request, service: Service, req: api.ClassifyRequest, pin: Pin) -> JSONResponse:
+    features = await run_in_threadpool(service.encode_inputs, pin, req.inputs)
+    job = ClassifyJob(pin.adapter, features, EventSink(asyncio.get_running_loop()))
+    tracker = _Tracker(service, "/v1/classify", req.model, pin)
     disconnect = asyncio.ensure_future(_wait_disconnect(request))
     status = 200
     try:
@@ -313,7 +340,7 @@ async def _classify(request: Request, service: Service, body: dict) -> JSONRespo
     finally:
         disconnect.cancel()
         tracker.done(status)
-    labels = service.labels_of(adapter)
+    labels = service.labels_of(pin)
     data = [_classification(i, value, labels) for i, value in enumerate(event[1])]
     tokens = sum(len(f["input_ids"]) for f in features)
     service.metrics.inc("loralab_classified_inputs_total", {"model": req.model}, len(features))

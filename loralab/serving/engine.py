@@ -12,8 +12,14 @@ step, a finished or cancelled one leaves, and each step is one mixed-adapter for
 (loralab.per_row_adapters with the adapter of every running row). ClassifierEngine batches the rows of
 waiting /v1/classify requests, up to max_batch_size per forward, whatever their adapters.
 
-A failing step fails the requests in it (500) and the engine goes on with a fresh batch: no request can
-take the server down or see another request's rows.
+What fails for one request fails that request alone, and the batch goes on: a request whose adapter is
+not on the model (checked before every step; an admitted request's adapter is pinned, so only a bug gets
+here), a generation row whose own work after the forward raises (BatchDecoder's per-row isolation), a
+classify request whose rows make a mixed forward fail (each request is then run alone: the one that still
+fails gets the error). Such a request gets a 500 error object and leaves the batch; the other streams get
+every token and their [DONE]. Only a forward of a generation batch that fails as a whole fails the requests
+in it (500), and the engine goes on with a fresh batch: no request can take the server down or see another
+request's rows.
 """
 from __future__ import annotations
 
@@ -53,6 +59,24 @@ class EventSink:
 def internal_error(exc: BaseException) -> ApiError:
     return ApiError(500, f"the model failed on this batch ({type(exc).__name__}); the request was dropped",
                     type="internal_error", code="internal_error")
+
+
+def request_error(exc: BaseException) -> ApiError:
+    """The error of one request whose own work failed (the others in its batch went on)."""
+    return ApiError(500, f"the server failed on this request ({type(exc).__name__}: {exc}); it was dropped, the "
+                         "other requests went on", type="internal_error", code="internal_error")
+
+
+def loaded_adapters(model: nn.Module) -> set[str]:
+    from loralab.adapters.state import STATE_ATTR
+
+    return set(getattr(getattr(model, STATE_ATTR, None), "configs", None) or ())
+
+
+def check_adapter(model: nn.Module, adapter: str | None) -> None:
+    """Raise when a request's adapter is not on the model (a request must fail alone, not its batch)."""
+    if adapter is not None and adapter not in loaded_adapters(model):
+        raise LookupError(f"adapter {adapter!r} is not loaded on the model")
 
 
 class ModelWorker:
@@ -202,6 +226,15 @@ class GenerationEngine(ModelWorker):
     def has_work(self) -> bool:
         return self.decoder.has_work
 
+    def check_job(self, job: GenerationJob) -> None:
+        """Raise when `job` cannot run in the next step (its adapter is gone): it fails alone."""
+        check_adapter(self.model, job.adapter)
+
+    def _fail_job(self, job: GenerationJob, error: ApiError) -> None:
+        """Take every row of `job` out of the batch and the queue, and send it `error`; the rest go on."""
+        self._cancel(job.job_id)
+        job.sink.push(("error", error))
+
     def _add(self, job: GenerationJob) -> None:
         for i, (prompt, params) in enumerate(zip(job.prompts, job.params)):
             self._rows[(job.job_id, i)] = job
@@ -221,6 +254,13 @@ class GenerationEngine(ModelWorker):
                 self._started()
 
     def work(self) -> None:
+        for job in {id(job): job for job in self._rows.values()}.values():
+            try:
+                self.check_job(job)
+            except Exception as exc:  # noqa: BLE001 - this request fails alone
+                self._fail_job(job, request_error(exc))
+        if not self.decoder.has_work:
+            return
         outputs = self.decoder.step()
         self.metrics.set("loralab_running_rows", len(self.decoder.row_ids))
         for out in outputs:
@@ -230,6 +270,11 @@ class GenerationEngine(ModelWorker):
             if out.request_id not in job.started:
                 job.started.add(out.request_id)
                 self._started()
+            if out.error is not None:                    # this row's own work failed: its request alone ends
+                traceback.print_exception(out.error, file=sys.stderr)
+                del self._rows[out.request_id]
+                self._fail_job(job, request_error(out.error))
+                continue
             if out.finished:
                 del self._rows[out.request_id]
             job.sink.push(("token", out.request_id[1], out))
@@ -256,6 +301,7 @@ class ClassifyJob:
     sink: EventSink
     probs: list = field(default_factory=list)
     done: int = 0
+    failed: bool = False
 
 
 class ClassifierEngine(ModelWorker):
@@ -287,20 +333,65 @@ class ClassifierEngine(ModelWorker):
     def work(self) -> None:
         rows = [self._pending.popleft() for _ in range(min(self.max_batch_size, len(self._pending)))]
         self._started(len(rows))
+        rows = self._servable(rows)
+        if not rows:
+            return
         self._in_flight = rows
+        try:
+            values = self._forward(rows)
+        except Exception:
+            if len({id(job) for job, _ in rows}) < 2:
+                raise                                    # one request's batch: fail_all gives it the error
+            traceback.print_exc(file=sys.stderr)
+            values = self._forward_each_request(rows)
+        self._in_flight = []
+        for (job, i), value in zip(rows, values):
+            if job.failed:
+                continue
+            job.probs[i] = value
+            job.done += 1
+            if job.done == len(job.features):
+                job.sink.push(("done", job.probs))
+
+    def _servable(self, rows: list[tuple[ClassifyJob, int]]) -> list[tuple[ClassifyJob, int]]:
+        """The rows whose request can run; a request whose adapter is not on the model fails alone."""
+        for job in {id(job): job for job, _ in rows}.values():
+            try:
+                check_adapter(self.model, job.adapter)
+            except Exception as exc:  # noqa: BLE001 - this request fails alone
+                self._fail_job(job, request_error(exc))
+        return [(job, i) for job, i in rows if not job.failed]
+
+    def _forward(self, rows: list[tuple[ClassifyJob, int]]) -> list:
+        """Each row's probabilities (regression: its value), in one mixed-adapter forward."""
         names = [job.adapter for job, _ in rows]
         self.metrics.observe("loralab_batch_rows", len(rows))
         self.metrics.observe("loralab_batch_adapters", len(set(names)))
         batch = {k: v.to(self.device) for k, v in self.collate([job.features[i] for job, i in rows]).items()}
         with torch.inference_mode(), adapters_context(self.model, names):
             logits = self.model(**batch).logits.float()
-        self._in_flight = []
-        values = logits[:, 0].tolist() if self.regression else torch.softmax(logits, dim=-1).tolist()
-        for (job, i), value in zip(rows, values):
-            job.probs[i] = value
-            job.done += 1
-            if job.done == len(job.features):
-                job.sink.push(("done", job.probs))
+        return logits[:, 0].tolist() if self.regression else torch.softmax(logits, dim=-1).tolist()
+
+    def _forward_each_request(self, rows: list[tuple[ClassifyJob, int]]) -> list:
+        """After a mixed forward failed: each request's rows alone, so only a request that fails by itself
+        gets the error (classification keeps no state between forwards; running again is safe)."""
+        values: list = [None] * len(rows)
+        for job in {id(job): job for job, _ in rows}.values():
+            index = [k for k, (other, _) in enumerate(rows) if other is job]
+            try:
+                for k, value in zip(index, self._forward([rows[k] for k in index])):
+                    values[k] = value
+            except Exception as exc:  # noqa: BLE001 - this request fails alone
+                self._fail_job(job, request_error(exc))
+        return values
+
+    def _fail_job(self, job: ClassifyJob, error: ApiError) -> None:
+        """`job` gets `error`; its rows still waiting are dropped, the other requests' rows stay."""
+        job.failed = True
+        keep = deque((other, i) for other, i in self._pending if other is not job)
+        self._started(len(self._pending) - len(keep))
+        self._pending = keep
+        job.sink.push(("error", error))
 
     def fail_all(self, error: ApiError) -> None:
         """The jobs of the failed batch get the error; their other waiting rows are dropped."""

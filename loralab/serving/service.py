@@ -1,8 +1,8 @@
 """What one server process serves: the base model, its adapters (hot loaded and unloaded), the engine.
 
     service = Service.start(ServeSettings(model="smollm2-135m-instruct", adapters={"e2e": Path("runs/e2e/adapter")}))
-    adapter = service.resolve("e2e")              # None for the base model's name; 404 for unknown names
-    with service.using(adapter): ...              # an adapter in use is not unloaded under a request
+    with service.pin("e2e") as pin: ...           # the adapter a request names, held: never unloaded under it
+    pin.adapter, pin.info                         # None, None for the base model's name; 404 for unknown names
     await service.load_adapter("news", "/srv/adapters/news")
     service.stop()
 
@@ -11,16 +11,21 @@ One process serves one base model for one task: a causal LM (the OpenAI endpoint
 keeps its own label names). Loading checks everything before the model is touched: the path lies under
 --adapter-root (403), the folder is an adapter for this task whose rank is within --max-lora-rank, and
 loralab.load_adapter checks every module and shape against the base (400 for another model's adapter).
+
+Admission cannot race an unload: `pin` looks the name up and counts the request as using the adapter under
+one lock, and `unload_adapter` marks the name as unloading under the same lock, so an admitted request's
+adapter stays loaded until its Pin is released (whatever happens to the request), and no request is
+admitted for an adapter being unloaded. Whatever later removes adapters (an eviction policy) must skip
+pinned ones the same way: `Service.pinned(name)`.
 """
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import json
+import os
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,6 +81,27 @@ def describe_adapter(name: str, path: Path, task: str, max_rank: int, base_folde
     return AdapterInfo(name, path, max(ranks), trained_for, label_map, info.get("max_length"), int(time.time()))
 
 
+class Pin:
+    """A request's hold on the model it names: while held, its adapter cannot be unloaded (or evicted).
+
+    adapter: the adapter's name (None: the base model); info: its AdapterInfo as it was at admission (None:
+    the base). release() is idempotent, so every exit path of a request may call it; a Pin is also a
+    context manager that releases on exit."""
+
+    def __init__(self, service: "Service", adapter: str | None, info: AdapterInfo | None):
+        self.service, self.adapter, self.info = service, adapter, info
+        self.released = adapter is None                 # the base model is never unloaded: nothing to hold
+
+    def release(self) -> None:
+        self.service._unpin(self)
+
+    def __enter__(self) -> "Pin":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 class Service:
     """The model, its tokenizer, the adapters and the engine (GenerationEngine or ClassifierEngine)."""
 
@@ -93,8 +119,9 @@ class Service:
         self.generative = task_kind(task).is_generative
         self.metrics = Metrics()
         self.adapters: dict[str, AdapterInfo] = {}
-        self.in_use: dict[str, int] = {}
+        self.in_use: dict[str, int] = {}                # adapter -> requests holding a Pin on it (absent: 0)
         self.unloading: set[str] = set()
+        self._pins = threading.Lock()                   # guards adapters, in_use and unloading together
         self.manage_lock = asyncio.Lock()
         self.created = int(time.time())
         self._encode_lock = threading.Lock()            # request threads encode with their own tokenizer copy
@@ -145,23 +172,39 @@ class Service:
 
     # ---- which model a request names ----------------------------------------------------------------
     def resolve(self, model: str) -> str | None:
-        """The adapter a request's "model" names (None: the base model); 404 for anything else."""
+        """The adapter a request's "model" names (None: the base model); 404 for anything else. Only a
+        lookup: a request holds its adapter with `pin`."""
         if model == self.base_name:
             return None
         if model in self.adapters and model not in self.unloading:
             return model
         raise not_found(model)
 
-    @contextlib.contextmanager
-    def using(self, adapter: str | None) -> Iterator[None]:
-        """Count a running request on `adapter`, so unloading waits for it."""
-        if adapter is not None:
+    def pin(self, model: str) -> Pin:
+        """Look up the model a request names and hold it, in one step (404 for unknown names and adapters
+        being unloaded). The caller releases the Pin on every exit path."""
+        with self._pins:
+            adapter = self.resolve(model)
+            if adapter is None:
+                return Pin(self, None, None)
             self.in_use[adapter] = self.in_use.get(adapter, 0) + 1
-        try:
-            yield
-        finally:
-            if adapter is not None:
-                self.in_use[adapter] -= 1
+            return Pin(self, adapter, self.adapters[adapter])
+
+    def pinned(self, adapter: str) -> int:
+        """How many requests hold `adapter` now."""
+        with self._pins:
+            return self.in_use.get(adapter, 0)
+
+    def _unpin(self, pin: Pin) -> None:
+        with self._pins:                                 # the flag under the lock: released once, from any thread
+            if pin.released:
+                return
+            pin.released = True
+            left = self.in_use[pin.adapter] - 1
+            if left:
+                self.in_use[pin.adapter] = left
+            else:
+                del self.in_use[pin.adapter]
 
     def model_cards(self) -> list[dict]:
         """/v1/models entries: the base, then each adapter with its base as parent (vLLM's shape)."""
@@ -181,9 +224,11 @@ class Service:
 
         return context_length(self.model)
 
-    def encode_prompts(self, prompts: list[str] | None, messages: Any, max_tokens: int) -> list[list[int]]:
+    def encode_prompts(self, prompts: list[str] | None, messages: Any, max_tokens: int,
+                       max_tokens_field: str = "max_tokens") -> list[list[int]]:
         """Token ids of each prompt (chat: the messages through the chat template); 400 when a prompt is
-        empty or too long for --max-prompt-tokens or the model's context with max_tokens added."""
+        empty or too long for --max-prompt-tokens or the model's context with max_tokens added
+        (max_tokens_field: the request field that gave it, named in the error)."""
         from loralab.data.chat import chat_prompt_ids, check_messages
 
         with self._encode_lock:
@@ -203,16 +248,17 @@ class Service:
                                   f"{limit}", param="prompt")
             if context is not None and len(one) + max_tokens > context:
                 raise bad_request(f"this model's context is {context} tokens, but the prompt ({len(one)}) plus "
-                                  f"max_tokens ({max_tokens}) needs {len(one) + max_tokens}", param="max_tokens")
+                                  f"{max_tokens_field} ({max_tokens}) needs {len(one) + max_tokens}",
+                                  param=max_tokens_field)
         return ids
 
-    def encode_inputs(self, adapter: str | None, inputs: tuple) -> list[dict]:
-        """Classifier features of each (text, text_pair), tokenized as the adapter was trained."""
+    def encode_inputs(self, pin: Pin, inputs: tuple) -> list[dict]:
+        """Classifier features of each (text, text_pair), tokenized as the pinned adapter was trained."""
         from loralab.data.encoding import Task, encode_examples
         from loralab.data.examples import Example
         from loralab.data.tasks import task_kind
 
-        info = self.adapters.get(adapter) if adapter is not None else None
+        adapter, info = pin.adapter, pin.info
         kind = info.task if info is not None else self.task
         pairs = task_kind(kind).text_pair
         if pairs == "never" and any(b is not None for _, b in inputs):
@@ -229,21 +275,24 @@ class Service:
             except LoraLabError as exc:
                 raise bad_request(str(exc), param="input") from None
 
-    def labels_of(self, adapter: str | None):
-        return self.adapters[adapter].label_map if adapter is not None else self.label_map
+    def labels_of(self, pin: Pin):
+        """The label map answers use: the pinned adapter's own (each keeps its label names), else the head's."""
+        return pin.info.label_map if pin.info is not None else self.label_map
 
     # ---- hot loading ----------------------------------------------------------------------------------
     def adapter_path(self, raw: str) -> Path:
-        """The folder a load request names, resolved; 403 unless it lies under --adapter-root."""
+        """The folder a load request names, resolved; 403 unless it, and every file and folder at any level
+        inside it (symlinks resolved), lies under --adapter-root."""
         root = self.settings.adapter_root
         if root is None:
             raise ApiError(403, "runtime adapter loading is off; start the server with --adapter-root FOLDER",
                            type="permission_error", param="lora_path", code="forbidden")
         path = Path(raw).expanduser()
         path = (path if path.is_absolute() else root / path).resolve()
-        if path != root and root not in path.parents:
+        if not _under(path, root):
             raise ApiError(403, f"{raw!r} is outside the server's --adapter-root", type="permission_error",
                            param="lora_path", code="forbidden")
+        _check_links_stay_under(root, path, raw)
         return path
 
     async def load_adapter(self, name: str, raw_path: str) -> AdapterInfo:
@@ -256,7 +305,7 @@ class Service:
             if len(self.adapters) >= self.settings.max_adapters:
                 raise bad_request(f"{len(self.adapters)} adapters are loaded, this server's --max-adapters; unload "
                                   "one first", param="lora_name")
-            path = self.adapter_path(raw_path)
+            path = await asyncio.to_thread(self.adapter_path, raw_path)
             info = await asyncio.to_thread(describe_adapter, name, path, self.task, self.settings.max_lora_rank,
                                            self.base_folder)
             _check_head(info, self.label_map, error=bad_request)
@@ -268,33 +317,75 @@ class Service:
                 await self.engine.call(load)
             except LoraLabError as exc:
                 raise bad_request(f"adapter {name!r} does not fit this base model: {exc}", param="lora_path") from None
-            self.adapters[name] = info
+            with self._pins:
+                self.adapters[name] = info
             self.metrics.set("loralab_adapters_loaded", len(self.adapters))
             return info
 
     async def unload_adapter(self, name: str) -> None:
-        """Wait (up to --unload-timeout) for the adapter's running requests, then delete it; 409 if they
-        are still running then (the adapter stays loaded), 404 for an unknown name."""
+        """Wait (up to --unload-timeout) for the requests holding the adapter, then delete it; 409 if they
+        still hold it then (the adapter stays loaded), 404 for an unknown name. From the moment this starts,
+        new requests for the name get 404."""
         import loralab
 
         async with self.manage_lock:
-            if name not in self.adapters:
-                raise not_found(name)
-            self.unloading.add(name)                     # new requests for it get 404 from here on
+            with self._pins:
+                if name not in self.adapters:
+                    raise not_found(name)
+                self.unloading.add(name)                 # under the pin lock: no request is admitted after this
             try:
                 deadline = time.monotonic() + self.settings.unload_timeout
-                while self.in_use.get(name, 0) and time.monotonic() < deadline:
+                while self.pinned(name) and time.monotonic() < deadline:
                     await asyncio.sleep(0.02)
-                if self.in_use.get(name, 0):
-                    raise ApiError(409, f"adapter {name!r} is still used by {self.in_use[name]} running request(s) "
+                if self.pinned(name):
+                    raise ApiError(409, f"adapter {name!r} is still used by {self.pinned(name)} running request(s) "
                                         f"after {self.settings.unload_timeout:g} s; it stays loaded, retry later",
                                    type="conflict_error", param="lora_name", code="adapter_in_use")
                 await self.engine.call(lambda: loralab.delete_adapter(self.model, name))
-                del self.adapters[name]
-                self.in_use.pop(name, None)
+                with self._pins:
+                    del self.adapters[name]
                 self.metrics.set("loralab_adapters_loaded", len(self.adapters))
             finally:
-                self.unloading.discard(name)
+                with self._pins:
+                    self.unloading.discard(name)
+
+
+MAX_ADAPTER_ENTRIES = 10_000      # files and folders in one hot-loaded adapter folder (a real one holds a few)
+
+
+def _under(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def _check_links_stay_under(root: Path, folder: Path, raw: str) -> None:
+    """403 naming the entry when a file or folder at any level inside `folder` resolves (through symlinks)
+    outside `root`: the loader would read it. Folders linked inside the root are walked too, each once."""
+    seen: set[Path] = set()
+    todo, count = [folder], 0
+    while todo:
+        current = todo.pop()
+        if current.resolve() in seen:
+            continue
+        seen.add(current.resolve())
+        try:
+            entries = list(os.scandir(current))
+        except OSError:
+            continue                                     # not a folder or unreadable: describe_adapter says so
+        for entry in entries:
+            count += 1
+            if count > MAX_ADAPTER_ENTRIES:
+                raise bad_request(f"{raw!r} holds more than {MAX_ADAPTER_ENTRIES} files and folders; an adapter "
+                                  "folder holds a few", param="lora_path")
+            name = Path(entry.path).relative_to(folder)
+            try:
+                target = Path(entry.path).resolve(strict=False)
+            except (OSError, RuntimeError):              # a symlink loop
+                raise bad_request(f"{name} in {raw!r} is a symlink loop", param="lora_path") from None
+            if not _under(target, root):
+                raise ApiError(403, f"{name} in {raw!r} is a symlink to {target}, outside the server's "
+                                    "--adapter-root", type="permission_error", param="lora_path", code="forbidden")
+            if entry.is_dir():
+                todo.append(Path(entry.path))
 
 
 def _describe_or_fail(name: str, path: Path, task: str, max_rank: int, base_folder: Path | None) -> AdapterInfo:

@@ -1,6 +1,7 @@
 """ServeSettings: what `loralab serve` runs and its limits, validated at construction."""
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,15 +20,17 @@ class ServeSettings:
         adapter's base). adapters: {name: adapter folder} loaded at start. task: "causal-lm" (the OpenAI
         endpoints) or a classifier task (/v1/classify); None: the first adapter's task, else causal-lm.
     served_name: the base model's name in /v1/models and a request's "model" (default: the spec).
-    api_key: required as "Authorization: Bearer KEY" on /v1/* (default: $LORALAB_API_KEY; None: open).
+    api_key: required as "Authorization: Bearer KEY" on /v1/* (None: $LORALAB_API_KEY when that is set, else
+        open). A given key wins over the variable; an empty key, given or in the variable, is refused (it
+        would look like auth while letting "Bearer " through).
     adapter_root: folder under which /v1/load_lora_adapter may load adapters (None: runtime loading off).
     max_adapters / max_lora_rank: limits for loaded adapters (rank: the largest r of any layer).
     max_batch_size: rows decoded (or classified) together. max_queue: requests waiting for a row before
         new ones get 429. max_body_bytes: request body size. max_prompt_tokens: prompt length (None: the
         model's context). max_tokens: the most tokens one choice may ask for; default_max_tokens: what a
         completion without max_tokens gets (chat requests get max_tokens). max_n: choices per request.
-    max_inputs: texts per /v1/classify request. unload_timeout: seconds an unload waits for the adapter's
-        running requests. threads: torch threads (None: torch's default).
+    max_inputs: texts per /v1/classify request. unload_timeout: seconds (finite, ≥ 0) an unload waits for
+        the adapter's running requests. threads: torch threads (None: torch's default).
     device, dtype, quantize: where the model runs and how its frozen weights are stored, as on `loralab train`
         (loralab.precision; "auto" picks a GPU when there is one); adapters stay fp32 in every case.
     """
@@ -57,8 +60,7 @@ class ServeSettings:
     quantize: str = "none"
 
     def __post_init__(self) -> None:
-        if self.api_key is None:
-            self.api_key = os.environ.get(API_KEY_ENV) or None
+        self.api_key = _api_key(self.api_key)
         for name in ("max_adapters", "max_lora_rank", "max_batch_size", "max_queue", "max_body_bytes", "max_tokens",
                      "default_max_tokens", "max_n", "max_inputs"):
             value = getattr(self, name)
@@ -68,6 +70,9 @@ class ServeSettings:
             raise LoraLabError(f"max-prompt-tokens must be a positive integer, got {self.max_prompt_tokens!r}")
         if self.default_max_tokens > self.max_tokens:
             raise LoraLabError(f"default-max-tokens ({self.default_max_tokens}) is above max-tokens ({self.max_tokens})")
+        if isinstance(self.unload_timeout, bool) or not isinstance(self.unload_timeout, (int, float)) or \
+                not math.isfinite(self.unload_timeout) or self.unload_timeout < 0:
+            raise LoraLabError(f"unload-timeout must be a finite number of seconds, 0 or more, got {self.unload_timeout!r}")
         if not 0 < self.port < 65536:
             raise LoraLabError(f"port must be in 1..65535, got {self.port}")
         if len(self.adapters) > self.max_adapters:
@@ -90,3 +95,14 @@ class ServeSettings:
 
         return Precision.resolve(self.device, self.dtype)
 
+
+def _api_key(given: str | None) -> str | None:
+    """The key the server requires: the given one, else $LORALAB_API_KEY, else None (open). An empty key, given
+    or in the variable (even when a key is given), is refused: it is a setting that went wrong somewhere."""
+    from_env = os.environ.get(API_KEY_ENV)
+    if given is not None and not given.strip():
+        raise LoraLabError("--api-key is empty; give a key, or leave --api-key out to use $LORALAB_API_KEY "
+                           "(or to serve without a key)")
+    if from_env is not None and not from_env.strip():
+        raise LoraLabError(f"${API_KEY_ENV} is set but empty; give it a key, or unset it")
+    return given if given is not None else from_env

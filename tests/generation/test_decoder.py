@@ -204,3 +204,29 @@ def test_bad_requests_are_refused(tiny):
     with pytest.raises(LoraLabError, match="max_batch_size"):
         BatchDecoder(model, tokenizer, max_batch_size=0)
     assert decoder.waiting_ids == ["x"] and not decoder.cancel("nobody")
+
+
+def test_a_row_whose_own_work_fails_leaves_alone_and_the_others_go_on(tiny, monkeypatch):
+    model, tokenizer, prompts = tiny
+    expected = run(BatchDecoder(model, tokenizer), {r: prompts[r] for r in range(3)}, {})
+    decoder = BatchDecoder(model, tokenizer)
+    report = decoder._report
+
+    def failing(row, token, position):
+        if row.request_id == 2 and len(row.output) == 1:
+            raise ValueError("cannot detokenise")
+        return report(row, token, position)
+    monkeypatch.setattr(decoder, "_report", failing)
+    for r in range(3):
+        decoder.add(r, prompts[r], SamplingParams(max_new_tokens=NEW))
+    tokens: dict = {0: [], 1: [], 2: []}
+    failed = []
+    while decoder.has_work:
+        for out in decoder.step():
+            if out.error is not None:
+                failed.append((out.request_id, out.finished, out.finish_reason, str(out.error)))
+                assert 2 not in decoder.row_ids
+            else:
+                tokens[out.request_id].append(out.token_id)
+    assert len(expected[2]) > 1 and failed == [(2, True, "error", "cannot detokenise")]
+    assert tokens == {0: expected[0], 1: expected[1], 2: expected[2][:1]}

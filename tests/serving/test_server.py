@@ -2,6 +2,7 @@
 the `loralab serve` command line, settings validation and the Prometheus text format."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -135,3 +136,90 @@ def test_loralab_serve_process_drains_on_sigterm_and_exits_0(lm_files):
     finally:
         if process.poll() is None:
             process.kill()
+
+
+@pytest.mark.parametrize("flag, env, message", [
+    ("", None, "--api-key is empty; give a key, or leave --api-key out to use $LORALAB_API_KEY (or to serve without "
+               "a key)"),
+    ("  ", "good", "--api-key is empty"),
+    (None, "", "$LORALAB_API_KEY is set but empty; give it a key, or unset it"),
+    ("good", " ", "$LORALAB_API_KEY is set but empty"),
+])
+def test_an_empty_api_key_given_or_in_the_environment_is_refused(monkeypatch, flag, env, message):
+    monkeypatch.delenv("LORALAB_API_KEY", raising=False)
+    if env is not None:
+        monkeypatch.setenv("LORALAB_API_KEY", env)
+    with pytest.raises(LoraLabError) as caught:
+        ServeSettings(model="m", api_key=flag)
+    assert str(caught.value).startswith(message)
+
+
+def test_the_api_key_flag_wins_over_the_environment(monkeypatch):
+    monkeypatch.setenv("LORALAB_API_KEY", "from-env")
+    assert ServeSettings(model="m", api_key="from-flag").api_key == "from-flag"
+    assert ServeSettings(model="m").api_key == "from-env"
+    monkeypatch.delenv("LORALAB_API_KEY")
+    assert ServeSettings(model="m").api_key is None
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--api-key", ""], "--api-key is empty; give a key, or leave --api-key out to use $LORALAB_API_KEY (or to serve "
+                        "without a key)"),
+    (["--unload-timeout", "nan"], "unload-timeout must be a finite number of seconds, 0 or more, got nan"),
+    (["--unload-timeout", "inf"], "unload-timeout must be a finite number of seconds, 0 or more, got inf"),
+    (["--unload-timeout", "-1"], "unload-timeout must be a finite number of seconds, 0 or more, got -1.0"),
+])
+def test_bad_serve_settings_are_one_line_and_exit_2(capsys, monkeypatch, argv, message):
+    from loralab.cli.main import main
+
+    monkeypatch.delenv("LORALAB_API_KEY", raising=False)
+    assert main(["serve", "--model", "nothing-is-loaded", *argv]) == 2
+    assert capsys.readouterr().err == f"loralab serve: error: {message}\n"
+
+
+def test_a_port_in_use_is_one_line_before_the_model_loads(capsys, monkeypatch):
+    from loralab.cli.main import main
+
+    loaded = []
+    monkeypatch.setattr("loralab.serving.service.Service.start", lambda settings: loaded.append(settings))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", "--model", "m", "--port", str(port)]) == 2
+    assert capsys.readouterr().err == (f"loralab serve: error: port {port} on 127.0.0.1 is in use; choose another "
+                                       "with --port\n")
+    assert loaded == []                                  # refused before loading anything; no URL printed
+
+
+def raw_exchange(url: str, *requests: bytes) -> bytes:
+    """Send raw bytes over loopback and read until the server closes the connection."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as conn:
+        for request in requests:
+            conn.sendall(request)
+        chunks = []
+        while chunk := conn.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_malformed_http_is_answered_with_an_error_object(start_server, lm_files):
+    base, adapters = lm_files
+    server = start_server(model=str(base), adapters={"a": adapters["a"]})
+    good = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+    for malformed in (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n{}",
+                      b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+                      b"NOT HTTP AT ALL\r\n\r\n"):
+        for requests in ((malformed,), (good, malformed)):      # alone, and after a response on a kept-alive link
+            answer = raw_exchange(server.url, *requests)
+            last = answer[answer.rindex(b"HTTP/1.1 "):]
+            head, _, body = last.partition(b"\r\n\r\n")
+            assert head.split(b"\r\n")[0] == b"HTTP/1.1 400 Bad Request", answer
+            assert b"content-type: application/json" in head.lower()
+            assert json.loads(body) == {"error": {
+                "message": "the server could not read this HTTP request (Invalid HTTP request received); check its "
+                           "request line, headers and framing (Content-Length, Transfer-Encoding)",
+                "type": "invalid_request_error", "param": None, "code": None}}
+            assert answer.count(b"HTTP/1.1 ") == len(requests)
+    assert httpx.get(server.url + "/health", timeout=30).json()["status"] == "ok"

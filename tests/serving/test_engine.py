@@ -1,0 +1,123 @@
+"""The engine: what fails for one request fails that request alone. A generation row whose own work raises,
+a request whose adapter is gone from the model, a classify request whose rows break a mixed forward: that
+request gets an error object, the others in the same batch get every token and their [DONE]."""
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import threading
+import time
+
+import httpx
+import pytest
+
+import loralab
+
+
+def wait_until(condition, what: str) -> None:
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def stream_lines(c: httpx.Client, model: str, prompt: str, max_tokens: int) -> list[str]:
+    with c.stream("POST", "/v1/completions", json={"model": model, "prompt": prompt, "max_tokens": max_tokens,
+                                                   "temperature": 0, "stream": True}) as r:
+        assert r.status_code == 200, r.read()
+        return [line for line in r.iter_lines() if line]
+
+
+def streamed_text(lines: list[str]) -> str:
+    return "".join(e["choices"][0]["text"] for e in (json.loads(line[6:]) for line in lines[:-1]) if e["choices"])
+
+
+def one_batch(server, c: httpx.Client, break_it) -> tuple[list[str], httpx.Response, str]:
+    """A stream on a (12 tokens) and a request on b start in one batch after `break_it()` ran on the model
+    thread; returns (a's stream lines, b's response, a's text when run alone)."""
+    engine, gate = server.service.engine, threading.Event()
+    alone = streamed_text(stream_lines(c, "a", "the cat", 12))
+    engine.post(gate.wait)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        stream_a = pool.submit(stream_lines, c, "a", "the cat", 12)
+        request_b = pool.submit(c.post, "/v1/completions", json={"model": "b", "prompt": "one two three",
+                                                                 "max_tokens": 6, "temperature": 0})
+        wait_until(lambda: engine.queued == 2, "the two requests did not reach the engine")
+        engine.post(break_it)
+        gate.set()
+        return stream_a.result(), request_b.result(), alone
+
+
+def assert_whole_stream(lines: list[str], alone: str) -> None:
+    assert lines[-1] == "data: [DONE]" and streamed_text(lines) == alone
+    assert sum(line.startswith("data: {") for line in lines) == 12 + 1          # every token and the usage
+
+
+@pytest.fixture
+def lm_server(start_server, lm_files):
+    base, adapters = lm_files
+    return start_server(model=str(base), served_name="base", adapters=adapters)
+
+
+def test_a_row_whose_postprocessing_fails_ends_its_request_alone(lm_server, monkeypatch):
+    engine = lm_server.service.engine
+
+    def break_b() -> None:
+        report = engine.decoder._report
+
+        def failing(row, token, position):
+            if engine._rows[row.request_id].adapter == "b":
+                raise ValueError("cannot detokenise")
+            return report(row, token, position)
+        monkeypatch.setattr(engine.decoder, "_report", failing)
+    with httpx.Client(base_url=lm_server.url, timeout=60) as c:
+        lines, answer, alone = one_batch(lm_server, c, break_b)
+        assert answer.status_code == 500
+        assert answer.json()["error"] == {
+            "message": "the server failed on this request (ValueError: cannot detokenise); it was dropped, the other "
+                       "requests went on", "type": "internal_error", "param": None, "code": "internal_error"}
+        assert_whole_stream(lines, alone)
+        wait_until(lambda: not engine.decoder.has_work, "rows were left in the decoder")
+        assert engine.queued == 0 and engine._rows == {}
+        assert c.post("/v1/completions", json={"model": "a", "prompt": "the cat"}).status_code == 200
+
+
+def test_a_request_whose_adapter_left_the_model_fails_alone(lm_server):
+    """Deleting b on the model thread behind the service's back (only a bug could): b's request fails at the
+    next step's check, a's stream in the same batch is untouched."""
+    model = lm_server.service.model
+    with httpx.Client(base_url=lm_server.url, timeout=60) as c:
+        lines, answer, alone = one_batch(lm_server, c, lambda: loralab.delete_adapter(model, "b"))
+        assert answer.status_code == 500
+        assert answer.json()["error"]["message"] == (
+            "the server failed on this request (LookupError: adapter 'b' is not loaded on the model); it was "
+            "dropped, the other requests went on")
+        assert_whole_stream(lines, alone)
+
+
+def test_a_classify_request_that_breaks_a_mixed_forward_fails_alone(start_server, classifier_files, monkeypatch):
+    base, adapters = classifier_files
+    server = start_server(adapters=adapters, max_batch_size=8)
+    engine, gate = server.service.engine, threading.Event()
+    texts = ["the cat sat on the mat", "red and blue"]
+    forward = engine._forward
+
+    def failing(rows):
+        if any(job.adapter == "topic" for job, _ in rows):
+            raise RuntimeError("bad rows")
+        return forward(rows)
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        alone = c.post("/v1/classify", json={"model": "pos", "input": texts}).json()["data"]
+        monkeypatch.setattr(engine, "_forward", failing)
+        engine.post(gate.wait)
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            pos = pool.submit(c.post, "/v1/classify", json={"model": "pos", "input": texts})
+            topic = pool.submit(c.post, "/v1/classify", json={"model": "topic", "input": texts})
+            wait_until(lambda: engine.queued == 4, "the two requests did not reach the engine")
+            gate.set()
+            pos, topic = pos.result(), topic.result()
+    assert topic.status_code == 500 and "RuntimeError: bad rows" in topic.json()["error"]["message"]
+    assert pos.status_code == 200
+    for got, want in zip(pos.json()["data"], alone):
+        assert got["label"] == want["label"] and got["probs"] == pytest.approx(want["probs"], abs=1e-5)
+    assert engine.queued == 0
