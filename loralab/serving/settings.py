@@ -105,4 +105,10 @@ def _api_key(given: str | None) -> str | None:
                            "(or to serve without a key)")
     if from_env is not None and not from_env.strip():
         raise LoraLabError(f"${API_KEY_ENV} is set but empty; give it a key, or unset it")
-    return given if given is not None else from_env
+    key = given if given is not None else from_env
+    if key is not None and not (key.isascii() and key.isprintable() and " " not in key):
+        # An HTTP header carries the key as visible ASCII; any other key could never match a request.
+        where = "--api-key" if given is not None else f"${API_KEY_ENV}"
+        raise LoraLabError(f"{where} holds spaces or characters other than visible ASCII, which no "
+                           "'Authorization: Bearer KEY' header can carry; use letters, digits and punctuation")
+    return key

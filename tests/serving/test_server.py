@@ -144,8 +144,11 @@ def test_loralab_serve_process_drains_on_sigterm_and_exits_0(lm_files):
     ("  ", "good", "--api-key is empty"),
     (None, "", "$LORALAB_API_KEY is set but empty; give it a key, or unset it"),
     ("good", " ", "$LORALAB_API_KEY is set but empty"),
+    (" key", None, "--api-key holds spaces or characters other than visible ASCII"),
+    ("schlüssel", None, "--api-key holds spaces or characters other than visible ASCII"),
+    (None, "key\t", "$LORALAB_API_KEY holds spaces or characters other than visible ASCII"),
 ])
-def test_an_empty_api_key_given_or_in_the_environment_is_refused(monkeypatch, flag, env, message):
+def test_an_empty_or_unsendable_api_key_is_refused(monkeypatch, flag, env, message):
     monkeypatch.delenv("LORALAB_API_KEY", raising=False)
     if env is not None:
         monkeypatch.setenv("LORALAB_API_KEY", env)
