@@ -26,8 +26,9 @@ if a file is missing, truncated or corrupt, the previous kept checkpoint is trie
 fall-back said in one line. A checkpoint whose weights were not sane (state.json's `sane: false`, or a
 trainable value that is NaN/Inf) is never resumed from, however it got there (a run that diverged before
 its first sane checkpoint, one that ended or was killed with blown-up but finite weights): the older ones
-are tried, and the caller says which were skipped (`Checkpoint.skipped_insane`, `NoSaneCheckpoint`). Checkpoints of loralab 0.1 (trainable.pt, optimizer.pt, scheduler.pt, rng.pt,
-best.pt) are read with torch.load(weights_only=True) (loralab.training.state_files.load_legacy_pt).
+are tried, and the caller says which were skipped (`Checkpoint.skipped_insane`, `NoSaneCheckpoint`).
+Checkpoints of loralab 0.1 (trainable.pt, optimizer.pt, scheduler.pt, rng.pt, best.pt) are read with
+torch.load(weights_only=True) (loralab.training.state_files.load_legacy_pt).
 """
 from __future__ import annotations
 

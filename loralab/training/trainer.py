@@ -258,8 +258,9 @@ class Trainer:
         try:
             checkpoint = usable_checkpoint(self.checkpoint_dir, self.log)
         except NoSaneCheckpoint as exc:
-            raise LoraLabError(f"no checkpoint in {self.checkpoint_dir} has sane weights: {_names(sorted(exc.names))} "
-                               f"{'was' if len(exc.names) == 1 else 'were'} not (weights not finite or above "
+            names = sorted(exc.names)
+            raise LoraLabError(f"no checkpoint in {self.checkpoint_dir} has sane weights: {_names(names)} "
+                               f"{'was' if len(names) == 1 else 'were'} not (weights not finite or above "
                                f"{SANE_GROWTH:g}x their start), so there is nothing to resume from. Start over "
                                f"with a lower learning rate: `loralab train --output {self.output_dir} --overwrite "
                                f"--lr {self.config.lr / 10:g}`") from None

@@ -110,7 +110,8 @@ def test_text_pairs_follow_the_task():
     tokenizer = minilm_tokenizer()
     pair = Example("a b", "c d", label="1", source="p.tsv", line=4)
     with pytest.raises(LoraLabError, match=r"p.tsv:4: examples have a second text but the task is single-sentence "
-                                           "classification; use --task pair-classification, or drop --text-pair-column$"):
+                                           "classification; use --task pair-classification, or drop "
+                                           "--text-pair-column$"):
         encode_examples([pair], tokenizer, Task("classification"), LabelMap(("0", "1")))
     single = encode_examples([Example("a b", label="2.5")], tokenizer, Task("regression"), LabelMap(regression=True))
     assert "token_type_ids" not in single[0] or set(single[0]["token_type_ids"]) == {0}  # no second segment
