@@ -29,7 +29,8 @@ def add_data_arguments(parser: argparse.ArgumentParser,
                        help="column with the second text of sentence-pair tasks")
     group.add_argument("--label-column", type=parse_column, default=None, help="column with the label (default: label)")
     group.add_argument("--target-column", type=parse_column, default=None,
-                       help="column with the causal LM target text")
+                       help="column with the causal LM target text, the completion learned after the prompt "
+                            "(--task causal-lm; no label column is read then)")
     group.add_argument("--no-header", dest="header", action="store_false", default=None,
                        help="the TSV/CSV has no header row: give columns as 0-based indices")
     group.add_argument("--no-quoting", dest="quoting", action="store_false", default=None,
@@ -45,5 +46,10 @@ def read_options_given(args: argparse.Namespace) -> dict:
 
 
 def read_options_from_args(args: argparse.Namespace, base: ReadOptions | None = None) -> ReadOptions:
-    """ReadOptions from `add_data_arguments` flags; flags not given keep `base`'s values."""
-    return dataclasses.replace(base or ReadOptions(), **read_options_given(args))
+    """ReadOptions from `add_data_arguments` flags; flags not given keep `base`'s values. A --target-column
+    without --label-column is causal LM data (prompt -> target), which has no label column to read (eval
+    reads the file before the adapter says its task; train decides by --task, readers.options_for_task)."""
+    given = read_options_given(args)
+    if "target_column" in given:
+        given.setdefault("label_column", None)
+    return dataclasses.replace(base or ReadOptions(), **given)

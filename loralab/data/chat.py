@@ -57,6 +57,17 @@ def check_messages(messages: Any, where: str = "conversation") -> Messages:
     return tuple(checked)
 
 
+def has_assistant_turn(messages: Messages) -> bool:
+    """Whether a conversation has an assistant message with text: the only turns training learns."""
+    return any(m["role"] == "assistant" and m["content"].strip() for m in messages)
+
+
+def chat_needs_causal_lm(where: str, task: str) -> LoraLabError:
+    """The error for chat data (messages) given to a classifier task: name the flag that fixes it."""
+    return LoraLabError(f"{where}: chat data (messages) trains a causal LM, but the task is {task}; use --task "
+                        f"causal-lm, or for {task} give a TSV/CSV/JSONL file with --text-column and --label-column")
+
+
 def _turns(value: Any, role: str) -> list[Any]:
     """A prompt/completion field: a string is one message of `role`; a list is already messages."""
     return list(value) if isinstance(value, (list, tuple)) else [{"role": role, "content": value}]
@@ -78,7 +89,8 @@ def conversation_from_row(row: Mapping[str, Any], where: str) -> Messages:
         return check_messages([{"role": "user", "content": instruction},
                                {"role": "assistant", "content": row["output"]}], where)
     raise LoraLabError(f"{where}: a chat row needs one of {'; '.join(ROW_SHAPES)}; "
-                       f"fields present: {', '.join(map(str, row)) or 'none'}")
+                       f"fields present: {', '.join(map(str, row)) or 'none'} (for prompt/target columns use "
+                       "--format jsonl --task causal-lm --text-column C --target-column C)")
 
 
 def _render(tokenizer: Any, messages: Sequence[Mapping[str, str]], generation_prompt: bool, where: str) -> str:

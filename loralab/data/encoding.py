@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from loralab.data.chat import assistant_spans, prompt_messages, render_chat_prompt, trained_token_mask
+from loralab.data.chat import (assistant_spans, chat_needs_causal_lm, has_assistant_turn, prompt_messages,
+                               render_chat_prompt, trained_token_mask)
 from loralab.data.examples import Example
 from loralab.data.labels import LabelMap
 from loralab.data.tasks import DEFAULT_TASK, TaskKind, task_kind
@@ -150,8 +151,19 @@ def _text_pairs(examples: Sequence[Example], spec: TaskKind) -> list[str] | None
         paired = next((e for e in examples if e.text_pair is not None), None)
         if paired is not None:
             raise LoraLabError(f"{paired.where}: examples have a second text but the task is single-sentence "
-                               f"{spec.name}; use the pair-classification task")
+                               f"{spec.name}; use --task pair-classification, or drop --text-pair-column")
     return None
+
+
+def require_targets(examples: Sequence[Example], task: Task) -> None:
+    """Training and evaluating a causal LM learn each example's target: a prompt without one (that is no
+    conversation) is an error naming the flag that reads it. Other tasks: nothing to check here."""
+    if not task.is_generative:
+        return
+    missing = next((e for e in examples if e.target is None and e.messages is None), None)
+    if missing is not None:
+        raise LoraLabError(f"{missing.where}: the example has a prompt but no target text for the causal LM to "
+                           "learn; name the target column with --target-column (the prompt's with --text-column)")
 
 
 def encode_examples(examples: Sequence[Example], tokenizer: Any, task: Task,
@@ -173,8 +185,7 @@ def encode_examples(examples: Sequence[Example], tokenizer: Any, task: Task,
     limit = task.token_limit
     chat = next((e for e in examples if e.messages is not None), None)
     if chat is not None and not task.is_generative:
-        raise LoraLabError(f"{chat.where}: chat data (messages) trains a causal LM, but the task is {task.kind}; "
-                           "use the causal-lm task")
+        raise chat_needs_causal_lm(chat.where, task.kind)
     if chat is not None:
         return _encode_chat(examples, tokenizer, task, limit, include_labels)
     if task.is_generative:
@@ -182,8 +193,8 @@ def encode_examples(examples: Sequence[Example], tokenizer: Any, task: Task,
     if not include_labels:
         label_map = None
     if label_map is not None and label_map.regression != task.spec.is_regression:
-        raise LoraLabError(f"the label map is for {'regression' if label_map.regression else 'classification'} "
-                           f"but the task is {task.kind}")
+        kind = "regression" if label_map.regression else "classification"
+        raise LoraLabError(f"the label map is for {kind} but the task is {task.kind}; use --task {kind}")
     texts = [example.text for example in examples]
     pairs = _text_pairs(examples, task.spec)
     encoded = _tokenize(tokenizer, texts, pairs, truncation=True, max_length=limit)
@@ -242,6 +253,10 @@ def _encode_chat(examples: Sequence[Example], tokenizer: Any, task: Task, limit:
         bos_id = getattr(tokenizer, "bos_token_id", None)
         ids = _tokenize(tokenizer, prompts, add_special_tokens=False)["input_ids"]
         return EncodedDataset([{"input_ids": _fit_causal(p, [], limit, bos_id)[0]} for p in ids], examples, task)
+    silent = next((e for e in examples if not has_assistant_turn(e.messages)), None)
+    if silent is not None:
+        raise LoraLabError(f"{silent.where}: the conversation has no assistant turn (or only empty ones), so "
+                           "nothing would be learned from it; add an assistant message, or remove the row")
     rendered = [assistant_spans(tokenizer, e.messages, e.where) for e in examples]
     try:
         encoded = _tokenize(tokenizer, [text for text, _ in rendered], add_special_tokens=False,

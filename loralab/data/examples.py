@@ -57,6 +57,7 @@ def group_references(examples: Sequence[Example]) -> list[tuple[str, list[str]]]
     grouped: dict[str, list[str]] = {}
     for example in examples:
         if example.target is None:
-            raise LoraLabError(f"{example.where}: example has no target text to use as a reference")
+            raise LoraLabError(f"{example.where}: example has no target text to use as a reference; name the "
+                               "target column with --target-column")
         grouped.setdefault(example.text, []).append(example.target)
     return list(grouped.items())

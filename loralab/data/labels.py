@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loralab.data.chat import chat_needs_causal_lm
 from loralab.data.examples import Example
 from loralab.errors import LoraLabError
 from loralab.files import write_json
@@ -83,6 +84,20 @@ def label_warnings(examples: Sequence[Example]) -> list[str]:
     return spelling_warnings(Counter(_label_name(e.label) for e in examples if e.label is not None))
 
 
+def _regression_target(label: str | int | float, source: str, line: int) -> float:
+    """A regression label as a float; text that is no number, NaN and ±Inf are one-line errors (a NaN
+    target would only show up later as a NaN loss)."""
+    try:
+        value = float(label)
+    except (TypeError, ValueError):
+        raise LoraLabError(f"{source}:{line}: label {label!r} is not a number, but the task is regression; check "
+                           "--label-column, or use --task classification for class names") from None
+    if not math.isfinite(value):
+        raise LoraLabError(f"{source}:{line}: label {label!r} is not a finite number, which a regression target "
+                           "must be; fix or remove this row")
+    return value
+
+
 @dataclass(frozen=True)
 class LabelMap:
     """Label name <-> class id for classification, or the marker of a regression task.
@@ -123,6 +138,9 @@ class LabelMap:
 
         Label sets that look like two spellings of the same classes are kept as they are (one class per
         distinct name) and reported: a LabelSpellingWarning, and the map's `warnings`."""
+        chat = next((e for e in examples if e.messages is not None), None)
+        if chat is not None:
+            raise chat_needs_causal_lm(chat.where, "regression" if regression else "classification")
         if regression:
             for example in examples:
                 cls(regression=True).encode(example.label, example.source, example.line)
@@ -146,11 +164,7 @@ class LabelMap:
         if label is None:
             raise LoraLabError(f"{source}:{line}: example has no label; check --label-column")
         if self.regression:
-            try:
-                return float(label)
-            except (TypeError, ValueError):
-                raise LoraLabError(f"{source}:{line}: label {label!r} is not a number, but the task is "
-                                   "regression") from None
+            return _regression_target(label, source, line)
         name = _label_name(label)
         try:
             return self.names.index(name)

@@ -15,13 +15,15 @@ import gzip
 import io
 import json
 import lzma
+import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from loralab.data.examples import Column, Example
+from loralab.data.tasks import task_kind
 from loralab.errors import LoraLabError
 
 FORMATS = ("tsv", "csv", "jsonl", "e2e", "hf", "chat")
@@ -91,6 +93,22 @@ class ReadOptions:
         wanted = {"text": self.text_column, "text_pair": self.text_pair_column,
                   "label": self.label_column, "target": self.target_column}
         return {key: col for key, col in wanted.items() if col is not None}
+
+
+def options_for_task(task: str, given: Mapping[str, Any] | None = None) -> ReadOptions:
+    """ReadOptions for the data of `task`, from the fields a user gave (flags, a config's read_options).
+
+    A causal LM's example is a prompt (--text-column) and the completion it learns (--target-column), so
+    no label column is read unless one is given; --target-column with a classifier task is refused (the
+    user meant causal-lm, or the column would be read and never used).
+    """
+    given = dict(given or {})
+    if task_kind(task).is_generative:
+        return ReadOptions(**{"label_column": None, **given})
+    if given.get("target_column") is not None:
+        raise LoraLabError(f"--target-column names the completion a causal LM learns, but the task is {task}; "
+                           "add --task causal-lm, or drop --target-column and name the label with --label-column")
+    return ReadOptions(**given)
 
 
 def _describe(column: Column) -> str:
@@ -234,23 +252,32 @@ def _resolve_positions(path: Path, header: list[str], header_line: int,
     return positions
 
 
-def _cell(path: Path, line: int, row: list[Any] | dict[str, Any], column: Column, position: int | None) -> Any:
-    """One field of a row; a missing field is an error naming file, line and column."""
+def _flag(key: str) -> str:
+    """The command-line flag that names the column of Example field `key` ("text_pair" -> --text-pair-column)."""
+    return f"--{key.replace('_', '-')}-column"
+
+
+def _cell(path: Path, line: int, row: list[Any] | dict[str, Any], key: str, column: Column,
+          position: int | None) -> Any:
+    """Field `key` of a row, read from `column`; a missing field is an error naming file, line, column and
+    the flag that chooses another column."""
     if isinstance(row, dict):
         if isinstance(column, int):
             names = list(row.keys())
             if column >= len(names):
-                raise LoraLabError(f"{path}:{line}: row has {len(names)} fields, no {_describe(column)}")
+                raise LoraLabError(f"{path}:{line}: row has {len(names)} fields, no {_describe(column)}; "
+                                   f"name the {key.replace('_', ' ')} column with {_flag(key)}")
             column = names[column]
         if column not in row:
-            raise LoraLabError(f"{path}:{line}: {_describe(column)} is missing; "
-                               f"fields present: {', '.join(map(str, row.keys()))}")
+            raise LoraLabError(f"{path}:{line}: {_describe(column)} is missing; fields present: "
+                               f"{', '.join(map(str, row.keys()))}; name the {key.replace('_', ' ')} column with "
+                               f"{_flag(key)}")
         if row[column] is None:
             raise LoraLabError(f"{path}:{line}: {_describe(column)} is empty (null)")
         return row[column]
     if position is None:
         raise LoraLabError(f"{path}:{line}: the line is a JSON array, so {_describe(column)} must be given "
-                           "as a 0-based index")
+                           f"as a 0-based index ({_flag(key)} N)")
     if position >= len(row):
         raise LoraLabError(
             f"{path}:{line}: row has {len(row)} fields, {_describe(column)} (position {position}) is missing; "
@@ -275,6 +302,9 @@ def _as_label(path: Path, line: int, column: Column, value: Any) -> str | int | 
         if not value:
             raise LoraLabError(f"{path}:{line}: {_describe(column)} (the label) is empty")
         return value
+    if isinstance(value, float) and not math.isfinite(value):   # JSON's NaN, Infinity: no class, no target
+        raise LoraLabError(f"{path}:{line}: {_describe(column)} (the label) is {value}, not a finite number; "
+                           "fix or remove this row")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return value
     raise LoraLabError(f"{path}:{line}: {_describe(column)} (the label) should be text or a number, "
@@ -342,7 +372,7 @@ def _table_examples(path: Path, fmt: str, options: ReadOptions) -> list[Example]
     for line, row in rows:
         fields: dict[str, Any] = {}
         for key, column in columns.items():
-            value = _cell(path, line, row, column, positions.get(key))
+            value = _cell(path, line, row, key, column, positions.get(key))
             if key == "label":
                 fields[key] = _as_label(path, line, column, value)
             else:

@@ -23,8 +23,12 @@ one, and the best one on dev, whose trainable.safetensors are the best adapter's
 
 Reading (`usable_checkpoint`): LATEST's checkpoint is read whole into memory before anything is applied;
 if a file is missing, truncated or corrupt, the previous kept checkpoint is tried, and so on, each
-fall-back said in one line. Checkpoints of loralab 0.1 (trainable.pt, optimizer.pt, scheduler.pt, rng.pt,
-best.pt) are read with torch.load(weights_only=True) (loralab.training.state_files.load_legacy_pt).
+fall-back said in one line. A checkpoint whose weights were not sane (state.json's `sane: false`, or a
+trainable value that is NaN/Inf) is never resumed from, however it got there (a run that diverged before
+its first sane checkpoint, one that ended or was killed with blown-up but finite weights): the older ones
+are tried, and the caller says which were skipped (`Checkpoint.skipped_insane`, `NoSaneCheckpoint`).
+Checkpoints of loralab 0.1 (trainable.pt, optimizer.pt, scheduler.pt, rng.pt, best.pt) are read with
+torch.load(weights_only=True) (loralab.training.state_files.load_legacy_pt).
 """
 from __future__ import annotations
 
@@ -60,6 +64,16 @@ class Checkpoint:
     scheduler: dict[str, Any]
     rng: dict[str, Any] | None
     state: dict[str, Any]
+    skipped_insane: tuple[str, ...] = ()   # newer checkpoints passed over because their weights were not sane
+
+
+class NoSaneCheckpoint(LoraLabError):
+    """Every readable checkpoint in a folder holds weights that were not sane; `names` lists them, newest first."""
+
+    def __init__(self, folder: Path, names: list[str]):
+        self.folder, self.names = folder, tuple(names)
+        super().__init__(f"no checkpoint in {folder} has sane weights ({', '.join(names)} did not); start the run "
+                         "again with --overwrite and a lower --lr")
 
 
 def step_name(step: int) -> str:
@@ -260,14 +274,24 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     return apply_checkpoint(read_checkpoint(path, restore_rng), model, optimizer, scheduler)
 
 
+def weights_sane(checkpoint: Checkpoint) -> bool:
+    """Whether a checkpoint's weights may be resumed from: its state.json does not record `sane: false`
+    (loralab.training.trainer's test, made when it was written) and every trainable value is finite (which
+    also covers checkpoints that carry no record, those of loralab 0.1)."""
+    return checkpoint.state.get("sane") is not False and all(bool(torch.isfinite(t).all())
+                                                             for t in checkpoint.trainable.values())
+
+
 def usable_checkpoint(folder: str | Path, log: Callable[[str], None] = print) -> Checkpoint | None:
-    """The newest readable checkpoint: LATEST's, else (said in one line each) the older ones in turn.
-    None when the folder holds no checkpoint; LoraLabError when it holds only unreadable ones."""
+    """The newest readable checkpoint whose weights were sane: LATEST's, else the older ones in turn (an
+    unreadable one said in one line each; insane ones listed in the result's `skipped_insane`).
+    None when the folder holds no checkpoint; NoSaneCheckpoint when the readable ones all hold insane
+    weights; LoraLabError when it holds only unreadable ones."""
     folder = Path(folder)
     candidates = _candidates(folder)
     if not candidates:
         return None
-    problems = []
+    problems, insane = [], []
     for i, path in enumerate(candidates):
         try:
             checkpoint = read_checkpoint(path)
@@ -276,7 +300,13 @@ def usable_checkpoint(folder: str | Path, log: Callable[[str], None] = print) ->
             following = f"falling back to {candidates[i + 1].name}" if i + 1 < len(candidates) else "none left"
             log(f"checkpoint {path} cannot be used ({exc}); {following}")
             continue
+        if not weights_sane(checkpoint):
+            insane.append(path.name)
+            continue
+        checkpoint.skipped_insane = tuple(insane)
         return checkpoint
+    if insane:
+        raise NoSaneCheckpoint(folder, insane)
     raise LoraLabError(f"no usable checkpoint in {folder} ({'; '.join(problems)}); start the run again with "
                        "--overwrite, or copy a good checkpoint back")
 

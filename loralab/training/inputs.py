@@ -18,7 +18,7 @@ from loralab.data.tasks import task_kind
 def load_splits(config) -> dict[str, list[Example]]:
     """train / dev / test examples of a TrainConfig (dev and test may be missing), with its limits applied."""
     from loralab.data.builtin import builtin_dataset, load_builtin
-    from loralab.data.readers import ReadOptions, read_examples
+    from loralab.data.readers import options_for_task, read_examples
 
     if config.data is not None:
         spec = builtin_dataset(config.data)
@@ -29,7 +29,7 @@ def load_splits(config) -> dict[str, list[Example]]:
         if "test" in raw and spec.eval_split != "test":
             splits["test"] = raw["test"]
     else:
-        options = ReadOptions(**config.read_options) if config.read_options else ReadOptions()
+        options = options_for_task(config.task, config.read_options)
         splits = {"train": read_examples(config.train_file, options)}
         for name, path in (("dev", config.dev_file), ("test", config.test_file)):
             if path:

@@ -118,11 +118,13 @@ def prepare_inputs(config: TrainConfig, dist: distributed.DistInfo, threads: int
                    say: Callable[[str], None]) -> RunInputs:
     """Read and encode the data; the label map comes from the training split."""
     from loralab.models import load_tokenizer
-    from loralab.data.encoding import encode_examples
+    from loralab.data.encoding import encode_examples, require_targets
 
     splits = load_splits(config)
-    tokenizer = load_tokenizer(config.model)
     task = task_of(config)
+    for examples in splits.values():
+        require_targets(examples, task)
+    tokenizer = load_tokenizer(config.model)
     label_map = None
     if not task.spec.is_generative:
         with warnings.catch_warnings():      # said once below, in the run summary

@@ -14,7 +14,9 @@ start below 1 and a healthy run stays within a few units, while a diverging one 
 with a still finite loss. The losses of every checkpoint are finite (a non-finite loss stops the run before the
 update). When the loss or gradient becomes NaN/Inf, the run stops naming the newest sane checkpoint as
 the last good one; if later checkpoints were not sane, LATEST is pointed back at it and they are deleted,
-so `--resume` continues from good weights.
+so `--resume` continues from good weights. Resuming never starts from a checkpoint that was not sane,
+however it got there (loralab.training.checkpoint.usable_checkpoint): the last sane one is used, and
+the log line names it and the ones skipped; with none, one line says to start over with a lower --lr.
 
 Determinism: the seed fixes the classifier head's and LoRA's initialisation, dropout, and the batch order
 (a pure function of seed and epoch). On CPU two runs with the same config give bitwise equal adapters, and
@@ -39,8 +41,9 @@ from loralab import files
 from loralab.errors import LoraLabError
 from loralab.training import distributed
 from loralab.data.batching import LengthGroupedBatchSampler, PadCollator
-from loralab.training.checkpoint import (LATEST, apply_checkpoint, load_best, load_trainable_state, rewind,
-                                         save_checkpoint, step_name, trainable_state, usable_checkpoint)
+from loralab.training.checkpoint import (LATEST, Checkpoint, NoSaneCheckpoint, apply_checkpoint, load_best,
+                                         load_trainable_state, rewind, save_checkpoint, step_name, trainable_state,
+                                         usable_checkpoint)
 from loralab.data.encoding import EncodedDataset
 from loralab.data.labels import LabelMap
 from loralab.training.evaluation import evaluate, move_batch
@@ -61,6 +64,23 @@ class TrainingInterrupted(LoraLabError):
     def __init__(self, message: str, exit_status: int):
         super().__init__(message)
         self.exit_status = exit_status
+
+
+def _names(names: Sequence[str]) -> str:
+    """"a", "a and b", "a, b and c"."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def _rewound(checkpoint: Checkpoint, removed: Sequence[str]) -> str:
+    """The line said when a resume starts from an older checkpoint than LATEST's: which, and why."""
+    name, insane = checkpoint.path.name, sorted(checkpoint.skipped_insane)
+    unusable = [n for n in removed if n not in insane]
+    if insane:
+        verb = "was not and is" if len(insane) == 1 else "were not and are"
+        said = f"resuming from {name}, the last checkpoint whose weights were sane; {_names(insane)} {verb} removed"
+    else:
+        said = f"resuming from the older checkpoint {name}"
+    return said + (f"; removed the unusable {', '.join(unusable)}" if unusable else "")
 
 
 class TrainerCallback:
@@ -233,8 +253,17 @@ class Trainer:
         return self.checkpoint_dir / name
 
     def resume(self) -> bool:
-        """Restore the newest usable checkpoint in output_dir/checkpoints; False when there is none."""
-        checkpoint = usable_checkpoint(self.checkpoint_dir, self.log)
+        """Restore the newest usable checkpoint whose weights were sane in output_dir/checkpoints; False when
+        there is none; LoraLabError when every readable one holds diverged weights."""
+        try:
+            checkpoint = usable_checkpoint(self.checkpoint_dir, self.log)
+        except NoSaneCheckpoint as exc:
+            names = sorted(exc.names)
+            raise LoraLabError(f"no checkpoint in {self.checkpoint_dir} has sane weights: {_names(names)} "
+                               f"{'was' if len(names) == 1 else 'were'} not (weights not finite or above "
+                               f"{SANE_GROWTH:g}x their start), so there is nothing to resume from. Start over "
+                               f"with a lower learning rate: `loralab train --output {self.output_dir} --overwrite "
+                               f"--lr {self.config.lr / 10:g}`") from None
         if checkpoint is None:
             return False
         self._adopt_length(checkpoint.state, checkpoint.path)
@@ -248,8 +277,7 @@ class Trainer:
         pointer = self.checkpoint_dir / LATEST
         if self.dist.is_main and (not pointer.is_file() or pointer.read_text().strip() != checkpoint.path.name):
             removed = rewind(self.checkpoint_dir, checkpoint.path.name)
-            self.log(f"resuming from the older checkpoint {checkpoint.path.name}"
-                     + (f"; removed the unusable {', '.join(removed)}" if removed else ""))
+            self.log(_rewound(checkpoint, removed))
         if "last_good" not in self.state and self.weights_record()[0]:
             self.state["last_good"] = checkpoint.path.name  # a loralab 0.1 checkpoint
         self.best_state = load_best(self.checkpoint_dir, self.state.get("best_step"))
@@ -329,9 +357,11 @@ class Trainer:
         advice = (f"Lower the learning rate (--lr, e.g. `loralab train --output {self.output_dir} --resume "
                   f"--lr {self.config.lr / 10:g}`) or raise --warmup-ratio and start again with --overwrite")
         if good is None or not (self.checkpoint_dir / good).is_dir():
+            again = (f"start again with `loralab train --output {self.output_dir} --overwrite --lr "
+                     f"{self.config.lr / 10:g}`" if (self.checkpoint_dir / LATEST).is_file() else "start again")
             return TrainingDiverged(f"the {what} became {value} {where}; training stopped and no sane "
                                     f"checkpoint was written yet. Lower the learning rate (--lr, e.g. --lr "
-                                    f"{self.config.lr / 10:g}) or raise --warmup-ratio, and start again")
+                                    f"{self.config.lr / 10:g}) or raise --warmup-ratio, and {again}")
         removed = rewind(self.checkpoint_dir, good) if self.dist.is_main else []
         note = (f"; LATEST points there again and the later {', '.join(removed)} (weights not finite or above "
                 f"{SANE_GROWTH:g}x their start) were removed" if removed else "")

@@ -325,3 +325,97 @@ def test_sigint_stops_at_a_step_boundary_with_a_checkpoint_and_says_how_to_resum
     assert (output / "checkpoints" / "LATEST").read_text() == "step-000002\n"
     code, out, _ = _run(["train", "--output", str(output), "--resume"], capsys)
     assert code == 0 and "(step 2 of 6)" in out
+
+
+# -- issue 18: diverged checkpoints are never resumed from; data errors name the flag --------------------
+def _error_line(code: int, err: str) -> str:
+    """The one error line (exit 2), without the `loralab train: error: ` prefix."""
+    _one_line_error(code, err)
+    line = next(line for line in err.splitlines() if line.startswith("loralab train: error: "))
+    return line[len("loralab train: error: "):]
+
+
+def _mark_insane(run: Path, *names: str) -> None:
+    """What a diverged run leaves: checkpoints whose state.json records sane: false."""
+    for name in names:
+        path = run / "checkpoints" / name / "state.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "sane": False}))
+
+
+def test_resume_passes_over_a_checkpoint_marked_not_sane_and_says_which(run_copy, finished, capsys):
+    _mark_insane(run_copy, "step-000006")
+    code, out, _ = _run(["train", "--output", str(run_copy), "--resume"], capsys)
+    assert code == 0
+    assert ("resuming from step-000003, the last checkpoint whose weights were sane; step-000006 was not and is "
+            "removed\n") in out
+    assert "(step 3 of 6)" in out
+    state = json.loads((run_copy / "checkpoints" / "step-000006" / "state.json").read_text())
+    assert state["sane"] is True     # trained again from step 3
+    expected = load_file(finished / "checkpoints" / "step-000006" / "trainable.safetensors")
+    got = load_file(run_copy / "checkpoints" / "step-000006" / "trainable.safetensors")
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+def test_resume_with_no_sane_checkpoint_is_one_line_suggesting_a_lower_lr(run_copy, capsys):
+    _mark_insane(run_copy, "step-000003", "step-000006")
+    before = _digest(run_copy)
+    code, _, err = _run(["train", "--output", str(run_copy), "--resume"], capsys)
+    assert _error_line(code, err) == (
+        f"no checkpoint in {run_copy / 'checkpoints'} has sane weights: step-000003 and step-000006 were not "
+        "(weights not finite or above 1000x their start), so there is nothing to resume from. Start over with a "
+        f"lower learning rate: `loralab train --output {run_copy} --overwrite --lr 0.0005`")
+    assert _digest(run_copy) == before
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2(tmp_path_factory):
+    return fixtures.write_tiny_causal(tmp_path_factory.mktemp("gpt2") / "gpt2")
+
+
+def _small_argv(model: Path, data: Path, output: Path, *extra: str) -> list[str]:
+    return ["train", "--model", str(model), "--train-file", str(data), "--max-steps", "2", "--batch-size", "4",
+            "--threads", "1", "--no-progress", "--output", str(output), *extra]
+
+
+def test_causal_lm_jsonl_trains_on_its_prompt_and_target_columns(tiny_gpt2, tmp_path, capsys):
+    data = tmp_path / "lm.jsonl"
+    rows = [line.split("||") for line in fixtures.e2e_lines(8)]
+    data.write_text("".join(json.dumps({"prompt": mr, "target": text}) + "\n" for mr, text in rows))
+    code, out, err = _run(_small_argv(tiny_gpt2, data, tmp_path / "run", "--task", "causal-lm", "--text-column",
+                                   "prompt", "--target-column", "target"), capsys)
+    assert code == 0, err
+    assert "data: train 8 examples; task causal-lm" in out and (tmp_path / "run" / "adapter").is_dir()
+    code, _, err = _run(_small_argv(tiny_gpt2, data, tmp_path / "no-target", "--task", "causal-lm", "--text-column",
+                                 "prompt"), capsys)
+    assert _error_line(code, err) == (f"{data}:1: the example has a prompt but no target text for the causal LM to "
+                                      "learn; name the target column with --target-column (the prompt's with "
+                                      "--text-column)")
+    code, _, err = _run(_small_argv(tiny_gpt2, data, tmp_path / "no-task", "--text-column", "prompt",
+                                 "--target-column", "target"), capsys)
+    assert _error_line(code, err) == ("--target-column names the completion a causal LM learns, but the task is "
+                                      "classification; add --task causal-lm, or drop --target-column and name the "
+                                      "label with --label-column")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lm.jsonl", "run"]
+
+
+@pytest.mark.parametrize("case", ["nan-label", "no-assistant", "chat-classifier"])
+def test_data_errors_are_one_line_naming_the_row_and_the_fix(inputs, tiny_gpt2, tmp_path, capsys, case):
+    data = tmp_path / "data.jsonl"
+    if case == "nan-label":
+        data.write_text('{"sentence": "fine", "label": 1.5}\n{"sentence": "awful", "label": NaN}\n')
+        argv = _small_argv(inputs["model"], data, tmp_path / "run", "--task", "regression")
+        expected = f"{data}:2: column 'label' (the label) is nan, not a finite number; fix or remove this row"
+    elif case == "no-assistant":
+        data.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
+        argv = _small_argv(tiny_gpt2, data, tmp_path / "run", "--format", "chat", "--task", "causal-lm")
+        expected = (f"{data}:1: the conversation has no assistant turn (or only empty ones), so nothing would be "
+                    "learned from it; add an assistant message, or remove the row")
+    else:
+        data.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                                 {"role": "assistant", "content": "hello"}]}) + "\n")
+        argv = _small_argv(inputs["model"], data, tmp_path / "run", "--format", "chat", "--task", "classification")
+        expected = (f"{data}:1: chat data (messages) trains a causal LM, but the task is classification; use --task "
+                    "causal-lm, or for classification give a TSV/CSV/JSONL file with --text-column and --label-column")
+    code, _, err = _run(argv, capsys)
+    assert _error_line(code, err) == expected
+    assert not (tmp_path / "run").exists()

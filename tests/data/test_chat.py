@@ -11,6 +11,7 @@ from loralab.data.chat import (assistant_spans, chat_prompt_ids, check_messages,
                                render_chat_prompt)
 from loralab.data.encoding import IGNORE_INDEX, DroppedExamplesWarning, Task, encode_examples, format_prompt
 from loralab.data.examples import Example
+from loralab.data.labels import LabelMap
 from loralab.data.readers import ReadOptions, read_examples
 from loralab.errors import LoraLabError
 
@@ -110,8 +111,22 @@ def test_truncation_keeps_labels_aligned_and_drops_conversations_with_nothing_to
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing dropped, nothing said
         assert len(encode_examples([short], tokenizer, Task("causal-lm"))) == 1
-    with pytest.raises(LoraLabError, match="no assistant token"):
-        encode_examples([no_reply], tokenizer, Task("causal-lm"))
+    assert len(encode_examples([no_reply], tokenizer, Task("causal-lm"), include_labels=False)) == 1  # a prompt
+
+
+@pytest.mark.parametrize("messages", [
+    [{"role": "user", "content": "hi"}],
+    [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
+    [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "  "}],
+])
+def test_a_conversation_with_no_assistant_turn_says_so_not_max_length(chat_tokenizer, messages):
+    good = Example.from_messages(check_messages([{"role": "user", "content": "hi"},
+                                                 {"role": "assistant", "content": "hello"}]), "chat.jsonl", 1)
+    silent = Example.from_messages(check_messages(messages), "chat.jsonl", 3)
+    with pytest.raises(LoraLabError) as caught:
+        encode_examples([good, silent], chat_tokenizer, Task("causal-lm"))
+    assert str(caught.value) == ("chat.jsonl:3: the conversation has no assistant turn (or only empty ones), so "
+                                 "nothing would be learned from it; add an assistant message, or remove the row")
 
 
 def test_inconsistent_prefix_rendering_and_straddling_tokens_are_errors(chat_tokenizer_for):
@@ -179,6 +194,11 @@ def test_chat_files_read_three_row_shapes(write_file):
     bad = write_file("bad.jsonl", json.dumps({"text": "hi"}) + "\n")
     with pytest.raises(LoraLabError, match="bad.jsonl:1: a chat row needs one of .*fields present: text"):
         read_examples(bad, ReadOptions(format="chat"))
+    columns = write_file("lm.jsonl", json.dumps({"prompt": "name : X", "target": "X is a pub."}) + "\n")
+    with pytest.raises(LoraLabError) as caught:   # prompt/target columns read as chat: the flags that read them
+        read_examples(columns, ReadOptions(format="chat"))
+    assert str(caught.value).endswith("fields present: prompt, target (for prompt/target columns use --format "
+                                      "jsonl --task causal-lm --text-column C --target-column C)")
     assert conversation_from_row({"prompt": "a", "completion": "b", "messages": [{"role": "user", "content": "m"}]},
                                  "x")[0]["content"] == "m"  # messages win
 
@@ -186,9 +206,16 @@ def test_chat_files_read_three_row_shapes(write_file):
 def test_chat_examples_need_the_causal_lm_task_and_one_kind_of_example(chat_tokenizer):
     chat = Example.from_messages(check_messages([{"role": "user", "content": "hi"},
                                                  {"role": "assistant", "content": "hello"}]), "c.jsonl", 4)
-    with pytest.raises(LoraLabError, match="c.jsonl:4: chat data \\(messages\\) trains a causal LM, but the task is "
-                                           "classification"):
+    expected = ("c.jsonl:4: chat data (messages) trains a causal LM, but the task is {task}; use --task causal-lm, "
+                "or for {task} give a TSV/CSV/JSONL file with --text-column and --label-column")
+    with pytest.raises(LoraLabError) as caught:
         encode_examples([chat], chat_tokenizer, Task("classification"))
+    assert str(caught.value) == expected.format(task="classification")
+    # the label map is built first in a run: it says the same, not "example has no label"
+    for regression, task in ((False, "classification"), (True, "regression")):
+        with pytest.raises(LoraLabError) as caught:
+            LabelMap.from_examples([chat], regression=regression)
+        assert str(caught.value) == expected.format(task=task)
     with pytest.raises(LoraLabError, match="prompt/target examples mixed with chat examples"):
         encode_examples([chat, Example("hi", target="hello")], chat_tokenizer, Task("causal-lm"))
 

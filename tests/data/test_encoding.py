@@ -101,7 +101,8 @@ def test_classification_pair_and_regression_encoding():
         encode_examples(examples, tokenizer, Task("pair-classification"), labels)
     assert "labels" not in encode_examples(examples, tokenizer, Task("classification"))[0]
     assert "labels" not in encode_examples(examples, tokenizer, Task("classification"), labels, include_labels=False)[0]
-    with pytest.raises(LoraLabError, match="label map is for regression but the task is classification"):
+    with pytest.raises(LoraLabError, match="label map is for regression but the task is classification; use "
+                                           "--task regression$"):
         encode_examples(examples, tokenizer, Task("classification"), LabelMap(regression=True))
 
 
@@ -109,10 +110,35 @@ def test_text_pairs_follow_the_task():
     tokenizer = minilm_tokenizer()
     pair = Example("a b", "c d", label="1", source="p.tsv", line=4)
     with pytest.raises(LoraLabError, match=r"p.tsv:4: examples have a second text but the task is single-sentence "
-                                           "classification; use the pair-classification task"):
+                                           "classification; use --task pair-classification, or drop "
+                                           "--text-pair-column$"):
         encode_examples([pair], tokenizer, Task("classification"), LabelMap(("0", "1")))
     single = encode_examples([Example("a b", label="2.5")], tokenizer, Task("regression"), LabelMap(regression=True))
     assert "token_type_ids" not in single[0] or set(single[0]["token_type_ids"]) == {0}  # no second segment
     prompt_only = encode_examples([Example("a b", "ignored", target="c")], tokenizer, Task("causal-lm"),
                                   include_labels=False)
     assert prompt_only.lengths == [len(tokenizer("a b\n")["input_ids"])]
+
+
+def test_causal_lm_training_needs_a_target_and_names_the_flag():
+    from loralab.data.encoding import require_targets
+
+    examples = [Example("name : X", target="X is a pub.", source="lm.jsonl", line=1),
+                Example("name : Y", label="Y is a pub.", source="lm.jsonl", line=2)]   # --label-column used instead
+    with pytest.raises(LoraLabError) as caught:
+        require_targets(examples, Task("causal-lm"))
+    assert str(caught.value) == ("lm.jsonl:2: the example has a prompt but no target text for the causal LM to learn; "
+                                 "name the target column with --target-column (the prompt's with --text-column)")
+    require_targets(examples[:1], Task("causal-lm"))
+    require_targets([Example("a", label="1")], Task("classification"))     # classifiers: nothing to check
+
+
+@pytest.mark.parametrize("label", ["nan", "inf", "-Infinity", float("nan")])
+def test_a_non_finite_regression_label_is_refused_before_training(label):
+    examples = [Example("a", label="1.5", source="r.tsv", line=2), Example("b", label=label, source="r.tsv", line=3)]
+    with pytest.raises(LoraLabError) as caught:
+        LabelMap.from_examples(examples, regression=True)
+    assert str(caught.value) == (f"r.tsv:3: label {label!r} is not a finite number, which a regression target "
+                                 "must be; fix or remove this row")
+    with pytest.raises(LoraLabError, match=r"^r.tsv:3: label .* is not a finite number"):
+        encode_examples(examples, minilm_tokenizer(), Task("regression"), LabelMap(regression=True))

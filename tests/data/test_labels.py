@@ -35,7 +35,8 @@ def test_label_map_string_and_regression_kinds(tmp_path):
     assert regression.num_labels == 1 and regression.encode("0.5") == 0.5
     regression.save(tmp_path / "r.json")
     assert LabelMap.load(tmp_path / "r.json") == regression
-    with pytest.raises(LoraLabError, match=r"f.tsv:3: label 'high' is not a number"):
+    with pytest.raises(LoraLabError, match=r"f.tsv:3: label 'high' is not a number, but the task is regression; "
+                                           "check --label-column, or use --task classification for class names$"):
         LabelMap.from_examples([Example("x", label="high", source="f.tsv", line=3)], regression=True)
     with pytest.raises(LoraLabError, match="at least 2 distinct labels"):
         LabelMap.from_examples([Example("x", label="1"), Example("y", label="1")])

@@ -141,3 +141,51 @@ def test_csv_field_limit_is_raised_only_while_reading(write_file):
     with pytest.raises(LoraLabError, match="unreadable row"):
         read_examples(bad)
     assert csv.field_size_limit() == default  # restored after an error too
+
+
+# -- issue 18: data errors name the flag; non-finite labels; causal-LM columns ---------------------------
+
+
+@pytest.mark.parametrize("name, text, options, message", [
+    ("key.jsonl", '{"sentence": "a", "label": 1}\n{"sentence": "b"}\n', ReadOptions(),
+     "2: column 'label' is missing; fields present: sentence; name the label column with --label-column"),
+    ("pair.jsonl", '{"sentence": "a", "label": 1}\n', ReadOptions(text_pair_column="second"),
+     "1: column 'second' is missing; fields present: sentence, label; name the text pair column "
+     "with --text-pair-column"),
+    ("array.jsonl", '["a", 1]\n', ReadOptions(label_column=1),
+     "1: the line is a JSON array, so column 'sentence' must be given as a 0-based index "
+     "(--text-column N)"),
+])
+def test_a_missing_column_names_the_flag_that_chooses_it(write_file, name, text, options, message):
+    path = write_file(name, text)
+    with pytest.raises(LoraLabError) as caught:
+        read_examples(path, options)
+    assert str(caught.value) == f"{path}:{message}"
+
+
+@pytest.mark.parametrize("literal, shown", [("NaN", "nan"), ("Infinity", "inf"), ("-Infinity", "-inf")])
+def test_a_non_finite_json_label_is_refused_naming_file_line_and_value(write_file, literal, shown):
+    path = write_file("reg.jsonl", '{"sentence": "a", "label": 1.5}\n\n{"sentence": "b", "label": %s}\n' % literal)
+    with pytest.raises(LoraLabError) as caught:
+        read_examples(path)
+    assert str(caught.value) == (f"{path}:3: column 'label' (the label) is {shown}, not a finite number; "
+                                 "fix or remove this row")
+
+
+def test_causal_lm_reads_prompt_and_target_columns_and_no_label(write_file):
+    path = write_file("lm.jsonl", '{"prompt": "name : X", "target": "X is a pub."}\n')
+    options = readers.options_for_task("causal-lm", {"text_column": "prompt", "target_column": "target"})
+    assert options.label_column is None
+    [example] = read_examples(path, options)
+    assert (example.text, example.target, example.label) == ("name : X", "X is a pub.", None)
+    # a label column the user names is still read
+    assert readers.options_for_task("causal-lm", {"label_column": "y"}).label_column == "y"
+    assert readers.options_for_task("classification", {}) == ReadOptions()
+
+
+def test_a_target_column_with_a_classifier_task_names_the_task_flag():
+    with pytest.raises(LoraLabError) as caught:
+        readers.options_for_task("classification", {"text_column": "prompt", "target_column": "target"})
+    assert str(caught.value) == ("--target-column names the completion a causal LM learns, but the task is "
+                                 "classification; add --task causal-lm, or drop --target-column and name the "
+                                 "label with --label-column")

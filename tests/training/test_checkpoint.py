@@ -19,8 +19,8 @@ from safetensors.torch import load_file
 import loralab
 from loralab import files
 from loralab.testing import tiny_model
-from loralab.training.checkpoint import (LATEST, latest_checkpoint, load_checkpoint, read_checkpoint,
-                                         remove_leftovers, save_checkpoint, usable_checkpoint)
+from loralab.training.checkpoint import (LATEST, NoSaneCheckpoint, latest_checkpoint, load_checkpoint,
+                                         read_checkpoint, remove_leftovers, save_checkpoint, usable_checkpoint)
 from loralab.training.config import TrainConfig
 from loralab.training.state_files import UnreadableState
 
@@ -199,6 +199,33 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
     with pytest.raises(loralab.LoraLabError, match=r"no usable checkpoint in .*step-000001: rng.json is missing\); "
                                                    r"start the run again with --overwrite"):
         usable_checkpoint(tmp_path, said.append)
+
+
+def test_checkpoints_whose_weights_were_not_sane_are_never_resumed_from(tmp_path):
+    """However they got there (sane: false recorded, or NaN in the tensors without a record), the newest
+    sane checkpoint is the one resumed from, and the skipped ones are named."""
+    model, optimizer, scheduler = _tiny_state()
+    for step, sane in ((2, True), (4, True), (6, False), (8, None)):
+        if step == 8:   # no record, as loralab 0.1 wrote them, but a NaN in the weights
+            with torch.no_grad():
+                next(p for p in model.parameters() if p.requires_grad).fill_(float("nan"))
+        state = {"step": step} if sane is None else {"step": step, "sane": sane}
+        save_checkpoint(tmp_path, model, optimizer, scheduler, state, keep=4)
+    said = []
+    checkpoint = usable_checkpoint(tmp_path, said.append)
+    assert checkpoint.path.name == "step-000004" and checkpoint.state == {"step": 4, "sane": True}
+    assert checkpoint.skipped_insane == ("step-000008", "step-000006") and said == []
+    assert (tmp_path / LATEST).read_text() == "step-000008\n"    # reading changes nothing on disk
+
+    for name in ("step-000002", "step-000004"):
+        state = json.loads((tmp_path / name / "state.json").read_text())
+        (tmp_path / name / "state.json").write_text(json.dumps({**state, "sane": False}))
+    with pytest.raises(NoSaneCheckpoint) as caught:
+        usable_checkpoint(tmp_path, said.append)
+    assert caught.value.names == ("step-000008", "step-000006", "step-000004", "step-000002")
+    assert str(caught.value) == (f"no checkpoint in {tmp_path} has sane weights (step-000008, step-000006, "
+                                 "step-000004, step-000002 did not); start the run again with --overwrite and a "
+                                 "lower --lr")
 
 
 @pytest.mark.parametrize("name", ["rng.pt", "optimizer.pt", "trainable.pt", "scheduler.pt"])

@@ -2,6 +2,7 @@
 the NaN guard and its last good checkpoint, callbacks and stopping at a step boundary."""
 from __future__ import annotations
 
+import json
 import math
 import signal
 
@@ -160,6 +161,47 @@ def test_nan_stop_names_the_last_sane_checkpoint_not_a_blown_up_one(classifier_r
     assert f"{tmp_path / 'checkpoints' / 'step-000004'}" in message and "later step-000006" in message
     assert latest_checkpoint(tmp_path / "checkpoints").name == "step-000004"
     assert not (tmp_path / "checkpoints" / "step-000006").exists()   # 6.5e8 weights: not kept as a resume point
+
+
+def test_resume_skips_checkpoints_whose_weights_were_not_sane_and_says_which(classifier_run, tmp_path):
+    """Issue 18: a run that ends (or is killed) with blown-up but finite weights keeps checkpoints marked
+    sane: false; --resume must continue from the last sane one, not from them."""
+    model, config, train, dev, collator, label_map = classifier_run(checkpoint_every=2, eval_every=100, max_steps=8)
+    Trainer(model, config, train, dev, collator, tmp_path, label_map, callbacks=[_Blowup(at=5)]).fit()
+    folder = tmp_path / "checkpoints"
+    assert latest_checkpoint(folder).name == "step-000008"
+    assert [json.loads((folder / n / "state.json").read_text())["sane"] for n in ("step-000004", "step-000006",
+                                                                                 "step-000008")] == [True, False, False]
+
+    model, config, train, dev, collator, label_map = classifier_run(checkpoint_every=2, eval_every=100, max_steps=8)
+    said = []
+    resumed = Trainer(model, config, train, dev, collator, tmp_path, label_map, log=said.append)
+    assert resumed.resume()
+    assert said[0] == ("resuming from step-000004, the last checkpoint whose weights were sane; step-000006 and "
+                       "step-000008 were not and are removed")
+    assert resumed.state["step"] == 4 and latest_checkpoint(folder).name == "step-000004"
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith("step-")) == ["step-000004"]
+    state = resumed.fit()
+    assert state["step"] == 8 and state["sane"] is True and resumed.weights_record()[1] < 10
+
+
+def test_resume_with_no_sane_checkpoint_says_so_and_suggests_a_lower_lr(classifier_run, tmp_path):
+    model, config, train, dev, collator, label_map = classifier_run(checkpoint_every=2, eval_every=100)
+    _poison_forward(model, 3)
+    trainer = Trainer(model, config, train, dev, collator, tmp_path, label_map, callbacks=[_Blowup(at=1)])
+    with pytest.raises(TrainingDiverged) as caught:
+        trainer.fit()
+    assert str(caught.value) == ("the loss became nan at step 3; training stopped and no sane checkpoint was written "
+                                 "yet. Lower the learning rate (--lr, e.g. --lr 0.0005) or raise --warmup-ratio, and "
+                                 f"start again with `loralab train --output {tmp_path} --overwrite --lr 0.0005`")
+    model, config, train, dev, collator, label_map = classifier_run(checkpoint_every=2, eval_every=100)
+    with pytest.raises(loralab.LoraLabError) as caught:
+        Trainer(model, config, train, dev, collator, tmp_path, label_map).fit(resume=True)
+    assert str(caught.value) == (f"no checkpoint in {tmp_path / 'checkpoints'} has sane weights: step-000002 was not "
+                                 "(weights not finite or above 1000x their start), so there is nothing to resume "
+                                 f"from. Start over with a lower learning rate: `loralab train --output {tmp_path} "
+                                 "--overwrite --lr 0.0005`")
+    assert latest_checkpoint(tmp_path / "checkpoints").name == "step-000002"   # nothing removed by the refusal
 
 
 _DROPOUT = {"eval_every": 6, "lora": {"r": 8, "alpha": 16.0, "dropout": 0.1}}  # draws from the restored RNG
