@@ -227,13 +227,13 @@ def output_node(path: str | os.PathLike) -> str:
     path = Path(path)
     try:
         st = os.stat(path)
-    except FileNotFoundError:
-        if path.is_symlink():
-            raise LoraLabError(f"{path} is a symbolic link to {os.readlink(path)}, which does not exist; "
+    except OSError as exc:
+        if path.is_symlink():          # dangling, or a loop
+            raise LoraLabError(f"{path} is a symbolic link to {os.readlink(path)}, which cannot be opened; "
                                "loralab does not replace links. Give the real path, or choose another output "
                                "location") from None
-        return "missing"
-    except OSError as exc:
+        if isinstance(exc, FileNotFoundError):
+            return "missing"
         raise unwritable(path, exc) from None
     if stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode):
         return "stream"

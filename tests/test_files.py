@@ -198,7 +198,9 @@ def test_a_symbolic_link_is_never_replaced(tmp_path):
     link.symlink_to(target)
     dangling = tmp_path / "dangling.json"
     dangling.symlink_to(tmp_path / "nothing")
-    for path in (link, dangling):
+    loop = tmp_path / "loop.json"
+    loop.symlink_to(loop)
+    for path in (link, dangling, loop):
         with pytest.raises(LoraLabError, match=f"^{path} is a symbolic link to .*; loralab does not replace links"):
             files.check_output_file(path)
         with pytest.raises(LoraLabError, match="is a symbolic link"):
