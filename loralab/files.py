@@ -23,9 +23,10 @@ import fcntl
 import json
 import os
 import shutil
+import stat
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     is flushed to disk and renamed over `path`. On any error the temporary file is removed and `path` is
     left as it was. Returns `path`."""
     path = Path(path)
+    if output_node(path) == "stream":
+        return _write_through(path, write)
     make_dirs(path.parent)
     tmp = temp_sibling(path)
     try:
@@ -63,6 +66,16 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         if isinstance(exc, OSError):
             raise unwritable(path, exc) from None
         raise
+    return path
+
+
+def _write_through(path: Path, write: Callable[[Path], None]) -> Path:
+    """Write into a character device or a pipe in place (`-o /dev/null`, a FIFO): it cannot be replaced by a
+    rename without destroying the node, and a reader sees a stream anyway."""
+    try:
+        write(path)
+    except OSError as exc:
+        raise unwritable(path, exc) from None
     return path
 
 
@@ -198,6 +211,136 @@ def _nearest_existing(path: Path) -> Path:
 
 
 # --------------------------------------------------------------------------------------------------
+# The output policy: what a command's output may name
+# --------------------------------------------------------------------------------------------------
+# Files whose presence makes a folder a model (config.json plus one of these) or an adapter.
+_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+_ADAPTER_CONFIG = "adapter_config.json"
+
+
+def output_node(path: str | os.PathLike) -> str:
+    """What `path` is as a place to write: "missing", "file" (a regular file, replaced atomically) or "stream"
+    (a character device such as /dev/null or a terminal, or a pipe — also behind a symbolic link such as
+    /dev/stdout —, written through in place, never replaced). Anything else raises one line: a symbolic link
+    to anything but a stream (loralab never replaces a link nor writes through it to a file), a folder,
+    a block device or a socket."""
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        if path.is_symlink():          # dangling, or a loop
+            raise LoraLabError(f"{path} is a symbolic link to {os.readlink(path)}, which cannot be opened; "
+                               "loralab does not replace links. Give the real path, or choose another output "
+                               "location") from None
+        if isinstance(exc, FileNotFoundError):
+            return "missing"
+        raise unwritable(path, exc) from None
+    if stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode):
+        return "stream"
+    if path.is_symlink():
+        raise LoraLabError(f"{path} is a symbolic link to {os.readlink(path)}; loralab does not replace links "
+                           "or write through them. Give the real path, or choose another output location")
+    if stat.S_ISREG(st.st_mode):
+        return "file"
+    what = "a folder" if stat.S_ISDIR(st.st_mode) else "a block device" if stat.S_ISBLK(st.st_mode) else "a socket"
+    raise LoraLabError(f"{path} is {what}; loralab writes only regular files, character devices (/dev/null) and "
+                       "pipes. Choose another output location")
+
+
+def check_output_file(path: str | os.PathLike, inputs: Sequence[str | os.PathLike] = ()) -> Path:
+    """The output policy for one file a command writes (`-o FILE`), checked before any work. Returns `path`.
+
+    A regular file is created or replaced atomically; a character device or a pipe (/dev/null, a FIFO,
+    /dev/stdout) is written through in place; anything else is refused with one line: a symbolic link to a
+    file or folder (never replaced), a folder, a block device, one of the command's `inputs` (same path or
+    same inode: a hard link counts) or a file inside one, a file inside a model or adapter folder."""
+    path = Path(path)
+    if output_node(path) == "stream":    # written through: nothing on disk is replaced or truncated
+        return path
+    check_not_input(path, inputs, holds=False)
+    _check_outside_models(path.parent, path)
+    check_writable_dir(path.parent)
+    return path
+
+
+def check_output_folder(folder: str | os.PathLike, kind: str, inputs: Sequence[str | os.PathLike] = (),
+                        overwrite: bool = False, reuse: bool = False,
+                        recognise: Callable[[Path], bool] | None = None) -> Path:
+    """The output policy for a folder a command writes (a merged model, a report, a lesson page), checked
+    before any work. Returns `folder`; raises one line otherwise.
+
+    Missing or empty: fine. Marked by loralab as `kind` (`mark_owned`), or unmarked but recognised by
+    `recognise` (the layout an older loralab wrote): reused in place when `reuse` (a resumable grid, a report
+    rewritten), else replaced only with `overwrite`. Anything else — a symbolic link, a file, a folder
+    without the marker (photos, a model), another kind — is refused, whatever the flags. Never one of the
+    command's `inputs` (path or inode), never holding or inside one, never inside a model or adapter folder."""
+    folder = Path(folder)
+    check_output_location(folder, inputs)
+    check_writable_dir(folder)
+    if not folder.exists() or is_empty_dir(folder):
+        return folder
+    if owned_kind(folder) == kind or (owned_kind(folder) is None and recognise is not None and recognise(folder)):
+        if reuse or overwrite:
+            return folder
+        raise LoraLabError(f"{folder} already exists; pass --overwrite to replace it, or choose another output "
+                           "location")
+    check_replaceable(folder, (kind,), tuple(Path(p) for p in inputs))
+    return folder
+
+
+def claim_output_folder(folder: str | os.PathLike, kind: str, inputs: Sequence[str | os.PathLike] = (),
+                        recognise: Callable[[Path], bool] | None = None) -> Path:
+    """For a folder written in place and re-used by the next run (a report, a resumable experiment grid):
+    `check_output_folder(..., reuse=True)`, then create it and mark it as `kind`. Returns `folder`."""
+    folder = check_output_folder(folder, kind, inputs, reuse=True, recognise=recognise)
+    make_dirs(folder)
+    if owned_kind(folder) != kind:
+        mark_owned(folder, kind)
+    return folder
+
+
+def check_cache_folder(folder: str | os.PathLike, inputs: Sequence[str | os.PathLike] = ()) -> Path:
+    """The output policy for a cache folder (`learn --cache`, where trained runs are kept for reuse): not a
+    symbolic link nor a file, not one of the command's `inputs`, and neither a model or adapter folder nor
+    inside one. What goes inside is written by the runs' own rules (a run never replaces a non-run)."""
+    folder = Path(folder)
+    check_output_location(folder, inputs)
+    _check_outside_models(folder, folder)
+    check_writable_dir(folder)
+    return folder
+
+
+def check_output_location(folder: str | os.PathLike, inputs: Sequence[str | os.PathLike] = ()) -> Path:
+    """The rules every output folder shares (train's run folders too): not a symbolic link (never replaced,
+    never written through), not an existing non-folder, not one of the command's inputs nor holding or
+    inside one, not inside a model or adapter folder."""
+    folder = Path(folder)
+    if folder.is_symlink():
+        raise LoraLabError(f"{folder} is a symbolic link to {os.readlink(folder)}; loralab does not replace links "
+                           "or write through them. Give the real path, or choose another output location")
+    if folder.exists() and not folder.is_dir():
+        raise LoraLabError(f"{folder} exists and is not a folder; choose another output location")
+    check_not_input(folder, inputs)
+    _check_outside_models(folder.parent, folder)
+    return folder
+
+
+def is_model_folder(folder: str | os.PathLike) -> bool:
+    """A transformers model folder (config.json with its weights) or an adapter folder (adapter_config.json)."""
+    folder = Path(folder)
+    return (folder / _ADAPTER_CONFIG).is_file() or (
+        (folder / "config.json").is_file() and any((folder / name).is_file() for name in _WEIGHTS))
+
+
+def _check_outside_models(start: Path, output: Path) -> None:
+    """Raise if `start` or a folder above it is a model or adapter folder: loralab writes nothing into one."""
+    for folder in (start.absolute(), *start.absolute().parents):
+        if folder.is_dir() and is_model_folder(folder):
+            raise LoraLabError(f"output {output} is or lies inside the model or adapter folder {folder}; loralab does "
+                               "not write into those. Choose another output location")
+
+
+# --------------------------------------------------------------------------------------------------
 # Owned output folders
 # --------------------------------------------------------------------------------------------------
 def mark_owned(folder: str | os.PathLike, kind: str) -> None:
@@ -237,16 +380,40 @@ def check_replaceable(folder: str | os.PathLike, kinds: tuple[str, ...], protect
                            "it yourself")
 
 
-def check_not_input(folder: str | os.PathLike, protect: tuple[Path, ...]) -> None:
-    """Raise if the output `folder` is one of the `protect` paths (the command's inputs), holds one, or
-    lies inside one: replacing or filling it could destroy what the command reads."""
-    folder = Path(folder)
-    resolved = folder.resolve()
+def check_not_input(output: str | os.PathLike, protect: Sequence[str | os.PathLike], holds: bool = True) -> None:
+    """Raise if `output` is one of the `protect` paths (the command's inputs), lies inside one, or (when
+    `holds`, for a folder) holds one: writing it could destroy what the command reads. Compared by resolved
+    path and by (st_dev, st_ino), so a hard link, a bind mount or a second path to the same place counts."""
+    output = Path(output)
+    resolved = output.resolve()
+    above_output = _identities(output)
     for other in protect:
-        other = Path(other).resolve()
-        if resolved == other or other.is_relative_to(resolved) or resolved.is_relative_to(other):
-            raise LoraLabError(f"output {folder} is, holds or lies inside an input of this command ({other}); "
+        if not os.path.lexists(other):        # a builtin model name, a hub id: nothing on disk to destroy
+            continue
+        other_resolved = Path(other).resolve()
+        inside = resolved == other_resolved or resolved.is_relative_to(other_resolved)
+        inside = inside or _identity(other) in above_output
+        holding = holds and (other_resolved.is_relative_to(resolved) or _identity(output) in _identities(other))
+        if inside or holding:
+            raise LoraLabError(f"output {output} is, holds or lies inside an input of this command ({other_resolved}); "
                                "choose another output location")
+
+
+def _identity(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of what `path` names (links followed), None when it does not exist."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _identities(path: str | os.PathLike) -> set[tuple[int, int]]:
+    """The identities of `path` and of every existing folder above it."""
+    resolved = Path(path).resolve()
+    found = {_identity(p) for p in (resolved, *resolved.parents)}
+    found.discard(None)
+    return found
 
 
 @contextlib.contextmanager
@@ -257,9 +424,7 @@ def atomic_folder(target: str | os.PathLike, kind: str, replace: bool = False,
     `replace=True` and only if `check_replaceable` allows it (checked before and after the build).
     On any error the temporary folder is removed and `target` is untouched."""
     target = Path(target)
-    if target.exists() and not is_empty_dir(target) and not replace:
-        raise LoraLabError(f"{target} already exists; pass --overwrite to replace it, or choose another output")
-    check_replaceable(target, (kind,), protect)
+    check_output_folder(target, kind, protect, overwrite=replace)
     make_dirs(target.parent)
     remove_stale_temps(target.parent)
     scratch = temp_sibling(target)

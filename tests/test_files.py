@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import errno
+import stat
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -145,3 +147,162 @@ time.sleep(60)
     with files.OutputLock(tmp_path) as lock:        # the kernel released the dead holder's flock
         assert lock.stale_pid == holder.pid
         assert (tmp_path / files.LOCK_NAME).read_text().strip() == str(os.getpid())
+
+
+# --------------------------------------------------------------------------------------------------
+# The output policy: what a command's output may name
+# --------------------------------------------------------------------------------------------------
+def _node(path) -> tuple[int, int, int, int]:
+    """What identifies a node on disk: its type and mode, inode, device and (for devices) st_rdev."""
+    st = os.lstat(path)
+    return st.st_mode, st.st_ino, st.st_dev, st.st_rdev
+
+
+def test_dev_null_is_written_through_never_replaced():
+    before = _node("/dev/null")
+    assert files.check_output_file("/dev/null") == Path("/dev/null")
+    files.write_text("/dev/null", "predictions\n")
+    files.write_json("/dev/null", {"accuracy": 1.0})
+    assert _node("/dev/null") == before and stat.S_ISCHR(before[0])
+
+
+def test_a_pipe_is_written_through_never_replaced(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    before = _node(fifo)
+    reader = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)     # a reader, so the writer's open does not block
+    try:
+        files.check_output_file(fifo)
+        files.write_text(fifo, "one line\n")
+        assert os.read(reader, 100) == b"one line\n"
+    finally:
+        os.close(reader)
+    assert _node(fifo) == before and stat.S_ISFIFO(before[0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo"]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
+def test_a_full_device_is_one_line_and_stays_a_device():
+    before = _node("/dev/full")
+    with pytest.raises(LoraLabError) as info:
+        files.write_text("/dev/full", "x" * 10000)
+    assert "/dev/full" in str(info.value) and "no space left on device" in str(info.value).lower()
+    assert "\n" not in str(info.value)
+    assert _node("/dev/full") == before and stat.S_ISCHR(before[0])
+
+
+def test_a_symbolic_link_is_never_replaced(tmp_path):
+    target = tmp_path / "target.json"
+    target.write_text("mine")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    dangling = tmp_path / "dangling.json"
+    dangling.symlink_to(tmp_path / "nothing")
+    loop = tmp_path / "loop.json"
+    loop.symlink_to(loop)
+    for path in (link, dangling, loop):
+        with pytest.raises(LoraLabError, match=f"^{path} is a symbolic link to .*; loralab does not replace links"):
+            files.check_output_file(path)
+        with pytest.raises(LoraLabError, match="is a symbolic link"):
+            files.write_text(path, "new")
+    assert os.readlink(link) == str(target) and target.read_text() == "mine"
+    assert not (tmp_path / "nothing").exists()
+    folder_link = tmp_path / "model-link"
+    folder_link.symlink_to(tmp_path)
+    for check in (lambda: files.check_output_folder(folder_link, "merged-model", overwrite=True),
+                  lambda: files.check_cache_folder(folder_link),
+                  lambda: files.check_output_location(folder_link)):
+        with pytest.raises(LoraLabError, match=f"^{folder_link} is a symbolic link to {tmp_path}; loralab does not"):
+            check()
+    assert folder_link.is_symlink()
+
+
+def test_a_link_to_a_device_or_pipe_is_written_through_and_kept(tmp_path):
+    null_link = tmp_path / "out"
+    null_link.symlink_to("/dev/null")      # as /dev/stdout is a link to /proc/self/fd/1
+    files.check_output_file(null_link)
+    files.write_text(null_link, "x\n")
+    assert os.readlink(null_link) == "/dev/null" and stat.S_ISCHR(os.lstat("/dev/null").st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_folders_block_devices_and_sockets_are_not_output_files(tmp_path):
+    with pytest.raises(LoraLabError, match=f"^{tmp_path} is a folder; loralab writes only regular files"):
+        files.check_output_file(tmp_path)
+    try:
+        os.mknod(tmp_path / "block", 0o600 | stat.S_IFBLK, os.makedev(7, 250))   # creating a node opens nothing
+    except PermissionError:
+        pytest.skip("creating a block device node needs root")
+    with pytest.raises(LoraLabError, match="is a block device; loralab writes only regular files"):
+        files.check_output_file(tmp_path / "block")
+    with pytest.raises(LoraLabError, match="is a block device"):
+        files.write_text(tmp_path / "block", "x")
+    assert stat.S_ISBLK(os.lstat(tmp_path / "block").st_mode)
+
+
+def test_an_output_file_is_never_an_input_by_path_or_inode(tmp_path):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    data = tmp_path / "dev.tsv"
+    data.write_text("text\tlabel\n")
+    os.link(data, tmp_path / "hard.tsv")
+    inputs = (adapter, data)
+    for output in (data, tmp_path / "hard.tsv", adapter / "adapter_config.json", adapter / "new.json",
+                   tmp_path / "sub" / ".." / "dev.tsv"):
+        with pytest.raises(LoraLabError, match="is, holds or lies inside an input of this command"):
+            files.check_output_file(output, inputs)
+    assert data.read_text() == "text\tlabel\n" and (adapter / "adapter_config.json").read_text() == "{}"
+    assert files.check_output_file(tmp_path / "predictions.txt", inputs) == tmp_path / "predictions.txt"
+    # a folder output holding an input (by inode: a hard link inside it) is refused too
+    (tmp_path / "out").mkdir()
+    os.link(data, tmp_path / "out" / "copy.tsv")
+    with pytest.raises(LoraLabError, match="an input of this command"):
+        files.check_output_folder(tmp_path / "out", "analysis-report", [tmp_path / "out" / "copy.tsv"], reuse=True)
+
+
+def test_nothing_is_written_inside_a_model_or_adapter_folder(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(b"")
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    for folder in (model, adapter):
+        for check in (lambda: files.check_cache_folder(folder), lambda: files.check_cache_folder(folder / "cache"),
+                      lambda: files.check_output_file(folder / "config.json"),
+                      lambda: files.claim_output_folder(folder / "deep" / "report", "analysis-report")):
+            with pytest.raises(LoraLabError, match=f"is or lies inside the model or adapter folder {folder}; "):
+                check()
+    assert sorted(p.name for p in model.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in adapter.iterdir()) == ["adapter_config.json"]
+    # a run folder's config.json (no weights beside it) does not make a model folder
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text("{}")
+    assert files.check_cache_folder(tmp_path / "run" / "cache") == tmp_path / "run" / "cache"
+
+
+def test_report_folders_loralab_did_not_create_are_refused_unless_empty(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "report.html").write_text("my page")
+    for overwrite in (False, True):
+        with pytest.raises(LoraLabError, match=f"^{photos} is not a folder loralab wrote \\(no .loralab-output marker\\)"
+                                               "; not replacing it"):
+            files.check_output_folder(photos, "experiment-report", reuse=True, overwrite=overwrite)
+    assert sorted(p.name for p in photos.iterdir()) == ["report.html"]
+    report = files.claim_output_folder(tmp_path / "report", "experiment-report")      # new: created and marked
+    assert files.owned_kind(report) == "experiment-report"
+    (report / "results.csv").write_text("a\n")
+    assert files.claim_output_folder(report, "experiment-report") == report            # its own: re-used
+    with pytest.raises(LoraLabError, match="is a loralab experiment-report folder; not replacing it"):
+        files.claim_output_folder(report, "e2e-report")
+    old = tmp_path / "old"                         # written before the markers: recognised by its layout
+    old.mkdir()
+    (old / "results.json").write_text("{}")
+    assert files.claim_output_folder(old, "e2e-report", recognise=lambda f: (f / "results.json").is_file()) == old
+    assert files.owned_kind(old) == "e2e-report"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert files.claim_output_folder(empty, "analysis-report") == empty

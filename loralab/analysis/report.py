@@ -17,7 +17,9 @@ from loralab.analysis.deltas import LowRankDelta, load_deltas
 from loralab.analysis.spectrum import ModuleSpectrum, adapter_spectra
 from loralab.analysis.subspace import ModuleSimilarity, compare_adapters
 from loralab.errors import LoraLabError
-from loralab.files import make_dirs, write_bytes, write_text
+from loralab.files import claim_output_folder, write_bytes, write_text
+
+OUTPUT_KIND = "analysis-report"      # the .loralab-output marker of an `analyze` report folder
 
 
 @dataclass
@@ -145,7 +147,7 @@ th{background:#f3f3f3}td:first-child,td:nth-child(2){text-align:left}img{max-wid
 def write_report(report: AnalysisReport, out_dir: str | os.PathLike) -> dict[str, Path]:
     """Write analysis.json, spectra.csv, singular_values.csv, subspace.csv (two adapters),
     amplification.csv (with a base), figures/*.png and report.html into out_dir. Returns {kind: path}."""
-    out = make_dirs(out_dir)
+    out = claim_output_folder(out_dir, OUTPUT_KIND, report_inputs(report.settings), recognise=is_analysis_folder)
     written = {"json": write_text(out / "analysis.json",
                                   json.dumps(report.to_dict(), indent=1, allow_nan=False) + "\n")}
     written.update({kind: write_text(out / name, text) for kind, (name, text) in _csv_files(report).items()})
@@ -162,6 +164,22 @@ def write_report(report: AnalysisReport, out_dir: str | os.PathLike) -> dict[str
             f"<style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>\n")
     written["html"] = write_text(out / "report.html", page)
     return written
+
+
+def report_inputs(settings: dict) -> list[str]:
+    """The folders an analysis reads (its adapters and base model): its report folder may not be one of
+    them, hold one or lie inside one."""
+    return [*settings.get("adapters", []), *([settings["base"]] if settings.get("base") else [])]
+
+
+def is_analysis_folder(folder: Path) -> bool:
+    """The layout of a report folder `analyze` wrote before loralab marked its outputs: analysis.json with
+    the adapters and settings it analysed."""
+    try:
+        data = json.loads((folder / "analysis.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"adapters", "settings"} <= data.keys()
 
 
 def _has_amplification(report: AnalysisReport) -> bool:

@@ -29,8 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from loralab.analysis.report import analyze_adapters, write_report
+    from loralab.analysis.report import OUTPUT_KIND, analyze_adapters, is_analysis_folder, report_inputs, write_report
     from loralab.cli.output_args import required_output
+    from loralab.files import check_output_folder
 
     output = required_output(args, "the report folder")
     if len(args.adapters) > 2:
@@ -38,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
                            f"run it once per pair to compare more")
     if args.trials < 1:
         raise LoraLabError(f"--trials must be ≥ 1, got {args.trials}")
+    check_output_folder(output, OUTPUT_KIND, report_inputs({"adapters": args.adapters, "base": args.base}),
+                        reuse=True, recognise=is_analysis_folder)      # the output policy, before any work
     report = analyze_adapters(args.adapters, base=args.base, factor=args.factor, trials=args.trials,
                               seed=args.seed, split_fused=not args.no_split_fused)
     written = write_report(report, output)

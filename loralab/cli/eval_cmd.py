@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from loralab.cli.runtime_args import runtime_from_args
     from loralab.errors import LoraLabError
     from loralab.cli.adapter_args import adapter_paths
+    from loralab.cli.output_args import checked_output_file
     from loralab.serving.load import load_with_adapters
     from loralab.files import write_text as atomic_write_text
     from loralab.training.evaluation import evaluate
@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
     if bool(args.file) == bool(args.data):
         raise LoraLabError("give the data to evaluate: either --file PATH or --data NAME")
+    output = checked_output_file(args, *adapter_paths(args).values(), args.model, args.file)
     set_threads(args.threads)
     runtime = runtime_from_args(args)   # a missing GPU: one line before anything is read
     if args.data:  # the data is read first: a wrong split or file fails before the model loads
@@ -75,10 +76,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"{source}: {len(encoded)} examples, adapter {use!r} on {loaded.model_spec}")
     for name, value in metrics.items():
         print(f"  {name:12s} {value:.4f}")
-    if args.output:
+    if output:
         record = {"data": source, "examples": len(encoded), "adapter": use,
                   "adapter_path": str(loaded.adapters[use]), "model": loaded.model_spec, "metrics": metrics}
-        atomic_write_text(Path(args.output), json.dumps(record, indent=2) + "\n")
+        atomic_write_text(output, json.dumps(record, indent=2) + "\n")
     return 0
 
 

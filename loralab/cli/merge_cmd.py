@@ -89,10 +89,7 @@ def run(args: argparse.Namespace) -> int:
     inputs = (base, adapter)
     # Refuse a bad output before the (slow) load: an existing folder is replaced only with --overwrite and
     # only if loralab wrote it as a merged model; never the base or adapter folder, or one around them.
-    files.check_writable_dir(out)
-    if out.exists() and not files.is_empty_dir(out) and not args.overwrite:
-        raise LoraLabError(f"output folder {out} already exists; choose another path or pass --overwrite")
-    files.check_replaceable(out, (MERGED_KIND,), inputs)
+    files.check_output_folder(out, MERGED_KIND, inputs, overwrite=args.overwrite)
     scheme = args.quantize or "none"
     if args.requantize and scheme == "none":
         raise LoraLabError("--requantize stores the merged weights quantized again: give the base's --quantize "

@@ -3,6 +3,7 @@ analyze, experiment, e2e, learn), with the old `--out` accepted for one release.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from loralab.cli.deprecated import add_deprecated
@@ -22,3 +23,13 @@ def required_output(args: argparse.Namespace, what: str = "the output folder") -
     if not getattr(args, "output", None):
         raise LoraLabError(f"give {what} with --output PATH (-o PATH)")
     return Path(args.output)
+
+
+def checked_output_file(args: argparse.Namespace, *inputs: str | os.PathLike | None) -> Path | None:
+    """args.output checked by the output policy (`loralab.files.check_output_file`) against the command's
+    `inputs` (None entries skipped), before any work; None when --output was not given."""
+    from loralab.files import check_output_file
+
+    if not getattr(args, "output", None):
+        return None
+    return check_output_file(args.output, [p for p in inputs if p])

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -94,12 +93,14 @@ def run(args: argparse.Namespace) -> int:
     from loralab.cli.data_args import read_options_from_args
     from loralab.data.readers import ReadOptions, read_examples
     from loralab.cli.adapter_args import adapter_paths
+    from loralab.cli.output_args import checked_output_file
     from loralab.cli.runtime_args import runtime_from_args
     from loralab.cli.sampling_args import sampling_params_from_args
     from loralab.serving.load import load_with_adapters
     from loralab.files import write_text as atomic_write_text
     from loralab.training.runtime import set_threads
 
+    output = checked_output_file(args, *adapter_paths(args).values(), args.model, args.file)
     set_threads(args.threads)
     params = sampling_params_from_args(args)  # checked before the model loads
     runtime = runtime_from_args(args)
@@ -112,8 +113,8 @@ def run(args: argparse.Namespace) -> int:
         examples = _stdin_examples(pairs)
     lines = predict_texts(loaded, examples, args.batch_size, params, args.progress)
     text = "".join(line + "\n" for line in lines)
-    if args.output:
-        atomic_write_text(Path(args.output), text)
+    if output:
+        atomic_write_text(output, text)
     else:
         sys.stdout.write(text)
     return 0

@@ -46,6 +46,8 @@ def run_experiment(name: str, out: str | os.PathLike | None = None, quick: bool 
 
     options: the experiment's own keywords, e.g. seeds=3 (rank, targets, methods, data-size, lr-sweep) or
     runs=["r1", "r4"] (train only these runs of the grid); an option the experiment lacks is an error."""
+    from loralab.experiments.report import claim_experiment_folder
+
     if name not in EXPERIMENTS:
         raise LoraLabError(f"unknown experiment {name!r}; choose one of {', '.join(EXPERIMENTS)}")
     module = importlib.import_module(EXPERIMENTS[name][0])
@@ -55,8 +57,8 @@ def run_experiment(name: str, out: str | os.PathLike | None = None, quick: bool 
         raise LoraLabError(f"experiment {name} does not take {', '.join('--' + k.replace('_', '-') for k in unknown)}; "
                            f"remove {'it' if len(unknown) == 1 else 'them'}")
     given = {k: v for k, v in options.items() if v is not None}
-    return module.run(out=out or os.path.join("runs", "experiments", name), quick=quick, data=data, model=model,
-                      log=log, **given)
+    out = claim_experiment_folder(out or os.path.join("runs", "experiments", name), [model] if model else [])
+    return module.run(out=out, quick=quick, data=data, model=model, log=log, **given)
 
 
 __all__ = ["EXPERIMENTS", "run_experiment"]

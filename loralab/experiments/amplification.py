@@ -16,7 +16,8 @@ from typing import Any
 
 from loralab.experiments.common import one_thread, run_grid
 from loralab.experiments.rank import rank_specs, settings
-from loralab.experiments.report import ExperimentReport, Table, line_figure, write_experiment_report
+from loralab.experiments.report import (ExperimentReport, Table, claim_experiment_folder, line_figure,
+                                        write_experiment_report)
 
 _LAYER = re.compile(r"\.(\d+)\.")
 
@@ -44,7 +45,8 @@ def run(out: str | os.PathLike = "runs/experiments/amplification", quick: bool =
     from loralab.models.loading import resolve_model_spec
 
     out = Path(out)
-    rank_dir = Path(rank_dir) if rank_dir is not None else out.parent / "rank"
+    rank_dir = claim_experiment_folder(Path(rank_dir) if rank_dir is not None else out.parent / "rank",
+                                       [model] if model else [])
     specs = rank_specs(quick, data, model, rank_dir)
     results = run_grid(specs, rank_dir / "runs", log=log)
     model_spec = settings(quick, data, model, rank_dir)[0]

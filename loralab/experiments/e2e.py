@@ -43,6 +43,7 @@ from loralab.errors import LoraLabError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_INSTRUCTION = "Write one sentence describing this restaurant: "
+OUTPUT_KIND = "e2e-report"           # the .loralab-output marker of an e2e folder
 QUICK_MODEL = "quick-tiny-llama"  # E2EConfig.quick(): a random-init LLaMA written into the output folder
 SYSTEMS = ("base", "lora")
 SYSTEM_TITLES = {"base": "base model, zero-shot", "lora": "base model + LoRA"}
@@ -336,8 +337,7 @@ def run_e2e(config: E2EConfig, out: str | os.PathLike, adapter: str | os.PathLik
     from loralab.training.runtime import set_threads
 
     precision = Precision.resolve(config.device, config.dtype)    # a missing GPU: before anything is written
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_e2e_folder(out, config, adapter)
     started = time.perf_counter()
     set_threads(config.threads)
     if config.model == QUICK_MODEL:
@@ -362,6 +362,32 @@ def run_e2e(config: E2EConfig, out: str | os.PathLike, adapter: str | os.PathLik
     write_results(result, out)
     log(f"wrote {out}: results.md, results.json, results.csv, examples.md, predictions/")
     return result
+
+
+def claim_e2e_folder(out: str | os.PathLike, config: E2EConfig, adapter: str | os.PathLike | None) -> Path:
+    """The output policy for the e2e folder (loralab.files.claim_output_folder): a folder e2e wrote is re-used
+    (finished parts kept), anything else refused with one line. The inputs it must not be, hold or lie in
+    are the model and the --adapter, unless that adapter is the one this folder trained (<out>/train/...)."""
+    from loralab.files import claim_output_folder
+
+    inputs = [config.model]
+    if adapter is not None and not Path(adapter).resolve().is_relative_to((Path(out) / "train").resolve()):
+        inputs.append(adapter)
+    return claim_output_folder(out, OUTPUT_KIND, inputs, recognise=is_e2e_folder)
+
+
+def is_e2e_folder(folder: Path) -> bool:
+    """The layout of an e2e folder written before loralab marked its outputs: a results.json with its rows
+    and config, or a train/ folder holding a training run."""
+    from loralab.files import owned_kind
+
+    try:
+        data = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+        if isinstance(data, dict) and {"rows", "config"} <= data.keys():
+            return True
+    except (OSError, ValueError):
+        pass
+    return owned_kind(folder / "train") == "train-run"
 
 
 def _adapter_and_metrics(config: E2EConfig, out: Path, adapter: str | os.PathLike | None,

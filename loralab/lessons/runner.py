@@ -227,10 +227,11 @@ def run_lesson(lesson: Lesson, out: str | os.PathLike, cache: str | os.PathLike,
     """Execute `lesson` and write index.html, figures/ and run.json into `out` (replaced atomically; an
     existing folder is replaced only if loralab wrote it as a lesson page). The lesson trains into or reuses
     `cache`. A lesson that fails still gets its page, which shows the error; check `LessonRun.failed`."""
-    from loralab.files import atomic_folder, check_writable_dir, write_json, write_text
+    from loralab.files import atomic_folder, check_cache_folder, check_output_folder, write_json, write_text
 
     out, cache = Path(out), Path(cache)
-    check_writable_dir(out.parent if out.parent != Path("") else Path("."))
+    check_output_folder(out, OUTPUT_KIND, [cache], overwrite=True)   # the output policy, before the lesson runs
+    check_cache_folder(cache)
     env = {ENV_QUICK: "1" if quick else "0", ENV_CACHE: str(cache.resolve()), ENV_THREADS: str(threads)}
     with atomic_folder(out, OUTPUT_KIND, replace=True) as scratch:
         started, cpu_started = time.perf_counter(), time.process_time()

@@ -145,8 +145,7 @@ class RunOutput:
 
 def _decide_mode(target: Path, resume: bool, overwrite: bool, inputs: tuple[Path, ...], in_place_ok: bool) -> str:
     """new / replace / resume / in place, or one LoraLabError line saying why the folder is refused."""
-    if target.exists() and (target.is_symlink() or not target.is_dir()):
-        raise LoraLabError(f"{target} exists and is not a folder; choose another output location")
+    files.check_output_location(target, inputs)   # the output policy every command shares: links, inputs
     if resume:
         if not target.is_dir():
             raise LoraLabError(f"{target} does not exist; --resume continues a run in the folder --output names")
@@ -156,7 +155,6 @@ def _decide_mode(target: Path, resume: bool, overwrite: bool, inputs: tuple[Path
         return "resume"
     if not target.exists() or files.is_empty_dir(target):
         return "new"
-    files.check_not_input(target, inputs)
     if is_train_run(target) and (has_progress(target) or not in_place_ok):
         if not overwrite:
             raise LoraLabError(f"{target} already holds a training run; pass --resume to continue it, "

@@ -144,7 +144,8 @@ def test_cli_errors(bert_setup, tmp_path, capsys):
     assert "one or two adapter folders" in capsys.readouterr().err
     assert main(["analyze", str(tmp_path / "missing"), "--output", str(tmp_path)]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert main(["analyze", str(root / "r4"), "--base", str(tmp_path), "--output", str(tmp_path / "o")]) == 2
+    (tmp_path / "base").mkdir()
+    assert main(["analyze", str(root / "r4"), "--base", str(tmp_path / "base"), "--output", str(tmp_path / "o")]) == 2
     assert "config.json" in capsys.readouterr().err
 
 

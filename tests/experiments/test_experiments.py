@@ -236,3 +236,13 @@ def test_seed_summary_and_spread():
                          result("b", "b", 0, 0.6)], "accuracy")
     assert [(r["run"], r["seeds"], r["dev_accuracy_median"]) for r in rows] == [("a", 3, 0.7), ("b", 1, 0.6)]
     assert rows[0]["dev_accuracy_by_seed"] == "0.5000 / 0.7000 / 0.9000" and "seed" not in rows[0]
+
+
+def test_a_rank_folder_written_before_the_markers_still_resumes(rank_out: Path):
+    from loralab.files import OWNER_MARKER, owned_kind
+
+    (rank_out / OWNER_MARKER).unlink()       # as loralab wrote it before it marked experiment folders
+    logs: list[str] = []
+    run_experiment("rank", out=rank_out, quick=True, log=logs.append)
+    assert sum("finished before" in line for line in logs) == 5       # recognised by its layout, nothing retrained
+    assert owned_kind(rank_out) == "experiment-report"
