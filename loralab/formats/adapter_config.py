@@ -15,7 +15,7 @@ from pathlib import Path
 from loralab.core.variants import VARIANTS
 from loralab.errors import LoraLabError
 from loralab.surgery.config import BIAS_MODES, LoraConfig, checked_fused_slices, stored_variant
-from loralab.surgery.peft_names import shared_peft_fields, variant_flags, warn_unknown_keys
+from loralab.surgery.peft_names import check_saved_init, shared_peft_fields, variant_flags, warn_unknown_keys
 
 METADATA_KEY = "loralab"
 
@@ -91,11 +91,13 @@ def read_peft_config(config_path: Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise LoraLabError(f"{config_path} is not valid JSON ({exc}); the file is corrupted") from None
     if not isinstance(config, dict):
-        raise LoraLabError(f"{config_path} must hold a JSON object")
+        raise LoraLabError(f"{config_path} must hold a JSON object, found {json_kind(config)}")
     peft_type = config.get("peft_type", "LORA")
     if peft_type != "LORA":
         raise LoraLabError(f"{config_path} describes a {peft_type} adapter; only LORA adapters can be loaded")
     warn_unknown_keys(config, str(config_path), stacklevel=4)
+    if config.get("init_lora_weights") is not None:
+        check_saved_init(config["init_lora_weights"], str(config_path))
     flags = set(variant_flags())
     checks = {**_CONFIG_CHECKS, **{flag: _CONFIG_CHECKS["use_rslora"] for flag in flags}}
     for key, (wanted, ok) in checks.items():
@@ -103,6 +105,12 @@ def read_peft_config(config_path: Path) -> dict:
             raise LoraLabError(f"{config_path}: {key} must be {wanted}, got {config[key]!r}; fix the file or "
                                f"re-save the adapter")
     return config
+
+
+def json_kind(value) -> str:
+    """What a parsed JSON value is, for messages: "a list", "a string", "a number", "a boolean", "null"."""
+    kinds = ((dict, "an object"), (list, "a list"), (str, "a string"), (bool, "a boolean"), ((int, float), "a number"))
+    return "null" if value is None else next(name for types, name in kinds if isinstance(value, types))
 
 
 def _positive_int(v) -> bool:

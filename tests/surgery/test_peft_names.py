@@ -40,7 +40,7 @@ def test_peft_field_names_are_accepted_next_to_loralab_ones():
     (dict(variant="dora", use_dora=False), "use_dora=False conflicts with variant='dora'"),
     (dict(init="pissa", init_lora_weights=True), "both init='pissa' and init_lora_weights=True"),
     (dict(init_lora_weights=False), "init_lora_weights=False .PEFT's random, non-zero start for debugging"),
-    (dict(init_lora_weights="olora"), r"init_lora_weights='olora' has no loralab init; use one of True \(kaiming\)"),
+    (dict(init_lora_weights="olora"), r"init_lora_weights='olora' has no loralab init; loralab supports True \(kaiming\)"),
     (dict(target_parameters=["experts.w1"]), "target_parameters .* is not supported"),
     (dict(task_type="SEQ_CLASSIFICATION"), "unknown task_type 'SEQ_CLASSIFICATION'; use one of SEQ_CLS"),
     (dict(layers_to_transform=[-1]), "layers must be a non-empty list of layer indices"),
