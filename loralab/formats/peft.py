@@ -47,7 +47,7 @@ from loralab.core.lora import LoraFactors, lora_scale
 from loralab.core.variants import VARIANTS
 from loralab.errors import LoraLabError
 from loralab.files import write_safetensors, write_text
-from loralab.formats.adapter_config import (file_metadata, fused_slices_value, peft_config, read_metadata,
+from loralab.formats.adapter_config import (base_storage, file_metadata, fused_slices_value, peft_config, read_metadata,
                                             read_peft_config, sliced_metadata, task_type_of, variant_of)
 from loralab.formats.model_card import CardFacts, card_text, write_card
 from loralab.surgery.config import LoraConfig
@@ -316,8 +316,8 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, adapter: str | None 
     description = peft_config(config, layout["ranks"], layout["alphas"], layout["saved"], layout["fan_in_fan_out"],
                                base, task_type or config.task_type or task_type_of(model))
     folder = Path(path)
-    write_safetensors(folder / WEIGHTS_NAME, tensors,
-                      file_metadata(config, layout["sliced"], source.record() if source else None))
+    metadata = file_metadata(config, layout["sliced"], source.record() if source else None, base_storage(model))
+    write_safetensors(folder / WEIGHTS_NAME, tensors, metadata)
     write_text(folder / CONFIG_NAME, json.dumps(description, indent=2, sort_keys=True) + "\n")
     write_card(folder, card_text(_card_facts(description, config, tensors, source), str(folder)))
     return folder
