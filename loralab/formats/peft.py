@@ -136,20 +136,22 @@ def check_adapter_folder(path: str | os.PathLike) -> AdapterFolder:
     return AdapterFolder(folder, read_peft_config(config_path), _header_metadata(weights_path))
 
 
-_PICKLE_STARTS = (b"\x80", b"PK\x03\x04")      # pickle protocol 2+, and torch.save's zip archive
+# How a pickle starts (protocol 2+), and torch.save's zip archive; only asked when safetensors cannot read a file
+# (a safetensors file starts with its header's length, whose first byte may be anything).
+_PICKLE_STARTS = (b"\x80", b"PK\x03\x04")
 
 
 def _header_metadata(weights_path: Path) -> dict:
     """loralab's metadata from a safetensors header, checked; a pickle is named as one and never unpickled."""
-    with open(weights_path, "rb") as fh:
-        start = fh.read(4)
-    if start.startswith(_PICKLE_STARTS):
-        raise LoraLabError(f"{weights_path} is a pickle (torch.save), not safetensors; loralab never unpickles "
-                           f"adapters: re-save it with safetensors")
     try:
         with safe_open(str(weights_path), framework="pt") as fh:
             metadata = fh.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
+        with open(weights_path, "rb") as fh:
+            start = fh.read(4)
+        if start.startswith(_PICKLE_STARTS):
+            raise LoraLabError(f"{weights_path} is a pickle (torch.save), not safetensors; loralab never unpickles "
+                               f"adapters: re-save it with safetensors") from None
         raise LoraLabError(f"{weights_path} is truncated or corrupted ({exc}); re-save or re-download it") from None
     return read_metadata(metadata, weights_path)
 
