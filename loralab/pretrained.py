@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from loralab.data.labels import LabelMap
+    from loralab.formats.peft import AdapterFolder
     from loralab.models import ModelSource
 
 
@@ -50,13 +51,15 @@ def resolve_base(adapter_dir: str | os.PathLike, model: str | os.PathLike | None
     """Where the base model of an adapter is on this machine: `model` if given, else the first of loralab's
     record, loralab-task.json's "model" and PEFT's base_model_name_or_path that resolves. One-line
     LoraLabError naming each place tried when none does."""
+    from loralab.formats.peft import check_adapter_folder
     from loralab.models import resolve_model_source
 
-    folder = Path(adapter_dir)
+    checked = check_adapter_folder(adapter_dir)
+    folder = checked.path
     if model is not None:
         return resolve_model_source(model, cache_dir)
     tried = []
-    for what, find in _base_candidates(folder):
+    for what, find in _base_candidates(checked):
         try:
             return find(cache_dir)
         except LoraLabError as exc:
@@ -67,15 +70,14 @@ def resolve_base(adapter_dir: str | os.PathLike, model: str | os.PathLike | None
                        f"model (model=... or --model)")
 
 
-def _base_candidates(folder: Path) -> list[tuple[str, Any]]:
+def _base_candidates(checked: "AdapterFolder") -> list[tuple[str, Any]]:
     """[(what, find(cache_dir) -> ModelSource)] in the order resolve_base tries them."""
-    from loralab.formats.peft import read_loralab_metadata
     from loralab.models import resolve_model_source, source_from_record
     from loralab.serving.load import read_task_info
 
-    record = read_loralab_metadata(folder).get("base")
-    spec = read_task_info(folder).get("model")
-    peft_base = _peft_config(folder).get("base_model_name_or_path")
+    record = checked.loralab_meta.get("base")
+    spec = read_task_info(checked.path).get("model")
+    peft_base = checked.config.get("base_model_name_or_path")
     found = []
     if record:
         found.append((f"loralab's record ({record.get('kind')} {record.get('name')!r})",
@@ -94,12 +96,14 @@ def adapter_task_and_labels(adapter_dir: str | os.PathLike, task: str | None = N
     base_folder: the base model's folder, whose config.json may name the labels."""
     from loralab.data.labels import LABELS_FILENAME, LabelMap
     from loralab.data.tasks import task_kind
+    from loralab.formats.peft import check_adapter_folder
     from loralab.serving.load import read_task_info
 
-    folder = Path(adapter_dir)
+    checked = check_adapter_folder(adapter_dir)
+    folder = checked.path
     stated = task or read_task_info(folder).get("task")
     head_rows = _saved_head_rows(folder)
-    name = stated or _task_from_peft(folder, head_rows)
+    name = stated or _task_from_peft(checked, head_rows)
     if task_kind(name).is_generative:
         return name, None
     if (folder / LABELS_FILENAME).is_file():
@@ -113,12 +117,13 @@ def adapter_task_and_labels(adapter_dir: str | os.PathLike, task: str | None = N
     return name, label_map
 
 
-def _task_from_peft(folder: Path, head_rows: int | None) -> str:
+def _task_from_peft(checked: "AdapterFolder", head_rows: int | None) -> str:
     """The loralab task of PEFT's task_type (the task list's `peft_task_type`); without one, a folder saving
     a head is a classifier and any other a causal LM."""
     from loralab.data.tasks import TASKS
 
-    task_type = _peft_config(folder).get("task_type")
+    folder = checked.path
+    task_type = checked.config.get("task_type")
     if task_type is None:
         return "classification" if head_rows else "causal-lm"
     for kind in TASKS.values():
@@ -153,18 +158,10 @@ def _saved_head_rows(folder: Path) -> int | None:
 
     from loralab.formats.peft import WEIGHTS_NAME, is_adapter_tensor
 
-    if not (folder / WEIGHTS_NAME).is_file():
-        return None
     with safe_open(str(folder / WEIGHTS_NAME), framework="pt") as fh:
         shapes = [fh.get_slice(k).get_shape() for k in fh.keys() if k.endswith(".weight") and not is_adapter_tensor(k)]
     rows = [shape[0] for shape in shapes if len(shape) == 2]
     return min(rows) if rows else None
-
-
-def _peft_config(folder: Path) -> dict:
-    from loralab.formats.peft import CONFIG_NAME
-
-    return _read_json(folder / CONFIG_NAME) if (folder / CONFIG_NAME).is_file() else {}
 
 
 def _read_json(path: Path) -> dict:

@@ -80,6 +80,7 @@ def delete_adapter(model: nn.Module, name: str) -> nn.Module:
     """Remove an adapter's factors and trainable copies. If it was active, another remaining adapter
     becomes active (or none). What its init took from W0 (PiSSA's principal part) is put back first."""
     _check_adapter(model, name)
+    _check_no_rows_use(model, name)
     state = adapter_state(model)
     for _, layer in lora_layers(model):
         if name in layer.lora_adapters:
@@ -93,6 +94,17 @@ def delete_adapter(model: nn.Module, name: str) -> nn.Module:
         if state.configs:
             set_trainable(model, next(iter(state.configs)))
     return model
+
+
+def _check_no_rows_use(model: nn.Module, name: str) -> None:
+    """Refuse to delete an adapter that rows of a running per_row_adapters block use: its layers would
+    silently give those rows the base model's output."""
+    modules = [*lora_layers(model), *trainable_copies(model)]
+    plans = {id(m.row_plan): m.row_plan for _, m in modules if m.row_plan is not None}
+    rows = sorted({i for plan in plans.values() for i, row in enumerate(plan.names) if row == name})
+    if rows:
+        raise LoraLabError(f"cannot delete adapter {name!r}: rows {rows} of the per_row_adapters block running now "
+                           f"use it; delete it after the block")
 
 
 def merge_and_unload(model: nn.Module) -> nn.Module:

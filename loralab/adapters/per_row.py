@@ -29,7 +29,8 @@ def per_row_adapters(model: nn.Module, names: Sequence[str | None], strategy: st
     rows, as generate's beams do, repeats each name m times). strategy: None (picked per layer and
     shape), "grouped" or "gathered" (loralab.core.rows). Refused with a LoraLabError: unknown names,
     adapters merged into the base weights (the base rows would not be the base), variants that do not
-    declare `per_row`, and nesting.
+    declare `per_row`, and nesting; inside the block, `delete_adapter` of an adapter some row uses (those
+    rows would silently get the base model's output).
     """
     found = [(name, m) for name, m in model.named_modules() if isinstance(m, (LoraLayer, TrainableCopy))]
     plan = _checked_plan(model, names, strategy, [(n, m) for n, m in found if isinstance(m, LoraLayer)])

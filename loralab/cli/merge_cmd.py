@@ -6,7 +6,10 @@
 The result loads with transformers' from_pretrained alone and runs at exactly the base model's cost.
 An adapter trained on a quantized base (train --quantize nf4) merges into that base: `--quantize nf4` keeps
 W = dequantize(Q(W0)) + ΔW in full precision, `--quantize nf4 --requantize` quantizes it again (bitsandbytes'
-format) and reports the error that adds."""
+format) and reports the error that adds. The adapter records how the base it trained on stored its weights
+("trained_on" in loralab's metadata); a merge that stores them otherwise (--quantize int8, or none, for an
+NF4-trained adapter) prints how far the merged weights are from the trained model's, measured, and an adapter
+without the record (PEFT's, older loralab's) is said to have an unknown training precision."""
 from __future__ import annotations
 
 import argparse
@@ -96,7 +99,11 @@ def run(args: argparse.Namespace) -> int:
                            "int8 or nf4 too")
     adapter_file = loralab.read_adapter(adapter)
     model = load_base_for_adapter(args.base, adapter_file, args.task)
-    plain = _merged(model, adapter, scheme, args.requantize)
+    trained_on = adapter_file.loralab_meta.get("trained_on")
+    note = _trained_on_note(model, trained_on, scheme)          # measured on the base before it is changed
+    plain = _merged(model, adapter, scheme, args.requantize, exact=note is None)
+    if note:
+        print(note)
     # Built in a temporary sibling and swapped in: a crash leaves no half-written model, the old one intact.
     with files.atomic_folder(out, MERGED_KIND, replace=args.overwrite, protect=inputs) as scratch:
         if args.requantize:
@@ -112,10 +119,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _merged(model, adapter, scheme: str, requantize: bool):
+def _merged(model, adapter, scheme: str, requantize: bool, exact: bool):
     """The model with the adapter merged in and unloaded (plain transformers layers). With a quantized base
     (scheme int8/nf4): W = dequantize(Q(W0)) + ΔW, re-quantized when `requantize`, and the error that adds
-    to the trained model's weights printed (loralab.quantization.merge_into_quantized)."""
+    printed (loralab.quantization.merge_into_quantized). exact: this base stores its weights as the one the
+    adapter trained on did, so dequantize(Q(W0)) + ΔW are the trained model's weights."""
     import loralab
 
     if scheme == "none":
@@ -123,7 +131,7 @@ def _merged(model, adapter, scheme: str, requantize: bool):
         return loralab.merge_and_unload(model)
     from loralab.quantization import dequantize_model, merge_into_quantized, quantize
 
-    quantize(model, scheme)                   # the base the adapter trained against
+    quantize(model, scheme)
     loralab.load_adapter(model, adapter)
     report = merge_into_quantized(model, "requantize" if requantize else "dequantize")
     if requantize:
@@ -131,6 +139,85 @@ def _merged(model, adapter, scheme: str, requantize: bool):
               f"{report.rel_error:.3%} (max |error| {report.max_abs_error:.3g}); {report.delta_rel_error:.1%} of "
               "the adapter's update is lost to rounding")
     else:
-        print(f"merged into {report.layers} {scheme} layers kept in full precision: the weights are the trained "
-              "model's exactly (fp32 rounding)")
+        same = "the weights are the trained model's exactly (fp32 rounding)" if exact else \
+            f"W = the dequantized {scheme} base + the adapter's update"
+        print(f"merged into {report.layers} {scheme} layers kept in full precision: {same}")
     return dequantize_model(model)
+
+
+def _trained_on_note(model, trained_on: dict | None, scheme: str) -> str | None:
+    """None when this merge stores the base weights as the base the adapter trained on did (the adapter's
+    "trained_on" record, loralab.formats.adapter_config.base_storage); else one line saying how the merged
+    model differs from the trained one: measured, or unknown for an adapter that does not record it."""
+    target = {"quantize": scheme, "dtype": _dtype_of(model)}
+    if trained_on is None:
+        return ("the adapter does not record how the base it trained on was stored (saved by PEFT or an older "
+                "loralab): unless that was " + _storage(target) + ", the merged weights differ from the trained "
+                "model's; merge with the training run's --quantize")
+    trained = {"quantize": trained_on.get("quantize", "none"), "dtype": trained_on.get("dtype", target["dtype"])}
+    if trained == target:
+        return None
+    count, max_abs, rel = _base_difference(model, trained, scheme)
+    fix = f"; merge with --quantize {trained['quantize']} for the trained model's weights" \
+        if trained["quantize"] != scheme else ""
+    return (f"the adapter trained on a base stored as {_storage(trained)}, this merge stores it as "
+            f"{_storage(target)}: the merged weights differ from the trained model's by up to {max_abs:.3g} in "
+            f"{count} tensors ({rel:.3%} of the base weights' norm){fix}")
+
+
+def _storage(form: dict) -> str:
+    if form["quantize"] == "none":
+        return form["dtype"]
+    return f"{form['quantize']} (other weights {form['dtype']})"
+
+
+def _dtype_of(model) -> str:
+    """The name of the dtype most of the model's floating weights have ("fp32", "bf16", "fp16")."""
+    from collections import Counter
+
+    from loralab.precision import dtype_name
+
+    counts = Counter(p.dtype for p in model.parameters() if p.is_floating_point())
+    return dtype_name(counts.most_common(1)[0][0])
+
+
+def _base_difference(model, trained: dict, scheme: str) -> tuple[int, float, float]:
+    """(tensors that differ, max |W_merge - W_trained|, ‖W_merge - W_trained‖ / ‖W_trained‖) over the
+    not yet merged base: W_trained is each weight as the training base stored it (its dtype, and its scheme's
+    round trip for the Linear layers quantize() replaces), W_merge as this merge stores it. The adapter adds
+    the same ΔW to both, so this is how far the merged model is from the trained one."""
+    import torch
+
+    from loralab.core.kinds import kind_of
+    from loralab.precision import DTYPES
+    from loralab.quantization.model import quantizable_layers
+
+    quantizable = dict(quantizable_layers(model))
+    count, max_abs, err_sq, ref_sq = 0, 0.0, 0.0, 0.0
+    with torch.no_grad():
+        for pname, param in model.named_parameters():
+            if not param.is_floating_point():
+                continue
+            owner, _, leaf = pname.rpartition(".")
+            layer = quantizable.get(owner) if leaf == "weight" else None
+            W = kind_of(layer).weight_matrix(layer) if layer is not None else param
+            merged = _stored(W, scheme if layer is not None else "none", W.dtype)
+            was = _stored(W, trained["quantize"] if layer is not None else "none", DTYPES[trained["dtype"]])
+            err = merged - was
+            count += bool(err.any())
+            max_abs = max(max_abs, float(err.abs().max()) if err.numel() else 0.0)
+            err_sq += float(err.double().square().sum())
+            ref_sq += float(was.double().square().sum())
+    return count, max_abs, (err_sq / max(ref_sq, 1e-30)) ** 0.5
+
+
+def _stored(weight, scheme: str, dtype):
+    """A (d_out, d_in) weight as fp32 after being stored in `dtype` and then as `scheme` ("none": as is)."""
+    import torch
+
+    from loralab.quantization import get_scheme
+
+    weight = weight.detach().to(dtype)
+    if scheme == "none":
+        return weight.float()
+    return get_scheme(scheme).quantize_weight(weight, None).dequantize(torch.float32)

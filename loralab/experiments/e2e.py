@@ -396,10 +396,9 @@ def _adapter_and_metrics(config: E2EConfig, out: Path, adapter: str | os.PathLik
     with the metrics.json of the run that wrote it, when there is one."""
     if adapter is None:
         return train_adapter(config, out, log)
-    adapter_dir = Path(adapter)
-    if not (adapter_dir / "adapter_config.json").is_file():
-        raise LoraLabError(f"--adapter {adapter_dir}: no adapter_config.json there; give the adapter folder "
-                           "a training run wrote (e.g. <out>/train/adapter)")
+    from loralab.formats.peft import check_adapter_folder
+
+    adapter_dir = check_adapter_folder(adapter).path          # the cause named, before the model loads
     metrics_path = adapter_dir.parent / "metrics.json"
     return adapter_dir, json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
 

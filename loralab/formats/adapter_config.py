@@ -1,7 +1,8 @@
 """The two descriptions that travel with an adapter's tensors: `adapter_config.json` (PEFT's LoraConfig
 fields) and loralab's own metadata in the safetensors header ({"config": LoraConfig.to_dict(), "sliced":
-{module: fused-slice description}, "base": ModelSource.record() of the base model, when known}) — how they
-are written, and how they are read back and checked.
+{module: fused-slice description}, "base": ModelSource.record() of the base model, when known, "trained_on":
+how the frozen base it trained on stored its weights, see base_storage}) — how they are written, and how they
+are read back and checked.
 
 A variant appears in PEFT's config only through its `peft_flag` (use_dora); loralab's metadata names it.
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 from loralab.core.variants import VARIANTS
 from loralab.errors import LoraLabError
 from loralab.surgery.config import BIAS_MODES, LoraConfig, checked_fused_slices, stored_variant
-from loralab.surgery.peft_names import shared_peft_fields, variant_flags, warn_unknown_keys
+from loralab.surgery.peft_names import check_saved_init, shared_peft_fields, variant_flags, warn_unknown_keys
 
 METADATA_KEY = "loralab"
 
@@ -31,11 +32,33 @@ def sliced_metadata(slices, widths, r: int, alpha: float) -> dict:
     return entry
 
 
-def file_metadata(config: LoraConfig, sliced: dict[str, dict], base: dict | None = None) -> dict[str, str]:
+def file_metadata(config: LoraConfig, sliced: dict[str, dict], base: dict | None = None,
+                  trained_on: dict[str, str] | None = None) -> dict[str, str]:
     """The safetensors header metadata of an adapter file: loralab's config, fused-slice descriptions and,
-    when known, the base model's portable record (loralab.models.ModelSource.record())."""
-    meta = {"config": config.to_dict(), "sliced": sliced, **({"base": base} if base else {})}
+    when known, the base model's portable record (loralab.models.ModelSource.record()) and how the frozen
+    base the adapter trained on stored its weights (`trained_on`, see base_storage)."""
+    meta = {"config": config.to_dict(), "sliced": sliced, **({"base": base} if base else {}),
+            **({"trained_on": trained_on} if trained_on else {})}
     return {"format": "pt", METADATA_KEY: json.dumps(meta)}
+
+
+def base_storage(model) -> dict[str, str]:
+    """How `model`'s frozen base stores its weights, recorded with each adapter saved from it as "trained_on"
+    (absent in older files and in PEFT's): {"quantize": the scheme of its quantized Linear layers ("nf4",
+    "int8", ...; "none"), "dtype": its other frozen weights' dtype ("fp32", "bf16", "fp16")}.
+    `loralab merge` compares it with the base it merges into: the same ΔW on other base weights is another
+    model."""
+    from collections import Counter
+
+    from loralab.precision import dtype_name
+    from loralab.quantization.base import QuantizedLinear
+
+    schemes = sorted({m.scheme.name for m in model.modules() if isinstance(m, QuantizedLinear)})
+    dtypes = Counter(p.dtype for p in model.parameters() if p.is_floating_point() and not p.requires_grad)
+    record = {"quantize": "+".join(schemes) or "none"}
+    if dtypes:
+        record["dtype"] = dtype_name(dtypes.most_common(1)[0][0])
+    return record
 
 
 def peft_config(config: LoraConfig, rank_pattern: dict, alpha_pattern: dict, saved_names: list[str],
@@ -91,11 +114,13 @@ def read_peft_config(config_path: Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise LoraLabError(f"{config_path} is not valid JSON ({exc}); the file is corrupted") from None
     if not isinstance(config, dict):
-        raise LoraLabError(f"{config_path} must hold a JSON object")
+        raise LoraLabError(f"{config_path} must hold a JSON object, found {json_kind(config)}")
     peft_type = config.get("peft_type", "LORA")
     if peft_type != "LORA":
         raise LoraLabError(f"{config_path} describes a {peft_type} adapter; only LORA adapters can be loaded")
     warn_unknown_keys(config, str(config_path), stacklevel=4)
+    if config.get("init_lora_weights") is not None:
+        check_saved_init(config["init_lora_weights"], str(config_path))
     flags = set(variant_flags())
     checks = {**_CONFIG_CHECKS, **{flag: _CONFIG_CHECKS["use_rslora"] for flag in flags}}
     for key, (wanted, ok) in checks.items():
@@ -103,6 +128,12 @@ def read_peft_config(config_path: Path) -> dict:
             raise LoraLabError(f"{config_path}: {key} must be {wanted}, got {config[key]!r}; fix the file or "
                                f"re-save the adapter")
     return config
+
+
+def json_kind(value) -> str:
+    """What a parsed JSON value is, for messages: "a list", "a string", "a number", "a boolean", "null"."""
+    kinds = ((dict, "an object"), (list, "a list"), (str, "a string"), (bool, "a boolean"), ((int, float), "a number"))
+    return "null" if value is None else next(name for types, name in kinds if isinstance(value, types))
 
 
 def _positive_int(v) -> bool:
@@ -142,6 +173,9 @@ def read_metadata(metadata: dict[str, str], weights_path: Path) -> dict:
             raise ValueError("'sliced' is not an object")
         if not isinstance(meta.get("base", {}), dict):
             raise ValueError("'base' is not an object")
+        trained_on = meta.get("trained_on", {})
+        if not (isinstance(trained_on, dict) and all(isinstance(v, str) for v in trained_on.values())):
+            raise ValueError("'trained_on' is not an object of strings")
         for module, info in sliced.items():
             if not (isinstance(info, dict) and _positive_int(info.get("r")) and _positive_number(info.get("alpha"))):
                 raise ValueError(f"bad fused-slice entry for {module}: {info!r}")

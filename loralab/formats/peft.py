@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +47,7 @@ from loralab.core.lora import LoraFactors, lora_scale
 from loralab.core.variants import VARIANTS
 from loralab.errors import LoraLabError
 from loralab.files import write_safetensors, write_text
-from loralab.formats.adapter_config import (file_metadata, fused_slices_value, peft_config, read_metadata,
+from loralab.formats.adapter_config import (base_storage, file_metadata, fused_slices_value, peft_config, read_metadata,
                                             read_peft_config, sliced_metadata, task_type_of, variant_of)
 from loralab.formats.model_card import CardFacts, card_text, write_card
 from loralab.surgery.config import LoraConfig
@@ -84,44 +85,101 @@ class AdapterFile:
 
 def read_adapter(path: str | os.PathLike) -> AdapterFile:
     """Read an adapter folder (ours or PEFT's). Clear errors for missing, truncated or foreign files."""
-    folder = Path(path)
-    config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
-    if not folder.is_dir():
-        raise LoraLabError(f"adapter folder {folder} does not exist")
-    for p in (config_path, weights_path):
-        if not p.is_file():
-            hint = " (.bin adapters are pickles and are never loaded; re-save it with safetensors)" \
-                if p == weights_path and (folder / "adapter_model.bin").exists() else ""
-            raise LoraLabError(f"adapter folder {folder} has no {p.name}{hint}")
-    config = read_peft_config(config_path)
+    folder = check_adapter_folder(path)
+    weights_path = folder.path / WEIGHTS_NAME
     try:
         tensors = load_file(str(weights_path))
-        with safe_open(str(weights_path), framework="pt") as fh:
-            metadata = fh.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
         raise LoraLabError(f"{weights_path} is truncated or corrupted ({exc}); re-save or re-download it") from None
     for key, tensor in tensors.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise LoraLabError(f"{weights_path}: tensor {key!r} holds NaN/Inf values (a diverged run?); "
                                f"not loading it — use an earlier checkpoint")
-    out = AdapterFile(folder, config, loralab_meta=read_metadata(metadata, weights_path))
+    out = AdapterFile(folder.path, folder.config, loralab_meta=folder.loralab_meta)
     lora_a, lora_b = _sort_tensors(tensors, out, weights_path)
-    out.factors = _factors(lora_a, lora_b, config, weights_path)
+    out.factors = _factors(lora_a, lora_b, folder.config, weights_path)
     return out
 
 
-def read_loralab_metadata(path: str | os.PathLike) -> dict:
-    """loralab's own description in an adapter folder's weights header ({"config", "sliced", "base"}; {} for a
-    file PEFT wrote or a folder without weights), read without loading the tensors."""
-    weights_path = Path(path) / WEIGHTS_NAME
-    if not weights_path.is_file():
-        return {}
+@dataclass(frozen=True)
+class AdapterFolder:
+    """An adapter folder whose files passed `check_adapter_folder`: its adapter_config.json (checked) and
+    loralab's metadata from the weights' header ({} for a file PEFT wrote); no tensor is loaded."""
+    path: Path
+    config: dict
+    loralab_meta: dict
+
+
+def check_adapter_folder(path: str | os.PathLike) -> AdapterFolder:
+    """The one check every reader of an adapter folder runs first (read_adapter, from_pretrained, eval,
+    predict, merge, analyze, serve): the folder exists and is a folder; adapter_config.json is a regular
+    file holding a JSON object that loralab can load; adapter_model.safetensors is a regular file in the
+    safetensors format (a .bin or any other pickle is refused, never unpickled). One LoraLabError line names
+    the first problem. Reads the config and the weights' header only."""
+    folder = Path(path)
+    if not folder.is_dir():
+        what = "does not exist" if not os.path.lexists(folder) else f"is not a folder but {_file_kind(folder)}"
+        raise LoraLabError(f"adapter folder {folder} {what}; give the folder holding adapter_config.json and "
+                           f"adapter_model.safetensors (e.g. runs/<run>/adapter)")
+    config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+    if not os.path.lexists(config_path):
+        inside = " (a training run: its adapter is in the adapter/ folder)" \
+            if (folder / "adapter" / CONFIG_NAME).is_file() else ""
+        raise LoraLabError(f"{folder} is not an adapter folder: it has no {CONFIG_NAME}{inside}; give the folder "
+                           f"holding adapter_config.json and adapter_model.safetensors (e.g. runs/<run>/adapter)")
+    if not os.path.lexists(weights_path):
+        hint = " (.bin adapters are pickles and are never loaded; re-save it with safetensors)" \
+            if os.path.lexists(folder / "adapter_model.bin") else ""
+        raise LoraLabError(f"adapter folder {folder} has no {WEIGHTS_NAME}{hint}")
+    _check_regular_file(config_path)
+    _check_regular_file(weights_path)
+    return AdapterFolder(folder, read_peft_config(config_path), _header_metadata(weights_path))
+
+
+# How a pickle starts (protocol 2+), and torch.save's zip archive; only asked when safetensors cannot read a file
+# (a safetensors file starts with its header's length, whose first byte may be anything).
+_PICKLE_STARTS = (b"\x80", b"PK\x03\x04")
+
+
+def _header_metadata(weights_path: Path) -> dict:
+    """loralab's metadata from a safetensors header, checked; a pickle is named as one and never unpickled."""
     try:
         with safe_open(str(weights_path), framework="pt") as fh:
             metadata = fh.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
+        with open(weights_path, "rb") as fh:
+            start = fh.read(4)
+        if start.startswith(_PICKLE_STARTS):
+            raise LoraLabError(f"{weights_path} is a pickle (torch.save), not safetensors; loralab never unpickles "
+                               f"adapters: re-save it with safetensors") from None
         raise LoraLabError(f"{weights_path} is truncated or corrupted ({exc}); re-save or re-download it") from None
     return read_metadata(metadata, weights_path)
+
+
+def _check_regular_file(path: Path) -> None:
+    """Refuse, without opening it, a file of an adapter folder that is not a regular file (a device, a FIFO,
+    a folder; also through a symlink): reading /dev/zero or a FIFO would never end."""
+    if not path.is_file():
+        link = f" (a symlink to {os.readlink(path)})" if path.is_symlink() else ""
+        raise LoraLabError(f"{path} is {_file_kind(path)}{link}, not a regular file; refusing to read it — "
+                           f"re-save or re-download the adapter")
+
+
+def _file_kind(path: Path) -> str:
+    """What a path is, for messages: "a character device", "a FIFO", ... (following symlinks)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return "a broken symlink"
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISREG, "a regular file"))
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
+def read_loralab_metadata(path: str | os.PathLike) -> dict:
+    """loralab's own description in an adapter folder's weights header ({"config", "sliced", "base",
+    "trained_on"}; {} for a file PEFT wrote), read without loading the tensors (the folder checked first)."""
+    return check_adapter_folder(path).loralab_meta
 
 
 def _sort_tensors(tensors: dict[str, torch.Tensor], out: AdapterFile, weights_path: Path):
@@ -260,8 +318,8 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, adapter: str | None 
     description = peft_config(config, layout["ranks"], layout["alphas"], layout["saved"], layout["fan_in_fan_out"],
                                base, task_type or config.task_type or task_type_of(model))
     folder = Path(path)
-    write_safetensors(folder / WEIGHTS_NAME, tensors,
-                      file_metadata(config, layout["sliced"], source.record() if source else None))
+    metadata = file_metadata(config, layout["sliced"], source.record() if source else None, base_storage(model))
+    write_safetensors(folder / WEIGHTS_NAME, tensors, metadata)
     write_text(folder / CONFIG_NAME, json.dumps(description, indent=2, sort_keys=True) + "\n")
     write_card(folder, card_text(_card_facts(description, config, tensors, source), str(folder)))
     return folder

@@ -74,14 +74,13 @@ def load_with_adapters(adapters: dict[str, Path], model: str | os.PathLike | Non
     An adapter trained on a quantized or 16-bit base loads on any of them (its factors are plain fp32)."""
     import loralab
     from loralab.data.encoding import Task
+    from loralab.formats.peft import check_adapter_folder
     from loralab.pretrained import adapter_task_and_labels, resolve_base
 
     if not adapters:
         raise LoraLabError("no adapter given; pass --adapter NAME=PATH (a folder written by loralab train)")
-    for name, path in adapters.items():
-        if not (path / "adapter_config.json").is_file():
-            raise LoraLabError(f"adapter {name!r}: {path} has no adapter_config.json; give an adapter folder "
-                               "(e.g. runs/<run>/adapter)")
+    for path in adapters.values():
+        check_adapter_folder(path)          # each folder's own problem first, before any is used
     first = next(iter(adapters))
     info = read_task_info(adapters[first])
     # Base model, task and labels as the adapter folder says them (loralab's files, or PEFT's: task_type,

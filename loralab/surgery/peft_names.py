@@ -119,15 +119,41 @@ def _rules_from_peft(value) -> list[str] | str | None:
                        f"got {value!r}")
 
 
-def _init_from_peft(value) -> str:
-    """The registered init PEFT's `init_lora_weights` value names."""
-    for init in INITS.values():
-        if init.accepts_peft(value):
-            return init.name
-    known = ", ".join(f"{i.peft_value!r} ({i.name})" for i in INITS.values() if i.peft_value is not None)
+def init_from_peft(value) -> str:
+    """The registered init PEFT's `init_lora_weights` value names. The registry (`INITS`, each Init's
+    `peft_value`) is the one place that decides which PEFT inits loralab takes: LoftQ, OLoRA, EVA, CorDA, ...
+    have no registered Init and are refused with one line naming the value and what loralab supports."""
+    init = _init_named(value)
+    if init is None:
+        raise LoraLabError(_no_init(value, INITS.values()))
+    return init.name
+
+
+def check_saved_init(value, where: str) -> None:
+    """A saved adapter's `init_lora_weights` (`where`: its adapter_config.json): a registered init, and not
+    one that changes the base weights (PiSSA): PEFT writes such a value only for factors saved unconverted,
+    relative to the changed base rather than to the original model (a converted file, like loralab's own,
+    says True). Other inits only chose the factors' start, so a trained adapter loads whichever it used."""
+    init = _init_named(value)
+    loadable = [i for i in INITS.values() if not i.changes_base_weight]
+    if init is None:
+        raise LoraLabError(f"{where}: {_no_init(value, loadable)}")
+    if init.changes_base_weight:
+        raise LoraLabError(f"{where}: init_lora_weights={value!r}: these factors belong to the base weights "
+                           f"{init.name} changed, not to the original model; re-save the adapter with PEFT's "
+                           f"save_pretrained(path_initial_model_for_weight_conversion=...)")
+
+
+def _init_named(value):
+    """The registered Init whose PEFT value `value` is, or None."""
+    return next((init for init in INITS.values() if init.accepts_peft(value)), None)
+
+
+def _no_init(value, supported) -> str:
+    known = ", ".join(f"{i.peft_value!r} ({i.name})" for i in supported if i.peft_value is not None)
     why = (" (PEFT's random, non-zero start for debugging: every loralab init leaves the model's output "
            "unchanged)") if value is False else ""
-    raise LoraLabError(f"init_lora_weights={value!r}{why} has no loralab init; use one of {known}")
+    return f"init_lora_weights={value!r}{why} has no loralab init; loralab supports {known}"
 
 
 def _layers_from_peft(value) -> list[int] | None:
@@ -142,7 +168,7 @@ _CONVERT = {
     "target_modules": _rules_from_peft,
     "exclude_modules": lambda v: [] if v is None else _rules_from_peft(v),
     "use_rslora": lambda v: False if v is None else v,
-    "init_lora_weights": _init_from_peft,
+    "init_lora_weights": init_from_peft,
     "layers_to_transform": _layers_from_peft,
 }
 

@@ -33,6 +33,7 @@ from loralab import files
 from loralab.data.labels import LABELS_FILENAME, LabelMap
 from loralab.data.tasks import task_kind
 from loralab.errors import LoraLabError
+from loralab.formats.adapter_config import json_kind
 from loralab.models import resolve_model_source
 from loralab.training.checkpoint import LATEST, write_measured_json
 from loralab.training.config import TrainConfig
@@ -136,9 +137,13 @@ def read_task_info(adapter_dir: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        info = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise LoraLabError(f"{path}: not valid JSON ({exc}); retrain or restore the adapter folder") from None
+    if not isinstance(info, dict):
+        raise LoraLabError(f"{path} must hold a JSON object, found {json_kind(info)}; retrain or restore the "
+                           f"adapter folder")
+    return info
 
 
 def read_metrics(folder: str | os.PathLike) -> dict[str, Any]:

@@ -253,3 +253,21 @@ def test_refusals():
                 pass
         with loralab.per_row_adapters(model, ["a", None]):        # the others still mix
             model(input_ids=ids)
+
+
+def test_deleting_an_adapter_that_rows_of_a_running_block_use_is_refused():
+    model = model_with_adapters("bert")
+    inputs = tiny_inputs(model, batch=3, seq=4, seed=5)
+    names = ["a", "b", "a"]
+    with torch.no_grad(), loralab.per_row_adapters(model, names):
+        expected = model(**inputs).logits
+        with pytest.raises(LoraLabError) as caught:
+            loralab.delete_adapter(model, "a")
+        assert str(caught.value) == ("cannot delete adapter 'a': rows [0, 2] of the per_row_adapters block running "
+                                     "now use it; delete it after the block")
+        torch.testing.assert_close(model(**inputs).logits, expected, rtol=0, atol=0)     # nothing was removed
+        loralab.delete_adapter(model, "c")                 # no row uses c: deleted
+        torch.testing.assert_close(model(**inputs).logits, expected, rtol=0, atol=0)
+    assert loralab.list_adapters(model) == ["a", "b"]
+    loralab.delete_adapter(model, "a")                     # after the block
+    assert loralab.list_adapters(model) == ["b"]

@@ -1,6 +1,9 @@
 """`loralab merge` end to end on tiny saved models: the merged model's outputs, and --overwrite replacing only
 a merged model loralab wrote — never photos, the adapter or the base model (issue 10, case 2)."""
+import copy
 import hashlib
+import json
+import re
 import shutil
 
 import pytest
@@ -9,7 +12,7 @@ import torch
 import loralab
 from loralab import LoraConfig, files
 from loralab.cli.main import main
-from loralab.testing import model_output, tiny_inputs, tiny_model
+from loralab.testing import fill_adapter, model_output, tiny_inputs, tiny_model
 
 
 @pytest.fixture
@@ -106,3 +109,120 @@ def test_unwritable_merge_output_is_one_line(bert_folder, adapted, tmp_path, cap
         assert main(["merge", str(bert_folder), str(adapter), "-o", target]) == 2
         assert message in _error_line(capsys.readouterr().err)
     shutil.rmtree(tmp_path / "ad")
+
+
+# ------------------------------------------------------------------------------------------------
+# The base the adapter trained on: recorded with the adapter, and merge says how far the result is from it
+# ------------------------------------------------------------------------------------------------
+def _nf4_trained(tmp_path):
+    """(a LLaMA adapter trained-looking on the NF4-quantized base, its folder, the base folder)."""
+    from loralab.quantization import quantize
+
+    tiny_model("llama").save_pretrained(tmp_path / "base")
+    model = quantize(tiny_model("llama"), "nf4")
+    loralab.inject(model, LoraConfig(r=2, targets=["q_proj", "v_proj", "down_proj"]))
+    fill_adapter(model, "default", seed=1, std=0.3)
+    return model, loralab.save_adapter(model, tmp_path / "ad"), tmp_path / "base"
+
+
+def _trained_weights(model):
+    """{parameter: the trained model's effective weight}: the NF4 base dequantized, the adapter merged in."""
+    from loralab.quantization import dequantize_model, merge_into_quantized
+
+    trained = copy.deepcopy(model)
+    merge_into_quantized(trained, "dequantize")
+    dequantize_model(trained)                               # the layers without an adapter too
+    return {n: p.detach() for n, p in trained.named_parameters()}
+
+
+def _merged_weights(folder):
+    from transformers import AutoModelForCausalLM
+
+    return {n: p.detach() for n, p in AutoModelForCausalLM.from_pretrained(folder).named_parameters()}
+
+
+def test_an_adapter_records_the_storage_of_the_base_it_trained_on(tmp_path):
+    model, adapter, _ = _nf4_trained(tmp_path)
+    assert loralab.read_adapter(adapter).loralab_meta["trained_on"] == {"quantize": "nf4", "dtype": "fp32"}
+    bf16 = tiny_model("llama").to(torch.bfloat16)
+    loralab.inject(bf16, LoraConfig(r=2))
+    meta = loralab.read_adapter(loralab.save_adapter(bf16, tmp_path / "bf16")).loralab_meta
+    assert meta["trained_on"] == {"quantize": "none", "dtype": "bf16"}
+
+
+def test_merge_into_another_precision_reports_the_measured_difference_not_exactness(tmp_path, capsys):
+    model, adapter, base = _nf4_trained(tmp_path)
+    trained = _trained_weights(model)
+    from loralab.quantization import dequantize_model, quantize
+
+    nf4_base = dequantize_model(quantize(tiny_model("llama"), "nf4"))        # the trained base, without ΔW
+    trained_base = {n: p.detach() for n, p in nf4_base.named_parameters()}
+    capsys.readouterr()
+    assert main(["merge", str(base), str(adapter), "-o", str(tmp_path / "same"), "--quantize", "nf4"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == ("merged into 6 nf4 layers kept in full precision: the weights "
+                                                       "are the trained model's exactly (fp32 rounding)")
+    same = _merged_weights(tmp_path / "same")
+    assert same.keys() == trained.keys()
+    assert max(float((same[n] - w).abs().max()) for n, w in trained.items()) < 1e-5
+    for scheme, target in [("int8", "int8 (other weights fp32)"), ("none", "fp32")]:
+        out = tmp_path / f"merged-{scheme}"
+        assert main(["merge", str(base), str(adapter), "-o", str(out), "--quantize", scheme]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        merged = _merged_weights(out)
+        diffs = {n: merged[n] - w for n, w in trained.items()}
+        max_abs = max(float(d.abs().max()) for d in diffs.values())
+        rel = (sum(float(d.double().square().sum()) for d in diffs.values())
+               / sum(float(w.double().square().sum()) for w in trained_base.values())) ** 0.5
+        assert max_abs > 1e-3                               # NF4's rounding: not the trained model
+        note = next(line for line in lines if line.startswith("the adapter trained on"))
+        found = re.fullmatch(r"the adapter trained on a base stored as nf4 \(other weights fp32\), this merge stores "
+                             rf"it as {re.escape(target)}: the merged weights differ from the trained model's by up "
+                             r"to (\S+) in 14 tensors \((\S+)% of the base weights' norm\); merge with --quantize nf4 "
+                             r"for the trained model's weights", note)
+        assert found, note
+        assert float(found[1]) == pytest.approx(max_abs, rel=2e-3)       # what was measured, printed to 3 digits
+        assert float(found[2]) / 100 == pytest.approx(rel, rel=2e-3)
+        assert not any("exactly" in line for line in lines)
+
+
+def test_merge_of_an_adapter_without_the_record_says_the_training_precision_is_unknown(tmp_path, capsys):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    _, adapter, base = _nf4_trained(tmp_path)
+    weights = adapter / "adapter_model.safetensors"
+    with safe_open(str(weights), framework="pt") as fh:
+        metadata = fh.metadata()
+    meta = json.loads(metadata["loralab"])
+    del meta["trained_on"]                                   # as every adapter saved before the field existed
+    save_file(load_file(str(weights)), str(weights), metadata={**metadata, "loralab": json.dumps(meta)})
+    capsys.readouterr()
+    assert main(["merge", str(base), str(adapter), "-o", str(tmp_path / "m"), "--quantize", "nf4"]) == 0
+    assert capsys.readouterr().out.splitlines()[:2] == [
+        "merged into 6 nf4 layers kept in full precision: W = the dequantized nf4 base + the adapter's update",
+        "the adapter does not record how the base it trained on was stored (saved by PEFT or an older loralab): "
+        "unless that was nf4 (other weights fp32), the merged weights differ from the trained model's; merge with "
+        "the training run's --quantize"]
+
+
+def test_train_on_an_nf4_base_records_it_and_merge_into_int8_says_so(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("training_fixtures",
+                                                  Path(__file__).parents[1] / "training" / "conftest.py")
+    fixtures = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fixtures)
+    bert = fixtures.write_tiny_bert(tmp_path / "bert")
+    data = fixtures.write_sst2_slice(tmp_path, 0, 16, "train.tsv")
+    assert main(["train", "--model", str(bert), "--train-file", str(data), "--max-length", "16", "--batch-size", "8",
+                 "--max-steps", "2", "--threads", "1", "--no-progress", "--quantize", "nf4",
+                 "--output", str(tmp_path / "run")]) == 0
+    adapter = tmp_path / "run" / "adapter"
+    assert loralab.read_adapter(adapter).loralab_meta["trained_on"] == {"quantize": "nf4", "dtype": "fp32"}
+    capsys.readouterr()
+    assert main(["merge", str(bert), str(adapter), "-o", str(tmp_path / "m"), "--quantize", "int8"]) == 0
+    out = capsys.readouterr().out
+    assert "exactly" not in out
+    assert "the adapter trained on a base stored as nf4 (other weights fp32), this merge stores it as int8 (other " \
+           "weights fp32): the merged weights differ from the trained model's by up to " in out

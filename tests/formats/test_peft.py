@@ -1,6 +1,9 @@
 """PEFT-layout adapter files: our round trip, PEFT loads ours, we load PEFT's, and bad files."""
+import io
 import json
 import os
+import pickle
+import shutil
 
 import pytest
 import torch
@@ -499,3 +502,140 @@ def test_transformers_trainer_saves_the_adapter_of_an_adapted_model(tmp_path):
     transformers.Trainer(model=model, args=args).save_model(str(tmp_path / "saved"))
     assert {"adapter_config.json", "adapter_model.safetensors"} <= set(os.listdir(tmp_path / "saved"))
     assert not (tmp_path / "saved" / "model.safetensors").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# A bad adapter folder: one line naming the cause, the same in the Python API and every command
+# ------------------------------------------------------------------------------------------------
+FIX = "give the folder holding adapter_config.json and adapter_model.safetensors (e.g. runs/<run>/adapter)"
+REFUSED = "not a regular file; refusing to read it — re-save or re-download the adapter"
+
+
+class Planted:
+    """A pickle that would create `marker` if it were ever unpickled."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def _set_config(folder, **fields):
+    path = folder / "adapter_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **fields}))
+
+
+def _replace(path, make):
+    path.unlink()
+    make(path)
+
+
+# case -> (change made to a good adapter folder `d`, the one line every reader says; {d} is the folder)
+BAD_FOLDERS = {
+    "missing": (lambda d: shutil.rmtree(d), "adapter folder {d} does not exist; " + FIX),
+    "a file": (lambda d: (shutil.rmtree(d), d.write_text("x")), "adapter folder {d} is not a folder but a regular "
+                                                                  "file; " + FIX),
+    "no config": (lambda d: (d / "adapter_config.json").unlink(),
+                  "{d} is not an adapter folder: it has no adapter_config.json; " + FIX),
+    "a run folder": (lambda d: (shutil.copytree(d, d / "adapter"), (d / "adapter_config.json").unlink()),
+                     "{d} is not an adapter folder: it has no adapter_config.json (a training run: its adapter is "
+                     "in the adapter/ folder); " + FIX),
+    "no weights": (lambda d: (d / "adapter_model.safetensors").unlink(),
+                   "adapter folder {d} has no adapter_model.safetensors"),
+    ".bin pickle": (lambda d: ((d / "adapter_model.safetensors").unlink(),
+                               torch.save({"w": Planted(d / "marker")}, d / "adapter_model.bin")),
+                    "adapter folder {d} has no adapter_model.safetensors (.bin adapters are pickles and are never "
+                    "loaded; re-save it with safetensors)"),
+    "pickle named .safetensors": (lambda d: _replace(d / "adapter_model.safetensors", lambda p: p.write_bytes(
+        pickle.dumps(Planted(d / "marker"), protocol=2))),
+        "{d}/adapter_model.safetensors is a pickle (torch.save), not safetensors; loralab never unpickles adapters: "
+        "re-save it with safetensors"),
+    "torch.save named .safetensors": (lambda d: _replace(d / "adapter_model.safetensors", lambda p: torch.save(
+        {"w": Planted(d / "marker")}, p)),
+        "{d}/adapter_model.safetensors is a pickle (torch.save), not safetensors; loralab never unpickles adapters: "
+        "re-save it with safetensors"),
+    "weights -> /dev/zero": (lambda d: _replace(d / "adapter_model.safetensors",
+                                                lambda p: os.symlink("/dev/zero", p)),
+                             "{d}/adapter_model.safetensors is a character device (a symlink to /dev/zero), " + REFUSED),
+    "weights a FIFO": (lambda d: _replace(d / "adapter_model.safetensors", os.mkfifo),
+                       "{d}/adapter_model.safetensors is a FIFO, " + REFUSED),
+    "config a FIFO": (lambda d: _replace(d / "adapter_config.json", os.mkfifo),
+                      "{d}/adapter_config.json is a FIFO, " + REFUSED),
+    "config a folder": (lambda d: _replace(d / "adapter_config.json", os.mkdir),
+                        "{d}/adapter_config.json is a folder, " + REFUSED),
+    "config []": (lambda d: (d / "adapter_config.json").write_text("[]"),
+                  "{d}/adapter_config.json must hold a JSON object, found a list"),
+    "config a string": (lambda d: (d / "adapter_config.json").write_text('"r"'),
+                        "{d}/adapter_config.json must hold a JSON object, found a string"),
+    "loftq init": (lambda d: _set_config(d, init_lora_weights="loftq"),
+                   "{d}/adapter_config.json: init_lora_weights='loftq' has no loralab init; loralab supports True "
+                   "(kaiming), 'gaussian' (gaussian)"),
+    "olora init": (lambda d: _set_config(d, init_lora_weights="olora"),
+                   "{d}/adapter_config.json: init_lora_weights='olora' has no loralab init; loralab supports True "
+                   "(kaiming), 'gaussian' (gaussian)"),
+    "unconverted pissa": (lambda d: _set_config(d, init_lora_weights="pissa_niter_4"),
+                          "{d}/adapter_config.json: init_lora_weights='pissa_niter_4': these factors belong to the "
+                          "base weights pissa changed, not to the original model; re-save the adapter with PEFT's "
+                          "save_pretrained(path_initial_model_for_weight_conversion=...)"),
+}
+
+
+@pytest.fixture
+def bad_folder(tmp_path, request):
+    """(a saved BERT classifier's adapter folder made bad as BAD_FOLDERS[case] says, the expected line)."""
+    change, message = BAD_FOLDERS[request.param]
+    model = tiny_model("bert")
+    loralab.inject(model, LoraConfig(r=2, modules_to_save=["classifier"], task_type="SEQ_CLS"))
+    folder = loralab.save_adapter(model, tmp_path / "ad")
+    (folder / "labels.json").write_text(json.dumps({"kind": "classification", "names": ["a", "b", "c"]}))
+    change(folder)
+    return folder, message.format(d=folder)
+
+
+def _readers(folder):
+    """Every way the Python API reads an adapter folder."""
+    from loralab.pretrained import adapter_task_and_labels, resolve_base
+
+    return {"read_adapter": lambda: loralab.read_adapter(folder),
+            "load_adapter": lambda: loralab.load_adapter(tiny_model("bert"), folder),
+            "from_pretrained": lambda: loralab.from_pretrained(folder),
+            "from_pretrained with model=": lambda: loralab.from_pretrained(folder, model="no/such/model"),
+            "resolve_base": lambda: resolve_base(folder),
+            "adapter_task_and_labels": lambda: adapter_task_and_labels(folder),
+            "check_adapter_folder": lambda: loralab.formats.peft.check_adapter_folder(folder)}
+
+
+@pytest.mark.parametrize("bad_folder", list(BAD_FOLDERS), indirect=True)
+def test_a_bad_adapter_folder_is_one_line_naming_the_cause_wherever_it_is_read(bad_folder):
+    folder, message = bad_folder
+    for reader in _readers(folder).values():
+        with pytest.raises(LoraLabError) as caught:
+            reader()
+        assert str(caught.value) == message
+    assert not (folder / "marker").exists()                 # no pickle ran
+
+
+@pytest.mark.parametrize("bad_folder", list(BAD_FOLDERS), indirect=True)
+def test_every_command_names_the_same_cause_and_exits_2(bad_folder, tmp_path, capsys, monkeypatch):
+    from loralab.cli.main import main
+
+    folder, message = bad_folder
+    base = tmp_path / "base"
+    tiny_model("bert").save_pretrained(base)
+    data = tmp_path / "dev.tsv"
+    data.write_text("sentence\tlabel\na fine film\ta\n")
+    monkeypatch.setattr("sys.stdin", io.StringIO("a fine film\n"))
+    capsys.readouterr()
+    commands = {"predict": ["predict", "--adapter", str(folder)],
+                "predict --model": ["predict", "--adapter", str(folder), "--model", str(base)],
+                "eval": ["eval", "--adapter", str(folder), "--file", str(data)],
+                "merge": ["merge", str(base), str(folder), "-o", str(tmp_path / "merged")],
+                "serve": ["serve", "--adapter", str(folder), "--port", "1"],
+                "serve --model": ["serve", "--adapter", f"x={folder}", "--model", str(base), "--port", "1"],
+                "analyze": ["analyze", str(folder), "-o", str(tmp_path / "report")]}
+    for name, argv in commands.items():
+        assert main(argv) == 2, name
+        err = capsys.readouterr().err
+        assert err == f"loralab {argv[0]}: error: {message}\n", name
+    assert not (tmp_path / "merged").exists() and not (folder / "marker").exists()

@@ -40,7 +40,7 @@ def test_peft_field_names_are_accepted_next_to_loralab_ones():
     (dict(variant="dora", use_dora=False), "use_dora=False conflicts with variant='dora'"),
     (dict(init="pissa", init_lora_weights=True), "both init='pissa' and init_lora_weights=True"),
     (dict(init_lora_weights=False), "init_lora_weights=False .PEFT's random, non-zero start for debugging"),
-    (dict(init_lora_weights="olora"), r"init_lora_weights='olora' has no loralab init; use one of True \(kaiming\)"),
+    (dict(init_lora_weights="olora"), r"init_lora_weights='olora' has no loralab init; loralab supports True \(kaiming\)"),
     (dict(target_parameters=["experts.w1"]), "target_parameters .* is not supported"),
     (dict(task_type="SEQ_CLASSIFICATION"), "unknown task_type 'SEQ_CLASSIFICATION'; use one of SEQ_CLS"),
     (dict(layers_to_transform=[-1]), "layers must be a non-empty list of layer indices"),
@@ -208,3 +208,22 @@ def test_pattern_keys_that_match_no_adapted_module_are_refused():
         loralab.plan_injection(model, LoraConfig(targets=["q_proj"], alpha_pattern={"k_proj": 2}))
     plan = loralab.plan_injection(model, LoraConfig(targets=["q_proj"], alpha_pattern={"k_proj": 2}, strict=False))
     assert {p.alpha for p in plan} == {16.0}
+
+
+@pytest.mark.parametrize("value", ["loftq", "olora", "eva", "corda"])
+def test_peft_values_that_loralab_lacks_are_refused_by_name(value):
+    expected = (f"init_lora_weights={value!r} has no loralab init; loralab supports True (kaiming), 'gaussian' "
+                f"(gaussian), 'pissa' (pissa)")
+    for make in (lambda: LoraConfig(init_lora_weights=value),
+                 lambda: LoraConfig.from_peft({"peft_type": "LORA", "r": 2, "init_lora_weights": value})):
+        with pytest.raises(LoraLabError) as caught:
+            make()
+        assert str(caught.value) == expected
+    from loralab.core.inits import INITS, Init, register_init
+
+    with INITS.scoped():                         # the init registry decides: registering one makes it accepted
+        @register_init
+        class Registered(Init):
+            name = f"my-{value}"
+            peft_value = value
+        assert LoraConfig(init_lora_weights=value).init == f"my-{value}"
