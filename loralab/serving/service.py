@@ -55,16 +55,17 @@ def describe_adapter(name: str, path: Path, task: str, max_rank: int, base_folde
     see loralab.pretrained.adapter_task_and_labels); 400 when it is not an adapter for `task` within `max_rank`.
     base_folder: the base model's folder, whose config.json may name a PEFT classifier's labels."""
     from loralab.data.tasks import task_kind
+    from loralab.formats.peft import check_adapter_folder
     from loralab.pretrained import adapter_task_and_labels
     from loralab.serving.load import read_task_info
 
-    config_path = path / "adapter_config.json"
     try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
+        config = check_adapter_folder(path).config     # the CLI's checks and one-line causes, as a 400
+    except LoraLabError as exc:
+        raise bad_request(f"adapter {name!r}: {exc}", param="lora_path") from None
+    try:
         ranks = [int(config["r"]), *(int(r) for r in (config.get("rank_pattern") or {}).values())]
         info = read_task_info(path)
-    except FileNotFoundError:
-        raise bad_request(f"adapter {name!r}: {path} has no adapter_config.json", param="lora_path") from None
     except (OSError, ValueError, KeyError, TypeError, LoraLabError) as exc:
         raise bad_request(f"adapter {name!r}: unreadable adapter_config.json or loralab-task.json ({exc})",
                           param="lora_path") from None

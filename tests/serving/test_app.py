@@ -265,8 +265,8 @@ def test_hot_load_and_unload(start_server, lm_files, offline, tmp_path):
         full = load("y", root / "a2")
         assert full.status_code == 400 and "--max-adapters" in full.json()["error"]["message"]
         c.post("/v1/unload_lora_adapter", json={"lora_name": "x"}).raise_for_status()
-        for name, path, fragment in [("big", root / "big", "--max-lora-rank"), ("y", root / "broken", "unreadable"),
-                                     ("a2", root / "a2", "already taken"), ("z", root / "missing", "no adapter_config"),
+        for name, path, fragment in [("big", root / "big", "--max-lora-rank"), ("y", root / "broken", "has no adapter_model.safetensors"),
+                                     ("a2", root / "a2", "already taken"), ("z", root / "missing", "does not exist"),
                                      ("w", root / "wrong-shape", "does not fit")]:
             r = load(name, path)
             assert r.status_code == 400 and fragment in r.json()["error"]["message"], (name, r.text)

@@ -177,3 +177,23 @@ def test_hot_loading_refuses_symlinks_out_of_the_root_at_any_level(start_server,
         assert load("plain", "plain").status_code == 200
         assert load("linked", "linked-inside").status_code == 200
         assert [m["id"] for m in c.get("/v1/models").json()["data"]][1:] == ["a", "plain", "linked"]
+
+
+@pytest.mark.parametrize("config, weights, cause", [
+    ("[]", b"x", "adapter_config.json must hold a JSON object, found a list"),
+    (None, None, "does not exist"),
+    ('{"r": 2}', None, "has no adapter_model.safetensors"),
+])
+def test_hot_loading_a_bad_folder_names_the_same_cause_as_the_cli(tmp_path, config, weights, cause):
+    from loralab.serving.service import describe_adapter
+
+    folder = tmp_path / "adapter"
+    if config is not None:
+        folder.mkdir()
+        (folder / "adapter_config.json").write_text(config)
+    if weights is not None:
+        (folder / "adapter_model.safetensors").write_bytes(weights)
+    with pytest.raises(ApiError) as caught:
+        describe_adapter("x", folder, "causal-lm", max_rank=64)
+    assert caught.value.status == 400 and caught.value.param == "lora_path"
+    assert caught.value.message.startswith("adapter 'x': ") and cause in caught.value.message
