@@ -24,6 +24,7 @@ import importlib
 import inspect
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from loralab.errors import LoraLabError
@@ -46,7 +47,7 @@ def run_experiment(name: str, out: str | os.PathLike | None = None, quick: bool 
 
     options: the experiment's own keywords, e.g. seeds=3 (rank, targets, methods, data-size, lr-sweep) or
     runs=["r1", "r4"] (train only these runs of the grid); an option the experiment lacks is an error."""
-    from loralab.experiments.report import claim_experiment_folder
+    from loralab.experiments.report import check_experiment_folder, claim_experiment_folder
 
     if name not in EXPERIMENTS:
         raise LoraLabError(f"unknown experiment {name!r}; choose one of {', '.join(EXPERIMENTS)}")
@@ -57,7 +58,12 @@ def run_experiment(name: str, out: str | os.PathLike | None = None, quick: bool 
         raise LoraLabError(f"experiment {name} does not take {', '.join('--' + k.replace('_', '-') for k in unknown)}; "
                            f"remove {'it' if len(unknown) == 1 else 'them'}")
     given = {k: v for k, v in options.items() if v is not None}
-    out = claim_experiment_folder(out or os.path.join("runs", "experiments", name), [model] if model else [])
+    out, inputs = out or os.path.join("runs", "experiments", name), [model] if model else []
+    # Every folder the experiment writes is checked before any is created, so a refusal leaves nothing behind.
+    shared = getattr(module, "shared_folders", lambda out, **_: [])(Path(out), **given)
+    for folder in (out, *shared):
+        check_experiment_folder(folder, inputs)
+    out = claim_experiment_folder(out, inputs)
     return module.run(out=out, quick=quick, data=data, model=model, log=log, **given)
 
 

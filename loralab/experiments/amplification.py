@@ -37,6 +37,11 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
+def shared_folders(out: Path, rank_dir: str | os.PathLike | None = None, **_: object) -> list[Path]:
+    """The folder besides `out` this experiment writes: the rank experiment's, whose runs it shares."""
+    return [Path(rank_dir) if rank_dir is not None else out.parent / "rank"]
+
+
 def run(out: str | os.PathLike = "runs/experiments/amplification", quick: bool = False, data: str | None = None,
         model: str | None = None, log: Callable[[str], None] = print,
         rank_dir: str | os.PathLike | None = None) -> ExperimentReport:
@@ -45,8 +50,7 @@ def run(out: str | os.PathLike = "runs/experiments/amplification", quick: bool =
     from loralab.models.loading import resolve_model_spec
 
     out = Path(out)
-    rank_dir = claim_experiment_folder(Path(rank_dir) if rank_dir is not None else out.parent / "rank",
-                                       [model] if model else [])
+    rank_dir = claim_experiment_folder(shared_folders(out, rank_dir)[0], [model] if model else [])
     specs = rank_specs(quick, data, model, rank_dir)
     results = run_grid(specs, rank_dir / "runs", log=log)
     model_spec = settings(quick, data, model, rank_dir)[0]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from loralab.analysis.report import _STYLE, _finite, _img
-from loralab.files import claim_output_folder, owned_kind, write_bytes, write_text
+from loralab.files import check_output_folder, claim_output_folder, owned_kind, write_bytes, write_text
 
 OUTPUT_KIND = "experiment-report"    # the .loralab-output marker of an experiment's folder
 
@@ -24,6 +24,11 @@ def claim_experiment_folder(out: str | os.PathLike, inputs: list[str | os.PathLi
     experiment (or an older loralab, by its layout) wrote is re-used, so the grid resumes; a folder of other
     files, a link or one of the `inputs` is refused with one line."""
     return claim_output_folder(out, OUTPUT_KIND, inputs, recognise=is_experiment_folder)
+
+
+def check_experiment_folder(out: str | os.PathLike, inputs: list[str | os.PathLike] | tuple = ()) -> Path:
+    """`claim_experiment_folder`'s checks without creating or marking anything."""
+    return check_output_folder(out, OUTPUT_KIND, inputs, reuse=True, recognise=is_experiment_folder)
 
 
 def is_experiment_folder(folder: Path) -> bool:
