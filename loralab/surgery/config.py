@@ -45,7 +45,7 @@ class LoraConfig:
     r: int = 8
     """Rank of ΔW = B·A (A: r×k, B: d×r)."""
     alpha: float = 16.0
-    """Scale numerator: ΔW is multiplied by alpha/r (alpha/sqrt(r) with rslora)."""
+    """Scale numerator: ΔW is multiplied by alpha/r (alpha/sqrt(r) with rslora), a scaling of at most 1e4."""
     dropout: float = 0.0
     """Dropout probability on the LoRA path's input, in [0, 1)."""
     targets: list[str] | str | None = None
