@@ -22,6 +22,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -63,8 +64,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        if isinstance(exc, OSError):
-            raise unwritable(path, exc) from None
+        error = os_error(exc)
+        if error is not None:
+            raise unwritable(path, error) from None
         raise
     return path
 
@@ -162,16 +164,47 @@ def _pid_alive(pid: int) -> bool:
 # Errors for outputs that cannot be written
 # --------------------------------------------------------------------------------------------------
 _WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.ENOTDIR, errno.EEXIST,
-                 errno.EISDIR, errno.ENOENT, errno.EDQUOT, errno.ENAMETOOLONG}
+                 errno.EISDIR, errno.ENOENT, errno.EDQUOT, errno.ENAMETOOLONG, errno.EFBIG}
+# A full disk (or quota): the output location is fine, there is just no room; said in these words.
+DISK_FULL = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
 
 
-def unwritable(path: str | os.PathLike, exc: OSError) -> OSError | LoraLabError:
-    """The user-facing error for an OSError while writing `path`: one line naming the path, the reason
-    and the fix. Errors that are not about the output itself (e.g. EIO) are returned unchanged."""
+class Unwritable(LoraLabError):
+    """An output that could not be written (one line: the path, the reason, the fix). `errno` says why, so a
+    caller that knows what stayed intact (a checkpoint, the previous output) can say so."""
+
+    def __init__(self, message: str, path: str | os.PathLike, errno_: int):
+        super().__init__(message)
+        self.path, self.errno = path, errno_
+
+    @property
+    def disk_full(self) -> bool:
+        return self.errno in DISK_FULL
+
+
+def unwritable(path: str | os.PathLike, exc: OSError, kept: str = "") -> OSError | LoraLabError:
+    """The user-facing error (Unwritable) for an OSError while writing `path`: one line naming the path, the
+    reason and the fix; `kept` says what stays intact (a full disk). Errors that are not about the output
+    itself (e.g. EIO) are returned unchanged."""
     if exc.errno not in _WRITE_ERRNOS:
         return exc
+    if exc.errno in DISK_FULL:
+        return Unwritable(f"{DISK_FULL[exc.errno]} while writing {path}; {kept + '; ' if kept else ''}free some "
+                          "space or choose an output on another disk", path, exc.errno)
     reason = exc.strerror or str(exc)
-    return LoraLabError(f"cannot write {path}: {reason}; choose a writable output location")
+    return Unwritable(f"cannot write {path}: {reason}; choose a writable output location", path, exc.errno)
+
+
+def os_error(exc: BaseException) -> OSError | None:
+    """`exc` as the OSError it is or carries, else None. safetensors reports a failed write (a full disk) as a
+    SafetensorError whose text ends in "(os error 28)"; it becomes OSError(28, "No space left on device"),
+    which `unwritable` turns into one line."""
+    if isinstance(exc, OSError):
+        return exc
+    from safetensors import SafetensorError
+
+    found = re.search(r"\(os error (\d+)\)", str(exc)) if isinstance(exc, SafetensorError) else None
+    return OSError(int(found.group(1)), os.strerror(int(found.group(1)))) if found else None
 
 
 def make_dirs(folder: str | os.PathLike) -> Path:
@@ -438,8 +471,12 @@ def atomic_folder(target: str | os.PathLike, kind: str, replace: bool = False,
         swap_in(scratch, target, (kind,), protect)
     except BaseException as exc:
         shutil.rmtree(scratch, ignore_errors=True)
-        if isinstance(exc, OSError):
-            raise unwritable(target, exc) from None
+        error = os_error(exc)       # e.g. transformers' save_pretrained: safetensors' own error for a full disk
+        if error is None and isinstance(exc, Unwritable) and exc.disk_full:    # a file inside, named by its temp path
+            error = OSError(exc.errno, os.strerror(exc.errno))
+        if error is not None:
+            kept = "the previous output is untouched" if target.exists() else "nothing was left half-written"
+            raise unwritable(target, error, kept) from None
         raise
 
 

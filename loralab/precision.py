@@ -171,3 +171,45 @@ def keep_trainable_fp32(model: nn.Module) -> int:
             param.data = param.data.float()
             cast += 1
     return cast
+
+
+def available_memory(device: torch.device | str) -> int | None:
+    """Bytes that new tensors on `device` can still take: for the CPU the smallest of the available RAM
+    (psutil's when it is installed, else /proc/meminfo's MemAvailable) and the cgroup's limit less its usage
+    (a container's share); for a CUDA device its free memory. None where it cannot be known (meta, MPS, a
+    system without /proc): callers then check nothing."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type != "cpu":
+        return None
+    known = [n for n in (_ram_available(), _cgroup_room()) if n is not None]
+    return min(known) if known else None
+
+
+def _ram_available() -> int | None:
+    try:
+        import psutil
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024          # the file counts kB
+    return None
+
+
+def _cgroup_room() -> int | None:
+    """The cgroup's memory limit less its usage (v2, then v1); None without a limit."""
+    for limit, usage in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                         ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        with contextlib.suppress(OSError, ValueError):
+            with open(limit, encoding="ascii") as fh:
+                text = fh.read().strip()
+            if text == "max" or int(text) >= 2**60:                 # v1 writes "no limit" as ~2**63
+                return None
+            with open(usage, encoding="ascii") as fh:
+                return max(0, int(text) - int(fh.read().strip()))
+    return None

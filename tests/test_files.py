@@ -306,3 +306,88 @@ def test_report_folders_loralab_did_not_create_are_refused_unless_empty(tmp_path
     empty = tmp_path / "empty"
     empty.mkdir()
     assert files.claim_output_folder(empty, "analysis-report") == empty
+
+
+# -- a full disk (docs/reliability.md, "Limits checked before work") ---------------------------------------------
+def _disk_full_in_safetensors(monkeypatch, code=errno.ENOSPC):
+    """safetensors' save_file failing as it does on a full disk: its own error type, the OS error in the text."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def save_file(tensors, filename, metadata=None):
+        with open(filename, "wb") as fh:
+            fh.write(b"half")
+        raise SafetensorError(f"Error while serializing: I/O error: {os.strerror(code)} (os error {code})")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+
+
+@pytest.mark.parametrize("code, reason", [(errno.ENOSPC, "no space left on device"),
+                                          (errno.EDQUOT, "disk quota exceeded")])
+def test_a_full_disk_under_safetensors_is_one_line_and_keeps_the_old_file(tmp_path, monkeypatch, code, reason):
+    path = files.write_safetensors(tmp_path / "t.safetensors", {"t": torch.ones(2)})
+    before, inode = path.read_bytes(), path.stat().st_ino
+    _disk_full_in_safetensors(monkeypatch, code)
+    with pytest.raises(files.Unwritable) as caught:
+        files.write_safetensors(path, {"t": torch.zeros(2)})
+    assert str(caught.value) == f"{reason} while writing {path}; free some space or choose an output on another disk"
+    assert caught.value.disk_full and caught.value.errno == code
+    assert path.read_bytes() == before and path.stat().st_ino == inode
+    assert [p.name for p in tmp_path.iterdir()] == ["t.safetensors"]
+
+
+def test_an_oserror_enospc_is_the_same_line(tmp_path):
+    def full(tmp):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(LoraLabError) as caught:
+        files.atomic_write(tmp_path / "x", full)
+    assert str(caught.value) == f"no space left on device while writing {tmp_path / 'x'}; free some space or choose " \
+                                "an output on another disk"
+
+
+def test_safetensors_errors_that_carry_no_os_error_are_not_mapped(tmp_path, monkeypatch):
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def bad(*args, **kwargs):
+        raise SafetensorError("Error while serializing: TensorInvalidInfo")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", bad)
+    with pytest.raises(SafetensorError, match="TensorInvalidInfo"):          # a bug stays visible
+        files.write_safetensors(tmp_path / "t.safetensors", {"t": torch.ones(2)})
+
+
+def test_the_real_safetensors_error_text_is_read(tmp_path):
+    # A file-size limit makes the real save_file fail with its real message ("... (os error 27)").
+    script = ("import resource, signal, torch\n"
+              "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))\n"
+              "from loralab import files\n"
+              "try:\n"
+              f"    files.write_safetensors({str(tmp_path / 'big.safetensors')!r}, {{'t': torch.zeros(1000)}})\n"
+              "except files.Unwritable as exc:\n"
+              "    print(exc)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out == f"cannot write {tmp_path / 'big.safetensors'}: File too large; choose a writable output location\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_inside_a_folder_build_keeps_the_previous_output(tmp_path, monkeypatch):
+    out = tmp_path / "merged"
+    with files.atomic_folder(out, "merged-model") as scratch:
+        (scratch / "model.txt").write_text("one")
+    _disk_full_in_safetensors(monkeypatch)
+    from safetensors.torch import save_file          # what transformers' save_pretrained calls (patched)
+    for write in (lambda folder: save_file({}, str(folder / "model.safetensors")),                 # direct
+                  lambda folder: files.write_safetensors(folder / "model.safetensors", {})):     # through files
+        with pytest.raises(files.Unwritable) as caught:
+            with files.atomic_folder(out, "merged-model", replace=True) as scratch:
+                write(scratch)
+        assert str(caught.value) == (f"no space left on device while writing {out}; the previous output is untouched; "
+                                     "free some space or choose an output on another disk")
+        assert (out / "model.txt").read_text() == "one" and sorted(p.name for p in tmp_path.iterdir()) == ["merged"]
+    with pytest.raises(files.Unwritable, match="; nothing was left half-written; free some space"):
+        with files.atomic_folder(tmp_path / "new", "merged-model") as scratch:
+            files.write_safetensors(scratch / "model.safetensors", {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]

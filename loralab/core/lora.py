@@ -42,9 +42,28 @@ if TYPE_CHECKING:
     from loralab.core.kinds import LayerKind
 
 
+# The largest scaling s loralab accepts. Scalings in use lie between about 0.1 and a few hundred (alpha = 2r gives
+# 2, rsLoRA with alpha 16 at r = 1 gives 16, the largest published recipes about 500). Far above that, s·B·A·x
+# overflows the activations as soon as the adapter has trained a little: past 65504 / 1e4 = 6.5 in |B·A·x| it
+# leaves fp16's range, and once |s·B·A·x| > 1.8e19 its square (LayerNorm's variance) leaves fp32's and bf16's
+# (3.4e38) -- alpha=1e30 made NaN logits with no message. 1e4 keeps every useful scaling and refuses the rest.
+MAX_SCALE = 1e4
+
+
 def lora_scale(r: int, alpha: float, rslora: bool = False) -> float:
     """The factor s in h = W0·x + s·B·A·x: alpha/r, or alpha/sqrt(r) with rsLoRA."""
     return alpha / math.sqrt(r) if rslora else alpha / r
+
+
+def check_scale(r: int, alpha: float, rslora: bool = False) -> float:
+    """lora_scale(r, alpha, rslora), or ValueError naming the largest alpha allowed when it is above MAX_SCALE."""
+    scale = lora_scale(r, alpha, rslora)
+    if not scale <= MAX_SCALE:
+        rule, limit = ("alpha/sqrt(r)", MAX_SCALE * math.sqrt(r)) if rslora else ("alpha/r", MAX_SCALE * r)
+        raise ValueError(f"alpha={alpha:g} with r={r} scales the adapter's output by {rule} = {scale:.3g}, above the "
+                         f"{MAX_SCALE:g} loralab accepts (larger scalings overflow the activations into NaN); use "
+                         f"alpha <= {limit:g}")
+    return scale
 
 
 class LoraFactors(nn.Module):

@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -61,10 +62,41 @@ def replace_layer(parent: nn.Module, attr: str, new: nn.Module) -> None:
 
 def _quantizable_slots(model: nn.Module, skip: Sequence[str], quantize_heads: bool) -> list[tuple]:
     """The (name, parent, attribute, layer) slots quantize() replaces: QUANTIZABLE layers outside the
-    output head (unless quantize_heads) and the skip rules."""
+    output head (unless quantize_heads) and the skip rules, that hold at least one weight."""
     heads = set() if quantize_heads else output_head_names(model)
-    return [(name, parent, attr, child) for name, parent, attr, child in _slots(model)
-            if type(child) in QUANTIZABLE and name not in heads and first_match(name, skip) is None]
+    return [(name, parent, attr, child) for name, parent, attr, child in _candidate_slots(model)
+            if name not in heads and first_match(name, skip) is None and not _zero_width(child)]
+
+
+def _candidate_slots(model: nn.Module) -> list[tuple]:
+    return [slot for slot in _slots(model) if type(slot[3]) in QUANTIZABLE]
+
+
+def _zero_width(layer: nn.Module) -> bool:
+    """A Linear with 0 inputs or 0 outputs: it has no weight to quantize (int8's per-row scale of an empty
+    row does not exist), and nothing to gain; it stays as it is."""
+    return 0 in kind_of(layer).shape(layer)
+
+
+def _warn_zero_width(model: nn.Module) -> None:
+    empty = [name for name, _, _, child in _candidate_slots(model) if _zero_width(child)]
+    if empty:
+        more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
+        warnings.warn(f"quantize: {empty[0]}{more} is a zero-width Linear (no weights), left as it is",
+                      stacklevel=3)
+
+
+def _check_finite(chosen: list[tuple]) -> None:
+    """Refuse a weight holding NaN or inf before any layer is replaced: int8's per-row scale (max |w|) would
+    be NaN or inf and turn the whole row into zeros or NaN, nf4's per-block scale a whole block."""
+    for name, _, _, child in chosen:
+        weight = kind_of(child).weight_matrix(child)
+        bad = int((~torch.isfinite(weight)).sum())
+        if bad:
+            raise LoraLabError(f"{name}: the weight holds {bad} NaN or infinite value(s), which a quantized layer "
+                               f"cannot hold (int8 and nf4 scale whole rows or blocks by their largest value); "
+                               f"repair the model's weights, or leave the layer in full precision with "
+                               f"skip=[{name!r}]")
 
 
 def quantizable_layers(model: nn.Module, skip: Sequence[str] = (),
@@ -95,6 +127,8 @@ def quantize(model: nn.Module, scheme: str | QuantScheme = "int8", *, skip: Sequ
         if isinstance(parent, LoraLayer) and parent.merged:
             raise LoraLabError(f"{name} holds merged adapters {parent.merged}; unmerge them before quantizing "
                                f"(loralab.unmerge), or merge_and_unload to quantize the merged weights")
+    _check_finite(chosen)
+    _warn_zero_width(model)
     for name, parent, attr, child in chosen:
         weight = kind_of(child).weight_matrix(child)
         replace_layer(parent, attr, scheme.quantize_weight(weight, getattr(child, "bias", None)))

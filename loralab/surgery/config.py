@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import math
 import os
 from dataclasses import InitVar, asdict, dataclass, field, fields
 from pathlib import Path
@@ -44,7 +45,7 @@ class LoraConfig:
     r: int = 8
     """Rank of ΔW = B·A (A: r×k, B: d×r)."""
     alpha: float = 16.0
-    """Scale numerator: ΔW is multiplied by alpha/r (alpha/sqrt(r) with rslora)."""
+    """Scale numerator: ΔW is multiplied by alpha/r (alpha/sqrt(r) with rslora), a scaling of at most 1e4."""
     dropout: float = 0.0
     """Dropout probability on the LoRA path's input, in [0, 1)."""
     targets: list[str] | str | None = None
@@ -96,7 +97,7 @@ class LoraConfig:
                                    f"variant={self.variant!r}; give only variant")
             self.variant = "dora"
         if isinstance(self.targets, (list, tuple)):
-            self.targets = [str(t) for t in self.targets]
+            self.targets = list(self.targets)      # each entry checked as a rule below (a nested list is refused)
             if not self.targets:
                 raise LoraLabError("targets is an empty list; give module names, 'all-linear', or None for the preset")
         elif self.targets is not None and not isinstance(self.targets, str):
@@ -104,9 +105,12 @@ class LoraConfig:
         elif isinstance(self.targets, str) and self.targets != "all-linear":
             self.targets = [self.targets]
         _positive_int("r", self.r)
-        if not (isinstance(self.alpha, (int, float)) and self.alpha > 0):
-            raise LoraLabError(f"alpha must be a positive number, got {self.alpha!r}")
-        self.alpha = float(self.alpha)
+        self.alpha = _positive_number("alpha", self.alpha)
+        from loralab.core.lora import check_scale
+        try:
+            check_scale(self.r, self.alpha, self.rslora)
+        except ValueError as exc:
+            raise LoraLabError(str(exc)) from None
         if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
             raise LoraLabError(f"dropout must be in [0, 1), got {self.dropout!r}")
         from loralab.core.inits import INITS
@@ -126,8 +130,7 @@ class LoraConfig:
         for key, value in self.rank_pattern.items():
             _positive_int(f"rank_pattern[{key!r}]", value)
         for key, value in self.alpha_pattern.items():
-            if not (isinstance(value, (int, float)) and value > 0):
-                raise LoraLabError(f"alpha_pattern[{key!r}] must be a positive number, got {value!r}")
+            _positive_number(f"alpha_pattern[{key!r}]", value)
         self.fused_slices = {key: checked_fused_slices(key, value) for key, value in self.fused_slices.items()}
 
     def _check_peft_fields(self) -> None:
@@ -262,6 +265,15 @@ def _read_json(path: str | os.PathLike) -> dict:
 def _positive_int(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise LoraLabError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _positive_number(name: str, value) -> float:
+    """`value` as a float if it is a finite number > 0 (not a bool), else one error line."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise LoraLabError(f"{name} must be a positive number, got {value!r}")
+    if not math.isfinite(value):
+        raise LoraLabError(f"{name} must be finite, got {value!r}")
+    return float(value)
 
 
 def stored_variant(data: dict) -> str | None:

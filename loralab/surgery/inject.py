@@ -17,9 +17,10 @@ from loralab.adapters.state import (STATE_ATTR, TrainableCopy, adapter_state, ba
                                     lora_layers, set_trainable)
 from loralab.core.inits import INITS
 from loralab.core.kinds import kind_of
-from loralab.core.lora import LoraFactors, LoraLayer, SlicedLoraFactors
+from loralab.core.lora import LoraFactors, LoraLayer, SlicedLoraFactors, check_scale
 from loralab.core.variants import VARIANTS
 from loralab.errors import LoraLabError
+from loralab.precision import available_memory
 from loralab.surgery.config import LoraConfig
 from loralab.models.architectures import task_head_modules
 from loralab.surgery.peft_names import PEFT_TASK_HEADS
@@ -127,6 +128,7 @@ def _make_factors(name: str, layer_module: nn.Module, config: LoraConfig) -> Lor
     common = dict(dropout=config.dropout, rslora=config.rslora, variant=VARIANTS.lookup(config.variant))
     slices = config.slices_for(name)
     try:
+        check_scale(r, alpha, config.rslora)        # an alpha_pattern / rank_pattern pair may overflow
         if slices is not None:
             return SlicedLoraFactors(d, k, r, alpha, slices.adapt, slices.widths, **common)
         return LoraFactors(d, k, r, alpha, **common)
@@ -169,6 +171,7 @@ def inject(model: nn.Module, config: LoraConfig, adapter: str = "default",
         raise LoraLabError(f"adapter {adapter!r} already exists; delete it first or choose another name")
     check_nothing_else_merged(model, adapter)
     config = resolve_config(model, config)
+    check_memory(model, plan_injection(model, config))
     layers = _checked_layers(model, config)
     to_save = _select_modules_to_save(model, config)
     _warn_if_not_low_rank(layers)
@@ -194,6 +197,40 @@ def _checked_layers(model: nn.Module, config: LoraConfig) -> dict[str, tuple[Lor
             raise LoraLabError(f"cannot adapt {name}: {exc}") from None
         layers[name] = (layer, factors)
     return layers
+
+
+def check_memory(model: nn.Module, plan: list[PlannedModule]) -> None:
+    """Refuse, before anything is allocated, factors that need more memory than the machine has (r=10**9 would
+    ask for terabytes). `inject` creates every layer's factors on the default device first (all checked before
+    the model is touched), then moves each to its layer's device: both must hold them."""
+    created = getattr(torch, "get_default_device", lambda: torch.device("cpu"))()
+    width = torch.empty((), dtype=torch.get_default_dtype(), device="meta").element_size()
+    need: dict[torch.device, int] = {}
+    for p in plan:
+        device, size = _placement(model.get_submodule(p.name))
+        nbytes = p.num_params * max(width, size)
+        need[created] = need.get(created, 0) + nbytes
+        if device != created:
+            need[device] = need.get(device, 0) + nbytes
+    for device, nbytes in need.items():
+        free = available_memory(device)
+        if free is not None and nbytes > free:
+            top = max(plan, key=lambda p: p.r)
+            raise LoraLabError(
+                f"LoRA rank r={top.r} needs {_gib(nbytes)} for the factors of {len(plan)} layers, more than the "
+                f"{_gib(free)} of memory available on {device}; choose a smaller r (below min(d, k) = "
+                f"{min(top.d_out, top.d_in)} for {top.name} keeps ΔW low-rank)")
+
+
+def _placement(module: nn.Module) -> tuple[torch.device, int]:
+    """The device of a layer's weights and the bytes per value of its widest floating tensor."""
+    tensors = [*module.parameters(), *module.buffers()]
+    floats = [t.element_size() for t in tensors if t.is_floating_point()]
+    return (tensors[0].device if tensors else torch.device("cpu")), max(floats, default=0)
+
+
+def _gib(nbytes: int) -> str:
+    return f"{nbytes / 2**30:,.1f} GiB"
 
 
 def _warn_if_not_low_rank(layers: dict[str, tuple[LoraLayer, LoraFactors]]) -> None:

@@ -7,8 +7,11 @@ training tweets, sized to take about 8 minutes on 2 CPU cores (docs/training.md 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,6 +155,7 @@ class TrainConfig:
     full copy per process (DDP). The adapter stays replicated, its gradients all-reduced."""
 
     def __post_init__(self) -> None:
+        _check_scalar_types(self)
         self._normalise()
         if self.task is None:  # a builtin data set knows its task; files default to classification
             if self.data is not None:
@@ -321,6 +325,34 @@ class TrainConfig:
         from loralab.training.config_files import read_config_file
 
         return cls.from_dict(read_config_file(path))
+
+
+def _check_scalar_types(config: TrainConfig) -> None:
+    """Every int, float and bool field holds a value of its type, before any range check: YAML's `seed: true`
+    or `train_limit: false` is a bool, which Python counts as an int (False == 0 would read as "all"), and
+    `seed: 1.5` a float. An int is a float's value too (`epochs: 2`); None only where the field allows it."""
+    wanted = {int: "an integer", float: "a number", bool: "true or false"}
+    for name, (kind, optional) in _scalar_fields().items():
+        value = getattr(config, name)
+        if value is None and optional:
+            continue
+        ok = isinstance(value, bool) if kind is bool else \
+            not isinstance(value, bool) and isinstance(value, (int, float) if kind is float else int)
+        if not ok:
+            raise LoraLabError(f"{name} must be {wanted[kind]}{' or unset' if optional else ''}, got {value!r}")
+
+
+@functools.cache
+def _scalar_fields() -> dict[str, tuple[type, bool]]:
+    """{field: (int, float or bool, whether None is allowed)} of TrainConfig's scalar fields, from the hints."""
+    found = {}
+    for name, hint in typing.get_type_hints(TrainConfig).items():
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)     # `int | None`; not tuple[...]
+        allowed = set(typing.get_args(hint)) if union else {hint}
+        kinds = allowed - {type(None)}
+        if len(kinds) == 1 and next(iter(kinds)) in (int, float, bool):
+            found[name] = (next(iter(kinds)), type(None) in allowed)
+    return found
 
 
 # Settings a resumed run may change, and why each is safe: the learning rate (the documented remedy after a

@@ -49,13 +49,44 @@ OTHER_SPELLINGS = {
 }
 
 
+# How deep a config may nest (mappings and lists inside each other). A run config needs four levels at most
+# (settings, a section, a list, a fused_slices entry); the limit stops a file of 5,000 `[` long before Python's
+# recursion limit, which PyYAML's composer and constructor would otherwise hit.
+MAX_DEPTH = 64
+
+
+class RefusedStructure(LoraLabError):
+    """A config whose structure loralab will not build: nested deeper than MAX_DEPTH, or an alias inside the
+    anchor it names (a list or mapping containing itself). The caller prefixes the file or override."""
+
+
 def yaml_loader() -> type:
     """PyYAML's safe loader reading numbers as YAML 1.2 does: `1e-3` and `5E+4` are floats (YAML 1.1 makes
-    them strings), as they are in JSON and Python."""
+    them strings), as they are in JSON and Python. It refuses (RefusedStructure) nesting deeper than MAX_DEPTH
+    and recursive aliases (`a: &x [*x]`) while composing, before anything is built."""
     import yaml
 
     class Loader(yaml.SafeLoader):
-        pass
+        def __init__(self, stream):
+            super().__init__(stream)
+            self.open_anchors: list[str | None] = []        # the collections being composed, outermost first
+
+        def compose_node(self, parent, index):
+            event = self.peek_event()
+            line = event.start_mark.line + 1
+            if isinstance(event, yaml.AliasEvent) and event.anchor in self.open_anchors:
+                raise RefusedStructure(f"the alias *{event.anchor} (line {line}) is used inside the anchor "
+                                       f"&{event.anchor} it refers to, which would make a structure that contains "
+                                       "itself; write the values out instead")
+            if not isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+                return super().compose_node(parent, index)
+            if len(self.open_anchors) >= MAX_DEPTH:
+                raise RefusedStructure(_too_deep(f" (line {line})"))
+            self.open_anchors.append(event.anchor)
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self.open_anchors.pop()
 
     float_pattern = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
                                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
@@ -102,7 +133,9 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise LoraLabError(f"{path}: cannot read the config file ({exc})") from None
     try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.load(text, Loader=yaml_loader())
+        data = _read_json_config(text) if path.suffix == ".json" else yaml.load(text, Loader=yaml_loader())
+    except RefusedStructure as exc:
+        raise LoraLabError(f"{path}: {exc}") from None
     except json.JSONDecodeError as exc:
         raise LoraLabError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
     except yaml.YAMLError as exc:
@@ -114,6 +147,28 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise LoraLabError(f"{path}: a config file holds settings as `key: value` lines, not a "
                            f"{type(data).__name__}")
+    return data
+
+
+def _too_deep(where: str = "") -> str:
+    return (f"nested more than {MAX_DEPTH} levels deep{where}; a run config needs a few levels (settings, "
+            "sections, lists)")
+
+
+def _read_json_config(text: str) -> Any:
+    """JSON text, refused (RefusedStructure) when nested deeper than MAX_DEPTH; the json module has no hook
+    to stop earlier, so what is too deep for Python's own recursion limit is refused the same way."""
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise RefusedStructure(_too_deep()) from None
+    stack = [(data, 0)]                          # (value, how many collections hold it)
+    while stack:
+        value, outer = stack.pop()
+        if isinstance(value, (dict, list)):
+            if outer >= MAX_DEPTH:
+                raise RefusedStructure(_too_deep())
+            stack.extend((child, outer + 1) for child in (value.values() if isinstance(value, dict) else value))
     return data
 
 
@@ -175,6 +230,8 @@ def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
         raise _unknown(key, everything, "")
     try:
         value = yaml.load(raw, Loader=yaml_loader()) if raw.strip() else ""
+    except RefusedStructure as exc:
+        raise LoraLabError(f"override {key}: {exc}") from None
     except yaml.YAMLError:
         value = raw
     if _is_text_field(path) and not (isinstance(value, str) or (value is None and raw.strip() in ("null", "~"))):

@@ -218,18 +218,23 @@ class Trainer:
         """Turn a failed write (read-only or full disk) into one line saying what stays usable."""
         try:
             yield
-        except (LoraLabError, OSError) as exc:
-            error = files.unwritable(getattr(exc, "filename", None) or self.output_dir, exc) \
-                if isinstance(exc, OSError) else exc
+        except Exception as exc:
+            raw = files.os_error(exc)           # an OSError, or safetensors' error carrying one
+            error = files.unwritable(getattr(raw, "filename", None) or self.output_dir, raw) if raw else exc
             if not isinstance(error, LoraLabError):
                 raise
             pointer = self.checkpoint_dir / LATEST
+            full = isinstance(error, files.Unwritable) and error.disk_full
+            remedy = "Free some space" if full else f"Make {self.output_dir} writable"
             if pointer.is_file():
                 after = (f"its last complete checkpoint {self.checkpoint_dir / pointer.read_text().strip()} is "
-                         f"intact. Make {self.output_dir} writable, then continue with `loralab train --output "
-                         f"{self.output_dir} --resume`")
+                         f"intact. {remedy}, then continue with `loralab train --output {self.output_dir} --resume`")
             else:   # before the first checkpoint the run's folder is not committed: nothing was kept
-                after = "no checkpoint was complete, so nothing was kept; choose a writable output and start again"
+                after = (f"no checkpoint was complete, so nothing was kept; "
+                         f"{'free some space' if full else 'choose a writable output'} and start again")
+            if full:
+                raise LoraLabError(f"{files.DISK_FULL[error.errno]} while writing the {what} at step "
+                                   f"{self.state['step']}; training stopped and {after}") from None
             raise LoraLabError(f"could not write the {what} at step {self.state['step']} ({error}); training "
                                f"stopped and {after}") from None
 

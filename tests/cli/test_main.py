@@ -19,7 +19,8 @@ def _raising(exc):
     (OSError(errno.EROFS, "Read-only file system", "/data/out/model.bin"), 2,
      "loralab budget: error: cannot write /data/out/model.bin: Read-only file system; choose a writable output location"),
     (OSError(errno.ENOSPC, "No space left on device", "/data/out"), 2,
-     "loralab budget: error: cannot write /data/out: No space left on device; choose a writable output location"),
+     "loralab budget: error: no space left on device while writing /data/out; free some space or choose an output "
+     "on another disk"),
     (KeyboardInterrupt(), 130, "loralab budget: interrupted"),
     (TrainingInterrupted("stopped by SIGTERM at step 3 of 9; ...", 143), 143,
      "loralab budget: error: stopped by SIGTERM at step 3 of 9; ..."),

@@ -97,7 +97,9 @@ def test_a_failed_merge_leaves_the_previous_output(bert_folder, adapted, tmp_pat
 
     monkeypatch.setattr("transformers.PreTrainedModel.save_pretrained", disk_full)
     assert main(["merge", str(bert_folder), str(adapter), "-o", str(out), "--overwrite"]) == 2
-    assert "No space left on device" in _error_line(capsys.readouterr().err)
+    assert _error_line(capsys.readouterr().err).endswith(
+        f"no space left on device while writing {out}; the previous output is untouched; free some space or choose "
+        "an output on another disk")
     assert _digest(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["ad", "base", "merged"]
 
 
@@ -226,3 +228,26 @@ def test_train_on_an_nf4_base_records_it_and_merge_into_int8_says_so(tmp_path, c
     assert "exactly" not in out
     assert "the adapter trained on a base stored as nf4 (other weights fp32), this merge stores it as int8 (other " \
            "weights fp32): the merged weights differ from the trained model's by up to " in out
+
+
+def test_a_disk_filling_during_merge_is_one_line_and_the_previous_output_is_untouched(bert_folder, adapted, tmp_path,
+                                                                                     monkeypatch, capsys):
+    from safetensors import SafetensorError
+
+    _, adapter = adapted
+    out = tmp_path / "merged"
+    assert main(["merge", str(bert_folder), str(adapter), "-o", str(out)]) == 0
+    before, inode = _digest(out), (out / "model.safetensors").stat().st_ino
+
+    def disk_full(tensors, filename, metadata=None):      # what safetensors raises when the disk fills
+        with open(filename, "wb") as fh:
+            fh.write(b"half")
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr("transformers.modeling_utils.safe_save_file", disk_full)
+    assert main(["merge", str(bert_folder), str(adapter), "-o", str(out), "--overwrite"]) == 2
+    assert _error_line(capsys.readouterr().err) == (
+        f"loralab merge: error: no space left on device while writing {out}; the previous output is untouched; free "
+        "some space or choose an output on another disk")
+    assert _digest(out) == before and (out / "model.safetensors").stat().st_ino == inode
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ad", "base", "merged"]

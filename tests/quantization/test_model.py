@@ -15,6 +15,7 @@ from torch import nn
 
 import loralab
 from loralab.quantization import (QuantizedLinear, dequantize_model, get_scheme, quantize, quantized_memory)
+from loralab.quantization.model import quantizable_layers
 from loralab.testing import model_output, tiny_inputs, tiny_model
 
 SCHEMES = [("int8", {}), ("int8", {"transposed_copy": True}), ("nf4", {}), ("nf4", {"double_quant": True}),
@@ -250,3 +251,45 @@ def test_gradient_checkpointing_on_a_quantized_base_gives_the_same_gradients(sch
 def test_quantize_is_exported_at_the_top():
     assert loralab.quantize is quantize
     assert loralab.merge_into_quantized.__module__ == "loralab.quantization.merge"
+
+
+# -- limits checked before work (docs/reliability.md, "Limits checked before work") -----------------------------
+class _WithZeroWidth(nn.Module):
+    def __init__(self, d_in: int, d_out: int):
+        super().__init__()
+        self.used = nn.Linear(16, 16)
+        self.empty = nn.Linear(d_in, d_out)
+
+    def forward(self, x):
+        return self.used(x)
+
+
+@pytest.mark.parametrize("scheme", ["int8", "nf4"])
+@pytest.mark.parametrize("d_in, d_out", [(0, 8), (8, 0)])
+def test_a_zero_width_linear_is_left_as_it_is_with_one_warning(scheme, d_in, d_out):
+    model = _WithZeroWidth(d_in, d_out)
+    with pytest.warns(UserWarning) as caught:
+        quantize(model, scheme)
+    lines = [str(w.message) for w in caught if "quantize:" in str(w.message)]
+    assert lines == ["quantize: empty is a zero-width Linear (no weights), left as it is"]
+    assert type(model.empty) is nn.Linear and isinstance(model.used, QuantizedLinear)
+    assert [n for n, _ in quantizable_layers(_WithZeroWidth(d_in, d_out))] == ["used"]
+
+
+@pytest.mark.parametrize("scheme", ["int8", "nf4"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_weight_that_is_not_finite_is_refused_naming_the_layer(scheme, bad):
+    model = tiny_model("bert")
+    name = "bert.encoder.layer.1.attention.self.value"
+    with torch.no_grad():
+        model.get_submodule(name).weight[3, 5] = bad
+    before = [type(m) for m in model.modules()]
+    with pytest.raises(loralab.LoraLabError) as caught:
+        quantize(model, scheme)
+    assert str(caught.value) == (
+        f"{name}: the weight holds 1 NaN or infinite value(s), which a quantized layer cannot hold (int8 and nf4 "
+        f"scale whole rows or blocks by their largest value); repair the model's weights, or leave the layer in "
+        f"full precision with skip=['{name}']")
+    assert [type(m) for m in model.modules()] == before            # nothing was replaced
+    quantize(model, scheme, skip=[name])                             # the fix the message names works
+    assert type(model.get_submodule(name)) is nn.Linear

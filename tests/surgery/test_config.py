@@ -76,3 +76,47 @@ def test_fused_slices_take_equal_or_given_widths():
 def test_bad_fused_slice_widths_fail_at_construction(value, message):
     with pytest.raises(LoraLabError, match=message):
         LoraConfig(fused_slices={"qkv_proj": value})
+
+
+# -- limits checked before work (docs/reliability.md, "Limits checked before work") -----------------------------
+@pytest.mark.parametrize("kwargs, line", [
+    (dict(r=0), "r must be a positive integer, got 0"),
+    (dict(r=-3), "r must be a positive integer, got -3"),
+    (dict(r=2.0), "r must be a positive integer, got 2.0"),
+    (dict(r=True), "r must be a positive integer, got True"),
+    (dict(alpha=True), "alpha must be a positive number, got True"),
+    (dict(alpha=float("nan")), "alpha must be a positive number, got nan"),
+    (dict(alpha=float("inf")), "alpha must be finite, got inf"),
+    (dict(lora_alpha=1e30), "alpha=1e+30 with r=8 scales the adapter's output by alpha/r = 1.25e+29, above the "
+                            "10000 loralab accepts (larger scalings overflow the activations into NaN); use "
+                            "alpha <= 80000"),
+    (dict(r=4, alpha=3e4, rslora=True), "alpha=30000 with r=4 scales the adapter's output by alpha/sqrt(r) = 1.5e+04, "
+                                        "above the 10000 loralab accepts (larger scalings overflow the activations "
+                                        "into NaN); use alpha <= 20000"),
+    (dict(alpha_pattern={"q": float("inf")}), "alpha_pattern['q'] must be finite, got inf"),
+    (dict(alpha_pattern={"q": True}), "alpha_pattern['q'] must be a positive number, got True"),
+])
+def test_rank_and_alpha_out_of_range_are_one_line(kwargs, line):
+    with pytest.raises(LoraLabError) as caught:
+        LoraConfig(**kwargs)
+    assert str(caught.value) == line
+
+
+def test_the_largest_accepted_scaling_is_kept():
+    assert LoraConfig(r=8, alpha=80000).alpha == 80000.0        # alpha/r = 1e4 exactly
+    assert LoraConfig(r=1, alpha=512).alpha == 512.0             # the largest scalings in use
+
+
+@pytest.mark.parametrize("targets, shown", [([["query"], "value"], "['query']"), (["query", 7], "7")])
+def test_targets_that_are_not_strings_are_refused_not_stringified(targets, shown):
+    with pytest.raises(LoraLabError) as caught:
+        LoraConfig(targets=targets)
+    assert str(caught.value) == f"targets: rules are non-empty strings (module names or 're:REGEX'), got {shown}"
+
+
+def test_a_self_containing_targets_list_is_one_line():
+    targets = ["query"]
+    targets.append(targets)
+    with pytest.raises(LoraLabError) as caught:
+        LoraConfig(targets=targets)
+    assert str(caught.value) == "targets: rules are non-empty strings (module names or 're:REGEX'), got ['query', [...]]"

@@ -206,3 +206,54 @@ def test_fused_slices_of_unequal_widths():
         with pytest.raises(LoraLabError, match=r"cannot adapt qkv_proj: fused slice widths \[32, 4, 4\] do not add "
                                                r"up to the layer's 48 outputs"):
             call(FusedQKV(), LoraConfig(r=2, targets=["qkv_proj"], fused_slices=bad))
+
+
+# -- limits checked before work (docs/reliability.md, "Limits checked before work") -----------------------------
+def test_a_rank_needing_more_memory_than_there_is_is_refused_before_allocating(monkeypatch):
+    from loralab.surgery import inject as surgery
+
+    model = tiny_model("bert")                # 4 adapted layers, 32 -> 32
+    before = _snapshot(model)
+    asked = []
+    monkeypatch.setattr(surgery, "available_memory", lambda device: asked.append(str(device)) or 2**30)
+    monkeypatch.setattr(surgery, "_checked_layers", _never_called)     # where the real factors are created
+    with pytest.raises(LoraLabError) as caught:
+        loralab.inject(model, LoraConfig(r=2**22))   # 4 layers * 2**22 * (32 + 32) values * 4 bytes = 4 GiB
+    assert str(caught.value) == (
+        "LoRA rank r=4194304 needs 4.0 GiB for the factors of 4 layers, more than the 1.0 GiB of memory available "
+        "on cpu; choose a smaller r (below min(d, k) = 32 for bert.encoder.layer.0.attention.self.query keeps ΔW "
+        "low-rank)")
+    assert asked == ["cpu"]
+    _assert_untouched(model, before)
+    assert not hasattr(model, "loralab_state")
+
+
+def _never_called(*args, **kwargs):
+    raise AssertionError("real factors were created before the memory check")
+
+
+def test_a_rank_of_a_billion_is_one_line_on_this_machine():
+    model = tiny_model("bert")
+    with pytest.raises(LoraLabError, match=r"^LoRA rank r=1000000000 needs 953\.7 GiB for the factors of 4 layers, "
+                                           r"more than the [\d,.]+ GiB of memory available on cpu; choose a smaller r"):
+        loralab.inject(model, LoraConfig(r=10**9))
+
+
+def test_legal_ranks_above_min_d_k_still_inject_with_the_warning():
+    model = tiny_model("bert")
+    with pytest.warns(UserWarning, match=r"LoRA rank r=40 is not below min\(d, k\)=32"):
+        loralab.inject(model, LoraConfig(r=40))
+    assert next(loralab.lora_layers(model))[1].lora_adapters["default"].A.shape == (40, 32)
+
+
+def test_a_pattern_pair_whose_scaling_would_overflow_is_refused_per_module():
+    model = tiny_model("bert")
+    before = _snapshot(model)
+    config = LoraConfig(r=8, alpha=16, alpha_pattern={"layer.1.attention.self.value": 2e5})
+    with pytest.raises(LoraLabError) as caught:
+        loralab.inject(model, config)
+    assert str(caught.value) == (
+        "cannot adapt bert.encoder.layer.1.attention.self.value: alpha=200000 with r=8 scales the adapter's output "
+        "by alpha/r = 2.5e+04, above the 10000 loralab accepts (larger scalings overflow the activations into NaN); "
+        "use alpha <= 80000")
+    _assert_untouched(model, before)

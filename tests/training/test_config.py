@@ -46,3 +46,37 @@ def test_resume_may_change_only_the_resumable_settings():
         with pytest.raises(LoraLabError, match=f"^{named} cannot change when resuming"):
             resume_changes(saved if field != "scheduler_options" else TrainConfig(**{**changed, field: {}}),
                            TrainConfig(**changed))
+
+
+# -- limits checked before work (docs/reliability.md, "Limits checked before work") -----------------------------
+@pytest.mark.parametrize("field, value, line", [
+    ("seed", True, "seed must be an integer, got True"),
+    ("seed", 1.5, "seed must be an integer, got 1.5"),
+    ("seed", "0", "seed must be an integer, got '0'"),
+    ("batch_size", True, "batch_size must be an integer, got True"),
+    ("train_limit", False, "train_limit must be an integer or unset, got False"),   # False == 0 would mean "all"
+    ("max_steps", True, "max_steps must be an integer or unset, got True"),
+    ("epochs", True, "epochs must be a number, got True"),
+    ("warmup_ratio", "0.1", "warmup_ratio must be a number, got '0.1'"),
+    ("packing", 1, "packing must be true or false, got 1"),
+    ("progress", "no", "progress must be true or false, got 'no'"),
+])
+def test_scalar_fields_hold_their_type_and_a_bool_is_not_an_int(field, value, line):
+    with pytest.raises(LoraLabError) as caught:
+        TrainConfig(data="sst2", **{field: value})
+    assert str(caught.value) == line
+
+
+def test_every_int_field_refuses_a_bool():
+    from loralab.training.config import _scalar_fields
+
+    ints = [name for name, (kind, _) in _scalar_fields().items() if kind is int]
+    assert {"seed", "batch_size", "grad_accum", "max_steps", "threads", "checkpoint_every"} <= set(ints)
+    for name in ints:
+        with pytest.raises(LoraLabError, match=f"^{name} must be an integer"):
+            TrainConfig(data="sst2", **{name: True})
+
+
+def test_ints_stay_valid_numbers_and_none_stays_unset():
+    config = TrainConfig(data="sst2", epochs=2, lr=1, seed=3, max_steps=None, max_grad_norm=None)
+    assert (config.epochs, config.lr, config.seed, config.max_steps) == (2.0, 1.0, 3, None)

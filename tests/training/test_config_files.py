@@ -99,3 +99,44 @@ def test_every_shipped_recipe_is_a_valid_config_and_default_is_the_default_run()
     assert config_path("sst2") == shipped["sst2"]
     with pytest.raises(LoraLabError, match="no config file 'nope', and no recipe of that name"):
         config_path("nope")
+
+
+# -- limits checked before work (docs/reliability.md, "Limits checked before work") -----------------------------
+TOO_DEEP = "nested more than 64 levels deep{}; a run config needs a few levels (settings, sections, lists)"
+RECURSIVE = ("the alias *x (line {}) is used inside the anchor &x it refers to, which would make a structure that "
+             "contains itself; write the values out instead")
+
+
+@pytest.mark.parametrize("name, text, line", [
+    ("deep.yaml", "lr: " + "[" * 5000 + "]" * 5000 + "\n", TOO_DEEP.format(" (line 1)")),
+    ("deep.yaml", "lr: " + "[" * 64 + "]" * 64 + "\n", TOO_DEEP.format(" (line 1)")),   # 65 with the mapping
+    ("deep.json", '{"lr": ' + "[" * 5000 + "]" * 5000 + "}", TOO_DEEP.format("")),
+    ("deep.json", '{"lr": ' + "[" * 64 + "]" * 64 + "}", TOO_DEEP.format("")),
+    ("self.yaml", "a: &x [*x]\n", RECURSIVE.format(1)),
+    ("self.yaml", "lora:\n  targets: &x [query, *x]\n", RECURSIVE.format(2)),
+    ("self.yaml", "base: &x\n  lr: 1\n  more: {<<: *x}\n", RECURSIVE.format(3)),     # a merge key into itself
+])
+def test_deep_or_self_containing_configs_are_one_line_before_anything_is_built(tmp_path, name, text, line):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(LoraLabError) as caught:
+        read_config_file(path)
+    assert str(caught.value) == f"{path}: {line}"
+
+
+def test_nesting_up_to_the_limit_and_shared_aliases_still_read(tmp_path):
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("lr: " + "[" * 63 + "]" * 63 + "\n")             # 64 levels with the mapping
+    value = read_config_file(deep)["lr"]
+    for _ in range(62):
+        value = value[0]
+    assert value == []
+    shared = tmp_path / "shared.yaml"
+    shared.write_text("lora: &l {r: 4, alpha: 8}\nmethod_options: {copy: *l, again: *l}\n")
+    assert read_config_file(shared)["method_options"] == {"copy": {"r": 4, "alpha": 8}, "again": {"r": 4, "alpha": 8}}
+
+
+def test_a_self_containing_override_is_one_line():
+    with pytest.raises(LoraLabError) as caught:
+        parse_override("lora.targets=&x [*x]")
+    assert str(caught.value) == "override lora.targets: " + RECURSIVE.format(1)
