@@ -53,6 +53,10 @@ OTHER_SPELLINGS = {
 # (settings, a section, a list, a fused_slices entry); the limit stops a file of 5,000 `[` long before Python's
 # recursion limit, which PyYAML's composer and constructor would otherwise hit.
 MAX_DEPTH = 64
+# How many values a config may hold once its aliases are expanded. Aliases share one object, so reading is
+# cheap, but everything that walks the settings (merging layers, printing, checking keys) visits each use:
+# nine levels of ten aliases ("billion laughs") would be 10⁹ visits. Real configs hold a few hundred.
+MAX_VALUES = 100_000
 
 
 class RefusedStructure(LoraLabError):
@@ -88,6 +92,13 @@ def yaml_loader() -> type:
             finally:
                 self.open_anchors.pop()
 
+        def compose_document(self):
+            node = super().compose_document()
+            if node is not None and _expanded_size(node, {}) > MAX_VALUES:
+                raise RefusedStructure(f"holds more than {MAX_VALUES:,} values once its aliases are expanded; "
+                                       "a run config needs a few hundred, so write the values out instead")
+            return node
+
     float_pattern = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
                                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
                                    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
@@ -98,6 +109,16 @@ def yaml_loader() -> type:
                                       for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
     Loader.add_implicit_resolver("tag:yaml.org,2002:float", float_pattern, list("-+0123456789."))
     return Loader
+
+
+def _expanded_size(node, sizes: dict[int, int]) -> int:
+    """How many YAML nodes `node` stands for with every alias expanded; `sizes` memoises shared nodes, so the
+    count costs one visit per distinct node however often an alias repeats it."""
+    if id(node) not in sizes:
+        children = node.value if isinstance(node.value, list) else []
+        flat = [part for child in children for part in (child if isinstance(child, tuple) else (child,))]
+        sizes[id(node)] = 1 + sum(_expanded_size(child, sizes) for child in flat)
+    return sizes[id(node)]
 
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "configs"

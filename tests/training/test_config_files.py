@@ -136,6 +136,20 @@ def test_nesting_up_to_the_limit_and_shared_aliases_still_read(tmp_path):
     assert read_config_file(shared)["method_options"] == {"copy": {"r": 4, "alpha": 8}, "again": {"r": 4, "alpha": 8}}
 
 
+def test_a_billion_laughs_config_is_one_line_before_anything_walks_it(tmp_path):
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]      # 10⁹ values expanded
+    path = tmp_path / "laughs.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(LoraLabError) as caught:
+        read_config_file(path)
+    assert str(caught.value) == (f"{path}: holds more than 100,000 values once its aliases are expanded; a run "
+                                 "config needs a few hundred, so write the values out instead")
+    small = tmp_path / "small.yaml"
+    small.write_text("\n".join(lines[:4]) + "\n")                       # 10⁴ values: read as before
+    assert len(read_config_file(small)["a3"]) == 10
+
+
 def test_a_self_containing_override_is_one_line():
     with pytest.raises(LoraLabError) as caught:
         parse_override("lora.targets=&x [*x]")
