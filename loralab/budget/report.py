@@ -111,12 +111,13 @@ def _file_tensors(plan: list, model, lora_config, dense_slices: bool) -> list[tu
     return tensors
 
 
-def _file_metadata(plan: list, lora_config) -> dict[str, str]:
-    """The safetensors metadata loralab.save_adapter writes (its own config, to restore fused slices)."""
+def _file_metadata(plan: list, lora_config, setup: TrainingSetup) -> dict[str, str]:
+    """The safetensors metadata loralab.save_adapter writes: its own config (to restore fused slices) and how
+    the frozen base it trains on stores its weights (`trained_on`)."""
     from loralab.formats.adapter_config import file_metadata, sliced_metadata
 
     sliced = {m.name: sliced_metadata(m.slices, m.slice_widths, m.r, m.alpha) for m in plan if m.slices}
-    return file_metadata(lora_config, sliced)
+    return file_metadata(lora_config, sliced, trained_on={"quantize": setup.quantize, "dtype": setup.dtype})
 
 
 def _file_sizes(values: int, tensors: list, metadata: dict[str, str]) -> dict[str, FileSize]:
@@ -132,7 +133,7 @@ def lora_budget(skeleton: ModelSkeleton, lora_config, setup: TrainingSetup | Non
     lora_params = sum(m.num_params for m in plan)
     bias_params = bias_parameters(skeleton.model, plan, lora_config.bias)
     saved_config = resolve_config(skeleton.model, lora_config)
-    metadata = _file_metadata(plan, saved_config)
+    metadata = _file_metadata(plan, saved_config, setup)
     file_sizes = _file_sizes(lora_params + bias_params,
                              _file_tensors(plan, skeleton.model, lora_config, dense_slices=False), metadata)
     notes = list(skeleton.notes)
