@@ -57,10 +57,10 @@ def method_specs(quick: bool, data: str | None, model: str | None, out: Path,
 
 
 def latency_rows(out: Path, quick: bool, model_spec: str, log: Callable[[str], None]) -> list:
-    """The latency study (loralab.benchmarking.latency) for this model; reused when latency.json exists."""
+    """The latency study (loralab.timing.latency) for this model; reused when latency.json exists."""
     import json
 
-    from loralab.benchmarking import latency
+    from loralab.timing import latency
 
     existing = out / "latency" / "latency.json"
     if existing.is_file():

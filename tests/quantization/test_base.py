@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 import pytest
 import torch
 
-from loralab.budget.memory import TrainingSetup
+from loralab.budget.memory_estimate import TrainingSetup
 from loralab.budget.report import estimate_budget, quantized_frozen
 from loralab.budget.shapes import find_shape
 from loralab.cli.main import main, parse_args
