@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 from loralab.budget.sizes import DTYPE_BYTES
 from loralab.budget.skeleton import TransformerDims
-from loralab.errors import LoraLabError
+from loralab.errors import LoraLabError, choose
 from loralab.quantization import QUANTIZE_CHOICES, SCHEMES, QuantScheme, get_scheme
 
 ATTENTION_MODES = ("eager", "flash")
@@ -70,12 +70,9 @@ class TrainingSetup:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise LoraLabError(f"{name} must be a positive integer, got {value!r}")
-        if self.dtype not in DTYPE_BYTES:
-            raise LoraLabError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPE_BYTES)}")
-        if self.attention not in ATTENTION_MODES:
-            raise LoraLabError(f"unknown attention mode {self.attention!r}; choose one of {', '.join(ATTENTION_MODES)}")
-        if self.quantize not in QUANTIZE_CHOICES:
-            raise LoraLabError(f"unknown quantization {self.quantize!r}; choose one of {', '.join(QUANTIZE_CHOICES)}")
+        choose(self.dtype, DTYPE_BYTES, "dtype")
+        choose(self.attention, ATTENTION_MODES, "attention mode")
+        choose(self.quantize, QUANTIZE_CHOICES, "quantization")
         if self.double_quant and (self.quantize == "none" or not SCHEMES[self.quantize].takes("double_quant")):
             takers = [name for name in QUANTIZE_CHOICES[1:] if SCHEMES[name].takes("double_quant")]
             raise LoraLabError(f"double quantization applies to {', '.join(takers)} only; add --quantize "

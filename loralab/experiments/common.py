@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loralab.errors import LoraLabError
+from loralab.errors import LoraLabError, choose
 
 RESOURCES_FILE = "resources.json"
 DEFAULT_MODEL = "all-minilm-l6-v2"
@@ -271,10 +271,8 @@ def select_runs(specs: Sequence[RunSpec], names: Sequence[str] | None) -> list[R
     """The specs named in `names` (all of them when None), in the experiment's order; unknown names are errors."""
     if names is None:
         return list(specs)
-    known = [s.name for s in specs]
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise LoraLabError(f"unknown run(s) {', '.join(unknown)} for this experiment; choose from {', '.join(known)}")
+    for name in names:
+        choose(name, [s.name for s in specs], "run of this experiment")
     return [s for s in specs if s.name in names]
 
 

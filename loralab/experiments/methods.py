@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from loralab.errors import LoraLabError
+from loralab.errors import choose
 from loralab.experiments.common import RunSpec, run_grid, seed_table, with_seeds
 from loralab.experiments.rank import ALPHA, metric_name, settings
 from loralab.experiments.report import ExperimentReport, Table, bar_figure, write_experiment_report
@@ -41,8 +41,7 @@ def method_specs(quick: bool, data: str | None, model: str | None, out: Path,
     methods = tuple(METHOD_GRID) if methods is None else methods
     specs = []
     for name in methods:
-        if name not in METHOD_GRID:
-            raise LoraLabError(f"unknown method {name!r}; choose from {', '.join(METHOD_GRID)}")
+        choose(name, METHOD_GRID, "method")
         options, lr, quick_lr = METHOD_GRID[name]
         # checkpoint_every=0 (at evaluations only): a full fine-tuning checkpoint is ~270 MB, and the
         # other methods get the same schedule so that step times compare.
