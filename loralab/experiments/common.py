@@ -250,6 +250,17 @@ def run_grid(specs: Sequence[RunSpec], runs_dir: str | os.PathLike, isolate: boo
 SEED_SUFFIX = "-seed"
 
 
+def grid_meta(quick: bool, specs: Sequence[RunSpec], results: Sequence[RunResult], settings: Sequence[str] = (),
+              **extra: Any) -> dict[str, Any]:
+    """The `meta` of a grid experiment's results.json: quick, the first run's model and data and its TrainConfig
+    fields named in `settings` (e.g. "train_limit", "epochs", "lr"), the experiment's own `extra` values (its
+    metric, seeds, ...), then the runs an earlier call had finished (`skipped_runs`)."""
+    first = specs[0].config
+    return {"quick": quick, "model": first.model, "data": first.data,
+            **{name: getattr(first, name) for name in settings}, **extra,
+            "skipped_runs": [result.name for result in results if result.skipped]}
+
+
 def seed_run_name(name: str, seed: int) -> str:
     """Seed 0 keeps the plain name (so single-seed results are reused as seed 0); seed s adds "-seed<s>"."""
     return name if seed == 0 else f"{name}{SEED_SUFFIX}{seed}"

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from loralab.errors import choose
-from loralab.experiments.common import RunSpec, run_grid, seed_table, with_seeds
+from loralab.experiments.common import RunSpec, grid_meta, run_grid, seed_table, with_seeds
 from loralab.experiments.rank import ALPHA, metric_name, settings
 from loralab.experiments.report import ExperimentReport, Table, bar_figure, write_experiment_report
 
@@ -124,12 +124,9 @@ def run(out: str | os.PathLike = "runs/experiments/methods", quick: bool = False
     by_seed = seed_table(results, metric, ["method", "options", "lr"])
     if by_seed is not None:
         tables.append(by_seed)
-    first = specs[0].config
-    meta = {"quick": quick, "model": first.model, "data": first.data, "train_limit": first.train_limit,
-            "dev_limit": first.dev_limit, "epochs": first.epochs, "batch_size": first.batch_size,
-            "max_length": first.max_length, "metric": metric, "methods": list(dict.fromkeys(r.info["method"]
-                                                                                            for r in results)),
-            "seeds": seeds or 1, "skipped_runs": [r.name for r in results if r.skipped], "cpu_cores": os.cpu_count()}
+    meta = grid_meta(quick, specs, results, ["train_limit", "dev_limit", "epochs", "batch_size", "max_length"],
+                     metric=metric, methods=list(dict.fromkeys(r.info["method"] for r in results)), seeds=seeds or 1,
+                     cpu_cores=os.cpu_count())
     report = ExperimentReport("methods", "Experiment: LoRA vs full fine-tuning, BitFit, adapters, prefix-tuning "
                                          "(paper Tables 2 and 1)",
                               "Each method trained in its own process on the same data with the same schedule.",
