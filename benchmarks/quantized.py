@@ -205,8 +205,8 @@ def _model_bytes(model: nn.Module) -> dict:
 
 def step_peak_bytes(step: Callable[[], float]) -> int:
     """Most bytes of tensors a (warmed-up) training step creates and holds at once: activations, gradients,
-    temporaries (loralab.benchmarking.memory.TensorMemory; the weights and optimizer state are not counted)."""
-    from loralab.benchmarking.memory import TensorMemory
+    temporaries (loralab.timing.tensor_memory.TensorMemory; the weights and optimizer state are not counted)."""
+    from loralab.timing.tensor_memory import TensorMemory
 
     with TensorMemory() as memory:
         step()

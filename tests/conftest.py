@@ -1,12 +1,69 @@
-"""Fixtures shared by every test folder: a headless Chromium (Debian's chromium and chromium-driver through
-Selenium) for the pages loralab ships (lesson pages, the serve playground). `make setup` installs the
-browser with apt-get where it can; elsewhere the tests that use it are skipped with the reason."""
+"""Fixtures shared by every test folder:
+
+- the shared data (GLUE, E2E, ...): the `shared_data` fixture (the folder), the
+  `needs_shared_data("glue/SST-2/train.tsv", ...)` marker and, for fixtures, `need_shared_data(...)`, all found as loralab's readers find it
+  (`loralab.data.builtin.shared_data_dir`: $LORALAB_SHARED_DATA, else ../shared/data next to the checkout).
+  Where it is missing a test is skipped, saying what it needs; under CI (`CI=true`) it fails instead, so a
+  CI machine without the data cannot pass by skipping the experiments.
+- a headless Chromium (Debian's chromium and chromium-driver through Selenium) for the pages loralab ships
+  (lesson pages, the serve playground). `make setup` installs the browser with apt-get where it can;
+  elsewhere the tests that use it are skipped with the reason.
+"""
 from __future__ import annotations
 
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
+
+from loralab.errors import LoraLabError
+
+
+def in_ci() -> bool:
+    """CI=true (GitHub Actions, GitLab, most runners set it; `CI=1` counts too)."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def require_shared_data(*relative: str) -> Path:
+    """The shared data folder, holding each of `relative` (paths inside it); where the folder or one of them
+    is missing: pytest.fail under CI, pytest.skip elsewhere, naming what is missing and where it looked."""
+    from loralab.data.builtin import shared_data_dir
+
+    try:
+        folder = shared_data_dir()
+    except LoraLabError as exc:           # neither $LORALAB_SHARED_DATA nor ../shared/data: the library's reason
+        missing, folder = str(exc), None
+    else:
+        absent = [path for path in relative if not (folder / path).exists()]
+        missing = f"{', '.join(absent)} not in the shared data folder {folder}" if absent else None
+    if missing:
+        if in_ci():
+            pytest.fail(f"CI=true but the shared data is missing: {missing}", pytrace=False)
+        pytest.skip(f"needs the shared data: {missing}")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The shared data folder ($LORALAB_SHARED_DATA, else ../shared/data); skip locally / fail in CI without it."""
+    return require_shared_data()
+
+
+@pytest.fixture(scope="session")
+def need_shared_data():
+    """`require_shared_data` for fixtures (a fixture cannot take a marker): need_shared_data("e2e/test.txt")."""
+    return require_shared_data
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "needs_shared_data(*paths): the test reads these paths of the shared data "
+                                       "folder (skipped without them; a failure under CI=true)")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for mark in item.iter_markers("needs_shared_data"):
+        require_shared_data(*mark.args)
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 

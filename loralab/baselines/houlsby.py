@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from loralab.baselines.common import freeze_all, train_head
-from loralab.errors import LoraLabError
+from loralab.errors import LoraLabError, choose
 from loralab.models.architectures import architecture_for, model_type_of
 from loralab.surgery.targeting import matches
 
@@ -114,8 +114,7 @@ def prepare_houlsby(model: nn.Module, bottleneck: int = 16, activation: str = "g
     Returns the same model object; its forward signature is unchanged."""
     if not isinstance(bottleneck, int) or bottleneck < 1:
         raise LoraLabError(f"Houlsby bottleneck must be a positive integer, got {bottleneck!r}")
-    if activation not in ACTIVATIONS:
-        raise LoraLabError(f"unknown adapter activation {activation!r}; use one of {', '.join(ACTIVATIONS)}")
+    choose(activation, ACTIVATIONS, "adapter activation")
     if houlsby_adapters(model):
         raise LoraLabError("this model already has Houlsby adapters; prepare a fresh copy of the base model")
     sites = adapter_sites(model, targets)

@@ -1,1 +1,2 @@
-"""Measurements of speed: forward latency of the base model, adapter layers and LoRA (paper Table 1)."""
+"""Renamed `loralab.timing` (issue 19: not to be confused with the `benchmarks/` scripts); `loralab.benchmarking.latency`
+and `loralab.benchmarking.memory` stay as aliases until the release after 0.1."""

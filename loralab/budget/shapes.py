@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from loralab.errors import LoraLabError
+from loralab.errors import LoraLabError, unknown
 
 
 @dataclass(frozen=True)
@@ -92,8 +92,7 @@ def find_shape(name: str) -> NamedShape:
     """The named shape (case-insensitive, aliases allowed); LoraLabError listing the known names otherwise."""
     key = _ALIASES.get(name.strip().lower())
     if key is None:
-        raise LoraLabError(f"unknown shape {name!r}; known shapes: {', '.join(SHAPES)} "
-                           f"(or pass --model with a model folder or config.json)")
+        raise unknown(name, SHAPES, "shape", " (or pass --model with a model folder or config.json)")
     return SHAPES[key]
 
 

@@ -15,11 +15,9 @@ _SAFETENSORS_DTYPE = {"fp32": "F32", "fp16": "F16", "bf16": "BF16"}
 
 
 def dtype_bytes(dtype: str) -> int:
-    from loralab.errors import LoraLabError
+    from loralab.errors import choose
 
-    if dtype not in DTYPE_BYTES:
-        raise LoraLabError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPE_BYTES)}")
-    return DTYPE_BYTES[dtype]
+    return DTYPE_BYTES[choose(dtype, DTYPE_BYTES, "dtype")]
 
 
 @dataclass(frozen=True)

@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.shape and not args.model:
         raise LoraLabError("give --shape NAME or --model PATH (see `loralab budget --list-shapes`)")
-    from loralab.budget.memory import TrainingSetup
+    from loralab.budget.memory_estimate import TrainingSetup
     from loralab.budget.report import estimate_budgets, format_report, report_dict
     from loralab.budget.shapes import find_shape
 

@@ -14,7 +14,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from loralab.errors import LoraLabError
+from loralab.errors import LoraLabError, choose
 
 
 class Registry(dict):
@@ -36,10 +36,7 @@ class Registry(dict):
 
     def lookup(self, key: Any) -> Any:
         """The entry for `key`, or a LoraLabError naming the registered ones."""
-        if key not in self:
-            names = ", ".join(sorted(k.__name__ if isinstance(k, type) else str(k) for k in self))
-            raise LoraLabError(f"unknown {self.what} {_label(key)}; choose one of: {names}")
-        return self[key]
+        return self[choose(key, sorted(self, key=_label), self.what)]
 
     @contextlib.contextmanager
     def scoped(self) -> Iterator["Registry"]:

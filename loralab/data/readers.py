@@ -24,7 +24,7 @@ from typing import Any
 
 from loralab.data.examples import Column, Example
 from loralab.data.tasks import task_kind
-from loralab.errors import LoraLabError
+from loralab.errors import LoraLabError, choose
 
 FORMATS = ("tsv", "csv", "jsonl", "e2e", "hf", "chat")
 
@@ -77,8 +77,8 @@ class ReadOptions:
     split: str | None = None
 
     def __post_init__(self) -> None:
-        if self.format is not None and self.format not in FORMATS:
-            raise LoraLabError(f"unknown data format {self.format!r}; use one of {', '.join(FORMATS)}")
+        if self.format is not None:
+            choose(self.format, FORMATS, "data format")
         _check_column("text column", self.text_column, optional=False)
         _check_column("text-pair column", self.text_pair_column, optional=True)
         _check_column("label column", self.label_column, optional=True)

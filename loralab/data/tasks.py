@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from loralab.errors import LoraLabError
+from loralab.errors import LoraLabError, choose
 
 _LABELS = ("class", "number", "target")
 _TEXT_PAIR = ("never", "optional", "required")
@@ -74,7 +74,4 @@ DEFAULT_TASK = "classification"  # what a data file without a named task is trai
 
 def task_kind(name: str) -> TaskKind:
     """The task called `name`; an unknown name is an error listing the known ones."""
-    try:
-        return TASKS[name]
-    except (KeyError, TypeError):
-        raise LoraLabError(f"unknown task {name!r}; use one of {', '.join(TASK_NAMES)}") from None
+    return TASKS[choose(name, TASK_NAMES, "task")]

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from loralab.errors import LoraLabError
+from loralab.errors import LoraLabError, choose
 
 # name -> (module, one-line description)
 EXPERIMENTS: dict[str, tuple[str, str]] = {
@@ -49,8 +49,7 @@ def run_experiment(name: str, out: str | os.PathLike | None = None, quick: bool 
     runs=["r1", "r4"] (train only these runs of the grid); an option the experiment lacks is an error."""
     from loralab.experiments.report import check_experiment_folder, claim_experiment_folder
 
-    if name not in EXPERIMENTS:
-        raise LoraLabError(f"unknown experiment {name!r}; choose one of {', '.join(EXPERIMENTS)}")
+    choose(name, EXPERIMENTS, "experiment")
     module = importlib.import_module(EXPERIMENTS[name][0])
     accepted = inspect.signature(module.run).parameters
     unknown = sorted(k for k, v in options.items() if k not in accepted and v is not None)

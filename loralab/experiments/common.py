@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loralab.errors import LoraLabError
+from loralab.errors import LoraLabError, choose
 
 RESOURCES_FILE = "resources.json"
 DEFAULT_MODEL = "all-minilm-l6-v2"
@@ -250,6 +250,17 @@ def run_grid(specs: Sequence[RunSpec], runs_dir: str | os.PathLike, isolate: boo
 SEED_SUFFIX = "-seed"
 
 
+def grid_meta(quick: bool, specs: Sequence[RunSpec], results: Sequence[RunResult], settings: Sequence[str] = (),
+              **extra: Any) -> dict[str, Any]:
+    """The `meta` of a grid experiment's results.json: quick, the first run's model and data and its TrainConfig
+    fields named in `settings` (e.g. "train_limit", "epochs", "lr"), the experiment's own `extra` values (its
+    metric, seeds, ...), then the runs an earlier call had finished (`skipped_runs`)."""
+    first = specs[0].config
+    return {"quick": quick, "model": first.model, "data": first.data,
+            **{name: getattr(first, name) for name in settings}, **extra,
+            "skipped_runs": [result.name for result in results if result.skipped]}
+
+
 def seed_run_name(name: str, seed: int) -> str:
     """Seed 0 keeps the plain name (so single-seed results are reused as seed 0); seed s adds "-seed<s>"."""
     return name if seed == 0 else f"{name}{SEED_SUFFIX}{seed}"
@@ -271,10 +282,8 @@ def select_runs(specs: Sequence[RunSpec], names: Sequence[str] | None) -> list[R
     """The specs named in `names` (all of them when None), in the experiment's order; unknown names are errors."""
     if names is None:
         return list(specs)
-    known = [s.name for s in specs]
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise LoraLabError(f"unknown run(s) {', '.join(unknown)} for this experiment; choose from {', '.join(known)}")
+    for name in names:
+        choose(name, [s.name for s in specs], "run of this experiment")
     return [s for s in specs if s.name in names]
 
 

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from loralab.experiments.common import (DEFAULT_MODEL, RunSpec, quick_model_dir, run_grid, seed_summary,
+from loralab.experiments.common import (DEFAULT_MODEL, RunSpec, grid_meta, quick_model_dir, run_grid, seed_summary,
                                         select_runs, train_set_size, with_seeds)
 from loralab.experiments.methods import METHOD_GRID
 from loralab.experiments.rank import metric_name
@@ -152,15 +152,12 @@ def run(out: str | os.PathLike = "runs/experiments/data-size", quick: bool = Fal
     per_run = Table("runs", "Every run", ["run", "method", "size_label", "seed", f"dev_{metric}", "dev_loss",
                                           "steps", "seconds_per_step", "peak_rss_mb", "cpu_seconds"],
                     [r.row(metric) for r in results])
-    first = specs[0].config
-    meta = {"quick": quick, "model": first.model, "data": first.data, "metric": metric, "batch_size": BATCH_SIZE,
-            "max_length": first.max_length, "min_steps": QUICK_MIN_STEPS if quick else MIN_STEPS,
-            "max_steps": QUICK_MAX_STEPS if quick else MAX_STEPS,
-            "methods": list(dict.fromkeys(r["method"] for r in summary)),
-            "method_options": {m: METHOD_GRID[m][0] for m in dict.fromkeys(r["method"] for r in summary)},
-            "skipped_runs": [r.name for r in results if r.skipped],
-            "train_seconds_total": round(sum(r.train_seconds for r in results), 1),
-            "cpu_seconds_total": round(sum(r.cpu_seconds for r in results if r.cpu_seconds), 1)}
+    methods = list(dict.fromkeys(r["method"] for r in summary))
+    meta = grid_meta(quick, specs, results, ["max_length"], metric=metric, batch_size=BATCH_SIZE,
+                     min_steps=QUICK_MIN_STEPS if quick else MIN_STEPS, max_steps=QUICK_MAX_STEPS if quick else MAX_STEPS,
+                     methods=methods, method_options={m: METHOD_GRID[m][0] for m in methods},
+                     train_seconds_total=round(sum(r.train_seconds for r in results), 1),
+                     cpu_seconds_total=round(sum(r.cpu_seconds for r in results if r.cpu_seconds), 1))
     report = ExperimentReport("data-size", "Experiment: training-set size (paper Appendix F.3, Table 16)",
                               "LoRA, full fine-tuning, prefix-tuning and Houlsby adapters trained on growing subsets "
                               "of the same data, each with its own fixed learning rate.",

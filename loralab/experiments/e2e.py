@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from loralab.errors import LoraLabError
+from loralab.errors import LoraLabError, choose
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_INSTRUCTION = "Write one sentence describing this restaurant: "
@@ -115,8 +115,7 @@ class E2EConfig:
             raise LoraLabError(f"examples_shown must be 0 or more, got {self.examples_shown}")
         from loralab.metrics.e2e import METEOR_CHOICES
 
-        if self.meteor not in METEOR_CHOICES:
-            raise LoraLabError(f"unknown METEOR implementation {self.meteor!r}; choose one of {', '.join(METEOR_CHOICES)}")
+        choose(self.meteor, METEOR_CHOICES, "METEOR implementation")
         if not self.instruction.strip():
             raise LoraLabError("the instruction is empty; the zero-shot base needs to be told what to write")
         # checked now, not after training; kept as JSON values, without the settings equal to the defaults

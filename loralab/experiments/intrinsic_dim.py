@@ -32,8 +32,8 @@ from typing import Any
 from loralab.baselines.fastfood import FastfoodProjection, fastfood_projection
 from loralab.errors import LoraLabError
 from loralab.analysis.full_update import update_spectrum
-from loralab.experiments.common import (DEFAULT_MODEL, RunResult, RunSpec, majority_fraction, quick_model_dir,
-                                        run_grid, select_runs, train_set_size)
+from loralab.experiments.common import (DEFAULT_MODEL, RunResult, RunSpec, grid_meta, majority_fraction,
+                                        quick_model_dir, run_grid, select_runs, train_set_size)
 from loralab.experiments.methods import METHOD_GRID
 from loralab.experiments.rank import ALPHA, metric_name
 from loralab.experiments.report import ExperimentReport, Table, line_figure, write_experiment_report
@@ -260,9 +260,8 @@ def run(out: str | os.PathLike = "runs/experiments/intrinsic-dim", quick: bool =
                         "time of the process (robust to other jobs). A subspace step is a full backward pass "
                         "plus the projection P·z and its transpose over all D values."))
     first = specs[0].config
-    meta = {"quick": quick, "model": first.model, "data": first.data, "train_limit": first.train_limit,
-            "max_length": first.max_length, "steps": first.max_steps, "batch_size": first.batch_size,
-            "summary": summary, "skipped_runs": [r.name for r in results if r.skipped]}
+    meta = grid_meta(quick, specs, results, ["train_limit", "max_length"], steps=first.max_steps,
+                     batch_size=first.batch_size, summary=summary)
     report = ExperimentReport("intrinsic-dim", "Experiment: intrinsic dimension (Aghajanyan et al. 2020)",
                               "Only z (d values) trains: θ = θ0 + P·z with a fixed random Fastfood projection P over "
                               "all parameters. Full fine-tuning and LoRA r=1 are the references.",

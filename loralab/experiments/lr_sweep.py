@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from loralab.experiments.common import RunSpec, run_grid, seed_medians, seed_table, select_runs, with_seeds
+from loralab.experiments.common import RunSpec, grid_meta, run_grid, seed_medians, seed_table, select_runs, with_seeds
 from loralab.experiments.methods import METHOD_GRID
 from loralab.experiments.rank import metric_name, settings
 from loralab.experiments.report import ExperimentReport, Table, line_figure, write_experiment_report
@@ -75,10 +75,8 @@ def run(out: str | os.PathLike = "runs/experiments/lr-sweep", quick: bool = Fals
     by_seed = seed_table(results, metric, ["method", "lr"])
     if by_seed is not None:
         tables.append(by_seed)
-    first = specs[0].config
-    meta = {"quick": quick, "model": first.model, "data": first.data, "train_limit": first.train_limit,
-            "epochs": first.epochs, "batch_size": first.batch_size, "max_length": first.max_length,
-            "metric": metric, "seeds": seeds or 1, "skipped_runs": [r.name for r in results if r.skipped]}
+    meta = grid_meta(quick, specs, results, ["train_limit", "epochs", "batch_size", "max_length"], metric=metric,
+                     seeds=seeds or 1)
     report = ExperimentReport("lr-sweep", "Experiment: learning-rate sweep, LoRA and full fine-tuning",
                               "The same data and schedule as `methods`; only the learning rate changes.",
                               tables, figures, meta)

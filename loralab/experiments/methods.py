@@ -17,8 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from loralab.errors import LoraLabError
-from loralab.experiments.common import RunSpec, run_grid, seed_table, with_seeds
+from loralab.errors import choose
+from loralab.experiments.common import RunSpec, grid_meta, run_grid, seed_table, with_seeds
 from loralab.experiments.rank import ALPHA, metric_name, settings
 from loralab.experiments.report import ExperimentReport, Table, bar_figure, write_experiment_report
 
@@ -41,8 +41,7 @@ def method_specs(quick: bool, data: str | None, model: str | None, out: Path,
     methods = tuple(METHOD_GRID) if methods is None else methods
     specs = []
     for name in methods:
-        if name not in METHOD_GRID:
-            raise LoraLabError(f"unknown method {name!r}; choose from {', '.join(METHOD_GRID)}")
+        choose(name, METHOD_GRID, "method")
         options, lr, quick_lr = METHOD_GRID[name]
         # checkpoint_every=0 (at evaluations only): a full fine-tuning checkpoint is ~270 MB, and the
         # other methods get the same schedule so that step times compare.
@@ -57,10 +56,10 @@ def method_specs(quick: bool, data: str | None, model: str | None, out: Path,
 
 
 def latency_rows(out: Path, quick: bool, model_spec: str, log: Callable[[str], None]) -> list:
-    """The latency study (loralab.benchmarking.latency) for this model; reused when latency.json exists."""
+    """The latency study (loralab.timing.latency) for this model; reused when latency.json exists."""
     import json
 
-    from loralab.benchmarking import latency
+    from loralab.timing import latency
 
     existing = out / "latency" / "latency.json"
     if existing.is_file():
@@ -125,12 +124,9 @@ def run(out: str | os.PathLike = "runs/experiments/methods", quick: bool = False
     by_seed = seed_table(results, metric, ["method", "options", "lr"])
     if by_seed is not None:
         tables.append(by_seed)
-    first = specs[0].config
-    meta = {"quick": quick, "model": first.model, "data": first.data, "train_limit": first.train_limit,
-            "dev_limit": first.dev_limit, "epochs": first.epochs, "batch_size": first.batch_size,
-            "max_length": first.max_length, "metric": metric, "methods": list(dict.fromkeys(r.info["method"]
-                                                                                            for r in results)),
-            "seeds": seeds or 1, "skipped_runs": [r.name for r in results if r.skipped], "cpu_cores": os.cpu_count()}
+    meta = grid_meta(quick, specs, results, ["train_limit", "dev_limit", "epochs", "batch_size", "max_length"],
+                     metric=metric, methods=list(dict.fromkeys(r.info["method"] for r in results)), seeds=seeds or 1,
+                     cpu_cores=os.cpu_count())
     report = ExperimentReport("methods", "Experiment: LoRA vs full fine-tuning, BitFit, adapters, prefix-tuning "
                                          "(paper Tables 2 and 1)",
                               "Each method trained in its own process on the same data with the same schedule.",

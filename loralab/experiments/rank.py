@@ -13,8 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from loralab.experiments.common import (DEFAULT_MODEL, RunResult, RunSpec, one_thread, quick_model_dir, run_grid,
-                                        seed_medians, seed_table, select_runs, with_seeds)
+from loralab.experiments.common import (DEFAULT_MODEL, RunResult, RunSpec, grid_meta, one_thread, quick_model_dir,
+                                        run_grid, seed_medians, seed_table, select_runs, with_seeds)
 from loralab.experiments.report import ExperimentReport, Table, line_figure, write_experiment_report
 
 RANKS = (1, 2, 4, 8, 64)
@@ -125,11 +125,8 @@ def run(out: str | os.PathLike = "runs/experiments/rank", quick: bool = False, d
     by_seed = seed_table(results, metric, ["r", "targets"])
     if by_seed is not None:
         tables.append(by_seed)
-    first = specs[0].config
-    meta = {"quick": quick, "model": first.model, "data": first.data, "train_limit": first.train_limit,
-            "dev_limit": first.dev_limit, "epochs": first.epochs, "batch_size": first.batch_size, "lr": first.lr,
-            "max_length": first.max_length, "alpha": ALPHA, "metric": metric, "seeds": seeds or 1,
-            "skipped_runs": [r.name for r in results if r.skipped]}
+    meta = grid_meta(quick, specs, results, ["train_limit", "dev_limit", "epochs", "batch_size", "lr", "max_length"],
+                     alpha=ALPHA, metric=metric, seeds=seeds or 1)
     report = ExperimentReport("rank", "Experiment: rank (paper Table 6 and §7.2)",
                               "LoRA on Wq and Wv at several ranks; then the subspace similarity between the "
                               f"r={r_small} and r={r_large} adapters, next to random subspaces.",

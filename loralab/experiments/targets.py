@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from loralab.errors import LoraLabError
-from loralab.experiments.common import RunSpec, run_grid, seed_medians, seed_table, select_runs, with_seeds
+from loralab.experiments.common import RunSpec, grid_meta, run_grid, seed_medians, seed_table, select_runs, with_seeds
 from loralab.experiments.rank import ALPHA, metric_name, settings
 from loralab.experiments.report import ExperimentReport, Table, bar_figure, write_experiment_report
 
@@ -73,7 +73,6 @@ def run(out: str | os.PathLike = "runs/experiments/targets", quick: bool = False
     figures = {"metric_by_targets": bar_figure(list(labels.values()), [medians[name] for name in labels],
                                                f"dev {metric}" + (" (median over seeds)" if (seeds or 1) > 1 else ""),
                                                "task metric by adapted matrices (fixed budget)")}
-    first = specs[0].config
     table = Table("targets", "Task metric by adapted weight matrices, fixed budget",
                   ["run", "targets", "r", "seed", f"dev_{metric}", f"test_{metric}", "dev_loss", "adapter_params",
                    "trainable_params", "seconds_per_step", "train_seconds"], rows, note)
@@ -81,10 +80,8 @@ def run(out: str | os.PathLike = "runs/experiments/targets", quick: bool = False
     by_seed = seed_table(results, metric, ["targets", "r"])
     if by_seed is not None:
         tables.append(by_seed)
-    meta = {"quick": quick, "model": first.model, "data": first.data, "train_limit": first.train_limit,
-            "dev_limit": first.dev_limit, "epochs": first.epochs, "batch_size": first.batch_size, "lr": first.lr,
-            "alpha": ALPHA, "metric": metric, "seeds": seeds or 1,
-            "skipped_runs": [r.name for r in results if r.skipped]}
+    meta = grid_meta(quick, specs, results, ["train_limit", "dev_limit", "epochs", "batch_size", "lr"],
+                     alpha=ALPHA, metric=metric, seeds=seeds or 1)
     report = ExperimentReport("targets", "Experiment: which weight matrices (paper Table 5)",
                               "LoRA on different attention matrices with the same number of trainable values.",
                               tables, figures, meta)

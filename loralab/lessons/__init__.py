@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from loralab.errors import LoraLabError
+from loralab.errors import unknown
 
 FOLDER = Path(__file__).resolve().parent
 
@@ -58,8 +58,7 @@ def get_lesson(number: int) -> Lesson:
     for lesson in LESSONS:
         if lesson.number == number:
             return lesson
-    raise LoraLabError(f"there is no lesson {number}; choose one of "
-                       f"{', '.join(str(lesson.number) for lesson in LESSONS)} (`loralab learn` lists them)")
+    raise unknown(number, [lesson.number for lesson in LESSONS], "lesson", " (`loralab learn` lists them)")
 
 
 __all__ = ["FOLDER", "LESSONS", "Lesson", "get_lesson"]

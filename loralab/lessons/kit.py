@@ -9,7 +9,7 @@ cached between lessons, and the "check yourself" bookkeeping.
 
 This is the one place where the lessons import loralab's data readers and batching; everything else they use
 is loralab's public API (loralab.inject, LoraConfig, save/load/merge, loralab.budget, loralab.analysis,
-loralab.baselines, loralab.benchmarking).
+loralab.baselines, loralab.timing).
 """
 from __future__ import annotations
 

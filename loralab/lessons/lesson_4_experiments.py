@@ -22,7 +22,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from loralab.analysis import analyze_adapters, load_deltas, right_singular_vectors
-from loralab.benchmarking.latency import LatencySettings, build_configurations, make_inputs, measure_latency
+from loralab.timing.latency import LatencySettings, build_configurations, make_inputs, measure_latency
 from loralab.lessons import kit
 from loralab.models import load_model
 
@@ -155,7 +155,7 @@ fig.tight_layout()
 # cannot overlap — at batch size 1, where each step is short, they dominate (the paper measured +30 % for
 # Houlsby adapters on GPT-2 medium at batch 1 × 128 tokens). **LoRA** computes s·B·A·x from the *same input*
 # x as W0·x: a parallel branch, and after merging (W = W0 + s·B·A) no branch at all. We build the four
-# configurations (`loralab.benchmarking.latency`: B and the adapters' up-projections set to random values so
+# configurations (`loralab.timing.latency`: B and the adapters' up-projections set to random values so
 # each computes something) and measure three things: matrix multiplications per forward pass, FLOPs, time.
 
 # %%

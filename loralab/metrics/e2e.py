@@ -10,7 +10,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from loralab.errors import LoraLabError
+from loralab.errors import LoraLabError, choose
 from loralab.metrics.bleu import corpus_bleu
 from loralab.metrics.cider import corpus_cider_d
 from loralab.metrics.meteor import corpus_meteor
@@ -112,8 +112,7 @@ def score_e2e(hypotheses: Sequence[str], references: Sequence[Sequence[str]],
     `loralab.metrics.meteor_jar.meteor_implementation()` names what "auto" picks.
     """
     _check_inputs(hypotheses, references)
-    if meteor not in METEOR_CHOICES:
-        raise LoraLabError(f"unknown METEOR implementation {meteor!r}; choose one of {', '.join(METEOR_CHOICES)}")
+    choose(meteor, METEOR_CHOICES, "METEOR implementation")
     use_jar = meteor == "official" or (meteor == "auto" and meteor_implementation() == OFFICIAL)
     return {
         "BLEU": corpus_bleu(hypotheses, references),

@@ -15,7 +15,7 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-from loralab.errors import LoraLabError
+from loralab.errors import LoraLabError, choose
 
 MODEL_KINDS = ("folder", "gguf")
 
@@ -71,11 +71,7 @@ DEFAULT_MODEL_FOR_TASK: dict[str, str] = {
 
 def builtin_model(name: str) -> BuiltinModel:
     """The description of a builtin model; an unknown name is an error listing the known ones."""
-    try:
-        return BUILTIN_MODELS[name]
-    except KeyError:
-        raise LoraLabError(f"unknown builtin model {name!r}; choose one of {', '.join(BUILTIN_MODELS)} "
-                           "or give a model folder or a .gguf file") from None
+    return BUILTIN_MODELS[choose(name, BUILTIN_MODELS, "builtin model", " or give a model folder or a .gguf file")]
 
 
 def default_model_for_task(task: str) -> str:

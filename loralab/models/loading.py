@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loralab.data.tasks import TASKS
-from loralab.errors import LoraLabError
+from loralab.errors import LoraLabError, choose
 from loralab.models.builtin import BUILTIN_MODELS, builtin_model, builtin_model_dir
 from loralab.models.gguf import cached_folder_with_fingerprint, ensure_plain_model, gguf_cache_dir, source_record
 
@@ -265,8 +265,7 @@ def load_model(spec: str | os.PathLike, task: str = "causal-lm", num_labels: int
 
     from loralab.precision import dtype_of
 
-    if task not in MODEL_TASKS:
-        raise LoraLabError(f"unknown model task {task!r}; choose one of {', '.join(MODEL_TASKS)}")
+    choose(task, MODEL_TASKS, "model task")
     if num_labels is not None:
         if task != "sequence-classification":
             raise LoraLabError(f"num_labels={num_labels} only applies to task 'sequence-classification', "
@@ -307,8 +306,7 @@ def auto_model_class(task: str) -> type:
     """transformers' Auto class that builds a model with the head `task` (a MODEL_TASKS value)."""
     import transformers
 
-    if task not in MODEL_TASKS:
-        raise LoraLabError(f"unknown model task {task!r}; choose one of {', '.join(MODEL_TASKS)}")
+    choose(task, MODEL_TASKS, "model task")
     return getattr(transformers, _AUTO_CLASSES[task])
 
 

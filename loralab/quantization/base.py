@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from loralab.core.registry import Registry
-from loralab.errors import LoraLabError
+from loralab.errors import LoraLabError, choose
 from loralab.precision import DTYPES
 
 SCHEMES = Registry("quantization scheme")       # name -> QuantScheme subclass
@@ -93,8 +93,7 @@ def resolve_compute_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def check_compute_dtype(name: str) -> None:
-    if name != "auto" and name not in DTYPES:
-        raise LoraLabError(f"compute_dtype must be 'auto' or one of {', '.join(DTYPES)}, got {name!r}")
+    choose(name, ("auto", *DTYPES), "compute_dtype")
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from torch import nn
 
 from loralab.adapters.operations import merge_and_unload
 from loralab.adapters.state import lora_layers
-from loralab.errors import LoraLabError
+from loralab.errors import LoraLabError, choose
 from loralab.quantization.base import QuantizedLinear
 from loralab.quantization.model import as_linear, replace_layer
 
@@ -39,8 +39,7 @@ def merge_into_quantized(model: nn.Module, mode: str = "requantize") -> MergeRep
     added, reported). 'dequantize': merged layers become fp32 nn.Linear (exact to fp32 rounding). To keep
     the adapters as adapters instead, use dequantize_model(model) and then loralab.merge(model).
     """
-    if mode not in MODES:
-        raise LoraLabError(f"merge mode must be one of {', '.join(MODES)}, got {mode!r}")
+    choose(mode, MODES, "merge mode")
     sums = {"err": 0.0, "weight": 0.0, "delta": 0.0, "max": 0.0}
     layers = 0
     for name, layer in lora_layers(model):

@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from loralab.errors import LoraLabError
+from loralab.errors import LoraLabError, choose
 from loralab.quantization.base import (DequantizingLinear, QuantScheme, check_compute_dtype, register_scheme,
                                        resolve_compute_dtype)
 
@@ -138,8 +138,7 @@ class NF4Scheme(QuantScheme):
 
     def __post_init__(self):
         check_compute_dtype(self.compute_dtype)
-        if self.kernel not in KERNELS:
-            raise LoraLabError(f"nf4 kernel must be one of {', '.join(KERNELS)}, got {self.kernel!r}")
+        choose(self.kernel, KERNELS, "nf4 kernel")
         if self.block_size < 2 or self.block_size % 2:
             raise LoraLabError(f"nf4 block_size must be an even number ≥ 2 (QLoRA uses 64), got {self.block_size}")
 

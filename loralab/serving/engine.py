@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from loralab.serving.api import ApiError
-from loralab.serving.metrics import Metrics
+from loralab.serving.telemetry import Metrics
 
 
 class EventSink:

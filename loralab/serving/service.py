@@ -34,7 +34,7 @@ from torch import nn
 
 from loralab.errors import LoraLabError
 from loralab.serving.api import ApiError, bad_request, not_found
-from loralab.serving.metrics import Metrics
+from loralab.serving.telemetry import Metrics
 from loralab.serving.settings import ServeSettings
 
 

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loralab.errors import LoraLabError
+from loralab.errors import LoraLabError, choose
 from loralab.quantization import QUANTIZE_CHOICES
 
 API_KEY_ENV = "LORALAB_API_KEY"
@@ -84,8 +84,7 @@ class ServeSettings:
                 raise LoraLabError(f"--adapter-root {root} is not a folder")
             self.adapter_root = root.resolve()
         self.precision()   # a GPU asked for where none is, an unknown dtype: one line before anything loads
-        if self.quantize not in QUANTIZE_CHOICES:
-            raise LoraLabError(f"quantize must be one of {', '.join(QUANTIZE_CHOICES)}, got {self.quantize!r}")
+        choose(self.quantize, QUANTIZE_CHOICES, "quantization")
         if self.model is None and not self.adapters:
             raise LoraLabError("nothing to serve: pass --model (a base model) and/or --adapter NAME=PATH")
 

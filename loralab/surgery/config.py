@@ -10,7 +10,7 @@ from dataclasses import InitVar, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import NamedTuple
 
-from loralab.errors import LoraLabError
+from loralab.errors import LoraLabError, choose
 
 BIAS_MODES = ("none", "all", "lora_only")
 
@@ -117,8 +117,7 @@ class LoraConfig:
         from loralab.core.variants import VARIANTS
         INITS.lookup(self.init)
         VARIANTS.lookup(self.variant)
-        if self.bias not in BIAS_MODES:
-            raise LoraLabError(f"unknown bias mode {self.bias!r}; choose one of {list(BIAS_MODES)}")
+        choose(self.bias, BIAS_MODES, "bias mode")
         self.exclude = _str_list("exclude", self.exclude)
         self.modules_to_save = _str_list("modules_to_save", self.modules_to_save)
         from loralab.surgery.targeting import check_rule
@@ -150,9 +149,8 @@ class LoraConfig:
                 raise LoraLabError("layers_pattern only says where layer numbers are; give layers "
                                    "(layers_to_transform) too, or drop it")
         self.task_type = getattr(self.task_type, "value", self.task_type)    # peft.TaskType is a str enum
-        if self.task_type is not None and self.task_type not in PEFT_TASK_TYPES:
-            raise LoraLabError(f"unknown task_type {self.task_type!r}; use one of {', '.join(PEFT_TASK_TYPES)} "
-                               f"or None")
+        if self.task_type is not None:
+            choose(self.task_type, PEFT_TASK_TYPES, "task_type", " or None")
         if not isinstance(self.fan_in_fan_out, bool):
             raise LoraLabError(f"fan_in_fan_out must be True or False, got {self.fan_in_fan_out!r}")
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from loralab.data.tasks import DEFAULT_TASK, task_kind
 from loralab.training.config_files import RECIPES_DIR, read_config_file
-from loralab.errors import LoraLabError
+from loralab.errors import LoraLabError, choose
 
 # The learning-rate schedules (transformers.get_scheduler, after a linear warm-up from 0) and the options
 # each takes in scheduler_options; "cosine-with-restarts" and "constant_with_warmup" are accepted spellings.
@@ -189,8 +189,7 @@ class TrainConfig:
         self.lora = self.lora_config().to_dict()  # validated now, not after the model has loaded; spelt out
         from loralab.baselines import METHODS
 
-        if self.method not in METHODS:
-            raise LoraLabError(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
+        choose(self.method, METHODS, "method")
         if not isinstance(self.method_options, dict):
             raise LoraLabError("method_options must be a dict of the method's options")
         from loralab.training.tracking import REPORTERS
@@ -238,8 +237,7 @@ class TrainConfig:
                 raise LoraLabError(f"{name} must be 0 or a positive number of steps, got {value!r}")
 
     def _check_scheduler(self) -> None:
-        if self.scheduler not in SCHEDULERS:
-            raise LoraLabError(f"unknown scheduler {self.scheduler!r}; use one of {', '.join(SCHEDULERS)}")
+        choose(self.scheduler, SCHEDULERS, "scheduler")
         if not isinstance(self.scheduler_options, dict):
             raise LoraLabError("scheduler_options must be a dict of the schedule's settings")
         unknown = sorted(set(self.scheduler_options) - set(SCHEDULERS[self.scheduler]))
@@ -257,10 +255,8 @@ class TrainConfig:
         if not isinstance(self.device, str) or not (self.device in ("auto", "cpu", "cuda", "mps")
                                                     or self.device.startswith("cuda:")):
             raise LoraLabError(f"device must be one of {DEVICE_CHOICES}, got {self.device!r}")
-        if self.dtype not in DTYPES:
-            raise LoraLabError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        if self.quantize not in QUANTIZE_CHOICES:
-            raise LoraLabError(f"quantize must be one of {', '.join(QUANTIZE_CHOICES)}, got {self.quantize!r}")
+        choose(self.dtype, DTYPES, "dtype")
+        choose(self.quantize, QUANTIZE_CHOICES, "quantization")
         for name in ("gradient_checkpointing", "fsdp"):
             if not isinstance(getattr(self, name), bool):
                 raise LoraLabError(f"{name} must be true or false, got {getattr(self, name)!r}")

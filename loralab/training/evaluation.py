@@ -16,7 +16,7 @@ from loralab.data.batching import PadCollator, eval_batches
 from loralab.data.encoding import IGNORE_INDEX, EncodedDataset
 from loralab.data.labels import LabelMap
 from loralab.data.tasks import TASKS
-from loralab.training.metrics import classification_metrics, regression_metrics
+from loralab.training.scores import classification_metrics, regression_metrics
 
 
 @dataclass

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from loralab import files
-from loralab.errors import LoraLabError
+from loralab.errors import LoraLabError, choose
 from loralab.training import distributed
 from loralab.data.batching import LengthGroupedBatchSampler, PadCollator
 from loralab.training.checkpoint import (LATEST, Checkpoint, NoSaneCheckpoint, apply_checkpoint, load_best,
@@ -382,10 +382,7 @@ class Trainer:
                         self.config.eval_batch_size, self.label_map, self.dist, precision=self.precision).metrics
 
     def _after_eval(self, metrics: dict[str, float]) -> None:
-        value = metrics[self.config.best_metric] if self.config.best_metric in metrics else None
-        if value is None:
-            raise LoraLabError(f"best metric {self.config.best_metric!r} is not among the dev metrics "
-                               f"({', '.join(metrics)}); choose one of those with --best-metric")
+        value = metrics[choose(self.config.best_metric, metrics, "best metric", " (the dev metrics) with --best-metric")]
         if self._better(value):
             self.state.update(best=value, best_step=self.state["step"], evals_without_improvement=0)
             self.best_state = trainable_state(self.model)

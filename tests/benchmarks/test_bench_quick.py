@@ -17,7 +17,6 @@ sys.path.insert(0, str(REPO))
 from benchmarks import run, suites  # noqa: E402
 from benchmarks.flops import EncoderShape, forward_flops, training_step_flops  # noqa: E402
 
-SST2 = REPO.parent / "shared" / "data" / "glue" / "SST-2"
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +34,8 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("lora", [True, False])
-def test_flop_formula_matches_flop_counter(tiny_model_dir, lora):
-    setup = suites.Setup(model_dir=str(tiny_model_dir), data_dir=SST2, r=4, alpha=8)
+def test_flop_formula_matches_flop_counter(tiny_model_dir, tmp_path, lora):
+    setup = suites.Setup(model_dir=str(tiny_model_dir), data_dir=tmp_path, r=4, alpha=8)   # no data is read
     model = setup.loralab_model() if lora else setup.base()
     batch, seq = 3, 7
     inputs = suites.fixed_batch(model.config.vocab_size, batch, seq, seed=0)
@@ -60,10 +59,10 @@ def test_flop_formula_by_hand():
     assert training_step_flops(shape, 1, 1, None) == 3 * 84
 
 
-@pytest.mark.skipif(not (SST2 / "train.tsv").exists(), reason="needs ../shared/data/glue/SST-2")
-def test_run_all_sections_tiny(tiny_model_dir, tmp_path, capsys):
+@pytest.mark.needs_shared_data("glue/SST-2/train.tsv")
+def test_run_all_sections_tiny(tiny_model_dir, tmp_path, capsys, shared_data):
     out = tmp_path / "results.json"
-    code = run.main(["--model", str(tiny_model_dir), "--data", str(SST2), "--rounds", "1", "--sst2-steps", "6",
+    code = run.main(["--model", str(tiny_model_dir), "--data", str(shared_data / "glue" / "SST-2"), "--rounds", "1", "--sst2-steps", "6",
                      "--train-limit", "400", "--dev-limit", "64", "--batch", "8", "--seq", "16",
                      "--memory-steps", "1", "--json", str(out)])
     assert code == 0

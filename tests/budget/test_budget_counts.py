@@ -67,7 +67,7 @@ def test_named_shapes(name, total, r8_qv):
 
 def test_shape_names_aliases_and_unknown():
     assert find_shape("GPT3") is SHAPES["gpt3-175b"] and find_shape("minilm") is SHAPES["all-minilm-l6-v2"]
-    with pytest.raises(LoraLabError, match="unknown shape 'gpt5'; known shapes: gpt3-175b, .*llama-7b"):
+    with pytest.raises(LoraLabError, match="unknown shape 'gpt5'; choose one of gpt3-175b, .*llama-7b"):
         build_skeleton("gpt5")
 
 

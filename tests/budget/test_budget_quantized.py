@@ -4,7 +4,7 @@ layer and gradient checkpointing; the same arithmetic must fit here, and the 16-
 import pytest
 
 from loralab.budget import estimate_budget
-from loralab.budget.memory import TrainingSetup, layer_activation_terms
+from loralab.budget.memory_estimate import TrainingSetup, layer_activation_terms
 from loralab.errors import LoraLabError
 
 GiB = 2 ** 30

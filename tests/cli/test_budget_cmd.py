@@ -66,7 +66,7 @@ def test_list_shapes(capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--shape", "gpt5"], "unknown shape 'gpt5'; known shapes: gpt3-175b, gpt2-small"),
+    (["--shape", "gpt5"], "unknown shape 'gpt5'; choose one of gpt3-175b, gpt2-small"),
     ([], "give --shape NAME or --model PATH"),
     (["--model", "no/such/folder"], "does not exist"),
     (["--shape", "gpt2-small", "--r", "0"], "r must be a positive integer"),

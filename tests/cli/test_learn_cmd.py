@@ -71,7 +71,7 @@ def test_a_lesson_that_cannot_find_its_data_is_a_user_error(stand_in, monkeypatc
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["learn", "9"], "there is no lesson 9; choose one of 1, 2, 3, 4, 5"),
+    (["learn", "9"], "unknown lesson 9; choose one of 1, 2, 3, 4, 5"),
     (["learn", "1", "--threads", "0"], "--threads must be at least 1"),
 ])
 def test_user_errors(argv, message, capsys):

@@ -91,7 +91,7 @@ def test_overwrite_with_a_typo_in_the_data_path_keeps_the_old_run(inputs, run_co
 def test_overwrite_failing_after_training_started_keeps_the_old_run(inputs, run_copy, capsys):
     before = _digest(run_copy)
     code, _, err = _run(_argv(inputs, run_copy, "--overwrite", "--best-metric", "nope"), capsys)
-    _one_line_error(code, err, "best metric 'nope' is not among the dev metrics")
+    _one_line_error(code, err, "unknown best metric 'nope'; choose one of ")
     assert _digest(run_copy) == before and [p.name for p in run_copy.parent.iterdir()] == ["run"]
 
 

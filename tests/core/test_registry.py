@@ -208,7 +208,7 @@ def test_registries_are_restored_and_unknown_names_list_the_registered(plugins):
 @pytest.mark.parametrize("field, registered", [("variant", "dora, lora"), ("init", "gaussian, kaiming, pissa")])
 def test_unknown_names_after_the_scope(field, registered):
     assert "test-gated" not in VARIANTS and "test-shifted" not in INITS and kind_of(BlockLinear(2, 2, 1)) is None
-    with pytest.raises(LoraLabError, match=f"unknown {field} 'test-.*'; choose one of: {registered}"):
+    with pytest.raises(LoraLabError, match=f"unknown {field} 'test-.*'; choose one of {registered}"):
         LoraConfig(**{field: "test-gated" if field == "variant" else "test-shifted"})
 
 

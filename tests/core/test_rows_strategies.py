@@ -103,5 +103,5 @@ def test_a_strategy_registered_from_a_test_file():
             model(input_ids=ids)
         assert Loop.calls > 2
     assert "loop" not in ROW_STRATEGIES
-    with pytest.raises(ValueError, match="unknown per-row strategy 'loop'; choose one of: gathered, grouped, masked"):
+    with pytest.raises(ValueError, match="unknown per-row strategy 'loop'; choose one of gathered, grouped, masked"):
         RowPlan(["a"], "loop")

@@ -14,7 +14,7 @@ from loralab.data.readers import ReadOptions, read_examples
 from loralab.errors import LoraLabError
 
 CHECKOUT = Path(__file__).resolve().parents[2]
-SHARED = CHECKOUT.parent / "shared" / "data"
+CHECKOUT_SHARED = CHECKOUT.parent / "shared" / "data"   # the library's default, tested below
 
 ROW_COUNTS = {
     "sst2": {"train": 67_349, "dev": 872},
@@ -56,7 +56,7 @@ def test_mrpc_reads_literal_quotes_and_test_header_with_bom():
     assert first_test.line == 2 and first_test.text.startswith("PCCW's chief operating officer")
     with pytest.raises(LoraLabError, match=r"MRPC/train.tsv:7: unreadable row .*--no-quoting"):
         # With quoting on, a sentence that starts with a quote opens a quoted field: the reason for quoting=False.
-        read_examples(SHARED / "glue/MRPC/train.tsv",
+        read_examples(shared_data_dir() / "glue/MRPC/train.tsv",
                       ReadOptions(text_column=3, text_pair_column=4, label_column=0, header=False))
 
 
@@ -136,7 +136,7 @@ def test_shared_data_dir_defaults_to_the_checkouts_sibling(tmp_path, monkeypatch
     monkeypatch.delenv(builtin.SHARED_DATA_ENV, raising=False)
     monkeypatch.chdir(tmp_path)  # found from the package's own checkout, wherever the command runs
     assert builtin.checkout_root(Path(builtin.__file__).resolve().parent) == CHECKOUT
-    assert shared_data_dir() == SHARED
+    assert shared_data_dir() == CHECKOUT_SHARED
 
 
 def test_installed_loralab_finds_shared_data_from_a_checkout_it_runs_in(tmp_path, monkeypatch):

@@ -24,7 +24,7 @@ def test_task_list_and_what_each_task_decides():
     assert {TASKS[n].default_max_length for n in TASK_NAMES} == {128, 256}
     assert all(TASKS[n].model_task in MODEL_TASKS for n in TASK_NAMES)
     assert DEFAULT_TASK in TASKS and task_kind("regression") is TASKS["regression"]
-    with pytest.raises(LoraLabError, match="unknown task 'ner'; use one of classification, pair-classification, "
+    with pytest.raises(LoraLabError, match="unknown task 'ner'; choose one of classification, pair-classification, "
                                            "regression, causal-lm"):
         task_kind("ner")
     with pytest.raises(LoraLabError, match="labels must be one of"):

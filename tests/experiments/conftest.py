@@ -1,26 +1,12 @@
-"""Shared by the experiment tests: the `needs_glue(TASK)` marker (skip, saying why, where ../shared/data lacks
-that GLUE task) and the `read_csv` fixture (a results CSV as a list of rows)."""
+"""Shared by the experiment tests: the `read_csv` fixture (a results CSV as a list of rows). The shared data
+they read is declared with the `needs_shared_data(...)` marker of tests/conftest.py (skipped here where it is
+missing, a failure under CI=true)."""
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 import pytest
-
-# Where loralab's readers look: $LORALAB_SHARED_DATA, else ../shared/data next to the checkout.
-SHARED = Path(os.environ.get("LORALAB_SHARED_DATA") or Path(__file__).resolve().parents[2].parent / "shared" / "data")
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "needs_glue(task): skip unless the shared data holds glue/<task>/train.tsv")
-
-
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    for mark in item.iter_markers("needs_glue"):
-        task = mark.args[0]
-        if not (SHARED / "glue" / task / "train.tsv").is_file():
-            pytest.skip(f"needs ../shared/data (GLUE {task})")
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:

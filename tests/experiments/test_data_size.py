@@ -12,7 +12,7 @@ from loralab.experiments import run_experiment
 from loralab.experiments.data_size import (MAX_STEPS, MIN_STEPS, PAPER_TABLE16, QUICK_MAX_STEPS, QUICK_MIN_STEPS,
                                            steps_for)
 
-pytestmark = pytest.mark.needs_glue("SST-2")
+pytestmark = pytest.mark.needs_shared_data("glue/SST-2/train.tsv")
 D, LAYERS, HEAD = 32, 2, 32 * 2 + 2
 
 

@@ -19,8 +19,7 @@ from loralab.experiments.e2e import (DEFAULT_INSTRUCTION, TABLE_COLUMNS, E2EConf
                                      run_e2e)
 from loralab.metrics import read_e2e_references, score_e2e
 
-SHARED_E2E = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "e2e"
-pytestmark = pytest.mark.skipif(not (SHARED_E2E / "test.txt").is_file(), reason="needs ../shared/data/e2e")
+pytestmark = pytest.mark.needs_shared_data("e2e/test.txt")   # tests/conftest.py: skip here, fail in CI
 
 
 def test_evenly_spaced_picks_distinct_indices_from_the_start():
@@ -65,9 +64,9 @@ def test_quick_run_writes_the_table_with_every_column(quick_run):
     assert examples.count("**MR**") == 3 and "- LoRA:" in examples
 
 
-def test_quick_scores_are_the_metrics_of_the_saved_predictions(quick_run):
+def test_quick_scores_are_the_metrics_of_the_saved_predictions(quick_run, shared_data):
     result = json.loads((quick_run / "results.json").read_text(encoding="utf-8"))
-    mrs, references = read_e2e_references(SHARED_E2E / "test.txt")
+    mrs, references = read_e2e_references(shared_data / "e2e" / "test.txt")
     chosen = evenly_spaced(len(mrs), 8)
     assert evaluation_set(E2EConfig.quick()) == ([mrs[i] for i in chosen], [references[i] for i in chosen])
     for row in result["rows"]:

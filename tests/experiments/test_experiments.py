@@ -19,9 +19,7 @@ from loralab.errors import LoraLabError
 from loralab.experiments import EXPERIMENTS, run_experiment
 from loralab.experiments.common import RunSpec, is_finished, run_grid, saved_parameter_counts
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-pytestmark = pytest.mark.skipif(not (SHARED / "glue" / "SST-2" / "train.tsv").is_file(),
-                                reason="needs ../shared/data (GLUE SST-2)")
+pytestmark = pytest.mark.needs_shared_data("glue/SST-2/train.tsv")   # tests/conftest.py: skip here, fail in CI
 D, LAYERS, HEAD = 32, 2, 32 * 2 + 2  # quick model: hidden size, layers, classifier values (2 labels)
 
 

@@ -12,7 +12,7 @@ import torch
 from loralab.experiments import run_experiment
 from loralab.experiments.intrinsic_dim import QUICK_DIMS, d90, fastfood_projection, subspace_run
 
-pytestmark = pytest.mark.needs_glue("MRPC")
+pytestmark = pytest.mark.needs_shared_data("glue/MRPC/train.tsv")
 D, LAYERS, HEAD = 32, 2, 32 * 2 + 2
 
 

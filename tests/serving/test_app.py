@@ -371,5 +371,5 @@ def test_classify_on_a_bf16_base_matches_fp32_and_bad_runtime_settings_are_one_l
     if not torch.cuda.is_available():
         with pytest.raises(loralab.LoraLabError, match="^--device cuda: no CUDA GPU"):
             ServeSettings(adapters=adapters, device="cuda")
-    with pytest.raises(loralab.LoraLabError, match="^quantize must be one of none, int8, nf4"):
+    with pytest.raises(loralab.LoraLabError, match="^unknown quantization 'fp4'; choose one of none, int8, nf4"):
         ServeSettings(adapters=adapters, quantize="fp4")

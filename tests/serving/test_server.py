@@ -18,7 +18,7 @@ import pytest
 from loralab import LoraLabError
 from loralab.cli.main import build_parser
 from loralab.cli.serve_cmd import settings_from_args
-from loralab.serving.metrics import Metrics
+from loralab.serving.telemetry import Metrics
 from loralab.serving.settings import ServeSettings
 
 

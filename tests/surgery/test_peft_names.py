@@ -42,7 +42,7 @@ def test_peft_field_names_are_accepted_next_to_loralab_ones():
     (dict(init_lora_weights=False), "init_lora_weights=False .PEFT's random, non-zero start for debugging"),
     (dict(init_lora_weights="olora"), r"init_lora_weights='olora' has no loralab init; loralab supports True \(kaiming\)"),
     (dict(target_parameters=["experts.w1"]), "target_parameters .* is not supported"),
-    (dict(task_type="SEQ_CLASSIFICATION"), "unknown task_type 'SEQ_CLASSIFICATION'; use one of SEQ_CLS"),
+    (dict(task_type="SEQ_CLASSIFICATION"), "unknown task_type 'SEQ_CLASSIFICATION'; choose one of SEQ_CLS"),
     (dict(layers_to_transform=[-1]), "layers must be a non-empty list of layer indices"),
     (dict(layers_pattern="layers"), "layers_pattern only says where layer numbers are"),
     (dict(rank_pattern={"layers.(0": 2}), r"rank_pattern: 'layers.\(0' is not a valid regular expression"),

@@ -12,7 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+def shared(relative: str) -> Path:
+    """A file of the shared data, found as loralab's readers find it ($LORALAB_SHARED_DATA, else ../shared/data)."""
+    from loralab.data.builtin import shared_data_dir
+
+    return shared_data_dir() / relative
 
 
 def minilm_folder() -> Path:
@@ -36,7 +41,7 @@ def write_tiny_bert(folder: Path, seed: int = 0) -> Path:
 
 
 def e2e_lines(count: int = 40) -> list[str]:
-    with open(SHARED / "e2e" / "valid.txt", encoding="utf-8") as fh:
+    with open(shared("e2e/valid.txt"), encoding="utf-8") as fh:
         return [line.rstrip("\n") for _, line in zip(range(count), fh)]
 
 
@@ -80,7 +85,7 @@ def write_tiny_causal(folder: Path, family: str = "gpt2", seed: int = 0) -> Path
 
 def write_sst2_slice(folder: Path, start: int, count: int, name: str) -> Path:
     """Rows start..start+count of SST-2 train as a TSV with the same header."""
-    with open(SHARED / "glue" / "SST-2" / "train.tsv", encoding="utf-8") as fh:
+    with open(shared("glue/SST-2/train.tsv"), encoding="utf-8") as fh:
         header, *rows = fh.read().splitlines()
     path = folder / name
     path.write_text("\n".join([header, *rows[start:start + count]]) + "\n", encoding="utf-8")

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import loralab
-from loralab.benchmarking.memory import TensorMemory
+from loralab.timing.tensor_memory import TensorMemory
 from loralab.errors import LoraLabError
 from loralab.testing import randomize_trainable, tiny_model
 from loralab.training.memory import enable_gradient_checkpointing

@@ -52,7 +52,7 @@ def test_scheduler_names_options_and_their_errors():
     assert half[4] == pytest.approx(0.5 * (1 + math.cos(2 * math.pi * 0.25 * 0.5)))
     with pytest.raises(LoraLabError, match=r"scheduler_options \['power'\] do not apply to the cosine schedule"):
         TrainConfig(data="sst2", scheduler="cosine", scheduler_options={"power": 2})
-    with pytest.raises(LoraLabError, match="unknown scheduler 'step'; use one of linear, cosine"):
+    with pytest.raises(LoraLabError, match="unknown scheduler 'step'; choose one of linear, cosine"):
         TrainConfig(data="sst2", scheduler="step")
 
 

@@ -88,7 +88,7 @@ def test_trackers_that_are_missing_or_unknown_are_one_line():
         with pytest.raises(LoraLabError, match="^--report-to mlflow needs the mlflow package, which is not "
                                                "installed: pip install mlflow"):
             check_available(["mlflow"])
-    with pytest.raises(LoraLabError, match="unknown tracker 'comet'; choose one of: mlflow, tensorboard, wandb"):
+    with pytest.raises(LoraLabError, match="unknown tracker 'comet'; choose one of mlflow, tensorboard, wandb"):
         TrainConfig(data="sst2", report_to=["comet"])
 
 

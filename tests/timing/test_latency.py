@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from loralab import LoraLabError, is_merged
-from loralab.benchmarking.latency import (CONFIGS, LatencyRow, build_configurations, check_equivalence, main,
+from loralab.timing.latency import (CONFIGS, LatencyRow, build_configurations, check_equivalence, main,
                                           main_output, make_inputs, markdown_table, measure_latency, LatencySettings,
                                           write_results)
 from loralab.testing import tiny_model

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from loralab.training.metrics import (accuracy, classification_metrics, f1_scores, matthews_corrcoef, pearson,
+from loralab.training.scores import (accuracy, classification_metrics, f1_scores, matthews_corrcoef, pearson,
                                      regression_metrics, spearman)
 
 

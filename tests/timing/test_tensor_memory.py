@@ -1,7 +1,7 @@
 """TensorMemory counts exactly the storages created inside it while they live."""
 import torch
 
-from loralab.benchmarking.memory import TensorMemory
+from loralab.timing.tensor_memory import TensorMemory
 
 
 def test_counts_created_storages_while_they_live():

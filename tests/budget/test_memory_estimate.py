@@ -6,7 +6,7 @@ import transformers
 
 from loralab import LoraLabError
 from loralab.budget import build_skeleton, estimate_budget, estimate_budgets
-from loralab.budget.memory import (TrainingSetup, full_finetune_memory, layer_activation_terms, lora_memory,
+from loralab.budget.memory_estimate import (TrainingSetup, full_finetune_memory, layer_activation_terms, lora_memory,
                                    model_activation_bytes)
 from loralab.budget.skeleton import TransformerDims
 
