@@ -98,9 +98,11 @@ def write_json(path: str | os.PathLike, data: Any) -> Path:
 
 def write_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, str] | None = None) -> Path:
     """{name: tensor} as a safetensors file (contiguous CPU copies), atomically."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save, save_file
 
     plain = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    if output_node(path) == "stream":      # save_file renames its own temporary file over the target: give bytes
+        return _write_through(Path(path), lambda node: node.write_bytes(save(plain, metadata=metadata)))
     return atomic_write(path, lambda tmp: save_file(plain, str(tmp), metadata=metadata))
 
 
@@ -267,6 +269,9 @@ def output_node(path: str | os.PathLike) -> str:
                                "location") from None
         if isinstance(exc, FileNotFoundError):
             return "missing"
+        if isinstance(exc, NotADirectoryError):       # a file where a folder above `path` should be
+            blocking = next(p for p in path.parents if p.exists())
+            raise LoraLabError(f"{blocking} exists and is not a folder; choose another output location") from None
         raise unwritable(path, exc) from None
     if stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode):
         return "stream"

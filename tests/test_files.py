@@ -181,6 +181,29 @@ def test_a_pipe_is_written_through_never_replaced(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo"]
 
 
+def test_safetensors_into_a_pipe_are_written_through_never_replaced(tmp_path):
+    import torch
+    from safetensors.torch import load
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    before = _node(fifo)
+    reader = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
+    try:
+        files.write_safetensors(fifo, {"w": torch.arange(6.0).reshape(2, 3)}, {"k": "v"})
+        assert torch.equal(load(os.read(reader, 4096))["w"], torch.arange(6.0).reshape(2, 3))
+    finally:
+        os.close(reader)
+    assert _node(fifo) == before and sorted(p.name for p in tmp_path.iterdir()) == ["fifo"]
+
+
+def test_a_file_where_a_folder_should_be_is_named(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(LoraLabError) as info:
+        files.write_text(tmp_path / "file" / "sub" / "out.txt", "y")
+    assert str(info.value) == f"{tmp_path / 'file'} exists and is not a folder; choose another output location"
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
 def test_a_full_device_is_one_line_and_stays_a_device():
     before = _node("/dev/full")
