@@ -409,7 +409,7 @@ def _generate_both(config: E2EConfig, adapter_dir: Path, mrs: list[str], out: Pa
     model zero-shot and the same model with the adapter, on the same prompts."""
     import loralab
     from loralab.models import load_model, load_tokenizer
-    from loralab.training.memory import quantize_base
+    from loralab.runtime import quantize_base
 
     prompts = [config.instruction + mr for mr in mrs]
     tokenizer = load_tokenizer(config.model)

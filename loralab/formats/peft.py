@@ -109,6 +109,11 @@ class AdapterFolder:
     config: dict
     loralab_meta: dict
 
+    @property
+    def format(self) -> str:
+        """"loralab" when the weights carry loralab's metadata (slices, widths, the base's record), else "peft"."""
+        return "loralab" if self.loralab_meta else "peft"
+
 
 def check_adapter_folder(path: str | os.PathLike) -> AdapterFolder:
     """The one check every reader of an adapter folder runs first (read_adapter, from_pretrained, eval,

@@ -52,12 +52,10 @@ class AdapterInfo:
 
 def describe_adapter(name: str, path: Path, task: str, max_rank: int, base_folder: Path | None = None) -> AdapterInfo:
     """Read an adapter folder's config, task and labels without touching a model (loralab's folders and PEFT's,
-    see loralab.pretrained.adapter_task_and_labels); 400 when it is not an adapter for `task` within `max_rank`.
+    see loralab.runtime.adapter_task_and_labels); 400 when it is not an adapter for `task` within `max_rank`.
     base_folder: the base model's folder, whose config.json may name a PEFT classifier's labels."""
     from loralab.data.tasks import task_kind
-    from loralab.formats.peft import check_adapter_folder
-    from loralab.pretrained import adapter_task_and_labels
-    from loralab.serving.load import read_task_info
+    from loralab.runtime import adapter_task_and_labels, check_adapter_folder, read_task_info
 
     try:
         config = check_adapter_folder(path).config     # the CLI's checks and one-line causes, as a 400
@@ -140,8 +138,7 @@ class Service:
         import loralab
         from loralab.data.tasks import task_kind
         from loralab.models import resolve_model_source
-        from loralab.pretrained import adapter_task_and_labels, resolve_base
-        from loralab.serving.load import load_base
+        from loralab.runtime import adapter_task_and_labels, load_base, resolve_base
 
         first = next(iter(settings.adapters.values()), None)
         if first is None and not settings.model:
@@ -155,13 +152,12 @@ class Service:
         if label_map is None and not task_kind(task).is_generative:
             raise LoraLabError("a classifier server needs at least one --adapter with its labels.json (it sets the "
                                "head's number of outputs)")
-        precision = settings.precision()
-        model, tokenizer = load_base(str(source.folder), task, label_map, dtype=precision.name,
-                                     quantize=settings.quantize)
+        runtime = settings.runtime()
+        model, tokenizer = load_base(str(source.folder), task, runtime, label_map)
         for name, adapter in described.items():
             _check_head(adapter, label_map)
             loralab.load_adapter(model, adapter.path, adapter=name)
-        model.to(precision.device).eval()
+        model.to(runtime.device).eval()
         service = cls(settings, model, tokenizer, task, model_spec, label_map, source.folder)
         service.adapters.update(described)
         service.metrics.set("loralab_adapters_loaded", len(described))
