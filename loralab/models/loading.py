@@ -16,16 +16,15 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from loralab.data.tasks import TASKS
 from loralab.errors import LoraLabError
 from loralab.models.builtin import BUILTIN_MODELS, builtin_model, builtin_model_dir
 from loralab.models.gguf import cached_folder_with_fingerprint, ensure_plain_model, gguf_cache_dir, source_record
 
-# The heads a model loads with: "base" (none) and each task's head (loralab.data.tasks: TaskKind.model_task),
-# and transformers' Auto class for each.
-MODEL_TASKS = ("base", *dict.fromkeys(kind.model_task for kind in TASKS.values()))
+# The heads a model loads with, and transformers' Auto class for each: "base" (none) and the heads tasks ask for
+# (loralab.data.tasks: each TaskKind.model_task is one of these; the task list sits above models and reads them).
 _AUTO_CLASSES = {"base": "AutoModel", "sequence-classification": "AutoModelForSequenceClassification",
                  "causal-lm": "AutoModelForCausalLM"}
+MODEL_TASKS = tuple(_AUTO_CLASSES)
 SOURCE_KINDS = ("builtin", "folder", "gguf", "hub")
 
 
