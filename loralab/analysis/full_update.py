@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
+from loralab.analysis.spectrum import effective_rank, energy_rank, stable_rank
+from loralab.models.loading import resolve_model_spec
 
 
 def _base_key(name: str, base: dict[str, Any]) -> str | None:
@@ -37,8 +39,6 @@ def update_spectrum(trained_file: str | os.PathLike, model_spec: str, seed: int 
     import torch
     from safetensors.torch import load_file
 
-    from loralab.analysis.spectrum import effective_rank, energy_rank, stable_rank
-    from loralab.models.loading import resolve_model_spec
 
     previous_threads = torch.get_num_threads()
     base: dict[str, Any] = {}

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from loralab.errors import LoraLabError
 
 DTYPE_BYTES: dict[str, int] = {"fp32": 4, "fp16": 2, "bf16": 2}
 _SAFETENSORS_DTYPE = {"fp32": "F32", "fp16": "F16", "bf16": "BF16"}
 
 
 def dtype_bytes(dtype: str) -> int:
-    from loralab.errors import LoraLabError
-
     if dtype not in DTYPE_BYTES:
         raise LoraLabError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPE_BYTES)}")
     return DTYPE_BYTES[dtype]

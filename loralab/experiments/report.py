@@ -15,6 +15,7 @@ from typing import Any
 
 from loralab.analysis.report import _STYLE, _finite, _img
 from loralab.files import check_output_folder, claim_output_folder, owned_kind, write_bytes, write_text
+from loralab.analysis.plots import _png
 
 OUTPUT_KIND = "experiment-report"    # the .loralab-output marker of an experiment's folder
 
@@ -150,7 +151,6 @@ def line_figure(series: dict[str, tuple[list[float], list[float]]], xlabel: str,
     (e.g. min and max over seeds); log_base: of the log x axis; hline: (y, label) of a reference line."""
     from matplotlib.figure import Figure
 
-    from loralab.analysis.plots import _png
 
     fig = Figure(figsize=(6, 3.6))
     ax = fig.subplots()
@@ -178,7 +178,6 @@ def bar_figure(labels: list[str], values: list[float], ylabel: str, title: str, 
     """A PNG bar chart, one bar per label."""
     from matplotlib.figure import Figure
 
-    from loralab.analysis.plots import _png
 
     fig = Figure(figsize=(6, 3.6))
     ax = fig.subplots()

@@ -19,6 +19,9 @@ from pathlib import Path
 from loralab.errors import LoraLabError
 from loralab.models.builtin import BUILTIN_MODELS, builtin_model, builtin_model_dir
 from loralab.models.gguf import cached_folder_with_fingerprint, ensure_plain_model, gguf_cache_dir, source_record
+from loralab.precision import dtype_of
+from loralab.quantization.saved import from_bitsandbytes
+from loralab.quantization.saved import check_loadable, saved_quantization
 
 # The heads a model loads with, and transformers' Auto class for each: "base" (none) and the heads tasks ask for
 # (loralab.data.tasks: each TaskKind.model_task is one of these; the task list sits above models and reads them).
@@ -262,7 +265,6 @@ def load_model(spec: str | os.PathLike, task: str = "causal-lm", num_labels: int
     """
     import transformers
 
-    from loralab.precision import dtype_of
 
     if task not in MODEL_TASKS:
         raise LoraLabError(f"unknown model task {task!r}; choose one of {', '.join(MODEL_TASKS)}")
@@ -285,8 +287,6 @@ def load_model(spec: str | os.PathLike, task: str = "causal-lm", num_labels: int
         first_line = (str(exc).strip().splitlines() or ["ValueError"])[0]
         raise LoraLabError(f"cannot load {folder} for task {task!r}: {first_line}") from exc
     if saved:
-        from loralab.quantization.saved import from_bitsandbytes
-
         from_bitsandbytes(model)
     return model
 
@@ -294,8 +294,6 @@ def load_model(spec: str | os.PathLike, task: str = "causal-lm", num_labels: int
 def _saved_quantization(folder: Path) -> dict | None:
     """The folder's quantization_config when loralab can load it (else a one-line LoraLabError); None for
     a full-precision checkpoint (loralab.quantization.saved)."""
-    from loralab.quantization.saved import check_loadable, saved_quantization
-
     config = saved_quantization(folder)
     if config is not None:
         check_loadable(folder, config)

@@ -16,12 +16,11 @@ import torch
 
 from loralab.errors import LoraLabError
 from loralab.precision import Precision
+from loralab.quantization import QUANTIZE_CHOICES
 
 
 def check_quantize(scheme: str) -> str:
     """`scheme` if `--quantize` offers it (loralab.quantization.QUANTIZE_CHOICES), else a one-line LoraLabError."""
-    from loralab.quantization import QUANTIZE_CHOICES
-
     if scheme not in QUANTIZE_CHOICES:
         raise LoraLabError(f"quantize must be one of {', '.join(QUANTIZE_CHOICES)}, got {scheme!r}")
     return scheme

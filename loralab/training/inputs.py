@@ -10,13 +10,13 @@ from loralab.data.encoding import Task
 from loralab.data.examples import Example
 from loralab.data.splits import fixed_subset
 from loralab.runtime.load import load_model_for  # noqa: F401  (alias for one release: moved to loralab.runtime)
+from loralab.data.builtin import builtin_dataset, load_builtin
+from loralab.data.readers import options_for_task, read_examples
+from loralab.models.architectures import task_head_modules
 
 
 def load_splits(config) -> dict[str, list[Example]]:
     """train / dev / test examples of a TrainConfig (dev and test may be missing), with its limits applied."""
-    from loralab.data.builtin import builtin_dataset, load_builtin
-    from loralab.data.readers import options_for_task, read_examples
-
     if config.data is not None:
         spec = builtin_dataset(config.data)
         raw = load_builtin(config.data)
@@ -49,6 +49,4 @@ def task_of(config) -> Task:
 
 def head_modules(model: nn.Module) -> tuple[str, ...]:
     """The family's fresh task-head module names (loralab.models.architectures), () when unknown."""
-    from loralab.models.architectures import task_head_modules
-
     return task_head_modules(model)

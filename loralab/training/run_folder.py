@@ -38,6 +38,8 @@ from loralab.models import resolve_model_source
 from loralab.runtime.folder import TASK_FILENAME, read_task_info  # noqa: F401
 from loralab.training.checkpoint import LATEST, write_measured_json
 from loralab.training.config import TrainConfig
+import loralab
+from loralab.training.plots import plot_history
 
 RUN_KIND = "train-run"
 CONFIG_FILE = "config.json"
@@ -78,8 +80,6 @@ def save_trainable_tensors(model: nn.Module, path: Path) -> Path:
 def write_best_adapter(adapter_dir: Path, model: nn.Module, config: TrainConfig, label_map: LabelMap | None) -> None:
     """adapter/: the PEFT-layout adapter (LoRA) or exactly the trained tensors (a baseline has no LoRA
     factors), with labels.json for classifiers and loralab-task.json."""
-    import loralab
-
     adapter_dir = Path(adapter_dir)
     if config.method == "lora":
         # PEFT's base_model_name_or_path becomes what transformers resolves (hub id or absolute folder);
@@ -110,8 +110,6 @@ def write_metrics(folder: Path, result: dict[str, Any]) -> None:
 
 
 def write_plot(folder: Path, history: list[dict[str, Any]], metric: str) -> Path:
-    from loralab.training.plots import plot_history
-
     return plot_history(history, Path(folder) / PLOT_FILE, metric)
 
 
