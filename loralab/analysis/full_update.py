@@ -39,7 +39,6 @@ def update_spectrum(trained_file: str | os.PathLike, model_spec: str, seed: int 
     import torch
     from safetensors.torch import load_file
 
-
     previous_threads = torch.get_num_threads()
     base: dict[str, Any] = {}
     for path in sorted(Path(resolve_model_spec(model_spec)).glob("*.safetensors")):

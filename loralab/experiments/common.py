@@ -116,7 +116,6 @@ def majority_fraction(config: Any) -> float:
     """Accuracy of always answering the dev split's most common label (the config's data and dev_limit)."""
     from collections import Counter
 
-
     dev = load_splits(config).get("dev") or []
     counts = Counter(example.label for example in dev)
     return max(counts.values()) / len(dev) if dev else math.nan
@@ -131,7 +130,6 @@ def saved_parameter_counts(adapter_dir: str | os.PathLike) -> tuple[int, int]:
     """(all values, LoRA-factor values) in the .safetensors files of an adapter folder, read from the
     headers only. The trainer saves exactly the trained tensors, so this is the trainable-parameter count."""
     from safetensors import safe_open
-
 
     files = sorted(Path(adapter_dir).glob("*.safetensors"))
     if not files:
@@ -339,7 +337,6 @@ def quick_model_dir(folder: str | os.PathLike) -> Path:
     `folder` (reused when already there). No download: the tokenizer comes from the installed package."""
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
-
 
     folder = Path(folder)
     if (folder / "config.json").is_file() and any(folder.glob("*.safetensors")):

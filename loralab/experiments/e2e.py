@@ -220,7 +220,6 @@ def write_quick_model(folder: Path, config: E2EConfig) -> Path:
     import transformers
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
-
     if (folder / "config.json").is_file():
         return folder
     specials = ["<pad>", "<s>", "</s>", "<unk>", "<|im_start|>", "<|im_end|>"]

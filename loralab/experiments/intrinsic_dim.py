@@ -193,7 +193,6 @@ def step_times(out: Path, quick: bool, model_spec: str, log: Callable[[str], Non
     side by side (loralab.experiments.step_time); read back from out/step_time.json when it exists."""
     import json
 
-
     saved = out / "step_time.json"
     if saved.is_file():
         log(f"step time: reading {saved}")

@@ -61,7 +61,6 @@ def latency_rows(out: Path, quick: bool, model_spec: str, log: Callable[[str], N
     """The latency study (loralab.benchmarking.latency) for this model; reused when latency.json exists."""
     import json
 
-
     existing = out / "latency" / "latency.json"
     if existing.is_file():
         log(f"latency: reading {existing}")

@@ -151,7 +151,6 @@ def line_figure(series: dict[str, tuple[list[float], list[float]]], xlabel: str,
     (e.g. min and max over seeds); log_base: of the log x axis; hline: (y, label) of a reference line."""
     from matplotlib.figure import Figure
 
-
     fig = Figure(figsize=(6, 3.6))
     ax = fig.subplots()
     for label, (xs, ys) in series.items():
@@ -177,7 +176,6 @@ def line_figure(series: dict[str, tuple[list[float], list[float]]], xlabel: str,
 def bar_figure(labels: list[str], values: list[float], ylabel: str, title: str, log_y: bool = False) -> bytes:
     """A PNG bar chart, one bar per label."""
     from matplotlib.figure import Figure
-
 
     fig = Figure(figsize=(6, 3.6))
     ax = fig.subplots()

@@ -37,7 +37,6 @@ def measure_step_times(model_spec: str, methods: Sequence[tuple[str, str, dict[s
     The batch is random token ids of the model's vocabulary with random binary labels."""
     import torch
 
-
     torch.manual_seed(seed)
     base = load_model(model_spec, task="sequence-classification", num_labels=2)
     vocab = base.config.vocab_size

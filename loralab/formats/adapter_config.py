@@ -52,7 +52,6 @@ def base_storage(model) -> dict[str, str]:
     model."""
     from collections import Counter
 
-
     schemes = sorted({m.scheme.name for m in model.modules() if isinstance(m, QuantizedLinear)})
     dtypes = Counter(p.dtype for p in model.parameters() if p.is_floating_point() and not p.requires_grad)
     record = {"quantize": "+".join(schemes) or "none"}

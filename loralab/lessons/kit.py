@@ -83,7 +83,6 @@ def settings() -> Settings:
     command line. Also quiets transformers' load reports and progress bars, and sets the torch threads."""
     import transformers
 
-
     quick = os.environ.get(ENV_QUICK, "1" if "--quick" in sys.argv[1:] else "0") == "1"
     cache = Path(os.environ.get(ENV_CACHE) or Path("runs", "lessons", "cache-quick" if quick else "cache"))
     threads = int(os.environ.get(ENV_THREADS) or 1)

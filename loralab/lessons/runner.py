@@ -169,7 +169,6 @@ def _save_open_figures(figures_dir: Path, index: int) -> list[Path]:
     """Save every open matplotlib figure as figures/cellNN-K.png and close it."""
     import matplotlib.pyplot as plt
 
-
     saved = []
     for k, number in enumerate(plt.get_fignums(), start=1):
         figure = plt.figure(number)

@@ -265,7 +265,6 @@ def load_model(spec: str | os.PathLike, task: str = "causal-lm", num_labels: int
     """
     import transformers
 
-
     if task not in MODEL_TASKS:
         raise LoraLabError(f"unknown model task {task!r}; choose one of {', '.join(MODEL_TASKS)}")
     if num_labels is not None:

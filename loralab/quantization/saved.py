@@ -63,7 +63,6 @@ def from_bitsandbytes(model: nn.Module) -> int:
     holding the same codes, in place. Returns how many layers were replaced."""
     import bitsandbytes as bnb
 
-
     replaced = 0
     for name, module in list(model.named_modules()):
         if isinstance(module, bnb.nn.Linear4bit):

@@ -31,7 +31,6 @@ def make_server(settings: ServeSettings, log_level: str = "info"):
     """(uvicorn.Server, Service): the server, not yet running; the service's engine is running."""
     import uvicorn
 
-
     service = Service.start(settings)
     app = create_app(service)
 
@@ -67,7 +66,6 @@ def json_error_protocol() -> type:
     Such a request never reaches the ASGI app, so no middleware can answer it: this thin subclass replaces
     uvicorn's documented `send_400_response(msg)` hook, the one place both protocols answer a parse error."""
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
-
 
     class JsonErrorHTTPProtocol(AutoHTTPProtocol):
         def send_400_response(self, msg: str) -> None:
