@@ -39,7 +39,7 @@ _EXPORTS = {
     "load_adapter": "loralab.formats.peft",
     "read_adapter": "loralab.formats.peft",
     "save_adapter": "loralab.formats.peft",
-    "from_pretrained": "loralab.pretrained",
+    "from_pretrained": "loralab.runtime",
     "quantize": "loralab.quantization",
     "merge_into_quantized": "loralab.quantization",
 }

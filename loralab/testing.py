@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import torch
 from torch import nn
+from loralab.adapters.state import lora_layers, trainable_copies
 
 # family -> (config class name, model class name, config kwargs)
 _TINY = {
@@ -87,8 +88,6 @@ def randomize_trainable(model: nn.Module, seed: int = 0, scale: float = 0.2) -> 
 def fill_adapter(model: nn.Module, adapter: str, seed: int, std: float = 0.3) -> None:
     """Give an adapter random non-zero values, as training would: every factor tensor (A, B and a
     variant's extras) drawn from N(0, std²), and its modules_to_save copies shifted by N(0, std²) noise."""
-    from loralab.adapters.state import lora_layers, trainable_copies
-
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         tensors = [p for _, layer in lora_layers(model) if adapter in layer.lora_adapters

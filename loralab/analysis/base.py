@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from loralab.errors import LoraLabError
+from loralab.core.kinds import weight_matrix
 
 
 def load_base_model(model_dir: str | os.PathLike) -> nn.Module:
@@ -56,8 +57,6 @@ def resolve_module(model: nn.Module, name: str) -> nn.Module | None:
 
 def base_weights(model: nn.Module, module_names: list[str]) -> dict[str, torch.Tensor]:
     """{module path: W0 (d, k)} in the matrix view (`loralab.core.kinds.weight_matrix`), float64 copies."""
-    from loralab.core.kinds import weight_matrix
-
     out = {}
     for name in module_names:
         module = resolve_module(model, name)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from loralab.errors import LoraLabError
+from loralab.formats.peft import read_adapter
 
 if TYPE_CHECKING:
     from loralab.formats.peft import AdapterFile
@@ -106,8 +107,6 @@ def deltas_from_adapter(adapter: "AdapterFile", split_fused: bool = True) -> lis
 
 def load_deltas(path, split_fused: bool = True) -> tuple[list[LowRankDelta], dict]:
     """Read an adapter folder (PEFT layout) and return (its ΔWs, its adapter_config.json)."""
-    from loralab.formats.peft import read_adapter
-
     adapter = read_adapter(path)
     deltas = deltas_from_adapter(adapter, split_fused=split_fused)
     if not deltas:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
+from loralab.analysis.spectrum import effective_rank, energy_rank, stable_rank
+from loralab.models.loading import resolve_model_spec
 
 
 def _base_key(name: str, base: dict[str, Any]) -> str | None:
@@ -36,9 +38,6 @@ def update_spectrum(trained_file: str | os.PathLike, model_spec: str, seed: int 
     the same shape (a full-rank reference). Also "singular_values" (descending) for plots."""
     import torch
     from safetensors.torch import load_file
-
-    from loralab.analysis.spectrum import effective_rank, energy_rank, stable_rank
-    from loralab.models.loading import resolve_model_spec
 
     previous_threads = torch.get_num_threads()
     base: dict[str, Any] = {}

@@ -18,6 +18,8 @@ from loralab.analysis.spectrum import ModuleSpectrum, adapter_spectra
 from loralab.analysis.subspace import ModuleSimilarity, compare_adapters
 from loralab.errors import LoraLabError
 from loralab.files import claim_output_folder, write_bytes, write_text
+from loralab.analysis.base import base_weights, load_base_model
+from loralab.analysis import plots
 
 OUTPUT_KIND = "analysis-report"      # the .loralab-output marker of an `analyze` report folder
 
@@ -89,8 +91,6 @@ def analyze_adapters(adapter_dirs: list[str | os.PathLike], base: str | os.PathL
             notes.append(f"only the {len(names1 & names2)} module(s) both adapters adapt are compared "
                          f"({len(names1 ^ names2)} adapted by one of them only).")
     if base is not None or base_model is not None:
-        from loralab.analysis.base import base_weights, load_base_model
-
         model = base_model if base_model is not None else load_base_model(base)
         for a in analyses:
             weights = base_weights(model, sorted({d.module for d in a.deltas}))
@@ -227,8 +227,6 @@ def _intro_html(report: AnalysisReport) -> list[str]:
 
 def _spectra_html(report: AnalysisReport, figures: dict[str, bytes]) -> list[str]:
     """The spectra section; adds its figures to `figures`."""
-    from loralab.analysis import plots
-
     parts = ["<h2>Singular value spectra of ΔW</h2><p>Effective rank = exp(entropy of σ/Σσ) (Roy &amp; "
              "Vetterli 2007); stable rank = ‖ΔW‖²_F / ‖ΔW‖²_2. Both lie in [1, r]; far below r means the "
              "update uses few directions.</p>"]
@@ -247,8 +245,6 @@ def _spectra_html(report: AnalysisReport, figures: dict[str, bytes]) -> list[str
 
 def _similarity_html(report: AnalysisReport, figures: dict[str, bytes]) -> list[str]:
     """The subspace-similarity section (two adapters); adds its figures to `figures`."""
-    from loralab.analysis import plots
-
     labels = (report.adapters[0].label, report.adapters[1].label)
     factor = report.similarity[0].factor
     basis = "right-singular vectors of A (input directions)" if factor == "A" else \
@@ -269,8 +265,6 @@ def _similarity_html(report: AnalysisReport, figures: dict[str, bytes]) -> list[
 
 def _amplification_html(report: AnalysisReport, figures: dict[str, bytes]) -> list[str]:
     """The ΔW-versus-W section (adapters analysed with a base); adds its figures to `figures`."""
-    from loralab.analysis import plots
-
     parts = ["<h2>ΔW versus W</h2><p>‖UᵀWVᵀ‖_F: W projected onto the top-r left/right singular "
              "directions of ΔW, of W itself and of a random subspace; amplification = ‖ΔW‖_F / "
              "‖UᵀWVᵀ‖_F (ΔW's directions). Paper (GPT-3, Wq, layer 48, ‖W‖_F = 61.95): r = 4: 0.32 / 21.67 / "

@@ -29,13 +29,13 @@ from loralab.baselines.houlsby import houlsby_param_count, prepare_houlsby, set_
 from loralab.baselines.intrinsic import IntrinsicSubspace, prepare_intrinsic, subspace_of
 from loralab.baselines.prefix import (prefix_disabled, prefix_param_count, prepare_prefix, remove_prefix,
                                       set_prefix_enabled)
+from loralab import LoraConfig, inject
 
 
 def prepare_lora(model: nn.Module, head: Sequence[str] | None = None, adapter: str = "default",
                  **config: object) -> nn.Module:
     """loralab.inject(model, LoraConfig(**config)), with the preset's task head added to modules_to_save
     when the config names none, so LoRA trains the head like every other method here."""
-    from loralab import LoraConfig, inject
     if "modules_to_save" not in config:
         config["modules_to_save"] = list(head_modules(model, head))
     return inject(model, LoraConfig(**config), adapter=adapter)

@@ -10,14 +10,14 @@ import re
 from dataclasses import dataclass
 
 from torch import nn
+import loralab
+from loralab.surgery.inject import resolve_config as resolve
 
 _SLICE_NAMES = {3: ("q", "k", "v")}
 
 
 def _core():
     """plan_injection and LoraConfig from the public package when it exports them, else from surgery."""
-    import loralab
-
     plan = getattr(loralab, "plan_injection", None)
     config_cls = getattr(loralab, "LoraConfig", None)
     if plan is None or config_cls is None:
@@ -32,8 +32,6 @@ def lora_config_class() -> type:
 
 def resolve_config(model: nn.Module, lora_config):
     """The config as inject stores it (preset targets filled in): what save_adapter records."""
-    from loralab.surgery.inject import resolve_config as resolve
-
     return resolve(model, lora_config)
 
 

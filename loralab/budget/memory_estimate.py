@@ -38,6 +38,7 @@ from loralab.budget.sizes import DTYPE_BYTES
 from loralab.budget.skeleton import TransformerDims
 from loralab.errors import LoraLabError, choose
 from loralab.quantization import QUANTIZE_CHOICES, SCHEMES, QuantScheme, get_scheme
+from loralab.budget.count import rank_total
 
 ATTENTION_MODES = ("eager", "flash")
 
@@ -179,8 +180,6 @@ def lora_activation_bytes(plan: list, setup: TrainingSetup, lora_dropout: float,
     """What the adapters add: each keeps A·x (s·b·r values) for B's gradient; with LoRA dropout
     also the dropped-out input (s·b·d_in values) and its mask (one byte each). With gradient
     checkpointing they are recomputed with their layer: one layer's share (of `layers`) at a time."""
-    from loralab.budget.count import rank_total
-
     sb, w = setup.seq_len * setup.batch_size, setup.value_bytes
     total = 0
     for m in plan:

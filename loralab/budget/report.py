@@ -19,6 +19,10 @@ from loralab.budget.memory_estimate import (MemoryEstimate, TrainingSetup, assum
 from loralab.budget.roles import resolve_targets
 from loralab.budget.sizes import DTYPE_BYTES, FileSize, format_bytes, format_count, safetensors_header_bytes
 from loralab.budget.skeleton import ModelSkeleton, build_skeleton
+from loralab.core.kinds import kind_of
+from loralab.core.variants import VARIANTS
+from loralab.formats.adapter_config import file_metadata, sliced_metadata
+from loralab.quantization.model import quantizable_layers
 
 # Tensor names as loralab.formats.peft writes them; only their length matters here (the header estimate).
 _PREFIX = "base_model.model."
@@ -81,9 +85,6 @@ def _file_tensors(plan: list, model, lora_config, dense_slices: bool) -> list[tu
     dense_slices=False: a fused-slice adapter's B holds only the adapted slices' rows (the trainable
     values, as the paper's reference code stores them); True: B spans the whole fused output with
     zero rows for the frozen slices, as PEFT's layout (and so loralab.save_adapter) stores it."""
-    from loralab.core.kinds import kind_of
-    from loralab.core.variants import VARIANTS
-
     variant = VARIANTS.lookup(lora_config.variant)
     tensors = []
     for m in plan:
@@ -114,8 +115,6 @@ def _file_tensors(plan: list, model, lora_config, dense_slices: bool) -> list[tu
 def _file_metadata(plan: list, lora_config, setup: TrainingSetup) -> dict[str, str]:
     """The safetensors metadata loralab.save_adapter writes: its own config (to restore fused slices) and how
     the frozen base it trains on stores its weights (`trained_on`)."""
-    from loralab.formats.adapter_config import file_metadata, sliced_metadata
-
     sliced = {m.name: sliced_metadata(m.slices, m.slice_widths, m.r, m.alpha) for m in plan if m.slices}
     return file_metadata(lora_config, sliced, trained_on={"quantize": setup.quantize, "dtype": setup.dtype})
 
@@ -168,8 +167,6 @@ def quantized_frozen(model, setup: TrainingSetup) -> tuple[int, int]:
     scheme = setup.scheme()
     if scheme is None:
         return 0, 0
-    from loralab.core.kinds import kind_of
-    from loralab.quantization.model import quantizable_layers
 
     values = size = 0
     for _, layer in quantizable_layers(model):

@@ -27,7 +27,7 @@ def add_adapter_arguments(parser: argparse.ArgumentParser, use_help: str | None 
 
 def adapter_paths(args: argparse.Namespace) -> dict[str, Path]:
     """{name: folder} of the --adapter values (a single --adapter gives one entry)."""
-    from loralab.serving.load import parse_adapter_specs
+    from loralab.runtime.load import parse_adapter_specs
 
     specs = args.adapter if isinstance(args.adapter, list) else [args.adapter] if args.adapter else []
     return parse_adapter_specs(specs)

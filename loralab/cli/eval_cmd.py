@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from loralab.errors import LoraLabError
     from loralab.cli.adapter_args import adapter_paths
     from loralab.cli.output_args import checked_output_file
-    from loralab.serving.load import load_with_adapters
+    from loralab.runtime import load_with_adapters
     from loralab.files import write_text as atomic_write_text
     from loralab.training.evaluation import evaluate
     from loralab.training.runtime import set_threads
@@ -65,8 +65,7 @@ def run(args: argparse.Namespace) -> int:
         examples = read_examples(args.file, read_options_from_args(args))
         source = args.file
     examples = fixed_subset(examples, args.limit)
-    loaded = load_with_adapters(adapter_paths(args), args.model, args.task, args.use, args.max_length,
-                                runtime.precision, runtime.quantize)
+    loaded = load_with_adapters(adapter_paths(args), args.model, args.task, args.use, args.max_length, runtime)
     encoded = encode_examples(examples, loaded.tokenizer, loaded.task, loaded.label_map)
     collator = PadCollator(pad_token_id_for(loaded.tokenizer))
     with forward_progress(loaded.model, len(encoded), args.progress):

@@ -35,11 +35,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser(commands: dict[str, tuple[str, str]] | None = None) -> argparse.ArgumentParser:
+def build_parser(commands: dict[str, tuple[str, str]] | None = None, listed: tuple[str, ...] = ()) -> argparse.ArgumentParser:
+    """The parser with `commands` (default: all) built in full; `listed` commands appear by name and one-line
+    help only (what `loralab --help` shows), without importing their modules."""
     commands = COMMANDS if commands is None else commands
     parser = argparse.ArgumentParser(prog="loralab", description="LoRA for PyTorch and transformers.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    for name in listed:
+        sub.add_parser(name, help=COMMANDS[name][1])
     for name, (module_path, help_text) in commands.items():
         module = importlib.import_module(module_path)
         p = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip().splitlines()[0])
@@ -52,8 +56,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     """The parsed command line; KEY=VALUE overrides may stand between flags (`train lora.r=4 --lr 1e-3`)."""
     # Build only the requested sub-command's parser when we can: importing every command
     # module would pull torch/transformers for `loralab budget --help` as well.
+    # Without one (`loralab --help`, a typo), the commands are listed by name only: no command module is
+    # imported, so neither is torch.
     name = argv[0] if argv and argv[0] in COMMANDS else None
-    parser = build_parser({name: COMMANDS[name]} if name else None)
+    parser = build_parser({name: COMMANDS[name]}) if name else build_parser({}, listed=tuple(COMMANDS))
     args, extra = parser.parse_known_args(argv)
     _take_overrides(parser, args, extra)
     return args

@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     from loralab.cli.output_args import checked_output_file
     from loralab.cli.runtime_args import runtime_from_args
     from loralab.cli.sampling_args import sampling_params_from_args
-    from loralab.serving.load import load_with_adapters
+    from loralab.runtime import load_with_adapters
     from loralab.files import write_text as atomic_write_text
     from loralab.training.runtime import set_threads
 
@@ -104,8 +104,7 @@ def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     params = sampling_params_from_args(args)  # checked before the model loads
     runtime = runtime_from_args(args)
-    loaded = load_with_adapters(adapter_paths(args), args.model, args.task, args.use, args.max_length,
-                                runtime.precision, runtime.quantize)
+    loaded = load_with_adapters(adapter_paths(args), args.model, args.task, args.use, args.max_length, runtime)
     pairs = loaded.task.kind == "pair-classification"
     if args.file:
         examples = read_examples(args.file, read_options_from_args(args, ReadOptions(label_column=None)))

@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def settings_from_args(args: argparse.Namespace):
     from loralab.cli.runtime_args import runtime_fields
-    from loralab.serving.load import parse_adapter_specs
+    from loralab.runtime.load import parse_adapter_specs
     from loralab.serving.settings import ServeSettings
 
     limits = {name: getattr(args, name) for name in (

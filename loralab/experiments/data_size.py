@@ -28,6 +28,7 @@ from loralab.experiments.common import (DEFAULT_MODEL, RunSpec, grid_meta, quick
 from loralab.experiments.methods import METHOD_GRID
 from loralab.experiments.rank import metric_name
 from loralab.experiments.report import ExperimentReport, Table, line_figure, write_experiment_report
+from loralab.training.config import TrainConfig
 
 METHODS = ("lora", "full", "prefix", "houlsby")
 SIZES = (100, 1000, 8000, None)        # None: the whole training split
@@ -59,8 +60,6 @@ def data_size_specs(quick: bool, data: str | None, model: str | None, out: Path,
                     runs: Sequence[str] | None = None) -> list[RunSpec]:
     """One run per (method, size, seed); sizes at or above the training set collapse into "all".
     runs: the base run names to keep ("lora-n100", "full-nall", ...; default all)."""
-    from loralab.training.config import TrainConfig
-
     data_name = data or DEFAULT_DATA
     if quick:
         model_spec, sizes, available = model or str(quick_model_dir(out.parent / "_quick-model")), QUICK_SIZES, None

@@ -40,6 +40,26 @@ from pathlib import Path
 from typing import Any, Callable
 
 from loralab.errors import LoraLabError, choose
+from loralab.data.builtin import shared_data_dir
+from loralab.metrics import read_e2e_references
+from loralab.metrics import read_e2e
+from loralab.files import write_text as atomic_write_text
+from loralab.experiments.common import train_run
+from loralab.generation import generate
+from loralab.data.encoding import Task
+from loralab.metrics.meteor_jar import FALLBACK, meteor_implementation
+from loralab.precision import Precision
+from loralab.training.runtime import set_threads
+from loralab.files import claim_output_folder
+from loralab.files import owned_kind
+from loralab.formats.peft import check_adapter_folder
+import loralab
+from loralab.models import load_model, load_tokenizer
+from loralab.runtime import quantize_base
+from loralab.metrics import score_e2e
+from loralab.metrics.e2e import METEOR_CHOICES
+from loralab.generation import SamplingParams
+from loralab.training.config import TrainConfig
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_INSTRUCTION = "Write one sentence describing this restaurant: "
@@ -113,7 +133,6 @@ class E2EConfig:
                 raise LoraLabError(f"{name} must be a positive integer, got {value!r}")
         if self.examples_shown < 0:
             raise LoraLabError(f"examples_shown must be 0 or more, got {self.examples_shown}")
-        from loralab.metrics.e2e import METEOR_CHOICES
 
         choose(self.meteor, METEOR_CHOICES, "METEOR implementation")
         if not self.instruction.strip():
@@ -124,8 +143,6 @@ class E2EConfig:
 
     def sampling_params(self):
         """The decoding settings as a loralab.generation.SamplingParams."""
-        from loralab.generation import SamplingParams
-
         for name in ("num_beams", "max_new_tokens"):
             if name in self.decoding:
                 raise LoraLabError(f"set {name} as its own E2EConfig field, not inside decoding")
@@ -146,8 +163,6 @@ class E2EConfig:
 
     def train_config(self, train_file: Path):
         """The loralab TrainConfig of the adapter (no dev set: the final adapter is the one evaluated)."""
-        from loralab.training.config import TrainConfig
-
         settings: dict[str, Any] = dict(
             model=self.model, task="causal-lm", train_file=str(train_file),
             read_options={"format": "jsonl", "text_column": "prompt", "target_column": "target",
@@ -169,7 +184,6 @@ class E2EConfig:
 def e2e_dir(config: E2EConfig) -> Path:
     if config.data_dir is not None:
         return Path(config.data_dir)
-    from loralab.data.builtin import shared_data_dir
 
     return shared_data_dir() / "e2e"
 
@@ -184,8 +198,6 @@ def evenly_spaced(count: int, keep: int | None) -> list[int]:
 
 def evaluation_set(config: E2EConfig) -> tuple[list[str], list[list[str]]]:
     """(MRs, all references of each MR) of test.txt, reduced to config.eval_mrs evenly spaced MRs."""
-    from loralab.metrics import read_e2e_references
-
     mrs, references = read_e2e_references(e2e_dir(config) / "test.txt")
     chosen = evenly_spaced(len(mrs), config.eval_mrs)
     return [mrs[i] for i in chosen], [references[i] for i in chosen]
@@ -193,9 +205,6 @@ def evaluation_set(config: E2EConfig) -> tuple[list[str], list[list[str]]]:
 
 def write_train_file(config: E2EConfig, path: Path) -> Path:
     """valid.txt as JSONL {"prompt": instruction + MR, "target": reference}, written atomically."""
-    from loralab.metrics import read_e2e
-    from loralab.files import write_text as atomic_write_text
-
     lines = [json.dumps({"prompt": config.instruction + mr, "target": text}, ensure_ascii=False)
              for mr, text in read_e2e(e2e_dir(config) / "valid.txt")]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -209,8 +218,6 @@ def write_quick_model(folder: Path, config: E2EConfig) -> Path:
     import torch
     import transformers
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
-
-    from loralab.metrics import read_e2e
 
     if (folder / "config.json").is_file():
         return folder
@@ -247,8 +254,6 @@ def write_quick_model(folder: Path, config: E2EConfig) -> Path:
 
 def train_adapter(config: E2EConfig, out: Path, log: Callable[[str], None] = print) -> tuple[Path, dict[str, Any]]:
     """Train (or reuse / resume) the adapter under out/train; returns (adapter folder, training metrics)."""
-    from loralab.experiments.common import train_run
-
     run_dir = out / "train"
     metrics_path = run_dir / "metrics.json"
     if metrics_path.is_file() and (run_dir / "adapter" / "adapter_config.json").is_file():
@@ -281,10 +286,6 @@ def generate_for(system: str, model: Any, tokenizer: Any, prompts: list[str], co
     """Outputs of `model` for `prompts` (reused from out/predictions/<system>.txt when the settings match,
     continued from <system>.partial.json after a kill); returns (outputs, generation seconds summed over
     the batches, as measured when they were generated)."""
-    from loralab.generation import generate
-    from loralab.files import write_text as atomic_write_text
-    from loralab.data.encoding import Task
-
     folder = out / "predictions"
     text_path, meta_path = folder / f"{system}.txt", folder / f"{system}.json"
     key = _settings_key(settings)
@@ -331,10 +332,6 @@ def run_e2e(config: E2EConfig, out: str | os.PathLike, adapter: str | os.PathLik
             log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train (or reuse `adapter`), generate with the base zero-shot and with the adapter on the same test
     MRs, score both, write the tables and examples into `out`. Returns what results.json holds."""
-    from loralab.metrics.meteor_jar import FALLBACK, meteor_implementation
-    from loralab.precision import Precision
-    from loralab.training.runtime import set_threads
-
     precision = Precision.resolve(config.device, config.dtype)    # a missing GPU: before anything is written
     out = claim_e2e_folder(out, config, adapter)
     started = time.perf_counter()
@@ -367,8 +364,6 @@ def claim_e2e_folder(out: str | os.PathLike, config: E2EConfig, adapter: str | o
     """The output policy for the e2e folder (loralab.files.claim_output_folder): a folder e2e wrote is re-used
     (finished parts kept), anything else refused with one line. The inputs it must not be, hold or lie in
     are the model and the --adapter, unless that adapter is the one this folder trained (<out>/train/...)."""
-    from loralab.files import claim_output_folder
-
     inputs = [config.model]
     if adapter is not None and not Path(adapter).resolve().is_relative_to((Path(out) / "train").resolve()):
         inputs.append(adapter)
@@ -378,8 +373,6 @@ def claim_e2e_folder(out: str | os.PathLike, config: E2EConfig, adapter: str | o
 def is_e2e_folder(folder: Path) -> bool:
     """The layout of an e2e folder written before loralab marked its outputs: a results.json with its rows
     and config, or a train/ folder holding a training run."""
-    from loralab.files import owned_kind
-
     try:
         data = json.loads((folder / "results.json").read_text(encoding="utf-8"))
         if isinstance(data, dict) and {"rows", "config"} <= data.keys():
@@ -395,7 +388,6 @@ def _adapter_and_metrics(config: E2EConfig, out: Path, adapter: str | os.PathLik
     with the metrics.json of the run that wrote it, when there is one."""
     if adapter is None:
         return train_adapter(config, out, log)
-    from loralab.formats.peft import check_adapter_folder
 
     adapter_dir = check_adapter_folder(adapter).path          # the cause named, before the model loads
     metrics_path = adapter_dir.parent / "metrics.json"
@@ -406,10 +398,6 @@ def _generate_both(config: E2EConfig, adapter_dir: Path, mrs: list[str], out: Pa
                    log: Callable[[str], None]) -> tuple[dict[str, list[str]], dict[str, float], int]:
     """({system: outputs}, {system: generation seconds}, trainable parameters of the adapter) for the base
     model zero-shot and the same model with the adapter, on the same prompts."""
-    import loralab
-    from loralab.models import load_model, load_tokenizer
-    from loralab.training.memory import quantize_base
-
     prompts = [config.instruction + mr for mr in mrs]
     tokenizer = load_tokenizer(config.model)
     if not getattr(tokenizer, "chat_template", None):
@@ -439,8 +427,6 @@ def _score_rows(config: E2EConfig, outputs: dict[str, list[str]], references: li
                 seconds: dict[str, float], trainable: int, adapter_dir: Path,
                 train_metrics: dict[str, Any]) -> list[dict[str, Any]]:
     """One results row per system: the five metrics, sizes and times."""
-    from loralab.metrics import score_e2e
-
     rows = []
     for system in SYSTEMS:
         scores = score_e2e(outputs[system], references, meteor=config.meteor)
@@ -508,8 +494,6 @@ def examples_markdown(result: dict[str, Any]) -> str:
 
 def write_results(result: dict[str, Any], out: Path) -> None:
     """results.json, results.csv (TABLE_COLUMNS), results.md and examples.md, each written atomically."""
-    from loralab.files import write_text as atomic_write_text
-
     atomic_write_text(out / "results.json", json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(TABLE_COLUMNS), lineterminator="\n")

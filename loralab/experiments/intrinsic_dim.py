@@ -37,6 +37,9 @@ from loralab.experiments.common import (DEFAULT_MODEL, RunResult, RunSpec, grid_
 from loralab.experiments.methods import METHOD_GRID
 from loralab.experiments.rank import ALPHA, metric_name
 from loralab.experiments.report import ExperimentReport, Table, line_figure, write_experiment_report
+from loralab.training.config import TrainConfig
+from loralab.experiments.step_time import measure_step_times
+from loralab.files import write_json
 
 # Chosen to bracket d90 for the default model and data: on MiniLM / MRPC at 300 steps the threshold lies
 # between 30,000 and 50,000 (docs/experiments.md); d <= 1,000 still answers the majority class there.
@@ -85,8 +88,6 @@ def _settings(quick: bool, data: str | None, model: str | None, out: Path) -> tu
 def _config(quick: bool, data: str | None, model: str | None, out: Path, lr: float, steps: int | None = None,
             **method: Any):
     """One run's TrainConfig; steps: optimizer steps (default: the experiment's rule, at least MIN_STEPS)."""
-    from loralab.training.config import TrainConfig
-
     model_spec, data_name, train = _settings(quick, data, model, out)
     train_size = train.pop("train_limit")
     if steps is None:
@@ -191,9 +192,6 @@ def step_times(out: Path, quick: bool, model_spec: str, log: Callable[[str], Non
     """CPU and wall time of one training step: full fine-tuning, LoRA r=1, subspaces of several d, measured
     side by side (loralab.experiments.step_time); read back from out/step_time.json when it exists."""
     import json
-
-    from loralab.experiments.step_time import measure_step_times
-    from loralab.files import write_json
 
     saved = out / "step_time.json"
     if saved.is_file():

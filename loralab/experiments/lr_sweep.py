@@ -17,6 +17,7 @@ from loralab.experiments.common import RunSpec, grid_meta, run_grid, seed_median
 from loralab.experiments.methods import METHOD_GRID
 from loralab.experiments.rank import metric_name, settings
 from loralab.experiments.report import ExperimentReport, Table, line_figure, write_experiment_report
+from loralab.training.config import TrainConfig
 
 # method -> learning rates of the default runs, of the quick runs
 LEARNING_RATES: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
@@ -26,8 +27,6 @@ LEARNING_RATES: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 
 
 def sweep_specs(quick: bool, data: str | None, model: str | None, out: Path) -> list[RunSpec]:
-    from loralab.training.config import TrainConfig
-
     model_spec, data_name, train = settings(quick, data, model, out)
     specs = []
     for method, (rates, quick_rates) in LEARNING_RATES.items():

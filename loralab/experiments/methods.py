@@ -21,6 +21,9 @@ from loralab.errors import choose
 from loralab.experiments.common import RunSpec, grid_meta, run_grid, seed_table, with_seeds
 from loralab.experiments.rank import ALPHA, metric_name, settings
 from loralab.experiments.report import ExperimentReport, Table, bar_figure, write_experiment_report
+from loralab.training.config import TrainConfig
+from loralab.timing import latency
+from loralab.models.loading import resolve_model_spec
 
 # name -> (method options, learning rate of the default runs, of the quick runs)
 METHOD_GRID: dict[str, tuple[dict[str, Any], float, float]] = {
@@ -35,8 +38,6 @@ LATENCY_REPEATS = 15
 
 def method_specs(quick: bool, data: str | None, model: str | None, out: Path,
                  methods: tuple[str, ...] | None = None) -> list[RunSpec]:
-    from loralab.training.config import TrainConfig
-
     model_spec, data_name, train = settings(quick, data, model, out)
     methods = tuple(METHOD_GRID) if methods is None else methods
     specs = []
@@ -59,8 +60,6 @@ def latency_rows(out: Path, quick: bool, model_spec: str, log: Callable[[str], N
     """The latency study (loralab.timing.latency) for this model; reused when latency.json exists."""
     import json
 
-    from loralab.timing import latency
-
     existing = out / "latency" / "latency.json"
     if existing.is_file():
         log(f"latency: reading {existing}")
@@ -71,7 +70,6 @@ def latency_rows(out: Path, quick: bool, model_spec: str, log: Callable[[str], N
     log("latency: measuring forward latency, base vs Houlsby vs LoRA unmerged vs merged")
     if quick:
         return latency.run(out=out / "latency", quick=True)
-    from loralab.models.loading import resolve_model_spec
 
     return latency.run(model=str(resolve_model_spec(model_spec)), out=out / "latency", repeats=LATENCY_REPEATS,
                        bottleneck=METHOD_GRID["houlsby"][0]["bottleneck"], lora_r=METHOD_GRID["lora"][0]["r"])

@@ -16,6 +16,8 @@ from typing import Any
 from loralab.experiments.common import (DEFAULT_MODEL, RunResult, RunSpec, grid_meta, one_thread, quick_model_dir,
                                         run_grid, seed_medians, seed_table, select_runs, with_seeds)
 from loralab.experiments.report import ExperimentReport, Table, line_figure, write_experiment_report
+from loralab.training.config import TrainConfig
+from loralab.analysis import analyze_adapters, write_report
 
 RANKS = (1, 2, 4, 8, 64)
 QUICK_RANKS = (1, 2, 4, 8, 16)
@@ -38,8 +40,6 @@ def settings(quick: bool, data: str | None, model: str | None, out: Path) -> tup
 
 def rank_specs(quick: bool, data: str | None, model: str | None, out: Path) -> list[RunSpec]:
     """One LoRA run per rank on the preset targets (Wq, Wv for BERT)."""
-    from loralab.training.config import TrainConfig
-
     model_spec, data_name, train = settings(quick, data, model, out)
     specs = []
     for r in (QUICK_RANKS if quick else RANKS):
@@ -69,8 +69,6 @@ def subspace_rows(similarity) -> list[dict[str, Any]]:
 
 def _subspace(results: list[RunResult], r_small: int, r_large: int, out: Path, log: Callable[[str], None]):
     """φ between the seed-0 adapters of ranks r_small and r_large (None when either run is not in the grid)."""
-    from loralab.analysis import analyze_adapters, write_report
-
     by_rank = {r.info["r"]: r for r in results if r.info.get("seed", 0) == 0}
     if r_small not in by_rank or r_large not in by_rank:
         log(f"subspace similarity skipped: the r={r_small} and r={r_large} runs are not both in this grid")

@@ -15,6 +15,7 @@ from typing import Any
 
 from loralab.analysis.report import _STYLE, _finite, _img
 from loralab.files import check_output_folder, claim_output_folder, owned_kind, write_bytes, write_text
+from loralab.analysis.plots import _png
 
 OUTPUT_KIND = "experiment-report"    # the .loralab-output marker of an experiment's folder
 
@@ -150,8 +151,6 @@ def line_figure(series: dict[str, tuple[list[float], list[float]]], xlabel: str,
     (e.g. min and max over seeds); log_base: of the log x axis; hline: (y, label) of a reference line."""
     from matplotlib.figure import Figure
 
-    from loralab.analysis.plots import _png
-
     fig = Figure(figsize=(6, 3.6))
     ax = fig.subplots()
     for label, (xs, ys) in series.items():
@@ -177,8 +176,6 @@ def line_figure(series: dict[str, tuple[list[float], list[float]]], xlabel: str,
 def bar_figure(labels: list[str], values: list[float], ylabel: str, title: str, log_y: bool = False) -> bytes:
     """A PNG bar chart, one bar per label."""
     from matplotlib.figure import Figure
-
-    from loralab.analysis.plots import _png
 
     fig = Figure(figsize=(6, 3.6))
     ax = fig.subplots()

@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from loralab.experiments.common import one_thread
+from loralab.baselines import METHODS, count_trainable
+from loralab.models import load_model
 
 
 def _one_step(model, optimizer, batch) -> tuple[float, float]:
@@ -34,9 +36,6 @@ def measure_step_times(model_spec: str, methods: Sequence[tuple[str, str, dict[s
     CPU and wall milliseconds per step (forward, backward, AdamW step) and their ratios to the first method.
     The batch is random token ids of the model's vocabulary with random binary labels."""
     import torch
-
-    from loralab.baselines import METHODS, count_trainable
-    from loralab.models import load_model
 
     torch.manual_seed(seed)
     base = load_model(model_spec, task="sequence-classification", num_labels=2)

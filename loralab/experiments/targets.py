@@ -14,6 +14,10 @@ from loralab.errors import LoraLabError
 from loralab.experiments.common import RunSpec, grid_meta, run_grid, seed_medians, seed_table, select_runs, with_seeds
 from loralab.experiments.rank import ALPHA, metric_name, settings
 from loralab.experiments.report import ExperimentReport, Table, bar_figure, write_experiment_report
+from loralab.budget.shapes import load_config
+from loralab.models.architectures import architecture, architectures
+from loralab.models.loading import resolve_model_spec
+from loralab.training.config import TrainConfig
 
 # (label, matrix types, r): the paper's Table 5 grid.
 GRID = (("Wq", ("q",), 8), ("Wk", ("k",), 8), ("Wv", ("v",), 8), ("Wo", ("o",), 8),
@@ -23,10 +27,6 @@ GRID = (("Wq", ("q",), 8), ("Wk", ("k",), 8), ("Wv", ("v",), 8), ("Wo", ("o",), 
 def lora_targets(model_spec: str) -> dict[str, dict]:
     """{grid label: LoraConfig fields} adapting each row's matrices in the model's family: targets, plus
     fused_slices where the family fuses q, k, v (GPT-2, Phi-3). Names from loralab.models.architectures."""
-    from loralab.budget.shapes import load_config
-    from loralab.models.architectures import architecture, architectures
-    from loralab.models.loading import resolve_model_spec
-
     config = load_config(resolve_model_spec(model_spec))
     arch = architecture(config.model_type)
     if arch is None or not set("qkvo") <= set(arch.roles):
@@ -42,8 +42,6 @@ def lora_targets(model_spec: str) -> dict[str, dict]:
 
 
 def target_specs(quick: bool, data: str | None, model: str | None, out: Path) -> list[RunSpec]:
-    from loralab.training.config import TrainConfig
-
     model_spec, data_name, train = settings(quick, data, model, out)
     lora = lora_targets(model_spec)
     specs = []

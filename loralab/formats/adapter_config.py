@@ -17,6 +17,8 @@ from loralab.core.variants import VARIANTS
 from loralab.errors import LoraLabError
 from loralab.surgery.config import BIAS_MODES, LoraConfig, checked_fused_slices, stored_variant
 from loralab.surgery.peft_names import check_saved_init, shared_peft_fields, variant_flags, warn_unknown_keys
+from loralab.precision import dtype_name
+from loralab.quantization.base import QuantizedLinear
 
 METADATA_KEY = "loralab"
 
@@ -49,9 +51,6 @@ def base_storage(model) -> dict[str, str]:
     `loralab merge` compares it with the base it merges into: the same ΔW on other base weights is another
     model."""
     from collections import Counter
-
-    from loralab.precision import dtype_name
-    from loralab.quantization.base import QuantizedLinear
 
     schemes = sorted({m.scheme.name for m in model.modules() if isinstance(m, QuantizedLinear)})
     dtypes = Counter(p.dtype for p in model.parameters() if p.is_floating_point() and not p.requires_grad)

@@ -53,6 +53,7 @@ from loralab.formats.model_card import CardFacts, card_text, write_card
 from loralab.surgery.config import LoraConfig
 from loralab.surgery.inject import INJECT_HOOKS, inject
 from loralab.surgery.targeting import first_match
+from loralab.models import source_of_loaded
 
 if TYPE_CHECKING:
     from loralab.models import ModelSource
@@ -108,6 +109,11 @@ class AdapterFolder:
     path: Path
     config: dict
     loralab_meta: dict
+
+    @property
+    def format(self) -> str:
+        """"loralab" when the weights carry loralab's metadata (slices, widths, the base's record), else "peft"."""
+        return "loralab" if self.loralab_meta else "peft"
 
 
 def check_adapter_folder(path: str | os.PathLike) -> AdapterFolder:
@@ -305,8 +311,6 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, adapter: str | None 
     config's, else the model class's, e.g. SEQ_CLS for a *ForSequenceClassification model).
     Each file is written atomically, the weights before the config, so a crash never leaves a config
     without its weights."""
-    from loralab.models import source_of_loaded
-
     state = adapter_state(model)
     adapter = adapter or state.active
     if adapter not in state.configs:

@@ -43,6 +43,7 @@ from loralab.generation import cache as kv
 from loralab.generation.params import SamplingParams
 from loralab.generation.sampling import RowSettings, apply_repetition_penalty, draw_uniforms, sample_tokens
 from loralab.generation.text import IncrementalText
+from loralab.data.batching import pad_token_id_for
 
 ForwardContext = Callable[[list[Hashable]], ContextManager[Any]]
 
@@ -158,8 +159,6 @@ class BatchDecoder:
 
     def __init__(self, model: nn.Module, tokenizer: Any, max_batch_size: int | None = None,
                  forward_context: ForwardContext | None = None, eos_token_ids: Iterable[int] | None = None) -> None:
-        from loralab.data.batching import pad_token_id_for
-
         if max_batch_size is not None and max_batch_size < 1:
             raise LoraLabError(f"max_batch_size must be at least 1, got {max_batch_size}")
         self.model = model

@@ -24,6 +24,11 @@ from torch import nn
 from loralab.errors import LoraLabError
 from loralab.generation.decoder import BatchDecoder, eos_ids_of
 from loralab.generation.params import MAX_SEED, SamplingParams
+from loralab.data.encoding import Task, encode_examples
+from loralab.data.examples import Example
+from loralab.data.tasks import task_kind
+from loralab.data.batching import eval_batches
+from loralab.data.batching import PadCollator, eval_batches, pad_token_id_for, restore_order
 
 
 @dataclass(frozen=True)
@@ -40,10 +45,6 @@ class Completion:
 
 def encode_prompts(tokenizer: Any, prompts: Sequence[str], task: Any = None) -> list[list[int]]:
     """Token ids of each prompt, formatted as in training (default task: causal LM, "{prompt}\\n")."""
-    from loralab.data.encoding import Task, encode_examples
-    from loralab.data.examples import Example
-    from loralab.data.tasks import task_kind
-
     task = task or Task("causal-lm")
     if not task_kind(task.kind).is_generative:
         raise LoraLabError(f"generation needs a causal-lm task, not {task.kind!r}")
@@ -94,8 +95,6 @@ def _progress_bar(total: int, enabled: bool):
 
 def _decode_all(model: nn.Module, tokenizer: Any, prompt_ids: list[list[int]], params: SamplingParams,
                 batch_size: int, progress: bool) -> list[Completion]:
-    from loralab.data.batching import eval_batches
-
     decoder = BatchDecoder(model, tokenizer, max_batch_size=batch_size)
     for index in (i for batch in eval_batches([len(p) for p in prompt_ids], batch_size) for i in batch):
         seeded = params if params.seed is None else replace(params, seed=(params.seed + index) % (MAX_SEED + 1))
@@ -120,8 +119,6 @@ def _decode_all(model: nn.Module, tokenizer: Any, prompt_ids: list[list[int]], p
 def _beam_search(model: nn.Module, tokenizer: Any, prompt_ids: list[list[int]], params: SamplingParams,
                  batch_size: int, progress: bool) -> list[Completion]:
     """transformers' beam search on length-sorted, left-padded batches; stop strings cut afterwards."""
-    from loralab.data.batching import PadCollator, eval_batches, pad_token_id_for, restore_order
-
     pad_id = pad_token_id_for(tokenizer)
     eos_ids = eos_ids_of(tokenizer)
     collator = PadCollator(pad_id, padding_side="left")

@@ -27,6 +27,18 @@ import torch
 from torch import nn
 
 from loralab.errors import LoraLabError
+from loralab.lessons.runner import ENV_CACHE, ENV_QUICK, ENV_THREADS
+from loralab.experiments.common import quick_model_dir
+from loralab.models import load_model
+from loralab.models import load_tokenizer
+from loralab.data.builtin import load_builtin
+from loralab.data.batching import PadCollator, pad_token_id_for
+from loralab.data.encoding import Task, encode_examples
+from loralab.data.labels import LabelMap
+from loralab.baselines import freeze_all, train_head
+from loralab.baselines import METHODS
+from loralab import save_adapter
+from loralab.files import write_json, write_safetensors
 
 MODEL = "all-minilm-l6-v2"
 LABELS = 2          # SST-2: negative (0) / positive (1)
@@ -71,8 +83,6 @@ def settings() -> Settings:
     command line. Also quiets transformers' load reports and progress bars, and sets the torch threads."""
     import transformers
 
-    from loralab.lessons.runner import ENV_CACHE, ENV_QUICK, ENV_THREADS
-
     quick = os.environ.get(ENV_QUICK, "1" if "--quick" in sys.argv[1:] else "0") == "1"
     cache = Path(os.environ.get(ENV_CACHE) or Path("runs", "lessons", "cache-quick" if quick else "cache"))
     threads = int(os.environ.get(ENV_THREADS) or 1)
@@ -85,8 +95,6 @@ def settings() -> Settings:
 
 def quick_model(cache: Path) -> Path:
     """The quick mode's model: the experiments' 2-layer random BERT (hidden 32) with MiniLM's tokenizer."""
-    from loralab.experiments.common import quick_model_dir
-
     return quick_model_dir(cache / "_quick-model")
 
 
@@ -95,23 +103,17 @@ def quick_model(cache: Path) -> Path:
 # --------------------------------------------------------------------------------------------------
 def classifier(S: Settings, seed: int = 0) -> nn.Module:
     """The encoder with a fresh 2-way classification head (seeded), in eval mode, float32, on the CPU."""
-    from loralab.models import load_model
-
     torch.manual_seed(seed)
     return load_model(S.model, task="sequence-classification", num_labels=LABELS).eval()
 
 
 def tokenizer(S: Settings):
-    from loralab.models import load_tokenizer
-
     return load_tokenizer(S.model)
 
 
 def examples(name: str, split: str, limit: int | None, seed: int = 0) -> list:
     """A fixed subset of a builtin data set's split: `limit` examples drawn with random.Random(seed) (the
     first `limit` of dev-like splits when seed is None), in file order. loralab's readers, ../shared/data."""
-    from loralab.data.builtin import load_builtin
-
     rows = load_builtin(name, [split])[split]
     if limit is None or limit >= len(rows):
         return rows
@@ -125,10 +127,6 @@ def batches(rows: Sequence, tok, batch_size: int, max_length: int, task: str = "
             label_names: Sequence[str] = ("0", "1")) -> list[dict[str, torch.Tensor]]:
     """Tokenize and cut into padded batches, in order: input_ids (B, T), attention_mask (B, T),
     token_type_ids (B, T) and labels (B,) with T the longest sentence of the batch."""
-    from loralab.data.batching import PadCollator, pad_token_id_for
-    from loralab.data.encoding import Task, encode_examples
-    from loralab.data.labels import LabelMap
-
     encoded = encode_examples(rows, tok, Task(task, max_length=max_length), LabelMap(tuple(label_names)))
     collate = PadCollator(pad_token_id_for(tok))
     return [collate([encoded[i] for i in range(start, min(start + batch_size, len(encoded)))])
@@ -246,8 +244,6 @@ LEARNING_RATES = {"lora": 3e-3, "head": 3e-3, "full": 5e-5, "houlsby": 2e-3, "pr
 
 def head_only(model: nn.Module) -> nn.Module:
     """Train only the new classifier head (the reference point "r = 0": what LoRA adds is above this)."""
-    from loralab.baselines import freeze_all, train_head
-
     freeze_all(model)
     train_head(model)
     return model
@@ -255,8 +251,6 @@ def head_only(model: nn.Module) -> nn.Module:
 
 def prepare(method: str, model: nn.Module, **options: Any) -> nn.Module:
     """loralab.baselines.METHODS[method] (lora, full, houlsby, prefix, bitfit) or "head" (head_only)."""
-    from loralab.baselines import METHODS
-
     if method == "head":
         return head_only(model, **options)
     return METHODS[method](model, **options)
@@ -277,9 +271,6 @@ def train_run(S: Settings, method: str, data: str = "sst2", lr: float | None = N
     """Train `method` ("lora", "full", "houlsby", "prefix" of loralab.baselines.METHODS, or "head") with `options`
     on the recipe's `data` ("sst2" or "mrpc"), or read the same run back from the cache. Every method trains
     the head."""
-    from loralab import save_adapter
-    from loralab.files import write_json, write_safetensors
-
     lr = LEARNING_RATES[method] if lr is None else lr
     name = f"{data}-{method}" + "".join(f"-{k}{v}" for k, v in sorted(options.items()))
     folder = S.cache / name

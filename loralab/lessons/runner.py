@@ -36,6 +36,8 @@ from typing import Any
 
 from loralab.errors import LoraLabError
 from loralab.lessons import Lesson
+from loralab.files import save_figure
+from loralab.files import atomic_folder, check_cache_folder, check_output_folder, write_json, write_text
 
 OUTPUT_KIND = "lesson-page"
 _MARKER = re.compile(r"^# %%(?P<rest>.*)$")
@@ -167,8 +169,6 @@ def _save_open_figures(figures_dir: Path, index: int) -> list[Path]:
     """Save every open matplotlib figure as figures/cellNN-K.png and close it."""
     import matplotlib.pyplot as plt
 
-    from loralab.files import save_figure
-
     saved = []
     for k, number in enumerate(plt.get_fignums(), start=1):
         figure = plt.figure(number)
@@ -227,8 +227,6 @@ def run_lesson(lesson: Lesson, out: str | os.PathLike, cache: str | os.PathLike,
     """Execute `lesson` and write index.html, figures/ and run.json into `out` (replaced atomically; an
     existing folder is replaced only if loralab wrote it as a lesson page). The lesson trains into or reuses
     `cache`. A lesson that fails still gets its page, which shows the error; check `LessonRun.failed`."""
-    from loralab.files import atomic_folder, check_cache_folder, check_output_folder, write_json, write_text
-
     out, cache = Path(out), Path(cache)
     check_output_folder(out, OUTPUT_KIND, [cache], overwrite=True)   # the output policy, before the lesson runs
     check_cache_folder(cache)

@@ -25,6 +25,7 @@ from typing import Any
 
 from loralab.core.registry import Registry
 from loralab.errors import LoraLabError
+from loralab.surgery.targeting import matches
 
 ROLES = ("q", "k", "v", "o", "gate", "up", "down")
 """q/k/v/o: attention query, key, value, output projections (the paper's Wq, Wk, Wv, Wo);
@@ -203,7 +204,6 @@ def architecture_for(model: Any) -> Architecture | None:
     arch = architecture(model_type_of(model))
     if arch is None or not arch.alternatives:
         return arch
-    from loralab.surgery.targeting import matches
 
     names = [n for n, _ in model.named_modules() if n]
     namings = (arch, *arch.alternatives)

@@ -16,16 +16,18 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from loralab.data.tasks import TASKS
 from loralab.errors import LoraLabError, choose
 from loralab.models.builtin import BUILTIN_MODELS, builtin_model, builtin_model_dir
 from loralab.models.gguf import cached_folder_with_fingerprint, ensure_plain_model, gguf_cache_dir, source_record
+from loralab.precision import dtype_of
+from loralab.quantization.saved import from_bitsandbytes
+from loralab.quantization.saved import check_loadable, saved_quantization
 
-# The heads a model loads with: "base" (none) and each task's head (loralab.data.tasks: TaskKind.model_task),
-# and transformers' Auto class for each.
-MODEL_TASKS = ("base", *dict.fromkeys(kind.model_task for kind in TASKS.values()))
+# The heads a model loads with, and transformers' Auto class for each: "base" (none) and the heads tasks ask for
+# (loralab.data.tasks: each TaskKind.model_task is one of these; the task list sits above models and reads them).
 _AUTO_CLASSES = {"base": "AutoModel", "sequence-classification": "AutoModelForSequenceClassification",
                  "causal-lm": "AutoModelForCausalLM"}
+MODEL_TASKS = tuple(_AUTO_CLASSES)
 SOURCE_KINDS = ("builtin", "folder", "gguf", "hub")
 
 
@@ -263,8 +265,6 @@ def load_model(spec: str | os.PathLike, task: str = "causal-lm", num_labels: int
     """
     import transformers
 
-    from loralab.precision import dtype_of
-
     choose(task, MODEL_TASKS, "model task")
     if num_labels is not None:
         if task != "sequence-classification":
@@ -285,8 +285,6 @@ def load_model(spec: str | os.PathLike, task: str = "causal-lm", num_labels: int
         first_line = (str(exc).strip().splitlines() or ["ValueError"])[0]
         raise LoraLabError(f"cannot load {folder} for task {task!r}: {first_line}") from exc
     if saved:
-        from loralab.quantization.saved import from_bitsandbytes
-
         from_bitsandbytes(model)
     return model
 
@@ -294,8 +292,6 @@ def load_model(spec: str | os.PathLike, task: str = "causal-lm", num_labels: int
 def _saved_quantization(folder: Path) -> dict | None:
     """The folder's quantization_config when loralab can load it (else a one-line LoraLabError); None for
     a full-precision checkpoint (loralab.quantization.saved)."""
-    from loralab.quantization.saved import check_loadable, saved_quantization
-
     config = saved_quantization(folder)
     if config is not None:
         check_loadable(folder, config)

@@ -24,6 +24,9 @@ import torch
 from torch import nn
 
 from loralab.errors import LoraLabError
+from loralab.quantization.int8 import Int8Scheme
+from loralab.quantization.model import replace_layer
+from loralab.quantization.nf4 import NF4Linear
 
 
 def saved_quantization(folder: str | os.PathLike) -> dict | None:
@@ -59,10 +62,6 @@ def from_bitsandbytes(model: nn.Module) -> int:
     """Replace every bitsandbytes Linear4bit (nf4) / Linear8bitLt of `model` by loralab's NF4 / int8 layer
     holding the same codes, in place. Returns how many layers were replaced."""
     import bitsandbytes as bnb
-
-    from loralab.quantization.int8 import Int8Scheme
-    from loralab.quantization.model import replace_layer
-    from loralab.quantization.nf4 import NF4Linear
 
     replaced = 0
     for name, module in list(model.named_modules()):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from loralab.errors import LoraLabError
+from loralab.generation import SamplingParams
 
 MAX_JSON_DEPTH = 32
 
@@ -130,8 +131,6 @@ class GenerationRequest:
 
     def sampling(self, choice: int, max_new_tokens: int):
         """SamplingParams of choice `choice` (seed + choice, so each choice is reproducible on its own)."""
-        from loralab.generation import SamplingParams
-
         seed = None if self.seed is None else (self.seed + choice) % (2 ** 63)
         try:
             return SamplingParams(max_new_tokens=max_new_tokens, temperature=self.temperature, top_p=self.top_p,

@@ -39,6 +39,11 @@ from torch import nn
 
 from loralab.serving.api import ApiError
 from loralab.serving.telemetry import Metrics
+from loralab.serving.telemetry import Metrics
+from loralab.adapters.state import STATE_ATTR
+import loralab
+from loralab.generation import BatchDecoder
+from loralab.data.batching import PadCollator
 
 
 class EventSink:
@@ -68,8 +73,6 @@ def request_error(exc: BaseException) -> ApiError:
 
 
 def loaded_adapters(model: nn.Module) -> set[str]:
-    from loralab.adapters.state import STATE_ATTR
-
     return set(getattr(getattr(model, STATE_ATTR, None), "configs", None) or ())
 
 
@@ -170,9 +173,6 @@ class ModelWorker:
 
 def adapters_context(model: nn.Module, names: Sequence[str | None]):
     """per_row_adapters for these row names; a plain block when the model has no adapters at all."""
-    import loralab
-    from loralab.adapters.state import STATE_ATTR
-
     if all(n is None for n in names) and not getattr(getattr(model, STATE_ATTR, None), "configs", None):
         return contextlib.nullcontext()
     return loralab.per_row_adapters(model, names)
@@ -204,8 +204,6 @@ class GenerationEngine(ModelWorker):
         self.decoder = self._new_decoder()
 
     def _new_decoder(self):
-        from loralab.generation import BatchDecoder
-
         return BatchDecoder(self.model, self.tokenizer, max_batch_size=self.max_batch_size,
                             forward_context=self._context)
 
@@ -310,7 +308,6 @@ class ClassifierEngine(ModelWorker):
     def __init__(self, model: nn.Module, pad_token_id: int, max_batch_size: int, max_queue: int, metrics: Metrics,
                  regression: bool):
         super().__init__(model, max_queue, metrics, name="loralab-classifier")
-        from loralab.data.batching import PadCollator
 
         self.collate = PadCollator(pad_token_id)
         self.device = next(model.parameters()).device

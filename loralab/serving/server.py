@@ -22,14 +22,14 @@ import threading
 
 from loralab.errors import LoraLabError
 from loralab.serving.settings import ServeSettings
+from loralab.serving.app import create_app
+from loralab.serving.service import Service
+from loralab.serving.api import bad_request
 
 
 def make_server(settings: ServeSettings, log_level: str = "info"):
     """(uvicorn.Server, Service): the server, not yet running; the service's engine is running."""
     import uvicorn
-
-    from loralab.serving.app import create_app
-    from loralab.serving.service import Service
 
     service = Service.start(settings)
     app = create_app(service)
@@ -66,8 +66,6 @@ def json_error_protocol() -> type:
     Such a request never reaches the ASGI app, so no middleware can answer it: this thin subclass replaces
     uvicorn's documented `send_400_response(msg)` hook, the one place both protocols answer a parse error."""
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
-
-    from loralab.serving.api import bad_request
 
     class JsonErrorHTTPProtocol(AutoHTTPProtocol):
         def send_400_response(self, msg: str) -> None:

@@ -36,6 +36,17 @@ from loralab.errors import LoraLabError
 from loralab.serving.api import ApiError, bad_request, not_found
 from loralab.serving.telemetry import Metrics
 from loralab.serving.settings import ServeSettings
+from loralab.data.tasks import task_kind
+from loralab.runtime import adapter_task_and_labels, check_adapter_folder, read_task_info
+from loralab.data.batching import pad_token_id_for
+from loralab.serving.engine import ClassifierEngine, GenerationEngine
+import loralab
+from loralab.models import resolve_model_source
+from loralab.runtime import adapter_task_and_labels, load_base, resolve_base
+from loralab.generation.decoder import context_length
+from loralab.data.chat import chat_prompt_ids, check_messages
+from loralab.data.encoding import Task, encode_examples
+from loralab.data.examples import Example
 
 
 @dataclass(frozen=True)
@@ -52,13 +63,8 @@ class AdapterInfo:
 
 def describe_adapter(name: str, path: Path, task: str, max_rank: int, base_folder: Path | None = None) -> AdapterInfo:
     """Read an adapter folder's config, task and labels without touching a model (loralab's folders and PEFT's,
-    see loralab.pretrained.adapter_task_and_labels); 400 when it is not an adapter for `task` within `max_rank`.
+    see loralab.runtime.adapter_task_and_labels); 400 when it is not an adapter for `task` within `max_rank`.
     base_folder: the base model's folder, whose config.json may name a PEFT classifier's labels."""
-    from loralab.data.tasks import task_kind
-    from loralab.formats.peft import check_adapter_folder
-    from loralab.pretrained import adapter_task_and_labels
-    from loralab.serving.load import read_task_info
-
     try:
         config = check_adapter_folder(path).config     # the CLI's checks and one-line causes, as a 400
     except LoraLabError as exc:
@@ -108,10 +114,6 @@ class Service:
 
     def __init__(self, settings: ServeSettings, model: nn.Module, tokenizer: Any, task: str, model_spec: str,
                  label_map: Any = None, base_folder: Path | None = None):
-        from loralab.data.batching import pad_token_id_for
-        from loralab.data.tasks import task_kind
-        from loralab.serving.engine import ClassifierEngine, GenerationEngine
-
         self.settings, self.model, self.tokenizer, self.task = settings, model, tokenizer, task
         self.model_spec = model_spec
         self.base_name = settings.served_name or model_spec
@@ -137,12 +139,6 @@ class Service:
     @classmethod
     def start(cls, settings: ServeSettings) -> "Service":
         """Load the base model and the --adapter adapters, start the engine."""
-        import loralab
-        from loralab.data.tasks import task_kind
-        from loralab.models import resolve_model_source
-        from loralab.pretrained import adapter_task_and_labels, resolve_base
-        from loralab.serving.load import load_base
-
         first = next(iter(settings.adapters.values()), None)
         if first is None and not settings.model:
             raise LoraLabError("no model to serve; pass --model (and --adapter NAME=PATH for its adapters)")
@@ -155,13 +151,12 @@ class Service:
         if label_map is None and not task_kind(task).is_generative:
             raise LoraLabError("a classifier server needs at least one --adapter with its labels.json (it sets the "
                                "head's number of outputs)")
-        precision = settings.precision()
-        model, tokenizer = load_base(str(source.folder), task, label_map, dtype=precision.name,
-                                     quantize=settings.quantize)
+        runtime = settings.runtime()
+        model, tokenizer = load_base(str(source.folder), task, runtime, label_map)
         for name, adapter in described.items():
             _check_head(adapter, label_map)
             loralab.load_adapter(model, adapter.path, adapter=name)
-        model.to(precision.device).eval()
+        model.to(runtime.device).eval()
         service = cls(settings, model, tokenizer, task, model_spec, label_map, source.folder)
         service.adapters.update(described)
         service.metrics.set("loralab_adapters_loaded", len(described))
@@ -221,8 +216,6 @@ class Service:
 
     # ---- encoding requests (on request threads) -----------------------------------------------------
     def context_length(self) -> int | None:
-        from loralab.generation.decoder import context_length
-
         return context_length(self.model)
 
     def encode_prompts(self, prompts: list[str] | None, messages: Any, max_tokens: int,
@@ -230,8 +223,6 @@ class Service:
         """Token ids of each prompt (chat: the messages through the chat template); 400 when a prompt is
         empty or too long for --max-prompt-tokens or the model's context with max_tokens added
         (max_tokens_field: the request field that gave it, named in the error)."""
-        from loralab.data.chat import chat_prompt_ids, check_messages
-
         with self._encode_lock:
             try:
                 if messages is not None:
@@ -255,10 +246,6 @@ class Service:
 
     def encode_inputs(self, pin: Pin, inputs: tuple) -> list[dict]:
         """Classifier features of each (text, text_pair), tokenized as the pinned adapter was trained."""
-        from loralab.data.encoding import Task, encode_examples
-        from loralab.data.examples import Example
-        from loralab.data.tasks import task_kind
-
         adapter, info = pin.adapter, pin.info
         kind = info.task if info is not None else self.task
         pairs = task_kind(kind).text_pair
@@ -297,8 +284,6 @@ class Service:
         return path
 
     async def load_adapter(self, name: str, raw_path: str) -> AdapterInfo:
-        import loralab
-
         async with self.manage_lock:
             if name in self.adapters or name == self.base_name:
                 raise bad_request(f"the name {name!r} is already taken; unload it first or pick another",
@@ -327,8 +312,6 @@ class Service:
         """Wait (up to --unload-timeout) for the requests holding the adapter, then delete it; 409 if they
         still hold it then (the adapter stays loaded), 404 for an unknown name. From the moment this starts,
         new requests for the name get 404."""
-        import loralab
-
         async with self.manage_lock:
             with self._pins:
                 if name not in self.adapters:

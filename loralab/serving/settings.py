@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loralab.errors import LoraLabError, choose
-from loralab.quantization import QUANTIZE_CHOICES
+from loralab.precision import Precision
+from loralab.runtime import Runtime
 
 API_KEY_ENV = "LORALAB_API_KEY"
 
@@ -83,16 +84,17 @@ class ServeSettings:
             if not root.is_dir():
                 raise LoraLabError(f"--adapter-root {root} is not a folder")
             self.adapter_root = root.resolve()
-        self.precision()   # a GPU asked for where none is, an unknown dtype: one line before anything loads
-        choose(self.quantize, QUANTIZE_CHOICES, "quantization")
+        self.runtime()   # a GPU asked for where none is, an unknown dtype or scheme: one line before anything loads
         if self.model is None and not self.adapters:
             raise LoraLabError("nothing to serve: pass --model (a base model) and/or --adapter NAME=PATH")
 
-    def precision(self):
-        """The resolved device and dtype (loralab.precision.Precision)."""
-        from loralab.precision import Precision
+    def runtime(self) -> Runtime:
+        """The resolved device, dtype and quantization (loralab.runtime.Runtime)."""
+        return Runtime.resolve(self.device, self.dtype, self.quantize)
 
-        return Precision.resolve(self.device, self.dtype)
+    def precision(self) -> Precision:
+        """The resolved device and dtype (loralab.precision.Precision)."""
+        return self.runtime().precision
 
 
 def _api_key(given: str | None) -> str | None:

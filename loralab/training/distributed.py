@@ -23,6 +23,8 @@ import torch
 from torch import nn
 
 from loralab.errors import LoraLabError
+from loralab.precision import resolve_device
+from loralab.training.fsdp import shard_frozen_base
 
 
 @dataclass(frozen=True)
@@ -60,8 +62,6 @@ def setup(backend: str | None = None, timeout_s: float = 1800.0, device: str = "
     unset or 1. device: the run's device spec (loralab.precision); under torchrun "auto"/"cuda" mean the local
     rank's GPU (NCCL) when there are GPUs, else the CPU (gloo). backend None picks by the device.
     fsdp: shard the frozen base (needs several processes)."""
-    from loralab.precision import resolve_device
-
     world_size = env_world_size()
     if world_size <= 1:
         if fsdp:
@@ -85,8 +85,6 @@ def setup(backend: str | None = None, timeout_s: float = 1800.0, device: str = "
 
 def _rank_device(spec: str, local_rank: int) -> torch.device:
     """A torchrun process's device: its local rank's GPU for a CUDA spec, else the spec's device."""
-    from loralab.precision import resolve_device
-
     if spec.startswith("cuda:"):
         raise LoraLabError(f"--device {spec}: under torchrun each process takes its local rank's GPU; give --device "
                            "cuda (and CUDA_VISIBLE_DEVICES to choose the GPUs)")
@@ -115,8 +113,6 @@ def wrap(model: nn.Module, info: DistInfo) -> nn.Module:
     if not any(p.requires_grad for p in model.parameters()):
         raise LoraLabError("no trainable parameters to synchronise; inject an adapter before wrapping")
     if info.sharded:
-        from loralab.training.fsdp import shard_frozen_base
-
         return shard_frozen_base(model, info)
     from torch.nn.parallel import DistributedDataParallel
 

@@ -1,25 +1,12 @@
-"""What a run does to its model to fit in less memory: a quantized frozen base (loralab.quantization) and
-gradient checkpointing. (Sharding the base over several processes: loralab.training.fsdp.)"""
+"""What a run does to its model to fit in less memory: a quantized frozen base (loralab.quantization, through
+loralab.runtime.quantize_base) and gradient checkpointing. (Sharding the base over several processes:
+loralab.training.fsdp.)"""
 from __future__ import annotations
-
-from collections.abc import Callable
 
 from torch import nn
 
 from loralab.errors import LoraLabError
-
-
-def quantize_base(model: nn.Module, scheme: str, say: Callable[[str], None] = lambda message: None) -> None:
-    """Quantize the frozen Linear weights of `model` in place with `scheme` ("none": nothing), before inject:
-    LoRA then wraps the quantized layers. The output head stays in full precision."""
-    if scheme == "none":
-        return
-    from loralab.quantization import quantize, quantized_memory
-
-    quantize(model, scheme)
-    memory = quantized_memory(model)
-    say(f"quantized {memory.layers} Linear layers to {scheme}: {memory.weight_bytes / 2**20:.1f} MiB "
-        f"({memory.weight_ratio:.0%} of fp32); whole model {memory.model_bytes / 2**20:.1f} MiB")
+from loralab.runtime.load import quantize_base  # noqa: F401  (alias for one release: moved to loralab.runtime)
 
 
 def enable_gradient_checkpointing(model: nn.Module) -> None:

@@ -28,16 +28,22 @@ from loralab.errors import LoraLabError
 from loralab.training import distributed
 from loralab.training.config import TrainConfig, resume_changes
 from loralab.training.evaluation import evaluate
-from loralab.training.inputs import head_modules, input_paths, load_model_for, load_splits, task_of
+from loralab.runtime import load_model_for, quantize_base
+from loralab.training.inputs import head_modules, input_paths, load_splits, task_of
 from loralab.training.run_folder import (ADAPTER_DIR, read_config, record_resume, write_best_adapter, write_config,
                                          write_metrics, write_plot)
 from loralab.training.run_output import CommitAtFirstCheckpoint, RunOutput
-from loralab.training.memory import enable_gradient_checkpointing, quantize_base
+from loralab.training.memory import enable_gradient_checkpointing
 from loralab.training.runtime import seed_everything, set_threads
 from loralab.precision import Precision, check_dtype, dtype_of
 from loralab.training.stopping import stop_on_signals
 from loralab.training.tracking import Tracking
 from loralab.training.trainer import Trainer, TrainerCallback
+from loralab.models import load_tokenizer
+from loralab.data.encoding import encode_examples, require_targets
+from loralab.data.packing import pack_examples
+import loralab
+from loralab.baselines import METHODS
 
 
 @dataclass
@@ -117,9 +123,6 @@ def _resume_changes(folder: Path, config: TrainConfig) -> dict[str, tuple[Any, A
 def prepare_inputs(config: TrainConfig, dist: distributed.DistInfo, threads: int,
                    say: Callable[[str], None]) -> RunInputs:
     """Read and encode the data; the label map comes from the training split."""
-    from loralab.models import load_tokenizer
-    from loralab.data.encoding import encode_examples, require_targets
-
     splits = load_splits(config)
     task = task_of(config)
     for examples in splits.values():
@@ -137,8 +140,6 @@ def prepare_inputs(config: TrainConfig, dist: distributed.DistInfo, threads: int
     for warning in (label_map.warnings if label_map else ()):
         say(f"warning: {warning}")
     if config.packing:
-        from loralab.data.packing import pack_examples
-
         packed = pack_examples(encoded["train"], task.token_limit)
         say(f"packed {len(packed.source):,} training examples into {len(packed):,} rows of at most "
             f"{task.token_limit} tokens ({packed.fill:.0%} full)")
@@ -150,8 +151,6 @@ def build_model(config: TrainConfig, prepared: RunInputs, dist: distributed.Dist
                 say: Callable[[str], None]) -> nn.Module:
     """The model with its task head and the adapter (or baseline method), seeded, on the rank's device: the
     base loaded in config.dtype and quantized as config.quantize asks, trainable tensors fp32."""
-    import loralab
-
     seed_everything(config.seed)  # before the head and LoRA initialisation
     model = load_model_for(config.model, prepared.task.kind, prepared.label_map, prepared.tokenizer,
                            dtype=config.dtype)
@@ -159,8 +158,6 @@ def build_model(config: TrainConfig, prepared: RunInputs, dist: distributed.Dist
     if config.method == "lora":
         loralab.inject(model, config.lora_config(head_modules(model)))
     else:
-        from loralab.baselines import METHODS
-
         METHODS[config.method](model, **config.method_options)
     if config.gradient_checkpointing:
         enable_gradient_checkpointing(model)

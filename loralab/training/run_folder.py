@@ -33,10 +33,13 @@ from loralab import files
 from loralab.data.labels import LABELS_FILENAME, LabelMap
 from loralab.data.tasks import task_kind
 from loralab.errors import LoraLabError
-from loralab.formats.adapter_config import json_kind
 from loralab.models import resolve_model_source
+# The adapter folder's loralab-task.json is read by loralab.runtime (below training); both names stay here too.
+from loralab.runtime.folder import TASK_FILENAME, read_task_info  # noqa: F401
 from loralab.training.checkpoint import LATEST, write_measured_json
 from loralab.training.config import TrainConfig
+import loralab
+from loralab.training.plots import plot_history
 
 RUN_KIND = "train-run"
 CONFIG_FILE = "config.json"
@@ -47,7 +50,6 @@ METRICS_FILE = "metrics.json"
 METRICS_CSV = "metrics.csv"
 PLOT_FILE = "training.png"
 LOGS_DIR = "logs"
-TASK_FILENAME = "loralab-task.json"
 TRAINABLE_FILE = "trainable.safetensors"
 # Every name a run writes at its top level: an existing folder holding one of them is not written into.
 RUN_ENTRIES = (CONFIG_FILE, RESUMES_FILE, ADAPTER_DIR, CHECKPOINTS_DIR, METRICS_FILE, METRICS_CSV, PLOT_FILE,
@@ -78,8 +80,6 @@ def save_trainable_tensors(model: nn.Module, path: Path) -> Path:
 def write_best_adapter(adapter_dir: Path, model: nn.Module, config: TrainConfig, label_map: LabelMap | None) -> None:
     """adapter/: the PEFT-layout adapter (LoRA) or exactly the trained tensors (a baseline has no LoRA
     factors), with labels.json for classifiers and loralab-task.json."""
-    import loralab
-
     adapter_dir = Path(adapter_dir)
     if config.method == "lora":
         # PEFT's base_model_name_or_path becomes what transformers resolves (hub id or absolute folder);
@@ -110,8 +110,6 @@ def write_metrics(folder: Path, result: dict[str, Any]) -> None:
 
 
 def write_plot(folder: Path, history: list[dict[str, Any]], metric: str) -> Path:
-    from loralab.training.plots import plot_history
-
     return plot_history(history, Path(folder) / PLOT_FILE, metric)
 
 
@@ -129,21 +127,6 @@ def record_resume(folder: Path, step: int, changes: dict[str, tuple[Any, Any]]) 
 # --------------------------------------------------------------------------------------------------
 def read_config(folder: str | os.PathLike) -> TrainConfig:
     return TrainConfig.load(Path(folder) / CONFIG_FILE)
-
-
-def read_task_info(adapter_dir: str | os.PathLike) -> dict[str, Any]:
-    """The adapter's loralab-task.json ({} when it has none)."""
-    path = Path(adapter_dir) / TASK_FILENAME
-    if not path.is_file():
-        return {}
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise LoraLabError(f"{path}: not valid JSON ({exc}); retrain or restore the adapter folder") from None
-    if not isinstance(info, dict):
-        raise LoraLabError(f"{path} must hold a JSON object, found {json_kind(info)}; retrain or restore the "
-                           f"adapter folder")
-    return info
 
 
 def read_metrics(folder: str | os.PathLike) -> dict[str, Any]:

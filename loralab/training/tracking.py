@@ -32,6 +32,7 @@ from loralab.core.registry import Registry
 from loralab.errors import LoraLabError
 from loralab.training.run_folder import LOGS_DIR
 from loralab.training.trainer import Trainer, TrainerCallback
+from loralab.training.config_files import config_yaml
 
 TRAIN_SCALARS = ("loss", "lr", "grad_norm", "examples_per_s")  # of each logged train row (Trainer history)
 REPORTERS = Registry("tracker")
@@ -103,8 +104,6 @@ class Tracking(TrainerCallback):
     Use as a context manager (or call close()) so the logs are closed even when the run fails."""
 
     def __init__(self, config, ready: Callable[[], bool] = lambda: True, run_name: str = "run"):
-        from loralab.training.config_files import config_yaml
-
         check_available(config.report_to)
         self.names, self.ready, self.run_name = list(config.report_to), ready, run_name
         self.config, self.config_text = config.to_dict(), config_yaml(config)

@@ -49,6 +49,8 @@ from loralab.data.labels import LabelMap
 from loralab.training.evaluation import evaluate, move_batch
 from loralab.training.optimization import build_optimizer, build_scheduler, set_peak_lr
 from loralab.precision import Precision, dtype_of
+from loralab.training.fsdp import describe
+from loralab.training.fsdp import sync_gradients
 
 SANE_GROWTH = 1e3
 
@@ -138,8 +140,6 @@ class Trainer:
         if self.dist.enabled and not self.dist.sharded:
             self._check_synchronised(log if self.dist.is_main else (lambda message: None))
         elif self.dist.sharded and self.dist.is_main:
-            from loralab.training.fsdp import describe
-
             log(describe(model, self.dist))
         self.train_set, self.dev_set = train_set, dev_set
         self.collator, self.label_map = collator, label_map
@@ -329,8 +329,6 @@ class Trainer:
                 self.scaler.scale(loss / len(group)).backward()
             losses += loss.detach().double().cpu()
         if self.dist.sharded:
-            from loralab.training.fsdp import sync_gradients
-
             sync_gradients(self.params, self.dist)
         value = float(distributed.all_reduce_sum(losses / len(group), self.dist) / self.dist.world_size)
         self.scaler.unscale_(self.optimizer)
