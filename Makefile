@@ -23,6 +23,15 @@ $(VENV)/.installed: pyproject.toml Makefile
 	      >/dev/null 2>&1 || echo "note: could not install chromium with apt-get; the lesson page browser test will be skipped"; \
 	  else echo "note: no apt-get; the lesson page browser test will be skipped"; fi; \
 	fi
+	# A CJK font for the Chinese lessons' figures and pages (`loralab learn N --lang zh`; Debian's fonts-noto-cjk). Same
+	# pattern: skipped where apt-get is missing or fails (the glyph tests then skip, saying so).
+	@if ! fc-list 2>/dev/null | grep -qi "Noto Sans CJK"; then \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo -n ); \
+	    ( $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq fonts-noto-cjk ) \
+	      >/dev/null 2>&1 || echo "note: could not install fonts-noto-cjk with apt-get; the Chinese glyph tests will be skipped"; \
+	  else echo "note: no apt-get; the Chinese glyph tests will be skipped"; fi; \
+	fi
 	touch $@
 
 .PHONY: setup train test test-fast test-slow

@@ -27,7 +27,8 @@ import torch
 from torch import nn
 
 from loralab.errors import LoraLabError
-from loralab.lessons.runner import ENV_CACHE, ENV_QUICK, ENV_THREADS
+from loralab.lessons import (CONCEPTS, ENV_CACHE, ENV_EXERCISES, ENV_LANG, ENV_PAGE_TEXT, ENV_QUICK, ENV_THREADS, LANGUAGES,
+                             get_concept)
 from loralab.experiments.common import quick_model_dir
 from loralab.models import load_model
 from loralab.models import load_tokenizer
@@ -69,28 +70,110 @@ QUICK = Recipe(steps=6, batch_size=8, dev_sentences=32, max_length=24)
 @dataclass(frozen=True)
 class Settings:
     """quick: tiny random model and a few examples (for tests; numbers are meaningless, mechanics exact).
-    cache: folder for training runs the lessons share. model: spec of the encoder the lessons fine-tune."""
+    cache: folder for training runs the lessons share. model: spec of the encoder the lessons fine-tune.
+    lang: "en" or "zh", the language of every text the lesson prints, draws or checks (code stays English).
+    exercises: the answers are the learner's (blank: None) rather than the worked solutions."""
 
     quick: bool
     cache: Path
     threads: int
     model: str
     recipe: Recipe
+    lang: str = "en"
+    exercises: bool = False
+
+    def t(self, en: str, zh: str) -> str:
+        """The text in the lesson's language: both are written side by side in the lesson source."""
+        return zh if self.lang == "zh" else en
+
+    def say(self, en: str, zh: str) -> None:
+        """Prose a code cell writes because it states a measured result (an f-string reading the value, or a
+        sentence chosen by the direction of the measurement): shown as text in the page, printed in a script."""
+        text = self.t(en, zh)
+        if os.environ.get(ENV_PAGE_TEXT) == "1":
+            print(f"{PROSE_START}{text}{PROSE_END}")
+        else:
+            print(text)
+
+    def announce(self) -> None:
+        """The lesson's first words about its mode: in quick mode, that a tiny random model stands in for every
+        model the text names (its numbers mean nothing; the normal-mode reading is hidden)."""
+        if self.quick:
+            self.say("**Quick mode:** a tiny random model (2 layers, hidden size 32) stands in for every model the "
+                     "text names (all-MiniLM-L6-v2, SmolLM2): its numbers mean nothing, the mechanics and the checks "
+                     "are exact, and the reading of normal-mode results is hidden.",
+                     "**快速模式:** 文中提到的每个模型(all-MiniLM-L6-v2、SmolLM2)都由一个微型随机模型(2 层,隐藏维度 32)"
+                     "代替:它的数字没有意义,机制和检查是准确的,对正常模式结果的解读已隐藏。")
+
+    @property
+    def model_name(self) -> str:
+        """What the lesson's model is, in the lesson's language: quick mode says it is a tiny random model."""
+        if self.quick:
+            return self.t("the tiny random model (2 layers, hidden size 32)", "微型随机模型(2 层,隐藏维度 32)")
+        return "all-MiniLM-L6-v2"
+
+
+# How kit.Settings.say marks prose in a cell's output; the runner renders what lies between as markdown.
+PROSE_START, PROSE_END = "\x1eprose\x1f", "\x1e"
+
+
+def _argv_value(flag: str, default: str) -> str:
+    argv = sys.argv[1:]
+    return argv[argv.index(flag) + 1] if flag in argv[:-1] else default
 
 
 def settings() -> Settings:
-    """The lesson's settings: from the runner (`loralab learn`), or for a plain script `--quick` on the
-    command line. Also quiets transformers' load reports and progress bars, and sets the torch threads."""
+    """The lesson's settings: from the runner (`loralab learn`), or for a plain script `--quick`, `--lang zh`
+    and `--exercises` on the command line. Also quiets transformers' load reports and progress bars, sets the
+    torch threads, and for Chinese selects a CJK font in matplotlib (cjk_font)."""
     import transformers
 
     quick = os.environ.get(ENV_QUICK, "1" if "--quick" in sys.argv[1:] else "0") == "1"
+    lang = os.environ.get(ENV_LANG) or _argv_value("--lang", "en")
+    if lang not in LANGUAGES:
+        raise LoraLabError(f"there is no {lang!r} edition of the lessons; choose one of {', '.join(LANGUAGES)}")
+    exercises = os.environ.get(ENV_EXERCISES, "1" if "--exercises" in sys.argv[1:] else "0") == "1"
     cache = Path(os.environ.get(ENV_CACHE) or Path("runs", "lessons", "cache-quick" if quick else "cache"))
     threads = int(os.environ.get(ENV_THREADS) or 1)
     torch.set_num_threads(threads)
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    if lang == "zh" and os.environ.get(ENV_LANG) is None:   # a plain script; the runner sets the font itself
+        import matplotlib
+
+        matplotlib.rcParams.update(font_settings(lang))
     model = str(quick_model(cache)) if quick else MODEL
-    return Settings(quick, cache, threads, model, QUICK if quick else NORMAL)
+    return Settings(quick, cache, threads, model, QUICK if quick else NORMAL, lang, exercises)
+
+
+# Debian's fonts-noto-cjk (`make setup` installs it) and where other systems put the same font.
+CJK_FONT_FILES = ("/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
+                  "/usr/share/fonts/noto-cjk/NotoSansCJK-Regular.ttc",
+                  "/usr/share/fonts/google-noto-cjk/NotoSansCJK-Regular.ttc",
+                  "/usr/share/fonts/truetype/noto/NotoSansCJK-Regular.ttc")
+
+
+def cjk_font() -> str | None:
+    """The family name of an installed CJK font, registered with matplotlib (its font cache may predate the
+    font's installation, so the file is added explicitly); None when none is installed."""
+    import matplotlib.font_manager as font_manager
+
+    for path in CJK_FONT_FILES:
+        if Path(path).is_file():
+            font_manager.fontManager.addfont(path)
+            return font_manager.FontProperties(fname=path).get_name()
+    return None
+
+
+def font_settings(lang: str) -> dict[str, Any]:
+    """matplotlib rcParams for figures in `lang`: for Chinese the CJK font first, DejaVu Sans (matplotlib's
+    own, for σ, ‖ and the like) as the fallback. Empty for English or where no CJK font is installed."""
+    if lang != "zh":
+        return {}
+    family = cjk_font()
+    if family is None:
+        return {}
+    return {"font.family": [family, "DejaVu Sans"], "axes.unicode_minus": False}
 
 
 def quick_model(cache: Path) -> Path:
@@ -306,33 +389,107 @@ def lora_run(S: Settings, r: int, alpha: float = 16.0, log: Callable[[str], None
 # --------------------------------------------------------------------------------------------------
 # Check yourself
 # --------------------------------------------------------------------------------------------------
+RIGHT, WRONG, MISSING = "right", "wrong", "missing"
+MARKS = {RIGHT: "✓", WRONG: "✗", MISSING: "·"}
+
+
 class Checks:
-    """The lesson's "check yourself" answers, each compared with a value worked out another way.
+    """The lesson's "check yourself" answers and predictions, each compared with a value worked out another
+    way (or, for a prediction, with the measurement). Every check is recorded as right, wrong or missing (the
+    answer is None: not written yet) and printed; none stops the lesson, so every answer is checked.
 
-    A wrong answer raises AssertionError at once (so a lesson that stops agreeing with itself fails its
-    test); `results` keeps every comparison for the lesson's page."""
+    key: the answer's variable ("answer_3", "prediction_1"); what: the question in a few words; why: what a
+    wrong answer should know about the expected value; concept: the CONCEPTS key it practises (the page's
+    closing checklist ticks a concept when all its exercises in the lesson are right). Predictions are scored
+    apart: a measurement may disagree with a sound prediction, and that is a finding, not a failure."""
 
-    def __init__(self) -> None:
+    def __init__(self, S: Settings | None = None) -> None:
+        self.lang = S.lang if S is not None else "en"
         self.results: list[dict[str, Any]] = []
 
-    def _record(self, name: str, answer: Any, expected: Any, passed: bool, how: str) -> None:
-        self.results.append({"name": name, "answer": repr(answer), "expected": repr(expected), "passed": passed})
-        mark = "✓" if passed else "✗"
-        print(f"{mark} {name}: {answer!r} {how} {expected!r}")
-        if not passed:
-            raise AssertionError(f"check yourself, {name}: got {answer!r}, expected {expected!r}")
+    def _t(self, en: str, zh: str) -> str:
+        return zh if self.lang == "zh" else en
 
-    def equal(self, name: str, answer: Any, expected: Any) -> None:
+    def _record(self, key: str, what: str, answer: Any, expected: Any, status: str, why: str, concept: str | None,
+                kind: str) -> None:
+
+        if concept is not None:
+            get_concept(concept)     # a typo in a lesson's concept key fails here, not silently in the checklist
+        self.results.append({"key": key, "name": what, "kind": kind, "status": status, "passed": status == RIGHT,
+                             "answer": repr(answer), "expected": repr(expected), "why": why, "concept": concept})
+        head = f"{MARKS[status]} {key} ({what}):"
+        if status == RIGHT:
+            print(f"{head} {answer!r}")
+        elif status == MISSING:
+            print(head, self._t(f"missing — write your answer in {key} (the hint is above the cell)",
+                                f"未作答——请把答案写进 {key}(提示在代码上方)"))
+        else:
+            expected_text = self._t("expected", "应为") if kind == "exercise" else self._t("measured", "实测")
+            print(f"{head} {answer!r} — {expected_text} {expected!r}" + (f": {why}" if why else ""))
+
+    def equal(self, key: str, answer: Any, expected: Any, what: str, why: str = "", concept: str | None = None,
+              kind: str = "exercise") -> None:
         """Exact agreement (counts, shapes, labels)."""
-        self._record(name, answer, expected, answer == expected, "==")
+        status = MISSING if answer is None else RIGHT if answer == expected else WRONG
+        self._record(key, what, answer, expected, status, why, concept, kind)
 
-    def close(self, name: str, answer: float, expected: float, rel: float = 1e-6, abs_: float = 0.0) -> None:
-        """Agreement within rel·|expected| + abs_ (two floating-point computations of one quantity)."""
-        answer, expected = float(answer), float(expected)
-        ok = abs(answer - expected) <= rel * abs(expected) + abs_
-        self._record(name, round(answer, 10), round(expected, 10), ok, f"≈ (rel {rel:g})")
+    def close(self, key: str, answer: Any, expected: float, what: str, rel: float = 1e-6, abs_: float = 0.0,
+              why: str = "", concept: str | None = None) -> None:
+        """Agreement within rel·|expected| + abs_ (two floating-point computations of one quantity). An answer
+        that is not a number is wrong, not an error."""
+        expected = float(expected)
+        if answer is None:
+            self._record(key, what, None, round(expected, 10), MISSING, why, concept, "exercise")
+            return
+        try:
+            value = float(answer)
+        except (TypeError, ValueError):
+            self._record(key, what, answer, round(expected, 10), WRONG, why, concept, "exercise")
+            return
+        ok = abs(value - expected) <= rel * abs(expected) + abs_
+        self._record(key, what, round(value, 10), round(expected, 10), RIGHT if ok else WRONG, why, concept,
+                     "exercise")
 
-    def true(self, name: str, condition: bool, detail: str = "") -> None:
-        """A statement that must hold, e.g. an inequality between two measured values."""
-        self._record(name, bool(condition), True, bool(condition), f"({detail})" if detail else "")
+    def predict(self, key: str, answer: Any, measured: Any, what: str, why: str = "",
+                concept: str | None = None) -> None:
+        """A prediction written before the cell that measures it, compared with the measurement."""
+        self.equal(key, answer, measured, what, why, concept, kind="prediction")
 
+    def of_kind(self, kind: str) -> list[dict[str, Any]]:
+        return [c for c in self.results if c["kind"] == kind]
+
+    def score_line(self) -> str:
+        """"Score: 4 of 5 right, 1 wrong, 0 missing; predictions: 1 of 2 matched the measurement"."""
+        exercises, predictions = self.of_kind("exercise"), self.of_kind("prediction")
+        count = {status: sum(c["status"] == status for c in exercises) for status in (RIGHT, WRONG, MISSING)}
+        line = self._t(f"Score: {count[RIGHT]} of {len(exercises)} right, {count[WRONG]} wrong, "
+                       f"{count[MISSING]} missing",
+                       f"得分:{len(exercises)} 题中答对 {count[RIGHT]} 题,答错 {count[WRONG]} 题,"
+                       f"未答 {count[MISSING]} 题")
+        if predictions:
+            matched = sum(c["status"] == RIGHT for c in predictions)
+            unanswered = sum(c["status"] == MISSING for c in predictions)
+            line += self._t(f"; predictions: {matched} of {len(predictions)} matched the measurement"
+                            + (f" ({unanswered} not made)" if unanswered else ""),
+                            f";预测:{len(predictions)} 个中有 {matched} 个与实测一致"
+                            + (f"({unanswered} 个未作答)" if unanswered else ""))
+        return line
+
+    def concepts(self) -> dict[str, bool]:
+        """{concept key: all of this lesson's exercises for it are right} for the concepts it checks."""
+        status: dict[str, bool] = {}
+        for check in self.of_kind("exercise"):
+            if check["concept"] is not None:
+                status[check["concept"]] = status.get(check["concept"], True) and check["passed"]
+        return status
+
+    def summary(self) -> None:
+        """Print the score line and the route's checklist (the lesson's last cell calls it)."""
+
+        print(self.score_line())
+        ticked = self.concepts()
+        print(self._t("The route's checklist (关键概念清单), as far as this lesson checks it:",
+                      "关键概念清单(本课检查的部分):"))
+        for concept in CONCEPTS:
+            if concept.key in ticked:
+                print(f"  [{'x' if ticked[concept.key] else ' '}] {concept.zh} / {concept.en}")

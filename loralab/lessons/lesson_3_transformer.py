@@ -1,4 +1,4 @@
-# %% [markdown]
+# %% [markdown] lang="en"
 # # Lesson 3 — LoRA in a Transformer: its weight matrices, what each choice costs, and r = 1 … 64
 #
 # Stage 3 of the route. A Transformer block is mostly matrices: four in self-attention (Wq, Wk, Wv, Wo) and
@@ -6,6 +6,14 @@
 # matrices of two real models (all-MiniLM-L6-v2, an encoder, and SmolLM2-135M, a LLaMA-style decoder), count
 # what each choice of targets costs, check the paper's GPT-3 numbers against `loralab budget`, and end with
 # the route's closing practice: **train with r = 1, 2, 4, 8 and 64 side by side and watch convergence.**
+
+# %% [markdown] lang="zh"
+# # 阶段 3:应用到 Transformer——权重矩阵、各种选择的代价,以及 r = 1 … 64
+#
+# 学习路线的第 3 阶段。Transformer 的一个块主要由矩阵组成:自注意力里四个(Wq、Wk、Wv、Wo),MLP 里两到三个。
+# LoRA 可以适配其中任何一个;论文只适配 **Wq 和 Wv**。我们列出两个真实模型(编码器 all-MiniLM-L6-v2 和
+# LLaMA 风格的解码器 SmolLM2-135M)的矩阵,计算每种目标选择的代价,用 `loralab budget` 核对论文中 GPT-3 的数字,
+# 最后完成路线的收尾练习:**用 r = 1、2、4、8、64 并排训练,观察收敛过程。**
 
 # %%
 import matplotlib.pyplot as plt
@@ -18,21 +26,31 @@ from loralab.lessons import kit
 from loralab.models import load_model
 
 S = kit.settings()
-checks = kit.Checks()
+t = S.t                     # t(English, Chinese): every text the code prints or draws, in the page's language
+checks = kit.Checks(S)
+S.announce()
 
-# %% [markdown]
+# %% [markdown] lang="en"
 # ## 1. The weight matrices of a Transformer block
 #
 # In the matrix view W is (d_out, d_in) and a layer computes h = W·x (PyTorch's `nn.Linear.weight` has exactly
 # this shape). Self-attention projects each token's hidden vector x (size d_model) to a query, a key and a
 # value, and projects the attention result back: Wq, Wk, Wv, Wo. The MLP widens to d_ff and comes back.
 
+# %% [markdown] lang="zh"
+# ## 1. Transformer 块中的权重矩阵
+#
+# 在矩阵视角下 W 的形状是 (d_out, d_in),层计算 h = W·x(PyTorch 的 `nn.Linear.weight` 正是这个形状)。自注意力把
+# 每个 token 的隐藏向量 x(大小 d_model)投影成查询、键和值,再把注意力结果投影回来:Wq、Wk、Wv、Wo。MLP 先扩宽
+# 到 d_ff 再变回来。
+
 # %%
 minilm = load_model(S.model, task="base")
 if S.quick:   # quick mode: a tiny random LLaMA (hidden 32) stands in for SmolLM2
     from loralab.testing import tiny_model
     smollm = tiny_model("llama")
-    print("quick mode: 'SmolLM2' below is a 2-layer random LLaMA of hidden size 32")
+    print(t("quick mode: 'SmolLM2' below is a 2-layer random LLaMA of hidden size 32",
+            "快速模式:下面的 'SmolLM2' 是一个 2 层、隐藏维度 32 的随机 LLaMA"))
 else:
     smollm = load_model("smollm2-135m-instruct")
 
@@ -46,12 +64,14 @@ def block_matrices(model: torch.nn.Module, block: str) -> dict[str, tuple[int, i
 for title, model, block in (("all-MiniLM-L6-v2 (BERT)", minilm, "encoder.layer.0."),
                             ("SmolLM2-135M (LLaMA)", smollm, "model.layers.0.")):
     config = model.config
-    print(f"{title}: {config.num_hidden_layers} blocks, d_model {config.hidden_size}, "
-          f"{config.num_attention_heads} heads, MLP width {config.intermediate_size}")
+    print(t(f"{title}: {config.num_hidden_layers} blocks, d_model {config.hidden_size}, "
+            f"{config.num_attention_heads} heads, MLP width {config.intermediate_size}",
+            f"{title}:{config.num_hidden_layers} 个块,d_model {config.hidden_size},"
+            f"{config.num_attention_heads} 个注意力头,MLP 宽度 {config.intermediate_size}"))
     for name, shape in block_matrices(model, block).items():
-        print(f"    {name:28} W {shape}  ->  {shape[0] * shape[1]:>9,} values")
+        print(f"    {name:28} W {shape}  ->  {shape[0] * shape[1]:>9,}" + t(" values", " 个参数"))
 
-# %% [markdown]
+# %% [markdown] lang="en"
 # Two things to notice. MiniLM's attention matrices are all square (384×384), but SmolLM2 uses **grouped-query
 # attention**: 9 query heads share 3 key/value heads, so Wk and Wv are only 192×576. And the MLP holds most
 # of the values: in MiniLM two 1536×384 matrices against four 384×384 ones. (LLaMA's MLP is *gated*: a gate
@@ -62,6 +82,17 @@ for title, model, block in (("all-MiniLM-L6-v2 (BERT)", minilm, "encoder.layer.0
 # LoRA on a (d_out × d_in) matrix trains A (r × d_in) and B (d_out × r): **r·(d_in + d_out)** values per
 # matrix, per layer. `loralab.plan_injection` is a dry run: it lists every layer `inject` would adapt.
 # `resolve_targets` translates the paper's names (q, k, v, o, up, down, gate) to each family's module names.
+
+# %% [markdown] lang="zh"
+# 有两点值得注意。MiniLM 的注意力矩阵都是方阵(384×384),而 SmolLM2 使用**分组查询注意力**:9 个查询头共享 3 个
+# 键/值头,所以 Wk 和 Wv 只有 192×576。并且 MLP 占了大部分参数:MiniLM 中是两个 1536×384 矩阵对四个 384×384 矩阵。
+# (LLaMA 的 MLP 是*门控*的:gate 和 up 两个投影并排,然后是 down。)
+#
+# ## 2. 每种目标选择的代价
+#
+# 在一个 (d_out × d_in) 矩阵上,LoRA 训练 A(r × d_in)和 B(d_out × r):每层每个矩阵 **r·(d_in + d_out)** 个
+# 参数。`loralab.plan_injection` 是一次演练:列出 `inject` 将会适配的每一层。`resolve_targets` 把论文中的名字
+# (q、k、v、o、up、down、gate)翻译成各模型家族的模块名。
 
 # %%
 CHOICES = {"Wq": ["q"], "Wq, Wv": ["q", "v"], "Wq, Wk, Wv, Wo": ["q", "k", "v", "o"], "all linear": "all-linear"}
@@ -77,7 +108,7 @@ costs = {title: {choice: lora_values(model, roles) for choice, roles in CHOICES.
          for title, model in (("MiniLM", minilm), ("SmolLM2", smollm))}
 totals = {"MiniLM": sum(p.numel() for p in minilm.parameters()),
           "SmolLM2": sum(p.numel() for p in smollm.parameters())}
-print(f"{'targets at r = 8':18} {'MiniLM':>22} {'SmolLM2':>22}")
+print(t(f"{'targets at r = 8':18}", f"{'r = 8 时的目标':14}") + f" {'MiniLM':>22} {'SmolLM2':>22}")
 for choice in CHOICES:
     cells = [f"{costs[m][choice]:>10,} ({costs[m][choice] / totals[m]:6.2%})" for m in ("MiniLM", "SmolLM2")]
     print(f"{choice:18} {cells[0]:>22} {cells[1]:>22}")
@@ -87,11 +118,12 @@ width = 0.38
 for i, model_name in enumerate(("MiniLM", "SmolLM2")):
     ax.bar([j + i * width for j in range(len(CHOICES))], list(costs[model_name].values()), width, label=model_name)
 ax.set_xticks([j + width / 2 for j in range(len(CHOICES))], list(CHOICES))
-ax.set(yscale="log", ylabel="trainable LoRA values (r = 8)", title="what each choice of target matrices costs")
+ax.set(yscale="log", ylabel=t("trainable LoRA values (r = 8)", "LoRA 可训练参数(r = 8)"),
+       title=t("what each choice of target matrices costs", "每种目标矩阵选择的代价"))
 ax.legend()
 fig.tight_layout()
 
-# %% [markdown]
+# %% [markdown] lang="en"
 # Why Wq and Wv? The paper (Table 5) fixed the budget at 18M values on GPT-3 and compared where to spend it:
 # Wq alone at r = 8 scored 70.4 / 91.0 (WikiSQL / MNLI), Wv alone 73.0 / 91.0, **Wq and Wv at r = 4
 # 73.7 / 91.3**, all four at r = 2 73.7 / 91.7. Spreading a budget over more matrix types at a lower rank
@@ -103,15 +135,30 @@ fig.tight_layout()
 # The paper's formula is |Θ| = 2 · L̂ · d_model · r, where L̂ counts the adapted matrices: a square d×d matrix
 # costs r·(d + d) = 2·d·r. GPT-3 has 96 layers and d_model = 12288; adapting Wq and Wv gives L̂ = 192.
 
+# %% [markdown] lang="zh"
+# 为什么是 Wq 和 Wv?论文(表 5)在 GPT-3 上把预算固定为 1800 万个参数,比较花在哪里最好(以下是论文的数字):单独 Wq
+# 在 r = 8 时得 70.4 / 91.0(WikiSQL / MNLI),单独 Wv 得 73.0 / 91.0,**Wq 和 Wv 在 r = 4 时得 73.7 / 91.3**,
+# 四个矩阵在 r = 2 时得 73.7 / 91.7。把预算以较低的秩分散到更多种矩阵上,胜过把它集中在一种矩阵上用较高的秩;
+# Wq + Wv 是达到最高水平的最便宜组合。(MLP 与 LayerNorm 的适配留给了未来工作。)`loralab experiment targets`
+# 在 MiniLM 上重做表 5。
+#
+# ## 3. GPT-3 175B:手算与 `loralab budget`
+#
+# 论文的公式是 |Θ| = 2 · L̂ · d_model · r,其中 L̂ 是被适配矩阵的个数:一个 d×d 方阵的代价是 r·(d + d) = 2·d·r。
+# GPT-3 有 96 层,d_model = 12288;适配 Wq 和 Wv 得 L̂ = 192。
+
 # %%
 gpt3 = dict(zip((1, 4, 8), estimate_budgets("gpt3-175b", ranks=(1, 4, 8), targets=["q", "v"])))   # one skeleton
 for r, budget in gpt3.items():
     fp16 = budget.file_sizes["fp16"].tensor_bytes
-    print(f"r = {r}: {budget.trainable_params:>12,} trainable values of {budget.skeleton.total_params:,} "
-          f"({budget.trainable_params / budget.skeleton.total_params:.1e}); {fp16 / 1e6:.1f} MB in fp16")
-print("the paper: 4.7M at r = 1, 37.7M at r = 8; 'the 18M budget' at r = 4")
+    print(t(f"r = {r}: {budget.trainable_params:>12,} trainable values of {budget.skeleton.total_params:,} "
+            f"({budget.trainable_params / budget.skeleton.total_params:.1e}); {fp16 / 1e6:.1f} MB in fp16",
+            f"r = {r}:{budget.skeleton.total_params:,} 个参数中可训练 {budget.trainable_params:>12,} 个"
+            f"({budget.trainable_params / budget.skeleton.total_params:.1e});fp16 下 {fp16 / 1e6:.1f} MB"))
+print(t("the paper: 4.7M at r = 1, 37.7M at r = 8; 'the 18M budget' at r = 4",
+        "论文:r = 1 时 4.7M,r = 8 时 37.7M;r = 4 时即\"1800 万预算\""))
 
-# %% [markdown]
+# %% [markdown] lang="en"
 # ## 4. Try different r and watch convergence
 #
 # The route ends with practice: train on a small model with several ranks and watch the training process.
@@ -119,40 +166,66 @@ print("the paper: 4.7M at r = 1, 37.7M at r = 8; 'the 18M budget' at r = 4")
 # r = 1, 2, 4, 8 and 64, α = 16 for every r (so the scale α/r shrinks as r grows, as in the paper), the same
 # seeded data, learning rate and number of steps. The classifier head is new, so it trains too. Runs are
 # cached in the lessons' cache folder: lesson 4 analyses these same adapters.
+#
+# **Predict before you run the next cell:** which r will reach the lowest training loss at the end (the mean
+# of the last ten steps)? Write one of the ranks in `prediction_1` (quick mode trains r = 16 instead of 64).
+# And will LoRA beat training only the new head (the dashed line)? Write True or False in `prediction_2`.
+
+# %% [markdown] lang="zh"
+# ## 4. 尝试不同的 r,观察收敛
+#
+# 路线以实践收尾:在小模型上用几种秩训练,观察训练过程。我们在 GLUE SST-2(影评句子是否正面?)上微调
+# all-MiniLM-L6-v2,LoRA 作用于 Wq、Wv,r = 1、2、4、8 和 64,每个 r 都用 α = 16(所以缩放因子 α/r 随 r 增大而变小,
+# 与论文相同),数据、学习率和步数都相同。分类头是新的,所以也要训练。训练结果缓存在课程的缓存目录中:第 4 课会分析
+# 同样这些适配器。
+#
+# **运行下一个单元之前先预测:** 哪个 r 最后的训练损失(最后十步的平均)最低?把一个秩写进 `prediction_1`(快速模式
+# 训练 r = 16 而不是 64)。LoRA 会不会胜过只训练新分类头(虚线)?把 True 或 False 写进 `prediction_2`。
 
 # %%
 RANKS = (1, 2, 4, 8, 16) if S.quick else (1, 2, 4, 8, 64)
+# hint[en]: lesson 2, section 3: at fixed α the scale α/r shrinks as r grows, so in a short run a large r moves ΔW less per step.
+# hint[zh]: 第 2 课第 3 节:α 固定时缩放因子 α/r 随 r 增大而变小,所以在短训练中大的 r 每一步移动 ΔW 更少。
+prediction_1 = 1               # α/r: the smallest r takes the largest steps in a short run (the paper: r = 1 already suffices)
+# hint[en]: the head alone sees only the frozen encoder's features; LoRA also changes the attention of every layer.
+# hint[zh]: 只训练分类头时,它只能看到冻结编码器的特征;LoRA 还会改变每一层的注意力。
+prediction_2 = True            # LoRA adapts the encoder's features; the head alone cannot
+
+# %%
 runs = {r: kit.lora_run(S, r) for r in RANKS}
 head_only = kit.train_run(S, "head")          # the reference point "r = 0": only the classifier head trains
 recipe = S.recipe
-print(f"{recipe.steps} steps of {recipe.batch_size} sentences, lr {runs[1].lr:g}, dev = first "
-      f"{recipe.dev_sentences} SST-2 dev sentences")
-print(f"{'r':>3} {'trained values':>15} {'s = α/r':>8} {'final loss':>11} {'dev acc':>8} {'s/step':>7}")
+print(t(f"{recipe.steps} steps of {recipe.batch_size} sentences, lr {runs[1].lr:g}, dev = first "
+        f"{recipe.dev_sentences} SST-2 dev sentences",
+        f"{recipe.steps} 步,每步 {recipe.batch_size} 个句子,学习率 {runs[1].lr:g},验证集 = SST-2 dev 的前 "
+        f"{recipe.dev_sentences} 个句子"))
+print(f"{'r':>3} " + t(f"{'trained values':>15} {'s = α/r':>8} {'final loss':>11} {'dev acc':>8} {'s/step':>7}",
+                       f"{'训练参数':>13} {'s = α/r':>8} {'最终损失':>9} {'验证准确率':>6} {'秒/步':>6}"))
 for r, run in [(0, head_only), *runs.items()]:
     final = sum(run.losses[-10:]) / len(run.losses[-10:])
     scale = f"{16 / r:>8.3g}" if r else f"{'—':>8}"
     print(f"{r:>3} {run.trainable:>15,} {scale} {final:>11.3f} {run.dev_accuracy:>8.3f} "
           f"{run.seconds_per_step:>7.2f}")
-print("(r = 0: no LoRA, only the classifier head trains)")
+print(t("(r = 0: no LoRA, only the classifier head trains)", "(r = 0:没有 LoRA,只训练分类头)"))
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
 for r, run in runs.items():
     axes[0].plot(kit.smooth(run.losses), label=f"r = {r}")
-axes[0].plot(kit.smooth(head_only.losses), color="black", ls="--", label="head only (no LoRA)")
-axes[0].set(xlabel="optimizer step", ylabel="training loss (moving average of 10)",
-            title="convergence at different ranks (α = 16)")
+axes[0].plot(kit.smooth(head_only.losses), color="black", ls="--", label=t("head only (no LoRA)", "只训练分类头(无 LoRA)"))
+axes[0].set(xlabel=t("optimizer step", "优化步"), ylabel=t("training loss (moving average of 10)", "训练损失(10 步滑动平均)"),
+            title=t("convergence at different ranks (α = 16)", "不同秩的收敛(α = 16)"))
 axes[0].legend()
 accuracies = [run.dev_accuracy for run in runs.values()]
 standard_errors = [(a * (1 - a) / recipe.dev_sentences) ** 0.5 for a in accuracies]     # binomial
 axes[1].errorbar(list(runs), accuracies, yerr=standard_errors, marker="o", capsize=3)
-axes[1].axhline(head_only.dev_accuracy, color="black", ls="--", label="head only (no LoRA)")
+axes[1].axhline(head_only.dev_accuracy, color="black", ls="--", label=t("head only (no LoRA)", "只训练分类头(无 LoRA)"))
 axes[1].legend(loc="lower right")
 for r, run in runs.items():
     axes[1].annotate(f"{run.trainable:,}", (r, run.dev_accuracy), textcoords="offset points", xytext=(0, 6),
                      ha="center", fontsize=8)
-axes[1].set(xscale="log", xlabel="rank r", ylabel="dev accuracy (± one standard error)", ylim=(0.45, 1.0),
-            title="dev accuracy (labels: trained values incl. head)")
+axes[1].set(xscale="log", xlabel=t("rank r", "秩 r"), ylabel=t("dev accuracy (± one standard error)", "验证准确率(± 一个标准误)"),
+            ylim=(0.45, 1.0), title=t("dev accuracy (labels: trained values incl. head)", "验证准确率(标注:含分类头的训练参数量)"))
 fig.tight_layout()
 
 
@@ -164,9 +237,47 @@ def first_step_below(losses, level: float) -> int | None:
 level = 0.6
 for label, run in [*((f"r = {r}", run) for r, run in runs.items()), ("head only", head_only)]:
     step = first_step_below(run.losses, level)
-    print(f"{label + ':':10} smoothed loss below {level} at step {step if step is not None else '— (not reached)'}")
+    print(t(f"{label + ':':10} smoothed loss below {level} at step {step if step is not None else '— (not reached)'}",
+            f"{label + ':':10} 平滑损失低于 {level} 的步数:{step if step is not None else '—(未达到)'}"))
 
-# %% [markdown]
+# %%
+final_loss = {r: sum(run.losses[-10:]) / len(run.losses[-10:]) for r, run in runs.items()}
+lowest = min(final_loss, key=final_loss.get)
+checks.predict("prediction_1", prediction_1, lowest, t("which r reaches the lowest final loss", "哪个 r 的最终损失最低"),
+               t(f"final losses {', '.join(f'r={r}: {v:.3f}' for r, v in final_loss.items())}",
+                 f"最终损失 {','.join(f'r={r}:{v:.3f}' for r, v in final_loss.items())}"))
+best_lora = max(run.dev_accuracy for run in runs.values())
+se = (best_lora * (1 - best_lora) / recipe.dev_sentences) ** 0.5
+beats_head = best_lora - head_only.dev_accuracy > 2 * se        # more than two standard errors: not noise
+checks.predict("prediction_2", prediction_2, beats_head, t("LoRA beats the head alone", "LoRA 胜过只训练分类头"),
+               t(f"best LoRA {best_lora:.3f} vs head only {head_only.dev_accuracy:.3f} (two standard errors: {2 * se:.3f})",
+                 f"最好的 LoRA {best_lora:.3f},只训练分类头 {head_only.dev_accuracy:.3f}(两个标准误:{2 * se:.3f})"))
+dev_labels = [int(label) for batch in kit.task_batches(S, "sst2")[1] for label in batch["labels"]]
+majority = max(sum(dev_labels), len(dev_labels) - sum(dev_labels)) / len(dev_labels)
+at_chance = abs(head_only.dev_accuracy - majority) <= 2 * se
+spread = max(final_loss.values()) - min(final_loss.values())
+S.say(f"Measured here: the lowest final loss came from r = {lowest} ({final_loss[lowest]:.3f}); the final losses of "
+      f"all ranks lie within {spread:.3f} of each other, while the trained values grow ×{max(RANKS) // min(RANKS)}. "
+      f"The head alone reached {head_only.dev_accuracy:.3f} dev accuracy, the best LoRA run {best_lora:.3f} "
+      f"(always answering the majority class: {majority:.3f}). "
+      + (f"**Why the head alone sits at chance:** the new head reads the frozen encoder's *pooler* output (a "
+         f"tanh layer on the [CLS] token), and all-MiniLM-L6-v2 was trained for *mean-pooled* sentence embeddings: "
+         f"its pooler is a leftover of BERT pre-training that its training never used, so in {recipe.steps} steps "
+         f"a linear head finds little sentiment there. The same frozen encoder's mean-pooled features do carry "
+         f"sentiment (lesson 5 trains on them, well above chance); LoRA changes what the encoder computes, so the "
+         f"[CLS] output becomes useful — the head alone cannot do that." if at_chance and not S.quick else
+         "The head alone is above chance: the frozen features already carry some sentiment." if not at_chance else ""),
+      f"这里的实测:最终损失最低的是 r = {lowest}({final_loss[lowest]:.3f});所有秩的最终损失相差不超过 {spread:.3f},"
+      f"而训练参数量增长了 ×{max(RANKS) // min(RANKS)}。只训练分类头的验证准确率是 {head_only.dev_accuracy:.3f},最好的"
+      f" LoRA 是 {best_lora:.3f}(总是回答多数类:{majority:.3f})。"
+      + (f"**为什么只训练分类头只有随机水平:** 新分类头读取的是冻结编码器的 *pooler* 输出([CLS] token 上的一个 tanh 层),"
+         f"而 all-MiniLM-L6-v2 是为*平均池化*的句向量训练的:它的 pooler 是 BERT 预训练留下的,后续训练从未用到,所以 "
+         f"{recipe.steps} 步里线性分类头在那里找不到多少情感信息。同一个冻结编码器的平均池化特征确实带有情感信息(第 5 课在"
+         f"它们上面训练,远高于随机水平);LoRA 改变了编码器本身的计算,让 [CLS] 输出变得有用——只训练分类头做不到这一点。"
+         if at_chance and not S.quick else
+         "只训练分类头就高于随机水平:冻结的特征里已经带有一些情感信息。" if not at_chance else ""))
+
+# %% [markdown] lang="en" mode="normal"
 # How to read it. The rank multiplies the trained values by 64 from r = 1 to r = 64, but the curves do not
 # separate by anything like that: a handful of directions per matrix is enough to start fitting the task.
 # The dashed line is the floor — the same run with no LoRA at all, only the new head trained on the frozen
@@ -176,7 +287,16 @@ for label, run in [*((f"r = {r}", run) for r, run in runs.items()), ("head only"
 # can even converge a little more slowly at the same learning rate. The error bars are one binomial standard
 # error of the dev accuracy: with a few hundred dev sentences, differences of a few points are noise;
 # `loralab experiment rank` runs the full-size version (500 steps of 16, the whole dev set).
-#
+
+# %% [markdown] lang="zh" mode="normal"
+# 怎么读这些图。从 r = 1 到 r = 64,秩让训练参数量增加了 64 倍,但曲线并没有相应地拉开:每个矩阵几个方向就足以
+# 开始拟合任务。虚线是底线——同样的训练,但没有 LoRA,只在冻结编码器上训练新分类头:LoRA 的低秩更新带来的,就是它和
+# 彩色曲线之间的差距。这就是论文的表 6(在 GPT-3 上,r = 1 在 WikiSQL 和 MNLI 上已经追平 r = 64)。α 固定时,缩放
+# 因子 α/r 让大 r 每一步对 ΔW 的改变*更小*(第 2 课第 3 节),所以在同样学习率下大秩甚至可能收敛得稍慢。误差棒是验证
+# 准确率的一个二项标准误:只有几百个验证句子时,几个百分点的差距都是噪声;`loralab experiment rank` 运行完整规模的
+# 版本(500 步,每步 16 句,完整验证集)。
+
+# %% [markdown] lang="en"
 # ## Check yourself
 #
 # 1. GPT-3 175B, LoRA r = 8 on Wq and Wv: compute the trainable values by hand, 2·96·8·(12288 + 12288),
@@ -187,28 +307,59 @@ for label, run in [*((f"r = {r}", run) for r, run in runs.items()), ("head only"
 # 4. Table 5's equal budgets: is Wq, Wv at r = 8 cheaper than Wq, Wk, Wv, Wo at r = 4 on MiniLM?
 # 5. How many times more LoRA values does r = 64 train than r = 1 (head excluded)?
 
+# %% [markdown] lang="zh"
+# ## 自我检查
+#
+# 1. GPT-3 175B,在 Wq 和 Wv 上用 r = 8 的 LoRA:手算可训练参数量,并与 `loralab budget` 比较。
+# 2. MiniLM,在 Wq 和 Wv 上用 r = 8 的 LoRA,加上新分类头(384·2 个权重 + 2 个偏置):训练好的适配器*文件*里有多少个数?
+# 3. SmolLM2-135M,只在 Wk 上用 r = 8 的 LoRA,全部 30 层:多少个参数?(Wk 是 192×576。)
+# 4. 表 5 的等预算:在 MiniLM 上,Wq、Wv 用 r = 8 是否比 Wq、Wk、Wv、Wo 用 r = 4 便宜?("equal" 还是 "different")
+# 5. r = 64 训练的 LoRA 参数是 r = 1 的多少倍(不含分类头)?
+
 # %%
+# hint[en]: |Θ| = 2·L̂·d_model·r with L̂ = 2 matrices × 96 layers; each d×d matrix costs r·(d + d).
+# hint[zh]: |Θ| = 2·L̂·d_model·r,其中 L̂ = 2 个矩阵 × 96 层;每个 d×d 矩阵的代价是 r·(d + d)。
 answer_1 = 2 * 96 * 8 * (12288 + 12288)                     # = 37,748,736
-checks.equal("GPT-3 Wq,Wv r=8: by hand vs loralab budget", answer_1, gpt3[8].trainable_params)
+checks.equal("answer_1", answer_1, gpt3[8].trainable_params,
+             t("GPT-3 Wq,Wv r=8: by hand vs loralab budget", "GPT-3 Wq、Wv r=8:手算对比 loralab budget"),
+             t("2 matrices × 96 layers × 8·(12288 + 12288)", "2 个矩阵 × 96 层 × 8·(12288 + 12288)"), "peft")
 
 config = minilm.config
 L, d = config.num_hidden_layers, config.hidden_size
+# hint[en]: LoRA factors for 2 matrices in each of L layers, r·(d + d) each, plus the head's d·2 weights and 2 biases.
+# hint[zh]: L 层中每层 2 个矩阵的 LoRA 因子,每个 r·(d + d),再加分类头的 d·2 个权重和 2 个偏置。
 answer_2 = 2 * L * 8 * (d + d) + (d * 2 + 2)                # LoRA factors + classifier head
 adapter_file = loralab.read_adapter(runs[8].adapter)
 saved = sum(A.numel() + B.numel() for A, B, _ in adapter_file.factors.values()) \
     + sum(t.numel() for module in adapter_file.saved_modules.values() for t in module.values())
-checks.equal("MiniLM Wq,Wv r=8 + head: by hand vs the saved adapter file", answer_2, saved)
+checks.equal("answer_2", answer_2, saved,
+             t("MiniLM Wq,Wv r=8 + head: by hand vs the saved adapter file", "MiniLM Wq、Wv r=8 + 分类头:手算对比保存的适配器文件"),
+             t("2·L·r·(d + d) factors + d·2 + 2 head values", "2·L·r·(d + d) 个因子 + d·2 + 2 个分类头参数"), "peft")
 
 sconfig = smollm.config
 kv_width = sconfig.num_key_value_heads * (sconfig.hidden_size // sconfig.num_attention_heads)   # 3·64 = 192
+# hint[en]: Wk maps d_model = hidden_size inputs to kv_width outputs: r·(d_in + d_out) per layer, num_hidden_layers layers.
+# hint[zh]: Wk 把 d_model = hidden_size 维输入映射到 kv_width 维输出:每层 r·(d_in + d_out),共 num_hidden_layers 层。
 answer_3 = sconfig.num_hidden_layers * 8 * (sconfig.hidden_size + kv_width)
-checks.equal("SmolLM2 Wk r=8 over all layers: by hand vs plan_injection", answer_3, lora_values(smollm, ["k"]))
+checks.equal("answer_3", answer_3, lora_values(smollm, ["k"]),
+             t("SmolLM2 Wk r=8 over all layers: by hand vs plan_injection", "SmolLM2 Wk r=8 全部层:手算对比 plan_injection"),
+             t("grouped-query attention: Wk is kv_width × d_model, not square", "分组查询注意力:Wk 是 kv_width × d_model,不是方阵"),
+             "weights")
 
+# hint[en]: per layer, count matrices × r × (d + d) for both choices.
+# hint[zh]: 对两种选择,分别计算每层的 矩阵数 × r × (d + d)。
 answer_4 = "equal"                                          # per layer: 2 matrices·8·2d = 4 matrices·4·2d = 32·d
 two_at_8, four_at_4 = lora_values(minilm, ["q", "v"], r=8), lora_values(minilm, ["q", "k", "v", "o"], r=4)
-checks.equal("Wq,Wv r=8 vs Wq,Wk,Wv,Wo r=4", answer_4, "equal" if two_at_8 == four_at_4 else "different")
+checks.equal("answer_4", answer_4, "equal" if two_at_8 == four_at_4 else "different",
+             t("Wq,Wv r=8 vs Wq,Wk,Wv,Wo r=4", "Wq、Wv r=8 对比 Wq、Wk、Wv、Wo r=4"),
+             t("2 matrices · 8 = 4 matrices · 4: the same budget", "2 个矩阵 · 8 = 4 个矩阵 · 4:预算相同"), "weights")
 
 head = d * 2 + 2
 big, small = max(RANKS), min(RANKS)
+# hint[en]: LoRA's values are r·(d_in + d_out) per matrix: how do they grow with r?
+# hint[zh]: LoRA 的参数量是每个矩阵 r·(d_in + d_out):它随 r 如何增长?
 answer_5 = big // small                                     # LoRA values grow linearly in r
-checks.equal(f"LoRA values r={big} / r={small}", answer_5, (runs[big].trainable - head) // (runs[small].trainable - head))
+checks.equal("answer_5", answer_5, (runs[big].trainable - head) // (runs[small].trainable - head),
+             t(f"LoRA values r={big} / r={small}", f"LoRA 参数量 r={big} / r={small}"),
+             t("the values grow linearly in r", "参数量随 r 线性增长"), "peft")
+checks.summary()

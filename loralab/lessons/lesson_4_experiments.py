@@ -1,4 +1,4 @@
-# %% [markdown]
+# %% [markdown] lang="en"
 # # Lesson 4 — Understanding the experiments: baselines, subspace similarity, amplification, latency
 #
 # Stage 4 of the route: reproduce, in miniature, the experiments that explain LoRA (Hu et al. 2021, §5-§7).
@@ -12,6 +12,19 @@
 #
 # The LoRA adapters come from lesson 3 (r = 8 and r = 64 on Wq, Wv of all-MiniLM-L6-v2, SST-2); if lesson 3
 # has not run, they are trained here.
+
+# %% [markdown] lang="zh"
+# # 阶段 4:深入理解实验结果——基线对比、子空间相似性、特征放大、推理延迟
+#
+# 学习路线的第 4 阶段:以缩小的规模重做解释 LoRA 的实验(Hu 等,2021,§5-§7)。
+#
+# 1. **与其他方法对比**:全量微调、Adapter 层(Houlsby 等,2019)和 Prefix-tuning(Li & Liang,2021),与 LoRA
+#    使用相同的数据、相同的步数训练。
+# 2. **子空间相似性**:r = 8 和 r = 64 的适配器学到的是同样的方向吗?(§7.2,图 3)
+# 3. **ΔW 与 W**:更新放大了预训练权重的哪些方向,放大多少?(§7.3)
+# 4. **推理延迟从哪里来**:Adapter 与它后面的层*串行*执行;LoRA *并行*执行,而且可以被合并掉。我们计数并计时。
+#
+# LoRA 适配器来自第 3 课(all-MiniLM-L6-v2 的 Wq、Wv 上 r = 8 和 r = 64,SST-2);如果第 3 课还没运行,就在这里训练。
 
 # %%
 from collections import Counter
@@ -27,16 +40,25 @@ from loralab.lessons import kit
 from loralab.models import load_model
 
 S = kit.settings()
-checks = kit.Checks()
+t = S.t                     # t(English, Chinese): every text the code prints or draws, in the page's language
+checks = kit.Checks(S)
+S.announce()
 R_SMALL, R_LARGE = 8, (16 if S.quick else 64)
 
-# %% [markdown]
+# %% [markdown] lang="en"
 # ## 1. LoRA against full fine-tuning, adapters and prefix-tuning
 #
 # Same recipe for every method: the lessons' seeded SST-2 subset, the same steps and batches, the new
 # classifier head trained in every case; only the learning rate is per method (full fine-tuning needs a far
 # smaller one). Sizes are matched to LoRA r = 8 on Wq, Wv (73,728 values + the head): Houlsby adapters with a
 # bottleneck of m = 8 (two per block) and prefixes of length 16 on the keys and values of every layer.
+
+# %% [markdown] lang="zh"
+# ## 1. LoRA 对比全量微调、Adapter 和 Prefix-tuning
+#
+# 每种方法使用同一套设置:课程固定随机种子的 SST-2 子集,相同的步数和批次,每种情况都训练新分类头;只有学习率因方法
+# 而异(全量微调需要小得多的学习率)。规模与 Wq、Wv 上 r = 8 的 LoRA(73,728 个参数 + 分类头)对齐:瓶颈 m = 8 的
+# Houlsby Adapter(每块两个),以及每层键和值上长度 16 的前缀。
 
 # %%
 runs = {
@@ -47,32 +69,80 @@ runs = {
     "prefix-tuning, l=16": kit.train_run(S, "prefix", length=16),
 }
 lora_values = runs[f"LoRA r={R_SMALL} (Wq, Wv)"].trainable
-print(f"{'method':26} {'lr':>7} {'trained values':>15} {'× LoRA r=8':>10} {'dev acc':>8} {'s/step':>7}")
+print(t(f"{'method':26} {'lr':>7} {'trained values':>15} {'× LoRA r=8':>10} {'dev acc':>8} {'s/step':>7}",
+        f"{'方法':24} {'学习率':>5} {'训练参数':>13} {'× LoRA r=8':>10} {'验证准确率':>6} {'秒/步':>6}"))
 for name, run in runs.items():
     print(f"{name:26} {run.lr:>7.0e} {run.trainable:>15,} {run.trainable / lora_values:>10.2f} "
           f"{run.dev_accuracy:>8.3f} {run.seconds_per_step:>7.2f}")
 
 accuracy = runs["full fine-tuning"].dev_accuracy
-print(f"one standard error of a dev accuracy near {accuracy:.2f} on {S.recipe.dev_sentences} sentences: "
-      f"{(accuracy * (1 - accuracy) / S.recipe.dev_sentences) ** 0.5:.3f}")
+standard_error = (accuracy * (1 - accuracy) / S.recipe.dev_sentences) ** 0.5
+print(t(f"one standard error of a dev accuracy near {accuracy:.2f} on {S.recipe.dev_sentences} sentences: "
+        f"{standard_error:.3f}",
+        f"{S.recipe.dev_sentences} 个句子上、准确率约 {accuracy:.2f} 时的一个标准误:{standard_error:.3f}"))
 
 fig, ax = plt.subplots(figsize=(7.5, 3.6))
 for name, run in runs.items():
     ax.plot(kit.smooth(run.losses), label=name)
-ax.set(xlabel="optimizer step", ylabel="training loss (moving average of 10)", title="the same data, five methods")
+ax.set(xlabel=t("optimizer step", "优化步"), ylabel=t("training loss (moving average of 10)", "训练损失(10 步滑动平均)"),
+       title=t("the same data, five methods", "同样的数据,五种方法"))
 ax.legend(fontsize=8)
 fig.tight_layout()
 
-# %% [markdown]
-# What to expect at this tiny scale: full fine-tuning updates 300× more values and usually fits fastest;
-# LoRA and adapters of the same size land close to each other; prefix-tuning is the slowest starter (its
-# "virtual tokens" must first learn to matter to every attention layer, and it is known to be hard to
-# optimise). The paper's numbers come from long, tuned runs: on SST-2 with RoBERTa-base (Table 2) full
+# %%
+LEVEL = 0.6                 # a convergence-speed proxy: the first step where the smoothed loss falls below it
+
+
+def first_below(losses, level: float = LEVEL):
+    return next((i for i, value in enumerate(kit.smooth(losses)) if value < level), None)
+
+
+reached = {name: first_below(run.losses) for name, run in runs.items()}
+for name, step in reached.items():
+    print(t(f"{name:26} smoothed loss below {LEVEL} at step {step if step is not None else '— (not reached)'}",
+            f"{name:26} 平滑损失低于 {LEVEL} 的步数:{step if step is not None else '—(未达到)'}"))
+order = sorted((step, name) for name, step in reached.items() if step is not None)
+full_name, lora_name = "full fine-tuning", f"LoRA r={R_SMALL} (Wq, Wv)"
+full_step, lora_step = reached[full_name], reached[lora_name]
+best = max(runs, key=lambda name: runs[name].dev_accuracy)
+gap = runs[best].dev_accuracy - min(run.dev_accuracy for run in runs.values())
+if full_step is not None and (lora_step is None or full_step < lora_step):
+    pace_en, pace_zh = (f"full fine-tuning fitted first (step {full_step}; LoRA r = {R_SMALL}: "
+                        f"{lora_step if lora_step is not None else 'not reached'})",
+                        f"全量微调最先拟合(第 {full_step} 步;LoRA r = {R_SMALL}:{lora_step if lora_step is not None else '未达到'})")
+elif lora_step is not None and (full_step is None or lora_step < full_step):
+    pace_en, pace_zh = (f"LoRA r = {R_SMALL}'s loss fell below {LEVEL} first, at step {lora_step}, "
+                        f"{'before full fine-tuning (step ' + str(full_step) + ')' if full_step is not None else 'and full fine-tuning never did'}",
+                        f"LoRA r = {R_SMALL} 的损失最先降到 {LEVEL} 以下,在第 {lora_step} 步,"
+                        f"{'早于全量微调(第 ' + str(full_step) + ' 步)' if full_step is not None else '全量微调始终没有达到'}")
+else:
+    pace_en, pace_zh = (f"neither full fine-tuning nor LoRA got the smoothed loss below {LEVEL}" if full_step is None
+                        else f"full fine-tuning and LoRA crossed {LEVEL} at the same step ({full_step})",
+                        f"全量微调和 LoRA 的平滑损失都没有降到 {LEVEL} 以下" if full_step is None
+                        else f"全量微调和 LoRA 在同一步({full_step})越过 {LEVEL}")
+noise = gap <= 2 * standard_error
+S.say(f"Measured here: {pace_en}. The best dev accuracy is {best}'s {runs[best].dev_accuracy:.3f}; the spread between "
+      f"methods is {gap:.3f}, " + ("within two standard errors: noise, no ranking." if noise else
+                                   f"more than two standard errors ({2 * standard_error:.3f}).")
+      + (" (Quick mode: a tiny random model — the curves say nothing about the methods.)" if S.quick else ""),
+      f"这里的实测:{pace_zh}。验证准确率最高的是 {best},{runs[best].dev_accuracy:.3f};各方法之间相差 {gap:.3f},"
+      + ("在两个标准误以内:是噪声,不能排名。" if noise else f"超过两个标准误({2 * standard_error:.3f})。")
+      + ("(快速模式:微型随机模型——这些曲线说明不了各方法的好坏。)" if S.quick else ""))
+
+# %% [markdown] lang="en"
+# What the paper found (long, tuned runs; the paper's numbers): on SST-2 with RoBERTa-base (Table 2) full
 # fine-tuning scored 94.8, adapters 94.2 and LoRA 95.1. Its low-data study (Appendix F.3) also found LoRA
 # holding up best when only a hundred examples are available, where prefix methods fall far behind.
-# Here, read accuracy differences smaller than about two standard errors (printed above) as noise;
-# `loralab experiment methods` runs the full-size comparison.
-#
+# Prefix-tuning is known as a slow starter: its "virtual tokens" must first learn to matter to every
+# attention layer. `loralab experiment methods` runs the full-size comparison.
+
+# %% [markdown] lang="zh"
+# 论文的发现(长时间、调过参的训练;以下是论文的数字):在 RoBERTa-base 的 SST-2 上(表 2),全量微调得 94.8,Adapter
+# 得 94.2,LoRA 得 95.1。它的低数据量研究(附录 F.3)还发现,只有一百个样本时 LoRA 保持得最好,而前缀类方法落后很多。
+# Prefix-tuning 以起步慢著称:它的"虚拟 token"必须先学会对每一层注意力产生影响。`loralab experiment methods` 运行
+# 完整规模的对比。
+
+# %% [markdown] lang="en"
 # ## 2. Subspace similarity: do r = 8 and r = 64 learn the same directions?
 #
 # Take the right-singular vectors of A (the input directions an adapter reads): U8 (k × 8) and U64 (k × 64),
@@ -85,6 +155,18 @@ fig.tight_layout()
 # shared structure. `loralab.analysis` computes the grid for every adapted matrix, with a measured random
 # baseline (Gaussian matrices of the same shapes).
 
+# %% [markdown] lang="zh"
+# ## 2. 子空间相似性:r = 8 和 r = 64 学到的是同样的方向吗?
+#
+# 取 A 的右奇异向量(适配器读取的输入方向):U8(k × 8)和 U64(k × 64),列按奇异值排序。论文对它们前 i 个和前 j 个
+# 方向的归一化相似度是
+#
+#     φ(i, j) = ‖U8[:, :i]ᵀ · U64[:, :j]‖_F² / min(i, j)       ∈ [0, 1]
+#
+# 1 表示较小的子空间落在较大的子空间里,0 表示两者正交。R^k 中两个维度为 i 和 j 的*随机*子空间平均给出 max(i, j)/k——
+# k = 384 时很小,所以明显高于它的就是共享的结构。`loralab.analysis` 对每个被适配的矩阵计算整个网格,并给出实测的
+# 随机基线(同形状的高斯矩阵)。
+
 # %%
 base = kit.classifier(S)          # pretrained weights W for section 3 (the head is not analysed)
 small, large = runs[f"LoRA r={R_SMALL} (Wq, Wv)"], runs[f"LoRA r={R_LARGE} (Wq, Wv)"]
@@ -92,25 +174,41 @@ report = analyze_adapters([small.adapter, large.adapter], base_model=base, trial
 similarity = {s.name: s for s in report.similarity}
 last = base.config.num_hidden_layers - 1
 query, value = (f"bert.encoder.layer.{last}.attention.self.{m}" for m in ("query", "value"))
-print(f"{'matrix':42} {'φ(1,1)':>7} {'random':>7} {'mean φ':>7} {'random':>7}")
+print(t(f"{'matrix':42} {'φ(1,1)':>7} {'random':>7} {'mean φ':>7} {'random':>7}",
+        f"{'矩阵':40} {'φ(1,1)':>7} {'随机':>5} {'平均 φ':>6} {'随机':>5}"))
 for name, s in similarity.items():
     print(f"{name:42} {s.top_overlap:7.3f} {s.random_mean[0][0]:7.4f} {s.mean_phi:7.3f} {s.mean_expected:7.3f}")
 
 fig, axes = plt.subplots(1, 3, figsize=(14, 3.2))
-for ax, (title, grid) in zip(axes, ((f"ΔWq, layer {last}", similarity[query].phi),
-                                    (f"ΔWv, layer {last}", similarity[value].phi),
-                                    ("two random Gaussian A's", similarity[query].random_mean))):
+for ax, (title, grid) in zip(axes, ((t(f"ΔWq, layer {last}", f"ΔWq,第 {last} 层"), similarity[query].phi),
+                                    (t(f"ΔWv, layer {last}", f"ΔWv,第 {last} 层"), similarity[value].phi),
+                                    (t("two random Gaussian A's", "两个随机高斯 A"), similarity[query].random_mean))):
     image = ax.imshow(torch.tensor(grid).numpy(), vmin=0, vmax=1, aspect="auto", cmap="viridis",
                       extent=(0.5, len(grid[0]) + 0.5, len(grid) + 0.5, 0.5))
-    ax.set(title=title, xlabel=f"j (top directions of r = {R_LARGE})", ylabel=f"i (top of r = {R_SMALL})")
+    ax.set(title=title, xlabel=t(f"j (top directions of r = {R_LARGE})", f"j(r = {R_LARGE} 的前 j 个方向)"),
+           ylabel=t(f"i (top of r = {R_SMALL})", f"i(r = {R_SMALL} 的前 i 个)"))
 fig.colorbar(image, ax=axes, label="φ(i, j)")
 
-# %% [markdown]
-# The paper's reading (GPT-3, layer 48): the **top** direction of the r = 8 adapter is largely contained in
-# the r = 64 adapter's top directions (φ(1, ·) bright), while the rest fades towards the random level: the
-# extra directions of a large r mostly hold noise picked up in training. That is why a small r suffices.
-# On our short runs, look at the first row of the heatmaps and compare it with the random panel.
-#
+# %%
+top_phi = similarity[query].top_overlap
+random_top = similarity[query].random_mean[0][0]
+S.say(f"Measured here, last layer's ΔWq: φ(1, 1) = {top_phi:.3f} against {random_top:.4f} for random subspaces "
+      f"(×{top_phi / random_top:.0f}). "
+      + ("The top direction of the small adapter is largely shared with the large one, as the paper found (GPT-3, "
+         "layer 48): the extra directions of a large r mostly hold noise, so a small r suffices."
+         if top_phi > 0.5 else
+         "The top directions are shared far more than chance, though less than the paper's GPT-3 adapters share them."
+         if top_phi > 5 * random_top else
+         "The top directions are not clearly shared here: no better than a few times chance.")
+      + (" (Quick mode: a tiny random model, k = 32.)" if S.quick else ""),
+      f"这里的实测(最后一层的 ΔWq):φ(1, 1) = {top_phi:.3f},随机子空间为 {random_top:.4f}(×{top_phi / random_top:.0f})。"
+      + ("小适配器的首要方向大部分被大适配器共享,与论文的发现一致(GPT-3 第 48 层):大 r 的额外方向多半是噪声,所以小 r 就够了。"
+         if top_phi > 0.5 else
+         "首要方向的共享程度远高于随机,但不如论文中 GPT-3 适配器那么高。" if top_phi > 5 * random_top else
+         "这里首要方向并没有明显被共享:只比随机高几倍。")
+      + ("(快速模式:微型随机模型,k = 32。)" if S.quick else ""))
+
+# %% [markdown] lang="en"
 # ## 3. ΔW versus W: feature amplification
 #
 # Does the update point along W's strongest directions, or elsewhere? Take ΔW's top-r singular vectors U
@@ -120,8 +218,17 @@ fig.colorbar(image, ax=axes, label="φ(i, j)")
 # already does in those directions. Paper, GPT-3 Wq at layer 48: 0.32 (ΔW's directions) vs 21.67 (W's top-4)
 # vs 0.02 (random) at r = 4, amplification ≈ 21.5; ≈ 2 at r = 64.
 
+# %% [markdown] lang="zh"
+# ## 3. ΔW 与 W:特征放大
+#
+# 更新是沿着 W 最强的方向,还是别的方向?取 ΔW 的前 r 个奇异向量 U(d × r)和 V(k × r),测量 W 落在这对子空间里的
+# 部分有多少:‖Uᵀ·W·V‖_F。与 W 自己的前 r 个方向(任何 r 个方向能捕获的最大值:W 的 √(σ1² + … + σr²))以及随机
+# 方向比较。**放大因子** ‖ΔW‖_F / ‖Uᵀ·W·V‖_F 表示 ΔW 把 W 在这些方向上已有的作用放大了多少倍。论文(GPT-3 第 48
+# 层的 Wq,r = 4):0.32(ΔW 的方向)对 21.67(W 的前 4 个)对 0.02(随机),放大约 21.5 倍;r = 64 时约 2 倍。
+
 # %%
-print(f"{'matrix':42} {'r':>3} {'‖ΔW‖':>6} {'ΔW dirs':>8} {'W top-r':>8} {'random':>7} {'amplif.':>8}")
+print(t(f"{'matrix':42} {'r':>3} {'‖ΔW‖':>6} {'ΔW dirs':>8} {'W top-r':>8} {'random':>7} {'amplif.':>8}",
+        f"{'矩阵':40} {'r':>3} {'‖ΔW‖':>6} {'ΔW 方向':>7} {'W 前 r':>7} {'随机':>5} {'放大':>6}"))
 amplification = {}
 for analysis, r in zip(report.adapters, (R_SMALL, R_LARGE)):
     for m in analysis.amplification:
@@ -137,17 +244,39 @@ for i, r in enumerate((R_SMALL, R_LARGE)):
            label=f"r = {r}")
 ax.set_xticks([j + 0.2 for j in range(len(names))],
               [n.replace("bert.encoder.layer.", "L").replace(".attention.self.", " ") for n in names], rotation=60)
-ax.set(yscale="log", ylabel="‖ΔW‖_F / ‖UᵀWV‖_F", title="amplification factor per adapted matrix")
+ax.set(yscale="log", ylabel="‖ΔW‖_F / ‖UᵀWV‖_F", title=t("amplification factor per adapted matrix", "每个被适配矩阵的放大因子"))
 ax.legend()
 fig.tight_layout()
 
-# %% [markdown]
-# As in the paper, expect ΔW's directions to catch far less of W than W's own top directions do — the update
-# does not repeat what W already emphasises — and the amplification to be larger for the smaller rank: a
-# low-rank update concentrates its whole norm on a few directions. How far above random ΔW's column lies
-# tells how much those directions are *features W already has*; at our scale (short runs, a 384-wide model)
-# this is weaker than in the paper (docs/experiments.md has the full-size numbers).
-#
+# %%
+m_small = amplification[(query, R_SMALL)]
+alignment = m_small.proj_delta / m_small.proj_random           # how much more of W lies in ΔW's directions than in random ones
+PAPER_ALIGNMENT = 0.32 / 0.02                                   # the paper's GPT-3 Wq, r = 4: 16×
+smaller_than_top = m_small.proj_delta < m_small.proj_w_top
+larger_for_small_r = m_small.amplification > amplification[(query, R_LARGE)].amplification
+S.say(f"Measured here, last layer's ΔWq at r = {R_SMALL}: ΔW's directions catch ‖UᵀWV‖ = {m_small.proj_delta:.3f} of W, "
+      f"W's own top-{R_SMALL} catch {m_small.proj_w_top:.2f}, random directions {m_small.proj_random:.3f}; amplification "
+      f"{m_small.amplification:.1f} (r = {R_LARGE}: {amplification[(query, R_LARGE)].amplification:.1f}). "
+      + ("As in the paper, ΔW's directions catch far less of W than W's top directions — the update does not repeat "
+         "what W emphasises. " if smaller_than_top else "Unlike the paper, ΔW's directions are W's strongest here. ")
+      + ("The smaller rank amplifies more, as in the paper. " if larger_for_small_r else
+         "The smaller rank does not amplify more here, unlike the paper. ")
+      + f"**But the match is in size only:** ΔW's directions catch {alignment:.2f}× what random directions catch, "
+        f"the paper's {PAPER_ALIGNMENT:.0f}× (0.32 vs 0.02). "
+      + ("So these short runs amplify directions that are barely W's features at all — the large factor comes from "
+         "ΔW's norm, not from alignment (lesson 5 separates the two)." if alignment < 3 else
+         "So these directions are features W already has, as the paper's reading says."),
+      f"这里的实测(最后一层 ΔWq,r = {R_SMALL}):ΔW 的方向捕获 W 的 ‖UᵀWV‖ = {m_small.proj_delta:.3f},W 自己的前 {R_SMALL} 个方向"
+      f"捕获 {m_small.proj_w_top:.2f},随机方向 {m_small.proj_random:.3f};放大因子 {m_small.amplification:.1f}"
+      f"(r = {R_LARGE}:{amplification[(query, R_LARGE)].amplification:.1f})。"
+      + ("与论文一致,ΔW 的方向捕获的 W 远少于 W 的首要方向——更新没有重复 W 已经强调的东西。" if smaller_than_top else
+         "与论文不同,这里 ΔW 的方向就是 W 最强的方向。")
+      + ("较小的秩放大得更多,与论文一致。" if larger_for_small_r else "这里较小的秩并没有放大得更多,与论文不同。")
+      + f"**但只是数值大小相符:** ΔW 的方向捕获的是随机方向的 {alignment:.2f} 倍,论文是 {PAPER_ALIGNMENT:.0f} 倍(0.32 对 0.02)。"
+      + ("所以这些短训练放大的方向几乎不是 W 已有的特征——大的放大因子来自 ΔW 的范数,而不是方向对齐(第 5 课把两者分开)。"
+         if alignment < 3 else "所以这些方向正是 W 已有的特征,与论文的解读一致。"))
+
+# %% [markdown] lang="en"
 # ## 4. Where inference latency comes from: serial adapters vs parallel LoRA
 #
 # An **adapter** layer sits after a sublayer: h ← h + f(h·W_down)·W_up. It needs the sublayer's output h, so
@@ -157,6 +286,15 @@ fig.tight_layout()
 # x as W0·x: a parallel branch, and after merging (W = W0 + s·B·A) no branch at all. We build the four
 # configurations (`loralab.timing.latency`: B and the adapters' up-projections set to random values so
 # each computes something) and measure three things: matrix multiplications per forward pass, FLOPs, time.
+
+# %% [markdown] lang="zh"
+# ## 4. 推理延迟从哪里来:串行的 Adapter 与并行的 LoRA
+#
+# **Adapter** 层位于子层之后:h ← h + f(h·W_down)·W_up。它需要子层的输出 h,所以只能在子层结束后开始:每个块里多出
+# *串行*步骤,GPU 无法把它们重叠——批大小为 1 时每一步都很短,这些步骤就成了主要开销(论文在 GPT-2 medium、批 1 × 128
+# token 上测得 Houlsby Adapter 多 30%)。**LoRA** 从与 W0·x *相同的输入* x 计算 s·B·A·x:一条并行支路,合并
+# (W = W0 + s·B·A)之后就根本没有支路。我们构造四种配置(`loralab.benchmarking.latency`:B 和 Adapter 的上投影设为
+# 随机值,让它们都真正计算点什么),测量三件事:每次前向传播的矩阵乘法次数、FLOPs、时间。
 
 # %%
 class CountMatmuls(TorchFunctionMode):
@@ -192,26 +330,58 @@ for name, model in configurations.items():
         model(**inputs)
     work[name] = (sum(counter.calls.values()), flops.get_total_flops())
 for name, (calls, flops) in work.items():
-    print(f"{name:14} {calls:4d} matmul calls  {flops / 1e9:7.3f} GFLOP  "
-          f"(+{calls - work['base'][0]} calls, +{(flops - work['base'][1]) / work['base'][1]:.2%} FLOPs vs base)")
+    print(t(f"{name:14} {calls:4d} matmul calls  {flops / 1e9:7.3f} GFLOP  "
+            f"(+{calls - work['base'][0]} calls, +{(flops - work['base'][1]) / work['base'][1]:.2%} FLOPs vs base)",
+            f"{name:14} {calls:4d} 次矩阵乘法  {flops / 1e9:7.3f} GFLOP  "
+            f"(比基础模型多 {calls - work['base'][0]} 次调用,FLOPs 多 {(flops - work['base'][1]) / work['base'][1]:.2%})"))
 
 # %%
 repeats = 5 if S.quick else 15
 rows = measure_latency(encoder, batch_sizes=[1, 16], seq_lens=[32], repeats=repeats, warmup=2,
                        bottleneck=bottleneck, lora_r=lora_r)
+base_rows = {row.batch_size: row for row in rows if row.config == "base"}
+
+
+def within_noise(row) -> bool:
+    """A difference from the base no larger than the two measurements' spread (the sum of their IQRs)."""
+    base_row = base_rows[row.batch_size]
+    return abs(row.median_ms - base_row.median_ms) <= row.iqr_ms + base_row.iqr_ms
+
+
 for row in rows:
-    print(f"batch {row.batch_size:2d} × {row.seq_len} tokens  {row.config:14} median {row.median_ms:8.2f} ms "
-          f"(IQR {row.iqr_ms:6.2f})  {row.overhead_pct:+6.1f} %")
+    verdict = "" if row.config == "base" else t(" within noise" if within_noise(row) else " beyond noise",
+                                                 "(在噪声范围内)" if within_noise(row) else "(超出噪声)")
+    print(t(f"batch {row.batch_size:2d} × {row.seq_len} tokens  {row.config:14} median {row.median_ms:8.2f} ms "
+            f"(IQR {row.iqr_ms:6.2f})  {row.overhead_pct:+6.1f} %",
+            f"批 {row.batch_size:2d} × {row.seq_len} token  {row.config:14} 中位数 {row.median_ms:8.2f} ms "
+            f"(IQR {row.iqr_ms:6.2f})  {row.overhead_pct:+6.1f} %") + verdict)
 
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.2), sharey=False)
 for ax, batch_size in zip(axes, (1, 16)):
     shape_rows = [row for row in rows if row.batch_size == batch_size]
     ax.bar([row.config for row in shape_rows], [row.median_ms for row in shape_rows],
            yerr=[row.iqr_ms / 2 for row in shape_rows], color=["#888", "#c44", "#47a", "#4a7"])
-    ax.set(ylabel="ms per forward (median, ± IQR/2)", title=f"batch {batch_size} × 32 tokens")
+    ax.set(ylabel=t("ms per forward (median, ± IQR/2)", "每次前向的毫秒数(中位数,± IQR/2)"),
+           title=t(f"batch {batch_size} × 32 tokens", f"批 {batch_size} × 32 token"))
 fig.tight_layout()
 
-# %% [markdown]
+# %%
+noisy = [row for row in rows if row.config != "base" and within_noise(row)]
+clear = [row for row in rows if row.config != "base" and not within_noise(row)]
+S.say("Of the timed differences from the base, "
+      + (f"{len(noisy)} of {len(noisy) + len(clear)} are within noise (no larger than the IQRs): "
+         + ", ".join(f"{row.config} at batch {row.batch_size} ({row.overhead_pct:+.1f} %)" for row in noisy)
+         + " — read them as no measured difference. " if noisy else "none is within noise. ")
+      + ("Beyond noise: " + ", ".join(f"{row.config} at batch {row.batch_size} ({row.overhead_pct:+.1f} %)"
+                                      for row in clear) + "." if clear else ""),
+      "与基础模型的计时差异中,"
+      + (f"{len(noisy) + len(clear)} 个里有 {len(noisy)} 个在噪声范围内(不大于 IQR):"
+         + "、".join(f"批 {row.batch_size} 的 {row.config}({row.overhead_pct:+.1f} %)" for row in noisy)
+         + "——应读作没有测出差异。" if noisy else "没有一个在噪声范围内。")
+      + ("超出噪声的:" + "、".join(f"批 {row.batch_size} 的 {row.config}({row.overhead_pct:+.1f} %)"
+                                  for row in clear) + "。" if clear else ""))
+
+# %% [markdown] lang="en"
 # The counts and FLOPs are exact; the times are not. Adapters and unmerged LoRA add the same *kind* of work
 # (a few small matrix products per adapted layer), but only the adapter's products sit on the critical
 # path; the LoRA branch could run alongside W0·x, and merged LoRA runs exactly the base model's operations.
@@ -219,18 +389,38 @@ fig.tight_layout()
 # machine shared with other jobs, within the noise (look at the IQR) — the paper's large adapter overheads
 # come from GPUs at batch 1, where every extra sequential kernel launch costs time even when it does little.
 # Merged LoRA is the base architecture: whatever the clock says, it does identical work.
-#
+
+# %% [markdown] lang="zh"
+# 次数和 FLOPs 是精确的;时间不是。Adapter 和未合并的 LoRA 增加的是同*一类*工作(每个被适配层几次小矩阵乘法),但只有
+# Adapter 的乘法位于关键路径上;LoRA 支路可以与 W0·x 同时运行,而合并后的 LoRA 执行的运算与基础模型完全相同。在一个
+# 接一个执行运算的 CPU 上,时间差最多只有百分之几,在与其他任务共享的机器上更是落在噪声里(看 IQR)——论文中 Adapter
+# 的大开销来自批大小为 1 的 GPU,在那里每多一次串行的 kernel 启动都要花时间,即使它做的事很少。合并后的 LoRA 就是基础
+# 架构:无论时钟怎么说,它做的工作完全相同。
+
+# %% [markdown] lang="en"
 # ## Check yourself
 #
 # 1. Compute φ(1, 1) between the r = 8 and r = 64 Wq adapters of the last layer yourself: read A from both
 #    files, take each one's top right-singular vector (`torch.linalg.svd`), square their dot product.
-# 2. For random subspaces, E φ(1, 1) = 1/k (here k = 384). Compare with the measured random baseline.
+# 2. For random subspaces, what is E φ(1, 1)? (Here k = 384.) Compare with the measured random baseline.
 # 3. Recompute the amplification factor of the last layer's ΔWq (r = 8) from the *dense* ΔW = s·B·A and a
 #    dense SVD, and compare with loralab's value (which never forms ΔW).
 # 4. Unmerged LoRA's extra FLOPs by hand: each adapted d×k layer adds A·x (r·k multiply-adds per token) and
 #    B·(A·x) (d·r): 2·tokens·r·(d + k) FLOPs; 12 such layers in MiniLM.
-# 5. How many FLOPs does merged LoRA add? (None: same matrices as the base.)
-# 6. Houlsby's extra FLOPs by hand: 2 adapters per block, each two m×d products: 2·tokens·L·2·(2·d·m).
+# 5. How many FLOPs does merged LoRA add?
+# 6. Houlsby's extra FLOPs by hand: 2 adapters per block, each two m×d products.
+
+# %% [markdown] lang="zh"
+# ## 自我检查
+#
+# 1. 自己计算最后一层 r = 8 与 r = 64 的 Wq 适配器之间的 φ(1, 1):从两个文件读出 A,各取最大的右奇异向量
+#    (`torch.linalg.svd`),把它们点积的平方算出来。
+# 2. 对随机子空间,E φ(1, 1) = ?(这里 k = 384。)与实测的随机基线比较。
+# 3. 用*稠密*的 ΔW = s·B·A 和稠密 SVD 重新计算最后一层 ΔWq(r = 8)的放大因子,与 loralab 的值(它从不构造 ΔW)比较。
+# 4. 手算未合并 LoRA 多出的 FLOPs:每个被适配的 d×k 层增加 A·x(每个 token r·k 次乘加)和 B·(A·x)(d·r 次);
+#    MiniLM 中共 12 个这样的层。
+# 5. 合并后的 LoRA 多出多少 FLOPs?
+# 6. 手算 Houlsby 多出的 FLOPs:每块 2 个 Adapter,每个两个 m×d 乘积。
 
 # %%
 deltas_small, _ = load_deltas(small.adapter)
@@ -239,30 +429,55 @@ A_small = next(d.A for d in deltas_small if d.name == query)                 # (
 A_large = next(d.A for d in deltas_large if d.name == query)                 # (64, k)
 top_small = torch.linalg.svd(A_small, full_matrices=False).Vh[0]             # (k,): top right-singular vector
 top_large = torch.linalg.svd(A_large, full_matrices=False).Vh[0]
+# hint[en]: φ(1, 1) of two single directions u, v is (u·v)²: square the dot product of top_small and top_large.
+# hint[zh]: 两个单一方向 u、v 的 φ(1, 1) 是 (u·v)²:把 top_small 与 top_large 的点积平方。
 answer_1 = float(top_small @ top_large) ** 2
-checks.close(f"φ(1,1) of ΔWq, layer {last}: by hand vs loralab.analysis", answer_1, similarity[query].top_overlap,
-             rel=1e-9, abs_=1e-12)
+checks.close("answer_1", answer_1, similarity[query].top_overlap,
+             t(f"φ(1,1) of ΔWq, layer {last}: by hand vs loralab.analysis", f"第 {last} 层 ΔWq 的 φ(1,1):手算对比 loralab.analysis"),
+             rel=1e-9, abs_=1e-12, why=t("φ(1,1) = (u·v)² for the two top right-singular vectors", "φ(1,1) = 两个首要右奇异向量点积的平方"),
+             concept="subspace")
 
 k = A_small.shape[1]
-answer_2 = 1 / k                                                             # E φ(1,1) = max(1, 1)/k
 trials = 20                      # the random mean over 20 draws has a standard deviation of about √2/(k·√20)
-checks.close("E φ(1,1) of random subspaces = 1/k vs the measured baseline", answer_2,
-             similarity[query].random_mean[0][0], rel=0.0, abs_=4 * (2 ** 0.5) / (k * trials ** 0.5))
+# hint[en]: two random subspaces of dimensions i and j in R^k give max(i, j)/k on average; use k.
+# hint[zh]: R^k 中维度为 i 和 j 的两个随机子空间平均给出 max(i, j)/k;用 k。
+answer_2 = 1 / k                                                             # E φ(1,1) = max(1, 1)/k
+checks.close("answer_2", answer_2, similarity[query].random_mean[0][0],
+             t("E φ(1,1) of random subspaces vs the measured baseline", "随机子空间的 E φ(1,1) 对比实测基线"),
+             rel=0.0, abs_=4 * (2 ** 0.5) / (k * trials ** 0.5),
+             why=t("E φ(1,1) = max(1, 1)/k = 1/k", "E φ(1,1) = max(1, 1)/k = 1/k"), concept="subspace")
 
 delta = next(d for d in deltas_small if d.name == query)
 dense = delta.dense()                                                        # s·B·A as a (d, k) float64 matrix
 U, sv, Vh = torch.linalg.svd(dense)
 W = base.bert.encoder.layer[last].attention.self.query.weight.detach().double()
 r = delta.r
+# hint[en]: ‖ΔW‖_F divided by ‖Uᵀ·W·V‖_F with U = U[:, :r] and V = Vh[:r].T from the dense SVD of ΔW.
+# hint[zh]: ‖ΔW‖_F 除以 ‖Uᵀ·W·V‖_F,其中 U = U[:, :r]、V = Vh[:r].T 来自 ΔW 的稠密 SVD。
 answer_3 = float(torch.linalg.matrix_norm(dense) / torch.linalg.matrix_norm(U[:, :r].T @ W @ Vh[:r].T))
-checks.close(f"amplification of ΔWq, layer {last}, r={r}: dense SVD vs loralab", answer_3,
-             amplification[(query, R_SMALL)].amplification, rel=1e-6)
+checks.close("answer_3", answer_3, amplification[(query, R_SMALL)].amplification,
+             t(f"amplification of ΔWq, layer {last}, r={r}: dense SVD vs loralab", f"第 {last} 层 ΔWq(r={r})的放大因子:稠密 SVD 对比 loralab"),
+             rel=1e-6, why=t("‖ΔW‖_F / ‖U_rᵀ·W·V_r‖_F with ΔW's own top-r singular vectors", "‖ΔW‖_F / ‖U_rᵀ·W·V_r‖_F,用 ΔW 自己的前 r 个奇异向量"),
+             concept="amplification")
 
 config = configurations["base"].config
 L, d_model, ffn = config.num_hidden_layers, config.hidden_size, config.intermediate_size
+# hint[en]: 2 FLOPs per multiply-add; per token and adapted layer r·(d + k) multiply-adds; 2 adapted layers in each of L layers.
+# hint[zh]: 每次乘加算 2 个 FLOP;每个 token、每个被适配层 r·(d + k) 次乘加;L 层中每层 2 个被适配层。
 answer_4 = 2 * tokens * L * 2 * lora_r * (d_model + d_model)                # Wq and Wv in every layer
-checks.equal("unmerged LoRA extra FLOPs: by hand vs FlopCounterMode", answer_4,
-             work["lora_unmerged"][1] - work["base"][1])
-checks.equal("merged LoRA extra FLOPs", 0, work["lora_merged"][1] - work["base"][1])
+checks.equal("answer_4", answer_4, work["lora_unmerged"][1] - work["base"][1],
+             t("unmerged LoRA extra FLOPs: by hand vs FlopCounterMode", "未合并 LoRA 多出的 FLOPs:手算对比 FlopCounterMode"),
+             t("2·tokens·L·2·r·(d + k)", "2·tokens·L·2·r·(d + k)"), "latency")
+# hint[en]: after merging, which matrices does the model multiply by?
+# hint[zh]: 合并之后,模型乘的是哪些矩阵?
+answer_5 = 0                                                                 # W = W0 + s·B·A: the base's matrices
+checks.equal("answer_5", answer_5, work["lora_merged"][1] - work["base"][1],
+             t("merged LoRA extra FLOPs", "合并后 LoRA 多出的 FLOPs"),
+             t("merged LoRA multiplies by the same matrices as the base", "合并后的 LoRA 与基础模型乘的是同样的矩阵"), "latency")
+# hint[en]: each adapter multiplies by W_down (d×m) and W_up (m×d): 2·d·m multiply-adds per token; 2 adapters per block.
+# hint[zh]: 每个 Adapter 乘 W_down(d×m)和 W_up(m×d):每个 token 2·d·m 次乘加;每块 2 个 Adapter。
 answer_6 = 2 * tokens * L * 2 * (2 * d_model * bottleneck)
-checks.equal("Houlsby extra FLOPs: by hand vs FlopCounterMode", answer_6, work["houlsby"][1] - work["base"][1])
+checks.equal("answer_6", answer_6, work["houlsby"][1] - work["base"][1],
+             t("Houlsby extra FLOPs: by hand vs FlopCounterMode", "Houlsby 多出的 FLOPs:手算对比 FlopCounterMode"),
+             t("2·tokens·L·2·(2·d·m)", "2·tokens·L·2·(2·d·m)"), "latency")
+checks.summary()

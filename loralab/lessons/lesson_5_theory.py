@@ -1,4 +1,4 @@
-# %% [markdown]
+# %% [markdown] lang="en"
 # # Lesson 5 — Theory: intrinsic dimension, feature amplification, why low rank suffices
 #
 # Stage 5 of the route (optional in the route, but it is where the "why" lives). Three ideas:
@@ -10,6 +10,17 @@
 #    spectrum. Is it low-rank by itself? Does LoRA find the same directions?
 # 3. **Feature amplification** and the comparison of methods that the route closes with: adapters run in
 #    series (latency), prefixes occupy the sequence, LoRA runs in parallel and merges away.
+
+# %% [markdown] lang="zh"
+# # 阶段 5:理论洞察——内在维度、特征放大、为什么低秩就够了
+#
+# 学习路线的第 5 阶段(路线中是选修,但"为什么"就在这里)。三个想法:
+#
+# 1. **内在维度**(Li 等,2018;Aghajanyan 等,2020):微调预训练模型可以在参数的一个很小的随机子空间里完成,
+#    θ = θ0 + P·z,只训练 z。LoRA 论文以此为基础:如果*变化*只需要很少的维度,也许每个权重的变化只需要低秩。
+# 2. **为什么低秩就够了**:我们取一次真实的*全量*微调更新 ΔW = W_ft − W0,看它的谱。它本身是低秩的吗?LoRA 找到的
+#    是同样的方向吗?
+# 3. **特征放大**,以及路线最后的方法对比:Adapter 串行执行(延迟),前缀占用序列,LoRA 并行执行并可合并掉。
 
 # %%
 import math
@@ -28,9 +39,11 @@ from loralab.lessons import kit
 from loralab.models import load_model
 
 S = kit.settings()
-checks = kit.Checks()
+t = S.t                     # t(English, Chinese): every text the code prints or draws, in the page's language
+checks = kit.Checks(S)
+S.announce()
 
-# %% [markdown]
+# %% [markdown] lang="en"
 # ## 1. Intrinsic dimension: θ = θ0 + P·z
 #
 # Flatten all D trainable values of a network into one vector θ. Instead of training θ, fix a random D×d
@@ -51,6 +64,23 @@ checks = kit.Checks()
 # MiniLM. Here we keep P dense and the network small enough to watch every step: a two-layer classifier
 # trained on frozen sentence embeddings of SST-2, once on top of **pretrained** all-MiniLM-L6-v2 and once on
 # top of the **same architecture with random weights** — to see what pretraining does to d90.
+
+# %% [markdown] lang="zh"
+# ## 1. 内在维度:θ = θ0 + P·z
+#
+# 把网络的全部 D 个可训练参数展平成一个向量 θ。不直接训练 θ,而是固定一个随机的 D×d 矩阵 P(列为单位长度),只训练
+# z ∈ R^d,从 z = 0 开始,这样训练恰好从 θ0 出发:
+#
+#     θ = θ0 + P·z          θ, θ0: (D,)   P: (D, d) 固定   z: (d,) 训练
+#
+# **内在维度** d90 是达到训练全部 θ 所得结果 90% 的最小 d。Aghajanyan 等发现(论文的结果):在 MRPC 上微调 RoBERTa,
+# 大约 200 个参数就能达到全量微调的 90%,而且*预训练降低了内在维度*:预训练的起点越好,微调需要的方向越少。
+#
+# 对真实模型不可能用稠密的 P:对 MiniLM 的全部 2270 万个参数、d = 1000,它有 227 亿个数(fp32 下 91 GB)。
+# Aghajanyan 等使用 **Fastfood 变换**,它在 O(D log d) 时间内施加一个随机 D×d 投影而无需存储它(随机符号、一个置换、
+# 高斯缩放和两次 Walsh-Hadamard 变换);`loralab experiment intrinsic-dim` 在整个 MiniLM 上运行这个实验。这里我们保持
+# P 稠密,网络也足够小,每一步都看得见:一个在冻结的 SST-2 句向量上训练的两层分类器,一次建立在**预训练的**
+# all-MiniLM-L6-v2 上,一次建立在**同样架构但随机权重**的模型上——看看预训练对 d90 有什么影响。
 
 # %%
 tok = kit.tokenizer(S)
@@ -74,19 +104,28 @@ def sentence_embeddings(encoder: torch.nn.Module, rows) -> tuple[torch.Tensor, t
 pretrained = load_model(S.model, task="base")
 torch.manual_seed(1)
 random_init = transformers.AutoModel.from_config(pretrained.config).eval()      # same architecture, no pretraining
+# what the two feature sets are called (quick mode: the "pretrained" model is the tiny random one too)
+PRE = t("tiny random model" if S.quick else "pretrained MiniLM", "微型随机模型" if S.quick else "预训练 MiniLM")
+RND = t("random re-init" if S.quick else "random-init MiniLM", "重新随机初始化" if S.quick else "随机初始化 MiniLM")
 features = {}
-for name, encoder in (("pretrained MiniLM", pretrained), ("random-init MiniLM", random_init)):
+for name, encoder in ((PRE, pretrained), (RND, random_init)):
     X_train, y_train = sentence_embeddings(encoder, train_rows)
     X_dev, y_dev = sentence_embeddings(encoder, dev_rows)
     mean, std = X_train.mean(0), X_train.std(0) + 1e-6                         # standardise each feature
     features[name] = ((X_train - mean) / std, y_train, (X_dev - mean) / std, y_dev)
 k = X_train.shape[1]
-print(f"{n_train} training and {n_dev} dev sentences -> features of size k = {k}")
+print(t(f"{n_train} training and {n_dev} dev sentences -> features of size k = {k}",
+        f"{n_train} 个训练句子和 {n_dev} 个验证句子 -> 特征维度 k = {k}"))
 
-# %% [markdown]
+# %% [markdown] lang="en"
 # The network: h = relu(W1·x + b1), logits = W2·h + b2, with W1 (m, k), b1 (m,), W2 (2, m), b2 (2,). All its
 # D values live in one vector θ; `unflatten` cuts θ back into the four tensors. W1 starts random and W2 at
 # zero — the same trick as LoRA's B = 0: the network starts from "no opinion" (both classes at 50 %).
+
+# %% [markdown] lang="zh"
+# 网络:h = relu(W1·x + b1),logits = W2·h + b2,其中 W1 (m, k)、b1 (m,)、W2 (2, m)、b2 (2,)。它的全部 D 个参数都在一个
+# 向量 θ 里;`unflatten` 把 θ 切回四个张量。W1 随机初始化,W2 从零开始——与 LoRA 的 B = 0 是同一个技巧:网络从"没有
+# 倾向"出发(两类各 50%)。
 
 # %%
 m = 8 if S.quick else 32
@@ -125,7 +164,7 @@ DIMS = [1, 2, 4, 8, 16, 32, 64] if S.quick else [1, 2, 4, 8, 16, 32, 64, 128, 25
 g = torch.Generator().manual_seed(0)
 P_all = torch.randn(D, max(DIMS), generator=g)
 P_all /= P_all.norm(dim=0, keepdim=True)              # unit columns; P for dimension d = the first d columns
-print(f"D = {D:,} values in the network; P is ({D:,} × {max(DIMS)})")
+print(t(f"D = {D:,} values in the network; P is ({D:,} × {max(DIMS)})", f"网络共 D = {D:,} 个参数;P 是 ({D:,} × {max(DIMS)})"))
 
 def smallest_d(accuracies: list[float], bar: float) -> int | None:
     """The smallest d of DIMS whose accuracy reaches `bar` (None: none does)."""
@@ -138,25 +177,39 @@ for name, (X, y, X_dev, y_dev) in features.items():
     full[name] = train_subspace(None, X, y, X_dev, y_dev)
     curves[name] = [train_subspace(P_all[:, :d], X, y, X_dev, y_dev) for d in DIMS]
     d90[name] = smallest_d(curves[name], 0.9 * full[name])
-    print(f"{name:19} all {D:,} values: dev acc {full[name]:.3f}; subspace accuracies "
-          f"{[round(a, 3) for a in curves[name]]}; d90 = {d90[name]}")
-bar = 0.9 * full["pretrained MiniLM"]
+    print(t(f"{name:19} all {D:,} values: dev acc {full[name]:.3f}; subspace accuracies "
+            f"{[round(a, 3) for a in curves[name]]}; d90 = {d90[name]}",
+            f"{name:19} 全部 {D:,} 个参数:验证准确率 {full[name]:.3f};子空间准确率 "
+            f"{[round(a, 3) for a in curves[name]]};d90 = {d90[name]}"))
+bar = 0.9 * full[PRE]
 reach = {name: smallest_d(accs, bar) for name, accs in curves.items()}
-print(f"always answering the majority class: {majority:.3f}")
-print(f"one common bar, 90 % of the pretrained network's {full['pretrained MiniLM']:.3f} = {bar:.3f}: reached at d = "
+print(t(f"always answering the majority class: {majority:.3f}", f"总是回答多数类:{majority:.3f}"))
+print(t(f"one common bar, 90 % of the first network's {full[PRE]:.3f} = {bar:.3f}: reached at d = ",
+        f"共同标准线,第一个网络 {full[PRE]:.3f} 的 90% = {bar:.3f}:达到时的 d = ")
       + ", ".join(f"{reach[name] if reach[name] else f'> {max(DIMS)}'} ({name})" for name in curves))
 
 # %%
 fig, ax = plt.subplots(figsize=(7, 3.8))
 for (name, accs), color in zip(curves.items(), ("#47a", "#c44")):
-    ax.plot(DIMS, accs, marker="o", color=color, label=f"{name}: subspace of dimension d")
-    ax.axhline(full[name], color=color, ls=":", label=f"{name}: all {D:,} values")
+    ax.plot(DIMS, accs, marker="o", color=color, label=t(f"{name}: subspace of dimension d", f"{name}:d 维子空间"))
+    ax.axhline(full[name], color=color, ls=":", label=t(f"{name}: all {D:,} values", f"{name}:全部 {D:,} 个参数"))
     ax.axhline(0.9 * full[name], color=color, ls="--", lw=0.8)
-ax.set(xscale="log", xlabel="subspace dimension d", ylabel="dev accuracy", title="intrinsic dimension (dashed: 90 %)")
+ax.set(xscale="log", xlabel=t("subspace dimension d", "子空间维度 d"), ylabel=t("dev accuracy", "验证准确率"),
+       title=t("intrinsic dimension (dashed: 90 %)", "内在维度(虚线:90%)"))
 ax.legend(fontsize=7)
 fig.tight_layout()
 
-# %% [markdown]
+# %%
+above = sum(a > b for a, b in zip(curves[PRE], curves[RND]))
+S.say(f"Measured here: the first network's curve lies above the second's at {above} of {len(DIMS)} dimensions; on the "
+      f"common bar ({bar:.3f}) the first reaches it at d = {reach[PRE] or f'> {max(DIMS)}'}, the second at "
+      f"d = {reach[RND] or f'> {max(DIMS)}'}."
+      + (" (Quick mode: both are random models, so no difference is expected.)" if S.quick else ""),
+      f"这里的实测:在 {len(DIMS)} 个维度中,第一个网络的曲线有 {above} 个高于第二个;在共同标准线({bar:.3f})上,第一个在 "
+      f"d = {reach[PRE] or f'> {max(DIMS)}'} 达到,第二个在 d = {reach[RND] or f'> {max(DIMS)}'} 达到。"
+      + ("(快速模式:两个都是随机模型,本来就不该有差别。)" if S.quick else ""))
+
+# %% [markdown] lang="en" mode="normal"
 # Read the two curves against each other. With pretrained features, a subspace of a few dozen dimensions
 # gets most of what training all D values gets, and at every d the pretrained curve should lie above the
 # random one. A caution about d90 itself: it is measured against each model's *own* full accuracy, and the
@@ -165,13 +218,27 @@ fig.tight_layout()
 # never get there. That is the intuition the LoRA paper borrows: a good pretrained model leaves little to
 # change, and the change lives in a small space. (This is a small stand-in for the real experiment: 400 dev
 # sentences give a standard error of about 2.5 points, so single points of the curves move with the seed.)
-#
+
+# %% [markdown] lang="zh" mode="normal"
+# 把两条曲线放在一起读。用预训练特征时,几十维的子空间就能得到训练全部 D 个参数的大部分效果,而且在每个 d 上预训练
+# 曲线都应该在随机曲线之上。关于 d90 本身要注意:它是相对每个模型*自己*的完整准确率来测的,而随机特征网络几乎只比总是
+# 回答多数类好一点,所以它(很差的)分数的 90% 很容易达到——应该在共同标准线上比较,那里随机特征需要多得多的维度,
+# 或者根本达不到。这就是 LoRA 论文借用的直觉:好的预训练模型需要改变的很少,而变化位于一个很小的空间里。(这是真实实验
+# 的一个小替身:400 个验证句子的标准误约 2.5 个百分点,所以曲线上的单个点会随随机种子变动。)
+
+# %% [markdown] lang="en"
 # ## 2. Why low rank suffices: the spectrum of a real full fine-tuning update
 #
 # LoRA *assumes* that each weight's update has a low "intrinsic rank". Test it: fine-tune all of MiniLM on
 # SST-2 (the full fine-tuning run of lesson 4, reused from the cache or trained now), form
 # ΔW = W_ft − W0 for every attention matrix and look at its singular values. Full fine-tuning is free to
 # use all 384 directions.
+
+# %% [markdown] lang="zh"
+# ## 2. 为什么低秩就够了:一次真实全量微调更新的谱
+#
+# LoRA *假设*每个权重的更新具有很低的"内在秩"。来检验它:在 SST-2 上微调整个 MiniLM(第 4 课的全量微调,从缓存读取
+# 或现在训练),对每个注意力矩阵构造 ΔW = W_ft − W0,看它的奇异值。全量微调可以自由使用全部 384 个方向。
 
 # %%
 full_run = kit.train_run(S, "full")
@@ -195,25 +262,42 @@ def energy_in_top(s: torch.Tensor, r: int) -> float:
     return float((s[:r] ** 2).sum() / (s ** 2).sum())
 
 
-print(f"{'ΔW of full fine-tuning':42} {'‖ΔW‖_F':>7} {'eff. rank':>9} {'top-1':>6} {'top-8':>6} {'top-64':>6}")
+print(t(f"{'ΔW of full fine-tuning':42}", f"{'全量微调的 ΔW':38}") + f" {'‖ΔW‖_F':>7} " + t(f"{'eff. rank':>9}", f"{'有效秩':>6}")
+      + f" {'top-1':>6} {'top-8':>6} {'top-64':>6}")
 for name, s in spectra.items():
     print(f"{name:42} {float(s.norm()):7.3f} {effective_rank(s):9.1f} {energy_in_top(s, 1):6.1%} "
           f"{energy_in_top(s, 8):6.1%} {energy_in_top(s, 64):6.1%}")
-print(f"{'a random Gaussian matrix, same shape':42} {'':7} {effective_rank(random_spectrum):9.1f} "
+print(t(f"{'a random Gaussian matrix, same shape':42}", f"{'同形状的随机高斯矩阵':32}") + f" {'':7} {effective_rank(random_spectrum):9.1f} "
       f"{energy_in_top(random_spectrum, 1):6.1%} {energy_in_top(random_spectrum, 8):6.1%} "
       f"{energy_in_top(random_spectrum, 64):6.1%}")
 
 fig, ax = plt.subplots(figsize=(7, 3.6))
 for name, s in spectra.items():
     ax.plot((s / s[0]).numpy(), color="#47a" if "query" in name else "#c44", alpha=0.6, lw=1)
-ax.plot((random_spectrum / random_spectrum[0]).numpy(), color="black", ls="--", label="random matrix")
-ax.plot([], [], color="#47a", label="ΔWq, full fine-tuning")
-ax.plot([], [], color="#c44", label="ΔWv, full fine-tuning")
-ax.set(yscale="log", xlabel="index i", ylabel="σ_i / σ_1", title="singular values of the full fine-tuning update")
+ax.plot((random_spectrum / random_spectrum[0]).numpy(), color="black", ls="--", label=t("random matrix", "随机矩阵"))
+ax.plot([], [], color="#47a", label=t("ΔWq, full fine-tuning", "ΔWq,全量微调"))
+ax.plot([], [], color="#c44", label=t("ΔWv, full fine-tuning", "ΔWv,全量微调"))
+ax.set(yscale="log", xlabel=t("index i", "序号 i"), ylabel="σ_i / σ_1",
+       title=t("singular values of the full fine-tuning update", "全量微调更新的奇异值"))
 ax.legend()
 fig.tight_layout()
 
-# %% [markdown]
+# %%
+top8 = [energy_in_top(s, 8) for s in spectra.values()]
+random_top8 = energy_in_top(random_spectrum, 8)
+concentrated = sum(value > 2 * random_top8 for value in top8)
+S.say(f"Measured here: the top 8 directions carry {min(top8):.1%} to {max(top8):.1%} of each full update's ‖ΔW‖_F², "
+      f"a random matrix's top 8 carry {random_top8:.1%}; {concentrated} of {len(top8)} updates concentrate more than "
+      f"twice as much as random in their top 8. "
+      + ("So the full update is far from low-rank in the strict sense, but its energy is concentrated: the empirical "
+         "basis of \"low intrinsic rank\"." if concentrated == len(top8) else
+         "So here the evidence for a low intrinsic rank is mixed."),
+      f"这里的实测:前 8 个方向承载了每个全量更新 ‖ΔW‖_F² 的 {min(top8):.1%} 到 {max(top8):.1%},随机矩阵的前 8 个方向承载"
+      f" {random_top8:.1%};{len(top8)} 个更新中有 {concentrated} 个在前 8 个方向上的集中程度超过随机的两倍。"
+      + ("所以全量更新在严格意义上远不是低秩的,但它的能量是集中的:这就是\"低内在秩\"的经验基础。"
+         if concentrated == len(top8) else "所以这里支持低内在秩的证据并不一致。"))
+
+# %% [markdown] lang="en"
 # Effective rank (Roy & Vetterli 2007) is exp of the entropy of the normalised singular values: r for r equal
 # values, 1 when one direction carries everything. If the full update concentrates in its first singular
 # directions far more than a random matrix does, a rank-r LoRA can express most of it — the empirical basis
@@ -221,22 +305,37 @@ fig.tight_layout()
 # adapter's A with the top-8 right-singular vectors of the full update, with the subspace similarity φ of
 # lesson 4 (random level: 8/384 ≈ 0.02).
 
+# %% [markdown] lang="zh"
+# 有效秩(Roy & Vetterli,2007)是归一化奇异值的熵的指数:r 个相等的值给出 r,只有一个方向承载全部时给出 1。如果全量
+# 更新集中在前几个奇异方向上、远超随机矩阵,那么秩 r 的 LoRA 就能表达它的大部分。LoRA 找到的是这些方向吗?用第 4 课
+# 的子空间相似性 φ,比较 r = 8 LoRA 适配器 A 的输入方向与全量更新的前 8 个右奇异向量(随机水平:8/384 ≈ 0.02)。
+
 # %%
 lora8 = kit.lora_run(S, 8)
 deltas, _ = load_deltas(lora8.adapter)
-print(f"{'matrix':42} {'φ(LoRA r=8, full FT top-8)':>27} {'random':>7}")
+print(t(f"{'matrix':42} {'φ(LoRA r=8, full FT top-8)':>27} {'random':>7}",
+        f"{'矩阵':40} {'φ(LoRA r=8, 全量前 8)':>24} {'随机':>5}"))
+overlaps = []
 for delta in deltas:
     _, _, Vh_full = torch.linalg.svd(updates[delta.name], full_matrices=False)
     U_lora = right_singular_vectors(delta.A)                                    # (k, 8)
     overlap = float((U_lora.T @ Vh_full[:8].T).pow(2).sum() / 8)                # φ(8, 8)
+    overlaps.append(overlap / (8 / delta.d_in))
     print(f"{delta.name:42} {overlap:27.3f} {8 / delta.d_in:7.3f}")
+S.say(f"Measured here: the overlaps are {min(overlaps):.1f}× to {max(overlaps):.1f}× the random level.",
+      f"这里的实测:重合度是随机水平的 {min(overlaps):.1f} 到 {max(overlaps):.1f} 倍。")
 
-# %% [markdown]
+# %% [markdown] lang="en" mode="normal"
 # How to read the overlap: 1 would mean LoRA's eight input directions are exactly the full update's top eight,
 # the random column what unrelated directions give. Values several times the random level but far from 1
 # say that the two methods, which reach similar accuracy, share part of their directions and not others:
 # many different low-rank updates solve the same task.
-#
+
+# %% [markdown] lang="zh" mode="normal"
+# 怎么读重合度:1 表示 LoRA 的八个输入方向恰好是全量更新的前八个,随机列是不相关方向给出的值。比随机水平高几倍但远小于
+# 1,说明这两种达到相近准确率的方法共享一部分方向而不是全部:许多不同的低秩更新都能解决同一个任务。
+
+# %% [markdown] lang="en"
 # ## 3. Feature amplification, and the three ways to adapt a model
 #
 # Lesson 4 measured the amplification factor ‖ΔW‖_F / ‖Uᵀ·W·V‖_F on LoRA's updates. The paper's
@@ -246,19 +345,29 @@ for delta in deltas:
 # directions per matrix is all it takes. The same measurement on the rank-8 truncation of the *full*
 # fine-tuning update, next to LoRA's own:
 
+# %% [markdown] lang="zh"
+# ## 3. 特征放大,以及适配模型的三种方式
+#
+# 第 4 课在 LoRA 的更新上测量了放大因子 ‖ΔW‖_F / ‖Uᵀ·W·V‖_F。论文的解读(§7.3):低秩更新并不复制 W 的主导方向;它挑选
+# W 已经包含但*没有强调*的方向——预训练中学到的任务相关特征——并把它们放大很多倍(论文:GPT-3 在 r = 4 时约 21.5 倍)。
+# 如果适配就是这么回事,那么每个矩阵几个方向就够了。下面在*全量*微调更新的秩 8 截断上做同样的测量,与 LoRA 自己的并列:
+
 # %%
 last = f"bert.encoder.layer.{layers - 1}.attention.self.query"
 U, sv, Vh = torch.linalg.svd(updates[last], full_matrices=False)
 full_top8 = make_delta("full FT, top 8", Vh[:8], U[:, :8] * sv[:8])            # ΔW_8 = (U·Σ)[:, :8] · Vh[:8]
 W_last = base.get_submodule(last).weight.detach().double()
 lora_delta = next(d for d in deltas if d.name == last)
-for label, delta in (("full fine-tuning, top-8 part", full_top8), ("LoRA r = 8", lora_delta)):
+for label, delta in ((t("full fine-tuning, top-8 part", "全量微调,前 8 部分"), full_top8), ("LoRA r = 8", lora_delta)):
     a = amplification_of(delta, W_last)
-    print(f"{label:30} ‖ΔW‖_F {a.delta_fro:6.3f}   ‖UᵀWV‖_F: ΔW's dirs {a.proj_delta:6.3f} "
-          f"({a.proj_delta / a.proj_random:.1f}× random), W's top-8 {a.proj_w_top:6.2f}, random {a.proj_random:6.3f}"
-          f"   amplification {a.amplification:6.1f}")
+    print(t(f"{label:30} ‖ΔW‖_F {a.delta_fro:6.3f}   ‖UᵀWV‖_F: ΔW's dirs {a.proj_delta:6.3f} "
+            f"({a.proj_delta / a.proj_random:.1f}× random), W's top-8 {a.proj_w_top:6.2f}, random {a.proj_random:6.3f}"
+            f"   amplification {a.amplification:6.1f}",
+            f"{label:24} ‖ΔW‖_F {a.delta_fro:6.3f}   ‖UᵀWV‖_F:ΔW 的方向 {a.proj_delta:6.3f} "
+            f"(随机的 {a.proj_delta / a.proj_random:.1f} 倍),W 的前 8 个 {a.proj_w_top:6.2f},随机 {a.proj_random:6.3f}"
+            f"   放大因子 {a.amplification:6.1f}"))
 
-# %% [markdown]
+# %% [markdown] lang="en"
 # Two different things are in these rows. *Alignment* — how much more of W lies in ΔW's directions than in
 # random ones (the "× random") — says whether the update works on features W already has. The *amplification
 # factor* divides ‖ΔW‖_F by that projection, so it also grows with how far training moved the weights
@@ -266,7 +375,13 @@ for label, delta in (("full fine-tuning, top-8 part", full_top8), ("LoRA r = 8",
 # so its factor is small even where its directions are aligned. Within one method and one training recipe,
 # as in lesson 4 (r = 8 against r = 64), the factor is the paper's measure.
 
-# %% [markdown]
+# %% [markdown] lang="zh"
+# 这几行里是两件不同的事。*对齐*——W 落在 ΔW 方向上的部分比落在随机方向上多多少("随机的多少倍")——说明更新是否作用在
+# W 已有的特征上。*放大因子*用 ‖ΔW‖_F 除以这个投影,所以它还会随训练把权重移动了多远(学习率、步数)而变大:这里全量
+# 微调的学习率小 60 倍,移动 W 少得多,所以即使方向对齐,它的放大因子也很小。在同一种方法、同一套训练设置之内,例如
+# 第 4 课(r = 8 对 r = 64),放大因子才是论文的那个度量。
+
+# %% [markdown] lang="en"
 # The route closes with the comparison this lesson series has measured piece by piece:
 #
 # | method | where it adds parameters | inference cost | lesson |
@@ -278,6 +393,18 @@ for label, delta in (("full fine-tuning, top-8 part", full_top8), ("LoRA r = 8",
 # Prefix-tuning's cost is easy to count: with l prefix positions, every query attends to s + l keys instead
 # of s, so each layer's attention products (Q·Kᵀ and the weighted sum of V) grow by l/s — and in the
 # prefix-embedding variant the virtual tokens take l positions of the input itself.
+
+# %% [markdown] lang="zh"
+# 路线以本系列逐项测量过的对比收尾:
+#
+# | 方法 | 在哪里增加参数 | 推理代价 | 课程 |
+# |---|---|---|---|
+# | Adapter 层 | 在子层后*串行*插入小网络 | 每个块都有额外的串行计算 | 4 |
+# | Prefix-tuning | 每层 l 个可训练的键/值向量 | 每次注意力都多读 l 个位置 | 下文 |
+# | LoRA | 与选定矩阵*并行*的低秩支路 | 合并后没有(W = W0 + s·B·A) | 2, 4 |
+#
+# Prefix-tuning 的代价很容易数:有 l 个前缀位置时,每个查询要关注 s + l 个键而不是 s 个,所以每层的注意力乘积(Q·Kᵀ 和
+# 对 V 的加权和)增加 l/s——在前缀嵌入的变体中,虚拟 token 还会占用输入本身的 l 个位置。
 
 # %%
 prefix_length, tokens = 16, 32
@@ -297,39 +424,69 @@ for name, model in (("base", eager_encoder()), ("prefix", with_prefix)):
     with torch.inference_mode(), counter:
         model(input_ids=ids, attention_mask=torch.ones_like(ids))
     flops[name] = counter.get_total_flops()
-print(f"{tokens} tokens: base {flops['base']:,} FLOPs, with a length-{prefix_length} prefix {flops['prefix']:,} "
-      f"(+{flops['prefix'] / flops['base'] - 1:.1%})")
+print(t(f"{tokens} tokens: base {flops['base']:,} FLOPs, with a length-{prefix_length} prefix {flops['prefix']:,} "
+        f"(+{flops['prefix'] / flops['base'] - 1:.1%})",
+        f"{tokens} 个 token:基础模型 {flops['base']:,} FLOPs,加长度 {prefix_length} 的前缀后 {flops['prefix']:,} "
+        f"(+{flops['prefix'] / flops['base'] - 1:.1%})"))
 
-# %% [markdown]
+# %% [markdown] lang="en"
 # ## Check yourself
 #
 # 1. How many bytes would a dense fp32 P need for all of all-MiniLM-L6-v2's parameters at d = 1000?
-#    (By hand: 4 · D · d.) Compare with what torch allocates for such a tensor (on the meta device).
-# 2. The columns of P were normalised: what is the norm of column 1 of P_all? (1, by construction; measure it.)
-# 3. The share of ‖ΔW‖_F² in the top-8 directions of the last layer's full-FT ΔWq, two ways: from the
-#    singular values, and by projecting ΔW onto its top-8 left singular vectors (‖U8ᵀ·ΔW‖_F² / ‖ΔW‖_F²).
-# 4. How many values does LoRA r = 1 on Wq, Wv train in MiniLM (no head)? By hand 2·6·1·(384 + 384).
-# 5. Prefix-tuning's extra attention FLOPs by hand: per layer, Q·Kᵀ and probabilities·V each gain
-#    2·tokens·l·d_model FLOPs: 2 · L · 2 · tokens · l · d_model in total.
+#    Compare with what torch allocates for such a tensor (on the meta device).
+# 2. The columns of P were normalised: what is the norm of column 1 of P_all?
+# 3. The share of ‖ΔW‖_F² in the top-8 directions of the last layer's full-FT ΔWq, from the singular values;
+#    the lesson compares it with projecting ΔW onto its top-8 left singular vectors (‖U8ᵀ·ΔW‖_F² / ‖ΔW‖_F²).
+# 4. How many values does LoRA r = 1 on Wq, Wv train in MiniLM (no head)?
+# 5. Prefix-tuning's extra attention FLOPs, by hand.
+
+# %% [markdown] lang="zh"
+# ## 自我检查
+#
+# 1. 对 all-MiniLM-L6-v2 的全部参数、d = 1000,稠密的 fp32 P 需要多少字节?与 torch 为这样的张量分配的字节数比较
+#    (在 meta 设备上)。
+# 2. P 的列做过归一化:P_all 第 1 列的范数是多少?
+# 3. 最后一层全量微调 ΔWq 在前 8 个方向上的 ‖ΔW‖_F² 占比,由奇异值算出;课程把它与把 ΔW 投影到前 8 个左奇异向量上
+#    的结果(‖U8ᵀ·ΔW‖_F² / ‖ΔW‖_F²)比较。
+# 4. 在 MiniLM 的 Wq、Wv 上用 r = 1 的 LoRA 训练多少个参数(不含分类头)?
+# 5. 手算 Prefix-tuning 多出的注意力 FLOPs。
 
 # %%
 D_minilm = sum(p.numel() for p in pretrained.parameters())
+# hint[en]: a D×d matrix of 4-byte floats; D_minilm holds D.
+# hint[zh]: 一个 D×d 的 4 字节浮点矩阵;D_minilm 就是 D。
 answer_1 = 4 * D_minilm * 1000
-checks.equal("bytes of a dense fp32 P for all of MiniLM at d=1000", answer_1,
-             torch.empty(D_minilm, 1000, device="meta").nbytes)
+checks.equal("answer_1", answer_1, torch.empty(D_minilm, 1000, device="meta").nbytes,
+             t("bytes of a dense fp32 P for all of MiniLM at d=1000", "d=1000 时覆盖 MiniLM 全部参数的稠密 fp32 P 的字节数"),
+             t("4 bytes · D · d", "4 字节 · D · d"), "intrinsic-dim")
 
-checks.close("norm of a column of P", 1.0, float(P_all[:, 0].norm()), rel=1e-5)
+# hint[en]: P_all /= P_all.norm(dim=0, keepdim=True) was applied above.
+# hint[zh]: 上面执行过 P_all /= P_all.norm(dim=0, keepdim=True)。
+answer_2 = 1.0                                                               # normalised by construction
+checks.close("answer_2", answer_2, float(P_all[:, 0].norm()), t("norm of a column of P", "P 一列的范数"), rel=1e-5,
+             why=t("every column was divided by its norm", "每一列都除以了自己的范数"), concept="intrinsic-dim")
 
 s_last = spectra[last]
+# hint[en]: (σ1² + … + σ8²) / Σσ²: energy_in_top(s_last, 8) computes it, or write it with s_last.
+# hint[zh]: (σ1² + … + σ8²) / Σσ²:可以用 energy_in_top(s_last, 8),或者直接用 s_last 写出来。
 answer_3 = energy_in_top(s_last, 8)
 U8 = torch.linalg.svd(updates[last], full_matrices=False).U[:, :8]
-checks.close("energy of the top-8 directions: σ's vs projection", answer_3,
-             float((U8.T @ updates[last]).norm() ** 2 / updates[last].norm() ** 2), rel=1e-9)
+checks.close("answer_3", answer_3, float((U8.T @ updates[last]).norm() ** 2 / updates[last].norm() ** 2),
+             t("energy of the top-8 directions: σ's vs projection", "前 8 个方向的能量:由 σ 对比投影"), rel=1e-9,
+             why=t("the top-8 share is (σ1² + … + σ8²) / Σσ²", "前 8 的占比是 (σ1² + … + σ8²) / Σσ²"), concept="svd")
 
 config = base.config
+# hint[en]: 2 matrices per layer, num_hidden_layers layers, r·(d + d) values each with d = hidden_size.
+# hint[zh]: 每层 2 个矩阵,共 num_hidden_layers 层,每个 r·(d + d) 个参数,d = hidden_size。
 answer_4 = 2 * config.num_hidden_layers * 1 * (config.hidden_size + config.hidden_size)
-checks.equal("LoRA r=1 on Wq, Wv: by hand vs plan_injection", answer_4,
-             sum(p.num_params for p in loralab.plan_injection(pretrained, LoraConfig(r=1))))
+checks.equal("answer_4", answer_4, sum(p.num_params for p in loralab.plan_injection(pretrained, LoraConfig(r=1))),
+             t("LoRA r=1 on Wq, Wv: by hand vs plan_injection", "Wq、Wv 上 r=1 的 LoRA:手算对比 plan_injection"),
+             t("2·L·1·(d + d)", "2·L·1·(d + d)"), "low-rank")
 
+# hint[en]: per layer, Q·Kᵀ and probabilities·V each gain 2·tokens·l·d_model FLOPs.
+# hint[zh]: 每层中 Q·Kᵀ 和 概率·V 各增加 2·tokens·l·d_model 个 FLOP。
 answer_5 = 2 * config.num_hidden_layers * 2 * tokens * prefix_length * config.hidden_size
-checks.equal("prefix-tuning extra FLOPs: by hand vs FlopCounterMode", answer_5, flops["prefix"] - flops["base"])
+checks.equal("answer_5", answer_5, flops["prefix"] - flops["base"],
+             t("prefix-tuning extra FLOPs: by hand vs FlopCounterMode", "Prefix-tuning 多出的 FLOPs:手算对比 FlopCounterMode"),
+             t("2 · L · 2 · tokens · l · d_model", "2 · L · 2 · tokens · l · d_model"), "latency")
+checks.summary()

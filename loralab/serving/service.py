@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import json
 import os
 import threading
 import time

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loralab.errors import LoraLabError, choose
+from loralab.errors import LoraLabError
 from loralab.precision import Precision
 from loralab.runtime import Runtime
 

@@ -36,3 +36,28 @@ def quick_lessons(lessons_ready, tmp_path_factory):
         out = root / lesson.folder_name
         runs[lesson.number] = (run_lesson(lesson, out, root / "cache", quick=True), out)
     return runs
+
+
+@pytest.fixture(scope="session")
+def quick_lessons_zh(quick_lessons, tmp_path_factory):
+    """The Chinese edition of every lesson, answered, in quick mode, from the English runs' cache (so it
+    trains nothing: the same cached runs serve both languages)."""
+    from loralab.lessons import LESSONS
+    from loralab.lessons.runner import run_lesson
+
+    cache = next(iter(quick_lessons.values()))[1].parent / "cache"
+    root = tmp_path_factory.mktemp("lessons-zh")
+    return {lesson.number: (run_lesson(lesson, root / lesson.folder_name, cache, quick=True, lang="zh"),
+                            root / lesson.folder_name) for lesson in LESSONS}
+
+
+@pytest.fixture(scope="session")
+def quick_exercises(quick_lessons, tmp_path_factory):
+    """Every lesson in exercise mode with its answers left blank, English, quick mode, same cache."""
+    from loralab.lessons import LESSONS
+    from loralab.lessons.runner import run_lesson
+
+    cache = next(iter(quick_lessons.values()))[1].parent / "cache"
+    root = tmp_path_factory.mktemp("lessons-exercises")
+    return {lesson.number: (run_lesson(lesson, root / lesson.folder_name, cache, quick=True, exercises=True),
+                            root / lesson.folder_name) for lesson in LESSONS}

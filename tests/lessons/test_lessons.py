@@ -13,26 +13,35 @@ D, LAYERS, FFN, HEAD = 32, 2, 37, 32 * 2 + 2
 GPT3_PARAMS = 174_604_259_328
 # Lessons and their check-yourself counts; a lesson that loses an exercise should fail loudly.
 CHECKS = {1: 5, 2: 5, 3: 5, 4: 6, 5: 5}
+PREDICTIONS = {1: 0, 2: 1, 3: 2, 4: 0, 5: 0}
 
 
 @pytest.mark.parametrize("number", [lesson.number for lesson in LESSONS])
 def test_lesson_runs_and_verifies_its_answers(quick_lessons, number):
     run, out = quick_lessons[number]
     assert run.failed is None, run.failed.error
-    checks = run.namespace["checks"].results
-    assert len(checks) == CHECKS[number] and all(c["passed"] for c in checks)
+    checks = run.namespace["checks"]
+    exercises, predictions = checks.of_kind("exercise"), checks.of_kind("prediction")
+    assert len(exercises) == CHECKS[number] and all(c["status"] == "right" for c in exercises)
+    # a prediction is checked against the measurement: right or wrong, never missing in the answered page
+    assert len(predictions) == PREDICTIONS[number] and all(c["status"] in ("right", "wrong") for c in predictions)
+    assert run.disagreements == []
     summary = json.loads((out / "run.json").read_text(encoding="utf-8"))
-    assert summary["failed"] is False and summary["quick"] is True and len(summary["checks"]) == CHECKS[number]
+    assert summary["failed"] is False and summary["quick"] is True and summary["lang"] == "en"
+    assert len(summary["checks"]) == CHECKS[number] + PREDICTIONS[number]
     figures = sorted((out / "figures").glob("*.png"))
     assert figures and len(figures) == sum(len(c["figures"]) for c in summary["cells"])
     page = (out / "index.html").read_text(encoding="utf-8")
     assert page.count("data:image/png;base64,") == len(figures)
-    assert f"{CHECKS[number]} of {CHECKS[number]} answers verified" in page
+    assert f"Score: {CHECKS[number]} of {CHECKS[number]} right, 0 wrong, 0 missing" in page
+    assert summary["score"].startswith(f"Score: {CHECKS[number]} of {CHECKS[number]} right")
+    assert '<html lang="en">' in page and page.count('<details class="hint">') >= CHECKS[number]
 
 
 def test_lesson_1_numbers(quick_lessons):
     ns = quick_lessons[1][0].namespace
     assert ns["answer_1"] == 8 * (FFN + D)                      # rank-8 factors of the 37×32 MLP matrix
+    assert ns["full_states"] == 16 * GPT3_PARAMS and ns["lora_states"] < ns["full_states"]
     assert ns["budgets"]["gpt3-175b"].skeleton.total_params == GPT3_PARAMS
     assert ns["answer_4"] == 16 * GPT3_PARAMS
     assert ns["W_q"].shape == (D, D) and ns["W_up"].shape == (FFN, D)
@@ -45,6 +54,9 @@ def test_lesson_2_numbers(quick_lessons):
     ns = quick_lessons[2][0].namespace
     assert ns["h"].tolist() == [15.0, 2.0, 22.0, -6.0]
     assert ns["init_gap"] == 0.0 and ns["grad_A"] == 0.0 and ns["grad_B"] > 0
+    start, losses, (grad_a, grad_b) = ns["swapped"]                 # A = 0, B random
+    assert start == 0.0 and grad_b == 0.0 and grad_a > 0 and losses[-1] < losses[0]
+    assert ns["measured_1"] == "a" == ns["prediction_1"]
     assert ns["drift"] < 1e-5                                   # ten merged task switches, float32 rounding
     assert set(ns["table"]) == {"sst2", "mrpc"}
     norms = ns["delta_norms"]
@@ -66,6 +78,7 @@ def test_lesson_3_numbers(quick_lessons):
     for r, run in ns["runs"].items():
         assert run.trainable == 2 * LAYERS * r * 2 * D + HEAD
         assert len(run.losses) == 6
+    assert ns["lowest"] in ns["RANKS"] and ns["final_loss"][ns["lowest"]] == min(ns["final_loss"].values())
 
 
 def test_lesson_4_numbers(quick_lessons):
@@ -81,6 +94,7 @@ def test_lesson_4_numbers(quick_lessons):
     phi = ns["similarity"][ns["query"]].phi
     assert len(phi) == 8 and len(phi[0]) == 16 and all(0 <= v <= 1 + 1e-9 for row in phi for v in row)
     assert {row.config for row in ns["rows"]} == {"base", "houlsby", "lora_unmerged", "lora_merged"}
+    assert ns["answer_5"] == 0
 
 
 def test_lesson_5_numbers(quick_lessons):
@@ -111,4 +125,4 @@ def test_lesson_normal_mode(lessons_ready, tmp_path_factory, number):
     root = tmp_path_factory.getbasetemp() / "lessons-normal"
     run = run_lesson(get_lesson(number), root / f"{number:02d}", root / "cache", quick=False)
     assert run.failed is None, run.failed.error
-    assert all(c["passed"] for c in run.namespace["checks"].results)
+    assert run.disagreements == []           # every worked solution right (a prediction may disagree with a run)
