@@ -28,8 +28,9 @@ from pathlib import Path
 
 import torch
 
-import loralab
 from benchmarks.mixed import MixedConfig, load_base, with_adapters
+
+import loralab
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = [f"Write one short sentence about {topic}." for topic in (

@@ -32,8 +32,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-import loralab
 from benchmarks.suites import alternate, median_ms
+
+import loralab
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from benchmarks import suites  # noqa: E402
+
 from loralab.quantization import get_scheme, quantize, quantized_memory  # noqa: E402
 
 LAYER_SHAPE = (2048, 384, 1536)         # tokens, d_in, d_out: the probe's layer (an all-MiniLM-L6-v2 FFN up)

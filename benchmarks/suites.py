@@ -22,8 +22,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-import loralab
 from benchmarks.flops import EncoderShape, forward_flops, training_step_flops
+
+import loralab
 
 REPO = Path(__file__).resolve().parents[1]
 

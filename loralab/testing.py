@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import torch
 from torch import nn
+
 from loralab.adapters.state import lora_layers, trainable_copies
 
 # family -> (config class name, model class name, config kwargs)

@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from loralab.errors import LoraLabError
 from loralab.core.kinds import weight_matrix
+from loralab.errors import LoraLabError
 
 
 def load_base_model(model_dir: str | os.PathLike) -> nn.Module:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
+
 from loralab.analysis.spectrum import effective_rank, energy_rank, stable_rank
 from loralab.models.loading import resolve_model_spec
 

@@ -12,14 +12,14 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from loralab.analysis import plots
 from loralab.analysis.amplification import ModuleAmplification, compare_with_base
+from loralab.analysis.base import base_weights, load_base_model
 from loralab.analysis.deltas import LowRankDelta, load_deltas
 from loralab.analysis.spectrum import ModuleSpectrum, adapter_spectra
 from loralab.analysis.subspace import ModuleSimilarity, compare_adapters
 from loralab.errors import LoraLabError
 from loralab.files import claim_output_folder, write_bytes, write_text
-from loralab.analysis.base import base_weights, load_base_model
-from loralab.analysis import plots
 
 OUTPUT_KIND = "analysis-report"      # the .loralab-output marker of an `analyze` report folder
 

@@ -21,15 +21,15 @@ from collections.abc import Callable, Sequence
 
 from torch import nn
 
+from loralab import LoraConfig, inject
 from loralab.baselines.bitfit import bias_parameters, prepare_bitfit
 from loralab.baselines.common import count_all, count_trainable, freeze_all, head_modules, train_head
-from loralab.baselines.full import prepare_full
 from loralab.baselines.fastfood import FastfoodProjection, fastfood_projection, fwht, hadamard
+from loralab.baselines.full import prepare_full
 from loralab.baselines.houlsby import houlsby_param_count, prepare_houlsby, set_houlsby_enabled
 from loralab.baselines.intrinsic import IntrinsicSubspace, prepare_intrinsic, subspace_of
 from loralab.baselines.prefix import (prefix_disabled, prefix_param_count, prepare_prefix, remove_prefix,
                                       set_prefix_enabled)
-from loralab import LoraConfig, inject
 
 
 def prepare_lora(model: nn.Module, head: Sequence[str] | None = None, adapter: str = "default",

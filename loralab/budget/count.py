@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 
 from torch import nn
+
 import loralab
 from loralab.surgery.inject import resolve_config as resolve
 

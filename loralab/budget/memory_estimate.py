@@ -34,11 +34,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from loralab.budget.count import rank_total
 from loralab.budget.sizes import DTYPE_BYTES
 from loralab.budget.skeleton import TransformerDims
 from loralab.errors import LoraLabError, choose
 from loralab.quantization import QUANTIZE_CHOICES, SCHEMES, QuantScheme, get_scheme
-from loralab.budget.count import rank_total
 
 ATTENTION_MODES = ("eager", "flash")
 

@@ -12,10 +12,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from loralab.budget.count import (ModuleTypeCount, bias_parameters, by_module_type, lora_config_class,
-                                  planned_modules, rank_total, resolve_config)
-from loralab.budget.memory_estimate import (MemoryEstimate, TrainingSetup, assumptions, full_finetune_memory,
-                                   lora_memory)
+from loralab.budget.count import (ModuleTypeCount, bias_parameters, by_module_type, lora_config_class, planned_modules,
+                                  rank_total, resolve_config)
+from loralab.budget.memory_estimate import MemoryEstimate, TrainingSetup, assumptions, full_finetune_memory, lora_memory
 from loralab.budget.roles import resolve_targets
 from loralab.budget.sizes import DTYPE_BYTES, FileSize, format_bytes, format_count, safetensors_header_bytes
 from loralab.budget.skeleton import ModelSkeleton, build_skeleton

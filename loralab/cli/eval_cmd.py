@@ -36,19 +36,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     _quiet_transformers()
+    from loralab.cli.adapter_args import adapter_paths
     from loralab.cli.data_args import read_options_from_args
+    from loralab.cli.output_args import checked_output_file
+    from loralab.cli.progress import forward_progress
+    from loralab.cli.runtime_args import runtime_from_args
     from loralab.data.batching import PadCollator, pad_token_id_for
     from loralab.data.builtin import builtin_dataset, load_builtin
     from loralab.data.encoding import encode_examples
     from loralab.data.readers import read_examples
     from loralab.data.splits import fixed_subset
-    from loralab.cli.progress import forward_progress
-    from loralab.cli.runtime_args import runtime_from_args
     from loralab.errors import LoraLabError
-    from loralab.cli.adapter_args import adapter_paths
-    from loralab.cli.output_args import checked_output_file
-    from loralab.runtime import load_with_adapters
     from loralab.files import write_text as atomic_write_text
+    from loralab.runtime import load_with_adapters
     from loralab.training.evaluation import evaluate
     from loralab.training.runtime import set_threads
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from loralab.cli.lora_args import add_lora_arguments, lora_config_from_args
 from loralab.errors import LoraLabError
 
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from loralab.cli.task_args import add_task_argument
 

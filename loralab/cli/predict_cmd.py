@@ -19,8 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from loralab.cli.data_args import add_data_arguments
     from loralab.cli.output_args import add_output_argument
     from loralab.cli.runtime_args import add_runtime_arguments
-    from loralab.cli.train_args import add_train_arguments
     from loralab.cli.sampling_args import add_sampling_arguments
+    from loralab.cli.train_args import add_train_arguments
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("\n", 2)[2]
@@ -37,8 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _stdin_examples(pairs: bool):
-    from loralab.errors import LoraLabError
     from loralab.data.examples import Example
+    from loralab.errors import LoraLabError
 
     examples = []
     for number, line in enumerate(sys.stdin, start=1):
@@ -90,14 +90,14 @@ def predict_texts(loaded, examples, batch_size: int = 32, params=None, progress:
 
 def run(args: argparse.Namespace) -> int:
     _quiet_transformers()
-    from loralab.cli.data_args import read_options_from_args
-    from loralab.data.readers import ReadOptions, read_examples
     from loralab.cli.adapter_args import adapter_paths
+    from loralab.cli.data_args import read_options_from_args
     from loralab.cli.output_args import checked_output_file
     from loralab.cli.runtime_args import runtime_from_args
     from loralab.cli.sampling_args import sampling_params_from_args
-    from loralab.runtime import load_with_adapters
+    from loralab.data.readers import ReadOptions, read_examples
     from loralab.files import write_text as atomic_write_text
+    from loralab.runtime import load_with_adapters
     from loralab.training.runtime import set_threads
 
     output = checked_output_file(args, *adapter_paths(args).values(), args.model, args.file)

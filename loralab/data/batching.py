@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
-from loralab.errors import LoraLabError
 from loralab.data.encoding import IGNORE_INDEX
 from loralab.data.packing import block_causal_mask
+from loralab.errors import LoraLabError
 
 
 def pad_token_id_for(tokenizer: Any) -> int:

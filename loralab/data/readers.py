@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from loralab.data.chat import conversation_from_row
 from loralab.data.examples import Column, Example
 from loralab.data.tasks import task_kind
 from loralab.errors import LoraLabError, choose
 from loralab.metrics.e2e import parse_e2e_line
-from loralab.data.chat import conversation_from_row
 
 FORMATS = ("tsv", "csv", "jsonl", "e2e", "hf", "chat")
 

@@ -14,12 +14,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from loralab.analysis.base import load_base_model
+from loralab.analysis.report import analyze_adapters
 from loralab.experiments.common import one_thread, run_grid
 from loralab.experiments.rank import rank_specs, settings
 from loralab.experiments.report import (ExperimentReport, Table, claim_experiment_folder, line_figure,
                                         write_experiment_report)
-from loralab.analysis.base import load_base_model
-from loralab.analysis.report import analyze_adapters
 from loralab.models.loading import resolve_model_spec
 
 _LAYER = re.compile(r"\.(\d+)\.")

@@ -27,15 +27,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loralab.errors import LoraLabError, choose
-from loralab.training.run import run_training
 from loralab.data.builtin import builtin_dataset, load_builtin
-from loralab.training.inputs import load_splits
-from loralab.formats.peft import is_adapter_tensor
-from loralab.files import write_text
+from loralab.errors import LoraLabError, choose
 from loralab.experiments.report import Table
+from loralab.files import write_text
+from loralab.formats.peft import is_adapter_tensor
 from loralab.models.builtin import builtin_model_dir
 from loralab.training.config import TrainConfig
+from loralab.training.inputs import load_splits
+from loralab.training.run import run_training
 
 RESOURCES_FILE = "resources.json"
 DEFAULT_MODEL = "all-minilm-l6-v2"

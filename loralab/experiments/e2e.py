@@ -39,27 +39,23 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from loralab.errors import LoraLabError, choose
-from loralab.data.builtin import shared_data_dir
-from loralab.metrics import read_e2e_references
-from loralab.metrics import read_e2e
-from loralab.files import write_text as atomic_write_text
-from loralab.experiments.common import train_run
-from loralab.generation import generate
-from loralab.data.encoding import Task
-from loralab.metrics.meteor_jar import FALLBACK, meteor_implementation
-from loralab.precision import Precision
-from loralab.training.runtime import set_threads
-from loralab.files import claim_output_folder
-from loralab.files import owned_kind
-from loralab.formats.peft import check_adapter_folder
 import loralab
-from loralab.models import load_model, load_tokenizer
-from loralab.runtime import quantize_base
-from loralab.metrics import score_e2e
+from loralab.data.builtin import shared_data_dir
+from loralab.data.encoding import Task
+from loralab.errors import LoraLabError, choose
+from loralab.experiments.common import train_run
+from loralab.files import claim_output_folder, owned_kind
+from loralab.files import write_text as atomic_write_text
+from loralab.formats.peft import check_adapter_folder
+from loralab.generation import SamplingParams, generate
+from loralab.metrics import read_e2e, read_e2e_references, score_e2e
 from loralab.metrics.e2e import METEOR_CHOICES
-from loralab.generation import SamplingParams
+from loralab.metrics.meteor_jar import FALLBACK, meteor_implementation
+from loralab.models import load_model, load_tokenizer
+from loralab.precision import Precision
+from loralab.runtime import quantize_base
 from loralab.training.config import TrainConfig
+from loralab.training.runtime import set_threads
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_INSTRUCTION = "Write one sentence describing this restaurant: "

@@ -29,17 +29,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from loralab.analysis.full_update import update_spectrum
 from loralab.baselines.fastfood import FastfoodProjection, fastfood_projection
 from loralab.errors import LoraLabError
-from loralab.analysis.full_update import update_spectrum
 from loralab.experiments.common import (DEFAULT_MODEL, RunResult, RunSpec, grid_meta, majority_fraction,
                                         quick_model_dir, run_grid, select_runs, train_set_size)
 from loralab.experiments.methods import METHOD_GRID
 from loralab.experiments.rank import ALPHA, metric_name
 from loralab.experiments.report import ExperimentReport, Table, line_figure, write_experiment_report
-from loralab.training.config import TrainConfig
 from loralab.experiments.step_time import measure_step_times
 from loralab.files import write_json
+from loralab.training.config import TrainConfig
 
 # Chosen to bracket d90 for the default model and data: on MiniLM / MRPC at 300 steps the threshold lies
 # between 30,000 and 50,000 (docs/experiments.md); d <= 1,000 still answers the majority class there.

@@ -21,9 +21,9 @@ from loralab.errors import choose
 from loralab.experiments.common import RunSpec, grid_meta, run_grid, seed_table, with_seeds
 from loralab.experiments.rank import ALPHA, metric_name, settings
 from loralab.experiments.report import ExperimentReport, Table, bar_figure, write_experiment_report
-from loralab.training.config import TrainConfig
-from loralab.timing import latency
 from loralab.models.loading import resolve_model_spec
+from loralab.timing import latency
+from loralab.training.config import TrainConfig
 
 # name -> (method options, learning rate of the default runs, of the quick runs)
 METHOD_GRID: dict[str, tuple[dict[str, Any], float, float]] = {

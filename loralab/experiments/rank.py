@@ -13,11 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from loralab.analysis import analyze_adapters, write_report
 from loralab.experiments.common import (DEFAULT_MODEL, RunResult, RunSpec, grid_meta, one_thread, quick_model_dir,
                                         run_grid, seed_medians, seed_table, select_runs, with_seeds)
 from loralab.experiments.report import ExperimentReport, Table, line_figure, write_experiment_report
 from loralab.training.config import TrainConfig
-from loralab.analysis import analyze_adapters, write_report
 
 RANKS = (1, 2, 4, 8, 64)
 QUICK_RANKS = (1, 2, 4, 8, 16)

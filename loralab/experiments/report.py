@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loralab.analysis.plots import _png
 from loralab.analysis.report import _STYLE, _finite, _img
 from loralab.files import check_output_folder, claim_output_folder, owned_kind, write_bytes, write_text
-from loralab.analysis.plots import _png
 
 OUTPUT_KIND = "experiment-report"    # the .loralab-output marker of an experiment's folder
 

@@ -17,8 +17,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from loralab.experiments.common import one_thread
 from loralab.baselines import METHODS, count_trainable
+from loralab.experiments.common import one_thread
 from loralab.models import load_model
 
 

@@ -10,11 +10,11 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from loralab.budget.shapes import load_config
 from loralab.errors import LoraLabError
 from loralab.experiments.common import RunSpec, grid_meta, run_grid, seed_medians, seed_table, select_runs, with_seeds
 from loralab.experiments.rank import ALPHA, metric_name, settings
 from loralab.experiments.report import ExperimentReport, Table, bar_figure, write_experiment_report
-from loralab.budget.shapes import load_config
 from loralab.models.architectures import architecture, architectures
 from loralab.models.loading import resolve_model_spec
 from loralab.training.config import TrainConfig

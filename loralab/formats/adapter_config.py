@@ -15,10 +15,10 @@ from pathlib import Path
 
 from loralab.core.variants import VARIANTS
 from loralab.errors import LoraLabError
-from loralab.surgery.config import BIAS_MODES, LoraConfig, checked_fused_slices, stored_variant
-from loralab.surgery.peft_names import check_saved_init, shared_peft_fields, variant_flags, warn_unknown_keys
 from loralab.precision import dtype_name
 from loralab.quantization.base import QuantizedLinear
+from loralab.surgery.config import BIAS_MODES, LoraConfig, checked_fused_slices, stored_variant
+from loralab.surgery.peft_names import check_saved_init, shared_peft_fields, variant_flags, warn_unknown_keys
 
 METADATA_KEY = "loralab"
 

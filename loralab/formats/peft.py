@@ -50,10 +50,10 @@ from loralab.files import write_safetensors, write_text
 from loralab.formats.adapter_config import (base_storage, file_metadata, fused_slices_value, peft_config, read_metadata,
                                             read_peft_config, sliced_metadata, task_type_of, variant_of)
 from loralab.formats.model_card import CardFacts, card_text, write_card
+from loralab.models import source_of_loaded
 from loralab.surgery.config import LoraConfig
 from loralab.surgery.inject import INJECT_HOOKS, inject
 from loralab.surgery.targeting import first_match
-from loralab.models import source_of_loaded
 
 if TYPE_CHECKING:
     from loralab.models import ModelSource

@@ -38,12 +38,12 @@ from typing import Any, ContextManager
 import torch
 from torch import nn
 
+from loralab.data.batching import pad_token_id_for
 from loralab.errors import LoraLabError
 from loralab.generation import cache as kv
 from loralab.generation.params import SamplingParams
 from loralab.generation.sampling import RowSettings, apply_repetition_penalty, draw_uniforms, sample_tokens
 from loralab.generation.text import IncrementalText
-from loralab.data.batching import pad_token_id_for
 
 ForwardContext = Callable[[list[Hashable]], ContextManager[Any]]
 

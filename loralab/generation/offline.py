@@ -21,14 +21,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from loralab.errors import LoraLabError
-from loralab.generation.decoder import BatchDecoder, eos_ids_of
-from loralab.generation.params import MAX_SEED, SamplingParams
+from loralab.data.batching import PadCollator, eval_batches, pad_token_id_for, restore_order
 from loralab.data.encoding import Task, encode_examples
 from loralab.data.examples import Example
 from loralab.data.tasks import task_kind
-from loralab.data.batching import eval_batches
-from loralab.data.batching import PadCollator, eval_batches, pad_token_id_for, restore_order
+from loralab.errors import LoraLabError
+from loralab.generation.decoder import BatchDecoder, eos_ids_of
+from loralab.generation.params import MAX_SEED, SamplingParams
 
 
 @dataclass(frozen=True)

@@ -26,20 +26,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from loralab.errors import LoraLabError
-from loralab.lessons import (CONCEPTS, ENV_CACHE, ENV_EXERCISES, ENV_LANG, ENV_PAGE_TEXT, ENV_QUICK, ENV_THREADS, LANGUAGES,
-                             get_concept)
-from loralab.experiments.common import quick_model_dir
-from loralab.models import load_model
-from loralab.models import load_tokenizer
-from loralab.data.builtin import load_builtin
+from loralab import save_adapter
+from loralab.baselines import METHODS, freeze_all, train_head
 from loralab.data.batching import PadCollator, pad_token_id_for
+from loralab.data.builtin import load_builtin
 from loralab.data.encoding import Task, encode_examples
 from loralab.data.labels import LabelMap
-from loralab.baselines import freeze_all, train_head
-from loralab.baselines import METHODS
-from loralab import save_adapter
+from loralab.errors import LoraLabError
+from loralab.experiments.common import quick_model_dir
 from loralab.files import write_json, write_safetensors
+from loralab.lessons import (CONCEPTS, ENV_CACHE, ENV_EXERCISES, ENV_LANG, ENV_PAGE_TEXT, ENV_QUICK, ENV_THREADS,
+                             LANGUAGES, get_concept)
+from loralab.models import load_model, load_tokenizer
 
 MODEL = "all-minilm-l6-v2"
 LABELS = 2          # SST-2: negative (0) / positive (1)

@@ -35,9 +35,9 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from loralab.analysis import analyze_adapters, load_deltas, right_singular_vectors
-from loralab.timing.latency import LatencySettings, build_configurations, make_inputs, measure_latency
 from loralab.lessons import kit
 from loralab.models import load_model
+from loralab.timing.latency import LatencySettings, build_configurations, make_inputs, measure_latency
 
 S = kit.settings()
 t = S.t                     # t(English, Chinese): every text the code prints or draws, in the page's language

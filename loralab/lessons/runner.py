@@ -27,9 +27,9 @@ worked solutions appear only in the answered page; `exercise_source` writes that
 """
 from __future__ import annotations
 
+import ast
 import base64
 import contextlib
-import ast
 import html
 import io
 import os
@@ -44,11 +44,10 @@ from pathlib import Path
 from typing import Any
 
 from loralab.errors import LoraLabError
+from loralab.files import atomic_folder, check_cache_folder, check_output_folder, save_figure, write_json, write_text
 from loralab.lessons import (CONCEPTS, ENV_CACHE, ENV_EXERCISES, ENV_LANG, ENV_PAGE_TEXT, ENV_QUICK, ENV_THREADS,
                              LANGUAGES, Lesson)
 from loralab.lessons.kit import MARKS, MISSING, PROSE_END, PROSE_START, RIGHT, WRONG, font_settings
-from loralab.files import save_figure
-from loralab.files import atomic_folder, check_cache_folder, check_output_folder, write_json, write_text
 
 OUTPUT_KIND = "lesson-page"
 _MARKER = re.compile(r"^# %%(?P<rest>.*)$")

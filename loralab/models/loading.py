@@ -20,8 +20,7 @@ from loralab.errors import LoraLabError, choose
 from loralab.models.builtin import BUILTIN_MODELS, builtin_model, builtin_model_dir
 from loralab.models.gguf import cached_folder_with_fingerprint, ensure_plain_model, gguf_cache_dir, source_record
 from loralab.precision import dtype_of
-from loralab.quantization.saved import from_bitsandbytes
-from loralab.quantization.saved import check_loadable, saved_quantization
+from loralab.quantization.saved import check_loadable, from_bitsandbytes, saved_quantization
 
 # The heads a model loads with, and transformers' Auto class for each: "base" (none) and the heads tasks ask for
 # (loralab.data.tasks: each TaskKind.model_task is one of these; the task list sits above models and reads them).

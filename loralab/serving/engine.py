@@ -37,13 +37,12 @@ from typing import Any
 import torch
 from torch import nn
 
+import loralab
+from loralab.adapters.state import STATE_ATTR
+from loralab.data.batching import PadCollator
+from loralab.generation import BatchDecoder
 from loralab.serving.api import ApiError
 from loralab.serving.telemetry import Metrics
-from loralab.serving.telemetry import Metrics
-from loralab.adapters.state import STATE_ATTR
-import loralab
-from loralab.generation import BatchDecoder
-from loralab.data.batching import PadCollator
 
 
 class EventSink:

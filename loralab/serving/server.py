@@ -21,10 +21,10 @@ import sys
 import threading
 
 from loralab.errors import LoraLabError
-from loralab.serving.settings import ServeSettings
+from loralab.serving.api import bad_request
 from loralab.serving.app import create_app
 from loralab.serving.service import Service
-from loralab.serving.api import bad_request
+from loralab.serving.settings import ServeSettings
 
 
 def make_server(settings: ServeSettings, log_level: str = "info"):

@@ -31,21 +31,20 @@ from typing import Any
 
 from torch import nn
 
-from loralab.errors import LoraLabError
-from loralab.serving.api import ApiError, bad_request, not_found
-from loralab.serving.telemetry import Metrics
-from loralab.serving.settings import ServeSettings
-from loralab.data.tasks import task_kind
-from loralab.runtime import adapter_task_and_labels, check_adapter_folder, read_task_info
-from loralab.data.batching import pad_token_id_for
-from loralab.serving.engine import ClassifierEngine, GenerationEngine
 import loralab
-from loralab.models import resolve_model_source
-from loralab.runtime import adapter_task_and_labels, load_base, resolve_base
-from loralab.generation.decoder import context_length
+from loralab.data.batching import pad_token_id_for
 from loralab.data.chat import chat_prompt_ids, check_messages
 from loralab.data.encoding import Task, encode_examples
 from loralab.data.examples import Example
+from loralab.data.tasks import task_kind
+from loralab.errors import LoraLabError
+from loralab.generation.decoder import context_length
+from loralab.models import resolve_model_source
+from loralab.runtime import adapter_task_and_labels, check_adapter_folder, load_base, read_task_info, resolve_base
+from loralab.serving.api import ApiError, bad_request, not_found
+from loralab.serving.engine import ClassifierEngine, GenerationEngine
+from loralab.serving.settings import ServeSettings
+from loralab.serving.telemetry import Metrics
 
 
 @dataclass(frozen=True)

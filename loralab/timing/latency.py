@@ -34,10 +34,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from loralab.errors import LoraLabError
-from loralab.files import write_bytes, write_text
 from loralab import LoraConfig, inject, lora_layers, merge
 from loralab.baselines.houlsby import houlsby_adapters, prepare_houlsby
+from loralab.errors import LoraLabError
+from loralab.files import write_bytes, write_text
 from loralab.models.builtin import builtin_model_dir
 from loralab.testing import tiny_model
 

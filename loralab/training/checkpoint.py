@@ -44,9 +44,9 @@ from torch import nn
 
 from loralab import files
 from loralab.errors import LoraLabError
+from loralab.formats.peft import save_adapter
 from loralab.training.state_files import (UnreadableState, capture_rng, check_optimizer_state, load_legacy_pt,
                                           optimizer_files, optimizer_state, restore_rng, rng_files, rng_state)
-from loralab.formats.peft import save_adapter
 
 LATEST = "LATEST"
 CHECKPOINT_KIND = "checkpoint"

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from loralab.data.tasks import DEFAULT_TASK, task_kind
-from loralab.training.config_files import RECIPES_DIR, read_config_file
 from loralab.errors import LoraLabError, choose
+from loralab.training.config_files import RECIPES_DIR, read_config_file
 
 # The learning-rate schedules (transformers.get_scheduler, after a linear warm-up from 0) and the options
 # each takes in scheduler_options; "cosine-with-restarts" and "constant_with_warmup" are accepted spellings.

@@ -9,13 +9,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from loralab.errors import LoraLabError
-from loralab.precision import Precision
-from loralab.training import distributed
 from loralab.data.batching import PadCollator, eval_batches
 from loralab.data.encoding import IGNORE_INDEX, EncodedDataset
 from loralab.data.labels import LabelMap
 from loralab.data.tasks import TASKS
+from loralab.errors import LoraLabError
+from loralab.precision import Precision
+from loralab.training import distributed
 from loralab.training.scores import classification_metrics, regression_metrics
 
 

@@ -6,13 +6,13 @@ from pathlib import Path
 
 from torch import nn
 
+from loralab.data.builtin import builtin_dataset, load_builtin
 from loralab.data.encoding import Task
 from loralab.data.examples import Example
-from loralab.data.splits import fixed_subset
-from loralab.runtime.load import load_model_for  # noqa: F401  (alias for one release: moved to loralab.runtime)
-from loralab.data.builtin import builtin_dataset, load_builtin
 from loralab.data.readers import options_for_task, read_examples
+from loralab.data.splits import fixed_subset
 from loralab.models.architectures import task_head_modules
+from loralab.runtime.load import load_model_for  # noqa: F401  (alias for one release: moved to loralab.runtime)
 
 
 def load_splits(config) -> dict[str, list[Example]]:

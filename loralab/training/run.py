@@ -21,29 +21,28 @@ from typing import Any
 
 from torch import nn
 
+import loralab
+from loralab.baselines import METHODS
 from loralab.data.batching import PadCollator, pad_token_id_for
-from loralab.data.encoding import EncodedDataset, Task
+from loralab.data.encoding import EncodedDataset, Task, encode_examples, require_targets
 from loralab.data.labels import LabelMap, LabelSpellingWarning
+from loralab.data.packing import pack_examples
 from loralab.errors import LoraLabError
+from loralab.models import load_tokenizer
+from loralab.precision import Precision, check_dtype, dtype_of
+from loralab.runtime import load_model_for, quantize_base
 from loralab.training import distributed
 from loralab.training.config import TrainConfig, resume_changes
 from loralab.training.evaluation import evaluate
-from loralab.runtime import load_model_for, quantize_base
 from loralab.training.inputs import head_modules, input_paths, load_splits, task_of
+from loralab.training.memory import enable_gradient_checkpointing
 from loralab.training.run_folder import (ADAPTER_DIR, read_config, record_resume, write_best_adapter, write_config,
                                          write_metrics, write_plot)
 from loralab.training.run_output import CommitAtFirstCheckpoint, RunOutput
-from loralab.training.memory import enable_gradient_checkpointing
 from loralab.training.runtime import seed_everything, set_threads
-from loralab.precision import Precision, check_dtype, dtype_of
 from loralab.training.stopping import stop_on_signals
 from loralab.training.tracking import Tracking
 from loralab.training.trainer import Trainer, TrainerCallback
-from loralab.models import load_tokenizer
-from loralab.data.encoding import encode_examples, require_targets
-from loralab.data.packing import pack_examples
-import loralab
-from loralab.baselines import METHODS
 
 
 @dataclass

@@ -29,6 +29,7 @@ from typing import Any
 
 from torch import nn
 
+import loralab
 from loralab import files
 from loralab.data.labels import LABELS_FILENAME, LabelMap
 from loralab.data.tasks import task_kind
@@ -38,7 +39,6 @@ from loralab.models import resolve_model_source
 from loralab.runtime.folder import TASK_FILENAME, read_task_info  # noqa: F401
 from loralab.training.checkpoint import LATEST, write_measured_json
 from loralab.training.config import TrainConfig
-import loralab
 from loralab.training.plots import plot_history
 
 RUN_KIND = "train-run"

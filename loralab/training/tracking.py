@@ -30,9 +30,9 @@ from typing import Any
 from loralab import files
 from loralab.core.registry import Registry
 from loralab.errors import LoraLabError
+from loralab.training.config_files import config_yaml
 from loralab.training.run_folder import LOGS_DIR
 from loralab.training.trainer import Trainer, TrainerCallback
-from loralab.training.config_files import config_yaml
 
 TRAIN_SCALARS = ("loss", "lr", "grad_norm", "examples_per_s")  # of each logged train row (Trainer history)
 REPORTERS = Registry("tracker")

@@ -38,19 +38,18 @@ import torch
 from torch import nn
 
 from loralab import files
-from loralab.errors import LoraLabError, choose
-from loralab.training import distributed
 from loralab.data.batching import LengthGroupedBatchSampler, PadCollator
+from loralab.data.encoding import EncodedDataset
+from loralab.data.labels import LabelMap
+from loralab.errors import LoraLabError, choose
+from loralab.precision import Precision, dtype_of
+from loralab.training import distributed
 from loralab.training.checkpoint import (LATEST, Checkpoint, NoSaneCheckpoint, apply_checkpoint, load_best,
                                          load_trainable_state, rewind, save_checkpoint, step_name, trainable_state,
                                          usable_checkpoint)
-from loralab.data.encoding import EncodedDataset
-from loralab.data.labels import LabelMap
 from loralab.training.evaluation import evaluate, move_batch
+from loralab.training.fsdp import describe, sync_gradients
 from loralab.training.optimization import build_optimizer, build_scheduler, set_peak_lr
-from loralab.precision import Precision, dtype_of
-from loralab.training.fsdp import describe
-from loralab.training.fsdp import sync_gradients
 
 SANE_GROWTH = 1e3
 
