@@ -18,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from loralab.errors import LoraLabError
+from loralab.errors import LoraLabError, choose
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -93,9 +93,7 @@ def run(args: argparse.Namespace) -> int:
         raise LoraLabError(f"--threads must be at least 1, got {args.threads}")
     from loralab.lessons import LANGUAGES
 
-    if args.lang not in LANGUAGES:
-        raise LoraLabError(f"--lang {args.lang!r}: there is no such edition of the lessons; choose one of "
-                           f"{', '.join(LANGUAGES)}")
+    choose(args.lang, LANGUAGES, "lesson language (--lang)")
     from loralab.lessons.runner import run_lesson
 
     out = Path(args.output or page_folder(lesson, args.lang, args.exercises))

@@ -32,7 +32,7 @@ from loralab.data.batching import PadCollator, pad_token_id_for
 from loralab.data.builtin import load_builtin
 from loralab.data.encoding import Task, encode_examples
 from loralab.data.labels import LabelMap
-from loralab.errors import LoraLabError
+from loralab.errors import choose
 from loralab.experiments.common import quick_model_dir
 from loralab.files import write_json, write_safetensors
 from loralab.lessons import (CONCEPTS, ENV_CACHE, ENV_EXERCISES, ENV_LANG, ENV_PAGE_TEXT, ENV_QUICK, ENV_THREADS,
@@ -128,8 +128,7 @@ def settings() -> Settings:
 
     quick = os.environ.get(ENV_QUICK, "1" if "--quick" in sys.argv[1:] else "0") == "1"
     lang = os.environ.get(ENV_LANG) or _argv_value("--lang", "en")
-    if lang not in LANGUAGES:
-        raise LoraLabError(f"there is no {lang!r} edition of the lessons; choose one of {', '.join(LANGUAGES)}")
+    choose(lang, LANGUAGES, "lesson language")
     exercises = os.environ.get(ENV_EXERCISES, "1" if "--exercises" in sys.argv[1:] else "0") == "1"
     cache = Path(os.environ.get(ENV_CACHE) or Path("runs", "lessons", "cache-quick" if quick else "cache"))
     threads = int(os.environ.get(ENV_THREADS) or 1)

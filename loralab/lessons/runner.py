@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loralab.errors import LoraLabError
+from loralab.errors import choose
 from loralab.files import atomic_folder, check_cache_folder, check_output_folder, save_figure, write_json, write_text
 from loralab.lessons import (CONCEPTS, ENV_CACHE, ENV_EXERCISES, ENV_LANG, ENV_PAGE_TEXT, ENV_QUICK, ENV_THREADS,
                              LANGUAGES, Lesson)
@@ -365,8 +365,7 @@ def run_lesson(lesson: Lesson, out: str | os.PathLike, cache: str | os.PathLike,
     import matplotlib
 
 
-    if lang not in LANGUAGES:
-        raise LoraLabError(f"there is no {lang!r} edition of the lessons; choose one of {', '.join(LANGUAGES)}")
+    choose(lang, LANGUAGES, "lesson language")
     out, cache = Path(out), Path(cache)
     path = Path(source) if source is not None else lesson.path
     check_output_folder(out, OUTPUT_KIND, [cache, path], overwrite=True)   # the output policy, before the lesson runs

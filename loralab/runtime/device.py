@@ -14,16 +14,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from loralab.errors import LoraLabError
+from loralab.errors import choose
 from loralab.precision import Precision
 from loralab.quantization import QUANTIZE_CHOICES
 
 
 def check_quantize(scheme: str) -> str:
     """`scheme` if `--quantize` offers it (loralab.quantization.QUANTIZE_CHOICES), else a one-line LoraLabError."""
-    if scheme not in QUANTIZE_CHOICES:
-        raise LoraLabError(f"quantize must be one of {', '.join(QUANTIZE_CHOICES)}, got {scheme!r}")
-    return scheme
+    return choose(scheme, QUANTIZE_CHOICES, "quantization")
 
 
 def _cpu_fp32() -> Precision:

@@ -116,7 +116,7 @@ def test_a_lesson_that_cannot_find_its_data_is_a_user_error(stand_in, monkeypatc
 @pytest.mark.parametrize("argv, message", [
     (["learn", "9"], "unknown lesson 9; choose one of 1, 2, 3, 4, 5"),
     (["learn", "1", "--threads", "0"], "--threads must be at least 1"),
-    (["learn", "1", "--lang", "fr"], "--lang 'fr': there is no such edition of the lessons; choose one of en, zh"),
+    (["learn", "1", "--lang", "fr"], "unknown lesson language (--lang) 'fr'; choose one of en, zh"),
 ])
 def test_user_errors(argv, message, capsys):
     assert main(argv) == 2
