@@ -103,3 +103,49 @@ def test_load_best_model_at_end_restores_the_best_checkpoints_adapter(tmp_path):
 def test_only_trainer_checkpoint_folders_get_the_trainable_tensors():
     assert is_trainer_checkpoint("out/checkpoint-12")
     assert not is_trainer_checkpoint("out/checkpoint-best") and not is_trainer_checkpoint("out/adapter")
+
+
+# ------------------------------------------------------------------------------------------------
+# TRL's SFTTrainer: the injected model is the path (TRL's peft_config takes only peft.PeftConfig objects)
+# ------------------------------------------------------------------------------------------------
+def _word_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = ["<unk>", "<pad>", "<s>", "</s>", *[f"w{i}" for i in range(40)]]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>",
+                                                pad_token="<pad>", unk_token="<unk>")
+
+
+def _sft(tmp_path, **kwargs):
+    trl = pytest.importorskip("trl")
+    datasets = pytest.importorskip("datasets")
+    text = [" ".join(f"w{(i + j) % 40}" for j in range(8)) for i in range(16)]
+    args = trl.SFTConfig(output_dir=str(tmp_path / "sft"), report_to=[], use_cpu=True, max_steps=4, save_steps=2,
+                         per_device_train_batch_size=4, learning_rate=1e-2, logging_steps=100, disable_tqdm=True,
+                         max_length=16)
+    return trl.SFTTrainer(args=args, train_dataset=datasets.Dataset.from_dict({"text": text}),
+                          processing_class=_word_tokenizer(), **kwargs)
+
+
+def test_sft_trainer_trains_and_checkpoints_an_injected_model(tmp_path):
+    model = tiny_model("llama")
+    loralab.inject(model, LoraConfig(r=2, alpha=4))
+    before = {k: v.clone() for k, v in trainable_state(model).items()}
+    with one_thread():
+        trainer = _sft(tmp_path, model=model)
+        trainer.train()
+        trainer.save_model(str(tmp_path / "adapter"))
+    after = trainable_state(model)
+    assert any(not torch.equal(before[k], after[k]) for k in before)          # it trained
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= set(os.listdir(tmp_path / "adapter"))
+    assert "model.safetensors" in os.listdir(tmp_path / "sft" / "checkpoint-4")
+    reloaded = loralab.load_adapter(tiny_model("llama"), tmp_path / "adapter")
+    assert _same(trainable_state(reloaded), {k: v for k, v in after.items()})
+
+
+def test_sft_trainer_peft_config_is_trls_and_refuses_a_loralab_config(tmp_path):
+    pytest.importorskip("peft")
+    with pytest.raises((TypeError, ValueError), match=r"must be a `peft.PeftConfig` instance"):
+        _sft(tmp_path, model=tiny_model("llama"), peft_config=LoraConfig(r=2))
