@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "LoraConfig": "loralab.surgery.config",
     "PlannedModule": "loralab.surgery.inject",
-    # surgery's inject, reached through formats.peft so that its hook (model.save_pretrained in PEFT layout) is set
+    # surgery's inject, reached through formats so that its hooks (save_pretrained, transformers' adapter methods) are set
     "inject": "loralab.formats.peft",
     "plan_injection": "loralab.surgery.inject",
     "trainable_summary": "loralab.surgery.inject",

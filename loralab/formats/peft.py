@@ -50,6 +50,7 @@ from loralab.files import write_safetensors, write_text
 from loralab.formats.adapter_config import (base_storage, file_metadata, fused_slices_value, peft_config, read_metadata,
                                             read_peft_config, sliced_metadata, task_type_of, variant_of)
 from loralab.formats.model_card import CardFacts, card_text, write_card
+from loralab.formats.trainer_checkpoint import is_trainer_checkpoint, write_trainable_state
 from loralab.models import source_of_loaded
 from loralab.surgery.config import LoraConfig
 from loralab.surgery.inject import INJECT_HOOKS, inject
@@ -401,6 +402,8 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, selecte
         return
     for name in names:
         save_adapter(model, Path(save_directory) if name == "default" else Path(save_directory) / name, adapter=name)
+    if is_trainer_checkpoint(save_directory):        # what Trainer reloads a non-PEFT model's checkpoint from
+        write_trainable_state(model, save_directory)
 
 
 def give_save_pretrained(model: nn.Module) -> None:
