@@ -17,6 +17,8 @@ MOVED = {
     "loralab.serving.metrics": "loralab.serving.telemetry",
     "loralab.training.metrics": "loralab.training.scores",
     "loralab.budget.memory": "loralab.budget.memory_estimate",
+    "loralab.training.runtime": "loralab.training.reproducibility",
+    "loralab.surgery.targeting": "loralab.core.targeting",
 }
 
 

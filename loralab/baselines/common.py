@@ -10,9 +10,9 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from loralab.core.targeting import matches
 from loralab.errors import LoraLabError
 from loralab.models.architectures import task_head_modules
-from loralab.surgery.targeting import matches
 
 
 def freeze_all(model: nn.Module) -> None:

@@ -24,9 +24,9 @@ import torch
 from torch import nn
 
 from loralab.baselines.common import freeze_all, train_head
+from loralab.core.targeting import matches
 from loralab.errors import LoraLabError, choose
 from loralab.models.architectures import architecture_for, model_type_of
-from loralab.surgery.targeting import matches
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh}
 

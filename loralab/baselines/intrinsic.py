@@ -28,8 +28,8 @@ from torch.nn.utils import parametrize
 from loralab.baselines.common import freeze_all, head_modules
 from loralab.baselines.common import train_head as unfreeze_head
 from loralab.baselines.fastfood import FastfoodProjection
+from loralab.core.targeting import matches
 from loralab.errors import LoraLabError
-from loralab.surgery.targeting import matches
 
 SUBSPACE_NAME = "intrinsic_subspace"
 

@@ -28,9 +28,9 @@ import torch
 from torch import nn
 
 from loralab.baselines.common import freeze_all, train_head
+from loralab.core.targeting import matches
 from loralab.errors import LoraLabError
 from loralab.models.architectures import architecture_for, model_type_of
-from loralab.surgery.targeting import matches
 
 PREFIX_ATTR = "loralab_prefix"
 _IMPL_NAME = "loralab_prefix_{}"

@@ -12,9 +12,9 @@ from torch import nn
 
 from loralab.budget.shapes import NamedShape, config_for_shape, find_shape, load_config
 from loralab.core.kinds import kind_of
+from loralab.core.targeting import matches
 from loralab.errors import LoraLabError
 from loralab.models.architectures import Architecture, architecture_for
-from loralab.surgery.targeting import matches
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,8 @@
 Examples:
   loralab budget --shape gpt3-175b --r 1 8 --targets q v
   loralab budget --model path/to/model_folder --r 8 --targets q v o --batch-size 16 --seq-len 128
-  loralab budget --shape llama-7b --targets all-linear --precision bf16 --attention flash --json
-  loralab budget --shape llama-65b --targets all-linear --r 64 --precision bf16 --quantize nf4 --double-quant \
+  loralab budget --shape llama-7b --targets all-linear --dtype bf16 --attention flash --json
+  loralab budget --shape llama-65b --targets all-linear --r 64 --dtype bf16 --quantize nf4 --double-quant \
       --gradient-checkpointing                       # QLoRA's 65B on one 48 GB GPU
   loralab budget --list-shapes
 """
@@ -71,11 +71,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train = parser.add_argument_group("training memory")
     train.add_argument("--batch-size", type=int, default=1, help="sequences per step (default 1)")
     train.add_argument("--seq-len", type=int, default=512, help="tokens per sequence (default 512)")
-    train.add_argument("--precision", choices=PRECISIONS, default="fp16",
-                       help="precision of the frozen weights and the compute, what `loralab train --dtype` sets; "
+    train.add_argument("--dtype", choices=PRECISIONS, default="fp16",
+                       help="precision of the frozen weights and the compute, as `loralab train --dtype`; "
                             "LoRA's trained values, gradients and AdamW states are fp32 (default fp16)")
-    # loralab 0.1 spelt it --dtype; it means what train's --dtype means, but budget's flag is --precision.
-    add_deprecated(train, "--dtype", dest="precision", new="--precision", choices=PRECISIONS)
+    # --dtype as on every other command (issue 19); the spelling --precision stays for one release.
+    add_deprecated(train, "--precision", dest="dtype", new="--dtype", choices=PRECISIONS)
     train.add_argument("--quantize", choices=_QuantizeChoices(), default="none",
                        help="LoRA's frozen Linear weights stored quantized, scales included, as `loralab train "
                             "--quantize` (default none)")
@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     from loralab.budget.shapes import find_shape
 
     source = find_shape(args.shape) if args.shape else Path(args.model)
-    setup = TrainingSetup(batch_size=args.batch_size, seq_len=args.seq_len, dtype=args.precision,
+    setup = TrainingSetup(batch_size=args.batch_size, seq_len=args.seq_len, dtype=args.dtype,
                           master_weights=not args.no_master_weights, attention=args.attention,
                           gradient_checkpointing=args.gradient_checkpointing, quantize=args.quantize,
                           double_quant=args.double_quant)

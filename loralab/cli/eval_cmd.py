@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from loralab.files import write_text as atomic_write_text
     from loralab.runtime import load_with_adapters
     from loralab.training.evaluation import evaluate
-    from loralab.training.runtime import set_threads
+    from loralab.training.reproducibility import set_threads
 
     if bool(args.file) == bool(args.data):
         raise LoraLabError("give the data to evaluate: either --file PATH or --data NAME")

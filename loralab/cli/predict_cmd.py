@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     from loralab.data.readers import ReadOptions, read_examples
     from loralab.files import write_text as atomic_write_text
     from loralab.runtime import load_with_adapters
-    from loralab.training.runtime import set_threads
+    from loralab.training.reproducibility import set_threads
 
     output = checked_output_file(args, *adapter_paths(args).values(), args.model, args.file)
     set_threads(args.threads)

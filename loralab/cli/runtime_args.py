@@ -5,8 +5,8 @@
     model, tokenizer = load_base(spec, task, runtime); model.to(runtime.device)      # loralab.runtime
 
 The flags are generated from TrainConfig's fields of the same names (`loralab train` has them with the rest).
-On `loralab budget` the same meaning is `--precision` (its loralab 0.1 spelling `--dtype` is still accepted
-there, meaning the same).
+`loralab budget` has its own `--dtype` (no device to resolve, fp16 by default) meaning the same; its old
+spelling `--precision` is accepted for one release.
 """
 from __future__ import annotations
 

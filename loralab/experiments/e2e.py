@@ -55,7 +55,7 @@ from loralab.models import load_model, load_tokenizer
 from loralab.precision import Precision
 from loralab.runtime import quantize_base
 from loralab.training.config import TrainConfig
-from loralab.training.runtime import set_threads
+from loralab.training.reproducibility import set_threads
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_INSTRUCTION = "Write one sentence describing this restaurant: "

@@ -44,6 +44,7 @@ from torch import nn
 from loralab.adapters.state import adapter_state, base_modules, lora_layers, trainable_copies
 from loralab.core.kinds import KINDS, LayerKind, kind_of
 from loralab.core.lora import LoraFactors, lora_scale
+from loralab.core.targeting import first_match
 from loralab.core.variants import VARIANTS
 from loralab.errors import LoraLabError
 from loralab.files import write_safetensors, write_text
@@ -54,7 +55,6 @@ from loralab.formats.trainer_checkpoint import is_trainer_checkpoint, write_trai
 from loralab.models import source_of_loaded
 from loralab.surgery.config import LoraConfig
 from loralab.surgery.inject import INJECT_HOOKS, inject
-from loralab.surgery.targeting import first_match
 
 if TYPE_CHECKING:
     from loralab.models import ModelSource

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loralab.core.registry import Registry
+from loralab.core.targeting import matches
 from loralab.errors import LoraLabError
-from loralab.surgery.targeting import matches
 
 ROLES = ("q", "k", "v", "o", "gate", "up", "down")
 """q/k/v/o: attention query, key, value, output projections (the paper's Wq, Wk, Wv, Wo);

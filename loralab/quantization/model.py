@@ -16,9 +16,9 @@ from torch import nn
 from loralab.adapters.state import TrainableCopy
 from loralab.core.kinds import kind_of
 from loralab.core.lora import LoraLayer
+from loralab.core.targeting import first_match, output_head_names
 from loralab.errors import LoraLabError
 from loralab.quantization.base import QuantizedLinear, QuantScheme, get_scheme
-from loralab.surgery.targeting import first_match, output_head_names
 
 # Layer types quantize() replaces. Exact types, not subclasses: a subclass may be read directly by its
 # parent (nn.MultiheadAttention reads out_proj.weight, and marks it NonDynamicallyQuantizableLinear).

@@ -120,7 +120,7 @@ class LoraConfig:
         choose(self.bias, BIAS_MODES, "bias mode")
         self.exclude = _str_list("exclude", self.exclude)
         self.modules_to_save = _str_list("modules_to_save", self.modules_to_save)
-        from loralab.surgery.targeting import check_rule
+        from loralab.core.targeting import check_rule
         for name in ("targets", "exclude", "rank_pattern", "alpha_pattern", "modules_to_save", "fused_slices"):
             rules = getattr(self, name)
             for rule in rules if isinstance(rules, (list, dict)) else ():
@@ -155,17 +155,17 @@ class LoraConfig:
             raise LoraLabError(f"fan_in_fan_out must be True or False, got {self.fan_in_fan_out!r}")
 
     def rank_for(self, module_name: str) -> int:
-        from loralab.surgery.targeting import first_match
+        from loralab.core.targeting import first_match
         key = first_match(module_name, self.rank_pattern)
         return self.rank_pattern[key] if key is not None else self.r
 
     def alpha_for(self, module_name: str) -> float:
-        from loralab.surgery.targeting import first_match
+        from loralab.core.targeting import first_match
         key = first_match(module_name, self.alpha_pattern)
         return float(self.alpha_pattern[key]) if key is not None else self.alpha
 
     def slices_for(self, module_name: str) -> FusedSlices | None:
-        from loralab.surgery.targeting import first_match
+        from loralab.core.targeting import first_match
         key = first_match(module_name, self.fused_slices)
         if key is None:
             return None

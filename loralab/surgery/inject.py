@@ -18,6 +18,7 @@ from loralab.adapters.state import (STATE_ATTR, TrainableCopy, adapter_state, ba
 from loralab.core.inits import INITS
 from loralab.core.kinds import kind_of
 from loralab.core.lora import LoraFactors, LoraLayer, SlicedLoraFactors, check_scale
+from loralab.core.targeting import ALL_LINEAR, first_match, layer_index, matches, nearest_names, output_head_names
 from loralab.core.variants import VARIANTS
 from loralab.errors import LoraLabError
 from loralab.models.architectures import task_head_modules
@@ -25,7 +26,6 @@ from loralab.precision import available_memory
 from loralab.surgery.config import LoraConfig
 from loralab.surgery.peft_names import PEFT_TASK_HEADS
 from loralab.surgery.presets import preset_for
-from loralab.surgery.targeting import ALL_LINEAR, first_match, layer_index, matches, nearest_names, output_head_names
 
 # Called with the model after every successful inject. Surgery cannot import formats (packages import one way),
 # so loralab.formats.peft registers the hook that gives an adapted model PEFT's save_pretrained.

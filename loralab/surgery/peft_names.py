@@ -16,7 +16,7 @@ loralab's and back.
   layers_to_transform     layers             an int -> [int]
   r, bias, modules_to_save, rank_pattern, alpha_pattern, layers_pattern, fan_in_fan_out, task_type: the same
   names in both. rank_pattern / alpha_pattern keys are loralab target rules, a superset of PEFT's keys
-  (see loralab.surgery.targeting.matches): PEFT's regex keys work unchanged.
+  (see loralab.core.targeting.matches): PEFT's regex keys work unchanged.
 
 `LoraConfig(...)` takes either spelling (`peft_kwargs_to_loralab`); giving both spellings of one field with
 different values is an error. `LoraConfig.from_peft` reads a whole PEFT config (`from_peft_config`: PEFT's
@@ -30,9 +30,9 @@ import warnings
 from typing import Any
 
 from loralab.core.inits import INITS
+from loralab.core.targeting import ALL_LINEAR, REGEX_PREFIX, is_plain_name
 from loralab.core.variants import VARIANTS
 from loralab.errors import LoraLabError
-from loralab.surgery.targeting import ALL_LINEAR, REGEX_PREFIX, is_plain_name
 
 # Every field of PEFT's LoraConfig (and its PeftConfig base) that PEFT versions up to 0.21 write.
 PEFT_CONFIG_FIELDS = frozenset({

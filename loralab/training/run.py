@@ -36,10 +36,10 @@ from loralab.training.config import TrainConfig, resume_changes
 from loralab.training.evaluation import evaluate
 from loralab.training.inputs import head_modules, input_paths, load_splits, task_of
 from loralab.training.memory import enable_gradient_checkpointing
+from loralab.training.reproducibility import seed_everything, set_threads
 from loralab.training.run_folder import (ADAPTER_DIR, read_config, record_resume, write_best_adapter, write_config,
                                          write_metrics, write_plot)
 from loralab.training.run_output import CommitAtFirstCheckpoint, RunOutput
-from loralab.training.runtime import seed_everything, set_threads
 from loralab.training.stopping import stop_on_signals
 from loralab.training.tracking import Tracking
 from loralab.training.trainer import Trainer, TrainerCallback

@@ -23,7 +23,7 @@ def test_paper_table(capsys):
 
 
 def test_json_output(capsys):
-    assert main(["budget", "--shape", "gpt3-175b", "--r", "4", "--json", "--seq-len", "2048", "--precision", "bf16"]) == 0
+    assert main(["budget", "--shape", "gpt3-175b", "--r", "4", "--json", "--seq-len", "2048", "--dtype", "bf16"]) == 0
     report = json.loads(capsys.readouterr().out)
     (b,) = report["budgets"]
     assert b["trainable_params"] == 18_874_368 and b["adapted_matrices"] == 192

@@ -35,7 +35,7 @@ def test_every_command_that_writes_takes_output_and_o(command):
     (["inspect", "M", "--dora"], "variant", "dora", "--dora", "--variant dora"),
     (["budget", "--shape", "gpt2-small", "--dora"], "variant", "dora", "--dora", "--variant dora"),
     (["budget", "--shape", "gpt2-small", "--lora-dropout", "0.1"], "dropout", 0.1, "--lora-dropout", "--dropout"),
-    (["budget", "--shape", "gpt2-small", "--dtype", "bf16"], "precision", "bf16", "--dtype", "--precision"),
+    (["budget", "--shape", "gpt2-small", "--precision", "bf16"], "dtype", "bf16", "--precision", "--dtype"),
     (["inspect", "M", "--task", "sequence-classification"], "task", "classification",
      "--task sequence-classification", "--task classification"),
 ])

@@ -9,9 +9,9 @@ from transformers.models.auto import modeling_auto
 
 from loralab import LoraLabError
 from loralab.core.kinds import kind_of
+from loralab.core.targeting import matches
 from loralab.models.architectures import (ARCHITECTURES, Architecture, FusedProjection, architecture, architecture_for,
                                           architectures, model_types, register_architecture, task_head_modules)
-from loralab.surgery.targeting import matches
 
 # The families the issue lists; every one must stay in the table.
 REQUIRED = ("bert roberta xlm-roberta camembert electra mpnet ernie distilbert deberta-v2 gpt2 llama mistral mixtral "

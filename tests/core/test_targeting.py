@@ -4,7 +4,7 @@ import re
 import pytest
 
 from loralab import LoraLabError
-from loralab.surgery.targeting import check_rule, first_match, layer_index, matches
+from loralab.core.targeting import check_rule, first_match, layer_index, matches
 from loralab.testing import tiny_model
 
 NAMES = [n for n, _ in tiny_model("llama").named_modules() if n] + \
