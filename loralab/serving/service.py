@@ -455,7 +455,7 @@ class Service:
 
     async def load_adapter(self, name: str, raw_path: str) -> AdapterInfo:
         async with self.manage_lock:
-            if name in self.adapters or name == self.base_name:
+            if name in self.adapters or name == self.base_name or name in self._loads:
                 raise bad_request(f"the name {name!r} is already taken; unload it first or pick another",
                                   param="lora_name")
             path = await asyncio.to_thread(self.adapter_path, raw_path)
