@@ -13,6 +13,8 @@ import time
 import httpx
 import pytest
 
+from loralab.cli.main import build_parser
+from loralab.cli.serve_cmd import settings_from_args
 from loralab.errors import LoraLabError
 from loralab.serving.api import ApiError
 from loralab.serving.settings import ServeSettings
@@ -302,5 +304,9 @@ def test_store_settings_are_checked(field, value, message):
     assert str(error.value) == message
 
 
-def test_the_default_keeps_more_adapters_resident():
+def test_the_default_keeps_more_adapters_resident_and_the_flags_become_settings(tmp_path):
     assert ServeSettings(model="m").max_adapters == 64
+    args = build_parser().parse_args(["serve", "--model", "m", "--adapter-root", str(tmp_path), "--max-adapters",
+                                      "1000", "--adapter-memory", "5000000", "--max-cold-loads-per-second", "2.5"])
+    settings = settings_from_args(args)
+    assert (settings.max_adapters, settings.adapter_memory, settings.max_cold_loads_per_second) == (1000, 5000000, 2.5)
