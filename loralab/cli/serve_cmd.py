@@ -33,9 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--api-key", help=f"required as 'Authorization: Bearer KEY' on /v1/* (default: ${API_KEY_ENV}; "
                        "an empty key is refused)")
     where.add_argument("--adapter-root", type=Path,
-                       help="folder under which /v1/load_lora_adapter may load adapters (default: hot loading off)")
+                       help="folder of adapter folders: a request's model may name one by its relative path (loaded on "
+                       "first use), /v1/load_lora_adapter loads from under it (default: both off)")
     limits = parser.add_argument_group("limits")
-    for flag, help_text in (("max-adapters", "adapters loaded at once"), ("max-lora-rank", "largest adapter rank"),
+    for flag, help_text in (("max-adapters", "adapters resident at once; least recently used ones are evicted"), ("max-lora-rank", "largest adapter rank"),
                             ("max-batch-size", "rows decoded or classified together"),
                             ("max-queue", "requests waiting for a row before 429"),
                             ("max-body-bytes", "request body size"), ("max-tokens", "tokens one choice may ask for"),
@@ -44,6 +45,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         name = flag.replace("-", "_")
         limits.add_argument(f"--{flag}", type=int, default=d[name].default, help=f"{help_text} (default: %(default)s)")
     limits.add_argument("--max-prompt-tokens", type=int, help="prompt tokens (default: the model's context)")
+    limits.add_argument("--adapter-memory", type=int, metavar="BYTES",
+                        help="bytes of resident adapter tensors (fp32) before evicting (default: no limit)")
+    limits.add_argument("--max-cold-loads-per-second", type=float, default=d["max_cold_loads_per_second"].default,
+                        help="adapters loaded from --adapter-root on first use per second, then 429 "
+                             "(default: %(default)s)")
     limits.add_argument("--unload-timeout", type=float, default=d["unload_timeout"].default,
                         help="seconds an unload waits for the adapter's running requests (default: %(default)s)")
     add_runtime_arguments(parser)
@@ -58,7 +64,8 @@ def settings_from_args(args: argparse.Namespace):
 
     limits = {name: getattr(args, name) for name in (
         "max_adapters", "max_lora_rank", "max_batch_size", "max_queue", "max_body_bytes", "max_tokens",
-        "default_max_tokens", "max_n", "max_inputs", "max_prompt_tokens", "unload_timeout")}
+        "default_max_tokens", "max_n", "max_inputs", "max_prompt_tokens", "unload_timeout", "adapter_memory",
+        "max_cold_loads_per_second")}
     return ServeSettings(model=args.model, adapters=parse_adapter_specs(args.adapter), task=args.task,
                          served_name=args.served_model_name, host=args.host, port=args.port, api_key=args.api_key,
                          adapter_root=args.adapter_root, threads=args.threads, **runtime_fields(args), **limits)

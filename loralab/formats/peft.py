@@ -428,7 +428,12 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, adapter: str = "defa
     cannot take LoRA, or a shape from a different base model is an error naming the first mismatch;
     a problem found while filling in the factors undoes the whole injection.
     """
-    file = read_adapter(path)
+    return insert_adapter(model, read_adapter(path), adapter)
+
+
+def insert_adapter(model: nn.Module, file: AdapterFile, adapter: str = "default") -> nn.Module:
+    """The model half of `load_adapter`: put an adapter already read with `read_adapter` on `model` as
+    `adapter` (a server reads the files on a worker thread and inserts on its model thread)."""
     if not file.factors:
         held = "modules_to_save copies" if file.saved_modules else "biases" if file.biases else "no tensors"
         raise LoraLabError(f"adapter {file.path} holds no LoRA factors (only {held}); there is no LoRA adapter "

@@ -159,7 +159,7 @@ class _Tracker:
     metrics."""
 
     def __init__(self, service: Service, endpoint: str, model: str, pin: Pin):
-        self.service, self.endpoint, self.model, self.pin = service, endpoint, model, pin
+        self.service, self.endpoint, self.model, self.pin = service, endpoint, service.metric_label(model), pin
         self.start = time.monotonic()
         self.first_token: float | None = None
 
@@ -180,7 +180,7 @@ async def _generation(request: Request, service: Service, body: dict, chat: bool
     if not service.generative:
         raise ApiError(404, "this server classifies; use POST /v1/classify", code="wrong_endpoint")
     req = api.generation_request(body, chat, service.settings)
-    pin = service.pin(req.model)              # admitted: the adapter stays loaded until this is released
+    pin = await service.acquire(req.model)    # admitted (loaded from the store if need be): stays until released
     try:
         return await _generate(request, service, req, pin)
     except BaseException:
@@ -305,7 +305,7 @@ class _Run:
             self.service.engine.cancel(self.job.job_id)
         self.tracker.done(status)
         completion = sum(self.tokens)
-        labels = {"model": self.req.model}
+        labels = {"model": self.tracker.model}
         self.service.metrics.inc("loralab_generation_tokens_total", labels, completion)
         if status == 200:
             self.service.metrics.inc("loralab_prompt_tokens_total", labels, self.prompt_tokens)
@@ -316,7 +316,7 @@ async def _classify(request: Request, service: Service, body: dict) -> JSONRespo
         raise ApiError(404, "this server generates text; use /v1/completions or /v1/chat/completions",
                        code="wrong_endpoint")
     req = api.classify_request(body, service.settings)
-    with service.pin(req.model) as pin:       # released on every exit path; the labels come from the Pin
+    with await service.acquire(req.model) as pin:   # released on every exit path; the labels come from the Pin
         return await _classify_pinned(request, service, req, pin)
 
 
@@ -343,7 +343,7 @@ async def _classify_pinned(request: Request, service: Service, req: api.Classify
     labels = service.labels_of(pin)
     data = [_classification(i, value, labels) for i, value in enumerate(event[1])]
     tokens = sum(len(f["input_ids"]) for f in features)
-    service.metrics.inc("loralab_classified_inputs_total", {"model": req.model}, len(features))
+    service.metrics.inc("loralab_classified_inputs_total", {"model": tracker.model}, len(features))
     return JSONResponse({"id": api.new_id("cls"), "object": "classification", "created": int(time.time()),
                          "model": req.model, "data": data, "usage": api.usage(tokens, 0)})
 

@@ -17,6 +17,15 @@ one lock, and `unload_adapter` marks the name as unloading under the same lock, 
 adapter stays loaded until its Pin is released (whatever happens to the request), and no request is
 admitted for an adapter being unloaded. Whatever later removes adapters (an eviction policy) must skip
 pinned ones the same way: `Service.pinned(name)`.
+
+The adapter store (`acquire`): with --adapter-root, a request's "model" may also name an adapter folder by its
+path relative to the root. The request is pinned on the name first (in_use counts it), then the folder is
+loaded if it is not resident: its files are read and checked on a worker thread, the adapter is inserted on
+the model thread between two decoding steps. Concurrent requests for one name share one load; a failed load
+answers each of them (and no other request) with its error. Resident adapters are bounded by --max-adapters
+(and --adapter-memory); making room unloads the least recently used adapter that no request holds and that
+was not given with --adapter or hot-loaded by name (those stay until unloaded). Cold loads are rate-limited
+(--max-cold-loads-per-second, 429).
 """
 from __future__ import annotations
 
@@ -38,12 +47,14 @@ from loralab.data.encoding import Task, encode_examples
 from loralab.data.examples import Example
 from loralab.data.tasks import task_kind
 from loralab.errors import LoraLabError
+from loralab.formats.peft import AdapterFile, insert_adapter, read_adapter
 from loralab.generation.decoder import context_length
 from loralab.models import resolve_model_source
 from loralab.runtime import adapter_task_and_labels, check_adapter_folder, load_base, read_task_info, resolve_base
 from loralab.serving.api import ApiError, bad_request, not_found
 from loralab.serving.engine import ClassifierEngine, GenerationEngine
 from loralab.serving.settings import ServeSettings
+from loralab.serving.store import ColdLoadLimiter, MetricLabels, Recency, adapter_bytes, check_store_name
 from loralab.serving.telemetry import Metrics
 
 
@@ -59,30 +70,32 @@ class AdapterInfo:
     created: int
 
 
-def describe_adapter(name: str, path: Path, task: str, max_rank: int, base_folder: Path | None = None) -> AdapterInfo:
+def describe_adapter(name: str, path: Path, task: str, max_rank: int, base_folder: Path | None = None,
+                     param: str = "lora_path") -> AdapterInfo:
     """Read an adapter folder's config, task and labels without touching a model (loralab's folders and PEFT's,
     see loralab.runtime.adapter_task_and_labels); 400 when it is not an adapter for `task` within `max_rank`.
-    base_folder: the base model's folder, whose config.json may name a PEFT classifier's labels."""
+    base_folder: the base model's folder, whose config.json may name a PEFT classifier's labels. param: the
+    request field the 400 names."""
     try:
         config = check_adapter_folder(path).config     # the CLI's checks and one-line causes, as a 400
     except LoraLabError as exc:
-        raise bad_request(f"adapter {name!r}: {exc}", param="lora_path") from None
+        raise bad_request(f"adapter {name!r}: {exc}", param=param) from None
     try:
         ranks = [int(config["r"]), *(int(r) for r in (config.get("rank_pattern") or {}).values())]
         info = read_task_info(path)
     except (OSError, ValueError, KeyError, TypeError, LoraLabError) as exc:
         raise bad_request(f"adapter {name!r}: unreadable adapter_config.json or loralab-task.json ({exc})",
-                          param="lora_path") from None
+                          param=param) from None
     if max(ranks) > max_rank:
         raise bad_request(f"adapter {name!r} has rank {max(ranks)}, above this server's --max-lora-rank {max_rank}",
-                          param="lora_path")
+                          param=param)
     try:
         trained_for, label_map = adapter_task_and_labels(path, None, base_folder)
     except (OSError, ValueError, LoraLabError) as exc:
-        raise bad_request(f"adapter {name!r}: {exc}", param="lora_path") from None
+        raise bad_request(f"adapter {name!r}: {exc}", param=param) from None
     if task_kind(trained_for).is_generative != task_kind(task).is_generative:
         raise bad_request(f"adapter {name!r} was trained for {trained_for}; this server serves {task}",
-                          param="lora_path")
+                          param=param)
     return AdapterInfo(name, path, max(ranks), trained_for, label_map, info.get("max_length"), int(time.time()))
 
 
@@ -122,8 +135,17 @@ class Service:
         self.adapters: dict[str, AdapterInfo] = {}
         self.in_use: dict[str, int] = {}                # adapter -> requests holding a Pin on it (absent: 0)
         self.unloading: set[str] = set()
-        self._pins = threading.Lock()                   # guards adapters, in_use and unloading together
+        self.fixed: set[str] = set()                    # --adapter and hot-loaded by name: never evicted
+        self.sizes: dict[str, int] = {}                 # adapter -> bytes of its tensors (fp32)
+        self.recency = Recency()                        # resident adapters, least recently used first
+        self._pins = threading.Lock()                   # guards adapters, in_use, unloading, fixed, sizes, recency
         self.manage_lock = asyncio.Lock()
+        self._residency = asyncio.Lock()                # making room and inserting: one adapter at a time
+        self._loads: dict[str, asyncio.Future] = {}     # store name -> its load in progress (event loop only)
+        self._evictions: dict[str, asyncio.Future] = {}  # name -> its removal from the model in progress
+        self.cold_loads = ColdLoadLimiter(settings.max_cold_loads_per_second)
+        self.labels = MetricLabels([self.base_name], settings.max_adapters)
+        self._lookups = {"hit": 0, "miss": 0}
         self.created = int(time.time())
         self._encode_lock = threading.Lock()            # request threads encode with their own tokenizer copy
         self._encoder = copy.deepcopy(tokenizer)
@@ -156,8 +178,8 @@ class Service:
             loralab.load_adapter(model, adapter.path, adapter=name)
         model.to(runtime.device).eval()
         service = cls(settings, model, tokenizer, task, model_spec, label_map, source.folder)
-        service.adapters.update(described)
-        service.metrics.set("loralab_adapters_loaded", len(described))
+        for name, adapter in described.items():
+            service._resident_now(name, adapter, adapter_bytes(adapter.path), fixed=True)
         service.engine.start()
         return service
 
@@ -182,7 +204,157 @@ class Service:
             if adapter is None:
                 return Pin(self, None, None)
             self.in_use[adapter] = self.in_use.get(adapter, 0) + 1
+            self.recency.touch(adapter)
             return Pin(self, adapter, self.adapters[adapter])
+
+    async def acquire(self, model: str) -> Pin:
+        """`pin`, extended to the adapter store: a name that is not resident but names an adapter folder
+        under --adapter-root (its relative path) is pinned, then loaded (or its load in progress awaited),
+        so it cannot be evicted between its load and the request. 400 for a name that is not a safe relative
+        path or a bad folder, 403 for a folder linking out of the root, 404 for no such folder, 429 when cold
+        loads are over --max-cold-loads-per-second or every resident adapter is in use."""
+        with self._pins:
+            if model == self.base_name:
+                return Pin(self, None, None)
+            if model in self.adapters and model not in self.unloading:
+                self._count_lookup("hit")
+                self.in_use[model] = self.in_use.get(model, 0) + 1
+                self.recency.touch(model)
+                return Pin(self, model, self.adapters[model])
+            if self.settings.adapter_root is None or model in self.unloading:
+                raise not_found(model)
+            check_store_name(model)
+            self._count_lookup("miss")
+            self.in_use[model] = self.in_use.get(model, 0) + 1     # held from now on: once loaded, never evicted
+            pin = Pin(self, model, None)
+        try:
+            pin.info = await self._make_resident(model)
+        except BaseException:
+            pin.release()
+            raise
+        return pin
+
+    def _count_lookup(self, result: str) -> None:
+        self._lookups[result] += 1
+        self.metrics.inc("loralab_adapter_lookups_total", {"result": result})
+        self.metrics.set("loralab_adapter_hit_ratio", self._lookups["hit"] / sum(self._lookups.values()))
+
+    async def _make_resident(self, name: str) -> AdapterInfo:
+        """The store adapter `name` (pinned by the caller) once it is on the model: resident already, else
+        after its load (one load however many requests wait for it; each gets a failed load's error)."""
+        while True:
+            with self._pins:
+                if name in self.adapters and name not in self.unloading:
+                    self.recency.touch(name)
+                    return self.adapters[name]
+                if name in self.unloading:
+                    raise not_found(name)
+            load = self._loads.get(name)
+            if load is None:
+                eviction = self._evictions.get(name)
+                if eviction is not None:                 # its removal from the model first, then a fresh load
+                    await asyncio.shield(eviction)
+                    continue
+                self.cold_loads.take()
+                load = self._loads[name] = asyncio.ensure_future(self._load_stored(name))
+                load.add_done_callback(lambda done: self._load_done(name, done))
+            await asyncio.shield(load)                   # a waiter that leaves does not cancel the others' load
+
+    def _load_done(self, name: str, load: asyncio.Future) -> None:
+        if self._loads.get(name) is load:
+            del self._loads[name]
+        if not load.cancelled() and load.exception() is not None:   # retrieved here: no "never retrieved" noise
+            self.metrics.inc("loralab_adapter_load_failures_total")
+
+    async def _load_stored(self, name: str) -> None:
+        """Read and check the folder on a worker thread, make room, insert the adapter on the model thread."""
+        started = time.monotonic()
+        info, file, size = await asyncio.to_thread(self._read_stored, name)
+        await self._insert(name, info, file, size, fixed=False, full=_adapters_busy)
+        self.metrics.inc("loralab_adapter_loads_total")
+        self.metrics.observe("loralab_adapter_load_seconds", time.monotonic() - started)
+
+    def _read_stored(self, name: str) -> tuple[AdapterInfo, AdapterFile, int]:
+        """On a worker thread: the store folder `name` checked (403 links out of the root, 404 missing, 400
+        not an adapter for this server) and read into memory, with its size in bytes."""
+        if not os.path.lexists(self.settings.adapter_root / name):
+            raise not_found(name)
+        path = self.adapter_path(name, param="model")
+        info = describe_adapter(name, path, self.task, self.settings.max_lora_rank, self.base_folder, param="model")
+        _check_head(info, self.label_map, error=lambda message: bad_request(message, param="model"))
+        return info, _read_file(name, path, "model"), adapter_bytes(path)
+
+    async def _insert(self, name: str, info: AdapterInfo, file: AdapterFile, size: int, fixed: bool, full) -> None:
+        """Make room for `size` bytes (full(): the error when nothing can be evicted), then put the adapter on
+        the model between two steps and make it resident. One insertion at a time."""
+        limit = self.settings.adapter_memory
+        async with self._residency:
+            with self._pins:
+                kept = sum(self.sizes.get(n, 0) for n in self.fixed)
+            if limit is not None and kept + size > limit:
+                raise bad_request(f"adapter {name!r} takes {size} bytes; with the adapters that stay loaded "
+                                  f"({kept} bytes) that is above this server's --adapter-memory {limit}",
+                                  param="model" if not fixed else "lora_path")
+            while self._over_bounds(size):
+                await self._evict_one(full)
+
+            def load() -> None:
+                insert_adapter(self.model, file, adapter=name)
+                self.model.eval()                        # fresh modules start in training mode (dropout)
+            try:
+                await self.engine.call(load)
+            except LoraLabError as exc:
+                raise bad_request(f"adapter {name!r} does not fit this base model: {exc}",
+                                  param="lora_path" if fixed else "model") from None
+            self._resident_now(name, info, size, fixed)
+
+    def _over_bounds(self, size: int) -> bool:
+        """Whether one more adapter of `size` bytes would go over --max-adapters or --adapter-memory."""
+        limit = self.settings.adapter_memory
+        with self._pins:
+            return len(self.adapters) + 1 > self.settings.max_adapters or \
+                (limit is not None and sum(self.sizes.values()) + size > limit)
+
+    async def _evict_one(self, full) -> None:
+        """Unload the least recently used adapter that no request holds and that is not fixed; full() when
+        there is none. It leaves `adapters` under the pin lock, so no request is admitted on it after."""
+        with self._pins:
+            victim = next((n for n in self.recency.oldest_first() if n in self.adapters and n not in self.fixed
+                           and not self.in_use.get(n) and n not in self.unloading), None)
+            if victim is None:
+                raise full(len(self.adapters), self.settings.max_adapters)
+            del self.adapters[victim]
+            self.sizes.pop(victim, None)
+            self.recency.forget(victim)
+            removed = self._evictions[victim] = asyncio.get_running_loop().create_future()
+        try:
+            await self.engine.call(lambda: loralab.delete_adapter(self.model, victim))
+        finally:
+            del self._evictions[victim]
+            removed.set_result(None)
+            self._count_resident()
+        self.metrics.inc("loralab_adapter_evictions_total")
+
+    def _resident_now(self, name: str, info: AdapterInfo, size: int, fixed: bool) -> None:
+        with self._pins:
+            self.adapters[name] = info
+            self.sizes[name] = size
+            self.recency.touch(name)
+            if fixed:
+                self.fixed.add(name)
+        if fixed:
+            self.labels.add_fixed(name)
+        self._count_resident()
+
+    def _count_resident(self) -> None:
+        with self._pins:
+            count, size = len(self.adapters), sum(self.sizes.values())
+        self.metrics.set("loralab_adapters_loaded", count)
+        self.metrics.set("loralab_adapter_resident_bytes", size)
+
+    def metric_label(self, model: str) -> str:
+        """The "model" label of a request's metrics: bounded (store adapters past --max-adapters: "other")."""
+        return self.labels.label(model)
 
     def pinned(self, adapter: str) -> int:
         """How many requests hold `adapter` now."""
@@ -266,9 +438,9 @@ class Service:
         return pin.info.label_map if pin.info is not None else self.label_map
 
     # ---- hot loading ----------------------------------------------------------------------------------
-    def adapter_path(self, raw: str) -> Path:
+    def adapter_path(self, raw: str, param: str = "lora_path") -> Path:
         """The folder a load request names, resolved; 403 unless it, and every file and folder at any level
-        inside it (symlinks resolved), lies under --adapter-root."""
+        inside it (symlinks resolved), lies under --adapter-root. param: the request field the 403 names."""
         root = self.settings.adapter_root
         if root is None:
             raise ApiError(403, "runtime adapter loading is off; start the server with --adapter-root FOLDER",
@@ -277,33 +449,21 @@ class Service:
         path = (path if path.is_absolute() else root / path).resolve()
         if not _under(path, root):
             raise ApiError(403, f"{raw!r} is outside the server's --adapter-root", type="permission_error",
-                           param="lora_path", code="forbidden")
-        _check_links_stay_under(root, path, raw)
+                           param=param, code="forbidden")
+        _check_links_stay_under(root, path, raw, param)
         return path
 
     async def load_adapter(self, name: str, raw_path: str) -> AdapterInfo:
         async with self.manage_lock:
-            if name in self.adapters or name == self.base_name:
+            if name in self.adapters or name == self.base_name or name in self._loads:
                 raise bad_request(f"the name {name!r} is already taken; unload it first or pick another",
                                   param="lora_name")
-            if len(self.adapters) >= self.settings.max_adapters:
-                raise bad_request(f"{len(self.adapters)} adapters are loaded, this server's --max-adapters; unload "
-                                  "one first", param="lora_name")
             path = await asyncio.to_thread(self.adapter_path, raw_path)
             info = await asyncio.to_thread(describe_adapter, name, path, self.task, self.settings.max_lora_rank,
                                            self.base_folder)
             _check_head(info, self.label_map, error=bad_request)
-
-            def load() -> None:
-                loralab.load_adapter(self.model, path, adapter=name)
-                self.model.eval()                        # fresh modules start in training mode (dropout)
-            try:
-                await self.engine.call(load)
-            except LoraLabError as exc:
-                raise bad_request(f"adapter {name!r} does not fit this base model: {exc}", param="lora_path") from None
-            with self._pins:
-                self.adapters[name] = info
-            self.metrics.set("loralab_adapters_loaded", len(self.adapters))
+            file = await asyncio.to_thread(_read_file, name, path, "lora_path")
+            await self._insert(name, info, file, adapter_bytes(path), fixed=True, full=_max_adapters_reached)
             return info
 
     async def unload_adapter(self, name: str) -> None:
@@ -326,7 +486,10 @@ class Service:
                 await self.engine.call(lambda: loralab.delete_adapter(self.model, name))
                 with self._pins:
                     del self.adapters[name]
-                self.metrics.set("loralab_adapters_loaded", len(self.adapters))
+                    self.sizes.pop(name, None)
+                    self.fixed.discard(name)
+                    self.recency.forget(name)
+                self._count_resident()
             finally:
                 with self._pins:
                     self.unloading.discard(name)
@@ -339,7 +502,7 @@ def _under(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
 
-def _check_links_stay_under(root: Path, folder: Path, raw: str) -> None:
+def _check_links_stay_under(root: Path, folder: Path, raw: str, param: str = "lora_path") -> None:
     """403 naming the entry when a file or folder at any level inside `folder` resolves (through symlinks)
     outside `root`: the loader would read it. Folders linked inside the root are walked too, each once."""
     seen: set[Path] = set()
@@ -357,17 +520,36 @@ def _check_links_stay_under(root: Path, folder: Path, raw: str) -> None:
             count += 1
             if count > MAX_ADAPTER_ENTRIES:
                 raise bad_request(f"{raw!r} holds more than {MAX_ADAPTER_ENTRIES} files and folders; an adapter "
-                                  "folder holds a few", param="lora_path")
+                                  "folder holds a few", param=param)
             name = Path(entry.path).relative_to(folder)
             try:
                 target = Path(entry.path).resolve(strict=False)
             except (OSError, RuntimeError):              # a symlink loop
-                raise bad_request(f"{name} in {raw!r} is a symlink loop", param="lora_path") from None
+                raise bad_request(f"{name} in {raw!r} is a symlink loop", param=param) from None
             if not _under(target, root):
                 raise ApiError(403, f"{name} in {raw!r} is a symlink to {target}, outside the server's "
-                                    "--adapter-root", type="permission_error", param="lora_path", code="forbidden")
+                                    "--adapter-root", type="permission_error", param=param, code="forbidden")
             if entry.is_dir():
                 todo.append(Path(entry.path))
+
+
+def _read_file(name: str, path: Path, param: str) -> AdapterFile:
+    """The adapter's tensors read into memory (off the model thread); 400 naming the file's problem."""
+    try:
+        return read_adapter(path)
+    except LoraLabError as exc:
+        raise bad_request(f"adapter {name!r}: {exc}", param=param) from None
+
+
+def _adapters_busy(count: int, limit: int) -> ApiError:
+    return ApiError(429, f"all {count} resident adapters are in use or kept loaded (this server's --max-adapters is "
+                         f"{limit}); retry shortly", type="rate_limit_error", param="model", code="adapters_busy",
+                    headers={"Retry-After": "1"})
+
+
+def _max_adapters_reached(count: int, limit: int) -> ApiError:
+    return bad_request(f"{count} adapters are loaded, this server's --max-adapters ({limit}), and none can be "
+                       "evicted; unload one first", param="lora_name")
 
 
 def _describe_or_fail(name: str, path: Path, task: str, max_rank: int, base_folder: Path | None) -> AdapterInfo:

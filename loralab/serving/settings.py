@@ -24,8 +24,12 @@ class ServeSettings:
     api_key: required as "Authorization: Bearer KEY" on /v1/* (None: $LORALAB_API_KEY when that is set, else
         open). A given key wins over the variable; an empty key, given or in the variable, is refused (it
         would look like auth while letting "Bearer " through).
-    adapter_root: folder under which /v1/load_lora_adapter may load adapters (None: runtime loading off).
-    max_adapters / max_lora_rank: limits for loaded adapters (rank: the largest r of any layer).
+    adapter_root: folder of adapter folders (None: off): a request's "model" may name one by its path relative
+        to the root (the adapter store: loaded on first use), and /v1/load_lora_adapter loads from under it.
+    max_adapters / max_lora_rank: limits for resident adapters (rank: the largest r of any layer); past
+        max_adapters the least recently used store adapter no request holds is evicted.
+    adapter_memory: bytes of resident adapter tensors (fp32) before evicting (None: no limit).
+    max_cold_loads_per_second: store loads a second (a token bucket holding max(1, this)), then 429.
     max_batch_size: rows decoded (or classified) together. max_queue: requests waiting for a row before
         new ones get 429. max_body_bytes: request body size. max_prompt_tokens: prompt length (None: the
         model's context). max_tokens: the most tokens one choice may ask for; default_max_tokens: what a
@@ -44,7 +48,9 @@ class ServeSettings:
     port: int = 8000
     api_key: str | None = None
     adapter_root: Path | None = None
-    max_adapters: int = 16
+    max_adapters: int = 64
+    adapter_memory: int | None = None
+    max_cold_loads_per_second: float = 20.0
     max_lora_rank: int = 64
     max_batch_size: int = 32
     max_queue: int = 256
@@ -67,6 +73,12 @@ class ServeSettings:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise LoraLabError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
+        if self.adapter_memory is not None and (isinstance(self.adapter_memory, bool) or
+                                                not isinstance(self.adapter_memory, int) or self.adapter_memory < 1):
+            raise LoraLabError(f"adapter-memory must be a positive number of bytes, got {self.adapter_memory!r}")
+        rate = self.max_cold_loads_per_second
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) or rate <= 0:
+            raise LoraLabError(f"max-cold-loads-per-second must be a finite number above 0, got {rate!r}")
         if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
             raise LoraLabError(f"max-prompt-tokens must be a positive integer, got {self.max_prompt_tokens!r}")
         if self.default_max_tokens > self.max_tokens:

@@ -22,6 +22,17 @@ METRICS = {
     "loralab_queue_depth": ("gauge", "Requests (choices) waiting for a batch row", None),
     "loralab_running_rows": ("gauge", "Rows in the running batch", None),
     "loralab_adapters_loaded": ("gauge", "Adapters loaded on the base model", None),
+    "loralab_adapter_lookups_total": ("counter", "Requests naming an adapter, by result: hit (resident) or miss "
+                                      "(loaded from --adapter-root first)", None),
+    "loralab_adapter_hit_ratio": ("gauge", "Adapter lookups that found the adapter resident, over all lookups", None),
+    "loralab_adapter_loads_total": ("counter", "Adapters loaded from --adapter-root on first use or after eviction",
+                                    None),
+    "loralab_adapter_load_failures_total": ("counter", "Loads from --adapter-root refused (bad folder, not found)",
+                                            None),
+    "loralab_adapter_evictions_total": ("counter", "Least-recently-used adapters unloaded to make room", None),
+    "loralab_adapter_resident_bytes": ("gauge", "Bytes of the resident adapters' tensors (fp32)", None),
+    "loralab_adapter_load_seconds": ("histogram", "A store load from its start (reading the files) to the adapter "
+                                     "on the model", LATENCY_BUCKETS),
     "loralab_batch_rows": ("histogram", "Rows per model forward (decoding step or classifier batch)", BATCH_BUCKETS),
     "loralab_batch_adapters": ("histogram", "Distinct adapters (the base counted as one) per forward", BATCH_BUCKETS),
     "loralab_request_seconds": ("histogram", "Request latency from arrival to last byte, by model", LATENCY_BUCKETS),
