@@ -169,7 +169,7 @@ def test_client_disconnect_cancels_generation(lm_server):
     (json.dumps({"model": "a", "prompt": "x", "temperature": "hot"}), 400, "'temperature' must be a JSON number"),
     (json.dumps({"model": "a", "prompt": "x", "max_tokens": 10_000}), 400, "'max_tokens' must be between"),
     (json.dumps({"model": "a", "prompt": "x", "n": 99}), 400, "'n' must be between"),
-    (json.dumps({"model": "a", "prompt": "x", "logprobs": 2}), 400, "log-probabilities"),
+    (json.dumps({"model": "a", "prompt": "x", "echo": True}), 400, "'echo': echoing the prompt is not supported"),
     (json.dumps({"model": "a", "prompt": "x", "stop": [""]}), 400, "'stop'"),
     (json.dumps({"model": "a", "prompt": "the " * 200}), 400, "--max-prompt-tokens"),
     (json.dumps({"model": "nope", "prompt": "x"}), 404, "does not exist"),
