@@ -229,6 +229,17 @@ FIELDS: dict[str, Field] = {
 }
 
 
+def fields_markdown() -> str:
+    """FIELDS as the Markdown table of docs/serving.md (a test keeps the two equal)."""
+    short = {COMPLETIONS: "completions", CHAT: "chat"}
+    lines = ["| field | endpoints | handling | what it does |", "|---|---|---|---|"]
+    for name, rule in FIELDS.items():
+        where = "both" if rule.endpoints == BOTH else short[rule.endpoints[0]]
+        meaning = rule.meaning.replace("|", "\\|")
+        lines.append(f"| `{name}` | {where} | {rule.handling} | {meaning} |")
+    return "\n".join(lines)
+
+
 def check_fields(body: dict, chat: bool) -> None:
     """400 naming the first field FIELDS refuses (with a value that asks for something) or does not know."""
     endpoint = CHAT if chat else COMPLETIONS
