@@ -44,7 +44,7 @@ from loralab.errors import LoraLabError
 from loralab.generation import cache as kv
 from loralab.generation.params import SamplingParams
 from loralab.generation.sampling import (RowSettings, apply_frequency_presence, apply_repetition_penalty, draw_uniforms,
-                                        sample_tokens, token_logprobs)
+                                         sample_tokens, token_logprobs)
 from loralab.generation.text import IncrementalText
 
 ForwardContext = Callable[[list[Hashable]], ContextManager[Any]]

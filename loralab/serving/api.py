@@ -9,9 +9,9 @@ in the table, or one of the other endpoint, is a 400 too: nothing that could cha
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any

@@ -8,8 +8,8 @@ from transformers.generation.logits_process import (RepetitionPenaltyLogitsProce
                                                     TopKLogitsWarper, TopPLogitsWarper)
 
 from loralab.generation import SamplingParams
-from loralab.generation.sampling import (RowSettings, apply_frequency_presence, apply_repetition_penalty,
-                                         draw_uniforms, sample_tokens, token_logprobs, warp_logits)
+from loralab.generation.sampling import (RowSettings, apply_frequency_presence, apply_repetition_penalty, draw_uniforms,
+                                         sample_tokens, token_logprobs, warp_logits)
 
 ROWS = [SamplingParams(temperature=1.0), SamplingParams(temperature=0.5, top_k=7),
         SamplingParams(temperature=1.7, top_p=0.6), SamplingParams(temperature=0.8, top_k=12, top_p=0.3),

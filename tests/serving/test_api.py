@@ -4,6 +4,7 @@ in errors, as itself."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import httpx
 import pytest
@@ -176,7 +177,6 @@ def test_honoured_fields_reach_sampling_params():
 
 
 def test_the_docs_field_table_is_the_code_s():
-    from pathlib import Path
     docs = (Path(__file__).resolve().parents[2] / "docs" / "serving.md").read_text(encoding="utf-8")
     assert api.fields_markdown() in docs
     assert {"frequency_penalty", "logprobs", "response_format", "user", "metadata"} <= set(api.FIELDS)
