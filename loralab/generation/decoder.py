@@ -311,7 +311,7 @@ class BatchDecoder:
         if bool(((settings.frequency_penalty != 0) | (settings.presence_penalty != 0)).any()):
             logits = apply_frequency_presence(logits, batch.counts, settings.frequency_penalty,
                                               settings.presence_penalty)
-        else:
+        elif any(row.params.logprobs is not None for row in batch.rows):
             logits = logits.clone()          # the bans below write in place; raw stays the model's
         counts = torch.tensor([len(row.output) for row in batch.rows], device=logits.device)
         if self.eos_token_ids and bool((counts < settings.min_new_tokens).any()):
