@@ -16,6 +16,10 @@ _FLAGS: dict[str, tuple[str, Any, str]] = {
     "--top-p": ("top_p", float, "sample from the most likely tokens holding this probability; 1 is off"),
     "--top-k": ("top_k", int, "sample from the k most likely tokens; 0 is off"),
     "--repetition-penalty": ("repetition_penalty", float, "above 1 discourages tokens already seen; 1 is off"),
+    "--frequency-penalty": ("frequency_penalty", float, "subtract this times a token's count in the output so far "
+                                                        "from its logit (OpenAI's); 0 is off"),
+    "--presence-penalty": ("presence_penalty", float, "subtract this from the logit of every token already in the "
+                                                      "output (OpenAI's); 0 is off"),
     "--no-repeat-ngram-size": ("no_repeat_ngram_size", int, "ban repeating any n-gram of this size; 0 is off"),
     "--seed": ("seed", int, "sampling seed; input i uses seed + i (default: random)"),
     "--num-beams": ("num_beams", int, "1 is greedy or sampled decoding, more is beam search"),

@@ -13,7 +13,8 @@ each chooses its next token; finished rows leave the batch; (2) waiting requests
 `max_batch_size` rows in all: their prompts are prefilled together in one left-padded forward (each
 chooses its first token) and their cache rows are appended to the batch's (loralab.generation.cache).
 Each row carries its own position ids (the count of its real tokens), attention mask, sampling
-settings, random generator, seen-token set (repetition penalty), n-gram table and text, so a row's
+settings, random generator, seen-token set (repetition penalty), output token counts (frequency and presence
+penalties), n-gram table and text, so a row's
 tokens do not depend on the other rows beyond float rounding; greedy rows give the tokens of
 `model.generate(do_sample=False)`.
 
@@ -42,7 +43,8 @@ from loralab.data.batching import pad_token_id_for
 from loralab.errors import LoraLabError
 from loralab.generation import cache as kv
 from loralab.generation.params import SamplingParams
-from loralab.generation.sampling import RowSettings, apply_repetition_penalty, draw_uniforms, sample_tokens
+from loralab.generation.sampling import (RowSettings, apply_frequency_presence, apply_repetition_penalty, draw_uniforms,
+                                         sample_tokens, token_logprobs)
 from loralab.generation.text import IncrementalText
 
 ForwardContext = Callable[[list[Hashable]], ContextManager[Any]]
@@ -54,7 +56,10 @@ class StepOutput:
     empty: an unfinished character or a possible stop string is held back), whether the request is
     done and why ("stop": EOS or a stop string; "length": max_new_tokens or the model's context),
     and the count of tokens generated so far. error: the exception of a row whose own work failed (it
-    is finished, finish_reason "error"); None otherwise."""
+    is finished, finish_reason "error"); None otherwise. logprob: the token's natural-log probability
+    under the model's logits of this step (a log-softmax before penalties, bans and temperature) and
+    top_logprobs: the params.logprobs most likely (token id, log-probability) pairs, most likely first —
+    only when the request's params.logprobs is set (else None and ())."""
 
     request_id: Hashable
     token_id: int
@@ -63,6 +68,8 @@ class StepOutput:
     finish_reason: str | None
     completion_tokens: int
     error: Exception | None = None
+    logprob: float | None = None
+    top_logprobs: tuple[tuple[int, float], ...] = ()
 
 
 class _Row:
@@ -110,7 +117,8 @@ class _Row:
 @dataclass
 class _Batch:
     """Rows with a KV cache: Python state, (B, T) mask, and per-row tensors: next position (B,), the
-    chosen token not yet in the cache (B,), sampling settings, seen tokens (B, V) bool."""
+    chosen token not yet in the cache (B,), sampling settings, seen tokens (B, V) bool (prompt and output),
+    counts (B, V) int32 of each token in the output."""
 
     rows: list[_Row]
     cache: Any
@@ -119,18 +127,19 @@ class _Batch:
     pending: torch.Tensor
     settings: RowSettings
     seen: torch.Tensor
+    counts: torch.Tensor
 
     def keep(self, index: list[int]) -> "_Batch":
         at = torch.tensor(index, dtype=torch.long, device=self.mask.device)
         mask = kv.keep_rows(self.cache, self.mask, at)
         return _Batch([self.rows[i] for i in index], self.cache, mask, self.positions[at], self.pending[at],
-                      self.settings.select(at), self.seen[at])
+                      self.settings.select(at), self.seen[at], self.counts[at])
 
     def extend(self, other: "_Batch") -> "_Batch":
         mask = kv.append_rows(self.cache, self.mask, other.cache, other.mask)
         return _Batch(self.rows + other.rows, self.cache, mask, torch.cat([self.positions, other.positions]),
                       torch.cat([self.pending, other.pending]), self.settings.concat(other.settings),
-                      torch.cat([self.seen, other.seen]))
+                      torch.cat([self.seen, other.seen]), torch.cat([self.counts, other.counts]))
 
 
 def context_length(model: nn.Module) -> int | None:
@@ -284,8 +293,9 @@ class BatchDecoder:
         seen = torch.zeros((len(rows), logits.shape[-1]), dtype=torch.bool, device=self.device)
         for b, row in enumerate(rows):
             seen[b, torch.tensor(row.prompt, device=self.device)] = True
-        batch = _Batch(rows, cache, mask, mask.sum(dim=1), ids[:, -1], RowSettings.of([r.params for r in rows],
-                                                                                     self.device), seen)
+        settings = RowSettings.of([r.params for r in rows], self.device)
+        batch = _Batch(rows, cache, mask, mask.sum(dim=1), ids[:, -1], settings, seen,
+                       torch.zeros(seen.shape, dtype=torch.int32, device=self.device))
         outputs = self._choose(batch, logits)
         batch = batch.keep([i for i, out in enumerate(outputs) if not out.finished])
         if batch.rows:
@@ -295,8 +305,14 @@ class BatchDecoder:
     def _choose(self, batch: _Batch, logits: torch.Tensor) -> list[StepOutput]:
         """Pick each row's next token from its logits (B, V), record it, and report it."""
         settings = batch.settings
+        raw = logits                         # logprobs are the model's own: before penalties and bans
         if bool((settings.repetition_penalty != 1).any()):
             logits = apply_repetition_penalty(logits, batch.seen, settings.repetition_penalty)
+        if bool(((settings.frequency_penalty != 0) | (settings.presence_penalty != 0)).any()):
+            logits = apply_frequency_presence(logits, batch.counts, settings.frequency_penalty,
+                                              settings.presence_penalty)
+        elif any(row.params.logprobs is not None for row in batch.rows):
+            logits = logits.clone()          # the bans below write in place; raw stays the model's
         counts = torch.tensor([len(row.output) for row in batch.rows], device=logits.device)
         if self.eos_token_ids and bool((counts < settings.min_new_tokens).any()):
             early = (counts < settings.min_new_tokens)[:, None]
@@ -309,19 +325,38 @@ class BatchDecoder:
         uniforms = draw_uniforms([row.generator for row in batch.rows])
         tokens = sample_tokens(logits, settings, uniforms.to(logits.device))
         batch.pending = tokens
-        batch.seen[torch.arange(len(tokens), device=tokens.device), tokens] = True
-        return [self._report_or_fail(row, int(token), int(position))
-                for row, token, position in zip(batch.rows, tokens.tolist(), batch.positions.tolist())]
+        rows = torch.arange(len(tokens), device=tokens.device)
+        batch.seen[rows, tokens] = True
+        batch.counts[rows, tokens] += 1
+        logprobs = self._logprobs(batch.rows, raw, tokens)
+        return [self._report_or_fail(row, int(token), int(position), lp)
+                for row, token, position, lp in zip(batch.rows, tokens.tolist(), batch.positions.tolist(), logprobs)]
 
-    def _report_or_fail(self, row: _Row, token: int, position: int) -> StepOutput:
+    @staticmethod
+    def _logprobs(rows: list[_Row], raw: torch.Tensor, tokens: torch.Tensor) -> list[dict[str, Any]]:
+        """Per row, {} or (when its params.logprobs is set) the StepOutput fields logprob and top_logprobs,
+        from one log-softmax over the rows that asked."""
+        wanted = [b for b, row in enumerate(rows) if row.params.logprobs is not None]
+        out: list[dict[str, Any]] = [{} for _ in rows]
+        if not wanted:
+            return out
+        at = torch.tensor(wanted, device=raw.device)
+        top = max(rows[b].params.logprobs for b in wanted)
+        chosen, ids, values = token_logprobs(raw[at], tokens[at], top)
+        for b, lp, row_ids, row_values in zip(wanted, chosen.tolist(), ids.tolist(), values.tolist()):
+            k = rows[b].params.logprobs
+            out[b] = {"logprob": lp, "top_logprobs": tuple(zip(row_ids[:k], row_values[:k]))}
+        return out
+
+    def _report_or_fail(self, row: _Row, token: int, position: int, logprobs: dict[str, Any]) -> StepOutput:
         """_report, or a finished "error" output when this row's own work raises: one row's failure
         (a tokenizer that cannot decode its token, say) ends that row only."""
         try:
-            return self._report(row, token, position)
+            return self._report(row, token, position, logprobs)
         except Exception as exc:  # noqa: BLE001 - handed to the caller in the row's output
             return StepOutput(row.request_id, token, "", True, "error", len(row.output), error=exc)
 
-    def _report(self, row: _Row, token: int, position: int) -> StepOutput:
+    def _report(self, row: _Row, token: int, position: int, logprobs: dict[str, Any]) -> StepOutput:
         """Record `token` for `row` (to be fed at `position`) and decide whether the row is done."""
         row.record(token)
         reason = None
@@ -333,4 +368,4 @@ class BatchDecoder:
         if reason is not None:
             row.text.finish()
         return StepOutput(row.request_id, token, row.text.take(final=reason is not None), reason is not None,
-                          reason, len(row.output))
+                          reason, len(row.output), **logprobs)

@@ -5,8 +5,9 @@
     SamplingParams(num_beams=4, max_new_tokens=48)          # beam search (greedy only)
     SamplingParams(stop=["\\n", "."], max_new_tokens=20)    # stop strings, cut from the returned text
 
-The logits of a row go through, in this order (transformers' order): repetition penalty, n-gram ban,
-EOS ban below min_new_tokens, then — when sampling — temperature, top-k, top-p.
+The logits of a row go through, in this order (transformers' and vLLM's order): repetition penalty, frequency
+and presence penalties, n-gram ban, EOS ban below min_new_tokens, then — when sampling — temperature, top-k,
+top-p. Log-probabilities (`logprobs`) are those of the model's own logits, before any of these.
 """
 from __future__ import annotations
 
@@ -39,6 +40,9 @@ class SamplingParams:
     repetition_penalty: CTRL's penalty (Keskar et al. 2019) as in transformers: the logit of every token
         already in the prompt or the output is divided by it when positive, multiplied when negative
         (1.0: off; above 1 discourages repeats).
+    frequency_penalty, presence_penalty: OpenAI's penalties: with c[j] the count of token j in the OUTPUT so
+        far (the prompt does not count), logit[j] -= c[j] * frequency_penalty + (c[j] > 0) * presence_penalty
+        (0.0: off; positive discourages repeats, negative encourages them).
     no_repeat_ngram_size: a token that would repeat an n-gram of the prompt + output is banned (0: off).
     seed: seeds this request's own random generator, so its samples do not depend on what else is in
         the batch (None: a fresh random seed). Greedy and beam search draw nothing.
@@ -46,6 +50,9 @@ class SamplingParams:
         stops before the first one. EOS always stops too.
     num_beams: 1 is greedy or sampled decoding; more is beam search, which needs temperature 0.
     length_penalty: beam search only: beams are ranked by log-probability / length ** length_penalty.
+    logprobs: None returns no log-probabilities; k >= 0 returns, for every generated token, its natural-log
+        probability under the model's logits (log-softmax, before penalties, bans and temperature) and the k
+        most likely tokens' (step-wise decoding only, not beam search).
     """
 
     max_new_tokens: int = 64
@@ -59,6 +66,9 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     num_beams: int = 1
     length_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    logprobs: int | None = None
 
     def __post_init__(self) -> None:
         stop = (self.stop,) if isinstance(self.stop, str) else self.stop
@@ -72,6 +82,15 @@ class SamplingParams:
         if self.num_beams > 1 and self.temperature > 0:
             raise LoraLabError(f"beam search (num_beams={self.num_beams}) is greedy only; set temperature to 0 "
                                "or num_beams to 1 to sample")
+        if self.num_beams > 1:
+            self._check_beam_search()
+
+    def _check_beam_search(self) -> None:
+        """Beam search runs transformers' generate, which has no OpenAI penalties and returns no logprobs."""
+        for name, off in (("frequency_penalty", 0.0), ("presence_penalty", 0.0), ("logprobs", None)):
+            if getattr(self, name) != off:
+                raise LoraLabError(f"{name} is not available with beam search (num_beams={self.num_beams}); "
+                                   "set num_beams to 1")
 
     def _check_counts(self) -> None:
         for name, low in (("max_new_tokens", 1), ("min_new_tokens", 0), ("top_k", 0),
@@ -79,6 +98,9 @@ class SamplingParams:
             value = getattr(self, name)
             if not _is_int(value) or value < low:
                 raise LoraLabError(f"{name} must be an integer of at least {low}, got {value!r}")
+        if self.logprobs is not None and (not _is_int(self.logprobs) or self.logprobs < 0):
+            raise LoraLabError(f"logprobs must be unset or an integer of at least 0 (the top tokens returned), "
+                               f"got {self.logprobs!r}")
         if self.min_new_tokens > self.max_new_tokens:
             raise LoraLabError(f"min_new_tokens ({self.min_new_tokens}) is above max_new_tokens "
                                f"({self.max_new_tokens}); lower it or raise max_new_tokens")
@@ -91,6 +113,9 @@ class SamplingParams:
         if not _is_number(self.repetition_penalty) or self.repetition_penalty <= 0:
             raise LoraLabError(f"repetition_penalty must be a positive number (1 is off), "
                                f"got {self.repetition_penalty!r}")
+        for name in ("frequency_penalty", "presence_penalty"):
+            if not _is_number(getattr(self, name)):
+                raise LoraLabError(f"{name} must be a finite number (0 is off), got {getattr(self, name)!r}")
         if not _is_number(self.length_penalty):
             raise LoraLabError(f"length_penalty must be a finite number, got {self.length_penalty!r}")
 

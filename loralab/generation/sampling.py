@@ -16,7 +16,8 @@ import torch
 
 from loralab.generation.params import SamplingParams
 
-_TENSOR_FIELDS = ("temperature", "top_k", "top_p", "repetition_penalty", "min_new_tokens")
+_TENSOR_FIELDS = ("temperature", "top_k", "top_p", "repetition_penalty", "min_new_tokens", "frequency_penalty",
+                  "presence_penalty")
 
 
 @dataclass
@@ -29,6 +30,8 @@ class RowSettings:
     top_p: torch.Tensor
     repetition_penalty: torch.Tensor
     min_new_tokens: torch.Tensor
+    frequency_penalty: torch.Tensor
+    presence_penalty: torch.Tensor
 
     @classmethod
     def of(cls, params: Sequence[SamplingParams], device: torch.device | str = "cpu") -> "RowSettings":
@@ -36,7 +39,8 @@ class RowSettings:
             return torch.tensor([getattr(p, name) for p in params], dtype=dtype, device=device)
 
         return cls(column("temperature", torch.float32), column("top_k", torch.long), column("top_p", torch.float32),
-                   column("repetition_penalty", torch.float32), column("min_new_tokens", torch.long))
+                   column("repetition_penalty", torch.float32), column("min_new_tokens", torch.long),
+                   column("frequency_penalty", torch.float32), column("presence_penalty", torch.float32))
 
     def select(self, index: torch.Tensor) -> "RowSettings":
         """The rows at `index` (a (b,) int64 tensor), in that order."""
@@ -53,6 +57,24 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
     p = penalty[:, None]
     penalised = torch.where(logits > 0, logits / p, logits * p)
     return torch.where(seen, penalised, logits)
+
+
+def apply_frequency_presence(logits: torch.Tensor, counts: torch.Tensor, frequency: torch.Tensor,
+                             presence: torch.Tensor) -> torch.Tensor:
+    """OpenAI's penalties, per row: logits[b, j] - counts[b, j] * frequency[b] - (counts[b, j] > 0) * presence[b].
+    logits (B, V) float, counts (B, V) of each token in the row's output so far, frequency and presence (B,)."""
+    counts = counts.to(logits.dtype)
+    return logits - counts * frequency[:, None] - (counts > 0).to(logits.dtype) * presence[:, None]
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, top: int) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                    torch.Tensor]:
+    """(log-probability of each row's token (B,), the `top` most likely tokens (B, top) and their
+    log-probabilities (B, top), most likely first): a log-softmax of logits (B, V) in float32."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    chosen = logprobs.gather(1, tokens[:, None]).squeeze(1)
+    values, ids = torch.topk(logprobs, min(top, logprobs.shape[-1]), dim=-1)
+    return chosen, ids, values
 
 
 def _sorted_warped(logits: torch.Tensor, settings: RowSettings) -> tuple[torch.Tensor, torch.Tensor]:

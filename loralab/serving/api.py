@@ -1,14 +1,18 @@
 """The OpenAI-compatible wire format: request bodies checked into dataclasses, errors, response objects.
 
 Errors are OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, with a matching HTTP status.
-Request fields loralab does not use (user, frequency_penalty at 0, ...) are ignored, as OpenAI-compatible
-servers do; fields it cannot honour (logprobs, echo, best_of > n, tools) are refused with a 400 that says so.
+One table, FIELDS, decides every field of /v1/completions and /v1/chat/completions: each is honoured,
+bookkeeping (accepted, changes nothing: `user`, `metadata`, ... that OpenAI's SDKs send), or refused with a
+400 naming it unless its value is the one that changes nothing (`echo: false`, `tools: []`, ...). A field not
+in the table, or one of the other endpoint, is a 400 too: nothing that could change the output is ignored.
 """
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,27 +132,133 @@ class GenerationRequest:
     top_k: int
     seed: int | None
     stop: tuple[str, ...]
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    min_tokens: int = 0
+    logprobs: int | None = None                    # None: off; k: each token's logprob and the k most likely
+    include_usage: bool = True                     # streams: the last chunk carries the usage
 
     def sampling(self, choice: int, max_new_tokens: int):
         """SamplingParams of choice `choice` (seed + choice, so each choice is reproducible on its own)."""
         seed = None if self.seed is None else (self.seed + choice) % (2 ** 63)
         try:
-            return SamplingParams(max_new_tokens=max_new_tokens, temperature=self.temperature, top_p=self.top_p,
-                                  top_k=self.top_k, seed=seed, stop=self.stop)
+            return SamplingParams(max_new_tokens=max_new_tokens, min_new_tokens=min(self.min_tokens, max_new_tokens),
+                                  temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, seed=seed,
+                                  stop=self.stop, frequency_penalty=self.frequency_penalty,
+                                  presence_penalty=self.presence_penalty, repetition_penalty=self.repetition_penalty,
+                                  logprobs=self.logprobs)
         except LoraLabError as exc:
             raise bad_request(str(exc)) from None
 
 
-_UNSUPPORTED = {"logprobs": "log-probabilities are not returned", "top_logprobs": "log-probabilities are not returned",
-                "echo": "echo is not supported", "tools": "tool calls are not supported",
-                "functions": "function calls are not supported", "suffix": "suffix (insertion) is not supported"}
+# ------------------------------------------------------------------------------------------------
+# The field table of /v1/completions and /v1/chat/completions
+# ------------------------------------------------------------------------------------------------
+HONOURED, BOOKKEEPING, REFUSED = "honoured", "bookkeeping", "refused"
+COMPLETIONS, CHAT = "/v1/completions", "/v1/chat/completions"
+BOTH = (COMPLETIONS, CHAT)
+
+
+def _absent(value: Any) -> bool:
+    return value is None
+
+
+@dataclass(frozen=True)
+class Field:
+    """How one request field is handled. endpoints: where it exists. handling: HONOURED (it does what
+    OpenAI / vLLM say), BOOKKEEPING (accepted, checked against kind, changes nothing) or REFUSED (400 naming
+    it unless neutral(value): the value that asks for nothing). meaning: the docs' wording and, refused, why."""
+
+    endpoints: tuple[str, ...]
+    handling: str
+    meaning: str
+    kind: str | None = None
+    neutral: Callable[[Any], bool] = _absent
+
+
+def _empty(value: Any) -> bool:
+    return value in (None, [], {}, "")
+
+
+FIELDS: dict[str, Field] = {
+    "model": Field(BOTH, HONOURED, "the base model's served name or an adapter's"),
+    "prompt": Field((COMPLETIONS,), HONOURED, "a string or a list of strings, one choice set each"),
+    "messages": Field((CHAT,), HONOURED, "the conversation, formatted with the tokenizer's chat template"),
+    "max_tokens": Field(BOTH, HONOURED, "tokens to generate at most per choice"),
+    "max_completion_tokens": Field((CHAT,), HONOURED, "OpenAI's newer name of max_tokens"),
+    "min_tokens": Field(BOTH, HONOURED, "vLLM's: EOS is banned before this many tokens (stop strings still stop)"),
+    "temperature": Field(BOTH, HONOURED, "0 to 2; 0 is greedy (default 1)"),
+    "top_p": Field(BOTH, HONOURED, "nucleus sampling, (0, 1]"),
+    "top_k": Field(BOTH, HONOURED, "vLLM's: sample from the k most likely tokens; 0 or -1 is off"),
+    "frequency_penalty": Field(BOTH, HONOURED, "-2 to 2: logit -= count in the output so far × this"),
+    "presence_penalty": Field(BOTH, HONOURED, "-2 to 2: logit -= this for every token already in the output"),
+    "repetition_penalty": Field(BOTH, HONOURED, "vLLM's / transformers': tokens in prompt or output get their "
+                                                "positive logit divided, negative multiplied, by this (> 0; 1 off)"),
+    "n": Field(BOTH, HONOURED, "choices per prompt, each seeded seed + index"),
+    "best_of": Field((COMPLETIONS,), HONOURED, "equal to n only (no ranking of extra candidates)"),
+    "seed": Field(BOTH, HONOURED, "reproducible sampling per choice"),
+    "stop": Field(BOTH, HONOURED, "up to 4 strings; the text ends before the first"),
+    "stream": Field(BOTH, HONOURED, "server-sent events, one chunk per token"),
+    "stream_options": Field(BOTH, HONOURED, "{\"include_usage\": false} leaves out the last chunk's usage "
+                                            "(default: sent)", "object"),
+    "logprobs": Field(BOTH, HONOURED, "completions: an integer 0 to 20 (the top tokens returned); chat: true"),
+    "top_logprobs": Field((CHAT,), HONOURED, "0 to 20 most likely tokens per position, with logprobs: true"),
+    "echo": Field((COMPLETIONS,), REFUSED, "echoing the prompt is not supported", neutral=lambda v: v in (None, False)),
+    "suffix": Field((COMPLETIONS,), REFUSED, "suffix (insertion) is not supported", neutral=_empty),
+    "logit_bias": Field(BOTH, REFUSED, "logit_bias is not supported", neutral=_empty),
+    "response_format": Field((CHAT,), REFUSED, "only {\"type\": \"text\"} is supported (no JSON mode or schema)",
+                             neutral=lambda v: v is None or v == {"type": "text"}),
+    "tools": Field((CHAT,), REFUSED, "tool calls are not supported", neutral=_empty),
+    "functions": Field((CHAT,), REFUSED, "function calls are not supported", neutral=_empty),
+    "tool_choice": Field((CHAT,), REFUSED, "tool calls are not supported", neutral=lambda v: v in (None, "none", "auto")),
+    "function_call": Field((CHAT,), REFUSED, "function calls are not supported",
+                           neutral=lambda v: v in (None, "none", "auto")),
+    "modalities": Field((CHAT,), REFUSED, "only text output is supported", neutral=lambda v: v in (None, ["text"])),
+    "audio": Field((CHAT,), REFUSED, "audio output is not supported"),
+    "prediction": Field((CHAT,), REFUSED, "predicted outputs are not supported"),
+    "reasoning_effort": Field((CHAT,), REFUSED, "these models do not reason in a hidden channel"),
+    "web_search_options": Field((CHAT,), REFUSED, "web search is not supported"),
+    "user": Field(BOTH, BOOKKEEPING, "an end-user id for the caller's records", "string"),
+    "safety_identifier": Field(BOTH, BOOKKEEPING, "an end-user id for the caller's records", "string"),
+    "prompt_cache_key": Field(BOTH, BOOKKEEPING, "a caching hint; the server keeps no prompt cache", "string"),
+    "metadata": Field(BOTH, BOOKKEEPING, "key-value tags for the caller's records", "object"),
+    "store": Field(BOTH, BOOKKEEPING, "nothing is stored either way", "boolean"),
+    "service_tier": Field(BOTH, BOOKKEEPING, "every request is served alike", "string"),
+    "parallel_tool_calls": Field((CHAT,), BOOKKEEPING, "only matters with tools, which are refused", "boolean"),
+}
+
+
+def fields_markdown() -> str:
+    """FIELDS as the Markdown table of docs/serving.md (a test keeps the two equal)."""
+    short = {COMPLETIONS: "completions", CHAT: "chat"}
+    lines = ["| field | endpoints | handling | what it does |", "|---|---|---|---|"]
+    for name, rule in FIELDS.items():
+        where = "both" if rule.endpoints == BOTH else short[rule.endpoints[0]]
+        meaning = rule.meaning.replace("|", "\\|")
+        lines.append(f"| `{name}` | {where} | {rule.handling} | {meaning} |")
+    return "\n".join(lines)
+
+
+def check_fields(body: dict, chat: bool) -> None:
+    """400 naming the first field FIELDS refuses (with a value that asks for something) or does not know."""
+    endpoint = CHAT if chat else COMPLETIONS
+    for name, value in body.items():
+        rule = FIELDS.get(name)
+        if rule is None:
+            raise bad_request(f"'{name}' is not a field this server knows for {endpoint}; docs/serving.md lists "
+                              "the fields it takes", param=name)
+        if endpoint not in rule.endpoints:
+            raise bad_request(f"'{name}' is a field of {rule.endpoints[0]}, not of {endpoint}", param=name)
+        if rule.handling == REFUSED and not rule.neutral(value):
+            raise bad_request(f"'{name}': {rule.meaning} by this server", param=name)
+        if rule.kind is not None:
+            field(body, name, rule.kind)
 
 
 def generation_request(body: dict, chat: bool, limits) -> GenerationRequest:
     """Check a completions or chat completions body against the server's limits (ServeSettings)."""
-    for name, why in _UNSUPPORTED.items():
-        if body.get(name) not in (None, False, 0, [], ""):
-            raise bad_request(f"'{name}': {why} by this server", param=name)
+    check_fields(body, chat)
     model = field(body, "model", "string", required=True)
     if chat:
         messages = field(body, "messages", "array", required=True)
@@ -175,11 +285,51 @@ def generation_request(body: dict, chat: bool, limits) -> GenerationRequest:
     if not isinstance(stop, (list, tuple)) or len(stop) > 4 or not all(isinstance(s, str) and s for s in stop):
         raise bad_request("'stop' must be a non-empty string or a list of up to 4 of them", param="stop")
     stream = field(body, "stream", "boolean", False)
+    min_tokens = _bounded(body, "min_tokens", "integer", 0, 0, max_tokens)
     return GenerationRequest(
         chat=chat, model=model, prompts=prompts, messages=tuple(messages) if messages is not None else None, n=n,
-        stream=stream, max_tokens=max_tokens, max_tokens_field=max_tokens_field, temperature=float(_bounded(body, "temperature", "number", 1.0, 0, 2)),
+        stream=stream, max_tokens=max_tokens, max_tokens_field=max_tokens_field,
+        temperature=float(_bounded(body, "temperature", "number", 1.0, 0, 2)),
         top_p=float(_bounded(body, "top_p", "number", 1.0, 1e-9, 1)), top_k=_top_k(body),
-        seed=_bounded(body, "seed", "integer", None, -2 ** 63, 2 ** 64 - 1), stop=tuple(stop))
+        seed=_bounded(body, "seed", "integer", None, -2 ** 63, 2 ** 64 - 1), stop=tuple(stop),
+        frequency_penalty=float(_bounded(body, "frequency_penalty", "number", 0.0, -2, 2)),
+        presence_penalty=float(_bounded(body, "presence_penalty", "number", 0.0, -2, 2)),
+        repetition_penalty=_repetition_penalty(body), min_tokens=min_tokens, logprobs=_logprobs(body, chat),
+        include_usage=_include_usage(body))
+
+
+MAX_LOGPROBS = 20
+
+
+def _logprobs(body: dict, chat: bool) -> int | None:
+    """The top tokens to return per position (0: only the chosen token's logprob), None when off. Chat:
+    logprobs true (+ top_logprobs); completions: logprobs an integer (OpenAI's legacy API)."""
+    if not chat:
+        return _bounded(body, "logprobs", "integer", None, 0, MAX_LOGPROBS)
+    wanted = field(body, "logprobs", "boolean", False)
+    top = _bounded(body, "top_logprobs", "integer", None, 0, MAX_LOGPROBS)
+    if top is not None and not wanted:
+        raise bad_request("'top_logprobs' needs 'logprobs': true", param="top_logprobs")
+    return (top or 0) if wanted else None
+
+
+def _repetition_penalty(body: dict) -> float:
+    value = float(field(body, "repetition_penalty", "number", 1.0))
+    if not 0 < value <= 100 or not math.isfinite(value):
+        raise bad_request(f"'repetition_penalty' must be above 0 and at most 100 (1 is off), got {value}",
+                          param="repetition_penalty")
+    return value
+
+
+def _include_usage(body: dict) -> bool:
+    options = field(body, "stream_options", "object", {})
+    unknown = sorted(set(options) - {"include_usage"})
+    if unknown:
+        raise bad_request(f"'stream_options.{unknown[0]}' is not supported; only include_usage is",
+                          param="stream_options")
+    if options and not field(body, "stream", "boolean", False):
+        raise bad_request("'stream_options' is only allowed with 'stream': true", param="stream_options")
+    return bool(field(options, "include_usage", "boolean", True))
 
 
 def _max_tokens(body: dict, chat: bool, limits) -> tuple[str, int]:
@@ -256,28 +406,78 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token for the logprobs of a response: its text (the token decoded alone), its natural-log
+    probability, and the requested most likely tokens' (text, logprob), most likely first."""
+    text: str
+    logprob: float
+    top: tuple[tuple[str, float], ...]
+
+
+LOWEST_LOGPROB = -9999.0       # what OpenAI answers for a probability that underflows; JSON has no -Infinity
+
+
+def _finite(logprob: float) -> float:
+    return logprob if math.isfinite(logprob) else LOWEST_LOGPROB
+
+
+def completion_logprobs(tokens: list[TokenLogprob], text_offset: int = 0) -> dict:
+    """The legacy completions' logprobs object: tokens, token_logprobs, top_logprobs (one {text: logprob}
+    per token) and text_offset (each token's character offset in the choice's text, counting from
+    text_offset; the tokens' texts laid end to end, as vLLM counts)."""
+    offsets = []
+    for token in tokens:
+        offsets.append(text_offset)
+        text_offset += len(token.text)
+    return {"tokens": [t.text for t in tokens], "token_logprobs": [_finite(t.logprob) for t in tokens],
+            "top_logprobs": [{text: _finite(lp) for text, lp in t.top} for t in tokens], "text_offset": offsets}
+
+
+def _chat_token(text: str, logprob: float) -> dict:
+    return {"token": text, "logprob": _finite(logprob), "bytes": list(text.encode("utf-8"))}
+
+
+def chat_logprobs(tokens: list[TokenLogprob]) -> dict:
+    """Chat's logprobs object: content, one {token, logprob, bytes, top_logprobs} per token; refusal null."""
+    return {"content": [{**_chat_token(t.text, t.logprob), "top_logprobs": [_chat_token(*top) for top in t.top]}
+                        for t in tokens], "refusal": None}
+
+
+def logprobs_object(request: GenerationRequest, tokens: list[TokenLogprob] | None, text_offset: int = 0) -> dict | None:
+    """A choice's logprobs in its endpoint's shape; None when the request did not ask for them."""
+    if request.logprobs is None or tokens is None:
+        return None
+    return chat_logprobs(tokens) if request.chat else completion_logprobs(tokens, text_offset)
+
+
 def completion_object(request: GenerationRequest, response_id: str, choices: list[dict], use: dict) -> dict:
-    """The non-streamed response; choices: [{"index", "text", "finish_reason"}] in index order."""
+    """The non-streamed response; choices: [{"index", "text", "finish_reason", "logprobs"}] in index order
+    (logprobs: a list of TokenLogprob, or None)."""
     if request.chat:
-        out = [{"index": c["index"], "message": {"role": "assistant", "content": c["text"]}, "logprobs": None,
-                "finish_reason": c["finish_reason"]} for c in choices]
-    else:
-        out = [{"index": c["index"], "text": c["text"], "logprobs": None, "finish_reason": c["finish_reason"]}
+        out = [{"index": c["index"], "message": {"role": "assistant", "content": c["text"]},
+                "logprobs": logprobs_object(request, c.get("logprobs")), "finish_reason": c["finish_reason"]}
                for c in choices]
+    else:
+        out = [{"index": c["index"], "text": c["text"], "logprobs": logprobs_object(request, c.get("logprobs")),
+                "finish_reason": c["finish_reason"]} for c in choices]
     return {"id": response_id, "object": "chat.completion" if request.chat else "text_completion",
             "created": int(time.time()), "model": request.model, "choices": out, "usage": use}
 
 
 def chunk_object(request: GenerationRequest, response_id: str, index: int, text: str | None,
-                 finish_reason: str | None = None, first: bool = False) -> dict:
-    """One streamed chunk of choice `index`: its new text (chat: a delta), and the finish reason at the end."""
+                 finish_reason: str | None = None, first: bool = False, logprobs: list[TokenLogprob] | None = None,
+                 text_offset: int = 0) -> dict:
+    """One streamed chunk of choice `index`: its new text (chat: a delta), the logprobs of its token (when
+    asked; text_offset: the choice's token texts so far, in characters), and the finish reason at the end."""
+    lp = logprobs_object(request, logprobs, text_offset)
     if request.chat:
         delta: dict[str, str] = {"role": "assistant", "content": ""} if first else {}
         if text:
             delta["content"] = text
-        choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        choice = {"index": index, "delta": delta, "logprobs": lp, "finish_reason": finish_reason}
     else:
-        choice = {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
+        choice = {"index": index, "text": text or "", "logprobs": lp, "finish_reason": finish_reason}
     return {"id": response_id, "object": "chat.completion.chunk" if request.chat else "text_completion",
             "created": int(time.time()), "model": request.model, "choices": [choice]}
 

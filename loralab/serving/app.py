@@ -242,6 +242,8 @@ class _Run:
         self.prompt_tokens = prompt_tokens
         choices = len(job.prompts)
         self.texts, self.reasons, self.tokens = [""] * choices, [None] * choices, [0] * choices
+        self.logprobs: list[list[api.TokenLogprob]] = [[] for _ in range(choices)]
+        self.token_chars = [0] * choices           # length of each choice's token texts laid end to end
         self.closed = False
 
     @property
@@ -257,11 +259,21 @@ class _Run:
             raise event[1]
         _, index, out = event
         self.tracker.token()
+        if self.req.logprobs is not None:
+            entry = self._logprob(out)
+            self.logprobs[index].append(entry)
+            self.token_chars[index] += len(entry.text)
         self.texts[index] += out.text
         self.tokens[index] = out.completion_tokens
         if out.finished:
             self.reasons[index] = out.finish_reason
         return event
+
+    def _logprob(self, out) -> api.TokenLogprob:
+        """A StepOutput's logprobs with each token id as its text (decoded alone)."""
+        decode = self.service.tokenizer.decode
+        return api.TokenLogprob(decode([out.token_id]), out.logprob,
+                                tuple((decode([token]), logprob) for token, logprob in out.top_logprobs))
 
     def usage(self) -> dict:
         return api.usage(self.prompt_tokens, sum(self.tokens))
@@ -269,7 +281,8 @@ class _Run:
     async def collect(self) -> dict:
         while not self.finished:
             await self.next()
-        choices = [{"index": i, "text": t, "finish_reason": r} for i, (t, r) in enumerate(zip(self.texts, self.reasons))]
+        choices = [{"index": i, "text": t, "finish_reason": r, "logprobs": lp}
+                   for i, (t, r, lp) in enumerate(zip(self.texts, self.reasons, self.logprobs))]
         return api.completion_object(self.req, self.job.job_id, choices, self.usage())
 
     async def stream(self, first: tuple):
@@ -279,14 +292,18 @@ class _Run:
             event = first
             while True:
                 _, index, out = event
+                token = self.logprobs[index][-1:] if self.req.logprobs is not None else None
+                offset = self.token_chars[index] - (len(token[0].text) if token else 0)
                 chunk = api.chunk_object(self.req, self.job.job_id, index, out.text,
-                                         out.finish_reason if out.finished else None, first=index not in sent_role)
+                                         out.finish_reason if out.finished else None, first=index not in sent_role,
+                                         logprobs=token, text_offset=offset)
                 sent_role.add(index)
                 yield api.sse(chunk)
                 if self.finished:
                     break
                 event = await self.next()
-            yield api.sse(api.usage_chunk(self.req, self.job.job_id, self.usage()))
+            if self.req.include_usage:
+                yield api.sse(api.usage_chunk(self.req, self.job.job_id, self.usage()))
             yield api.sse("[DONE]")
             status = 200
         except ApiError as exc:               # a failed step mid-stream: an error event, then the end
@@ -316,6 +333,10 @@ async def _classify(request: Request, service: Service, body: dict) -> JSONRespo
         raise ApiError(404, "this server generates text; use /v1/completions or /v1/chat/completions",
                        code="wrong_endpoint")
     req = api.classify_request(body, service.settings)
+    if req.model == service.base_name:
+        raise api.bad_request(f"{req.model!r} is the base model, whose classifier head is untrained (each adapter "
+                              "carries its own trained head and labels); send an adapter's name as 'model'",
+                              param="model")
     with await service.acquire(req.model) as pin:   # released on every exit path; the labels come from the Pin
         return await _classify_pinned(request, service, req, pin)
 

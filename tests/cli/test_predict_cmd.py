@@ -42,9 +42,11 @@ def predict(adapter: Path, flags: list[str], monkeypatch, capsys) -> list[str]:
 def test_flags_build_sampling_params():
     args = build_parser().parse_args(["predict", "--adapter", "x", "--temperature", "0.8", "--top-p", "0.9",
                                       "--top-k", "5", "--seed", "3", "--stop", "\\n", "--stop", "a\\tb",
-                                      "--repetition-penalty", "1.1", "--max-new-tokens", "9"])
+                                      "--repetition-penalty", "1.1", "--max-new-tokens", "9",
+                                      "--frequency-penalty", "0.5", "--presence-penalty", "-0.25"])
     assert sampling_params_from_args(args) == SamplingParams(
-        temperature=0.8, top_p=0.9, top_k=5, seed=3, stop=("\n", "a\tb"), repetition_penalty=1.1, max_new_tokens=9)
+        temperature=0.8, top_p=0.9, top_k=5, seed=3, stop=("\n", "a\tb"), repetition_penalty=1.1, max_new_tokens=9,
+        frequency_penalty=0.5, presence_penalty=-0.25)
     plain = build_parser().parse_args(["predict", "--adapter", "x"])
     assert sampling_params_from_args(plain, SamplingParams(max_new_tokens=48)) == SamplingParams(max_new_tokens=48)
 

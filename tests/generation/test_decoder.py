@@ -212,10 +212,10 @@ def test_a_row_whose_own_work_fails_leaves_alone_and_the_others_go_on(tiny, monk
     decoder = BatchDecoder(model, tokenizer)
     report = decoder._report
 
-    def failing(row, token, position):
+    def failing(row, token, position, *logprobs):
         if row.request_id == 2 and len(row.output) == 1:
             raise ValueError("cannot detokenise")
-        return report(row, token, position)
+        return report(row, token, position, *logprobs)
     monkeypatch.setattr(decoder, "_report", failing)
     for r in range(3):
         decoder.add(r, prompts[r], SamplingParams(max_new_tokens=NEW))
@@ -230,3 +230,52 @@ def test_a_row_whose_own_work_fails_leaves_alone_and_the_others_go_on(tiny, monk
                 tokens[out.request_id].append(out.token_id)
     assert len(expected[2]) > 1 and failed == [(2, True, "error", "cannot detokenise")]
     assert tokens == {0: expected[0], 1: expected[1], 2: expected[2][:1]}
+
+
+def test_logprobs_equal_a_log_softmax_of_the_offline_forward(tiny):
+    """Greedy tokens with logprobs=3 in a mixed batch (one row without logprobs, one with penalties): each
+    token's logprob and top 3 equal log_softmax of the model's logits for prompt + tokens so far, run alone
+    without cache, within 1e-5; penalties do not change them (they are the model's own)."""
+    model, tokenizer, prompts = tiny
+    decoder = BatchDecoder(model, tokenizer)
+    decoder.add("plain", prompts[0], SamplingParams(max_new_tokens=NEW))
+    decoder.add("lp", prompts[1], SamplingParams(max_new_tokens=NEW, logprobs=3))
+    decoder.add("pen", prompts[2], SamplingParams(max_new_tokens=NEW, logprobs=1, frequency_penalty=1.5,
+                                                  presence_penalty=0.5, repetition_penalty=1.3))
+    outputs: dict = {"plain": [], "lp": [], "pen": []}
+    while decoder.has_work:
+        for out in decoder.step():
+            outputs[out.request_id].append(out)
+    assert all(o.logprob is None and o.top_logprobs == () for o in outputs["plain"])
+    for name, prompt, k in (("lp", prompts[1], 3), ("pen", prompts[2], 1)):
+        tokens = [o.token_id for o in outputs[name]]
+        with torch.inference_mode():
+            logits = model(input_ids=torch.tensor([prompt + tokens])).logits[0].float()
+        expected = torch.log_softmax(logits[len(prompt) - 1:len(prompt) - 1 + len(tokens)], dim=-1)
+        for i, out in enumerate(outputs[name]):
+            assert abs(out.logprob - float(expected[i, out.token_id])) < 1e-5
+            top = torch.topk(expected[i], k)
+            assert [t for t, _ in out.top_logprobs] == top.indices.tolist()
+            assert max(abs(v - float(e)) for (_, v), e in zip(out.top_logprobs, top.values)) < 1e-5
+    greedy = [o.token_id for o in outputs["lp"]]
+    assert greedy == reference(model, prompts[1])                      # logprobs do not change the tokens
+
+
+def test_frequency_and_presence_penalties_stop_repeats_and_leave_other_rows_alone(tiny):
+    """A large frequency or presence penalty (greedy) never repeats an output token; the prompt's tokens do
+    not count (only the output does); a row without penalties in the same batch keeps its tokens."""
+    model, tokenizer, prompts = tiny
+    expected = reference(model, prompts[0])
+    decoder = BatchDecoder(model, tokenizer, eos_token_ids=[])
+    decoder.add("plain", prompts[0], SamplingParams(max_new_tokens=NEW))
+    decoder.add("freq", prompts[0], SamplingParams(max_new_tokens=NEW, frequency_penalty=1e4))
+    decoder.add("pres", prompts[0], SamplingParams(max_new_tokens=NEW, presence_penalty=1e4))
+    tokens: dict = {"plain": [], "freq": [], "pres": []}
+    while decoder.has_work:
+        for out in decoder.step():
+            tokens[out.request_id].append(out.token_id)
+    assert tokens["plain"][:len(expected)] == expected
+    assert len(set(tokens["plain"])) < NEW                            # unpenalised, the tiny model repeats
+    for name in ("freq", "pres"):
+        assert len(tokens[name]) == NEW and len(set(tokens[name])) == NEW, tokens[name]
+        assert tokens[name][0] == tokens["plain"][0]                   # nothing generated yet: no penalty

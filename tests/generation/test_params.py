@@ -28,6 +28,13 @@ from loralab.generation import SamplingParams
     ({"num_beams": 0}, "num_beams"),
     ({"num_beams": 2, "temperature": 0.5}, "beam search \\(num_beams=2\\) is greedy only"),
     ({"length_penalty": float("inf")}, "length_penalty"),
+    ({"frequency_penalty": float("nan")}, "frequency_penalty must be a finite number \\(0 is off\\)"),
+    ({"presence_penalty": "1"}, "presence_penalty must be a finite number"),
+    ({"logprobs": -1}, "logprobs must be unset or an integer of at least 0"),
+    ({"logprobs": True}, "logprobs must be unset or an integer"),
+    ({"num_beams": 2, "frequency_penalty": 0.5}, "frequency_penalty is not available with beam search"),
+    ({"num_beams": 2, "presence_penalty": -0.5}, "presence_penalty is not available with beam search"),
+    ({"num_beams": 2, "logprobs": 0}, "logprobs is not available with beam search \\(num_beams=2\\)"),
 ])
 def test_bad_values_are_refused_with_one_line(settings, message):
     with pytest.raises(LoraLabError, match=message) as caught:

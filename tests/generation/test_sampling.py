@@ -8,8 +8,8 @@ from transformers.generation.logits_process import (RepetitionPenaltyLogitsProce
                                                     TopKLogitsWarper, TopPLogitsWarper)
 
 from loralab.generation import SamplingParams
-from loralab.generation.sampling import (RowSettings, apply_repetition_penalty, draw_uniforms, sample_tokens,
-                                         warp_logits)
+from loralab.generation.sampling import (RowSettings, apply_frequency_presence, apply_repetition_penalty, draw_uniforms,
+                                         sample_tokens, token_logprobs, warp_logits)
 
 ROWS = [SamplingParams(temperature=1.0), SamplingParams(temperature=0.5, top_k=7),
         SamplingParams(temperature=1.7, top_p=0.6), SamplingParams(temperature=0.8, top_k=12, top_p=0.3),
@@ -85,3 +85,34 @@ def test_generators_are_drawn_only_for_sampled_rows():
     again = draw_uniforms([torch.Generator().manual_seed(4)])
     assert again[0] == first[0]
     assert draw_uniforms(seeded[:1])[0] != first[0]  # the generator moved on
+
+
+def test_frequency_and_presence_penalties_on_counts_worked_by_hand():
+    """OpenAI's definition: logit[j] -= c[j] * frequency + (c[j] > 0) * presence, c = output counts."""
+    logits = torch.tensor([[1.0, 2.0, -0.5, 0.0], [1.0, 2.0, -0.5, 0.0], [1.0, 2.0, -0.5, 0.0]])
+    counts = torch.tensor([[0, 2, 1, 0], [3, 0, 0, 1], [0, 2, 1, 0]], dtype=torch.int32)
+    frequency = torch.tensor([0.5, 0.0, -1.0])
+    presence = torch.tensor([1.0, 0.25, 0.0])
+    out = apply_frequency_presence(logits, counts, frequency, presence)
+    assert out.tolist() == [[1.0, 2.0 - 2 * 0.5 - 1.0, -0.5 - 0.5 - 1.0, 0.0],    # [1, 0, -2, 0]
+                            [1.0 - 0.25, 2.0, -0.5, 0.0 - 0.25],                   # presence only
+                            [1.0, 2.0 + 2.0, -0.5 + 1.0, 0.0]]                     # negative: encourages
+    assert torch.equal(logits[0], torch.tensor([1.0, 2.0, -0.5, 0.0]))             # not changed in place
+
+
+def test_repetition_penalty_on_logits_worked_by_hand():
+    """vLLM's / transformers': a seen token's positive logit is divided by the penalty, a negative one multiplied."""
+    logits = torch.tensor([[2.0, -1.0, 0.5, 3.0], [2.0, -1.0, 0.5, 3.0]])
+    seen = torch.tensor([[True, True, False, False], [False, True, True, True]])
+    out = apply_repetition_penalty(logits, seen, torch.tensor([2.0, 0.5]))
+    assert out.tolist() == [[1.0, -2.0, 0.5, 3.0], [2.0, -0.5, 1.0, 6.0]]
+
+
+def test_token_logprobs_are_a_log_softmax():
+    logits = torch.tensor([[0.0, 1.0, 2.0], [3.0, 3.0, 0.0]])
+    chosen, ids, values = token_logprobs(logits, torch.tensor([0, 1]), 2)
+    expected = torch.log_softmax(logits, dim=-1)
+    torch.testing.assert_close(chosen, torch.stack([expected[0, 0], expected[1, 1]]), rtol=0, atol=1e-7)
+    assert ids.tolist() == [[2, 1], [0, 1]]
+    torch.testing.assert_close(values, expected.gather(1, ids), rtol=0, atol=0)
+    assert token_logprobs(logits, torch.tensor([0, 1]), 9)[1].shape == (2, 3)   # k above V: every token

@@ -4,6 +4,7 @@ in errors, as itself."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import httpx
 import pytest
@@ -110,3 +111,85 @@ def test_over_http_bad_classify_input_is_400(start_server, classifier_files):
         assert r.status_code == 400 and r.json()["error"]["param"] == "input"
         assert r.json()["error"]["message"].startswith("'input[1]' is not valid Unicode text")
         assert c.post("/v1/classify", json={"model": "pos", "input": "fine"}).status_code == 200
+
+
+# ---- the field table ---------------------------------------------------------------------------------
+def generation(body: dict, chat: bool = False) -> api.GenerationRequest:
+    base = {"model": "a", "messages": [{"role": "user", "content": "hi"}]} if chat else {"model": "a", "prompt": "x"}
+    return api.generation_request({**base, **body}, chat, LIMITS)
+
+
+@pytest.mark.parametrize("body, chat, param, message", [
+    ({"response_format": {"type": "json_object"}}, True, "response_format",
+     "'response_format': only {\"type\": \"text\"} is supported (no JSON mode or schema) by this server"),
+    ({"logit_bias": {"5": 10}}, False, "logit_bias", "'logit_bias': logit_bias is not supported by this server"),
+    ({"echo": True}, False, "echo", "'echo': echoing the prompt is not supported by this server"),
+    ({"suffix": "end"}, False, "suffix", "'suffix': suffix (insertion) is not supported by this server"),
+    ({"tools": [{"type": "function"}]}, True, "tools", "'tools': tool calls are not supported by this server"),
+    ({"tool_choice": "required"}, True, "tool_choice", "'tool_choice': tool calls are not supported by this server"),
+    ({"modalities": ["text", "audio"]}, True, "modalities", "'modalities': only text output is supported by this server"),
+    ({"ignore_eos": True}, False, "ignore_eos", "'ignore_eos' is not a field this server knows for /v1/completions; "
+                                                "docs/serving.md lists the fields it takes"),
+    ({"top_logprobs": 2}, False, "top_logprobs", "'top_logprobs' is a field of /v1/chat/completions, not of "
+                                                 "/v1/completions"),
+    ({"top_logprobs": 2}, True, "top_logprobs", "'top_logprobs' needs 'logprobs': true"),
+    ({"logprobs": 21}, False, "logprobs", "'logprobs' must be between 0 and 20, got 21"),
+    ({"logprobs": 2}, True, "logprobs", "'logprobs' must be a JSON boolean, got 2"),
+    ({"frequency_penalty": 2.5}, False, "frequency_penalty", "'frequency_penalty' must be between -2 and 2, got 2.5"),
+    ({"presence_penalty": -3}, True, "presence_penalty", "'presence_penalty' must be between -2 and 2, got -3"),
+    ({"repetition_penalty": 0}, False, "repetition_penalty",
+     "'repetition_penalty' must be above 0 and at most 100 (1 is off), got 0.0"),
+    ({"min_tokens": 9, "max_tokens": 8}, False, "min_tokens", "'min_tokens' must be between 0 and 8, got 9"),
+    ({"stream": True, "stream_options": {"continuous_usage_stats": True}}, False, "stream_options",
+     "'stream_options.continuous_usage_stats' is not supported; only include_usage is"),
+    ({"stream_options": {"include_usage": True}}, False, "stream_options",
+     "'stream_options' is only allowed with 'stream': true"),
+    ({"user": 7}, False, "user", "'user' must be a JSON string, got 7"),
+    ({"metadata": "x"}, True, "metadata", "'metadata' must be a JSON object, got \"x\""),
+])
+def test_fields_that_would_change_the_output_are_refused_naming_them(body, chat, param, message):
+    error = refused(generation, body, chat)
+    assert (error.param, error.message) == (param, message)
+
+
+def test_neutral_values_of_refused_fields_and_bookkeeping_fields_are_accepted():
+    plain = generation({})
+    neutral = {"echo": False, "suffix": None, "logit_bias": {}, "user": "u-1", "metadata": {"k": "v"},
+               "store": False, "service_tier": "auto", "safety_identifier": "s", "prompt_cache_key": "p"}
+    assert generation(neutral) == plain
+    chat_plain = generation({}, chat=True)
+    assert generation({"response_format": {"type": "text"}, "tools": [], "tool_choice": "none", "modalities": ["text"],
+                       "parallel_tool_calls": True, "user": "u", "logprobs": False}, chat=True) == chat_plain
+
+
+def test_honoured_fields_reach_sampling_params():
+    req = generation({"frequency_penalty": 0.5, "presence_penalty": -1, "repetition_penalty": 1.2, "min_tokens": 3,
+                      "max_tokens": 9, "logprobs": 4, "temperature": 0, "top_k": 5})
+    params = req.sampling(0, req.max_tokens)
+    assert (params.frequency_penalty, params.presence_penalty, params.repetition_penalty, params.min_new_tokens,
+            params.logprobs, params.top_k) == (0.5, -1.0, 1.2, 3, 4, 5)
+    assert generation({"logprobs": 0}).logprobs == 0 and generation({}).logprobs is None
+    assert generation({"logprobs": True, "top_logprobs": 3}, chat=True).logprobs == 3
+    assert generation({"logprobs": True}, chat=True).logprobs == 0
+    assert generation({"logprobs": False}, chat=True).logprobs is None
+    assert not generation({"stream": True, "stream_options": {"include_usage": False}}).include_usage
+    assert generation({"stream": True}).include_usage
+
+
+def test_the_docs_field_table_is_the_code_s():
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "serving.md").read_text(encoding="utf-8")
+    assert api.fields_markdown() in docs
+    assert {"frequency_penalty", "logprobs", "response_format", "user", "metadata"} <= set(api.FIELDS)
+
+
+def test_logprobs_objects_have_openais_shapes():
+    tokens = [api.TokenLogprob("the", -0.5, (("the", -0.5), ("a", -1.25))),
+              api.TokenLogprob(" é", float("-inf"), ())]
+    assert api.completion_logprobs(tokens, 4) == {
+        "tokens": ["the", " é"], "token_logprobs": [-0.5, -9999.0],
+        "top_logprobs": [{"the": -0.5, "a": -1.25}, {}], "text_offset": [4, 7]}
+    assert api.chat_logprobs(tokens) == {"content": [
+        {"token": "the", "logprob": -0.5, "bytes": [116, 104, 101], "top_logprobs": [
+            {"token": "the", "logprob": -0.5, "bytes": [116, 104, 101]},
+            {"token": "a", "logprob": -1.25, "bytes": [97]}]},
+        {"token": " é", "logprob": -9999.0, "bytes": [32, 195, 169], "top_logprobs": []}], "refusal": None}

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import loralab
+from loralab.generation import BatchDecoder, SamplingParams
 from loralab.serving.api import MAX_JSON_DEPTH
 from loralab.testing import tiny_model
 
@@ -54,7 +55,27 @@ def offline(lm_files):
                                      max_new_tokens=max_tokens, pad_token_id=0)
         return out[0, ids.shape[1]:].tolist()
 
+    def logits(adapter, ids: list[int]) -> torch.Tensor:
+        """The fp32 logits (T, V) of one forward over `ids` with that adapter alone (None: the base)."""
+        with torch.inference_mode():
+            if adapter is None:
+                with loralab.disabled(model):
+                    return model(input_ids=torch.tensor([ids])).logits[0].float()
+            loralab.set_adapter(model, adapter)
+            return model(input_ids=torch.tensor([ids])).logits[0].float()
+
+    def decoded(adapter, prompt: str, params: SamplingParams) -> list[int]:
+        """The token ids BatchDecoder gives with that adapter alone."""
+        loralab.set_adapter(model, adapter)
+        decoder = BatchDecoder(model, tokenizer)
+        decoder.add(0, tokenizer(prompt)["input_ids"], params)
+        tokens = []
+        while decoder.has_work:
+            tokens += [out.token_id for out in decoder.step()]
+        return tokens
+
     run.decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
+    run.tokenizer, run.logits, run.decoded = tokenizer, logits, decoded
     return run
 
 
@@ -91,6 +112,74 @@ def test_concurrent_greedy_completions_equal_offline_output(lm_server, offline):
     assert len(outputs) == len(jobs)                  # the adapters answer differently: no leak would hide
     hist = lm_server.service.metrics.render()
     assert 'loralab_requests_total{endpoint="/v1/completions",model="b",status="200"} 5' in hist
+
+
+def sse_chunks(c: httpx.Client, path: str, body: dict) -> list:
+    with c.stream("POST", path, json={**body, "stream": True}) as r:
+        assert r.status_code == 200
+        lines = [line[len("data: "):] for line in r.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    return [json.loads(line) for line in lines[:-1]]
+
+
+def assert_logprobs_match(offline, adapter: str, prompt: str, tokens: list[int], logprobs: list[float],
+                          tops: list[dict[str, float]]):
+    """Each token's logprob and top alternatives equal log_softmax of the offline forward, within 1e-5."""
+    ids = offline.tokenizer(prompt)["input_ids"]
+    expected = torch.log_softmax(offline.logits(adapter, ids + tokens)[len(ids) - 1:-1], dim=-1)
+    assert len(logprobs) == len(tokens) == expected.shape[0] > 0
+    for i, (token, logprob, top) in enumerate(zip(tokens, logprobs, tops)):
+        assert abs(logprob - float(expected[i, token])) < 1e-5
+        best = torch.topk(expected[i], len(top))
+        assert list(top) == [offline.tokenizer.decode([t]) for t in best.indices.tolist()]
+        assert max(abs(v - float(e)) for v, e in zip(top.values(), best.values)) < 1e-5
+
+
+def test_logprobs_equal_a_log_softmax_of_the_offline_forward(lm_server, offline):
+    """Completions (logprobs: 3) and chat (logprobs: true, top_logprobs: 2), streamed and not: greedy tokens,
+    each with its logprob and top alternatives equal to the offline model's log-softmax (adapter a)."""
+    prompt, vocab = "the cat sat on", offline.tokenizer.get_vocab()
+    expected = offline("a", prompt, 8)
+    with client(lm_server) as c:
+        answer = complete(c, "a", prompt, logprobs=3)
+        lp = answer["choices"][0]["logprobs"]
+        assert [vocab[t] for t in lp["tokens"]] == expected
+        assert lp["text_offset"] == [sum(len(t) for t in lp["tokens"][:i]) for i in range(len(expected))]
+        assert_logprobs_match(offline, "a", prompt, expected, lp["token_logprobs"], lp["top_logprobs"])
+        chunks = sse_chunks(c, "/v1/completions", {"model": "a", "prompt": prompt, "temperature": 0, "max_tokens": 8,
+                                                   "logprobs": 3})
+        streamed = [chunk["choices"][0]["logprobs"] for chunk in chunks if chunk["choices"]]
+        assert {k: [v for s in streamed for v in s[k]] for k in lp} == lp          # one token per chunk
+        assert chunks[-1]["usage"]["completion_tokens"] == len(expected)
+
+        messages = [{"role": "user", "content": prompt}]
+        chat_ids = offline.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        chat_prompt = offline.tokenizer.decode(chat_ids)
+        chat_expected = offline("a", chat_prompt, 6)
+        body = {"model": "a", "messages": messages, "temperature": 0, "max_tokens": 6, "logprobs": True,
+                "top_logprobs": 2}
+        content = c.post("/v1/chat/completions", json=body).json()["choices"][0]["logprobs"]["content"]
+        assert [vocab[e["token"]] for e in content] == chat_expected
+        assert all(e["bytes"] == list(e["token"].encode()) and len(e["top_logprobs"]) == 2 for e in content)
+        assert_logprobs_match(offline, "a", chat_prompt, chat_expected, [e["logprob"] for e in content],
+                              [{t["token"]: t["logprob"] for t in e["top_logprobs"]} for e in content])
+        chunks = sse_chunks(c, "/v1/chat/completions", {**body, "stream_options": {"include_usage": False}})
+        assert [e for chunk in chunks for e in chunk["choices"][0]["logprobs"]["content"]] == content
+        assert all(chunk["choices"] for chunk in chunks)                          # no usage chunk asked
+        assert complete(c, "a", prompt)["choices"][0]["logprobs"] is None
+
+
+def test_penalties_equal_the_offline_decoder_and_change_the_output(lm_server, offline):
+    prompt = "one two three"
+    with client(lm_server) as c:
+        plain = complete(c, "b", prompt, max_tokens=12)["choices"][0]["text"]
+        for settings in ({"frequency_penalty": 1.5}, {"presence_penalty": 2.0}, {"repetition_penalty": 1.8},
+                         {"frequency_penalty": -0.5, "presence_penalty": 0.7, "repetition_penalty": 1.2}):
+            text = complete(c, "b", prompt, max_tokens=12, **settings)["choices"][0]["text"]
+            expected = offline.decoded("b", prompt, SamplingParams(max_new_tokens=12, **settings))
+            assert text.strip() == offline.decode(expected).strip(), settings
+        strong = complete(c, "b", prompt, max_tokens=12, presence_penalty=2.0, frequency_penalty=2.0)
+        assert strong["choices"][0]["text"] != plain
 
 
 def test_sampling_seed_n_and_stop(lm_server):
@@ -169,7 +258,7 @@ def test_client_disconnect_cancels_generation(lm_server):
     (json.dumps({"model": "a", "prompt": "x", "temperature": "hot"}), 400, "'temperature' must be a JSON number"),
     (json.dumps({"model": "a", "prompt": "x", "max_tokens": 10_000}), 400, "'max_tokens' must be between"),
     (json.dumps({"model": "a", "prompt": "x", "n": 99}), 400, "'n' must be between"),
-    (json.dumps({"model": "a", "prompt": "x", "logprobs": 2}), 400, "log-probabilities"),
+    (json.dumps({"model": "a", "prompt": "x", "echo": True}), 400, "'echo': echoing the prompt is not supported"),
     (json.dumps({"model": "a", "prompt": "x", "stop": [""]}), 400, "'stop'"),
     (json.dumps({"model": "a", "prompt": "the " * 200}), 400, "--max-prompt-tokens"),
     (json.dumps({"model": "nope", "prompt": "x"}), 404, "does not exist"),
@@ -299,6 +388,11 @@ def test_classify(start_server, classifier_files):
         assert c.post("/v1/classify", json={"model": "pos", "input": [["a", "b"]]}).status_code == 400
         assert c.post("/v1/completions", json={"model": "pos", "prompt": "x"}).status_code == 404
         assert c.post("/v1/classify", json={"model": "pos", "input": []}).status_code == 400
+        untrained = c.post("/v1/classify", json={"model": server.service.base_name, "input": texts})
+        assert untrained.status_code == 400 and untrained.json()["error"]["param"] == "model"
+        assert untrained.json()["error"]["message"] == (
+            f"{server.service.base_name!r} is the base model, whose classifier head is untrained (each adapter "
+            "carries its own trained head and labels); send an adapter's name as 'model'")
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForSequenceClassification.from_pretrained(base).eval()
     for name, path in adapters.items():

@@ -65,10 +65,10 @@ def test_a_row_whose_postprocessing_fails_ends_its_request_alone(lm_server, monk
     def break_b() -> None:
         report = engine.decoder._report
 
-        def failing(row, token, position):
+        def failing(row, token, position, *logprobs):
             if engine._rows[row.request_id].adapter == "b":
                 raise ValueError("cannot detokenise")
-            return report(row, token, position)
+            return report(row, token, position, *logprobs)
         monkeypatch.setattr(engine.decoder, "_report", failing)
     with httpx.Client(base_url=lm_server.url, timeout=60) as c:
         lines, answer, alone = one_batch(lm_server, c, break_b)
