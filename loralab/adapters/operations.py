@@ -11,7 +11,10 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from loralab.adapters.merging import (MERGES_ON, MergeMethod, MergeOptions, Part, checked_method, draw_as_peft_creates,
+                                      new_rank, seeded)
 from loralab.adapters.state import STATE_ATTR, adapter_state, lora_layers, set_trainable, trainable_copies
+from loralab.core.inits import INITS
 from loralab.core.lora import LoraFactors
 from loralab.errors import LoraLabError
 
@@ -147,12 +150,23 @@ def disabled(model: nn.Module) -> Iterator[nn.Module]:
             merge(model)
 
 
-def combine_adapters(model: nn.Module, weights: dict[str, float], new_name: str, head: str | None = None) -> nn.Module:
-    """Add adapter `new_name` with ΔW = Σ w_i·ΔW_i over the given adapters, exactly, for any ranks.
+def combine_adapters(model: nn.Module, weights: dict[str, float], new_name: str, head: str | None = None,
+                     method: str = "cat", density: float | None = None, majority_sign_method: str = "total",
+                     svd_rank: int | None = None, svd_clamp: float | None = None, seed: int | None = None) -> nn.Module:
+    """Add adapter `new_name` merging the given adapters {name: weight} by `method`, one of PEFT's
+    `add_weighted_adapter` combination types (loralab.adapters.merging.MERGE_METHODS), with PEFT's results:
 
-    Per layer the factors are concatenated: A = [A_1; A_2; ...], B = [w_1·s_1·B_1, w_2·s_2·B_2, ...]
-    with scale 1 (alpha = rank), so B·A = Σ w_i·s_i·B_i·A_i. The new rank is the sum of the ranks.
-    Only variants whose whole effect is ΔW = s·B·A add up this way (not DoRA); others are refused.
+      "cat" (default)   ΔW = Σ w_i·ΔW_i exactly, for any ranks: per layer A = [A_1; A_2; ...],
+                        B = [w_1·s_1·B_1, w_2·s_2·B_2, ...] with scale 1; the new rank is the sum of the ranks
+      "linear", "ties", "dare_linear", "dare_ties", "magnitude_prune"
+                        A and B merged separately (approximations; adapters of equal rank; that rank)
+      "svd", "ties_svd", "dare_linear_svd", "dare_ties_svd", "magnitude_prune_svd"
+                        the ΔW_i merged, then cut to rank `svd_rank` (default: the largest rank) by SVD
+
+    density: the fraction of entries kept, in [0, 1] (ties, dare_*, magnitude_prune*); majority_sign_method:
+    "total" or "frequency" (ties, dare_ties*); svd_clamp: a quantile clamping the SVD factors; seed: DARE's masks
+    drawn as after torch.manual_seed(seed) (None: from torch's global generator, as PEFT draws them).
+    Only variants whose whole effect is ΔW = s·B·A combine (not DoRA); others are refused.
 
     Modules trained in full (modules_to_save, e.g. a classifier head) have no weighted sum. The combined
     adapter gets the copies of adapter `head`; without `head`, the adapters must use identical modules
@@ -165,10 +179,24 @@ def combine_adapters(model: nn.Module, weights: dict[str, float], new_name: str,
     state = adapter_state(model)
     if new_name in state.configs:
         raise LoraLabError(f"adapter {new_name!r} already exists")
+    options = MergeOptions(density, majority_sign_method, svd_rank, svd_clamp, seed)
+    merge_method = checked_method(method, options, len(weights))
     head = head or _shared_head(model, list(weights))
-    combined = {layer_name: _combined_factors(layer_name, layer, weights)
-                for layer_name, layer in lora_layers(model) if any(n in layer.lora_adapters for n in weights)}
+    base = state.configs[next(iter(weights))]
+    init = "kaiming" if INITS[base.init].changes_base_weight else base.init
+    parts = {layer_name: _parts(layer_name, layer, weights)
+             for layer_name, layer in lora_layers(model) if any(n in layer.lora_adapters for n in weights)}
     layers = dict(lora_layers(model))
+    with seeded(seed):
+        # As PEFT: the new adapter's factors are created and initialised on every layer first (its init draws
+        # from torch's generator), then filled with the merge (DARE's masks draw after them, layer by layer).
+        combined = {name: _new_factors(layers[name], new_rank(merge_method, p, options, name), init)
+                    for name, p in parts.items()}
+        for name, factors in combined.items():
+            A, B = _merged(name, layers[name], parts[name], merge_method, options)
+            with torch.no_grad():
+                factors.A.copy_(A)
+                factors.B.copy_(B)
     for layer_name, factors in combined.items():
         layers[layer_name].lora_adapters[new_name] = factors
     saved = []
@@ -177,30 +205,45 @@ def combine_adapters(model: nn.Module, weights: dict[str, float], new_name: str,
             wrapper.trainable_copies[new_name] = copy.deepcopy(wrapper.trainable_copies[head])
             saved.append(wrapper_name)
     ranks = {n: f.r for n, f in combined.items()}
-    base = state.configs[next(iter(weights))]
     state.configs[new_name] = type(base)(      # a LoraConfig, without importing surgery
         r=max(ranks.values()), alpha=float(max(ranks.values())), targets=sorted(ranks),
         rank_pattern=dict(ranks), alpha_pattern={n: float(r) for n, r in ranks.items()}, modules_to_save=saved,
-        bias="none", dropout=0.0, init=base.init if base.init != "pissa" else "kaiming")
+        bias="none", dropout=0.0, init=init)
     return model
 
 
-def _combined_factors(layer_name: str, layer, weights: dict[str, float]) -> LoraFactors:
-    """One plain-LoRA factor pair whose ΔW is Σ w_i·ΔW_i of the adapters present on this layer."""
-    parts = [(layer.lora_adapters[n], w) for n, w in weights.items() if n in layer.lora_adapters]
-    refused = sorted({f.variant.name for f, _ in parts if not f.variant.combinable})
+def _parts(layer_name: str, layer, weights: dict[str, float]) -> list[Part]:
+    """The adapters of `weights` present on this layer, as (A, B, scale, weight); variants whose effect is not
+    ΔW = s·B·A are refused."""
+    present = [(layer.lora_adapters[n], w) for n, w in weights.items() if n in layer.lora_adapters]
+    refused = sorted({f.variant.name for f, _ in present if not f.variant.combinable})
     if refused:
         raise LoraLabError(f"{layer_name}: adapters of variant {', '.join(refused)} cannot be combined "
                            f"(their effect is not ΔW = s·B·A, so a weighted sum is not defined)")
+    return [Part(f.A.detach(), f.B_matrix().detach(), f.scale, w) for f, w in present]
+
+
+def _new_factors(layer, rank: int, init: str) -> LoraFactors:
+    """Plain-LoRA factors of `rank` with scale 1 for `layer`, initialised by `init` as a new adapter is."""
+    like = next(iter(layer.lora_adapters.values())).A
+    d, k = layer.kind.shape(layer.base_layer)
+    draw_as_peft_creates(layer.kind, layer.base_layer, rank, d, k)
+    factors = LoraFactors(d, k, rank, alpha=float(rank)).to(like.device, like.dtype)
     with torch.no_grad():
-        A = torch.cat([f.A for f, _ in parts])
-        B = torch.cat([w * f.scale * f.B_matrix() for f, w in parts], dim=1)
-    f0 = parts[0][0]
-    combined = LoraFactors(f0.d, f0.k, A.shape[0], alpha=float(A.shape[0])).to(device=A.device, dtype=A.dtype)
+        INITS[init].init(layer, factors)
+    return factors
+
+
+def _merged(layer_name: str, layer, parts: list[Part], method: MergeMethod,
+            options: MergeOptions) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, B) of the combined adapter on this layer, for scale 1."""
     with torch.no_grad():
-        combined.A.copy_(A)
-        combined.B.copy_(B)
-    return combined
+        if method.on == "cat":
+            return torch.cat([p.A for p in parts]), torch.cat([p.weight * p.scale * p.B for p in parts], dim=1)
+        try:
+            return MERGES_ON[method.on](method, parts, options, layer.kind, layer.base_layer)
+        except LoraLabError as exc:
+            raise LoraLabError(f"{layer_name}: {exc}") from None
 
 
 def _shared_head(model: nn.Module, names: list[str]) -> str | None:

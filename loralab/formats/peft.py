@@ -44,7 +44,7 @@ from torch import nn
 from loralab.adapters.state import adapter_state, base_modules, lora_layers, trainable_copies
 from loralab.core.kinds import KINDS, LayerKind, kind_of
 from loralab.core.lora import LoraFactors, lora_scale
-from loralab.core.targeting import first_match
+from loralab.core.targeting import first_match, matches
 from loralab.core.variants import VARIANTS
 from loralab.errors import LoraLabError
 from loralab.files import write_safetensors, write_text
@@ -54,7 +54,7 @@ from loralab.formats.model_card import CardFacts, card_text, write_card
 from loralab.formats.trainer_checkpoint import is_trainer_checkpoint, write_trainable_state
 from loralab.models import source_of_loaded
 from loralab.surgery.config import LoraConfig
-from loralab.surgery.inject import INJECT_HOOKS, inject
+from loralab.surgery.inject import INJECT_HOOKS, inject, task_heads
 
 if TYPE_CHECKING:
     from loralab.models import ModelSource
@@ -317,11 +317,13 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, adapter: str | None 
     if adapter not in state.configs:
         raise LoraLabError(f"no adapter named {adapter!r}; this model has {sorted(state.configs) or 'none'}")
     config = state.configs[adapter]
+    task_type = task_type or config.task_type or task_type_of(model)
     tensors, layout = _adapter_tensors(model, adapter, config)
+    _add_untrained_heads(model, task_type, tensors, layout)
     source = source or source_of_loaded(getattr(model, "name_or_path", None))
     base = base_model_name_or_path or (source.base_model_name_or_path if source else None)
     description = peft_config(config, layout["ranks"], layout["alphas"], layout["saved"], layout["fan_in_fan_out"],
-                               base, task_type or config.task_type or task_type_of(model))
+                               base, task_type)
     folder = Path(path)
     metadata = file_metadata(config, layout["sliced"], source.record() if source else None, base_storage(model))
     write_safetensors(folder / WEIGHTS_NAME, tensors, metadata)
@@ -359,6 +361,23 @@ def _adapter_tensors(model: nn.Module, adapter: str, config: LoraConfig) -> tupl
             for pname, p in wrapper.trainable_copies[adapter].state_dict().items():
                 tensors[f"{PREFIX}{name}.{pname}"] = p.detach()
     return tensors, layout
+
+
+def _add_untrained_heads(model: nn.Module, task_type: str | None, tensors: dict[str, torch.Tensor],
+                         layout: dict) -> None:
+    """Save the task head of a SEQ_CLS/TOKEN_CLS/QUESTION_ANS adapter that did not train it, as PEFT does: PEFT's
+    task classes always put the head in modules_to_save, and its loader needs the head's tensors (a base's fresh
+    head is random at every load, so without them the adapter is useless). The head's current values are written
+    in modules_to_save's layout (`base_model.model.classifier.weight`), and loading restores them as a copy."""
+    heads = task_heads(model, task_type)
+    wrapped = {name for name, _ in lora_layers(model)}
+    for name, module in base_modules(model):
+        if (name in layout["saved"] or not any(matches(name, h) for h in heads)
+                or any(w == name or w.startswith(name + ".") for w in wrapped)):
+            continue
+        layout["saved"].append(name)
+        for pname, p in getattr(module, "original_module", module).state_dict().items():
+            tensors[f"{PREFIX}{name}.{pname}"] = p.detach()
 
 
 def _card_facts(description: dict, config: LoraConfig, tensors: dict[str, torch.Tensor],

@@ -196,12 +196,15 @@ class LoraConfig:
         return cls.from_peft(data, where=str(path)) if is_peft_config(data) else cls.from_dict(data)
 
     @classmethod
-    def from_peft(cls, config: dict | str | os.PathLike, where: str | None = None) -> "LoraConfig":
-        """A config from PEFT's LoraConfig: a dict (`peft.LoraConfig(...).to_dict()`, an adapter_config.json's
-        content), an adapter_config.json file, or an adapter folder holding one. PEFT's defaults fill omitted
-        fields (lora_alpha 8); PEFT features loralab does not have are an error unless switched off."""
-        from loralab.surgery.peft_names import from_peft_config
+    def from_peft(cls, config, where: str | None = None) -> "LoraConfig":
+        """A config from PEFT's LoraConfig: a `peft.LoraConfig` object, a dict (`peft.LoraConfig(...).to_dict()`,
+        an adapter_config.json's content), an adapter_config.json file, or an adapter folder holding one. PEFT's
+        defaults fill omitted fields (lora_alpha 8); PEFT features loralab does not have are an error unless
+        switched off."""
+        from loralab.surgery.peft_names import from_peft_config, peft_object_dict
 
+        if not isinstance(config, (dict, str, os.PathLike)):
+            where, config = where or f"{type(config).__module__.partition('.')[0]}.{type(config).__name__}", peft_object_dict(config)
         if not isinstance(config, dict):
             path = Path(config)
             path = path / "adapter_config.json" if path.is_dir() else path
@@ -222,6 +225,7 @@ def _with_peft_names(init):
     from loralab.surgery.peft_names import accepted_peft_names, peft_kwargs_to_loralab
 
     names = [f.name for f in fields(LoraConfig) if f.init]
+    own = {f.name for f in fields(LoraConfig)} | {"dora"}
 
     @functools.wraps(init)
     def __init__(self, *args, **kwargs):
@@ -229,7 +233,7 @@ def _with_peft_names(init):
             if name in kwargs:
                 raise TypeError(f"LoraConfig got multiple values for argument {name!r}")
             kwargs[name] = value
-        init(self, *args[len(names):], **peft_kwargs_to_loralab(kwargs))
+        init(self, *args[len(names):], **peft_kwargs_to_loralab(kwargs, own))
 
     signature = inspect.signature(init)
     extra = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None) for n in accepted_peft_names()]

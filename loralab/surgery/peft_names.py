@@ -56,6 +56,31 @@ PEFT_TASK_HEADS = {"SEQ_CLS": ("classifier", "score"), "TOKEN_CLS": ("classifier
                    "QUESTION_ANS": ("qa_outputs",)}
 # PEFT's own defaults where they differ from loralab's, applied by from_peft to fields a PEFT config omits.
 PEFT_DEFAULTS = {"lora_alpha": 8}
+# PEFT's defaults of fields loralab does not support that are not "off" values (None, False, {}, [], ""): a field
+# at its default asks for nothing and is accepted (and ignored).
+PEFT_UNSUPPORTED_DEFAULTS = {"peft_type": "LORA", "megatron_core": "megatron.core", "qalora_group_size": 16}
+# Why loralab refuses a PEFT field (and what to use instead); fields not listed get the generic reason.
+UNSUPPORTED_REASONS = {
+    "lora_bias": "loralab's adapters have no bias of their own on lora_B; train the adapted layers' biases with "
+                 "bias='lora_only' (or 'all') instead",
+    "use_qalora": "QA-LoRA's pooled adapter input is not implemented; quantize the base with quantize='nf4' "
+                  "and train plain LoRA (QLoRA)",
+    "qalora_group_size": "it configures QA-LoRA, which loralab does not have",
+    "loftq_config": "LoftQ's init is not implemented; use init='pissa' or quantize the base with quantize='nf4'",
+    "layer_replication": "loralab adapts the model's own layers and does not replicate them",
+    "trainable_token_indices": "train the embedding through modules_to_save, or adapt it with targets",
+    "megatron_config": "Megatron's parallel layers are not a loralab layer kind",
+    "megatron_core": "Megatron's parallel layers are not a loralab layer kind",
+    "base_model_name_or_path": "LoraConfig describes the adapter, not its base; save_adapter(..., "
+                               "base_model_name_or_path=...) writes it into adapter_config.json",
+    "revision": "LoraConfig describes the adapter, not its base's revision; loralab records the base it "
+                "loaded in the adapter's metadata",
+    "auto_mapping": "it is PEFT's bookkeeping for custom models; LoraConfig does not take it",
+    "peft_version": "it is PEFT's bookkeeping; loralab writes its own version into saved adapters",
+    "runtime_config": "PEFT's runtime options (ephemeral GPU offload) have no loralab equivalent",
+    "ensure_weight_tying": "loralab adapts tied weights through the module that owns them; name that module in "
+                           "targets or modules_to_save",
+}
 # PEFT-only names LoraConfig(...) accepts, with the loralab field each sets.
 RENAMED = {"lora_alpha": "alpha", "lora_dropout": "dropout", "target_modules": "targets",
            "exclude_modules": "exclude", "use_rslora": "rslora", "init_lora_weights": "init",
@@ -75,10 +100,41 @@ def accepted_peft_names() -> tuple[str, ...]:
 # ------------------------------------------------------------------------------------------------
 # PEFT -> loralab
 # ------------------------------------------------------------------------------------------------
-def peft_kwargs_to_loralab(kwargs: dict[str, Any]) -> dict[str, Any]:
+def unsupported_peft_field(name: str, value: Any) -> str:
+    """The one line refusing PEFT field `name` set to `value` (a PEFT feature loralab does not have)."""
+    reason = UNSUPPORTED_REASONS.get(name, "it is a PEFT feature loralab does not have")
+    return f"PEFT's {name}={value!r} is not supported by loralab: {reason}; remove it or set it to its default"
+
+
+def _is_off(name: str, value: Any) -> bool:
+    """True when a PEFT field's value asks for nothing (None, False, empty, or PEFT's default)."""
+    return (value is None or value is False or (isinstance(value, (dict, list, tuple, set, str)) and not value)
+            or getattr(value, "value", value) == PEFT_UNSUPPORTED_DEFAULTS.get(name, object()))
+
+
+def check_keyword_names(kwargs: dict[str, Any], own: set[str]) -> None:
+    """Refuse, in one LoraLabError line, a keyword that is neither one of LoraConfig's fields (`own`) nor a PEFT
+    name loralab maps: a PEFT field loralab does not support is named with why (one at its default is dropped
+    from `kwargs`); any other name gets the nearest known name."""
+    accepted = own | set(accepted_peft_names())
+    for name in sorted(set(kwargs) - accepted):
+        if name in PEFT_CONFIG_FIELDS:
+            if not _is_off(name, kwargs[name]):
+                raise LoraLabError(unsupported_peft_field(name, kwargs[name]))
+            del kwargs[name]
+            continue
+        near = difflib.get_close_matches(name, sorted(accepted | PEFT_CONFIG_FIELDS), n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else "; see help(loralab.LoraConfig) for its fields"
+        raise LoraLabError(f"LoraConfig has no field {name!r}{hint}")
+
+
+def peft_kwargs_to_loralab(kwargs: dict[str, Any], own: set[str] | None = None) -> dict[str, Any]:
     """LoraConfig keyword arguments with PEFT's names replaced by loralab's (values converted). A field given
-    in both spellings must mean the same; otherwise one LoraLabError line names both."""
+    in both spellings must mean the same; otherwise one LoraLabError line names both. With `own` (LoraConfig's
+    field names), any other keyword is refused by `check_keyword_names`."""
     out = dict(kwargs)
+    if own is not None:
+        check_keyword_names(out, own)
     converted: dict[str, tuple[str, Any]] = {}           # loralab field -> (PEFT name, value)
     for peft_name, field in RENAMED.items():
         if peft_name in out:
@@ -199,9 +255,8 @@ def from_peft_config(data: dict, where: str) -> dict[str, Any]:
     for key, value in data.items():
         if key in known:
             kwargs[key] = value
-        elif key in PEFT_CONFIG_FIELDS - PEFT_PROVENANCE_FIELDS and value not in (None, False, {}, [], ""):
-            raise LoraLabError(f"{where}: {key}={value!r} is a PEFT feature loralab does not have; remove it "
-                               f"or set it to its default")
+        elif key in PEFT_CONFIG_FIELDS - PEFT_PROVENANCE_FIELDS and not _is_off(key, value):
+            raise LoraLabError(f"{where}: {unsupported_peft_field(key, value)}")
     task_type = _task_type(kwargs.get("task_type"))
     heads = PEFT_TASK_HEADS.get(task_type, ())
     saved = [m for m in kwargs.pop("modules_to_save", None) or [] if m not in heads]
@@ -211,6 +266,17 @@ def from_peft_config(data: dict, where: str) -> dict[str, Any]:
     if kwargs.get("layers_pattern") in ("", []):
         kwargs["layers_pattern"] = None
     return peft_kwargs_to_loralab(kwargs)
+
+
+def peft_object_dict(config: Any) -> dict:
+    """The fields of a PEFT config object (`peft.LoraConfig(...)`, anything with PEFT's `to_dict()`) as a dict
+    for `from_peft_config`; one LoraLabError line for any other object."""
+    to_dict = getattr(config, "to_dict", None)
+    data = to_dict() if callable(to_dict) else None
+    if not isinstance(data, dict):
+        raise LoraLabError(f"LoraConfig.from_peft takes a peft.LoraConfig, a dict of its fields, or the path of an "
+                           f"adapter_config.json (or its folder), not {type(config).__name__}")
+    return data
 
 
 def warn_unknown_keys(data: dict, where: str, stacklevel: int = 3) -> None:

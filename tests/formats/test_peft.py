@@ -639,3 +639,72 @@ def test_every_command_names_the_same_cause_and_exits_2(bad_folder, tmp_path, ca
         err = capsys.readouterr().err
         assert err == f"loralab {argv[0]}: error: {message}\n", name
     assert not (tmp_path / "merged").exists() and not (folder / "marker").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# SEQ_CLS adapters whose head was not trained: the head is saved as PEFT saves it
+# ------------------------------------------------------------------------------------------------
+def _seq_cls_model(family, head_seed=None):
+    """A tiny *ForSequenceClassification of the family (the same base weights every call); head_seed: the
+    head (and DeBERTa's pooler) re-drawn, as a fresh head is at every load of a base."""
+    import transformers
+
+    if family in ("bert", "roberta"):
+        model = tiny_model(family)
+    else:
+        kw = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, num_labels=2,
+                  vocab_size=100, max_position_embeddings=40)
+        config, cls = ((transformers.ElectraConfig(embedding_size=32, **kw), transformers.ElectraForSequenceClassification)
+                       if family == "electra" else
+                       (transformers.DebertaV2Config(**kw), transformers.DebertaV2ForSequenceClassification))
+        torch.manual_seed(0)
+        model = cls(config).eval()
+    if head_seed is not None:
+        g = torch.Generator().manual_seed(head_seed)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.startswith(("classifier.", "pooler.")):
+                    p.copy_(torch.randn(p.shape, generator=g))
+    return model
+
+
+SEQ_CLS_HEADS = {"bert": ["classifier"], "roberta": ["classifier"], "electra": ["classifier"],
+                 "deberta-v2": ["pooler", "classifier"]}
+
+
+@pytest.mark.parametrize("family", list(SEQ_CLS_HEADS))
+def test_a_seq_cls_adapter_without_a_trained_head_saves_the_head_so_peft_and_loralab_load_it(family, tmp_path):
+    model = _seq_cls_model(family)
+    inputs = tiny_inputs(tiny_model("bert"))
+    targets = ["query_proj", "value_proj"] if family == "deberta-v2" else ["query", "value"]
+    loralab.inject(model, LoraConfig(r=2, targets=targets))          # default: the head is not in modules_to_save
+    randomize_ours(model)
+    ours = model_output(model, inputs)
+    loralab.save_adapter(model, tmp_path / "ad")
+    config = json.loads((tmp_path / "ad" / "adapter_config.json").read_text())
+    assert (config["task_type"], config["modules_to_save"]) == ("SEQ_CLS", SEQ_CLS_HEADS[family])
+    saved = load_file(str(tmp_path / "ad" / "adapter_model.safetensors"))
+    heads = {n: p for n, p in model.named_parameters() if n.startswith(("classifier.", "pooler."))}
+    assert heads and all(torch.equal(saved["base_model.model." + n], p) for n, p in heads.items())  # PEFT's keys
+    peft_model = peft.PeftModel.from_pretrained(_seq_cls_model(family, head_seed=1), str(tmp_path / "ad")).eval()
+    with torch.no_grad():
+        theirs = peft_model(**inputs).logits
+    assert torch.equal(theirs, ours)
+    mine = loralab.load_adapter(_seq_cls_model(family, head_seed=2), tmp_path / "ad")
+    assert torch.equal(model_output(mine, inputs), ours)
+
+
+def test_an_untrained_head_is_saved_from_the_original_when_another_adapter_trains_a_copy(tmp_path):
+    model = tiny_model("bert")
+    inputs = tiny_inputs(model)
+    loralab.inject(model, LoraConfig(r=2, modules_to_save=["classifier"]), "a")
+    loralab.inject(model, LoraConfig(r=2), "b")
+    randomize_ours(model)
+    loralab.set_adapter(model, "b")
+    ours = model_output(model, inputs)
+    loralab.save_adapter(model, tmp_path / "b", adapter="b")
+    saved = load_file(str(tmp_path / "b" / "adapter_model.safetensors"))
+    assert torch.equal(saved["base_model.model.classifier.weight"], tiny_model("bert").classifier.weight)
+    peft_model = peft.PeftModel.from_pretrained(tiny_model("bert"), str(tmp_path / "b")).eval()
+    with torch.no_grad():
+        assert torch.equal(peft_model(**inputs).logits, ours)

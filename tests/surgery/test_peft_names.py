@@ -146,7 +146,7 @@ def test_a_peft_config_adapts_the_same_layers_with_the_same_ranks_and_alphas_as_
 def test_from_peft_applies_peft_defaults_and_refuses_features_loralab_lacks(tmp_path):
     assert LoraConfig.from_peft({"r": 4, "target_modules": ["query"]}).alpha == 8.0      # PEFT's default lora_alpha
     assert LoraConfig(r=4, target_modules=["query"]).alpha == 16.0                    # the constructor keeps loralab's
-    with pytest.raises(LoraLabError, match="use_qalora=True is a PEFT feature loralab does not have"):
+    with pytest.raises(LoraLabError, match=r"^PEFT config: PEFT's use_qalora=True is not supported by loralab: QA-LoRA"):
         LoraConfig.from_peft({"r": 4, "use_qalora": True})
     with pytest.raises(LoraLabError, match="describes a PREFIX_TUNING adapter"):
         LoraConfig.from_peft({"peft_type": "PREFIX_TUNING"})
@@ -227,3 +227,58 @@ def test_peft_values_that_loralab_lacks_are_refused_by_name(value):
             name = f"my-{value}"
             peft_value = value
         assert LoraConfig(init_lora_weights=value).init == f"my-{value}"
+
+
+def test_from_peft_takes_a_peft_config_object():
+    theirs = peft.LoraConfig(r=4, lora_alpha=16, lora_dropout=0.1, target_modules=["query", "value"],
+                             task_type="SEQ_CLS", use_dora=True, layers_to_transform=[1], layers_pattern="layer")
+    assert LoraConfig.from_peft(theirs) == LoraConfig(r=4, alpha=16, dropout=0.1, targets=["query", "value"],
+                                                      task_type="SEQ_CLS", variant="dora", layers=[1],
+                                                      layers_pattern=["layer"])
+    assert LoraConfig.from_peft(peft.LoraConfig()).alpha == 8.0                      # PEFT's defaults, as a dict's
+    with pytest.raises(LoraLabError, match=r"^peft.LoraConfig: PEFT's lora_bias=True is not supported by loralab"):
+        LoraConfig.from_peft(peft.LoraConfig(lora_bias=True))
+    with pytest.raises(LoraLabError, match=r"^LoraConfig.from_peft takes a peft.LoraConfig, a dict of its fields, or "
+                                           r"the path of an adapter_config.json \(or its folder\), not int$"):
+        LoraConfig.from_peft(3)
+
+
+def _unmapped_peft_fields() -> list[str]:
+    """Every field of the installed peft.LoraConfig that LoraConfig(...) neither has nor translates."""
+    import dataclasses
+
+    from loralab.surgery.peft_names import accepted_peft_names
+
+    own = {f.name for f in dataclasses.fields(LoraConfig)}
+    return sorted({f.name for f in dataclasses.fields(peft.LoraConfig)} - own - set(accepted_peft_names()))
+
+
+def test_the_unmapped_fields_are_the_peft_features_loralab_lacks():
+    assert "lora_bias" in _unmapped_peft_fields() and "use_qalora" in _unmapped_peft_fields()
+    assert not {"lora_alpha", "use_dora", "target_modules", "r", "task_type"} & set(_unmapped_peft_fields())
+
+
+@pytest.mark.parametrize("name", _unmapped_peft_fields())
+def test_every_peft_field_loralab_does_not_support_is_refused_in_one_line_naming_it(name):
+    with pytest.raises(LoraLabError) as info:
+        LoraConfig(r=4, **{name: "on"})
+    message = str(info.value)
+    assert message.startswith(f"PEFT's {name}='on' is not supported by loralab: ") and "\n" not in message
+    assert message.endswith("; remove it or set it to its default")
+
+
+@pytest.mark.parametrize("given", [dict(lora_bias=False), dict(use_qalora=False), dict(qalora_group_size=16),
+                                   dict(megatron_core="megatron.core"), dict(loftq_config={}), dict(eva_config=None),
+                                   dict(peft_type=peft.PeftType.LORA)])
+def test_an_unsupported_peft_field_at_its_default_asks_for_nothing_and_is_accepted(given):
+    assert LoraConfig(r=4, **given) == LoraConfig(r=4)
+
+
+def test_an_unknown_keyword_is_one_line_with_the_nearest_name():
+    with pytest.raises(LoraLabError, match=r"^LoraConfig has no field 'lora_alhpa'; did you mean 'lora_alpha'\?$"):
+        LoraConfig(lora_alhpa=4)
+    with pytest.raises(LoraLabError, match=r"^LoraConfig has no field 'use_doraa'; did you mean 'use_dora'\?$"):
+        LoraConfig(use_doraa=True)
+    with pytest.raises(LoraLabError, match=r"^LoraConfig has no field 'zzz'; see help\(loralab.LoraConfig\) for its "
+                                           r"fields$"):
+        LoraConfig(zzz=1)
