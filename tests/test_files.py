@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import errno
-import stat
 import json
 import os
 import re
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from loralab import LoraLabError
-from loralab import files
+from loralab import LoraLabError, files
 
 
 def test_atomic_write_replaces_and_leaves_no_temp(tmp_path):
@@ -420,7 +419,7 @@ def test_a_full_disk_inside_a_folder_build_keeps_the_previous_output(tmp_path, m
     with files.atomic_folder(out, "merged-model") as scratch:
         (scratch / "model.txt").write_text("one")
     _disk_full_in_safetensors(monkeypatch)
-    from safetensors.torch import save_file          # what transformers' save_pretrained calls (patched)
+    from safetensors.torch import save_file  # what transformers' save_pretrained calls (patched)
     for write in (lambda folder: save_file({}, str(folder / "model.safetensors")),                 # direct
                   lambda folder: files.write_safetensors(folder / "model.safetensors", {})):     # through files
         with pytest.raises(files.Unwritable) as caught:
