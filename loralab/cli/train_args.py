@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from loralab.cli.dataclass_args import add_field_flags, flag_name, given_fields
+from loralab.cli.names import DTYPE_CHOICES, QUANTIZE_CHOICES
 from loralab.data.tasks import TASK_NAMES
 from loralab.training.config_files import OTHER_SPELLINGS
 
@@ -83,8 +84,6 @@ def builtin_run_defaults() -> dict[str, RunDefault]:
 
 
 def _tweaks() -> dict[str, dict[str, Any]]:
-    from loralab.precision import DTYPES
-    from loralab.quantization import QUANTIZE_CHOICES
     from loralab.training.config import SCHEDULERS
 
     limit = {"type": count_or_all, "metavar": "N"}
@@ -93,8 +92,8 @@ def _tweaks() -> dict[str, dict[str, Any]]:
             "report_to": {"metavar": "TRACKER"}, "betas": {"metavar": ("BETA1", "BETA2")},
             "max_steps": {"metavar": "N"}, "eval_every": {"metavar": "N"}, "checkpoint_every": {"metavar": "N"},
             "log_every": {"metavar": "N"}, "early_stopping_patience": {"metavar": "N"},
-            "device": {"metavar": "DEVICE"}, "dtype": {"choices": list(DTYPES)},
-            "quantize": {"choices": list(QUANTIZE_CHOICES)}}
+            "device": {"metavar": "DEVICE"}, "dtype": {"choices": DTYPE_CHOICES},
+            "quantize": {"choices": QUANTIZE_CHOICES}}
 
 
 def add_train_arguments(parser: argparse.ArgumentParser, fields: Iterable[str] = FLAG_FIELDS,

@@ -146,3 +146,20 @@ def test_switch_and_runtime_helps_say_what_they_do():
     assert "loss scaler" in _help_of(train, "dtype")
     assert _help_of(serve, "dtype") == ("precision of the base weights and of the compute (autocast): fp32, bf16 or "
                                         "fp16; adapters stay fp32 (loralab.precision) (default: fp32)")
+
+
+@pytest.mark.parametrize("command", ["", *cli.COMMANDS])
+def test_help_of_every_command_imports_no_torch(command):
+    """`loralab --help` and `loralab COMMAND --help` build their parsers without torch or transformers (what the
+    process holds afterwards, not a clock)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    argv = [command, "--help"] if command else ["--help"]
+    script = ("import sys\nfrom loralab.cli.main import parse_args\ntry:\n    parse_args(%r)\nexcept SystemExit:\n"
+              "    pass\nprint(sorted(m for m in ('torch', 'transformers') if m in sys.modules))" % argv)
+    out = subprocess.run([sys.executable, "-c", script], check=True, cwd=Path(__file__).parents[2],
+                         capture_output=True, text=True)
+    assert "usage: loralab" in out.stdout
+    assert out.stdout.strip().splitlines()[-1] == "[]"
