@@ -13,7 +13,7 @@ import importlib
 
 from loralab.errors import LoraLabError
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"     # the one place: pyproject.toml reads it (dynamic version)
 
 # Public name -> module. Loaded on first use (PEP 562) so that `loralab --help` and light commands
 # do not pay for importing torch and transformers.

@@ -9,8 +9,9 @@ Ownership: a folder loralab creates as an output holds a marker file `.loralab-o
 ("train-run", "merged-model", ...). loralab deletes or replaces a folder only when that marker says it wrote
 it — never a folder of photos, a model, or the inputs of the same command.
 
-Locks: `OutputLock(folder)` takes an advisory `flock` on `folder/.loralab.lock` and writes its PID there.
-A second writer gets one line naming the PID that holds it. The kernel drops the lock when its process
+Locks: `OutputLock(folder)` locks `folder/.loralab.lock` through `filelock`'s descriptor lock (`flock` on
+POSIX, `LockFileEx` on Windows: the primitive `filelock.FileLock` uses) and writes its PID there. A second
+writer gets one line naming the PID that holds it. The operating system drops the lock when its process
 dies, so a lock left by a killed process is simply taken over (and said so).
 
 Nothing here unpickles; JSON and safetensors only.
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import os
 import re
@@ -30,6 +30,8 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from filelock import lock_descriptor, unlock_descriptor
 
 from loralab.errors import LoraLabError
 
@@ -152,6 +154,8 @@ def _temp_owner(name: str) -> int | None:
 
 def _pid_alive(pid: int) -> bool:
     if pid == os.getpid():
+        return True
+    if os.name == "nt":         # os.kill(pid, 0) terminates the process there; assume alive (nothing is removed)
         return True
     try:
         os.kill(pid, 0)
@@ -535,19 +539,18 @@ class OutputLock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             raise unwritable(self.path, exc) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not lock_descriptor(fd, blocking=False):
             holder = _read_pid(fd)
             os.close(fd)
             who = f"PID {holder}" if holder else "another process"
             raise LoraLabError(f"{self.folder} is in use by {who} (another loralab command is writing there); "
                                "wait for it to finish, or choose another output location") from None
         previous = _read_pid(fd)
-        if previous and previous != os.getpid() and not _pid_alive(previous):
+        if previous and previous != os.getpid():     # a clean release empties the file: its holder died
             self.stale_pid = previous
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.lseek(fd, 0, os.SEEK_SET)        # os.pwrite/pread are POSIX only
+        os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
         return self
 
@@ -556,7 +559,7 @@ class OutputLock:
             return
         with contextlib.suppress(OSError):
             os.ftruncate(self._fd, 0)
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        unlock_descriptor(self._fd)
         os.close(self._fd)
         self._fd = None
 
@@ -569,7 +572,8 @@ class OutputLock:
 
 def _read_pid(fd: int) -> int | None:
     try:
-        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-    except OSError:
+        os.lseek(fd, 0, os.SEEK_SET)
+        text = os.read(fd, 32).decode("ascii", "replace").strip()
+    except OSError:         # on Windows the holder's lock covers the byte the PID starts at
         return None
     return int(text) if text.isdigit() else None

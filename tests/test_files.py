@@ -2,19 +2,20 @@
 from __future__ import annotations
 
 import errno
-import stat
 import json
 import os
+import re
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
+import filelock
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from loralab import LoraLabError
-from loralab import files
+from loralab import LoraLabError, files
 
 
 def test_atomic_write_replaces_and_leaves_no_temp(tmp_path):
@@ -147,6 +148,23 @@ time.sleep(60)
     with files.OutputLock(tmp_path) as lock:        # the kernel released the dead holder's flock
         assert lock.stale_pid == holder.pid
         assert (tmp_path / files.LOCK_NAME).read_text().strip() == str(os.getpid())
+
+
+def test_lock_contends_with_filelock_on_the_same_file(tmp_path):
+    with filelock.FileLock(tmp_path / files.LOCK_NAME, blocking=False):
+        with pytest.raises(LoraLabError, match=f"^{re.escape(str(tmp_path))} is in use by another process "):
+            files.OutputLock(tmp_path).acquire()
+    with files.OutputLock(tmp_path) as lock:
+        assert lock.stale_pid is None
+        with pytest.raises(LoraLabError, match=f"in use by PID {os.getpid()} "):
+            files.OutputLock(tmp_path).acquire()       # one writer, even within one process
+    assert (tmp_path / files.LOCK_NAME).read_text() == ""     # a clean release leaves no holder behind
+
+
+def test_a_pid_left_in_a_free_lock_is_a_stale_holder(tmp_path):
+    (tmp_path / files.LOCK_NAME).write_text("999999999\n")    # a holder that never released (killed)
+    with files.OutputLock(tmp_path) as lock:
+        assert lock.stale_pid == 999999999
 
 
 # --------------------------------------------------------------------------------------------------
@@ -401,7 +419,7 @@ def test_a_full_disk_inside_a_folder_build_keeps_the_previous_output(tmp_path, m
     with files.atomic_folder(out, "merged-model") as scratch:
         (scratch / "model.txt").write_text("one")
     _disk_full_in_safetensors(monkeypatch)
-    from safetensors.torch import save_file          # what transformers' save_pretrained calls (patched)
+    from safetensors.torch import save_file  # what transformers' save_pretrained calls (patched)
     for write in (lambda folder: save_file({}, str(folder / "model.safetensors")),                 # direct
                   lambda folder: files.write_safetensors(folder / "model.safetensors", {})):     # through files
         with pytest.raises(files.Unwritable) as caught:

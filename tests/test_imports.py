@@ -50,6 +50,8 @@ LAZY_MODULES = {
     "loralab.training.config_files": 6,
     # _core: the facade's LoraConfig / plan_injection, surgery's only when the facade lacks them
     "loralab.budget.count": 2,
+    # ServeSettings.runtime(): `loralab serve --help` reads the settings' defaults without torch
+    "loralab.serving.settings": 1,
 }
 
 

@@ -12,33 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 # Only light modules at import time: torch and transformers load in run(), so --help stays fast.
 from loralab.budget.shapes import SHAPES
 from loralab.cli.deprecated import add_deprecated
+from loralab.cli.names import QUANTIZE_CHOICES
 from loralab.errors import LoraLabError
 
 PRECISIONS = ("fp32", "fp16", "bf16")
-
-
-class _QuantizeChoices(Sequence):
-    """loralab.quantization.QUANTIZE_CHOICES (the registered schemes), imported only when argparse reads the
-    choices (a --quantize value, --help), so that importing this module loads no torch."""
-
-    def _names(self) -> tuple[str, ...]:
-        from loralab.quantization import QUANTIZE_CHOICES
-        return tuple(QUANTIZE_CHOICES)
-
-    def __getitem__(self, index):
-        return self._names()[index]
-
-    def __len__(self) -> int:
-        return len(self._names())
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._names())
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "LoRA's trained values, gradients and AdamW states are fp32 (default fp16)")
     # --dtype as on every other command (issue 19); the spelling --precision stays for one release.
     add_deprecated(train, "--precision", dest="dtype", new="--dtype", choices=PRECISIONS)
-    train.add_argument("--quantize", choices=_QuantizeChoices(), default="none",
+    train.add_argument("--quantize", choices=QUANTIZE_CHOICES, default="none",
                        help="LoRA's frozen Linear weights stored quantized, scales included, as `loralab train "
                             "--quantize` (default none)")
     train.add_argument("--double-quant", action="store_true", help="with --quantize nf4: QLoRA's double "

@@ -81,7 +81,8 @@ def add_field_flags(group: argparse._ActionsContainer, cls: type, names: Iterabl
                     tweaks: dict[str, dict[str, Any]] | None = None, shown_defaults: dict[str, Any] | None = None,
                     ) -> None:
     """Add one flag per field of `cls` in `names` (see the module docstring). `tweaks`: add_argument
-    keywords replacing the generated ones per field (help, type, choices, metavar, flags); `shown_defaults`:
+    keywords replacing the generated ones per field (help, type, choices, metavar, flags; `aliases`: other
+    spellings after the flag); `shown_defaults`:
     the defaults this command really uses, when they differ from the dataclass's."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
@@ -92,20 +93,22 @@ def add_field_flags(group: argparse._ActionsContainer, cls: type, names: Iterabl
         if kwargs is None:
             continue
         kwargs = {**kwargs, **(tweaks or {}).get(name, {})}
-        flags = kwargs.pop("flags", None) or [flag_name(name, default)]
+        flags = [*(kwargs.pop("flags", None) or [flag_name(name, default)]), *kwargs.pop("aliases", ())]
+        forced = name in (shown_defaults or {})     # this command's own default: said even if the text names one
         shown = (shown_defaults or {}).get(name, default)
-        kwargs["help"] = _help(kwargs.get("help", docs.get(name, "")), shown, kwargs.get("action"))
+        kwargs["help"] = _help(kwargs.get("help", docs.get(name, "")), shown, kwargs.get("action"), forced)
         group.add_argument(*flags, dest=name, default=None, **kwargs)
 
 
-def _help(text: str, default: Any, action: str | None) -> str:
-    """A docstring as flag help: no final period, lower-case start (unless a name like AdamW), the default."""
+def _help(text: str, default: Any, action: str | None, forced: bool = False) -> str:
+    """A docstring as flag help: no final period, lower-case start (unless a name like AdamW), the default
+    (`forced`: also where the docstring speaks of one)."""
     text = text.rstrip(".")
     if len(text) > 1 and text[0].isupper() and text[1].islower():
         text = text[0].lower() + text[1:]
-    if action == "store_false":
-        text += " (on by default; this flag turns it off)"
-    elif "default" not in text.lower() and default not in (None, [], {}) and action is None:
+    if action == "store_false":       # the flag is --no-FIELD; the docstring says what the field turns on
+        text = f"turn off what is on by default: {text}"
+    elif (forced or "default" not in text.lower()) and default not in (None, [], {}) and action is None:
         shown = repr(default) if isinstance(default, str) and not default.isprintable() else default
         text += f" (default: {shown:g})" if isinstance(default, float) else f" (default: {shown})"
     return text.replace("%", "%%")

@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from loralab.cli.lora_args import add_lora_arguments
     from loralab.cli.output_args import add_output_argument
     from loralab.cli.train_args import add_train_arguments, count_or_all
-    from loralab.experiments.e2e import E2EConfig
+    from loralab.experiments.e2e_config import E2EConfig
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("\n", 2)[2]

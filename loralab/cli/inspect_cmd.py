@@ -14,7 +14,8 @@ from loralab.errors import LoraLabError
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from loralab.cli.task_args import add_task_argument
 
-    parser.add_argument("model", help="a model folder (with config.json) or a config.json file")
+    parser.add_argument("model", help="a builtin model name, model folder, .gguf file, cached hub id, or a config.json "
+                                      "file")
     add_task_argument(parser, "the config's architectures")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     add_lora_arguments(parser, lora_config_file=True)
@@ -27,9 +28,11 @@ def meta_model(path: str, task: str = "auto"):
     import transformers
 
     from loralab.cli.task_args import model_task
-    from loralab.models import auto_model_class
+    from loralab.models import auto_model_class, resolve_model_spec
 
     p = Path(path)
+    if not (p.is_file() and p.suffix == ".json") and not (p / "config.json").is_file():
+        p = resolve_model_spec(path)        # a builtin name, a .gguf file or a cached hub id, as train takes
     config_file = p / "config.json" if p.is_dir() else p
     if not config_file.is_file():
         raise LoraLabError(f"{path} is neither a model folder with config.json nor a config.json file")

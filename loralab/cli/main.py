@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import importlib
 import sys
 import warnings
 
+from loralab import __version__
 from loralab.errors import LoraLabError
 from loralab.files import unwritable
 
@@ -40,6 +42,7 @@ def build_parser(commands: dict[str, tuple[str, str]] | None = None, listed: tup
     help only (what `loralab --help` shows), without importing their modules."""
     commands = COMMANDS if commands is None else commands
     parser = argparse.ArgumentParser(prog="loralab", description="LoRA for PyTorch and transformers.")
+    parser.add_argument("--version", action="version", version=f"loralab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in listed:
@@ -91,8 +94,28 @@ def _take_overrides(parser: argparse.ArgumentParser, args: argparse.Namespace, e
         overrides = [item for item in extra if "=" in item and not item.startswith("-")]
         args.overrides.extend(overrides)
         extra = [item for item in extra if item not in overrides]
+    flag = next((item for item in extra if item.startswith("-") and item != "-"), None)
+    if flag is not None:
+        command = _command_parser(parser, args.command)
+        command.exit(2, f"{command.prog}: error: {unknown_flag(command, flag)}\n")
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+
+
+def _command_parser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[name]
+
+
+def unknown_flag(parser: argparse.ArgumentParser, flag: str) -> str:
+    """`unknown flag --lerning-rate; did you mean --lr?`: the nearest flag of `parser`, named by its first
+    spelling (an alias found, e.g. --learning-rate, is suggested as the flag it stands for)."""
+    name = flag.split("=", 1)[0]
+    spellings = {option: action.option_strings[0] for action in parser._actions for option in action.option_strings
+                 if action.help != argparse.SUPPRESS}      # not the deprecated spellings
+    near = difflib.get_close_matches(name, list(spellings), n=1, cutoff=0.6)
+    hint = f"; did you mean {spellings[near[0]]}?" if near else f"; `{parser.prog} --help` lists the flags"
+    return f"unknown flag {name}{hint}"
 
 
 @contextlib.contextmanager

@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from loralab.cli.task_args import add_task_argument
     from loralab.cli.train_args import add_train_arguments
 
-    parser.add_argument("base", help="the base model folder the adapter was trained on")
+    parser.add_argument("base", help="the base model the adapter was trained on: a builtin name, model folder, .gguf "
+                                     "file or cached hub id")
     parser.add_argument("adapter", help="the adapter folder (PEFT layout: adapter_config.json + adapter_model.safetensors)")
     add_output_argument(parser, "output folder for the merged model (must not exist, or use --overwrite)",
                         metavar="DIR", old=())
@@ -87,6 +88,7 @@ def _output(args: argparse.Namespace) -> Path:
 def run(args: argparse.Namespace) -> int:
     import loralab
     from loralab import files
+    from loralab.models import resolve_model_spec
 
     out, base, adapter = _output(args), Path(args.base), Path(args.adapter)
     inputs = (base, adapter)
@@ -97,8 +99,12 @@ def run(args: argparse.Namespace) -> int:
     if args.requantize and scheme == "none":
         raise LoraLabError("--requantize stores the merged weights quantized again: give the base's --quantize "
                            "int8 or nf4 too")
+    base = resolve_model_spec(args.base)     # a builtin name, folder, .gguf file or cached hub id, as train takes
+    if base != Path(args.base):
+        inputs = (Path(args.base), base, adapter)
+        files.check_output_folder(out, MERGED_KIND, inputs, overwrite=args.overwrite)
     adapter_file = loralab.read_adapter(adapter)
-    model = load_base_for_adapter(args.base, adapter_file, args.task)
+    model = load_base_for_adapter(str(base), adapter_file, args.task)
     trained_on = adapter_file.loralab_meta.get("trained_on")
     note = _trained_on_note(model, trained_on, scheme)          # measured on the base before it is changed
     plain = _merged(model, adapter, scheme, args.requantize, exact=note is None)

@@ -11,9 +11,10 @@ from loralab.errors import LoraLabError
 
 
 def add_output_argument(parser: argparse.ArgumentParser, help_text: str, default: str | None = None,
-                        metavar: str = "PATH", old: tuple[str, ...] = ("--out",)) -> None:
-    """--output/-o (None when not given unless `default`), and the deprecated spellings `old`."""
-    parser.add_argument("--output", "-o", default=default, metavar=metavar, help=help_text)
+                        metavar: str = "PATH", old: tuple[str, ...] = ("--out",), aliases: tuple[str, ...] = ()) -> None:
+    """--output/-o (None when not given unless `default`), other libraries' spellings `aliases` (shown), and the
+    deprecated spellings `old`."""
+    parser.add_argument("--output", "-o", *aliases, default=default, metavar=metavar, help=help_text)
     if old:
         add_deprecated(parser, *old, dest="output", new="--output", metavar=metavar)
 

@@ -13,6 +13,10 @@ from __future__ import annotations
 import argparse
 
 RUNTIME_FIELDS = ("device", "dtype", "quantize")
+# TrainConfig's dtype docstring speaks of training (the loss scaler, the optimizer state); a command that only
+# runs the model says what the flag does there.
+RUN_HELPS = {"dtype": "precision of the base weights and of the compute (autocast): fp32, bf16 or fp16; adapters "
+                      "stay fp32 (loralab.precision) (default: fp32)"}
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,7 +24,7 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     (loralab.cli.train_args), so they mean the same on every command. Defaults None: 'not given'."""
     from loralab.cli.train_args import add_train_arguments
 
-    add_train_arguments(parser, RUNTIME_FIELDS)
+    add_train_arguments(parser, RUNTIME_FIELDS, helps=RUN_HELPS)
 
 
 def runtime_fields(args: argparse.Namespace) -> dict[str, str]:

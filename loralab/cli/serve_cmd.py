@@ -12,6 +12,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+# vLLM's names for serve's flags where they mean the same (--lora-modules is --adapter, added with it); every
+# loaded adapter can share a batch, so vLLM's --max-loras (adapters in one batch) is --max-adapters.
+VLLM_SPELLINGS = {"max-adapters": ("--max-loras",)}
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from loralab.cli.runtime_args import add_runtime_arguments
@@ -25,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--model", help="base model: builtin name, folder or .gguf (default: the first adapter's base)")
     what.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH",
                       help="an adapter folder to load at start; repeat for several")
+    what.add_argument("--lora-modules", dest="adapter", action="extend", nargs="+", metavar="NAME=PATH",
+                      help="vLLM's spelling of --adapter: several NAME=PATH at once")
     what.add_argument("--task", choices=TASK_NAMES, help="default: the first adapter's task, else causal-lm")
     what.add_argument("--served-model-name", help="the base model's name in requests (default: the --model spec)")
     where = parser.add_argument_group("where and who")
@@ -43,7 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             ("default-max-tokens", "completions without max_tokens"),
                             ("max-n", "choices per request"), ("max-inputs", "texts per /v1/classify request")):
         name = flag.replace("-", "_")
-        limits.add_argument(f"--{flag}", type=int, default=d[name].default, help=f"{help_text} (default: %(default)s)")
+        limits.add_argument(f"--{flag}", *VLLM_SPELLINGS.get(flag, ()), type=int, default=d[name].default,
+                            help=f"{help_text} (default: %(default)s)")
     limits.add_argument("--max-prompt-tokens", type=int, help="prompt tokens (default: the model's context)")
     limits.add_argument("--adapter-memory", type=int, metavar="BYTES",
                         help="bytes of resident adapter tensors (fp32) before evicting (default: no limit)")

@@ -12,7 +12,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from loralab.cli.dataclass_args import add_field_flags, flag_name, given_fields
+from loralab.cli.names import DTYPE_CHOICES, QUANTIZE_CHOICES
 from loralab.data.tasks import TASK_NAMES
+from loralab.training.config_files import OTHER_SPELLINGS
 
 # The groups of `loralab train --help`, in order; every TrainConfig field with a flag is in one of them.
 GROUPS: dict[str, tuple[str, ...]] = {
@@ -45,9 +47,43 @@ def _scheduler(text: str) -> str:
     return text.replace("-", "_")
 
 
+def other_spellings() -> dict[str, tuple[str, ...]]:
+    """{TrainConfig field: its other libraries' flags}, e.g. {"lr": ("--learning-rate",)}: transformers'
+    TrainingArguments names from the one table (loralab.training.config_files.OTHER_SPELLINGS) that config
+    files read too, for the fields with a flag."""
+    flags: dict[str, tuple[str, ...]] = {}
+    for other, field in OTHER_SPELLINGS.items():
+        if "." not in other and field in FLAG_FIELDS:
+            flags[field] = (*flags.get(field, ()), "--" + other.replace("_", "-"))
+    return flags
+
+
+# What makes `loralab train` a run of its own instead of the builtin run (DEFAULT_RUN).
+RUN_CHOOSERS = ("model", "data", "train_file")
+
+
+class RunDefault(str):
+    """A default shown in --help that depends on the run: "1 with the builtin run, 3 with --model, ..."."""
+
+
+def _shown(value: Any) -> str:
+    return "unset" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def builtin_run_defaults() -> dict[str, RunDefault]:
+    """{field: its help default} for the flags whose default a plain `loralab train` (the builtin run,
+    loralab.training.config.DEFAULT_RUN) sets differently from TrainConfig's, which a run of one's own uses."""
+    from loralab.training.config import DEFAULT_RUN, TrainConfig
+
+    fields = TrainConfig.__dataclass_fields__
+    choosers = ", ".join(flag_name(name) for name in RUN_CHOOSERS)
+    return {name: RunDefault(f"{_shown(DEFAULT_RUN[name])} with the builtin run, {_shown(fields[name].default)} "
+                             f"with {choosers.replace(', --train', ' or --train')}")
+            for name in FLAG_FIELDS if name in DEFAULT_RUN and name not in RUN_CHOOSERS
+            and DEFAULT_RUN[name] != fields[name].default}
+
+
 def _tweaks() -> dict[str, dict[str, Any]]:
-    from loralab.precision import DTYPES
-    from loralab.quantization import QUANTIZE_CHOICES
     from loralab.training.config import SCHEDULERS
 
     limit = {"type": count_or_all, "metavar": "N"}
@@ -56,8 +92,8 @@ def _tweaks() -> dict[str, dict[str, Any]]:
             "report_to": {"metavar": "TRACKER"}, "betas": {"metavar": ("BETA1", "BETA2")},
             "max_steps": {"metavar": "N"}, "eval_every": {"metavar": "N"}, "checkpoint_every": {"metavar": "N"},
             "log_every": {"metavar": "N"}, "early_stopping_patience": {"metavar": "N"},
-            "device": {"metavar": "DEVICE"}, "dtype": {"choices": list(DTYPES)},
-            "quantize": {"choices": list(QUANTIZE_CHOICES)}}
+            "device": {"metavar": "DEVICE"}, "dtype": {"choices": DTYPE_CHOICES},
+            "quantize": {"choices": QUANTIZE_CHOICES}}
 
 
 def add_train_arguments(parser: argparse.ArgumentParser, fields: Iterable[str] = FLAG_FIELDS,
@@ -70,6 +106,8 @@ def add_train_arguments(parser: argparse.ArgumentParser, fields: Iterable[str] =
     tweaks = _tweaks()
     for name, text in (helps or {}).items():
         tweaks[name] = {**tweaks.get(name, {}), "help": text}
+    for name, aliases in other_spellings().items():
+        tweaks[name] = {**tweaks.get(name, {}), "aliases": aliases}
     for title, names in GROUPS.items():
         chosen = [name for name in names if name in fields]
         if chosen:

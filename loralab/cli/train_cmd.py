@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from loralab.cli.data_args import add_data_arguments
     from loralab.cli.lora_args import add_lora_arguments
     from loralab.cli.output_args import add_output_argument
-    from loralab.cli.train_args import add_train_arguments
+    from loralab.cli.train_args import add_train_arguments, builtin_run_defaults
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("\n", 2)[2]
@@ -39,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "default, sst2, e2e-smollm2, chat-sft; flags and overrides change its settings")
     run.add_argument("--print-config", action="store_true",
                      help="print the fully resolved config as YAML and exit (nothing is trained or written)")
-    add_output_argument(run, "output folder (default: runs/<data>-<model>)", metavar="DIR", old=())
+    add_output_argument(run, "output folder (default: runs/<data>-<model>)", metavar="DIR", old=(),
+                        aliases=("--output-dir",))      # transformers' TrainingArguments name
     run.add_argument("--overwrite", action="store_true",
                      help="replace the training run in --output (only a folder loralab wrote as a train run; the "
                           "old run is kept until the new one's first checkpoint is complete)")
@@ -49,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "change)")
     run.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                      help="settings by name, e.g. lora.r=4 lr=1e-3 read_options.text_column=review")
-    add_train_arguments(parser)
+    add_train_arguments(parser, shown_defaults=builtin_run_defaults())
     add_data_arguments(parser)
     add_lora_arguments(parser)
 

@@ -73,6 +73,15 @@ def _turns(value: Any, role: str) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple)) else [{"role": role, "content": value}]
 
 
+def row_shape(row: Mapping[str, Any]) -> str | None:
+    """The keys that make `row` a conversation (one of ROW_SHAPES, as `conversation_from_row` reads it, e.g.
+    "'messages'"), or None when it holds none of them."""
+    for keys in (("messages",), ("prompt", "completion"), ("instruction", "output")):
+        if all(key in row for key in keys):
+            return " + ".join(repr(key) for key in keys)
+    return None
+
+
 def conversation_from_row(row: Mapping[str, Any], where: str) -> Messages:
     """The conversation of one chat-file row: `messages`, or `prompt` + `completion` (strings, or lists
     of messages as TRL writes them), or Alpaca's `instruction` + optional `input` + `output` (one user

@@ -17,12 +17,13 @@ import json
 import lzma
 import math
 import os
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loralab.data.chat import conversation_from_row
+from loralab.data.chat import conversation_from_row, row_shape
 from loralab.data.examples import Column, Example
 from loralab.data.tasks import task_kind
 from loralab.errors import LoraLabError, choose
@@ -56,7 +57,9 @@ class ReadOptions:
         (conversations, one JSON object per line or one row of a `save_to_disk` folder; see
         loralab.data.chat.conversation_from_row; the column options are not used);
         None infers it from the name (.tsv/.tab, .csv, .jsonl/.ndjson, optionally + .gz/.bz2/.xz; a folder
-        is "hf"). E2E files end in .txt and chat files in .jsonl, so "e2e" and "chat" are given explicitly.
+        is "hf") and, for JSONL, from the first row (`data_format`): rows holding a conversation (`messages`,
+        `prompt` + `completion`, `instruction` + `output`) and not the columns asked for are "chat". E2E
+        files end in .txt, so "e2e" is given explicitly.
     text_column / text_pair_column / label_column / target_column: a header name, or a 0-based index
         (the only choice for files without a header, and for JSONL lines that are arrays). text_column is
         the prompt for causal LM data; target_column its continuation. label_column=None reads no labels
@@ -128,6 +131,30 @@ def _infer_format(path: Path) -> str:
     raise LoraLabError(
         f"{path}: cannot tell the data format from the file name; pass --format (one of {', '.join(FORMATS)})"
     )
+
+
+class DataFormatWarning(UserWarning):
+    """A data file that fits two formats: which one it is read as, and the flag that picks the other."""
+
+
+def data_format(path: str | os.PathLike[str], options: ReadOptions) -> str:
+    """The format `read_examples` reads `path` in: `options.format`, else from the name, and a JSONL file's
+    first row decides between "jsonl" (columns) and "chat" (a conversation). A row that holds both the
+    columns asked for and a conversation is read as columns, with a DataFormatWarning saying so."""
+    path = Path(path)
+    fmt = options.format or _infer_format(path)
+    if options.format is not None or fmt != "jsonl":
+        return fmt
+    row = next((row for _, row in _jsonl_rows(path, options)), None)
+    shape = row_shape(row) if isinstance(row, dict) else None
+    if shape is None:
+        return "jsonl"
+    columns = list(options.columns().values())
+    if not all(col in row for col in columns):
+        return "chat"
+    warnings.warn(f"{path}: read as columns {', '.join(map(repr, columns))}; its rows also hold a conversation "
+                  f"({shape}): pass --format chat to train on the conversation", DataFormatWarning, stacklevel=2)
+    return "jsonl"
 
 
 def _open_text(path: Path, encoding: str) -> io.TextIOBase:
@@ -393,10 +420,10 @@ def read_examples(path: str | os.PathLike[str], options: ReadOptions | None = No
     path = Path(path)
     if not path.exists():
         raise LoraLabError(f"{path}: no such data file or folder")
-    fmt = options.format or _infer_format(path)
-    if fmt not in ("hf", "chat") and path.is_dir():
-        raise LoraLabError(f"{path} is a folder; a {fmt} data set is one file (folders are read as --format hf)")
     try:
+        fmt = data_format(path, options)
+        if fmt not in ("hf", "chat") and path.is_dir():
+            raise LoraLabError(f"{path} is a folder; a {fmt} data set is one file (folders are read as --format hf)")
         with _csv_field_limit(CSV_FIELD_LIMIT):
             if fmt == "e2e":
                 return _e2e_examples(path, options)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from loralab.errors import LoraLabError, choose
-from loralab.experiments.report import check_experiment_folder, claim_experiment_folder
+from loralab.experiments.folders import check_experiment_folder, claim_experiment_folder
 
 # name -> (module, one-line description)
 EXPERIMENTS: dict[str, tuple[str, str]] = {

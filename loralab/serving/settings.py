@@ -5,10 +5,13 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from loralab.errors import LoraLabError
-from loralab.precision import Precision
-from loralab.runtime import Runtime
+
+if TYPE_CHECKING:
+    from loralab.precision import Precision
+    from loralab.runtime import Runtime
 
 API_KEY_ENV = "LORALAB_API_KEY"
 
@@ -102,6 +105,9 @@ class ServeSettings:
 
     def runtime(self) -> Runtime:
         """The resolved device, dtype and quantization (loralab.runtime.Runtime)."""
+        # imported here: `loralab serve --help` builds its flags from these settings without loading torch
+        from loralab.runtime import Runtime
+
         return Runtime.resolve(self.device, self.dtype, self.quantize)
 
     def precision(self) -> Precision:

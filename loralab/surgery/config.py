@@ -221,9 +221,9 @@ class LoraConfig:
 
 def _with_peft_names(init):
     """LoraConfig's generated __init__, also taking PEFT's field names (translated by peft_names; a field given
-    in both spellings with different values is an error). Positional arguments keep loralab's field order."""
-    from loralab.surgery.peft_names import accepted_peft_names, peft_kwargs_to_loralab
-
+    in both spellings with different values is an error). Positional arguments keep loralab's field order.
+    peft_names (which reads the variant and init registries, so torch) loads at the first call, not at import:
+    `loralab train --help` builds LoraConfig's flags without torch."""
     names = [f.name for f in fields(LoraConfig) if f.init]
     own = {f.name for f in fields(LoraConfig)} | {"dora"}
 
@@ -233,15 +233,31 @@ def _with_peft_names(init):
             if name in kwargs:
                 raise TypeError(f"LoraConfig got multiple values for argument {name!r}")
             kwargs[name] = value
-        init(self, *args[len(names):], **peft_kwargs_to_loralab(kwargs, own))
+        init(self, *args[len(names):], **_peft_names().peft_kwargs_to_loralab(kwargs, own))
 
-    signature = inspect.signature(init)
-    extra = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None) for n in accepted_peft_names()]
-    __init__.__signature__ = signature.replace(parameters=[*signature.parameters.values(), *extra])
     return __init__
 
 
+def _peft_names():
+    from loralab.surgery import peft_names
+
+    return peft_names
+
+
+class _Signature:
+    """LoraConfig's signature: its fields, then PEFT's names it accepts (keyword-only), computed when asked
+    (inspect.signature, help()), since the names come from the registries."""
+
+    def __get__(self, instance, owner) -> inspect.Signature:
+        fields_only = inspect.signature(owner.__init__).replace()
+        parameters = list(fields_only.parameters.values())[1:]         # without self
+        extra = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None)
+                 for n in _peft_names().accepted_peft_names()]
+        return fields_only.replace(parameters=[*parameters, *extra])
+
+
 LoraConfig.__init__ = _with_peft_names(LoraConfig.__init__)
+LoraConfig.__signature__ = _Signature()
 
 
 def is_peft_config(data: dict) -> bool:

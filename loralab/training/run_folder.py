@@ -32,6 +32,7 @@ from torch import nn
 import loralab
 from loralab import files
 from loralab.data.labels import LABELS_FILENAME, LabelMap
+from loralab.data.readers import data_format, options_for_task
 from loralab.data.tasks import task_kind
 from loralab.errors import LoraLabError
 from loralab.models import resolve_model_source
@@ -66,10 +67,19 @@ def write_config(folder: Path, config: TrainConfig) -> Path:
 def write_task_file(adapter_dir: Path, config: TrainConfig) -> Path:
     """What eval/predict need to use the adapter: base model, task and tokenization settings."""
     # A model trained on chat conversations is prompted through the same chat template afterwards.
-    chat = config.chat_template or config.read_options.get("format") == "chat"
+    chat = config.chat_template or _chat_data(config)
     info = {"model": config.model, "task": config.task, "max_length": config.max_length,
             "prompt_template": config.prompt_template, "chat_template": chat}
     return files.write_json(Path(adapter_dir) / TASK_FILENAME, info)
+
+
+def _chat_data(config: TrainConfig) -> bool:
+    """Whether the run trained on conversations: `--format chat`, or a JSONL file recognised as chat data."""
+    if config.read_options.get("format") == "chat":
+        return True
+    if config.data is not None or config.train_file is None or not Path(config.train_file).is_file():
+        return False
+    return data_format(config.train_file, options_for_task(config.task, config.read_options)) == "chat"
 
 
 def save_trainable_tensors(model: nn.Module, path: Path) -> Path:

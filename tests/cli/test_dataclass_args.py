@@ -49,7 +49,7 @@ def test_flags_follow_the_fields():
     helps = {action.dest: action.help for action in parser._actions}
     assert helps["rate"] == "how fast, per step (default: 0.5)"
     assert helps["steps"] == "steps to run (unset: all)"
-    assert helps["verbose"] == "say what happens (on by default; this flag turns it off)"
+    assert helps["verbose"] == "turn off what is on by default: say what happens"     # --no-verbose
     with pytest.raises(SystemExit):
         parser.parse_args(["--steps", "many"])
 

@@ -44,3 +44,15 @@ def test_task_builds_that_tasks_head(bert_folder):
     assert type(meta_model(str(bert_folder), "base")).__name__ == "BertModel"
     assert [auto_model_class(head).__name__ for head in MODEL_TASKS] == \
         ["AutoModel", "AutoModelForSequenceClassification", "AutoModelForCausalLM"]
+
+
+def test_inspect_takes_a_builtin_model_name_as_train_does(capsys):
+    assert main(["inspect", "all-minilm-l6-v2", "--r", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "encoder.layer.5.attention.self.value" in out
+    assert out.strip().splitlines()[-1] == "12 modules, trainable LoRA params: 73,728 of 22,713,216 (0.3246%)"
+
+
+def test_inspect_names_a_model_it_cannot_find(capsys):
+    assert main(["inspect", "no-such-model-here"]) == 2
+    assert capsys.readouterr().err.startswith("loralab inspect: error: model 'no-such-model-here' not found: ")

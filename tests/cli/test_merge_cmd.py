@@ -251,3 +251,27 @@ def test_a_disk_filling_during_merge_is_one_line_and_the_previous_output_is_unto
         "some space or choose an output on another disk")
     assert _digest(out) == before and (out / "model.safetensors").stat().st_ino == inode
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ad", "base", "merged"]
+
+
+def test_merge_takes_a_builtin_model_name_as_train_does(tmp_path, capsys):
+    from transformers import AutoModel
+
+    from loralab.models import resolve_model_spec
+    from loralab.testing import randomize_trainable
+
+    folder = resolve_model_spec("all-minilm-l6-v2")
+    model = loralab.inject(AutoModel.from_pretrained(folder).eval(), LoraConfig(r=2))
+    randomize_trainable(model)
+    loralab.save_adapter(model, tmp_path / "ad")
+    inputs = {"input_ids": torch.tensor([[101, 7592, 2088, 102]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
+    expected = model(**inputs).last_hidden_state
+    assert main(["merge", "all-minilm-l6-v2", str(tmp_path / "ad"), "-o", str(tmp_path / "merged")]) == 0
+    merged = AutoModel.from_pretrained(tmp_path / "merged").eval()
+    torch.testing.assert_close(merged(**inputs).last_hidden_state, expected, rtol=1e-4, atol=1e-5)
+    assert (tmp_path / "merged" / "tokenizer.json").read_bytes() == (folder / "tokenizer.json").read_bytes()
+    before = _digest(folder)
+    capsys.readouterr()
+    assert main(["merge", "all-minilm-l6-v2", str(tmp_path / "ad"), "-o", str(folder / "inside")]) == 2
+    assert _error_line(capsys.readouterr().err).endswith("loralab does not write into those. Choose another output "
+                                                         "location")     # inside the resolved model folder
+    assert _digest(folder) == before and not (folder / "inside").exists()

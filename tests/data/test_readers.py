@@ -10,7 +10,7 @@ import lzma
 import pytest
 
 from loralab.data import readers
-from loralab.data.readers import ReadOptions, read_examples
+from loralab.data.readers import DataFormatWarning, ReadOptions, data_format, read_examples
 from loralab.errors import LoraLabError
 
 
@@ -189,3 +189,34 @@ def test_a_target_column_with_a_classifier_task_names_the_task_flag():
     assert str(caught.value) == ("--target-column names the completion a causal LM learns, but the task is "
                                  "classification; add --task causal-lm, or drop --target-column and name the "
                                  "label with --label-column")
+
+
+MESSAGES = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+
+
+@pytest.mark.parametrize("row", [{"messages": MESSAGES}, {"prompt": "hi", "completion": "hello"},
+                                 {"instruction": "hi", "output": "hello"}])
+def test_a_jsonl_of_conversations_is_read_as_chat_without_format(write_file, row, recwarn):
+    path = write_file("trl.jsonl", json.dumps(row) + "\n")
+    assert data_format(path, ReadOptions()) == "chat"
+    (example,) = read_examples(path)
+    assert [m["content"] for m in example.messages] == ["hi", "hello"]
+    assert not recwarn.list            # unambiguous: nothing said
+
+
+def test_a_row_with_both_columns_and_a_conversation_is_read_as_columns_and_said(write_file):
+    path = write_file("both.jsonl", json.dumps({"sentence": "ok", "label": 1, "messages": MESSAGES}) + "\n")
+    with pytest.warns(DataFormatWarning) as caught:
+        (example,) = read_examples(path)
+    assert (example.text, example.label, example.messages) == ("ok", 1, None)
+    assert [str(w.message) for w in caught] == [
+        f"{path}: read as columns 'sentence', 'label'; its rows also hold a conversation ('messages'): "
+        "pass --format chat to train on the conversation"]
+    assert data_format(path, ReadOptions(format="chat")) == "chat"
+
+
+def test_a_jsonl_without_a_conversation_stays_columns(write_file):
+    path = write_file("plain.jsonl", json.dumps({"text": "ok"}) + "\n")
+    assert data_format(path, ReadOptions()) == "jsonl"
+    with pytest.raises(LoraLabError, match="column 'sentence' is missing"):
+        read_examples(path)

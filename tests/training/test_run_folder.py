@@ -54,3 +54,13 @@ def test_task_file_says_chat_template_for_chat_data_and_flag(tmp_path):
     write_task_file(tmp_path / "b", TrainConfig(**common, chat_template=True))
     write_task_file(tmp_path / "c", TrainConfig(**common))
     assert [read_task_info(tmp_path / n)["chat_template"] for n in "abc"] == [True, True, False]
+
+
+def test_task_file_says_chat_template_for_a_messages_file_read_without_format(tmp_path):
+    from loralab.training.config import TrainConfig
+    from loralab.training.run_folder import write_task_file
+
+    data = tmp_path / "chat.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
+    write_task_file(tmp_path / "a", TrainConfig(model="m", task="causal-lm", train_file=str(data)))
+    assert read_task_info(tmp_path / "a")["chat_template"] is True
