@@ -15,6 +15,7 @@ import loralab.testing
 from loralab.errors import LoraLabError
 from loralab.training.config import TrainConfig
 from loralab.training.optimization import build_optimizer, build_scheduler, decay_groups, set_peak_lr
+from loralab.training.state_files import optimizer_files, optimizer_state
 
 
 def _rates(kind: str, total: int = 10, warmup: int = 4, options=None, steps: int | None = None) -> list[float]:
@@ -249,3 +250,22 @@ def test_lora_plus_needs_lora_b_factors():
         build_optimizer(nn.Linear(3, 3), TrainConfig(data="sst2", lora_plus_ratio=16))
     assert str(error.value) == ("lora_plus_ratio raises the learning rate of LoRA's B factors, but the model "
                                 "trains none; drop --lora-plus-ratio or inject a LoRA adapter")
+
+
+def test_lora_plus_groups_survive_the_checkpoint_files_and_keep_their_ratio():
+    model = _lora_model()
+    config = TrainConfig(data="sst2", lr=1e-3, lora_plus_ratio=16)
+    optimizer = build_optimizer(model, config)
+    scheduler = build_scheduler(optimizer, 10, 2, "linear")
+    model(**loralab.testing.tiny_inputs(model)).logits.square().sum().backward()
+    for _ in range(4):
+        optimizer.step()
+        scheduler.step()
+    tensors, meta = optimizer_files(optimizer.state_dict())
+    meta = json.loads(json.dumps(meta))                       # what checkpoints/step-N/optimizer.json holds
+    restored = build_optimizer(model, config)
+    restored_scheduler = build_scheduler(restored, 10, 2, "linear")
+    restored.load_state_dict(optimizer_state(tensors, meta))
+    restored_scheduler.load_state_dict(json.loads(json.dumps(scheduler.state_dict())))
+    set_peak_lr(restored, restored_scheduler, config.lr)      # what a resume does
+    assert [g["lr"] for g in restored.param_groups] == [g["lr"] for g in optimizer.param_groups]   # bitwise
