@@ -21,7 +21,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "model and data": ("model", "task", "data", "train_file", "dev_file", "test_file", "train_limit", "dev_limit",
                        "test_limit", "max_length", "prompt_template", "chat_template", "packing"),
     "training": ("method", "epochs", "max_steps", "batch_size", "eval_batch_size", "grad_accum", "lr",
-                 "weight_decay", "betas", "eps", "warmup_ratio", "scheduler", "max_grad_norm", "seed", "eval_every",
+                 "lora_plus_ratio", "weight_decay", "betas", "eps", "warmup_ratio", "scheduler", "max_grad_norm", "seed", "eval_every",
                  "checkpoint_every", "log_every", "best_metric", "early_stopping_patience", "report_to"),
     "runtime": ("compile", "threads", "progress"),
     "device, precision and memory": ("device", "dtype", "quantize", "gradient_checkpointing", "fsdp"),

@@ -99,6 +99,11 @@ class TrainConfig:
     """Micro-batches per optimizer step."""
     lr: float = 5e-4
     """Peak learning rate."""
+    lora_plus_ratio: float | None = None
+    """B's learning rate over A's, LoRA+ (Hayou et al. 2024, "LoRA+: Efficient Low Rank Adaptation of Large
+    Models", arXiv:2402.12354): the LoRA B factors, and every vector (bias, norm scale, DoRA magnitude) as
+    PEFT's create_loraplus_optimizer groups them, learn at lr × this ratio; A and other matrices at lr. The
+    paper suggests 2^4 = 16. Unset: one rate for all (off until measured). Fixed on resume."""
     weight_decay: float = 0.01
     """AdamW weight decay on matrices (none on biases, norm weights, DoRA magnitudes)."""
     betas: tuple[float, float] = (0.9, 0.999)
@@ -201,7 +206,7 @@ class TrainConfig:
     def _normalise(self) -> None:
         """One spelling per value: the forms files and command lines give are turned into the stored ones."""
         self.betas = tuple(self.betas)  # JSON gives a list
-        for name in ("epochs", "lr", "weight_decay", "eps", "warmup_ratio", "max_grad_norm"):
+        for name in ("epochs", "lr", "lora_plus_ratio", "weight_decay", "eps", "warmup_ratio", "max_grad_norm"):
             value = getattr(self, name)
             if isinstance(value, int) and not isinstance(value, bool):
                 setattr(self, name, float(value))   # `epochs=2` from a file or override is 2.0
@@ -260,6 +265,9 @@ class TrainConfig:
         for name in ("gradient_checkpointing", "fsdp"):
             if not isinstance(getattr(self, name), bool):
                 raise LoraLabError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.lora_plus_ratio is not None and self.method != "lora":
+            raise LoraLabError(f"lora_plus_ratio raises the learning rate of LoRA's B factors; method "
+                               f"{self.method!r} has none (drop --lora-plus-ratio, or use method lora)")
         if self.quantize != "none" and self.method == "full":
             raise LoraLabError("quantize applies to a frozen base; full fine-tuning trains every weight (drop "
                                "quantize, or train an adapter)")
@@ -270,6 +278,10 @@ class TrainConfig:
                   ("lr", self.lr, "a positive learning rate", lambda v: v > 0),
                   ("weight_decay", self.weight_decay, "0 or more", lambda v: v >= 0),
                   ("eps", self.eps, "positive", lambda v: v > 0)]
+        if self.lora_plus_ratio is not None:
+            checks.append(("lora_plus_ratio", self.lora_plus_ratio,
+                           "a positive ratio of B's learning rate to A's (LoRA+ suggests 16; unset for off)",
+                           lambda v: v > 0))
         if self.max_grad_norm is not None:
             checks.append(("max_grad_norm", self.max_grad_norm, "positive (or unset to not clip)", lambda v: v > 0))
         for name, value, wanted, ok in checks:
@@ -359,8 +371,10 @@ def _scalar_fields() -> dict[str, tuple[type, bool]]:
 # tensors and optimizer state on the CPU, so a run trained on a GPU in bf16 resumes on a CPU in fp32).
 # Everything else fixes what the checkpoint means — model, data, task, LoRA or method settings, quantize (the
 # base the adapter trains against), batch size and accumulation (the position in the epoch), seed (the batch
-# order), optimizer constants and schedule kind, best metric — and is refused. Where the run reports to
-# (report_to) may change too: a resumed run's trackers continue from the checkpoint's step.
+# order), optimizer constants and schedule kind, LoRA+'s ratio (it decides the optimizer's parameter groups,
+# whose state the checkpoint holds; a new --lr keeps it, scaling every group's peak), best metric — and is
+# refused. Where the run reports to (report_to) may change too: a resumed run's trackers continue from the
+# checkpoint's step.
 RESUMABLE_FIELDS = ("lr", "epochs", "max_steps", "eval_every", "checkpoint_every", "log_every",
                     "early_stopping_patience", "max_grad_norm", "threads", "progress", "compile", "eval_batch_size",
                     "report_to", "device", "dtype", "gradient_checkpointing", "fsdp")

@@ -1,5 +1,6 @@
-"""What updates the weights: AdamW over the trainable parameters, and the learning-rate schedule (transformers'
-schedulers: linear, cosine, cosine_with_restarts, polynomial, constant, each after a linear warm-up from 0)."""
+"""What updates the weights: AdamW over the trainable parameters (with LoRA+'s faster B factors when
+TrainConfig.lora_plus_ratio is set), and the learning-rate schedule (transformers' schedulers: linear, cosine,
+cosine_with_restarts, polynomial, constant, each after a linear warm-up from 0)."""
 from __future__ import annotations
 
 from typing import Any
@@ -7,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from loralab.core.lora import LoraFactors
 from loralab.errors import LoraLabError
 
 # loralab's schedule names that transformers spells differently: warm-up is always --warmup-ratio's, so
@@ -39,12 +41,42 @@ def decay_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Paramete
 
 def build_optimizer(model: nn.Module, config) -> torch.optim.AdamW:
     """AdamW over the parameters that require grad; weight decay only on the matrices. `config` is a
-    TrainConfig (lr, betas, eps, weight_decay)."""
+    TrainConfig (lr, lora_plus_ratio, betas, eps, weight_decay)."""
     decay, skip = decay_groups(model)
     if not decay and not skip:
         raise LoraLabError("the model has no trainable parameters; inject an adapter first")
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": skip, "weight_decay": 0.0}]
+    if config.lora_plus_ratio is not None:
+        groups = lora_plus_groups(model, groups, config.lr, config.lora_plus_ratio)
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, betas=config.betas, eps=config.eps)
+
+
+# The key of a LoRA+ parameter group holding its peak rate as a multiple of the schedule's (TrainConfig.lr):
+# set_peak_lr keeps it when a resumed run gets a new --lr. Groups without it run at the peak itself.
+LR_RATIO = "lr_ratio"
+
+
+def lora_b_factors(model: nn.Module) -> set[int]:
+    """ids of the trainable LoRA B factors: found by module type (LoraFactors.B), never by name."""
+    return {id(m.B) for m in model.modules() if isinstance(m, LoraFactors) and m.B.requires_grad}
+
+
+def lora_plus_groups(model: nn.Module, groups: list[dict[str, Any]], lr: float,
+                     ratio: float) -> list[dict[str, Any]]:
+    """LoRA+ (Hayou et al. 2024): each weight-decay group split in two, the B factors and the vectors at
+    lr × ratio (as PEFT's create_loraplus_optimizer groups them: lora_B or 1-D), the rest (A factors, task-head
+    matrices) at lr. Weight decay stays as the groups have it (matrices only), so LoRA+ changes only rates."""
+    fast = lora_b_factors(model)
+    if not fast:
+        raise LoraLabError("lora_plus_ratio raises the learning rate of LoRA's B factors, but the model trains "
+                           "none; drop --lora-plus-ratio or inject a LoRA adapter")
+    split = []
+    for group in groups:
+        is_fast = [id(p) in fast or p.ndim < 2 for p in group["params"]]
+        split.append({**group, "params": [p for p, f in zip(group["params"], is_fast) if not f]})
+        split.append({**group, "params": [p for p, f in zip(group["params"], is_fast) if f],
+                      "lr": lr * ratio, LR_RATIO: ratio})
+    return split
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, kind: str,
@@ -67,10 +99,12 @@ def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_s
 def set_peak_lr(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
                 peak_lr: float) -> None:
     """Make `peak_lr` the schedule's base rate (after a checkpoint restored an older one) and set every
-    group's current rate to what the schedule gives at the current step."""
-    scheduler.base_lrs = [peak_lr] * len(optimizer.param_groups)
-    current = [peak_lr * fn(scheduler.last_epoch) for fn in scheduler.lr_lambdas]
-    for group, lr in zip(optimizer.param_groups, current):
-        group["initial_lr"] = peak_lr
+    group's current rate to what the schedule gives at the current step. A LoRA+ group keeps its ratio:
+    its base rate is peak_lr × its LR_RATIO."""
+    peaks = [peak_lr * group.get(LR_RATIO, 1.0) for group in optimizer.param_groups]
+    scheduler.base_lrs = peaks
+    current = [peak * fn(scheduler.last_epoch) for peak, fn in zip(peaks, scheduler.lr_lambdas)]
+    for group, peak, lr in zip(optimizer.param_groups, peaks, current):
+        group["initial_lr"] = peak
         group["lr"] = lr
     scheduler._last_lr = current

@@ -225,6 +225,18 @@ def test_bad_settings_are_one_line(tmp_path, capsys):
     assert "unrecognized arguments: epochs" in capsys.readouterr().err
 
 
+def test_lora_plus_ratio_flag_reaches_the_config_and_a_bad_value_exits_2(capsys):
+    assert _config([]).lora_plus_ratio is None
+    assert _config(["--lora-plus-ratio", "16"]).lora_plus_ratio == 16.0
+    assert main(["train", "--lora-plus-ratio", "16", "--print-config"]) == 0
+    assert "\nlora_plus_ratio: 16.0\n" in capsys.readouterr().out
+    assert main(["train", "--lora-plus-ratio", "0", "--print-config"]) == 2
+    assert capsys.readouterr().err == ("loralab train: error: lora_plus_ratio must be a positive ratio of B's learning "
+                                       "rate to A's (LoRA+ suggests 16; unset for off), got 0.0\n")
+    assert main(["train", "lora_plus_ratio=8", "--print-config"]) == 0     # config files and overrides too
+    assert "\nlora_plus_ratio: 8.0\n" in capsys.readouterr().out
+
+
 def test_packing_trains_on_packed_rows_and_counts_examples(llama_dir, tmp_path, capsys):
     lines = fixtures.e2e_lines()
     train = tmp_path / "train.txt"

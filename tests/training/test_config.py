@@ -41,6 +41,7 @@ def test_resume_may_change_only_the_resumable_settings():
     assert {"lr", "epochs", "max_steps", "eval_every", "max_grad_norm"} <= set(RESUMABLE_FIELDS)
     for field, value, named in [("seed", 1, "--seed"), ("batch_size", 4, "--batch-size"), ("data", "rte", "--data"),
                                 ("lora", {"r": 4, "alpha": 16.0}, r"lora\.r"), ("warmup_ratio", 0.1, "--warmup-ratio"),
+                                ("lora_plus_ratio", 16.0, "--lora-plus-ratio"),
                                 ("scheduler_options", {"num_cycles": 0.25}, r"scheduler_options\.num_cycles")]:
         changed = {**saved.to_dict(), field: value, **({"scheduler": "cosine"} if field == "scheduler_options" else {})}
         with pytest.raises(LoraLabError, match=f"^{named} cannot change when resuming"):
