@@ -1,8 +1,9 @@
 """GGUF LoRA adapters: llama.cpp's metadata, tensor names, shapes and values, read back with gguf.GGUFReader."""
-import gguf
 import numpy as np
 import pytest
 import torch
+
+import gguf
 
 import loralab
 from loralab.errors import LoraLabError
