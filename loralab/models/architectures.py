@@ -86,6 +86,17 @@ class FusedProjection:
 
 
 @dataclass(frozen=True)
+class GgufLayout:
+    """How llama.cpp stores one model type (its converter, convert_hf_to_gguf.py): the GGUF architecture
+    name its tensors and metadata are keyed by, and whether the q/k projections' output rows are reordered
+    (LLaMA's rotary embedding: llama.cpp interleaves the two halves of each head, see
+    `loralab.formats.gguf_adapter.permute_rows`)."""
+    arch: str
+    """GGUF `general.architecture`, e.g. "llama" (also MistralForCausalLM's)."""
+    permute_qk: bool = False
+
+
+@dataclass(frozen=True)
 class LoraTargets:
     """Roles translated into LoraConfig fields."""
     targets: list[str]
@@ -112,6 +123,8 @@ class Architecture:
     """The same family under other names: another transformers version (ViT's `query` before 5.x) or a
     config-dependent layout (T5 v1.1's gated `wi_0`/`wi_1`). `architecture_for(model)` picks the naming
     whose names the model has; their own model_types are left empty."""
+    gguf: tuple[tuple[str, GgufLayout], ...] = ()
+    """(model_type, GgufLayout) for the model types llama.cpp loads adapters of (`loralab export --to gguf`)."""
 
     def __post_init__(self) -> None:
         where = f"Architecture{self.model_types}"
@@ -132,6 +145,10 @@ class Architecture:
     def roles(self) -> tuple[str, ...]:
         """The roles this family has, in ROLES order."""
         return tuple(r for r in ROLES if getattr(self, r) is not None or self.fused_for(r) is not None)
+
+    def gguf_layout(self, model_type: str | None) -> GgufLayout | None:
+        """llama.cpp's layout of this model type, None when loralab does not export it to GGUF."""
+        return dict(self.gguf).get(model_type or "")
 
     def fused_for(self, role: str) -> FusedProjection | None:
         return next((f for f in self.fused if role in f.roles), None)
@@ -228,6 +245,9 @@ _BERT_STYLE = dict(q="query", k="key", v="value", o="attention.output.dense", up
 _LLAMA_STYLE = dict(q="q_proj", k="k_proj", v="v_proj", o="o_proj", gate="gate_proj", up="up_proj",
                     down="down_proj")
 _ATTENTION = ("q", "k", "v")
+# llama.cpp's converter: LlamaModel (also MistralForCausalLM) permutes q/k rows; Qwen2 uses NeoX rotary, no permute.
+_LLAMA_GGUF = (("llama", GgufLayout("llama", permute_qk=True)), ("mistral", GgufLayout("llama", permute_qk=True)),
+               ("qwen2", GgufLayout("qwen2")))
 
 register_architecture(Architecture(model_types=("bert", "roberta", "xlm-roberta", "camembert", "electra", "ernie"),
                                    **_BERT_STYLE, head=("classifier",)))
@@ -242,7 +262,7 @@ register_architecture(Architecture(model_types=("gpt2",), fused=(FusedProjection
                                    o="attn.c_proj", up="mlp.c_fc", down="mlp.c_proj", head=("score",)))
 register_architecture(Architecture(model_types=("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text",
                                                 "olmo", "olmo2", "granite", "smollm3"),
-                                   **_LLAMA_STYLE, head=("score",)))
+                                   **_LLAMA_STYLE, head=("score",), gguf=_LLAMA_GGUF))
 # Mixtral's experts keep their MLP weights as 3-D parameters (no modules); `mlp.gate` is the router.
 register_architecture(Architecture(model_types=("mixtral",), q="q_proj", k="k_proj", v="v_proj", o="o_proj",
                                    head=("score",)))
@@ -275,5 +295,5 @@ register_architecture(Architecture(model_types=("dinov2",), q="q_proj", k="k_pro
                                    alternatives=(Architecture(q="query", k="key", v="value", o="attention.output.dense",
                                                               up="mlp.fc1", down="mlp.fc2", head=("classifier",)),)))
 
-__all__ = ["ARCHITECTURES", "ROLES", "Architecture", "FusedProjection", "LoraTargets", "SliceSpec", "architecture", "architecture_for",
+__all__ = ["ARCHITECTURES", "ROLES", "Architecture", "FusedProjection", "GgufLayout", "LoraTargets", "SliceSpec", "architecture", "architecture_for",
            "architectures", "model_type_of", "model_types", "register_architecture", "task_head_modules"]
