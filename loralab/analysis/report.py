@@ -16,6 +16,8 @@ from loralab.analysis import plots
 from loralab.analysis.amplification import ModuleAmplification, compare_with_base
 from loralab.analysis.base import base_weights, load_base_model
 from loralab.analysis.deltas import LowRankDelta, load_deltas
+from loralab.analysis.intruders import (DEFAULT_K, DEFAULT_THRESHOLD, ModuleIntruders, adapter_intruders,
+                                        check_intruder_settings)
 from loralab.analysis.spectrum import ModuleSpectrum, adapter_spectra
 from loralab.analysis.subspace import ModuleSimilarity, compare_adapters
 from loralab.errors import LoraLabError
@@ -33,6 +35,7 @@ class AdapterAnalysis:
     deltas: list[LowRankDelta] = field(repr=False)
     spectra: list[ModuleSpectrum] = field(repr=False)
     amplification: list[ModuleAmplification] | None = field(default=None, repr=False)
+    intruders: list[ModuleIntruders] | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -48,7 +51,8 @@ class AnalysisReport:
             "notes": self.notes,
             "adapters": [{"label": a.label, "path": a.path, "config": a.config,
                           "spectra": [s.to_dict() for s in a.spectra],
-                          "amplification": None if a.amplification is None else [m.to_dict() for m in a.amplification]}
+                          "amplification": None if a.amplification is None else [m.to_dict() for m in a.amplification],
+                          "intruders": None if a.intruders is None else [m.to_dict() for m in a.intruders]}
                          for a in self.adapters],
             "similarity": None if self.similarity is None else [s.to_dict() for s in self.similarity],
         })
@@ -63,14 +67,21 @@ def _labels(paths: list[str]) -> list[str]:
 
 def analyze_adapters(adapter_dirs: list[str | os.PathLike], base: str | os.PathLike | None = None,
                      factor: str = "A", trials: int = 20, seed: int = 0, split_fused: bool = True,
-                     base_model=None) -> AnalysisReport:
-    """Spectra of every adapter; φ between the first two when two are given; ΔW vs W with a base.
+                     base_model=None, intruders: bool = False, intruder_k: int = DEFAULT_K,
+                     intruder_threshold: float = DEFAULT_THRESHOLD) -> AnalysisReport:
+    """Spectra of every adapter; φ between the first two when two are given; ΔW vs W with a base; with
+    `intruders` (needs a base) the intruder dimensions of W0 + ΔW among its top `intruder_k` singular vectors
+    at cosine threshold `intruder_threshold` (`loralab.analysis.intruders`).
 
     base: a transformers model folder (or pass an already loaded `base_model` nn.Module).
     trials: draws for each random baseline; seed seeds them (results are reproducible).
     """
     if not 1 <= len(adapter_dirs) <= 2:
         raise LoraLabError(f"analyze takes one or two adapter folders, got {len(adapter_dirs)}")
+    if intruders:
+        check_intruder_settings(intruder_k, intruder_threshold)
+        if base is None and base_model is None:
+            raise LoraLabError("--intruders compares W0 + ΔW with the base weights W0; pass --base MODEL_DIR")
     labels = _labels([str(p) for p in adapter_dirs])
     analyses, notes = [], []
     for label, path in zip(labels, adapter_dirs):
@@ -95,9 +106,13 @@ def analyze_adapters(adapter_dirs: list[str | os.PathLike], base: str | os.PathL
         for a in analyses:
             weights = base_weights(model, sorted({d.module for d in a.deltas}))
             a.amplification = compare_with_base(a.deltas, weights, trials=trials, seed=seed)
+            if intruders:
+                a.intruders = adapter_intruders(a.deltas, weights, k=intruder_k, threshold=intruder_threshold)
     settings = {"adapters": [str(p) for p in adapter_dirs], "labels": labels,
                 "base": None if base is None else str(base), "factor": factor, "trials": trials, "seed": seed,
                 "split_fused": split_fused}
+    if intruders:
+        settings.update(intruder_k=intruder_k, intruder_threshold=intruder_threshold)
     return AnalysisReport(analyses, similarity, settings, notes)
 
 
@@ -146,7 +161,7 @@ th{background:#f3f3f3}td:first-child,td:nth-child(2){text-align:left}img{max-wid
 
 def write_report(report: AnalysisReport, out_dir: str | os.PathLike) -> dict[str, Path]:
     """Write analysis.json, spectra.csv, singular_values.csv, subspace.csv (two adapters),
-    amplification.csv (with a base), figures/*.png and report.html into out_dir. Returns {kind: path}."""
+    amplification.csv (with a base), intruders.csv (with intruders), figures/*.png and report.html into out_dir. Returns {kind: path}."""
     out = claim_output_folder(out_dir, OUTPUT_KIND, report_inputs(report.settings), recognise=is_analysis_folder)
     written = {"json": write_text(out / "analysis.json",
                                   json.dumps(report.to_dict(), indent=1, allow_nan=False) + "\n")}
@@ -158,6 +173,8 @@ def write_report(report: AnalysisReport, out_dir: str | os.PathLike) -> dict[str
         parts += _similarity_html(report, figures)
     if _has_amplification(report):
         parts += _amplification_html(report, figures)
+    if _has_intruders(report):
+        parts += _intruders_html(report)
     for name, png in figures.items():
         written[f"figure:{name}"] = write_bytes(out / "figures" / f"{name}.png", png)
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>LoRA adapter analysis</title>"
@@ -186,6 +203,10 @@ def _has_amplification(report: AnalysisReport) -> bool:
     return any(a.amplification is not None for a in report.adapters)
 
 
+def _has_intruders(report: AnalysisReport) -> bool:
+    return any(a.intruders is not None for a in report.adapters)
+
+
 def _csv_files(report: AnalysisReport) -> dict[str, tuple[str, str]]:
     """{kind: (file name, CSV text)} of the report's tables."""
     spec_rows, sv_rows = [], []
@@ -212,6 +233,13 @@ def _csv_files(report: AnalysisReport) -> dict[str, tuple[str, str]]:
             ["adapter", "name", "module", "d_out", "d_in", "r", "w_fro", "delta_fro", "proj_delta", "proj_w_top",
              "proj_random", "proj_random_expected", "amplification"],
             [[("" if isinstance(v, float) and not math.isfinite(v) else v) for v in row] for row in rows]))
+    if _has_intruders(report):
+        rows = [[a.label, m.name, m.module, m.d_out, m.d_in, m.k, m.threshold, m.count,
+                 " ".join(map(str, m.indices)), min(m.max_cosine) if m.max_cosine else ""]
+                for a in report.adapters if a.intruders for m in a.intruders]
+        files["intruders_csv"] = ("intruders.csv", _csv(
+            ["adapter", "name", "module", "d_out", "d_in", "k", "threshold", "intruders", "ranks", "min_max_cosine"],
+            rows))
     return files
 
 
@@ -279,4 +307,22 @@ def _amplification_html(report: AnalysisReport, figures: dict[str, bytes]) -> li
                               m.proj_random_expected, m.amplification] for m in a.amplification]))
         figures[f"amplification_{n + 1}"] = plots.amplification_figure(a.amplification, a.label)
         parts.append(_img(figures[f"amplification_{n + 1}"], "amplification"))
+    return parts
+
+
+def _intruders_html(report: AnalysisReport) -> list[str]:
+    """The intruder-dimension section (adapters analysed with --intruders)."""
+    k, eps = report.settings.get("intruder_k"), report.settings.get("intruder_threshold")
+    parts = [f"<h2>Intruder dimensions</h2><p>Shuttleworth et al. 2024 (arXiv:2410.21228): a singular vector of "
+             f"W0 + ΔW among its top k = {k} is an intruder when its largest |cosine| with every left singular "
+             f"vector of W0 is below ε = {eps}. LoRA tends to add them, full fine-tuning does not; the paper ties "
+             f"them to forgetting. Ranks are 1-based.</p>"]
+    for a in report.adapters:
+        if a.intruders is None:
+            continue
+        total = sum(m.count for m in a.intruders)
+        parts.append(f"<h3>{html.escape(a.label)}: {total} intruder(s) in {len(a.intruders)} weight(s)</h3>")
+        parts.append(_table(["name", "d_out×d_in", "intruders", "ranks", "min max|cos|", "σ_1 of W0 + ΔW"],
+                            [[m.name, f"{m.d_out}×{m.d_in}", str(m.count), " ".join(map(str, m.indices)) or "–",
+                              min(m.max_cosine), m.singular_values[0]] for m in a.intruders]))
     return parts
