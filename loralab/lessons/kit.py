@@ -93,6 +93,14 @@ class Settings:
         else:
             print(text)
 
+    def svg(self, markup: str, what: str) -> None:
+        """A diagram the lesson draws as SVG markup (its own code, not a file): inline in the page, and in a plain
+        script one line saying what it is (`what`, in the page's language)."""
+        if os.environ.get(ENV_PAGE_TEXT) == "1":
+            print(f"{SVG_START}{markup}{PROSE_END}")
+        else:
+            print(f"[{what}: {len(markup):,} characters of SVG, drawn in the page]")
+
     def announce(self) -> None:
         """The lesson's first words about its mode: in quick mode, that a tiny random model stands in for every
         model the text names (its numbers mean nothing; the normal-mode reading is hidden)."""
@@ -113,6 +121,8 @@ class Settings:
 
 # How kit.Settings.say marks prose in a cell's output; the runner renders what lies between as markdown.
 PROSE_START, PROSE_END = "\x1eprose\x1f", "\x1e"
+# How kit.Settings.svg marks a diagram's SVG markup; the runner embeds what lies between (up to PROSE_END) as is.
+SVG_START = "\x1esvg\x1f"
 
 
 def _argv_value(flag: str, default: str) -> str:

@@ -21,9 +21,14 @@
 # 合并并切换为两个 GLUE 任务训练的真实适配器。
 
 # %%
+import contextlib
 import copy
+import importlib.util
+import io
 import random
+import tempfile
 import time
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
@@ -56,6 +61,243 @@ def factors(model: nn.Module, adapter: str = "default"):
     (_, layer), = loralab.lora_layers(model)
     return layer.lora_adapters[adapter]
 
+
+# %% [markdown] lang="en"
+# ## 0. LoRA from scratch, then the real thing
+#
+# Before using loralab, write LoRA yourself. A LoRA layer wraps a frozen linear layer W0 (d×k) and adds two
+# small trainable matrices: A (r×k, random) and B (d×r, zero), so that
+#
+#     h = W0·x + (α/r)·B·A·x
+#
+# The class below is the whole idea in about 20 lines; its `forward` calls `answer_0`, the one line that is
+# yours to write (`x` holds the inputs as rows, (…, k), so A·x for every row is `x @ A.T`). We then swap it
+# into the query (Wq) and value (Wv) projections of every layer of the lesson's model, exactly where loralab's
+# preset puts LoRA, and compare with `loralab.inject` given the same A and B: logits and gradients must agree.
+
+# %% [markdown] lang="zh"
+# ## 0. 从零写一个 LoRA,再用真正的库
+#
+# 在使用 loralab 之前,先自己写 LoRA。LoRA 层包住一个冻结的线性层 W0(d×k),再加两个可训练的小矩阵:A(r×k,随机)
+# 和 B(d×r,零),使得
+#
+#     h = W0·x + (α/r)·B·A·x
+#
+# 下面这个类用大约 20 行写出了全部思想;它的 `forward` 调用 `answer_0`——由你来写的那一行(`x` 把输入按行存放,
+# 形状 (…, k),所以对每一行求 A·x 就是 `x @ A.T`)。然后把它换进本课模型每一层的查询投影(Wq)和值投影(Wv)——正是
+# loralab 预设放 LoRA 的位置——并与给定相同 A、B 的 `loralab.inject` 比较:logits 和梯度必须一致。
+
+# %%
+class LoRALinear(nn.Module):
+    """W0·x + (α/r)·B·A·x around a frozen nn.Linear `base` (W0: weight (d, k), and its bias):
+    A (r, k) random, B (d, r) zero, so the layer starts exactly at W0·x."""
+
+    def __init__(self, base: nn.Linear, r: int, alpha: float) -> None:
+        super().__init__()
+        self.base = base
+        self.base.requires_grad_(False)                                       # W0 frozen
+        self.A = nn.Parameter(torch.randn(r, base.in_features) / base.in_features ** 0.5)
+        self.B = nn.Parameter(torch.zeros(base.out_features, r))
+        self.scale = alpha / r
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if answer_0 is None:                   # not written yet: the layer stays W0·x
+            return self.base(x)
+        return answer_0(self, x)
+
+
+def swap_in(model: nn.Module, r: int = 8, alpha: float = 16.0) -> nn.Module:
+    """Replace Wq and Wv of every attention layer by a LoRALinear; freeze everything else."""
+    model.requires_grad_(False)
+    for layer in model.base_model.encoder.layer:
+        attention = layer.attention.self
+        attention.query = LoRALinear(attention.query, r, alpha)
+        attention.value = LoRALinear(attention.value, r, alpha)
+    return model
+
+
+# hint[en]: the frozen path layer.base(x) plus layer.scale times x through A, then B: (x @ layer.A.T) @ layer.B.T
+# hint[zh]: 冻结支路 layer.base(x),加上 layer.scale 乘以 x 先经过 A 再经过 B:(x @ layer.A.T) @ layer.B.T
+answer_0 = lambda layer, x: layer.base(x) + layer.scale * ((x @ layer.A.T) @ layer.B.T)   # noqa: E731
+
+# %%
+tok = kit.tokenizer(S)
+sst2_train, sst2_dev = kit.task_batches(S, "sst2", tok)
+small = {k: v[:8] for k, v in sst2_train[0].items()}                 # 8 labelled sentences
+base_model = kit.classifier(S)
+torch.manual_seed(0)
+ours = swap_in(copy.deepcopy(base_model)).double()                   # float64: the check compares two algorithms,
+mine = {name: m for name, m in ours.named_modules() if isinstance(m, LoRALinear)}   # not float32 rounding
+with torch.no_grad():
+    for m in mine.values():                  # B = 0 makes every forward W0·x; give B values, as after training
+        m.B.normal_(0.0, 0.02)
+theirs = loralab.inject(copy.deepcopy(base_model), LoraConfig(r=8, alpha=16.0)).double()
+with torch.no_grad():
+    for name, layer in loralab.lora_layers(theirs):                  # loralab's factors := ours
+        layer.lora_adapters["default"].A.copy_(mine[name].A)
+        layer.lora_adapters["default"].B.copy_(mine[name].B)
+print(t(f"LoRALinear swapped into {len(mine)} matrices ({', '.join(list(mine)[:2])}, …); loralab adapted "
+        f"{len(list(loralab.lora_layers(theirs)))}: the same ones",
+        f"LoRALinear 换进了 {len(mine)} 个矩阵({', '.join(list(mine)[:2])}……);loralab 适配了 "
+        f"{len(list(loralab.lora_layers(theirs)))} 个:同一批"))
+
+
+def compare_with_loralab() -> tuple[float, float] | str:
+    """(max |logits ours − loralab's|, max |gradient of A or B ours − loralab's|) on the 8 sentences, or why not."""
+    batch64 = {k: (v.double() if v.is_floating_point() else v) for k, v in small.items()}
+    try:
+        out_ours, out_theirs = ours(**batch64), theirs(**batch64)
+        out_ours.loss.backward()
+        out_theirs.loss.backward()
+    except Exception as exc:                  # a learner's wrong forward is a wrong answer, not a stopped lesson
+        return f"{type(exc).__name__}: {exc}"
+    logit_gap = (out_ours.logits - out_theirs.logits).abs().max().item()
+    grad_gap = max(max((mine[name].A.grad - layer.lora_adapters["default"].A.grad).abs().max().item(),
+                       (mine[name].B.grad - layer.lora_adapters["default"].B.grad).abs().max().item())
+                   for name, layer in loralab.lora_layers(theirs))
+    return logit_gap, grad_gap
+
+
+gaps = compare_with_loralab()
+SAME = "max |Δ| ≤ 1e-6"                   # the verdict in symbols: the same in both languages' checks
+if answer_0 is None:
+    verdict = None
+elif isinstance(gaps, str):
+    verdict = gaps                          # the exception your forward raised
+else:
+    print(t(f"max |logits ours − loralab's| = {gaps[0]:.1e}; max |∂L/∂A, ∂L/∂B ours − loralab's| = {gaps[1]:.1e}",
+            f"max |我们的 logits − loralab 的| = {gaps[0]:.1e};max |我们的 ∂L/∂A、∂L/∂B − loralab 的| = {gaps[1]:.1e}"))
+    verdict = SAME if max(gaps) <= 1e-6 else f"|Δlogits| = {gaps[0]:.1e}, |Δgrad| = {gaps[1]:.1e}"
+checks.equal("answer_0", verdict, SAME, t("your LoRALinear vs loralab.inject: logits and gradients",
+                                          "你的 LoRALinear 对比 loralab.inject:logits 和梯度"),
+             t("h = W0·x + (α/r)·B·A·x: layer.base(x) + layer.scale * (x @ A.T) @ B.T",
+               "h = W0·x + (α/r)·B·A·x:layer.base(x) + layer.scale * (x @ A.T) @ B.T"), "low-rank")
+
+# %% [markdown] lang="en"
+# **Practise with PEFT.** loralab writes adapters in the layout of Hugging Face's PEFT library
+# (`adapter_config.json` + `adapter_model.safetensors`), so the adapter we just built loads into PEFT's
+# `PeftModel` unchanged. The next cell saves loralab's adapter (float32, the factors above) and loads it with
+# PEFT on a fresh copy of the base model; the logits must be the same. (PEFT is optional for loralab: where
+# it is not installed the cell says so and goes on.)
+
+# %% [markdown] lang="zh"
+# **用 PEFT 库实践。** loralab 按 Hugging Face PEFT 库的格式(`adapter_config.json` + `adapter_model.safetensors`)
+# 保存适配器,所以刚刚建好的适配器可以原样加载进 PEFT 的 `PeftModel`。下一个单元保存 loralab 的适配器(float32,
+# 即上面的因子),再用 PEFT 把它加载到基础模型的一个新副本上;logits 必须相同。(PEFT 对 loralab 是可选的:没有安装时,
+# 这个单元会说明并继续。)
+
+# %%
+theirs32 = theirs.float()
+peft_gap = None
+if importlib.util.find_spec("peft") is None:
+    S.say("PEFT is not installed here (`pip install peft`), so this step is skipped.",
+          "这里没有安装 PEFT(`pip install peft`),跳过这一步。")
+else:
+    with contextlib.redirect_stderr(io.StringIO()):                   # PEFT's notes about optional kernels
+        from peft import PeftModel
+
+    with tempfile.TemporaryDirectory() as folder:
+        loralab.save_adapter(theirs32, Path(folder, "adapter"))
+        print(t("saved:", "已保存:"), sorted(p.name for p in Path(folder, "adapter").iterdir()))
+        with contextlib.redirect_stderr(io.StringIO()):
+            peft_model = PeftModel.from_pretrained(copy.deepcopy(base_model), Path(folder, "adapter")).eval()
+    plain_batch = {k: v for k, v in small.items() if k != "labels"}
+    with torch.no_grad():
+        peft_gap = (peft_model(**plain_batch).logits - theirs32(**plain_batch).logits).abs().max().item()
+    peft_config = peft_model.peft_config["default"]
+    print(t(f"PEFT read: r = {peft_config.r}, lora_alpha = {peft_config.lora_alpha}, target_modules = "
+            f"{sorted(peft_config.target_modules)}", f"PEFT 读到:r = {peft_config.r},lora_alpha = "
+            f"{peft_config.lora_alpha},target_modules = {sorted(peft_config.target_modules)}"))
+    S.say(f"loralab's adapter in PEFT: the logits differ from loralab's by at most {peft_gap:.1e} "
+          + ("— the same model, two libraries." if peft_gap <= 1e-5 else "— more than float32 rounding: a bug."),
+          f"loralab 的适配器在 PEFT 中:logits 与 loralab 的最大差为 {peft_gap:.1e}"
+          + ("——同一个模型,两个库。" if peft_gap <= 1e-5 else "——超出了 float32 舍入:这是个错误。"))
+
+# %% [markdown] lang="en"
+# **LoRA's structure.** The diagram below is drawn by this lesson (SVG). During training the input x takes two
+# parallel paths: the frozen W0, and the low-rank path A (down to r dimensions) then B (back up to d), scaled
+# by α/r; the two results are added. For inference the update is folded in: one matrix W0 + (α/r)·B·A, the
+# same shape and cost as W0.
+
+# %% [markdown] lang="zh"
+# **LoRA 的结构。** 下图由本课绘制(SVG)。训练时输入 x 走两条并行支路:冻结的 W0,以及低秩支路——先经 A(降到 r 维)
+# 再经 B(升回 d 维),乘以 α/r;两个结果相加。推理时把更新并入:一个矩阵 W0 + (α/r)·B·A,形状和计算量与 W0 相同。
+
+
+# %%
+def lora_svg(lang_t) -> str:
+    """LoRA's structure as SVG markup: training (W0 ∥ A → B → ×α/r, summed) and merged (W0 + (α/r)·B·A)."""
+    def box(x, y, w, h, label, fill):
+        return (f'<rect x="{x}" y="{y}" width="{w}" height="{h}" rx="6" fill="{fill}" stroke="#333"/>'
+                f'<text x="{x + w / 2}" y="{y + h / 2 + 5}" text-anchor="middle">{label}</text>')
+
+    def arrow(x1, y1, x2, y2):
+        return f'<line x1="{x1}" y1="{y1}" x2="{x2}" y2="{y2}" stroke="#333" marker-end="url(#arrow)"/>'
+
+    frozen, trainable = "#dde6f0", "#f6d7b0"
+    parts = ['<svg xmlns="http://www.w3.org/2000/svg" width="720" height="300" font-family="sans-serif" '
+             'font-size="14"><defs><marker id="arrow" markerWidth="8" markerHeight="8" refX="7" refY="4" '
+             'orient="auto"><path d="M0,0 L8,4 L0,8 z" fill="#333"/></marker></defs>',
+             f'<text x="10" y="20" font-weight="bold">{lang_t("training: two parallel paths", "训练时:两条并行支路")}</text>',
+             '<text x="20" y="95">x (k)</text>', arrow(60, 90, 110, 60), arrow(60, 90, 110, 140),
+             box(110, 35, 230, 50, lang_t("W0 (d×k, frozen)", "W0(d×k,冻结)"), frozen),
+             box(110, 115, 100, 50, lang_t("A (r×k)", "A(r×k)"), trainable), arrow(210, 140, 240, 140),
+             box(240, 115, 100, 50, lang_t("B (d×r)", "B(d×r)"), trainable), arrow(340, 140, 370, 140),
+             box(370, 120, 60, 40, "× α/r", "#ffffff"),
+             '<circle cx="480" cy="90" r="16" fill="#fff" stroke="#333"/><text x="480" y="96" '
+             'text-anchor="middle" font-size="20">+</text>',
+             arrow(340, 60, 465, 82), arrow(430, 140, 467, 100), arrow(496, 90, 540, 90),
+             '<text x="548" y="95">h = W0·x + (α/r)·B·A·x</text>',
+             f'<text x="130" y="185" font-size="12">{lang_t("A random, B = 0: ΔW = 0 at the start", "A 随机,B = 0:开始时 ΔW = 0")}</text>',
+             f'<text x="10" y="225" font-weight="bold">{lang_t("inference: merged into one matrix", "推理时:合并为一个矩阵")}</text>',
+             '<text x="20" y="270">x (k)</text>', arrow(60, 265, 110, 265),
+             box(110, 240, 230, 50, "W0 + (α/r)·B·A", frozen), arrow(340, 265, 400, 265),
+             f'<text x="408" y="270">h {lang_t("(no extra latency)", "(没有额外延迟)")}</text>', '</svg>']
+    return "".join(parts)
+
+
+S.svg(lora_svg(t), t("LoRA's structure", "LoRA 的结构"))
+
+# %% [markdown] lang="en"
+# **How low-rank is a real weight?** B·A has rank at most r. How much of a pretrained matrix would a rank-r
+# matrix capture? The best rank-r approximation is the SVD truncated to its r largest singular values
+# (Eckart–Young): W_r = U_r·Σ_r·V_rᵀ. Below, the lesson's model's Wq (first layer) and its reconstructions.
+
+# %% [markdown] lang="zh"
+# **真实权重有多"低秩"?** B·A 的秩至多为 r。一个秩 r 的矩阵能抓住预训练矩阵的多少?最好的秩 r 近似就是截断到前 r 个
+# 最大奇异值的 SVD(Eckart–Young 定理):W_r = U_r·Σ_r·V_rᵀ。下面是本课模型第一层的 Wq 及其重建。
+
+# %%
+Wq = base_model.base_model.encoder.layer[0].attention.self.query.weight.detach()       # (d, d)
+U, sigma, Vh = torch.linalg.svd(Wq, full_matrices=False)
+width = Wq.shape[0]
+recon_ranks = [r_ for r_ in (1, 2, 4, 8, 16, 32, 64, 128, 256, width) if r_ <= width]
+rel_error = {r_: ((Wq - U[:, :r_] @ torch.diag(sigma[:r_]) @ Vh[:r_]).norm() / Wq.norm()).item() for r_ in recon_ranks}
+print(t("relative error ‖W − W_r‖_F / ‖W‖_F:", "相对误差 ‖W − W_r‖_F / ‖W‖_F:"),
+      ", ".join(f"r = {r_}: {e:.3f}" for r_, e in rel_error.items()))
+shown_ranks = [recon_ranks[1], recon_ranks[3], recon_ranks[len(recon_ranks) // 2 + 1]]
+fig, axes = plt.subplots(1, 5, figsize=(13, 2.9))
+corner = slice(0, min(width, 48))
+limit = Wq[corner, corner].abs().max().item()
+for ax, r_ in zip(axes, [None] + shown_ranks):
+    shown = Wq if r_ is None else U[:, :r_] @ torch.diag(sigma[:r_]) @ Vh[:r_]
+    ax.imshow(shown[corner, corner], cmap="RdBu", vmin=-limit, vmax=limit)
+    ax.set(xticks=[], yticks=[], title=t("Wq (top-left corner)", "Wq(左上角)") if r_ is None else
+           t(f"rank {r_}: error {rel_error[r_]:.2f}", f"秩 {r_}:误差 {rel_error[r_]:.2f}"))
+axes[-1].plot(recon_ranks, [rel_error[r_] for r_ in recon_ranks], marker="o")
+axes[-1].set(xscale="log", xlabel=t("rank r", "秩 r"), ylabel=t("relative error", "相对误差"), ylim=(0, 1.05))
+fig.tight_layout()
+half = next(r_ for r_ in recon_ranks if rel_error[r_] <= 0.5)
+S.say(f"Measured on Wq of {S.model_name} ({width}×{width}): rank 8 leaves {rel_error[min(8, width)]:.0%} of the "
+      f"matrix's norm unexplained, and the error first falls to half at r = {half} ({half / width:.0%} of the full "
+      f"rank). " + ("So this weight itself is far from low-rank: " if rel_error[min(8, width)] > 0.5 else
+                    "Here a few directions already carry much of the weight, yet: ")
+      + "LoRA does not approximate W0 — it keeps W0 whole and bets that the *change* ΔW is low-rank "
+      "(the paper's hypothesis, measured in lessons 4 and 5).",
+      f"在{S.model_name}的 Wq({width}×{width})上实测:秩 8 留下矩阵范数的 {rel_error[min(8, width)]:.0%} 无法解释,"
+      f"误差在 r = {half}(满秩的 {half / width:.0%})时才第一次降到一半。"
+      + ("所以这个权重本身远不是低秩的:" if rel_error[min(8, width)] > 0.5 else "这里少数几个方向已经承载了权重的大部分,但是:")
+      + "LoRA 并不近似 W0——它完整保留 W0,押注的是*变化量* ΔW 是低秩的(论文的假设,在第 4、5 课中测量)。")
 
 # %% [markdown] lang="en"
 # ## 1. The forward pass by hand
@@ -124,8 +366,6 @@ with torch.no_grad():
 # 输出逐位相同。
 
 # %%
-tok = kit.tokenizer(S)
-sst2_train, sst2_dev = kit.task_batches(S, "sst2", tok)
 batch = {k: v for k, v in sst2_dev[0].items() if k != "labels"}        # input_ids (64, T), attention_mask ...
 base_model = kit.classifier(S)
 with torch.no_grad():

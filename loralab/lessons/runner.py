@@ -47,7 +47,7 @@ from loralab.errors import choose
 from loralab.files import atomic_folder, check_cache_folder, check_output_folder, save_figure, write_json, write_text
 from loralab.lessons import (CONCEPTS, ENV_CACHE, ENV_EXERCISES, ENV_LANG, ENV_PAGE_TEXT, ENV_QUICK, ENV_THREADS,
                              LANGUAGES, Lesson)
-from loralab.lessons.kit import MARKS, MISSING, PROSE_END, PROSE_START, RIGHT, WRONG, font_settings
+from loralab.lessons.kit import MARKS, MISSING, PROSE_END, PROSE_START, RIGHT, SVG_START, WRONG, font_settings
 
 OUTPUT_KIND = "lesson-page"
 _MARKER = re.compile(r"^# %%(?P<rest>.*)$")
@@ -255,7 +255,7 @@ class _Tee(io.TextIOBase):
         self.buffer_.write(text)
         if self.echo is not None:
 
-            self.echo.write(text.replace(PROSE_START, "").replace(PROSE_END, ""))
+            self.echo.write(text.replace(PROSE_START, "").replace(SVG_START, "").replace(PROSE_END, ""))
             self.echo.flush()
         return len(text)
 
@@ -456,19 +456,22 @@ def _image(path: Path) -> str:
 
 
 def _output_html(output: str) -> list[str]:
-    """A cell's printed output: plain text as <pre>, prose a cell wrote through kit.Settings.say as text."""
+    """A cell's printed output: plain text as <pre>, prose a cell wrote through kit.Settings.say as text, and a
+    diagram it drew through kit.Settings.svg as inline SVG (the lesson's own markup, embedded as is)."""
 
     parts = []
     rest = output
     while rest:
-        start = rest.find(PROSE_START)
-        text, rest = (rest, "") if start < 0 else (rest[:start], rest[start + len(PROSE_START):])
+        found = [(i, marker) for marker in (PROSE_START, SVG_START) if (i := rest.find(marker)) >= 0]
+        start, marker = min(found) if found else (-1, "")
+        text, rest = (rest, "") if start < 0 else (rest[:start], rest[start + len(marker):])
         if text.strip():
             parts.append(f'<pre class="output">{html.escape(text.strip(chr(10)).rstrip())}</pre>')
         if start >= 0:
             end = rest.find(PROSE_END)
-            prose, rest = (rest, "") if end < 0 else (rest[:end], rest[end + len(PROSE_END):].lstrip("\n"))
-            parts.append(f'<div class="prose">{_markdown(prose)}</div>')
+            body, rest = (rest, "") if end < 0 else (rest[:end], rest[end + len(PROSE_END):].lstrip("\n"))
+            parts.append(f'<div class="prose">{_markdown(body)}</div>' if marker == PROSE_START
+                         else f'<div class="diagram">{body}</div>')
     return parts
 
 

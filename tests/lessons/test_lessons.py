@@ -3,16 +3,18 @@ are written, and the numbers it computes are the ones worked out here independen
 2-layer BERT, hidden 32, MLP 37, 2-way head; tiny LLaMA hidden 32, 2 KV heads of 8)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
 
-from loralab.lessons import LESSONS
+from loralab.lessons import LESSONS, get_lesson
+from loralab.lessons.runner import exercise_source, run_lesson
 
 D, LAYERS, FFN, HEAD = 32, 2, 37, 32 * 2 + 2
 GPT3_PARAMS = 174_604_259_328
 # Lessons and their check-yourself counts; a lesson that loses an exercise should fail loudly.
-CHECKS = {1: 5, 2: 5, 3: 5, 4: 6, 5: 5}
+CHECKS = {1: 5, 2: 6, 3: 5, 4: 6, 5: 5}
 PREDICTIONS = {1: 0, 2: 1, 3: 2, 4: 0, 5: 0}
 
 
@@ -63,6 +65,33 @@ def test_lesson_2_numbers(quick_lessons):
     # with a constant scale s = α the update grows with r; dividing by r keeps it from growing
     assert norms["α (no division)"][-1] > norms["α/r (the paper)"][-1]
     assert norms["α/r (the paper)"][-1] <= norms["α/r (the paper)"][0]
+
+
+def test_lesson_2_lora_from_scratch_peft_and_pictures(quick_lessons, quick_lessons_zh):
+    ns = quick_lessons[2][0].namespace
+    logit_gap, grad_gap = ns["gaps"]                            # the learner's LoRALinear vs loralab.inject
+    assert logit_gap <= 1e-6 and grad_gap <= 1e-6 and len(ns["mine"]) == 4      # Wq, Wv of 2 layers
+    (check,) = [c for c in quick_lessons[2][0].checks if c["key"] == "answer_0"]
+    assert check["status"] == "right" and check["concept"] == "low-rank"
+    if importlib.util.find_spec("peft") is not None:
+        assert ns["peft_gap"] is not None and ns["peft_gap"] <= 1e-5          # PEFT's PeftModel, same logits
+    errors = [ns["rel_error"][r] for r in ns["recon_ranks"]]
+    assert all(a >= b for a, b in zip(errors, errors[1:])) and errors[-1] < 1e-5  # full rank rebuilds Wq
+    for runs, label in ((quick_lessons, "training: two parallel paths"), (quick_lessons_zh, "训练时:两条并行支路")):
+        page = (runs[2][1] / "index.html").read_text(encoding="utf-8")
+        assert page.count('<div class="diagram"><svg') == 1 and label in page and "W0 + (α/r)·B·A" in page
+
+
+def test_lesson_2_a_wrong_from_scratch_forward_is_wrong_not_a_traceback(quick_lessons, tmp_path):
+    copy = exercise_source(get_lesson(2).path.read_text(encoding="utf-8"), "en").replace(
+        "answer_0 = None  # your answer", "answer_0 = lambda layer, x: layer.base(x) + (x @ layer.A.T) @ layer.B.T", 1)
+    source = tmp_path / "lesson_2.en.py"
+    source.write_text(copy, encoding="utf-8")
+    cache = next(iter(quick_lessons.values()))[1].parent / "cache"
+    run = run_lesson(get_lesson(2), tmp_path / "out", cache, quick=True, exercises=True, source=source)
+    assert run.failed is None, run.failed.error
+    (check,) = [c for c in run.checks if c["key"] == "answer_0"]
+    assert check["status"] == "wrong" and "|Δlogits| = " in check["answer"]      # the scale α/r left out
 
 
 def test_lesson_3_numbers(quick_lessons):
