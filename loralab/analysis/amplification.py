@@ -119,12 +119,5 @@ def compare_with_base(deltas: list[LowRankDelta], weights: dict[str, torch.Tenso
                       seed: int = 0) -> list[ModuleAmplification]:
     """`amplification_of` for every ΔW. weights: {module path: W0 (d_full, k)} in the matrix view;
     a fused-slice ΔW is compared with its own rows of W0."""
-    out = []
-    for delta in deltas:
-        if delta.module not in weights:
-            raise LoraLabError(f"no base weight for {delta.module}; pass the base model the adapter was trained on")
-        W = weights[delta.module]
-        if delta.rows is not None:
-            W = W[delta.rows[0]:delta.rows[1]]
-        out.append(amplification_of(delta, W, trials, torch.Generator().manual_seed(seed)))
-    return out
+    return [amplification_of(delta, delta.base_weight(weights), trials, torch.Generator().manual_seed(seed))
+            for delta in deltas]

@@ -66,6 +66,19 @@ class LowRankDelta:
         """ΔW as a dense (d, k) float64 matrix. O(d·k·r) time and d·k memory: for tests and small layers."""
         return self.scale * (self.B @ self.A)
 
+    def base_weight(self, weights: dict[str, torch.Tensor]) -> torch.Tensor:
+        """This ΔW's W0 (d, k) from {module path: W0 (d_full, k)} in the matrix view: a fused-slice ΔW's own
+        rows. One line when the module is missing or the shapes differ (an adapter of another base)."""
+        if self.module not in weights:
+            raise LoraLabError(f"no base weight for {self.module}; pass the base model the adapter was trained on")
+        W0 = weights[self.module]
+        if self.rows is not None:
+            W0 = W0[self.rows[0]:self.rows[1]]
+        if tuple(W0.shape) != (self.d_out, self.d_in):
+            raise LoraLabError(f"{self.name}: base weight is {tuple(W0.shape)} but ΔW is ({self.d_out}, "
+                               f"{self.d_in}); the adapter was trained on a different base model")
+        return W0
+
 
 def make_delta(name: str, A: torch.Tensor, B: torch.Tensor, scale: float = 1.0, module: str | None = None,
                rows: tuple[int, int] | None = None) -> LowRankDelta:

@@ -107,18 +107,8 @@ def adapter_intruders(deltas: list[LowRankDelta], weights: dict[str, torch.Tenso
                       threshold: float = DEFAULT_THRESHOLD) -> list[ModuleIntruders]:
     """`intruders_of` for every ΔW of an adapter. weights: {module path: W0 (d_full, n)}; a fused-slice ΔW is
     compared with its own rows of W0."""
-    out = []
-    for delta in deltas:
-        if delta.module not in weights:
-            raise LoraLabError(f"no base weight for {delta.module}; pass the base model the adapter was trained on")
-        W0 = weights[delta.module]
-        if delta.rows is not None:
-            W0 = W0[delta.rows[0]:delta.rows[1]]
-        if tuple(W0.shape) != (delta.d_out, delta.d_in):
-            raise LoraLabError(f"{delta.name}: base weight is {tuple(W0.shape)} but ΔW is ({delta.d_out}, "
-                               f"{delta.d_in}); the adapter was trained on a different base model")
-        out.append(intruders_of(delta.name, delta, W0, k, threshold, module=delta.module))
-    return out
+    return [intruders_of(delta.name, delta, delta.base_weight(weights), k, threshold, module=delta.module)
+            for delta in deltas]
 
 
 def reduce_intruders(delta: torch.Tensor, base: torch.Tensor, scale: float, k: int = DEFAULT_K,
