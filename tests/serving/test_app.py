@@ -13,20 +13,12 @@ import httpx
 import pytest
 import torch
 
+from tests.serving.over_http import client, complete
+
 import loralab
 from loralab.generation import BatchDecoder, SamplingParams
 from loralab.serving.api import MAX_JSON_DEPTH
 from loralab.testing import tiny_model
-
-
-def client(server, **kw) -> httpx.Client:
-    return httpx.Client(base_url=server.url, timeout=60, **kw)
-
-
-def complete(c: httpx.Client, model: str, prompt: str, **kw) -> dict:
-    r = c.post("/v1/completions", json={"model": model, "prompt": prompt, "temperature": 0, "max_tokens": 8, **kw})
-    assert r.status_code == 200, r.text
-    return r.json()
 
 
 @pytest.fixture(scope="module")

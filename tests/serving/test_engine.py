@@ -4,32 +4,14 @@ request gets an error object, the others in the same batch get every token and t
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import threading
-import time
 
 import httpx
 import pytest
 
+from tests.serving.over_http import stream_lines, streamed_text, wait_until
+
 import loralab
-
-
-def wait_until(condition, what: str) -> None:
-    deadline = time.monotonic() + 30
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.01)
-
-
-def stream_lines(c: httpx.Client, model: str, prompt: str, max_tokens: int) -> list[str]:
-    with c.stream("POST", "/v1/completions", json={"model": model, "prompt": prompt, "max_tokens": max_tokens,
-                                                   "temperature": 0, "stream": True}) as r:
-        assert r.status_code == 200, r.read()
-        return [line for line in r.iter_lines() if line]
-
-
-def streamed_text(lines: list[str]) -> str:
-    return "".join(e["choices"][0]["text"] for e in (json.loads(line[6:]) for line in lines[:-1]) if e["choices"])
 
 
 def one_batch(server, c: httpx.Client, break_it) -> tuple[list[str], httpx.Response, str]:

@@ -5,7 +5,8 @@ forward for the rows of every adapter; the classifier engine's batches across re
 from __future__ import annotations
 
 import pytest
-import torch
+
+from tests.serving.conftest import word_tokenizer
 
 import loralab
 from loralab.generation import SamplingParams
@@ -13,7 +14,6 @@ from loralab.serving.api import ApiError
 from loralab.serving.engine import ClassifierEngine, ClassifyJob, GenerationEngine, GenerationJob
 from loralab.serving.telemetry import Metrics
 from loralab.testing import fill_adapter, tiny_model
-from tests.serving.conftest import word_tokenizer
 
 
 class Sink:

@@ -18,8 +18,8 @@ import pytest
 from loralab import LoraLabError
 from loralab.cli.main import build_parser
 from loralab.cli.serve_cmd import settings_from_args
-from loralab.serving.telemetry import Metrics
 from loralab.serving.settings import ServeSettings
+from loralab.serving.telemetry import Metrics
 
 
 def test_sigterm_finishes_running_streams_and_refuses_new_requests(start_server, lm_files):

@@ -4,39 +4,16 @@ lookup and tokenisation), and hot loading refuses adapter folders with symlinks 
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import os
 import shutil
 import threading
-import time
 
 import httpx
 import pytest
 
+from tests.serving.over_http import client, stream_lines, streamed_text, wait_until
+
 from loralab.serving.api import ApiError
-
-
-def client(server) -> httpx.Client:
-    return httpx.Client(base_url=server.url, timeout=60)
-
-
-def wait_until(condition, what: str) -> None:
-    deadline = time.monotonic() + 30
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.01)
-
-
-def stream_lines(c: httpx.Client, model: str, prompt: str, max_tokens: int) -> list[str]:
-    with c.stream("POST", "/v1/completions", json={"model": model, "prompt": prompt, "max_tokens": max_tokens,
-                                                   "temperature": 0, "stream": True}) as r:
-        assert r.status_code == 200, r.read()
-        return [line for line in r.iter_lines() if line]
-
-
-def streamed_text(lines: list[str]) -> str:
-    events = [json.loads(line[6:]) for line in lines[:-1]]
-    return "".join(e["choices"][0]["text"] for e in events if e["choices"])
 
 
 def test_pin_holds_the_adapter_and_release_is_idempotent(start_server, lm_files):

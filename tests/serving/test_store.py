@@ -8,10 +8,11 @@ import concurrent.futures
 import os
 import shutil
 import threading
-import time
 
 import httpx
 import pytest
+
+from tests.serving.over_http import client, wait_until
 
 from loralab.cli.main import build_parser
 from loralab.cli.serve_cmd import settings_from_args
@@ -21,17 +22,6 @@ from loralab.serving.settings import ServeSettings
 from loralab.serving.store import OTHER_LABEL, ColdLoadLimiter, MetricLabels, Recency, adapter_bytes, check_store_name
 
 PROMPT = "the cat sat on"
-
-
-def client(server) -> httpx.Client:
-    return httpx.Client(base_url=server.url, timeout=60)
-
-
-def wait_until(condition, what: str) -> None:
-    deadline = time.monotonic() + 30
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.01)
 
 
 def ask(c: httpx.Client, model: str, prompt: str = PROMPT) -> httpx.Response:
