@@ -2,10 +2,9 @@
 import json
 import os
 
+import gguf
 import numpy as np
 import pytest
-
-import gguf
 
 import loralab
 from loralab.cli.main import main

@@ -4,32 +4,12 @@ up mid-run. One line, exit 2, the same for --print-config as for a run; nothing 
 complete. Tiny random-init BERT, SST-2 slices, runs of a few steps."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 
+from tests.cli.train_runs import train_argv as _argv
+
 from loralab.cli.main import main
-
-REPO = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("training_fixtures", REPO / "tests" / "training" / "conftest.py")
-fixtures = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fixtures)
-
-
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("inputs")
-    return {"model": fixtures.write_tiny_bert(folder / "bert"),
-            "train": fixtures.write_sst2_slice(folder, 0, 48, "train.tsv"),
-            "dev": fixtures.write_sst2_slice(folder, 1000, 24, "dev.tsv")}
-
-
-def _argv(inputs, output: Path, *extra: str) -> list[str]:
-    return ["train", "--model", str(inputs["model"]), "--train-file", str(inputs["train"]), "--dev-file",
-            str(inputs["dev"]), "--max-length", "32", "--batch-size", "8", "--max-steps", "6", "--eval-every", "3",
-            "--checkpoint-every", "3", "--lr", "5e-3", "--threads", "1", "--no-progress", "--output", str(output),
-            *extra]
 
 
 def _error(argv, capsys) -> str:

@@ -59,7 +59,7 @@ def test_merge_takes_the_old_positional_output_with_a_warning(capsys):
 
 
 def _choices(argv: list[str], dest: str) -> tuple:
-    from loralab.cli.main import build_parser, COMMANDS
+    from loralab.cli.main import COMMANDS, build_parser
 
     parser = build_parser({argv[0]: COMMANDS[argv[0]]})
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[argv[0]]
