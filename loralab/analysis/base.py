@@ -1,27 +1,25 @@
-"""Base weights W0 for the ΔW-versus-W analysis, read from a transformers model folder."""
+"""Base weights W0 for the ΔW-versus-W analysis, read from a base model (builtin name, folder, .gguf, hub id)."""
 from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from loralab.core.kinds import weight_matrix
 from loralab.errors import LoraLabError
+from loralab.models.loading import resolve_model_spec
 
 
-def load_base_model(model_dir: str | os.PathLike) -> nn.Module:
-    """Load a transformers model folder on the CPU in float32, with the class its config.json names
-    (so module paths match an adapter trained on that class), falling back to AutoModel."""
+def load_base_model(model_spec: str | os.PathLike) -> nn.Module:
+    """Load the base model `model_spec` names (a builtin name, a model folder, a .gguf file or a cached hub id:
+    loralab.models.resolve_model_spec) on the CPU in float32, with the class its config.json names (so
+    module paths match an adapter trained on that class), falling back to AutoModel."""
     import transformers
 
-    folder = Path(model_dir)
+    folder = resolve_model_spec(model_spec)      # a plain folder holding config.json, or LoraLabError
     config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise LoraLabError(f"base model folder {folder} has no config.json; pass a transformers model folder "
-                           f"(save_pretrained output)")
     try:
         architectures = json.loads(config_path.read_text(encoding="utf-8")).get("architectures") or []
     except json.JSONDecodeError as exc:

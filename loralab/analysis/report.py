@@ -73,7 +73,8 @@ def analyze_adapters(adapter_dirs: list[str | os.PathLike], base: str | os.PathL
     `intruders` (needs a base) the intruder dimensions of W0 + ΔW among its top `intruder_k` singular vectors
     at cosine threshold `intruder_threshold` (`loralab.analysis.intruders`).
 
-    base: a transformers model folder (or pass an already loaded `base_model` nn.Module).
+    base: the base model, a builtin name, model folder, .gguf file or cached hub id (or pass an already
+    loaded `base_model` nn.Module).
     trials: draws for each random baseline; seed seeds them (results are reproducible).
     """
     if not 1 <= len(adapter_dirs) <= 2:
@@ -81,7 +82,7 @@ def analyze_adapters(adapter_dirs: list[str | os.PathLike], base: str | os.PathL
     if intruders:
         check_intruder_settings(intruder_k, intruder_threshold)
         if base is None and base_model is None:
-            raise LoraLabError("--intruders compares W0 + ΔW with the base weights W0; pass --base MODEL_DIR")
+            raise LoraLabError("--intruders compares W0 + ΔW with the base weights W0; pass --base MODEL")
     labels = _labels([str(p) for p in adapter_dirs])
     analyses, notes = [], []
     for label, path in zip(labels, adapter_dirs):

@@ -2,7 +2,7 @@
 
 One adapter folder: singular value spectrum, effective and stable rank of every ΔW.
 Two adapter folders: also the paper's subspace similarity φ(i, j) per module (e.g. r=8 vs r=64, two seeds).
-With --base MODEL_DIR: also ΔW versus W (paper Table 7) and the amplification factor per module.
+With --base MODEL (a builtin name, model folder, .gguf file or cached hub id, as train takes): also ΔW versus W (paper Table 7) and the amplification factor per module.
 With --base and --intruders: also the intruder dimensions of W0 + ΔW (Shuttleworth et al. 2024) per module.
 """
 from __future__ import annotations
@@ -18,8 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("adapters", nargs="+", metavar="ADAPTER_DIR",
                         help="one or two adapter folders (adapter_config.json + adapter_model.safetensors)")
-    parser.add_argument("--base", metavar="MODEL_DIR", default=None,
-                        help="transformers folder of the base model: adds ΔW versus W and the amplification factor")
+    parser.add_argument("--base", metavar="MODEL", default=None,
+                        help="the base model (builtin name, model folder, .gguf file or cached hub id): adds ΔW "
+                             "versus W and the amplification factor")
     add_output_argument(parser, "folder for report.html, CSV/JSON and figures (required)", metavar="DIR")
     parser.add_argument("--factor", choices=["A", "B"], default="A",
                         help="subspace similarity on A's right-singular vectors (paper, default) or B's left ones")
@@ -38,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from loralab.analysis.intruders import check_intruder_settings
     from loralab.analysis.report import OUTPUT_KIND, analyze_adapters, is_analysis_folder, report_inputs, write_report
+    from loralab.cli.model_args import resolve_model_arg
     from loralab.cli.output_args import required_output
     from loralab.files import check_output_folder
 
@@ -50,9 +52,15 @@ def run(args: argparse.Namespace) -> int:
     if args.intruders:
         check_intruder_settings(args.intruder_k, args.intruder_threshold)
         if args.base is None:
-            raise LoraLabError("--intruders compares W0 + ΔW with the base weights W0; pass --base MODEL_DIR")
-    check_output_folder(output, OUTPUT_KIND, report_inputs({"adapters": args.adapters, "base": args.base}),
-                        reuse=True, recognise=is_analysis_folder)      # the output policy, before any work
+            raise LoraLabError("--intruders compares W0 + ΔW with the base weights W0; pass --base MODEL")
+    inputs = report_inputs({"adapters": args.adapters, "base": args.base})
+    check_output_folder(output, OUTPUT_KIND, inputs, reuse=True, recognise=is_analysis_folder)  # before any work
+    if args.base is not None:
+        # The folder a builtin name / .gguf file / hub id resolves to is read too: the report may not go there.
+        base, base_inputs = resolve_model_arg(args.base)
+        if base_inputs != (base,):
+            check_output_folder(output, OUTPUT_KIND, [*inputs, *base_inputs], reuse=True,
+                                recognise=is_analysis_folder)
     report = analyze_adapters(args.adapters, base=args.base, factor=args.factor, trials=args.trials,
                               seed=args.seed, split_fused=not args.no_split_fused, intruders=args.intruders,
                               intruder_k=args.intruder_k, intruder_threshold=args.intruder_threshold)

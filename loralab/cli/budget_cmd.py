@@ -2,6 +2,7 @@
 
 Examples:
   loralab budget --shape gpt3-175b --r 1 8 --targets q v
+  loralab budget --model all-minilm-l6-v2 --r 8 --targets all-linear    # any model train takes, or a config.json
   loralab budget --model path/to/model_folder --r 8 --targets q v o --batch-size 16 --seq-len 128
   loralab budget --shape llama-7b --targets all-linear --dtype bf16 --attention flash --json
   loralab budget --shape llama-65b --targets all-linear --r 64 --dtype bf16 --quantize nf4 --double-quant \
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 # Only light modules at import time: torch and transformers load in run(), so --help stays fast.
 from loralab.budget.shapes import SHAPES
@@ -29,8 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--shape", metavar="NAME",
                         help=f"a named model shape: {', '.join(SHAPES)} (see --list-shapes)")
-    source.add_argument("--model", metavar="PATH",
-                        help="a transformers model folder or its config.json (only the config is read)")
+    source.add_argument("--model", metavar="MODEL",
+                        help="a builtin model name, model folder, .gguf file, cached hub id, or a config.json "
+                             "(only the config is read)")
     parser.add_argument("--list-shapes", action="store_true", help="list the named shapes and exit")
     parser.add_argument("--architecture", metavar="CLASS",
                         help="transformers class to count, e.g. BertForSequenceClassification "
@@ -85,12 +86,13 @@ def run(args: argparse.Namespace) -> int:
         print(_list_shapes())
         return 0
     if not args.shape and not args.model:
-        raise LoraLabError("give --shape NAME or --model PATH (see `loralab budget --list-shapes`)")
+        raise LoraLabError("give --shape NAME or --model MODEL (see `loralab budget --list-shapes`)")
     from loralab.budget.memory_estimate import TrainingSetup
     from loralab.budget.report import estimate_budgets, format_report, report_dict
     from loralab.budget.shapes import find_shape
+    from loralab.cli.model_args import resolve_config_arg
 
-    source = find_shape(args.shape) if args.shape else Path(args.model)
+    source = find_shape(args.shape) if args.shape else resolve_config_arg(args.model)
     setup = TrainingSetup(batch_size=args.batch_size, seq_len=args.seq_len, dtype=args.dtype,
                           master_weights=not args.no_master_weights, attention=args.attention,
                           gradient_checkpointing=args.gradient_checkpointing, quantize=args.quantize,

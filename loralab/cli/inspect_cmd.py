@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from loralab.cli.lora_args import add_lora_arguments, lora_config_from_args
 from loralab.errors import LoraLabError
@@ -27,12 +26,11 @@ def meta_model(path: str, task: str = "auto"):
     import torch
     import transformers
 
+    from loralab.cli.model_args import resolve_config_arg
     from loralab.cli.task_args import model_task
-    from loralab.models import auto_model_class, resolve_model_spec
+    from loralab.models import auto_model_class
 
-    p = Path(path)
-    if not (p.is_file() and p.suffix == ".json") and not (p / "config.json").is_file():
-        p = resolve_model_spec(path)        # a builtin name, a .gguf file or a cached hub id, as train takes
+    p = resolve_config_arg(path)            # a builtin name, a .gguf file or a cached hub id, as train takes
     config_file = p / "config.json" if p.is_dir() else p
     if not config_file.is_file():
         raise LoraLabError(f"{path} is neither a model folder with config.json nor a config.json file")

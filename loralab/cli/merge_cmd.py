@@ -88,7 +88,7 @@ def _output(args: argparse.Namespace) -> Path:
 def run(args: argparse.Namespace) -> int:
     import loralab
     from loralab import files
-    from loralab.models import resolve_model_spec
+    from loralab.cli.model_args import resolve_model_arg
 
     out, base, adapter = _output(args), Path(args.base), Path(args.adapter)
     inputs = (base, adapter)
@@ -99,9 +99,9 @@ def run(args: argparse.Namespace) -> int:
     if args.requantize and scheme == "none":
         raise LoraLabError("--requantize stores the merged weights quantized again: give the base's --quantize "
                            "int8 or nf4 too")
-    base = resolve_model_spec(args.base)     # a builtin name, folder, .gguf file or cached hub id, as train takes
+    base, base_inputs = resolve_model_arg(args.base)    # a builtin name, folder, .gguf file or cached hub id
     if base != Path(args.base):
-        inputs = (Path(args.base), base, adapter)
+        inputs = (*base_inputs, adapter)
         files.check_output_folder(out, MERGED_KIND, inputs, overwrite=args.overwrite)
     adapter_file = loralab.read_adapter(adapter)
     model = load_base_for_adapter(str(base), adapter_file, args.task)

@@ -146,7 +146,7 @@ def test_cli_errors(bert_setup, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     (tmp_path / "base").mkdir()
     assert main(["analyze", str(root / "r4"), "--base", str(tmp_path / "base"), "--output", str(tmp_path / "o")]) == 2
-    assert "config.json" in capsys.readouterr().err
+    assert "holds neither config.json nor a .gguf file" in capsys.readouterr().err
 
 
 def test_base_module_resolution_across_task_heads():
@@ -161,3 +161,53 @@ def test_base_module_resolution_across_task_heads():
     W = base_weights(classifier, [name])[name]
     assert W.dtype == torch.float64 and W.shape == (32, 32)
     torch.testing.assert_close(W, bare.encoder.layer[1].attention.self.value.weight.detach().double())
+
+
+@pytest.fixture(scope="module")
+def minilm_adapter(tmp_path_factory):
+    """An adapter on the builtin MiniLM with random factors (injected and filled, not trained)."""
+    from transformers import AutoModel
+
+    from loralab.models import resolve_model_spec
+
+    folder = resolve_model_spec("all-minilm-l6-v2")
+    model = loralab.inject(AutoModel.from_pretrained(folder).eval(), loralab.LoraConfig(r=2, alpha=4))
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for _, layer in lora_layers(model):
+            f = layer.lora_adapters["default"]
+            f.A.copy_(torch.randn(f.A.shape, generator=g))
+            f.B.copy_(torch.randn(f.B.shape, generator=g) * 0.1)
+    path = tmp_path_factory.mktemp("minilm") / "adapter"
+    loralab.save_adapter(model, path)
+    return folder, path
+
+
+def test_base_takes_a_builtin_model_name_as_train_does(minilm_adapter, tmp_path, capsys):
+    folder, adapter = minilm_adapter
+    assert main(["analyze", str(adapter), "--base", "all-minilm-l6-v2", "--trials", "2",
+                 "--output", str(tmp_path / "by_name")]) == 0
+    assert main(["analyze", str(adapter), "--base", str(folder), "--trials", "2",
+                 "--output", str(tmp_path / "by_folder")]) == 0
+    by_name = json.loads((tmp_path / "by_name" / "analysis.json").read_text())
+    by_folder = json.loads((tmp_path / "by_folder" / "analysis.json").read_text())
+    assert by_name["settings"].pop("base") == "all-minilm-l6-v2"     # the report names the model as given
+    assert by_folder["settings"].pop("base") == str(folder)
+    assert by_name == by_folder and len(by_name["adapters"][0]["amplification"]) == 12
+    assert (tmp_path / "by_name" / "amplification.csv").read_bytes() == \
+        (tmp_path / "by_folder" / "amplification.csv").read_bytes()
+
+
+def test_base_name_resolves_before_the_output_policy_and_unknown_names_are_one_line(minilm_adapter, tmp_path,
+                                                                                    capsys):
+    folder, adapter = minilm_adapter
+    before = sorted(p.name for p in folder.iterdir())
+    assert main(["analyze", str(adapter), "--base", "all-minilm-l6-v2", "--output", str(folder / "report")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("loralab analyze: error: ") and err.count("\n") == 1     # inside the resolved folder
+    assert sorted(p.name for p in folder.iterdir()) == before
+    assert main(["analyze", str(adapter), "--base", "no-such-model-here", "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("loralab analyze: error: model 'no-such-model-here' not found: not a builtin "
+                          "model (") and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()

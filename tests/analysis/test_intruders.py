@@ -188,7 +188,7 @@ def test_cli_without_intruders_has_no_table(tiny_adapter, tmp_path):
 @pytest.mark.parametrize("extra, message", [
     (["--intruder-k", "0"], "--intruder-k must be an integer ≥ 1, got 0"),
     (["--intruder-threshold", "2"], "--intruder-threshold must be a cosine similarity in (0, 1], got 2.0"),
-    (["--no-base"], "--intruders compares W0 + ΔW with the base weights W0; pass --base MODEL_DIR"),
+    (["--no-base"], "--intruders compares W0 + ΔW with the base weights W0; pass --base MODEL"),
 ])
 def test_cli_bad_values_exit_2_with_one_line(tiny_adapter, tmp_path, capsys, extra, message):
     root, _ = tiny_adapter

@@ -67,8 +67,8 @@ def test_list_shapes(capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--shape", "gpt5"], "unknown shape 'gpt5'; choose one of gpt3-175b, gpt2-small"),
-    ([], "give --shape NAME or --model PATH"),
-    (["--model", "no/such/folder"], "does not exist"),
+    ([], "give --shape NAME or --model MODEL"),
+    (["--model", "no/such/folder"], "model 'no/such/folder' not found: no such file or folder"),
     (["--shape", "gpt2-small", "--r", "0"], "r must be a positive integer"),
     (["--shape", "gpt2-small", "--batch-size", "0"], "batch_size must be a positive integer"),
     (["--shape", "gpt2-small", "--targets", "gate"], "has no 'gate' projection"),
@@ -86,3 +86,21 @@ def test_help(capsys):
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "--shape NAME" in out and "--list-shapes" in out and "loralab budget --shape gpt3-175b" in out
+
+
+def test_model_takes_a_builtin_name_as_train_does(capsys):
+    from loralab.models import resolve_model_spec
+
+    assert main(["budget", "--model", "all-minilm-l6-v2", "--r", "4", "8", "--targets", "all-linear", "--json"]) == 0
+    by_name = capsys.readouterr().out
+    folder = resolve_model_spec("all-minilm-l6-v2")
+    assert main(["budget", "--model", str(folder), "--r", "4", "8", "--targets", "all-linear", "--json"]) == 0
+    assert by_name == capsys.readouterr().out
+    assert json.loads(by_name)["model"]["total_params"] == 22_713_216
+
+
+def test_model_that_is_no_builtin_folder_or_cached_hub_id_is_the_loaders_one_line(capsys):
+    assert main(["budget", "--model", "no-such-model-here"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("loralab budget: error: model 'no-such-model-here' not found: not a builtin "
+                          "model (") and err.count("\n") == 1
