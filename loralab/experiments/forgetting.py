@@ -257,7 +257,8 @@ def run(out: str | os.PathLike = "runs/experiments/forgetting", quick: bool = Fa
                     ["run", "method", "targets", "r", "seeds", *[f"{c}_{k}" for c in (f"dev_{metric}", "auc_after",
                                                                                      "forgetting")
                                                                for k in ("median", "min", "max")], "pareto"],
-                    summary, "pareto: no other configuration has a higher median score and lower median forgetting.")]
+                    summary, "pareto: no other configuration has a median score at least as high and a median "
+                             "forgetting at least as low, one of the two strictly better.")]
     meta = grid_meta(quick, specs, results, ["train_limit", "dev_limit", "epochs", "batch_size", "max_length"],
                      alpha=ALPHA, metric=metric, seeds=seeds or 1, probe=f"{PROBE} {PROBE_SPLIT}",
                      probe_pairs=len(pairs), auc_before=before, forgetting="auc_before - auc_after")
