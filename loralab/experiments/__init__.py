@@ -11,6 +11,8 @@
     intrinsic-dim  train θ0 + P·z for a random Fastfood P, sweep d, d90; spectrum of full FT's ΔW
                    (Aghajanyan et al. 2020)
     lr-sweep       a few learning rates for LoRA and full fine-tuning (the paper tuned each method)
+    forgetting     LoRA (Wq,Wv vs all-linear, several r) and full FT: target score vs the base encoder's lost
+                   paraphrase separation on MRPC dev (Biderman et al. 2024)
 
 `seeds=N` (where an experiment takes it) trains every run with seeds 0 .. N-1 and reports the median and
 spread; `runs=[...]` trains only the named runs of the grid.
@@ -39,6 +41,7 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
     "data-size": ("loralab.experiments.data_size", "LoRA vs full FT, prefix-tuning, adapters on 100 .. all examples"),
     "intrinsic-dim": ("loralab.experiments.intrinsic_dim", "random d-dim subspace training (Fastfood), d90, ΔW spectrum"),
     "lr-sweep": ("loralab.experiments.lr_sweep", "a small learning-rate sweep for LoRA and full fine-tuning"),
+    "forgetting": ("loralab.experiments.forgetting", "target score vs lost paraphrase separation, LoRA vs full FT"),
 }
 
 

@@ -161,3 +161,25 @@ def bar_figure(labels: list[str], values: list[float], ylabel: str, title: str, 
     ax.set_title(title)
     ax.grid(alpha=0.3, axis="y")
     return _png(fig)
+
+
+def scatter_figure(points: dict[str, tuple[float, float]], xlabel: str, ylabel: str, title: str,
+                   front: list[str] | None = None) -> bytes:
+    """A PNG scatter plot of {label: (x, y)}, each point labelled; `front`: labels joined by a line in x order
+    (e.g. a Pareto front). Points with a non-finite coordinate are left out."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 3.6))
+    ax = fig.subplots()
+    shown = {k: v for k, v in points.items() if all(math.isfinite(c) for c in v)}
+    for label, (x, y) in shown.items():
+        ax.scatter([x], [y], color="#4a7ab5")
+        ax.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    line = sorted(shown[k] for k in (front or []) if k in shown)
+    if len(line) > 1:
+        ax.plot([p[0] for p in line], [p[1] for p in line], color="grey", linestyle="--", linewidth=1)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    return _png(fig)

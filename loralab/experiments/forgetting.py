@@ -1,0 +1,274 @@
+"""forgetting: does fine-tuning cost the base model its original ability? (Biderman et al. 2024, "LoRA Learns
+Less and Forgets Less"), for the sentence encoder all-MiniLM-L6-v2.
+
+The shipped checkpoint has no masked-LM head (its safetensors hold the encoder and a pooler only), so its
+original ability is the one it was trained for: sentence embeddings (mean over the real tokens of the last
+hidden states, as its 1_Pooling/config.json says) whose cosine similarity separates paraphrases from
+non-paraphrases. The probe: GLUE MRPC dev (408 pairs; the label "1" = paraphrase), scored by ROC-AUC of the
+pair's cosine similarity against the label (`roc_auc`: the chance that a random paraphrase pair scores above
+a random non-paraphrase pair, ties counting one half).
+
+    forgetting = AUC of the base encoder − AUC of the fine-tuned encoder     (positive: the ability was lost)
+
+After fine-tuning on the target task (SST-2 by default, `--data` to change) the embedding comes from the
+fine-tuned encoder: LoRA's factors active on the frozen base, full fine-tuning's trained weights; the
+classifier head is not used. Grid: LoRA at r ∈ RANKS on Wq, Wv (attention only) and on every linear layer
+("all-linear"), and full fine-tuning; data and schedule of the rank experiment; learning rates of the
+methods experiment (LoRA 1e-3, full 5e-5). `--seeds N`: medians and spreads. Each run's AUC is kept in
+its folder (forgetting.json), so a re-run reads it back.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from loralab.data.builtin import load_builtin
+from loralab.data.examples import Example
+from loralab.errors import LoraLabError, choose
+from loralab.experiments.common import (RunResult, RunSpec, grid_meta, one_thread, run_grid, select_runs, spread,
+                                        with_seeds)
+from loralab.experiments.methods import METHOD_GRID
+from loralab.experiments.rank import ALPHA, metric_name, settings
+from loralab.experiments.report import ExperimentReport, Table, scatter_figure, write_experiment_report
+from loralab.experiments.targets import lora_targets
+from loralab.files import write_json
+from loralab.models import load_model, load_tokenizer
+from loralab.runtime.load import load_with_adapters
+from loralab.training.config import TrainConfig
+from loralab.training.run_folder import TRAINABLE_FILE, load_trainable_tensors
+
+RANKS = (4, 16, 64)
+QUICK_RANKS = (2, 8)
+# label -> LoraConfig fields beyond r and alpha (None: the model family's Wq, Wv from the architecture table)
+TARGET_SETS: dict[str, str | None] = {"Wq,Wv": None, "all-linear": "all-linear"}
+PROBE = "mrpc"                   # the builtin pair data set whose dev split is the probe
+PROBE_SPLIT = "dev"
+PARAPHRASE = "1"                 # MRPC's label of a paraphrase pair
+PROBE_MAX_LENGTH = 128           # tokens per sentence when embedding (MRPC sentences are shorter)
+QUICK_PROBE_PAIRS = 64
+FORGETTING_FILE = "forgetting.json"
+
+
+# --------------------------------------------------------------------------------------------------
+# The measurement: ROC-AUC of the embeddings' cosine similarity on paraphrase pairs
+# --------------------------------------------------------------------------------------------------
+
+def roc_auc(scores: Sequence[float], labels: Sequence[bool]) -> float:
+    """Area under the ROC curve of `scores` for the positives in `labels`: the Mann-Whitney U statistic over
+    (number of positives × negatives), ties counting one half. NaN when either class is empty."""
+    if len(scores) != len(labels):
+        raise LoraLabError(f"roc_auc: {len(scores)} scores but {len(labels)} labels; give one label per score")
+    positives = sum(1 for y in labels if y)
+    negatives = len(labels) - positives
+    if positives == 0 or negatives == 0:
+        return math.nan
+    order = sorted(range(len(scores)), key=lambda i: scores[i])
+    ranks = [0.0] * len(scores)
+    start = 0
+    while start < len(order):           # tied scores share the mean of their 1-based ranks
+        end = start
+        while end + 1 < len(order) and scores[order[end + 1]] == scores[order[start]]:
+            end += 1
+        for i in order[start:end + 1]:
+            ranks[i] = (start + end) / 2 + 1
+        start = end + 1
+    rank_sum = sum(r for r, y in zip(ranks, labels) if y)
+    return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
+
+
+@torch.no_grad()
+def sentence_embeddings(encoder: nn.Module, tokenizer: Any, texts: Sequence[str], max_length: int = PROBE_MAX_LENGTH,
+                        batch_size: int = 32) -> torch.Tensor:
+    """(len(texts), hidden) mean of the last hidden states over each sentence's real tokens (the pooling
+    all-MiniLM-L6-v2 was trained with). encoder: a transformers base model (no head), in eval mode."""
+    encoder.eval()
+    device = next(encoder.parameters()).device
+    out = []
+    for start in range(0, len(texts), batch_size):
+        batch = tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True,
+                          max_length=max_length, return_tensors="pt").to(device)
+        hidden = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        out.append(((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).float().cpu())
+    return torch.cat(out)
+
+
+def paraphrase_auc(encoder: nn.Module, tokenizer: Any, pairs: Sequence[Example]) -> float:
+    """ROC-AUC of the cosine similarity of each pair's two sentence embeddings against "is a paraphrase"."""
+    first = sentence_embeddings(encoder, tokenizer, [p.text for p in pairs])
+    second = sentence_embeddings(encoder, tokenizer, [p.text_pair or "" for p in pairs])
+    cosines = torch.nn.functional.cosine_similarity(first, second, dim=-1).tolist()
+    return roc_auc(cosines, [str(p.label) == PARAPHRASE for p in pairs])
+
+
+def probe_pairs(quick: bool) -> list[Example]:
+    """The probe's sentence pairs: MRPC dev (its first QUICK_PROBE_PAIRS in quick mode)."""
+    pairs = load_builtin(PROBE, splits=[PROBE_SPLIT])[PROBE_SPLIT]
+    return pairs[:QUICK_PROBE_PAIRS] if quick else pairs
+
+
+# --------------------------------------------------------------------------------------------------
+# The encoder before and after fine-tuning
+# --------------------------------------------------------------------------------------------------
+
+def base_encoder(model_spec: str) -> tuple[nn.Module, Any]:
+    """(the base model without a head, its tokenizer)."""
+    return load_model(model_spec, task="base").eval(), load_tokenizer(model_spec)
+
+
+def _lora_encoder(run_folder: Path, model_spec: str) -> nn.Module:
+    """The base with the run's LoRA adapter active; the encoder part of the classifier it loads into."""
+    return load_with_adapters({"run": run_folder / "adapter"}, model=model_spec).model.base_model
+
+
+def _full_encoder(run_folder: Path, model_spec: str) -> nn.Module:
+    """The base encoder with full fine-tuning's trained weights (all of them, saved under the classifier's
+    names, e.g. bert.encoder...; the head's tensors are left out)."""
+    encoder = load_model(model_spec, task="base")
+    prefix = encoder.base_model_prefix + "."
+    tensors = {name[len(prefix):]: t for name, t in load_trainable_tensors(run_folder / "adapter" / TRAINABLE_FILE)
+               .items() if name.startswith(prefix)}
+    missing = [name for name, _ in encoder.named_parameters() if name not in tensors]
+    if missing:
+        raise LoraLabError(f"{run_folder}: the full fine-tuning run saved no {prefix}{missing[0]}; "
+                           f"delete the run folder and train it again")
+    encoder.load_state_dict(tensors, strict=False)
+    return encoder.eval()
+
+
+# method of the grid -> how its fine-tuned encoder is loaded from a finished run folder
+ENCODER_LOADERS: dict[str, Callable[[Path, str], nn.Module]] = {"lora": _lora_encoder, "full": _full_encoder}
+
+
+def auc_after(result: RunResult, model_spec: str, tokenizer: Any, pairs: Sequence[Example]) -> float:
+    """The fine-tuned encoder's probe AUC; kept in the run folder (FORGETTING_FILE) and read back when there."""
+    path = result.folder / FORGETTING_FILE
+    if path.is_file():
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if saved.get("pairs") == len(pairs):
+            return float(saved["auc_after"])
+    method = result.info["method"]
+    encoder = ENCODER_LOADERS[choose(method, ENCODER_LOADERS, "method of the forgetting experiment")](
+        result.folder, model_spec)
+    auc = paraphrase_auc(encoder, tokenizer, pairs)
+    write_json(path, {"auc_after": auc, "probe": f"{PROBE} {PROBE_SPLIT}", "pairs": len(pairs)})
+    return auc
+
+
+# --------------------------------------------------------------------------------------------------
+# The grid and the report
+# --------------------------------------------------------------------------------------------------
+
+def forgetting_specs(quick: bool, data: str | None, model: str | None, out: Path) -> list[RunSpec]:
+    """LoRA at each rank on each target set, then full fine-tuning."""
+    model_spec, data_name, train = settings(quick, data, model, out)
+    common = dict(model=model_spec, data=data_name, seed=0, eval_every=0, checkpoint_every=0, progress=False)
+    qv = lora_targets(model_spec)["Wq,Wv"]
+    specs = []
+    for label, targets in TARGET_SETS.items():
+        fields = qv if targets is None else {"targets": targets}
+        short = "qv" if targets is None else "all"
+        for r in QUICK_RANKS if quick else RANKS:
+            config = TrainConfig(lora={"r": r, "alpha": ALPHA, **fields}, **dict(train, **common,
+                                 lr=METHOD_GRID["lora"][2 if quick else 1]))
+            specs.append(RunSpec(f"lora-{short}-r{r}", config, {"method": "lora", "targets": label, "r": r}))
+    config = TrainConfig(method="full", method_options={}, **dict(train, **common,
+                                                                   lr=METHOD_GRID["full"][2 if quick else 1]))
+    specs.append(RunSpec("full", config, {"method": "full", "targets": "all weights", "r": None}))
+    return specs
+
+
+def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
+    """The names whose (score, forgetting) no other point beats: none has a score at least as high and
+    forgetting at least as low, with one of the two strictly better. NaN points are never on the front."""
+    finite = {k: v for k, v in points.items() if all(math.isfinite(x) for x in v)}
+
+    def beaten(score: float, forget: float) -> bool:
+        return any(s >= score and f <= forget and (s > score or f < forget) for s, f in finite.values())
+
+    return [name for name, (score, forget) in finite.items() if not beaten(score, forget)]
+
+
+def summary_rows(rows: Sequence[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
+    """One row per base run: median, min and max over seeds of the target metric, AUC after and forgetting."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(row["base_run"], []).append(row)
+    out = []
+    for base, members in groups.items():
+        summary = {"run": base, **{k: members[0][k] for k in ("method", "targets", "r")}, "seeds": len(members)}
+        for column in (f"dev_{metric}", "auc_after", "forgetting"):
+            stats = spread([m[column] for m in members])
+            summary.update({f"{column}_{k}": stats[k] for k in ("median", "min", "max")})
+        out.append(summary)
+    return out
+
+
+def run(out: str | os.PathLike = "runs/experiments/forgetting", quick: bool = False, data: str | None = None,
+        model: str | None = None, log: Callable[[str], None] = print, seeds: int | None = None,
+        runs: list[str] | None = None) -> ExperimentReport:
+    """Train (or reuse) the grid, measure the probe AUC of the base and of each fine-tuned encoder, write the
+    report. seeds: every run with seeds 0..seeds-1 (medians and spreads); runs: only these ("full", ...)."""
+    out = Path(out)
+    specs = with_seeds(select_runs(forgetting_specs(quick, data, model, out), runs), seeds or 1)
+    results = run_grid(specs, out / "runs", log=log)
+    metric = metric_name(results)
+    model_spec = specs[0].config.model
+    pairs = probe_pairs(quick)
+    with one_thread():
+        encoder, tokenizer = base_encoder(model_spec)
+        before = paraphrase_auc(encoder, tokenizer, pairs)
+        log(f"probe: base encoder's {PROBE} {PROBE_SPLIT} paraphrase AUC {before:.4f} ({len(pairs)} pairs)")
+        rows = []
+        for result in results:
+            after = auc_after(result, model_spec, tokenizer, pairs)
+            rows.append({"run": result.name, "base_run": result.info["base_run"], "seed": result.info["seed"],
+                         **{k: result.info[k] for k in ("method", "targets", "r")},
+                         f"dev_{metric}": result.metric(metric), "auc_before": before, "auc_after": after,
+                         "forgetting": before - after, "trainable_params": result.trainable_params,
+                         "steps": result.steps, "seconds_per_step": result.seconds_per_step})
+            log(f"    {result.name}: dev {metric} {rows[-1][f'dev_{metric}']:.4f}, AUC after {after:.4f}, "
+                f"forgetting {before - after:+.4f}")
+    summary = summary_rows(rows, metric)
+    points = {s["run"]: (s[f"dev_{metric}_median"], s["forgetting_median"]) for s in summary}
+    front = set(pareto_front(points))
+    for s in summary:
+        s["pareto"] = s["run"] in front
+    many = (seeds or 1) > 1
+    figures = {"pareto": scatter_figure(
+        {name: (f, score) for name, (score, f) in points.items()},
+        "forgetting (AUC before − after" + (", median over seeds)" if many else ")"),
+        f"dev {metric}" + (" (median over seeds)" if many else ""),
+        "target task against forgetting (Pareto front joined)", front=[n for n in points if n in front])}
+    definition = (f"forgetting = AUC before − AUC after: ROC-AUC of the mean-pooled sentence embeddings' cosine "
+                  f"similarity against the paraphrase label on {PROBE.upper()} {PROBE_SPLIT} ({len(pairs)} pairs); "
+                  f"positive = the base's ability was lost. AUC before = {before:.4f}.")
+    tables = [Table("forgetting", "Target task and forgetting, each run",
+                    ["run", "method", "targets", "r", "seed", f"dev_{metric}", "auc_before", "auc_after", "forgetting",
+                     "trainable_params", "steps", "seconds_per_step"], rows, definition),
+              Table("summary", "Per configuration" + (" over seeds (median, min, max)" if many else ""),
+                    ["run", "method", "targets", "r", "seeds", *[f"{c}_{k}" for c in (f"dev_{metric}", "auc_after",
+                                                                                     "forgetting")
+                                                               for k in ("median", "min", "max")], "pareto"],
+                    summary, "pareto: no other configuration has a median score at least as high and a median "
+                             "forgetting at least as low, one of the two strictly better.")]
+    meta = grid_meta(quick, specs, results, ["train_limit", "dev_limit", "epochs", "batch_size", "max_length"],
+                     alpha=ALPHA, metric=metric, seeds=seeds or 1, probe=f"{PROBE} {PROBE_SPLIT}",
+                     probe_pairs=len(pairs), auc_before=before, forgetting="auc_before - auc_after")
+    report = ExperimentReport("forgetting", "Experiment: forgetting (Biderman et al. 2024)",
+                              "LoRA (attention only and all linear layers, several ranks) and full fine-tuning on "
+                              "the target task; the base encoder's paraphrase separation before and after.",
+                              tables, figures, meta)
+    write_experiment_report(report, out)
+    return report
+
+
+__all__ = ["ENCODER_LOADERS", "base_encoder", "forgetting_specs", "paraphrase_auc", "pareto_front",
+           "probe_pairs", "roc_auc", "run", "sentence_embeddings"]
