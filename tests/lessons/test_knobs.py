@@ -36,7 +36,7 @@ def test_a_bad_knob_is_one_line(text, message):
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["3", "rank=2"], "loralab learn: error: unknown knob 'rank' for lesson 3; did you mean 'r'? its knobs are r, lr, "
+    (["3", "stpes=4"], "loralab learn: error: unknown knob 'stpes' for lesson 3; did you mean 'steps'? its knobs are r, lr, "
                       "steps (`loralab learn` lists them)\n"),
     (["3", "steps=0"], "loralab learn: error: knob steps=0 is out of range: steps must be between 1 and 1000\n"),
     (["1", "r=2"], "loralab learn: error: lesson 1 has no knobs (unknown knob 'r'); `loralab learn` lists each "
