@@ -56,7 +56,7 @@ def list_lessons(lang: str = "en") -> str:
         for lesson in LESSONS:
             lines.append(f"  {lesson.number}  {lesson.heading('zh')}")
             lines += [f"     旋钮 {knob.name}=…:{knob.what_zh}(默认 {show(knob.default)})"
-                      for knob in KNOBS[lesson.number]]
+                      for knob in KNOBS.get(lesson.number, ())]
         lines += ["", "运行一课:`loralab learn N --lang zh`(加 --quick 用微型模型几秒内检查,加 --exercises 自己作答);",
                   "生成 runs/lessons/NN-zh/index.html。"]
         return "\n".join(lines)
@@ -65,7 +65,7 @@ def list_lessons(lang: str = "en") -> str:
     for lesson in LESSONS:
         lines.append(f"  {lesson.number}  {lesson.title}")
         lines.append(f"     concepts: {', '.join(lesson.concepts)}")
-        lines += [f"     knob {knob.line()}" for knob in KNOBS[lesson.number]]
+        lines += [f"     knob {knob.line()}" for knob in KNOBS.get(lesson.number, ())]
     lines += ["", "Run one with `loralab learn N` (add --quick for a seconds-long check on a tiny model); it writes",
               "runs/lessons/NN/index.html. Knobs re-run a lesson's experiment with other values: `loralab learn 3 "
               "r=1,4,16 lr=1e-3`", "(cached apart; page in runs/lessons/NN-knobs-…). The lesson files are notebooks in jupytext's percent format:",
@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     from loralab.lessons.kit import KNOBS
     from loralab.lessons.knobs import parse_knobs, show
 
-    knobs = parse_knobs(KNOBS[lesson.number], args.knobs, lesson.number)
+    knobs = parse_knobs(KNOBS.get(lesson.number, ()), args.knobs, lesson.number)
     if args.threads < 1:
         raise LoraLabError(f"--threads must be at least 1, got {args.threads}")
     from loralab.lessons import LANGUAGES

@@ -371,7 +371,8 @@ def run_lesson(lesson: Lesson, out: str | os.PathLike, cache: str | os.PathLike,
 
 
     choose(lang, LANGUAGES, "lesson language")
-    knobs = parse_knobs(KNOBS[lesson.number], [f"{k}={show(v)}" for k, v in (knobs or {}).items()], lesson.number)
+    texts = [f"{k}={show(v)}" for k, v in (knobs or {}).items()]
+    knobs = parse_knobs(KNOBS.get(lesson.number, ()), texts, lesson.number)
     out, cache = Path(out), Path(cache)
     path = Path(source) if source is not None else lesson.path
     check_output_folder(out, OUTPUT_KIND, [cache, path], overwrite=True)   # the output policy, before the lesson runs
