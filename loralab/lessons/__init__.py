@@ -19,9 +19,10 @@ FOLDER = Path(__file__).resolve().parent
 # (paired markdown cells and kit.Settings.t(en, zh) in the lesson files; tests/lessons checks the pairs).
 LANGUAGES = ("en", "zh")
 # How `loralab.lessons.runner` tells a lesson it runs (kit.settings reads them): quick mode, the cache of
-# trained runs, torch threads, the language, exercise mode, and that prose goes into the page.
+# trained runs, torch threads, the language, exercise mode, that prose goes into the page, and the knobs.
 ENV_QUICK, ENV_CACHE, ENV_THREADS = "LORALAB_LESSON_QUICK", "LORALAB_LESSON_CACHE", "LORALAB_LESSON_THREADS"
 ENV_LANG, ENV_EXERCISES, ENV_PAGE_TEXT = "LORALAB_LESSON_LANG", "LORALAB_LESSON_EXERCISES", "LORALAB_LESSON_PAGE"
+ENV_KNOBS = "LORALAB_LESSON_KNOBS"    # the knob values of the run, as JSON (loralab.lessons.knobs.encode)
 
 
 @dataclass(frozen=True)
@@ -136,4 +137,4 @@ def get_lesson(number: int) -> Lesson:
     raise unknown(number, [lesson.number for lesson in LESSONS], "lesson", " (`loralab learn` lists them)")
 
 
-__all__ = ["CONCEPTS", "CONCEPT_KEYS", "Concept", "FOLDER", "LANGUAGES", "LESSONS", "Lesson", "get_concept", "get_lesson"]
+__all__ = ["CONCEPTS", "CONCEPT_KEYS", "Concept", "ENV_KNOBS", "FOLDER", "LANGUAGES", "LESSONS", "Lesson", "get_concept", "get_lesson"]

@@ -19,7 +19,7 @@ import random
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +35,9 @@ from loralab.data.labels import LabelMap
 from loralab.errors import choose
 from loralab.experiments.common import quick_model_dir
 from loralab.files import write_json, write_safetensors
-from loralab.lessons import (CONCEPTS, ENV_CACHE, ENV_EXERCISES, ENV_LANG, ENV_PAGE_TEXT, ENV_QUICK, ENV_THREADS,
-                             LANGUAGES, get_concept)
+from loralab.lessons import (CONCEPTS, ENV_CACHE, ENV_EXERCISES, ENV_KNOBS, ENV_LANG, ENV_PAGE_TEXT, ENV_QUICK,
+                             ENV_THREADS, LANGUAGES, get_concept)
+from loralab.lessons.knobs import FLOAT, INT, INTS, Knob, decode, fingerprint
 from loralab.models import load_model, load_tokenizer
 
 MODEL = "all-minilm-l6-v2"
@@ -79,6 +80,14 @@ class Settings:
     recipe: Recipe
     lang: str = "en"
     exercises: bool = False
+    knobs: dict[str, Any] = field(default_factory=dict)   # the knob values given for this run (none: defaults)
+
+    def knob(self, name: str, lesson: int) -> Any:
+        """The value of `lesson`'s knob `name` for this run: the learner's (`loralab learn N name=value`) or the
+        lesson's default in this mode (the KNOBS table)."""
+        if name in self.knobs:
+            return self.knobs[name]
+        return next(k for k in KNOBS[lesson] if k.name == name).value(self.quick)
 
     def t(self, en: str, zh: str) -> str:
         """The text in the lesson's language: both are written side by side in the lesson source."""
@@ -103,7 +112,8 @@ class Settings:
 
     def announce(self) -> None:
         """The lesson's first words about its mode: in quick mode, that a tiny random model stands in for every
-        model the text names (its numbers mean nothing; the normal-mode reading is hidden)."""
+        model the text names (its numbers mean nothing; the normal-mode reading is hidden). (A knob run's values
+        are the page's first line: the runner writes it.)"""
         if self.quick:
             self.say("**Quick mode:** a tiny random model (2 layers, hidden size 32) stands in for every model the "
                      "text names (all-MiniLM-L6-v2, SmolLM2): its numbers mean nothing, the mechanics and the checks "
@@ -150,7 +160,11 @@ def settings() -> Settings:
 
         matplotlib.rcParams.update(font_settings(lang))
     model = str(quick_model(cache)) if quick else MODEL
-    return Settings(quick, cache, threads, model, QUICK if quick else NORMAL, lang, exercises)
+    knobs = decode(os.environ.get(ENV_KNOBS))
+    recipe = QUICK if quick else NORMAL
+    if "steps" in knobs:
+        recipe = replace(recipe, steps=knobs["steps"])
+    return Settings(quick, cache, threads, model, recipe, lang, exercises, knobs)
 
 
 # Debian's fonts-noto-cjk (`make setup` installs it) and where other systems put the same font.
@@ -363,9 +377,13 @@ def train_run(S: Settings, method: str, data: str = "sst2", lr: float | None = N
     the head."""
     lr = LEARNING_RATES[method] if lr is None else lr
     name = f"{data}-{method}" + "".join(f"-{k}{v}" for k, v in sorted(options.items()))
+    if S.knobs:   # a knob run's entries live apart from the default runs, which lessons 4 and 5 read
+        name += f"-knobs-{fingerprint(S.knobs)}"
     folder = S.cache / name
     settings = {"model": S.model, "data": data, "task": list(TASKS[data]), "recipe": asdict(S.recipe),
                 "method": method, "options": options, "lr": lr}
+    if S.knobs:
+        settings["knobs"] = {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(S.knobs.items())}
     cached = _cached(folder, settings)
     if cached is not None:
         log(f"{name}: reusing the run in {folder}")
@@ -388,9 +406,28 @@ def train_run(S: Settings, method: str, data: str = "sst2", lr: float | None = N
     return run
 
 
-def lora_run(S: Settings, r: int, alpha: float = 16.0, log: Callable[[str], None] = print) -> Run:
-    """LoRA on Wq, Wv (the preset) with rank r and fixed alpha, plus the head: lessons 3, 4 and 5 share these."""
-    return train_run(S, "lora", log=log, r=r, alpha=alpha)
+def lora_run(S: Settings, r: int, alpha: float = 16.0, log: Callable[[str], None] = print,
+             lr: float | None = None) -> Run:
+    """LoRA on Wq, Wv (the preset) with rank r and fixed alpha, plus the head: lessons 3, 4 and 5 share these.
+    lr: the learning rate (None: LEARNING_RATES["lora"])."""
+    return train_run(S, "lora", lr=lr, log=log, r=r, alpha=alpha)
+
+
+# --------------------------------------------------------------------------------------------------
+# Knobs: what `loralab learn N name=value` may change, per lesson (loralab.lessons.knobs)
+# --------------------------------------------------------------------------------------------------
+KNOBS: dict[int, tuple[Knob, ...]] = {
+    1: (),
+    2: (),
+    3: (Knob("r", INTS, (1, 2, 4, 8, 64), 1, 256, "the LoRA ranks §4 trains side by side",
+             "第 4 节并排训练的 LoRA 秩", quick_default=(1, 2, 4, 8, 16)),
+        Knob("lr", FLOAT, LEARNING_RATES["lora"], 1e-5, 0.1, "the learning rate of those LoRA runs",
+             "这些 LoRA 训练的学习率"),
+        Knob("steps", INT, NORMAL.steps, 1, 1000, f"optimizer steps of every run ({NORMAL.batch_size} new sentences each)",
+             f"每次训练的优化步数(每步 {NORMAL.batch_size} 个新句子)", quick_default=QUICK.steps)),
+    4: (),
+    5: (),
+}
 
 
 # --------------------------------------------------------------------------------------------------

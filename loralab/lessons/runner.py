@@ -45,9 +45,10 @@ from typing import Any
 
 from loralab.errors import choose
 from loralab.files import atomic_folder, check_cache_folder, check_output_folder, save_figure, write_json, write_text
-from loralab.lessons import (CONCEPTS, ENV_CACHE, ENV_EXERCISES, ENV_LANG, ENV_PAGE_TEXT, ENV_QUICK, ENV_THREADS,
-                             LANGUAGES, Lesson)
-from loralab.lessons.kit import MARKS, MISSING, PROSE_END, PROSE_START, RIGHT, SVG_START, WRONG, font_settings
+from loralab.lessons import (CONCEPTS, ENV_CACHE, ENV_EXERCISES, ENV_KNOBS, ENV_LANG, ENV_PAGE_TEXT, ENV_QUICK,
+                             ENV_THREADS, LANGUAGES, Lesson)
+from loralab.lessons.kit import KNOBS, MARKS, MISSING, PROSE_END, PROSE_START, RIGHT, SVG_START, WRONG, font_settings
+from loralab.lessons.knobs import encode, page_line, parse_knobs, show
 
 OUTPUT_KIND = "lesson-page"
 _MARKER = re.compile(r"^# %%(?P<rest>.*)$")
@@ -100,6 +101,7 @@ class LessonRun:
     namespace: dict[str, Any] = field(repr=False)
     lang: str = "en"
     exercises: bool = False
+    knobs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def failed(self) -> CellResult | None:
@@ -356,29 +358,35 @@ def execute(path: Path, figures_dir: Path, echo: bool = False,
 def run_lesson(lesson: Lesson, out: str | os.PathLike, cache: str | os.PathLike, quick: bool = False,
                threads: int = 1, echo: bool = False,
                on_cell: Callable[[int, int, Cell], None] | None = None, lang: str = "en",
-               exercises: bool = False, source: str | os.PathLike | None = None) -> LessonRun:
+               exercises: bool = False, source: str | os.PathLike | None = None,
+               knobs: dict[str, Any] | None = None) -> LessonRun:
     """Execute `lesson` in `lang` and write index.html, figures/ and run.json into `out` (replaced
     atomically; an existing folder is replaced only if loralab wrote it as a lesson page). The lesson trains
     into or reuses `cache` (one cache for every language: the runs do not depend on it). With `exercises`
     the answers are blank — or, with `source` (a learner's exercise copy, exercise_source), the learner's.
+    `knobs`: {name: value} of the lesson's knobs (kit.KNOBS; checked here, as `loralab learn` parses them); the
+    runs they train are cached apart from the default runs, and the page's first line records them.
     A lesson that fails still gets its page, which shows the error; check `LessonRun.failed`."""
     import matplotlib
 
 
     choose(lang, LANGUAGES, "lesson language")
+    texts = [f"{k}={show(v)}" for k, v in (knobs or {}).items()]
+    knobs = parse_knobs(KNOBS.get(lesson.number, ()), texts, lesson.number)
     out, cache = Path(out), Path(cache)
     path = Path(source) if source is not None else lesson.path
     check_output_folder(out, OUTPUT_KIND, [cache, path], overwrite=True)   # the output policy, before the lesson runs
     check_cache_folder(cache)
     env = {ENV_QUICK: "1" if quick else "0", ENV_CACHE: str(cache.resolve()), ENV_THREADS: str(threads),
-           ENV_LANG: lang, ENV_EXERCISES: "1" if exercises else "0", ENV_PAGE_TEXT: "1"}
+           ENV_LANG: lang, ENV_EXERCISES: "1" if exercises else "0", ENV_PAGE_TEXT: "1",
+           ENV_KNOBS: encode(knobs)}
     with atomic_folder(out, OUTPUT_KIND, replace=True) as scratch:
         started, cpu_started = time.perf_counter(), time.process_time()
         with _environment(env), _process_settings_kept(), matplotlib.rc_context(font_settings(lang)):
             results, namespace = execute(path, scratch / "figures", echo=echo, on_cell=on_cell, lang=lang,
                                          quick=quick, blank=exercises and source is None)
         run = LessonRun(lesson, quick, results, time.perf_counter() - started, time.process_time() - cpu_started,
-                        threads, namespace, lang, exercises)
+                        threads, namespace, lang, exercises, knobs)
         write_text(scratch / "index.html", render_html(run, scratch))
         write_json(scratch / "run.json", run_summary(run, scratch))
     for result in run.results:   # the figures now live in `out`, not in the scratch folder
@@ -390,7 +398,8 @@ def run_summary(run: LessonRun, folder: Path) -> dict:
     failed = run.failed
     return {
         "lesson": run.lesson.number, "title": run.lesson.heading(run.lang), "quick": run.quick,
-        "lang": run.lang, "exercises": run.exercises, "score": _score(run),
+        "lang": run.lang, "exercises": run.exercises, "knobs": {k: show(v) for k, v in run.knobs.items()},
+        "score": _score(run),
         "seconds": round(run.seconds, 2), "cpu_seconds": round(run.cpu_seconds, 2), "threads": run.threads,
         "failed": failed is not None,
         "error": None if failed is None else failed.error.strip().splitlines()[-1],
@@ -415,6 +424,7 @@ img { max-width: 100%; display: block; margin: .5rem 0; }
 table { border-collapse: collapse; margin: .6rem 0; } th, td { border: 1px solid #ddd; padding: .2rem .5rem; }
 .meta { color: #666; font-size: .85rem; } .time { color: #999; font-size: .75rem; text-align: right; }
 .note { color: #666; font-style: italic; border-left: 3px solid #ccc; padding-left: .6rem; }
+.knobs { background: #eef3ff; border: 1px solid #b8c6f0; padding: .3rem .6rem; border-radius: 4px; }
 .prose { border-left: 3px solid #4a7; padding-left: .6rem; }
 details.hint { background: #fffbe6; border: 1px solid #ecd98b; border-radius: 4px; padding: .2rem .6rem; margin: .3rem 0; }
 .checks { background: #f1faf3; border: 1px solid #b9e2c2; padding: .4rem .8rem; border-radius: 4px; }
@@ -558,6 +568,8 @@ def render_html(run: LessonRun, folder: Path) -> str:
             f"({run.cpu_seconds:.1f} CPU s), {time.strftime('%Y-%m-%d %H:%M')}; Python {platform.python_version()}, "
             f"torch {torch.__version__}, {run.threads} {words['threads']}. {words['source']}: {lesson.file}.")
     body = [f'<p class="meta">{html.escape(meta)}</p>']
+    if run.knobs:
+        body.insert(0, f'<p class="knobs">{html.escape(page_line(run.knobs, run.lang))}</p>')
     for result in run.results:
         body.extend(_cell_html(result, words))
     body.append(_checks_html(run, words))
