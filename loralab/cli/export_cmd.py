@@ -52,12 +52,12 @@ def _base_config(base: str | None, adapter: str):
     """The base model's transformers config, from local files only."""
     import transformers
 
-    from loralab.models import resolve_model_spec
+    from loralab.cli.model_args import resolve_model_arg
 
     if not base:
         raise LoraLabError(f"{adapter} does not name its base model (base_model_name_or_path); give it with "
                            f"--base MODEL (the model the adapter was trained on)")
-    folder = resolve_model_spec(base)
+    folder, _ = resolve_model_arg(base)       # the CLI's one resolver (merge, inspect, analyze, budget)
     if not (Path(folder) / "config.json").is_file():
         raise LoraLabError(f"{base} is not a model folder (no config.json); give the base with --base MODEL")
     return transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True)

@@ -20,7 +20,6 @@ from loralab.experiments.common import one_thread, run_grid
 from loralab.experiments.rank import rank_specs, settings
 from loralab.experiments.report import (ExperimentReport, Table, claim_experiment_folder, line_figure,
                                         write_experiment_report)
-from loralab.models.loading import resolve_model_spec
 
 _LAYER = re.compile(r"\.(\d+)\.")
 
@@ -53,7 +52,7 @@ def run(out: str | os.PathLike = "runs/experiments/amplification", quick: bool =
     specs = rank_specs(quick, data, model, rank_dir)
     results = run_grid(specs, rank_dir / "runs", log=log)
     model_spec = settings(quick, data, model, rank_dir)[0]
-    base = load_base_model(resolve_model_spec(model_spec))
+    base = load_base_model(model_spec)            # resolves builtin names, .gguf files and hub ids itself
     detail: list[dict[str, Any]] = []
     for result in results:
         with one_thread():

@@ -103,7 +103,7 @@ class TrainConfig:
     """B's learning rate over A's, LoRA+ (Hayou et al. 2024, "LoRA+: Efficient Low Rank Adaptation of Large
     Models", arXiv:2402.12354): the LoRA B factors, and every vector (bias, norm scale, DoRA magnitude) as
     PEFT's create_loraplus_optimizer groups them, learn at lr × this ratio; A and other matrices at lr. The
-    paper suggests 2^4 = 16. Unset: one rate for all (off until measured). Fixed on resume."""
+    usual choice is 2^4 = 16 (the authors: model- and task-dependent). Unset: one rate for all (off until measured). Fixed on resume."""
     weight_decay: float = 0.01
     """AdamW weight decay on matrices (none on biases, norm weights, DoRA magnitudes)."""
     betas: tuple[float, float] = (0.9, 0.999)
