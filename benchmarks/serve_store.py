@@ -154,10 +154,9 @@ def main(argv=None) -> int:
           f"--max-adapters {args.max_adapters}: {wall:.1f} s, {args.requests / wall:.1f} requests/s")
     print(f"hit ratio {m.value('loralab_adapter_hit_ratio'):.3f}; loads {loads:.0f} ({loads / wall:.1f}/s), "
           f"evictions {evictions:.0f} ({evictions / wall:.1f}/s)")
-    with m._lock:
-        histogram = m._values["loralab_adapter_load_seconds"].get(())
-    if histogram is not None and sum(histogram.counts):
-        print(f"mean load (read to on the model): {1000 * histogram.sum / sum(histogram.counts):.1f} ms")
+    if m.value("loralab_adapter_load_seconds"):
+        mean = m.total("loralab_adapter_load_seconds") / m.value("loralab_adapter_load_seconds")
+        print(f"mean load (read to on the model): {1000 * mean:.1f} ms")
     print(f"first token, adapter resident when sent: {quantiles(ttft['resident'])}")
     print(f"first token, adapter not resident when sent: {quantiles(ttft['cold'])}")
     return 0

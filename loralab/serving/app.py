@@ -28,7 +28,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from loralab.serving import api
+from loralab.serving import api, telemetry
 from loralab.serving.api import ApiError
 from loralab.serving.engine import ClassifyJob, EventSink, GenerationJob
 from loralab.serving.service import Pin, Service
@@ -96,7 +96,7 @@ def _routes(app: FastAPI, service: Service) -> None:
 
     @app.get("/metrics")
     async def metrics() -> PlainTextResponse:
-        return PlainTextResponse(service.metrics.render(), media_type="text/plain; version=0.0.4")
+        return PlainTextResponse(service.metrics.render(), media_type=telemetry.CONTENT_TYPE)
 
     @app.get("/")
     async def playground() -> HTMLResponse:

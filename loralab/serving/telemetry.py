@@ -1,119 +1,105 @@
-"""Server metrics in Prometheus' text exposition format (counters, gauges, histograms with labels).
+"""Server metrics, exposed in Prometheus' text format through `prometheus_client` (counters, gauges,
+histograms with labels; each Metrics has its own registry, so servers in one process never share values).
 
     metrics.inc("loralab_requests_total", {"endpoint": "/v1/completions", "model": "sst2", "status": "200"})
-    metrics.observe("loralab_request_seconds", {"model": "sst2"}, 0.42)
+    metrics.observe("loralab_request_seconds", 0.42, {"model": "sst2"})
     text = metrics.render()           # what GET /metrics returns
+
+Every name and its label names are declared in METRICS; label values are bounded by their callers (the
+model label by serving.store.MetricLabels, endpoints and statuses by the app).
 """
 from __future__ import annotations
 
-import bisect
-import math
-import threading
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"   # prometheus_client's exposition format
 
-# name -> (type, help, buckets for histograms)
-METRICS = {
-    "loralab_requests_total": ("counter", "Requests answered, by endpoint, model (base or adapter) and status", None),
-    "loralab_prompt_tokens_total": ("counter", "Prompt tokens of finished generation requests, by model", None),
-    "loralab_generation_tokens_total": ("counter", "Generated tokens, by model", None),
-    "loralab_classified_inputs_total": ("counter", "Inputs classified, by model", None),
-    "loralab_queue_depth": ("gauge", "Requests (choices) waiting for a batch row", None),
-    "loralab_running_rows": ("gauge", "Rows in the running batch", None),
-    "loralab_adapters_loaded": ("gauge", "Adapters loaded on the base model", None),
-    "loralab_adapter_lookups_total": ("counter", "Requests naming an adapter, by result: hit (resident) or miss "
-                                      "(loaded from --adapter-root first)", None),
-    "loralab_adapter_hit_ratio": ("gauge", "Adapter lookups that found the adapter resident, over all lookups", None),
-    "loralab_adapter_loads_total": ("counter", "Adapters loaded from --adapter-root on first use or after eviction",
-                                    None),
-    "loralab_adapter_load_failures_total": ("counter", "Loads from --adapter-root refused (bad folder, not found)",
-                                            None),
-    "loralab_adapter_evictions_total": ("counter", "Least-recently-used adapters unloaded to make room", None),
-    "loralab_adapter_resident_bytes": ("gauge", "Bytes of the resident adapters' tensors (fp32)", None),
-    "loralab_adapter_load_seconds": ("histogram", "A store load from its start (reading the files) to the adapter "
-                                     "on the model", LATENCY_BUCKETS),
-    "loralab_batch_rows": ("histogram", "Rows per model forward (decoding step or classifier batch)", BATCH_BUCKETS),
-    "loralab_batch_adapters": ("histogram", "Distinct adapters (the base counted as one) per forward", BATCH_BUCKETS),
-    "loralab_request_seconds": ("histogram", "Request latency from arrival to last byte, by model", LATENCY_BUCKETS),
-    "loralab_time_to_first_token_seconds": ("histogram", "Arrival to first generated token, by model",
-                                            LATENCY_BUCKETS),
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """kind: counter, gauge or histogram; labels: the label names every sample carries (in this order)."""
+    kind: str
+    help: str
+    labels: tuple[str, ...] = ()
+    buckets: tuple[float, ...] | None = None
+
+
+MODEL = ("model",)
+METRICS: dict[str, MetricSpec] = {
+    "loralab_requests_total": MetricSpec("counter", "Requests answered, by endpoint, model (base or adapter) and "
+                                         "status", ("endpoint", "model", "status")),
+    "loralab_prompt_tokens_total": MetricSpec("counter", "Prompt tokens of finished generation requests, by model",
+                                              MODEL),
+    "loralab_generation_tokens_total": MetricSpec("counter", "Generated tokens, by model", MODEL),
+    "loralab_classified_inputs_total": MetricSpec("counter", "Inputs classified, by model", MODEL),
+    "loralab_queue_depth": MetricSpec("gauge", "Requests (choices) waiting for a batch row"),
+    "loralab_running_rows": MetricSpec("gauge", "Rows in the running batch"),
+    "loralab_adapters_loaded": MetricSpec("gauge", "Adapters loaded on the base model"),
+    "loralab_adapter_lookups_total": MetricSpec("counter", "Requests naming an adapter, by result: hit (resident) "
+                                                "or miss (loaded from --adapter-root first)", ("result",)),
+    "loralab_adapter_hit_ratio": MetricSpec("gauge", "Adapter lookups that found the adapter resident, over all "
+                                            "lookups"),
+    "loralab_adapter_loads_total": MetricSpec("counter", "Adapters loaded from --adapter-root on first use or after "
+                                              "eviction"),
+    "loralab_adapter_load_failures_total": MetricSpec("counter", "Loads from --adapter-root refused (bad folder, "
+                                                      "not found)"),
+    "loralab_adapter_evictions_total": MetricSpec("counter", "Least-recently-used adapters unloaded to make room"),
+    "loralab_adapter_resident_bytes": MetricSpec("gauge", "Bytes of the resident adapters' tensors (fp32)"),
+    "loralab_adapter_load_seconds": MetricSpec("histogram", "A store load from its start (reading the files) to the "
+                                               "adapter on the model", buckets=LATENCY_BUCKETS),
+    "loralab_batch_rows": MetricSpec("histogram", "Rows per model forward (decoding step or classifier batch)",
+                                     buckets=BATCH_BUCKETS),
+    "loralab_batch_adapters": MetricSpec("histogram", "Distinct adapters (the base counted as one) per forward",
+                                         buckets=BATCH_BUCKETS),
+    "loralab_request_seconds": MetricSpec("histogram", "Request latency from arrival to last byte, by model", MODEL,
+                                          LATENCY_BUCKETS),
+    "loralab_time_to_first_token_seconds": MetricSpec("histogram", "Arrival to first generated token, by model",
+                                                      MODEL, LATENCY_BUCKETS),
 }
 
 
-class _Histogram:
-    def __init__(self, buckets: tuple[float, ...]):
-        self.buckets = buckets
-        self.counts = [0] * (len(buckets) + 1)
-        self.sum = 0.0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.buckets, value)] += 1
-        self.sum += value
+def _make(name: str, spec: MetricSpec, registry: CollectorRegistry):
+    if spec.kind == "counter":
+        return Counter(name, spec.help, spec.labels, registry=registry)
+    if spec.kind == "gauge":
+        return Gauge(name, spec.help, spec.labels, registry=registry)
+    return Histogram(name, spec.help, spec.labels, registry=registry, buckets=spec.buckets)
 
 
 class Metrics:
-    """Thread-safe metric values; every name must be one of METRICS."""
+    """This server's metric values (thread-safe, as prometheus_client's are); every name must be one of
+    METRICS and every call give exactly its label names."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._values: dict[str, dict[tuple, float | _Histogram]] = {name: {} for name in METRICS}
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._metrics = {name: _make(name, spec, self.registry) for name, spec in METRICS.items()}
+
+    def _series(self, name: str, labels: dict[str, str] | None):
+        metric = self._metrics[name]
+        return metric.labels(**{k: str(v) for k, v in labels.items()}) if METRICS[name].labels else metric
 
     def inc(self, name: str, labels: dict[str, str] | None = None, value: float = 1.0) -> None:
-        key = _key(labels)
-        with self._lock:
-            series = self._values[name]
-            series[key] = series.get(key, 0.0) + value
+        self._series(name, labels).inc(value)
 
     def set(self, name: str, value: float, labels: dict[str, str] | None = None) -> None:
-        with self._lock:
-            self._values[name][_key(labels)] = float(value)
+        self._series(name, labels).set(float(value))
 
     def observe(self, name: str, value: float, labels: dict[str, str] | None = None) -> None:
-        key = _key(labels)
-        with self._lock:
-            series = self._values[name]
-            if key not in series:
-                series[key] = _Histogram(METRICS[name][2])
-            series[key].observe(value)
+        self._series(name, labels).observe(value)
 
     def value(self, name: str, labels: dict[str, str] | None = None) -> float:
-        """A counter's or gauge's current value (0 if never set); for tests and the load test."""
-        with self._lock:
-            v = self._values[name].get(_key(labels), 0.0)
-            return float(sum(v.counts)) if isinstance(v, _Histogram) else v
+        """A counter's or gauge's current value, a histogram's count (0 if never set); for tests and benchmarks."""
+        sample = name + "_count" if METRICS[name].kind == "histogram" else name
+        return self.registry.get_sample_value(sample, labels or {}) or 0.0
+
+    def total(self, name: str, labels: dict[str, str] | None = None) -> float:
+        """A histogram's sum of observed values (0 if none)."""
+        return self.registry.get_sample_value(name + "_sum", labels or {}) or 0.0
 
     def render(self) -> str:
-        lines = []
-        with self._lock:
-            for name, (kind, help_text, _) in METRICS.items():
-                lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
-                for key, v in sorted(self._values[name].items()):
-                    lines += _histogram_lines(name, key, v) if isinstance(v, _Histogram) else \
-                        [f"{name}{_labels(key)} {_number(v)}"]
-        return "\n".join(lines) + "\n"
-
-
-def _key(labels: dict[str, str] | None) -> tuple:
-    return tuple(sorted((labels or {}).items()))
-
-
-def _labels(key: tuple, extra: tuple = ()) -> str:
-    pairs = [*key, *extra]
-    if not pairs:
-        return ""
-    escaped = (f'{k}="{str(v).replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34)).replace(chr(10), " ")}"'
-               for k, v in pairs)
-    return "{" + ",".join(escaped) + "}"
-
-
-def _number(v: float) -> str:
-    return "+Inf" if math.isinf(v) else repr(float(v)) if v != int(v) else str(int(v))
-
-
-def _histogram_lines(name: str, key: tuple, h: _Histogram) -> list[str]:
-    lines, total = [], 0
-    for bound, count in zip((*h.buckets, math.inf), h.counts):
-        total += count
-        lines.append(f"{name}_bucket{_labels(key, (('le', _number(bound)),))} {total}")
-    return lines + [f"{name}_sum{_labels(key)} {_number(h.sum)}", f"{name}_count{_labels(key)} {total}"]
+        """The Prometheus text exposition (what GET /metrics answers, CONTENT_TYPE)."""
+        return generate_latest(self.registry).decode("utf-8")

@@ -1,12 +1,13 @@
 """What the server tests share to talk to a running server over loopback HTTP (the `start_server` fixture of
-conftest.py starts one): a client, a greedy completion, a streamed completion's lines and text, and a bounded
-wait for a condition."""
+conftest.py starts one): a client, a greedy completion, a streamed completion's lines and text, a bounded
+wait for a condition, and /metrics parsed with prometheus_client's parser."""
 from __future__ import annotations
 
 import json
 import time
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 
 def client(server, **kw) -> httpx.Client:
@@ -40,3 +41,14 @@ def streamed_text(lines: list[str]) -> str:
     """The text of `stream_lines`' events (the last line, [DONE], carries none)."""
     events = [json.loads(line[6:]) for line in lines[:-1]]
     return "".join(e["choices"][0]["text"] for e in events if e["choices"])
+
+
+def samples(exposition: str) -> dict[tuple[str, frozenset], float]:
+    """Prometheus text parsed by prometheus_client: {(sample name, frozenset of (label, value)): value}."""
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(exposition) for s in family.samples}
+
+
+def sample(exposition: str, name: str, **labels: str) -> float | None:
+    """One sample's value in a Prometheus text (None when absent)."""
+    return samples(exposition).get((name, frozenset(labels.items())))

@@ -14,12 +14,15 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.serving.over_http import sample
 
 from loralab import LoraLabError
 from loralab.cli.main import build_parser
 from loralab.cli.serve_cmd import settings_from_args
 from loralab.serving.settings import ServeSettings
-from loralab.serving.telemetry import Metrics
+from loralab.serving.telemetry import METRICS, Metrics
 
 
 def test_sigterm_finishes_running_streams_and_refuses_new_requests(start_server, lm_files):
@@ -78,21 +81,31 @@ def test_settings_refuse_bad_values_in_one_line(kwargs, message):
         ServeSettings(**kwargs)
 
 
-def test_prometheus_text_format():
+def test_prometheus_text_format_parses_with_prometheus_client():
     metrics = Metrics()
     metrics.inc("loralab_requests_total", {"endpoint": "/v1/completions", "model": 'a"b', "status": "200"}, 3)
     metrics.set("loralab_queue_depth", 4)
     for value in (0.02, 0.3, 200.0):
         metrics.observe("loralab_request_seconds", value, {"model": "a"})
     text = metrics.render()
-    assert 'loralab_requests_total{endpoint="/v1/completions",model="a\\"b",status="200"} 3' in text
-    assert "loralab_queue_depth 4" in text
-    assert 'loralab_request_seconds_bucket{model="a",le="0.025"} 1' in text
-    assert 'loralab_request_seconds_bucket{model="a",le="0.5"} 2' in text
-    assert 'loralab_request_seconds_bucket{model="a",le="+Inf"} 3' in text
-    assert 'loralab_request_seconds_count{model="a"} 3' in text
-    assert "# TYPE loralab_request_seconds histogram" in text
-    assert metrics.value("loralab_queue_depth") == 4
+    assert sample(text, "loralab_requests_total", endpoint="/v1/completions", model='a"b', status="200") == 3
+    assert sample(text, "loralab_queue_depth") == 4
+    assert sample(text, "loralab_request_seconds_bucket", model="a", le="0.025") == 1
+    assert sample(text, "loralab_request_seconds_bucket", model="a", le="0.5") == 2
+    assert sample(text, "loralab_request_seconds_bucket", model="a", le="+Inf") == 3
+    assert sample(text, "loralab_request_seconds_count", model="a") == 3
+    assert sample(text, "loralab_request_seconds_sum", model="a") == pytest.approx(200.32)
+    kinds = {f.name: f.type for f in text_string_to_metric_families(text)}
+    assert kinds["loralab_request_seconds"] == "histogram" and kinds["loralab_requests"] == "counter"
+    assert kinds["loralab_queue_depth"] == "gauge"
+    assert {name.removesuffix("_total") for name in METRICS} <= set(kinds)     # every declared metric, HELP and TYPE
+    assert metrics.value("loralab_queue_depth") == 4 and metrics.value("loralab_request_seconds", {"model": "a"}) == 3
+    assert metrics.total("loralab_request_seconds", {"model": "a"}) == pytest.approx(200.32)
+
+
+def test_metrics_refuse_a_label_set_other_than_declared():
+    with pytest.raises(ValueError):
+        Metrics().inc("loralab_requests_total", {"model": "a"})
 
 
 def test_serve_help_lists_the_flags(capsys):
