@@ -2,11 +2,13 @@
 
 Decoding a token alone is wrong for most tokenizers (SentencePiece drops the leading space of a
 sequence's first piece; byte-level BPE splits a character such as an emoji over several tokens, and
-half of it decodes to U+FFFD). So each new token is decoded together with the token before it, and
-the text added is the difference between decoding [previous..new] and decoding [previous] alone;
-while that decoding ends in U+FFFD (an unfinished character) nothing is added until the next token
-completes it (the method of Hugging Face's text-generation-inference). The pieces concatenate to the
-decoding of all the tokens at once.
+half of it decodes to U+FFFD). A fast tokenizer whose decoding is its backend's alone (no
+transformers-side `clean_up_tokenization_spaces`) goes through `tokenizers.decoders.DecodeStream`,
+which buffers tokens until they form whole characters, in Rust. Any other tokenizer: each new token is
+decoded together with the token before it, and the text added is the difference between decoding
+[previous..new] and decoding [previous] alone; while that decoding ends in U+FFFD (an unfinished
+character) nothing is added until the next token completes it (the method of Hugging Face's
+text-generation-inference). Either way the pieces concatenate to the decoding of all the tokens at once.
 
 Stop strings are searched in the whole text, so one that spans token boundaries is found; the text is
 cut before the first one. While the row runs, the last len(longest stop) - 1 characters are held back
@@ -17,7 +19,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from tokenizers import Tokenizer
+from tokenizers.decoders import DecodeStream
+
 UNFINISHED = "\ufffd"
+
+
+def stream_backend(tokenizer: Any) -> Tokenizer | None:
+    """The `tokenizers.Tokenizer` a DecodeStream can decode `tokenizer`'s ids with, or None when its decoding
+    is not the backend's alone (a slow tokenizer, or transformers' clean-up of spaces before punctuation)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if not isinstance(backend, Tokenizer) or getattr(tokenizer, "clean_up_tokenization_spaces", False):
+        return None
+    return backend
 
 
 class IncrementalText:
@@ -34,6 +48,13 @@ class IncrementalText:
         self._read = 0
         self._given = 0  # characters of self.text already returned by take()
         self.stopped = False
+        self._backend = stream_backend(tokenizer)
+        self._stream = DecodeStream(skip_special_tokens=True) if self._backend is not None else None
+
+    @property
+    def streaming(self) -> bool:
+        """True when the text comes from tokenizers' DecodeStream."""
+        return self._stream is not None
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -43,12 +64,18 @@ class IncrementalText:
         if self.stopped:
             return True
         self.ids.append(int(token_id))
-        before = self._decode(self.ids[self._prefix:self._read])
-        after = self._decode(self.ids[self._prefix:])
-        if len(after) <= len(before) or after.endswith(UNFINISHED):
-            return False
-        self._prefix, self._read = self._read, len(self.ids)
-        return self._extend(after[len(before):])
+        if self._stream is not None:
+            delta = self._stream.step(self._backend, int(token_id))     # None: an unfinished character
+            if not delta:
+                return False
+        else:
+            before = self._decode(self.ids[self._prefix:self._read])
+            after = self._decode(self.ids[self._prefix:])
+            if len(after) <= len(before) or after.endswith(UNFINISHED):
+                return False
+            delta = after[len(before):]
+        self._prefix, self._read = self._read, len(self.ids)        # finish() decodes what follows ids[:_read]
+        return self._extend(delta)
 
     def _extend(self, delta: str) -> bool:
         start = max(0, len(self.text) - self._hold)

@@ -35,8 +35,11 @@ def byte_bpe():
     return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>")
 
 
-def pieces(tokenizer, ids, stop=()):
+def pieces(tokenizer, ids, stop=(), streaming=None):
     text = IncrementalText(tokenizer, tuple(stop))
+    if streaming is False:                       # the decode-twice path, as for a slow tokenizer
+        text._stream = None
+    assert streaming is None or text.streaming == streaming
     out = []
     for token in ids:
         stopped = text.add(token)
@@ -95,3 +98,32 @@ def test_the_tail_that_may_start_a_stop_string_is_held_back():
     assert not text.add(ids[3])
     text.finish()
     assert "".join(given) + text.take(final=True) == "near the river bank"
+
+
+def test_fast_tokenizers_stream_through_decode_stream_unless_transformers_cleans_up_spaces(byte_bpe):
+    from transformers import PreTrainedTokenizerFast
+
+    assert IncrementalText(byte_bpe).streaming
+    cleaning = PreTrainedTokenizerFast(tokenizer_object=byte_bpe.backend_tokenizer, eos_token="<eos>",
+                                       clean_up_tokenization_spaces=True)
+    assert not IncrementalText(cleaning).streaming          # its decode() changes " ." to ".": not the backend's
+    assert not IncrementalText(object()).streaming
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+def test_both_paths_hand_out_the_same_pieces_across_multi_byte_characters(byte_bpe, streaming):
+    """Streamed pieces concatenate to the non-streamed text on both paths, a token sequence cut inside an
+    emoji included (finish() then hands out what decoding everything gives); special tokens are skipped."""
+    eos = byte_bpe.eos_token_id
+    g = torch.Generator().manual_seed(1)
+    for sentence in TEXTS:
+        ids = byte_bpe(sentence)["input_ids"]
+        for cut in range(1, len(ids) + 1):
+            seq = ids[:cut] + [eos] + ids[cut:cut + 2] if cut % 3 == 0 else ids[:cut]
+            out, _ = pieces(byte_bpe, seq, streaming=streaming)
+            assert "".join(out) == byte_bpe.decode(seq, skip_special_tokens=True), (sentence, cut)
+            assert not any("\ufffd" in piece for piece in out[:-1])     # only a cut character's end shows one
+    for _ in range(30):
+        seq = torch.randint(0, len(byte_bpe), (10,), generator=g).tolist()
+        out, _ = pieces(byte_bpe, seq, streaming=streaming)
+        assert "".join(out) == byte_bpe.decode(seq, skip_special_tokens=True)
