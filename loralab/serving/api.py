@@ -157,7 +157,9 @@ class GenerationRequest:
 # ------------------------------------------------------------------------------------------------
 HONOURED, BOOKKEEPING, REFUSED = "honoured", "bookkeeping", "refused"
 COMPLETIONS, CHAT = "/v1/completions", "/v1/chat/completions"
+CLASSIFY, LOAD, UNLOAD = "/v1/classify", "/v1/load_lora_adapter", "/v1/unload_lora_adapter"
 BOTH = (COMPLETIONS, CHAT)
+ENDPOINTS = (COMPLETIONS, CHAT, CLASSIFY, LOAD, UNLOAD)     # the endpoints whose JSON bodies FIELDS describes
 
 
 def _absent(value: Any) -> bool:
@@ -168,13 +170,20 @@ def _absent(value: Any) -> bool:
 class Field:
     """How one request field is handled. endpoints: where it exists. handling: HONOURED (it does what
     OpenAI / vLLM say), BOOKKEEPING (accepted, checked against kind, changes nothing) or REFUSED (400 naming
-    it unless neutral(value): the value that asks for nothing). meaning: the docs' wording and, refused, why."""
+    it unless neutral(value): the value that asks for nothing). meaning: the docs' wording and, refused, why.
+    kind: its JSON type ("string", "integer", "number", "boolean", "object", "array", "string|array"; a
+    {endpoint: kind} dict where the endpoints differ; None: any). required: every request must send it.
+    serving.schema builds the pydantic request models (FastAPI's validation, the OpenAPI schema) from this."""
 
     endpoints: tuple[str, ...]
     handling: str
     meaning: str
-    kind: str | None = None
+    kind: str | dict[str, str] | None = None
     neutral: Callable[[Any], bool] = _absent
+    required: bool = False
+
+    def kind_at(self, endpoint: str) -> str | None:
+        return self.kind.get(endpoint) if isinstance(self.kind, dict) else self.kind
 
 
 def _empty(value: Any) -> bool:
@@ -182,28 +191,41 @@ def _empty(value: Any) -> bool:
 
 
 FIELDS: dict[str, Field] = {
-    "model": Field(BOTH, HONOURED, "the base model's served name or an adapter's"),
-    "prompt": Field((COMPLETIONS,), HONOURED, "a string or a list of strings, one choice set each"),
-    "messages": Field((CHAT,), HONOURED, "the conversation, formatted with the tokenizer's chat template"),
-    "max_tokens": Field(BOTH, HONOURED, "tokens to generate at most per choice"),
-    "max_completion_tokens": Field((CHAT,), HONOURED, "OpenAI's newer name of max_tokens"),
-    "min_tokens": Field(BOTH, HONOURED, "vLLM's: EOS is banned before this many tokens (stop strings still stop)"),
-    "temperature": Field(BOTH, HONOURED, "0 to 2; 0 is greedy (default 1)"),
-    "top_p": Field(BOTH, HONOURED, "nucleus sampling, (0, 1]"),
-    "top_k": Field(BOTH, HONOURED, "vLLM's: sample from the k most likely tokens; 0 or -1 is off"),
-    "frequency_penalty": Field(BOTH, HONOURED, "-2 to 2: logit -= count in the output so far × this"),
-    "presence_penalty": Field(BOTH, HONOURED, "-2 to 2: logit -= this for every token already in the output"),
+    "model": Field((*BOTH, CLASSIFY), HONOURED, "the base model's served name or an adapter's", "string",
+                   required=True),
+    "prompt": Field((COMPLETIONS,), HONOURED, "a string or a list of strings, one choice set each", "string|array",
+                    required=True),
+    "messages": Field((CHAT,), HONOURED, "the conversation, formatted with the tokenizer's chat template", "array",
+                      required=True),
+    "max_tokens": Field(BOTH, HONOURED, "tokens to generate at most per choice", "integer"),
+    "max_completion_tokens": Field((CHAT,), HONOURED, "OpenAI's newer name of max_tokens", "integer"),
+    "min_tokens": Field(BOTH, HONOURED, "vLLM's: EOS is banned before this many tokens (stop strings still stop)",
+                        "integer"),
+    "temperature": Field(BOTH, HONOURED, "0 to 2; 0 is greedy (default 1)", "number"),
+    "top_p": Field(BOTH, HONOURED, "nucleus sampling, (0, 1]", "number"),
+    "top_k": Field(BOTH, HONOURED, "vLLM's: sample from the k most likely tokens; 0 or -1 is off", "integer"),
+    "frequency_penalty": Field(BOTH, HONOURED, "-2 to 2: logit -= count in the output so far × this", "number"),
+    "presence_penalty": Field(BOTH, HONOURED, "-2 to 2: logit -= this for every token already in the output",
+                              "number"),
     "repetition_penalty": Field(BOTH, HONOURED, "vLLM's / transformers': tokens in prompt or output get their "
-                                                "positive logit divided, negative multiplied, by this (> 0; 1 off)"),
-    "n": Field(BOTH, HONOURED, "choices per prompt, each seeded seed + index"),
-    "best_of": Field((COMPLETIONS,), HONOURED, "equal to n only (no ranking of extra candidates)"),
-    "seed": Field(BOTH, HONOURED, "reproducible sampling per choice"),
-    "stop": Field(BOTH, HONOURED, "up to 4 strings; the text ends before the first"),
-    "stream": Field(BOTH, HONOURED, "server-sent events, one chunk per token"),
+                                                "positive logit divided, negative multiplied, by this (> 0; 1 off)",
+                                "number"),
+    "n": Field(BOTH, HONOURED, "choices per prompt, each seeded seed + index", "integer"),
+    "best_of": Field((COMPLETIONS,), HONOURED, "equal to n only (no ranking of extra candidates)", "integer"),
+    "seed": Field(BOTH, HONOURED, "reproducible sampling per choice", "integer"),
+    "stop": Field(BOTH, HONOURED, "up to 4 strings; the text ends before the first", "string|array"),
+    "stream": Field(BOTH, HONOURED, "server-sent events, one chunk per token", "boolean"),
     "stream_options": Field(BOTH, HONOURED, "{\"include_usage\": false} leaves out the last chunk's usage "
                                             "(default: sent)", "object"),
-    "logprobs": Field(BOTH, HONOURED, "completions: an integer 0 to 20 (the top tokens returned); chat: true"),
-    "top_logprobs": Field((CHAT,), HONOURED, "0 to 20 most likely tokens per position, with logprobs: true"),
+    "logprobs": Field(BOTH, HONOURED, "completions: an integer 0 to 20 (the top tokens returned); chat: true",
+                      {COMPLETIONS: "integer", CHAT: "boolean"}),
+    "top_logprobs": Field((CHAT,), HONOURED, "0 to 20 most likely tokens per position, with logprobs: true",
+                          "integer"),
+    "input": Field((CLASSIFY,), HONOURED, "a text, or a list of texts or [text, text_pair] pairs", "string|array",
+                   required=True),
+    "lora_name": Field((LOAD, UNLOAD), HONOURED, "the adapter's name: 1-128 printable characters, no '.' or '/'",
+                       "string", required=True),
+    "lora_path": Field((LOAD,), HONOURED, "the adapter folder, under --adapter-root", "string", required=True),
     "echo": Field((COMPLETIONS,), REFUSED, "echoing the prompt is not supported", neutral=lambda v: v in (None, False)),
     "suffix": Field((COMPLETIONS,), REFUSED, "suffix (insertion) is not supported", neutral=_empty),
     "logit_bias": Field(BOTH, REFUSED, "logit_bias is not supported", neutral=_empty),
@@ -231,13 +253,28 @@ FIELDS: dict[str, Field] = {
 
 def fields_markdown() -> str:
     """FIELDS as the Markdown table of docs/serving.md (a test keeps the two equal)."""
-    short = {COMPLETIONS: "completions", CHAT: "chat"}
+    short = {COMPLETIONS: "completions", CHAT: "chat", CLASSIFY: "classify", LOAD: "load", UNLOAD: "unload"}
     lines = ["| field | endpoints | handling | what it does |", "|---|---|---|---|"]
     for name, rule in FIELDS.items():
-        where = "both" if rule.endpoints == BOTH else short[rule.endpoints[0]]
+        where = "both" if rule.endpoints == BOTH else ", ".join(short[e] for e in rule.endpoints)
         meaning = rule.meaning.replace("|", "\\|")
         lines.append(f"| `{name}` | {where} | {rule.handling} | {meaning} |")
     return "\n".join(lines)
+
+
+def field_not_taken(name: str, endpoint: str) -> ApiError | None:
+    """The 400 for a field `endpoint` does not take (unknown, or another endpoint's); None when it takes it."""
+    rule = FIELDS.get(name)
+    if rule is None:
+        return bad_request(f"'{name}' is not a field this server knows for {endpoint}; docs/serving.md lists "
+                           "the fields it takes", param=name)
+    if endpoint not in rule.endpoints:
+        return bad_request(f"'{name}' is a field of {rule.endpoints[0]}, not of {endpoint}", param=name)
+    return None
+
+
+def refusal(name: str) -> ApiError:
+    return bad_request(f"'{name}': {FIELDS[name].meaning} by this server", param=name)
 
 
 def check_fields(body: dict, chat: bool) -> None:
@@ -245,15 +282,13 @@ def check_fields(body: dict, chat: bool) -> None:
     endpoint = CHAT if chat else COMPLETIONS
     for name, value in body.items():
         rule = FIELDS.get(name)
-        if rule is None:
-            raise bad_request(f"'{name}' is not a field this server knows for {endpoint}; docs/serving.md lists "
-                              "the fields it takes", param=name)
-        if endpoint not in rule.endpoints:
-            raise bad_request(f"'{name}' is a field of {rule.endpoints[0]}, not of {endpoint}", param=name)
+        error = field_not_taken(name, endpoint)
+        if error is not None:
+            raise error
         if rule.handling == REFUSED and not rule.neutral(value):
-            raise bad_request(f"'{name}': {rule.meaning} by this server", param=name)
-        if rule.kind is not None:
-            field(body, name, rule.kind)
+            raise refusal(name)
+        if rule.handling == BOOKKEEPING:
+            field(body, name, rule.kind_at(endpoint))
 
 
 def generation_request(body: dict, chat: bool, limits) -> GenerationRequest:
@@ -329,7 +364,11 @@ def _include_usage(body: dict) -> bool:
                           param="stream_options")
     if options and not field(body, "stream", "boolean", False):
         raise bad_request("'stream_options' is only allowed with 'stream': true", param="stream_options")
-    return bool(field(options, "include_usage", "boolean", True))
+    include = options.get("include_usage")
+    if include is not None and not isinstance(include, bool):
+        raise bad_request(f"'stream_options.include_usage' must be a JSON boolean, got {json.dumps(include)[:60]}",
+                          param="stream_options")
+    return include is not False
 
 
 def _max_tokens(body: dict, chat: bool, limits) -> tuple[str, int]:

@@ -10,7 +10,12 @@
     POST /v1/load_lora_adapter      {"lora_name", "lora_path"}: hot load from under --adapter-root
     POST /v1/unload_lora_adapter    {"lora_name"}: waits for the adapter's running requests
 
-/v1/* needs "Authorization: Bearer KEY" when the server has an API key. Every error is OpenAI's error object
+    GET  /openapi.json, /docs        the OpenAPI schema of these endpoints (request models: serving.schema)
+
+/v1/* needs "Authorization: Bearer KEY" when the server has an API key. Every /v1 request is checked in
+this order: draining (503), key (401), body size, JSON, nesting depth and text (400; `_V1Route`), then
+FastAPI validates the body against its pydantic model (400, never FastAPI's 422) and api's checkers apply
+the server's limits. Every error is OpenAI's error object
 with its status: 400 bad body or limits, 401 key, 403 path outside the adapter root, 404 unknown model,
 409 adapter in use, 429 queue full (Retry-After), 503 shutting down, 500 a failed model step.
 A client that disconnects cancels its generation at the next step.
@@ -23,20 +28,25 @@ import time
 from importlib import resources
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from loralab.serving import api, telemetry
+from loralab.serving import api, schema, telemetry
 from loralab.serving.api import ApiError
 from loralab.serving.engine import ClassifyJob, EventSink, GenerationJob
+from loralab.serving.schema import (ChatCompletionRequest, ClassifyRequest, CompletionRequest, LoadLoraAdapterRequest,
+                                    UnloadLoraAdapterRequest)
 from loralab.serving.service import Pin, Service
 
 
 def create_app(service: Service) -> FastAPI:
     """The app; `app.state.draining = True` makes it refuse new requests (graceful shutdown)."""
-    app = FastAPI(title="loralab serve", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="loralab serve", summary="OpenAI-compatible completions, chat and classification with LoRA "
+                  "adapters", docs_url="/docs", redoc_url=None, openapi_url="/openapi.json")
     app.state.service = service
     app.state.draining = False
     _error_handlers(app)
@@ -44,10 +54,86 @@ def create_app(service: Service) -> FastAPI:
     return app
 
 
+class _CheckedRequest(Request):
+    """A /v1 request whose body is read at most --max-body-bytes and parsed by api.parse_body (depth, lone
+    surrogates, an object), once: FastAPI's own body reading and validation get the checked result."""
+
+    async def body(self) -> bytes:
+        if not hasattr(self, "_body"):
+            limit = self.app.state.service.settings.max_body_bytes
+            declared = self.headers.get("content-length")
+            if declared is not None and (not declared.isdigit() or int(declared) > limit):
+                raise api.bad_request(f"the body is larger than this server's {limit} bytes")
+            chunks, size = [], 0
+            async for chunk in self.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise api.bad_request(f"the body is larger than this server's {limit} bytes")
+                chunks.append(chunk)
+            self._body = b"".join(chunks)
+        return self._body
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            self._json = api.parse_body(await self.body())
+        return self._json
+
+
+def authorize(authorization: str | None, api_key: str | None) -> None:
+    """401 unless the Authorization header is "Bearer <api_key>" (api_key None: the server is open)."""
+    if api_key is not None:
+        scheme, _, key = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(key.strip().encode(), api_key.encode()):
+            raise ApiError(401, "missing or wrong API key; send 'Authorization: Bearer KEY'", code="invalid_api_key")
+
+
+async def _guard(request: Request) -> None:
+    """503 while draining, 401 without the API key (when the server has one)."""
+    if request.app.state.draining:
+        raise ApiError(503, "the server is shutting down; send the request to another instance",
+                       type="service_unavailable", code="shutting_down")
+    authorize(request.headers.get("authorization"), request.app.state.service.settings.api_key)
+
+
+class _V1Route(APIRoute):
+    """/v1 routes: the guard, then (POST) the body read and parsed as _CheckedRequest, before FastAPI validates
+    it against the endpoint's model (FastAPI's documented custom-route mechanism)."""
+
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+
+        async def checked(request: Request) -> Response:
+            request = _CheckedRequest(request.scope, request.receive)
+            await _guard(request)
+            _check_task(request.app.state.service, self.path)
+            if request.method == "POST":
+                await request.json()
+            return await handler(request)
+        return checked
+
+
+_GENERATIVE = {api.COMPLETIONS: True, api.CHAT: True, api.CLASSIFY: False}    # endpoints of one task only
+
+
+def _check_task(service: Service, path: str) -> None:
+    """404 for an endpoint of the other task (before its body is validated: the body is not the problem)."""
+    if path in _GENERATIVE and _GENERATIVE[path] != service.generative:
+        if service.generative:
+            raise ApiError(404, "this server generates text; use /v1/completions or /v1/chat/completions",
+                           code="wrong_endpoint")
+        raise ApiError(404, "this server classifies; use POST /v1/classify", code="wrong_endpoint")
+
+
 def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
+        endpoint = request.scope.get("route").path if request.scope.get("route") else request.url.path
+        error = schema.validation_error(exc.errors(), exc.body, endpoint, request.app.state.service.settings)
+        return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -62,31 +148,7 @@ def _error_handlers(app: FastAPI) -> None:
 
 
 def _routes(app: FastAPI, service: Service) -> None:
-    settings = service.settings
-
-    async def guard(request: Request) -> None:
-        if app.state.draining:
-            raise ApiError(503, "the server is shutting down; send the request to another instance",
-                           type="service_unavailable", code="shutting_down")
-        if settings.api_key is not None:
-            given = request.headers.get("authorization", "")
-            scheme, _, key = given.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(key.strip().encode(), settings.api_key.encode()):
-                raise ApiError(401, "missing or wrong API key; send 'Authorization: Bearer KEY'",
-                               code="invalid_api_key")
-
-    async def read_json(request: Request) -> dict[str, Any]:
-        await guard(request)
-        declared = request.headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > settings.max_body_bytes):
-            raise api.bad_request(f"the body is larger than this server's {settings.max_body_bytes} bytes")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > settings.max_body_bytes:
-                raise api.bad_request(f"the body is larger than this server's {settings.max_body_bytes} bytes")
-            chunks.append(chunk)
-        return api.parse_body(b"".join(chunks))
+    v1 = APIRouter(route_class=_V1Route, strict_content_type=False)
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -98,41 +160,42 @@ def _routes(app: FastAPI, service: Service) -> None:
     async def metrics() -> PlainTextResponse:
         return PlainTextResponse(service.metrics.render(), media_type=telemetry.CONTENT_TYPE)
 
-    @app.get("/")
+    @app.get("/", include_in_schema=False)
     async def playground() -> HTMLResponse:
         page = resources.files("loralab.serving").joinpath("static/playground.html").read_text(encoding="utf-8")
         return HTMLResponse(page)
 
-    @app.get("/v1/models")
-    async def models(request: Request) -> JSONResponse:
-        await guard(request)
+    @v1.get("/v1/models")
+    async def models() -> JSONResponse:
         return JSONResponse({"object": "list", "data": service.model_cards()})
 
-    @app.post("/v1/completions")
-    async def completions(request: Request) -> Response:
-        return await _generation(request, service, await read_json(request), chat=False)
+    @v1.post("/v1/completions")
+    async def completions(request: Request, body: CompletionRequest) -> Response:
+        return await _generation(request, service, await request.json(), chat=False)
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> Response:
-        return await _generation(request, service, await read_json(request), chat=True)
+    @v1.post("/v1/chat/completions")
+    async def chat_completions(request: Request, body: ChatCompletionRequest) -> Response:
+        return await _generation(request, service, await request.json(), chat=True)
 
-    @app.post("/v1/classify")
-    async def classify(request: Request) -> JSONResponse:
-        return await _classify(request, service, await read_json(request))
+    @v1.post("/v1/classify")
+    async def classify(request: Request, body: ClassifyRequest) -> JSONResponse:
+        return await _classify(request, service, await request.json())
 
-    @app.post("/v1/load_lora_adapter")
-    async def load_lora_adapter(request: Request) -> JSONResponse:
-        body = await read_json(request)
-        name = api.adapter_name_field(body)
-        path = api.path_field(body, "lora_path")
+    @v1.post("/v1/load_lora_adapter")
+    async def load_lora_adapter(request: Request, body: LoadLoraAdapterRequest) -> JSONResponse:
+        checked = await request.json()
+        name = api.adapter_name_field(checked)
+        path = api.path_field(checked, "lora_path")
         info = await service.load_adapter(name, path)
         return JSONResponse({"status": "loaded", "lora_name": name, "rank": info.rank, "task": info.task})
 
-    @app.post("/v1/unload_lora_adapter")
-    async def unload_lora_adapter(request: Request) -> JSONResponse:
-        name = api.adapter_name_field(await read_json(request))
+    @v1.post("/v1/unload_lora_adapter")
+    async def unload_lora_adapter(request: Request, body: UnloadLoraAdapterRequest) -> JSONResponse:
+        name = api.adapter_name_field(await request.json())
         await service.unload_adapter(name)
         return JSONResponse({"status": "unloaded", "lora_name": name})
+
+    app.include_router(v1)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -177,8 +240,6 @@ class _Tracker:
 
 
 async def _generation(request: Request, service: Service, body: dict, chat: bool) -> Response:
-    if not service.generative:
-        raise ApiError(404, "this server classifies; use POST /v1/classify", code="wrong_endpoint")
     req = api.generation_request(body, chat, service.settings)
     pin = await service.acquire(req.model)    # admitted (loaded from the store if need be): stays until released
     try:
@@ -329,9 +390,6 @@ class _Run:
 
 
 async def _classify(request: Request, service: Service, body: dict) -> JSONResponse:
-    if service.generative:
-        raise ApiError(404, "this server generates text; use /v1/completions or /v1/chat/completions",
-                       code="wrong_endpoint")
     req = api.classify_request(body, service.settings)
     if req.model == service.base_name:
         raise api.bad_request(f"{req.model!r} is the base model, whose classifier head is untrained (each adapter "
