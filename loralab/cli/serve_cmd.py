@@ -60,7 +60,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     limits.add_argument("--unload-timeout", type=float, default=d["unload_timeout"].default,
                         help="seconds an unload waits for the adapter's running requests (default: %(default)s)")
     add_runtime_arguments(parser)
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice; on --ray, 1 per replica)")
+    scale = parser.add_argument_group("scaling out on Ray Serve (pip install 'loralab[ray]'; docs/serving.md)")
+    scale.add_argument("--ray", action="store_true",
+                       help="serve as a Ray Serve application: --replicas copies of this server behind a router that "
+                            "sends each request to a replica holding its adapter")
+    scale.add_argument("--replicas", type=int, default=1, help="replicas with --ray (default: %(default)s)")
+    scale.add_argument("--ray-address", help="an existing Ray cluster's address, e.g. auto or HEAD:6379 (default: start "
+                       "a local one)")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
@@ -81,7 +88,22 @@ def settings_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     import transformers
 
+    from loralab.errors import LoraLabError
     from loralab.serving.server import serve
 
     transformers.logging.set_verbosity_error()
-    return serve(settings_from_args(args), log_level=args.log_level)
+    if not args.ray:
+        if args.replicas != 1 or args.ray_address:
+            raise LoraLabError("--replicas and --ray-address need --ray")
+        return serve(settings_from_args(args), log_level=args.log_level)
+    try:
+        from loralab.serving import ray_serve
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.split(".")[0] != "ray":
+            raise
+        raise LoraLabError("--ray needs Ray Serve, which is not installed; pip install 'loralab[ray]' (or "
+                           "'ray[serve]')") from None
+    settings = settings_from_args(args)
+    if args.replicas < 1:
+        raise LoraLabError(f"--replicas must be a positive integer, got {args.replicas}")
+    return ray_serve.run(settings, args.replicas, args.ray_address)

@@ -239,3 +239,16 @@ def test_malformed_http_is_answered_with_an_error_object(start_server, lm_files)
                 "type": "invalid_request_error", "param": None, "code": None}}
             assert answer.count(b"HTTP/1.1 ") == len(requests)
     assert httpx.get(server.url + "/health", timeout=30).json()["status"] == "ok"
+
+
+def test_ray_without_ray_installed_is_one_line_exit_2(capsys, monkeypatch):
+    from loralab.cli.main import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)                 # `import ray` raises ModuleNotFoundError
+    monkeypatch.delitem(sys.modules, "loralab.serving.ray_serve", raising=False)
+    monkeypatch.setattr("loralab.serving.service.Service.start", lambda settings: pytest.fail("loaded a model"))
+    assert main(["serve", "--model", "m", "--ray", "--replicas", "2"]) == 2
+    assert capsys.readouterr().err == ("loralab serve: error: --ray needs Ray Serve, which is not installed; pip "
+                                       "install 'loralab[ray]' (or 'ray[serve]')\n")
+    assert main(["serve", "--model", "m", "--replicas", "2"]) == 2
+    assert "--replicas and --ray-address need --ray" in capsys.readouterr().err
