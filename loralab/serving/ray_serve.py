@@ -22,8 +22,13 @@ Ray is imported only here (the optional `ray` extra).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
+import os
+import signal
+import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -253,16 +258,24 @@ def app(options: dict[str, str]):
 
 
 def run(settings: ServeSettings, replicas: int, address: str | None = None) -> int:
-    """`loralab serve --ray`: connect to the Ray cluster at `address` (None: start a local one), serve on
-    settings.host:port until SIGINT/SIGTERM, then shut the application down."""
-    ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+    """`loralab serve --ray`: connect to the Ray cluster at `address` (None: start a local one, declaring at
+    least replicas × threads CPUs so the replicas can all be placed), serve on settings.host:port until
+    SIGINT/SIGTERM, then take the application down (and the local cluster with it)."""
+    threads = settings.threads or 1
+    local = {} if address else {"num_cpus": max(os.cpu_count() or 1, replicas * threads)}
+    ray.init(address=address, ignore_reinit_error=True, log_to_driver=False, **local)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)     # SIGTERM ends it as Ctrl-C does
     try:
         serve.start(http_options={"host": settings.host, "port": settings.port})
-        serve.run(deployment(settings, replicas, float(settings.threads or 1)), name=APP_NAME, route_prefix="/",
-                  blocking=True)
+        serve.run(deployment(settings, replicas, float(threads)), name=APP_NAME, route_prefix="/")
+        print(f"loralab serve: {replicas} replica(s) on Ray Serve at http://{settings.host}:{settings.port}",
+              file=sys.stderr, flush=True)
+        while True:
+            time.sleep(3600)
     except KeyboardInterrupt:
         pass
     finally:
-        serve.delete(APP_NAME)
+        with contextlib.suppress(Exception):
+            serve.delete(APP_NAME) if address else serve.shutdown()
         ray.shutdown()
     return 0

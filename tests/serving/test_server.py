@@ -245,7 +245,8 @@ def test_ray_without_ray_installed_is_one_line_exit_2(capsys, monkeypatch):
     from loralab.cli.main import main
 
     monkeypatch.setitem(sys.modules, "ray", None)                 # `import ray` raises ModuleNotFoundError
-    monkeypatch.delitem(sys.modules, "loralab.serving.ray_serve", raising=False)
+    monkeypatch.delitem(sys.modules, "loralab.serving.ray_serve", raising=False)     # imported afresh
+    monkeypatch.delattr("loralab.serving.ray_serve", raising=False)
     monkeypatch.setattr("loralab.serving.service.Service.start", lambda settings: pytest.fail("loaded a model"))
     assert main(["serve", "--model", "m", "--ray", "--replicas", "2"]) == 2
     assert capsys.readouterr().err == ("loralab serve: error: --ray needs Ray Serve, which is not installed; pip "
