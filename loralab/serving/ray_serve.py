@@ -147,7 +147,12 @@ class Router:
                  "server": request.scope.get("server")}
         handle = self.replicas.options(stream=True, multiplexed_model_id=model_id)
         messages = handle.handle_http.remote(scope, body)
-        start = await messages.__anext__()
+        try:
+            start = await messages.__anext__()
+        except Exception as exc:          # the replica failed before answering (died, or could not start)
+            error = ApiError(503, f"no replica could answer this request ({type(exc).__name__}); retry it",
+                             type="service_unavailable", code="replica_unavailable")
+            return JSONResponse(error.body(), status_code=503)
         response = StreamingResponse(_bodies(messages), status_code=start["status"])
         response.raw_headers = [(bytes(k), bytes(v)) for k, v in start.get("headers", ())]
         return response
