@@ -68,15 +68,33 @@ def json_error_protocol() -> type:
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
     class JsonErrorHTTPProtocol(AutoHTTPProtocol):
+        deferred_error: str | None = None
+
         def send_400_response(self, msg: str) -> None:
             cycle = getattr(self, "cycle", None)
+            if cycle is not None and not cycle.response_complete and not cycle.more_body:
+                # the bad bytes follow a complete request still being answered (pipelining): answer that
+                # request first, then this error, or its response would be cut off or lost
+                self.deferred_error = msg
+                self.flow.pause_reading()
+                return
             if cycle is None or cycle.response_complete or not cycle.response_started:
-                error = bad_request(f"the server could not read this HTTP request ({msg.rstrip('.')}); check its "
-                                    "request line, headers and framing (Content-Length, Transfer-Encoding)")
-                body = json.dumps(error.body()).encode()
-                self.transport.write(b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
-                                     b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
+                self._write_error(msg)
             self.transport.close()                 # mid-response nothing more can be written: just close
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            # self.cycle is the last request parsed before the bad bytes; requests are answered in order
+            if self.deferred_error is not None and self.cycle.response_complete and not self.transport.is_closing():
+                self._write_error(self.deferred_error)
+                self.transport.close()
+
+        def _write_error(self, msg: str) -> None:
+            error = bad_request(f"the server could not read this HTTP request ({msg.rstrip('.')}); check its "
+                                "request line, headers and framing (Content-Length, Transfer-Encoding)")
+            body = json.dumps(error.body()).encode()
+            self.transport.write(b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
+                                 b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
 
     return JsonErrorHTTPProtocol
 
