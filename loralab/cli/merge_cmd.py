@@ -163,6 +163,8 @@ def _run_gguf(args: argparse.Namespace) -> int:
     check_adapter_folder(args.adapter)
     dtype = args.dtype or "fp32"
     report = merge_into_gguf(base_file, loralab.read_adapter(args.adapter), out, dtype)
+    if report.note:
+        print(report.note)
     print(f"merged {args.adapter} into {args.base} -> {out} (GGUF {report.arch}: {report.merged} merged matrices "
           f"stored {dtype}, {report.copied} tensors and {report.kv} metadata keys copied unchanged; "
           f"llama-server -m {out}, Ollama: FROM {out})")

@@ -28,6 +28,7 @@ from loralab.files import atomic_write
 from loralab.formats.gguf_adapter import GGUF_DTYPES, GgufLoraTensor, lora_tensors_for_layout
 from loralab.formats.peft import AdapterFile
 from loralab.models.architectures import GgufLayout, architectures
+from loralab.models.gguf import gguf_fingerprint
 
 NOT_GGUF = ("merge --to gguf needs a GGUF base (a .gguf file or a builtin GGUF model such as "
             "smollm2-135m-instruct); for a transformers folder merge to a folder (loralab merge BASE ADAPTER -o DIR) "
@@ -39,11 +40,14 @@ _INSTEAD = ("merge it to a folder instead (loralab merge BASE ADAPTER -o DIR) an
 @dataclass(frozen=True)
 class GgufMergeReport:
     """What `merge_into_gguf` wrote: `merged` tensors replaced (fp32/fp16), `copied` tensors kept byte for
-    byte, `kv` metadata key-values copied, the GGUF architecture `arch`."""
+    byte, `kv` metadata key-values copied, the GGUF architecture `arch`; `note`: one line when the adapter
+    records a GGUF base with another content fingerprint (trained on other weights, e.g. another quantization
+    of the model), else None."""
     merged: int
     copied: int
     kv: int
     arch: str
+    note: str | None = None
 
 
 def gguf_arch_layout(arch: str) -> GgufLayout:
@@ -135,4 +139,15 @@ def merge_into_gguf(base: str | os.PathLike, adapter: AdapterFile, path: str | o
         writer.close()
 
     atomic_write(path, write)
-    return GgufMergeReport(merged=len(pairs), copied=len(reader.tensors) - len(pairs), kv=len(kv), arch=arch)
+    return GgufMergeReport(merged=len(pairs), copied=len(reader.tensors) - len(pairs), kv=len(kv), arch=arch,
+                           note=_other_base_note(adapter, base))
+
+
+def _other_base_note(adapter: AdapterFile, base: Path) -> str | None:
+    """One line when the adapter's record names a GGUF base whose content fingerprint is not `base`'s."""
+    record = adapter.loralab_meta.get("base") or {}
+    recorded = record.get("gguf_fingerprint")
+    if not recorded or recorded == gguf_fingerprint(base):
+        return None
+    return (f"note: the adapter was trained on {record.get('name')} (GGUF fingerprint {recorded[:16]}), not on "
+            f"{base} ({gguf_fingerprint(base)[:16]}): the merged model adds its update to other base weights")

@@ -26,8 +26,9 @@ import urllib.request
 import pytest
 import torch
 
-import loralab
 from benchmarks.llama_cpp import find_build
+
+import loralab
 from loralab.cli.main import main
 from loralab.testing import fill_adapter
 

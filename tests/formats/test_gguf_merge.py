@@ -120,3 +120,16 @@ def test_dora_is_one_line(base, tmp_path):
                 r"BASE ADAPTER -o DIR\)")
     with pytest.raises(LoraLabError, match=expected):
         merge_into_gguf(path, adapter, tmp_path / "merged.gguf")
+
+
+def test_an_adapter_trained_on_other_gguf_weights_is_noted(base, tmp_path):
+    path, _ = base
+    other = tmp_path / "other" / "tiny.Q8_0.gguf"
+    other.parent.mkdir()
+    write_tiny_llama_gguf(other, tied=False, seed=1)
+    model = loralab.models.load_model(other)          # the adapter records this GGUF as its base
+    adapter = _adapter(model, tmp_path, target_modules=["v_proj"])
+    assert merge_into_gguf(other, adapter, tmp_path / "same.gguf").note is None
+    note = merge_into_gguf(path, adapter, tmp_path / "merged.gguf").note
+    assert note.startswith(f"note: the adapter was trained on {other} (GGUF fingerprint ")
+    assert note.endswith("the merged model adds its update to other base weights")
