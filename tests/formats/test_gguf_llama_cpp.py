@@ -4,9 +4,9 @@ the `loralab merge --to gguf` file alone) against loralab's log-softmax on the s
 
 Both sides start from the same Q4_1 weights (loralab de-quantizes them exactly, llama.cpp keeps them
 quantized), so what differs is arithmetic: llama.cpp's CPU matmul rounds the activations to 8 bits (Q8_1)
-before multiplying a Q4_1 matrix, and sums in another order. The tolerance below is set from the
-base model's own gap (no adapter on either side) with headroom; the adapter's effect on the distribution is
-asserted to be far larger, so a wrong permutation or scale could not pass.
+before multiplying a Q4_1 matrix, and sums in another order. The tolerances are the gaps measured here
+(below, and in docs/serving.md) with headroom; the adapter's effect on the distribution is asserted to be far larger
+(at least 5 times the probability tolerance), so a wrong permutation or scale could not pass.
 
 Needs llama.cpp's llama-server built once into loralab's cache (`python benchmarks/llama_cpp.py`, about 10 min
 on two cores); skipped otherwise, never built here. One llama.cpp thread (-t 1).
@@ -30,6 +30,7 @@ from benchmarks.llama_cpp import find_build
 
 import loralab
 from loralab.cli.main import main
+from loralab.models import builtin_model_dir, load_model, load_tokenizer
 from loralab.testing import fill_adapter
 
 pytestmark = pytest.mark.slow
@@ -38,8 +39,11 @@ BASE = "smollm2-135m-instruct"
 PROMPTS = ["The capital of France is", "def fibonacci(n):\n    ",
            "<|im_start|>user\nWhat is a low-rank adapter?<|im_end|>\n<|im_start|>assistant\n"]
 TOP = 20                  # llama-server's n_probs: the tokens compared per prompt
-LOGPROB_TOLERANCE = 0.15  # max |log p_llama.cpp − log p_loralab| over the top tokens (measured: see the module doc)
-PROB_TOLERANCE = 0.02     # max |p_llama.cpp − p_loralab|
+# Measured on one machine (x86-64, AVX2 build; 3 prompts x top 20): base 0.16 / 0.033, with --lora 0.37 / 0.017,
+# merged file 0.31 / 0.014 (max |Δ log p| over p > 1 %, max |Δ p|); the adapter itself moves p by up to 0.87.
+LOGPROB_TOLERANCE = 0.5   # max |log p_llama.cpp − log p_loralab| over the top tokens with p > 1 %
+PROB_TOLERANCE = 0.05     # max |p_llama.cpp − p_loralab| over the top tokens
+LIKELY = math.log(0.01)   # log p compared only above this: rarer tokens' log p is dominated by rounding
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +61,9 @@ def server_binary():
 def files(tmp_path_factory, server_binary):
     """(adapter folder, adapter.gguf, merged.gguf) for a random r=8 q/v adapter on SmolLM2."""
     folder = tmp_path_factory.mktemp("llama-cpp")
-    model = loralab.models.load_model(BASE)
+    model = load_model(BASE)
     loralab.inject(model, loralab.LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
-    fill_adapter(model, "default", seed=0, std=0.05)
+    fill_adapter(model, "default", seed=0, std=0.1)
     loralab.save_adapter(model, folder / "adapter")
     assert main(["export", str(folder / "adapter"), "--to", "gguf", "-o", str(folder / "adapter.gguf"),
                  "--base", BASE]) == 0
@@ -70,8 +74,8 @@ def files(tmp_path_factory, server_binary):
 @pytest.fixture(scope="module")
 def loralab_logprobs(files):
     """{"base"|"adapted": [log-softmax over the vocabulary after each prompt]}, and the prompts' token ids."""
-    tokenizer = loralab.models.load_tokenizer(BASE)
-    model = loralab.models.load_model(BASE).eval()
+    tokenizer = load_tokenizer(BASE)
+    model = load_model(BASE).eval()
     ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
 
     def run():
@@ -131,9 +135,14 @@ def llama_logprobs(url, ids, lora_scale=None) -> dict[int, float]:
 
 
 def gaps(llama: dict[int, float], ours: torch.Tensor) -> tuple[float, float]:
-    """(max |Δ log p|, max |Δ p|) over llama.cpp's top tokens; the two top-1 tokens must agree."""
-    assert max(llama, key=llama.get) == int(ours.argmax())
-    dlog = max(abs(lp - float(ours[i])) for i, lp in llama.items())
+    """(max |Δ log p| over the top tokens llama.cpp gives p > 1 %, max |Δ p| over all its top tokens). Where
+    loralab's top token leads its second by more than twice the log p tolerance, llama.cpp's top token must be
+    the same (a closer race may flip on rounding)."""
+    first, second = ours.topk(2).values.tolist()
+    if first - second > 2 * LOGPROB_TOLERANCE:
+        assert max(llama, key=llama.get) == int(ours.argmax())
+    likely = {i: lp for i, lp in llama.items() if lp > LIKELY}
+    dlog = max(abs(lp - float(ours[i])) for i, lp in likely.items())
     dp = max(abs(math.exp(lp) - math.exp(float(ours[i]))) for i, lp in llama.items())
     return dlog, dp
 
@@ -143,7 +152,7 @@ def test_llama_cpp_with_the_exported_adapter_and_the_merged_model_match_loralab(
     ours, ids = loralab_logprobs
     _, adapter_gguf, merged_gguf = files
     measured = {}
-    with llama_server(server_binary, f"{loralab.models.builtin_model_dir(BASE)}", tmp_path / "lora.log",
+    with llama_server(server_binary, builtin_model_dir(BASE), tmp_path / "lora.log",
                       lora=adapter_gguf) as url:
         for name, scale in (("base", 0.0), ("adapted", 1.0)):
             got = [gaps(llama_logprobs(url, i, scale), o) for i, o in zip(ids, ours[name])]

@@ -11,6 +11,7 @@ from tests.models.conftest import HEADS, KV_HEADS, _llama_cpp_permute, write_tin
 import loralab
 from loralab.errors import LoraLabError
 from loralab.formats.gguf_merge import merge_into_gguf
+from loralab.models import load_model
 from loralab.testing import fill_adapter, tiny_model
 
 ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -73,7 +74,7 @@ def test_transformers_reads_the_merged_file_as_the_adapted_model(base, tmp_path)
     merge_into_gguf(path, _adapter(model, tmp_path), tmp_path / "merged.gguf")
     with torch.no_grad():
         want = model(TOKENS).logits
-        got = loralab.models.load_model(tmp_path / "merged.gguf").eval()(TOKENS).logits
+        got = load_model(tmp_path / "merged.gguf").eval()(TOKENS).logits
     assert (got - want).abs().max() < 1e-4
 
 
@@ -127,7 +128,7 @@ def test_an_adapter_trained_on_other_gguf_weights_is_noted(base, tmp_path):
     other = tmp_path / "other" / "tiny.Q8_0.gguf"
     other.parent.mkdir()
     write_tiny_llama_gguf(other, tied=False, seed=1)
-    model = loralab.models.load_model(other)          # the adapter records this GGUF as its base
+    model = load_model(other)          # the adapter records this GGUF as its base
     adapter = _adapter(model, tmp_path, target_modules=["v_proj"])
     assert merge_into_gguf(other, adapter, tmp_path / "same.gguf").note is None
     note = merge_into_gguf(path, adapter, tmp_path / "merged.gguf").note
