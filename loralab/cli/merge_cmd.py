@@ -2,6 +2,7 @@
 
     loralab merge BASE_DIR ADAPTER_DIR --output MERGED_DIR
     loralab merge BASE_DIR ADAPTER_DIR --output MERGED_DIR --quantize nf4 [--requantize]
+    loralab merge smollm2-135m-instruct ADAPTER_DIR --to gguf -o merged.gguf [--dtype fp16]
 
 The result loads with transformers' from_pretrained alone and runs at exactly the base model's cost.
 An adapter trained on a quantized base (train --quantize nf4) merges into that base: `--quantize nf4` keeps
@@ -9,7 +10,11 @@ W = dequantize(Q(W0)) + ΔW in full precision, `--quantize nf4 --requantize` qua
 format) and reports the error that adds. The adapter records how the base it trained on stored its weights
 ("trained_on" in loralab's metadata); a merge that stores them otherwise (--quantize int8, or none, for an
 NF4-trained adapter) prints how far the merged weights are from the trained model's, measured, and an adapter
-without the record (PEFT's, older loralab's) is said to have an unknown training precision."""
+without the record (PEFT's, older loralab's) is said to have an unknown training precision.
+
+`--to gguf` writes one GGUF model file for llama.cpp and Ollama from a GGUF base (a builtin GGUF model or a
+.gguf file): the base file with the adapted matrices replaced by W0 + ΔW (fp32 or fp16), every other tensor
+and all metadata copied unchanged (loralab.formats.gguf_merge)."""
 from __future__ import annotations
 
 import argparse
@@ -19,6 +24,7 @@ from pathlib import Path
 from loralab.errors import LoraLabError
 
 MERGED_KIND = "merged-model"
+MERGE_FORMATS = ("folder", "gguf")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
                    "merges.txt", "tokenizer.model", "chat_template.jinja", "generation_config.json")
 
@@ -31,8 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("base", help="the base model the adapter was trained on: a builtin name, model folder, .gguf "
                                      "file or cached hub id")
     parser.add_argument("adapter", help="the adapter folder (PEFT layout: adapter_config.json + adapter_model.safetensors)")
-    add_output_argument(parser, "output folder for the merged model (must not exist, or use --overwrite)",
-                        metavar="DIR", old=())
+    add_output_argument(parser, "output folder for the merged model (must not exist, or use --overwrite); with "
+                                "--to gguf the .gguf file to write", metavar="DIR", old=())
     parser.add_argument("old_output", nargs="?", metavar="OUT", help=argparse.SUPPRESS)  # loralab 0.1's positional
     add_task_argument(parser, "a classifier if the adapter saves one, else the base folder's architecture")
     parser.add_argument("--overwrite", action="store_true",
@@ -43,6 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--requantize", action="store_true",
                         help="with --quantize: store the merged weights quantized again (bitsandbytes' format; "
                              "the error this adds is reported); without it they are kept in full precision")
+    parser.add_argument("--to", choices=MERGE_FORMATS, default="folder",
+                        help="folder: a transformers model folder; gguf: one GGUF model file for llama.cpp / Ollama, "
+                             "from a GGUF base (default: folder)")
+    parser.add_argument("--dtype", choices=("fp32", "fp16"), default=None,
+                        help="with --to gguf: how the merged matrices are stored; the others keep the base's "
+                             "quantization (default: fp32)")
 
 
 def load_base_for_adapter(base: str, adapter_file, task: str = "auto"):
@@ -90,6 +102,11 @@ def run(args: argparse.Namespace) -> int:
     from loralab import files
     from loralab.cli.model_args import resolve_model_arg
 
+    if args.to == "gguf":
+        return _run_gguf(args)
+    if args.dtype:
+        raise LoraLabError("--dtype sets the merged matrices' precision in a GGUF file: give --to gguf too (a merged "
+                           "folder keeps the base's dtype)")
     out, base, adapter = _output(args), Path(args.base), Path(args.adapter)
     inputs = (base, adapter)
     # Refuse a bad output before the (slow) load: an existing folder is replaced only with --overwrite and
@@ -122,6 +139,35 @@ def run(args: argparse.Namespace) -> int:
             if (base / name).is_file():
                 files.atomic_write(scratch / name, lambda tmp, source=base / name: shutil.copyfile(source, tmp))
     print(f"merged {args.adapter} into {args.base} -> {out} ({type(plain).__name__})")
+    return 0
+
+
+def _run_gguf(args: argparse.Namespace) -> int:
+    """merge --to gguf: the GGUF base's file with the adapter merged in (loralab.formats.gguf_merge)."""
+    import loralab
+    from loralab import files
+    from loralab.formats.gguf_merge import NOT_GGUF, merge_into_gguf
+    from loralab.formats.peft import check_adapter_folder
+    from loralab.models import gguf_file_of
+
+    other = [flag for flag, given in (("--quantize", args.quantize), ("--requantize", args.requantize),
+                                      ("--overwrite", args.overwrite), ("--task", args.task != "auto")) if given]
+    if other:
+        raise LoraLabError(f"{other[0]} applies to a merged folder; --to gguf keeps the GGUF base's quantization for "
+                           "the untouched tensors and replaces an existing file atomically: drop it")
+    out = _output(args)
+    base_file = gguf_file_of(args.base)
+    files.check_output_file(out, [args.base, args.adapter, *([base_file] if base_file else [])])    # before any work
+    if base_file is None:
+        raise LoraLabError(NOT_GGUF)
+    check_adapter_folder(args.adapter)
+    dtype = args.dtype or "fp32"
+    report = merge_into_gguf(base_file, loralab.read_adapter(args.adapter), out, dtype)
+    if report.note:
+        print(report.note)
+    print(f"merged {args.adapter} into {args.base} -> {out} (GGUF {report.arch}: {report.merged} merged matrices "
+          f"stored {dtype}, {report.copied} tensors and {report.kv} metadata keys copied unchanged; "
+          f"llama-server -m {out}, Ollama: FROM {out})")
     return 0
 
 

@@ -51,6 +51,10 @@ class GgufLoraTensor:
     A: torch.Tensor
     B: torch.Tensor
 
+    def delta(self, alpha: float) -> torch.Tensor:
+        """ΔW (d, k) fp32 as llama.cpp adds it to the stored base tensor: llama_cpp_scale(alpha, r)·B·A."""
+        return llama_cpp_scale(alpha, self.A.shape[0]) * (self.B @ self.A)
+
 
 def permute_rows(weight: torch.Tensor, heads: int) -> torch.Tensor:
     """llama.cpp's reordering of a LLaMA q or k projection's output rows (its converter's `permute`).
@@ -84,11 +88,27 @@ def gguf_lora_tensors(adapter: AdapterFile, config: Any) -> tuple[GgufLayout, fl
     Raises one line for what a GGUF LoRA adapter cannot hold (DoRA's magnitudes, biases, modules_to_save
     copies, a module that is not an attention or MLP projection)."""
     layout = gguf_layout(config)
-    _check_plain(adapter)
+    heads = int(config.num_attention_heads)
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    alpha, tensors = lora_tensors_for_layout(adapter, layout, int(config.num_hidden_layers), heads, kv_heads)
+    return layout, alpha, tensors
+
+
+def llama_cpp_scale(alpha: float, r: int) -> float:
+    """The factor llama.cpp multiplies B·A by: alpha / r (r read from each B), 1 when alpha is 0."""
+    return alpha / r if alpha else 1.0
+
+
+def lora_tensors_for_layout(adapter: AdapterFile, layout: GgufLayout, layers: int, heads: int, kv_heads: int,
+                            instead: str = "merge it instead (loralab merge)",
+                            holder: str = "llama.cpp's GGUF adapters hold") -> tuple[float, list[GgufLoraTensor]]:
+    """(alpha, tensors) for a base stored in llama.cpp's `layout` with `layers` blocks, `heads` query heads
+    and `kv_heads` key/value heads (the q/k permutation's head counts). `holder` and `instead`: what the
+    one-line errors say takes plain factors only and the way out they name (export: merge it instead)."""
+    _check_plain(adapter, holder, instead)
     alpha = float(adapter.config.get("lora_alpha", 8))
-    names = gguf.get_tensor_name_map(_ARCH_BY_NAME[layout.arch], int(config.num_hidden_layers))
-    heads = {gguf.MODEL_TENSOR.ATTN_Q: int(config.num_attention_heads),
-             gguf.MODEL_TENSOR.ATTN_K: int(getattr(config, "num_key_value_heads", None) or config.num_attention_heads)}
+    names = gguf.get_tensor_name_map(_ARCH_BY_NAME[layout.arch], layers)
+    head_counts = {gguf.MODEL_TENSOR.ATTN_Q: heads, gguf.MODEL_TENSOR.ATTN_K: kv_heads}
     tensors = []
     for module, (A, B, scale) in sorted(adapter.factors.items(), key=lambda item: _natural(item[0])):
         found = names.get_type_and_name(module)
@@ -96,15 +116,14 @@ def gguf_lora_tensors(adapter: AdapterFile, config: Any) -> tuple[GgufLayout, fl
             raise LoraLabError(f"module {module} has no llama.cpp tensor that a LoRA adapter can patch ({layout.arch}: "
                                f"the attention and MLP projections); train without it to export to GGUF")
         kind, name = found
-        r = A.shape[0]
-        llama_scale = alpha / r if alpha else 1.0      # llama.cpp: alpha/r with r from each B, 1 when alpha is 0
+        llama_scale = llama_cpp_scale(alpha, A.shape[0])
         B = B.float() if math.isclose(scale, llama_scale, rel_tol=1e-6) else B.float() * (scale / llama_scale)
-        if layout.permute_qk and kind in heads:
-            B = permute_rows(B, heads[kind])
+        if layout.permute_qk and kind in head_counts:
+            B = permute_rows(B, head_counts[kind])
         tensors.append(GgufLoraTensor(name + ".weight", module, A.float(), B))
     if not tensors:
         raise LoraLabError(f"{adapter.path} holds no LoRA factors to export")
-    return layout, alpha, tensors
+    return alpha, tensors
 
 
 def write_gguf_adapter(adapter: AdapterFile, config: Any, path: str | os.PathLike, dtype: str = "fp32") -> int:
@@ -132,15 +151,15 @@ def write_gguf_adapter(adapter: AdapterFile, config: Any, path: str | os.PathLik
     return len(tensors)
 
 
-def _check_plain(adapter: AdapterFile) -> None:
+def _check_plain(adapter: AdapterFile, holder: str, instead: str) -> None:
     if adapter.extras:
         module, keys = next(iter(adapter.extras.items()))
-        raise LoraLabError(f"llama.cpp's GGUF adapters hold plain LoRA factors only; {module} also has "
-                           f"{', '.join(keys)} (a LoRA variant such as DoRA): merge it instead (loralab merge)")
+        raise LoraLabError(f"{holder} plain LoRA factors only; {module} also has "
+                           f"{', '.join(keys)} (a LoRA variant such as DoRA): {instead}")
     if adapter.biases or adapter.saved_modules:
         what = next(iter(adapter.biases)) if adapter.biases else next(iter(adapter.saved_modules))
-        raise LoraLabError(f"llama.cpp's GGUF adapters hold LoRA factors only, and this adapter also saves {what} "
-                           f"(a trained bias or a modules_to_save copy): merge it instead (loralab merge)")
+        raise LoraLabError(f"{holder} LoRA factors only, and this adapter also saves {what} "
+                           f"(a trained bias or a modules_to_save copy): {instead}")
 
 
 def _natural(module: str) -> tuple:

@@ -13,15 +13,15 @@ from loralab.models.builtin import (BUILTIN_MODELS, DEFAULT_MODEL_FOR_TASK, Buil
 from loralab.models.gguf import (CACHE_ENV, cache_root, cached_folder_for, cached_folder_with_fingerprint,
                                  clear_gguf_cache, ensure_plain_model, gguf_cache_dir, gguf_fingerprint, is_gguf_file,
                                  list_cached_models)
-from loralab.models.loading import (MODEL_TASKS, SOURCE_KINDS, ModelSource, auto_model_class, hf_hub_cache, is_hub_id,
-                                    load_model, load_tokenizer, resolve_model_source, resolve_model_spec,
-                                    source_from_record, source_of_loaded)
+from loralab.models.loading import (MODEL_TASKS, SOURCE_KINDS, ModelSource, auto_model_class, gguf_file_of,
+                                    hf_hub_cache, is_hub_id, load_model, load_tokenizer, resolve_model_source,
+                                    resolve_model_spec, source_from_record, source_of_loaded)
 
 __all__ = [
     "BUILTIN_MODELS", "BuiltinModel", "CACHE_ENV", "DEFAULT_MODEL_FOR_TASK", "MODEL_TASKS", "ModelSource",
     "SOURCE_KINDS", "auto_model_class", "builtin_model", "builtin_model_dir", "builtin_model_path", "cache_root",
     "cached_folder_for", "cached_folder_with_fingerprint", "clear_gguf_cache", "default_model_for_task",
-    "ensure_plain_model", "gguf_cache_dir", "gguf_fingerprint", "hf_hub_cache", "is_gguf_file", "is_hub_id",
-    "list_cached_models", "load_model", "load_tokenizer", "resolve_model_source", "resolve_model_spec",
+    "ensure_plain_model", "gguf_cache_dir", "gguf_file_of", "gguf_fingerprint", "hf_hub_cache", "is_gguf_file",
+    "is_hub_id", "list_cached_models", "load_model", "load_tokenizer", "resolve_model_source", "resolve_model_spec",
     "source_from_record", "source_of_loaded",
 ]

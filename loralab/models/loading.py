@@ -245,6 +245,30 @@ def _checked(source: ModelSource, fingerprint: str | None) -> ModelSource:
     return source
 
 
+def gguf_file_of(spec: str | os.PathLike) -> Path | None:
+    """The GGUF file `spec` names, read as resolve_model_source reads it (a builtin GGUF model, a .gguf file,
+    a folder or cached hub snapshot holding exactly one .gguf file and no config.json), without de-quantizing
+    anything; None when `spec` names a transformers folder (errors as resolve_model_source's)."""
+    text = os.fspath(spec)
+    if text in BUILTIN_MODELS:
+        return builtin_model_dir(text) if builtin_model(text).kind == "gguf" else None
+    path = Path(text).expanduser()
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise LoraLabError(f"model file {path} is not a .gguf file; give a .gguf file or the model folder "
+                               "holding config.json")
+        return path
+    folder = path if path.is_dir() else (_cached_snapshot(text) if is_hub_id(text) else None)
+    if folder is None:
+        raise _not_found(text)
+    if (folder / "config.json").is_file():
+        return None
+    gguf_files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".gguf")
+    if len(gguf_files) != 1:
+        _from_folder(text, "folder", text, folder, None)     # its one line for no or several .gguf files
+    return gguf_files[0]
+
+
 def resolve_model_spec(spec: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
     """A plain transformers folder (config.json + weights + tokenizer) for `spec`: resolve_model_source's
     `folder` (a builtin name, a model folder, a .gguf file or a folder holding one, or a cached hub id)."""

@@ -275,3 +275,68 @@ def test_merge_takes_a_builtin_model_name_as_train_does(tmp_path, capsys):
     assert _error_line(capsys.readouterr().err).endswith("loralab does not write into those. Choose another output "
                                                          "location")     # inside the resolved model folder
     assert _digest(folder) == before and not (folder / "inside").exists()
+
+
+@pytest.fixture
+def gguf_base(tmp_path, monkeypatch):
+    """(tiny LLaMA GGUF file, the adapter folder of a q/v LoRA on its weights)."""
+    from tests.models.conftest import write_tiny_llama_gguf
+
+    monkeypatch.setenv("LORALAB_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "tiny.Q8_0.gguf"
+    model = write_tiny_llama_gguf(path)
+    loralab.inject(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    fill_adapter(model, "default", seed=2)
+    loralab.save_adapter(model, tmp_path / "ad")
+    return path, tmp_path / "ad"
+
+
+def test_merge_to_gguf_writes_a_gguf_model(gguf_base, tmp_path, capsys):
+    import gguf
+
+    path, adapter = gguf_base
+    out = tmp_path / "merged.gguf"
+    assert main(["merge", str(path), str(adapter), "--to", "gguf", "-o", str(out), "--dtype", "fp16"]) == 0
+    source = gguf.GGUFReader(path)
+    assert capsys.readouterr().out == (
+        f"merged {adapter} into {path} -> {out} (GGUF llama: 4 merged matrices stored fp16, "
+        f"{len(source.tensors) - 4} tensors and {len(source.fields) - 4} metadata keys copied unchanged; "
+        f"llama-server -m {out}, Ollama: FROM {out})\n")        # the reader's 3 GGUF.* fields and the architecture
+    types = {t.name: t.tensor_type for t in gguf.GGUFReader(out).tensors}
+    assert types["blk.0.attn_q.weight"] == types["blk.1.attn_v.weight"] == gguf.GGMLQuantizationType.F16
+    assert types["blk.0.attn_k.weight"] == gguf.GGMLQuantizationType.Q8_0
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--quantize", "nf4"], "--quantize applies to a merged folder; --to gguf keeps the GGUF base's quantization"),
+    (["--overwrite"], "--overwrite applies to a merged folder"),
+])
+def test_merge_to_gguf_refuses_folder_flags(gguf_base, tmp_path, capsys, extra, message):
+    path, adapter = gguf_base
+    assert main(["merge", str(path), str(adapter), "--to", "gguf", "-o", str(tmp_path / "m.gguf"), *extra]) == 2
+    assert message in _error_line(capsys.readouterr().err)
+    assert not (tmp_path / "m.gguf").exists()
+
+
+def test_merge_to_gguf_never_writes_over_its_base(gguf_base, capsys):
+    path, adapter = gguf_base
+    before = path.read_bytes()
+    assert main(["merge", str(path), str(adapter), "--to", "gguf", "-o", str(path)]) == 2
+    assert str(path) in _error_line(capsys.readouterr().err)
+    assert path.read_bytes() == before
+
+
+def test_merge_to_gguf_from_a_transformers_folder_names_the_way(bert_folder, adapted, tmp_path, capsys):
+    _, adapter = adapted
+    assert main(["merge", str(bert_folder), str(adapter), "--to", "gguf", "-o", str(tmp_path / "m.gguf")]) == 2
+    assert _error_line(capsys.readouterr().err) == (
+        "loralab merge: error: merge --to gguf needs a GGUF base (a .gguf file or a builtin GGUF model such as "
+        "smollm2-135m-instruct); for a transformers folder merge to a folder (loralab merge BASE ADAPTER -o DIR) "
+        "and convert that with llama.cpp's convert_hf_to_gguf.py")
+
+
+def test_dtype_without_to_gguf_is_one_line(bert_folder, adapted, tmp_path, capsys):
+    _, adapter = adapted
+    assert main(["merge", str(bert_folder), str(adapter), "-o", str(tmp_path / "m"), "--dtype", "fp16"]) == 2
+    assert "--dtype sets the merged matrices' precision in a GGUF file: give --to gguf too" in \
+        _error_line(capsys.readouterr().err)
