@@ -192,12 +192,25 @@ def check_saved_init(value, where: str) -> None:
     says True). Other inits only chose the factors' start, so a trained adapter loads whichever it used."""
     init = _init_named(value)
     loadable = [i for i in INITS.values() if not i.changes_base_weight]
+    if init is None and _start_only(value):
+        return
     if init is None:
         raise LoraLabError(f"{where}: {_no_init(value, loadable)}")
     if init.changes_base_weight:
         raise LoraLabError(f"{where}: init_lora_weights={value!r}: these factors belong to the base weights "
                            f"{init.name} changed, not to the original model; re-save the adapter with PEFT's "
                            f"save_pretrained(path_initial_model_for_weight_conversion=...)")
+
+
+# PEFT's init_lora_weights values (PEFT 0.21) that only choose where A and B start and leave the base weights
+# alone: a trained adapter saved with one is a plain ΔW = B·A that loads like any other. loralab cannot start
+# a new adapter this way (no registered Init), but it can load one. PEFT's other values change the base
+# (PiSSA, OLoRA, CorDA; LoftQ replaces it) or the forward (MiCA) and stay refused.
+PEFT_START_ONLY_INITS = (False, "eva", "orthogonal")
+
+
+def _start_only(value) -> bool:
+    return any(value is known if isinstance(known, bool) else value == known for known in PEFT_START_ONLY_INITS)
 
 
 def _init_named(value):

@@ -606,6 +606,18 @@ def _readers(folder):
             "check_adapter_folder": lambda: loralab.formats.peft.check_adapter_folder(folder)}
 
 
+@pytest.mark.parametrize("value", [False, "eva", "orthogonal"])
+def test_a_trained_adapter_whose_init_only_chose_its_start_loads_whatever_that_init_was(value, tmp_path):
+    model = tiny_model("bert")
+    loralab.inject(model, LoraConfig(r=2))
+    randomize_trainable(model, seed=3)
+    folder = loralab.save_adapter(model, tmp_path / "ad")
+    expected = model_output(model, tiny_inputs(model))
+    _set_config(folder, init_lora_weights=value)           # as PEFT writes it after such a start
+    loaded = loralab.load_adapter(tiny_model("bert"), folder)
+    assert torch.equal(model_output(loaded, tiny_inputs(loaded)), expected)
+
+
 @pytest.mark.parametrize("bad_folder", list(BAD_FOLDERS), indirect=True)
 def test_a_bad_adapter_folder_is_one_line_naming_the_cause_wherever_it_is_read(bad_folder):
     folder, message = bad_folder
