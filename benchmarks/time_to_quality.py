@@ -108,11 +108,14 @@ def _fmt(value, digits: int = 1, unit: str = "") -> str:
     return "—" if value is None else f"{value:,.{digits}f}{unit}"
 
 
-def markdown_table(task: str, summary: dict[str, Any]) -> str:
+def markdown_table(task: str, summary: dict[str, Any], majority: float | None = None) -> str:
+    """The task's table; `majority` (the dev accuracy of always answering the commonest label) is stated
+    next to the threshold, since a threshold below it says little."""
     head = ("Row", "Best dev acc", "Time to threshold (s)", "Steps to threshold", "s/step",
             f"Ratio vs {ROW_NAMES[summary['anchor']]}", "Reached")
+    baseline = "" if majority is None else f"; the commonest label alone scores {100 * majority:.1f} %"
     lines = [f"**{task}**: threshold {100 * summary['threshold']:.1f} % = {100 * summary['fraction']:.0f} % of the "
-             f"best dev accuracy of any run ({100 * summary['best_accuracy']:.1f} %); medians over seeds", "",
+             f"best dev accuracy of any run ({100 * summary['best_accuracy']:.1f} %){baseline}; medians over seeds", "",
              "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for name, row in summary["rows"].items():
         ratio = _fmt(row["ratio_vs_anchor"], 2, "×")
@@ -397,10 +400,12 @@ def run_task(bench: Bench, task: str, seeds: list[int], log=print) -> dict[str, 
             log(f"[{task}] {row} seed {seed}: best {100 * best_accuracy(run['curve']):.1f} %, {run['steps']} steps, "
                 f"{run['seconds']:.0f} s training ({time.perf_counter() - started:.0f} s wall)")
     summary = summarize({row: runs[row] for row in ROWS})
-    return {"summary": summary, "runs": runs, "precision_probe_s_per_step": probe,
+    labels = [f["labels"] for f in data.eval.dev.features]
+    majority = max(labels.count(label) for label in set(labels)) / len(labels)
+    return {"summary": summary, "runs": runs, "precision_probe_s_per_step": probe, "majority_accuracy": majority,
             "recipes": {"loralab": runs["loralab"][0]["settings"],
                         **{k: dataclasses.asdict(v) for k, v in recipes.items()}},
-            "table": markdown_table(task, summary)}
+            "table": markdown_table(task, summary, majority)}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

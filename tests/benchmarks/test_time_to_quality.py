@@ -63,6 +63,8 @@ def test_summary_without_a_time_has_no_ratio():
     assert table[0].startswith("**sst2**: threshold 81.0 % = 90 % of the best dev accuracy of any run (90.0 %)")
     assert table[-1] == "| PEFT + Trainer, PEFT docs' settings | 20.0 % | — | — | 0.100 | — | 0/1 |"
     assert all(line.count("|") == 8 for line in table[2:])
+    title = ttq.markdown_table("mrpc", summary, majority=0.684).splitlines()[0]
+    assert title.endswith("(90.0 %); the commonest label alone scores 68.4 %; medians over seeds")
 
 
 @pytest.mark.needs_shared_data("glue/MRPC/train.tsv")
