@@ -30,7 +30,8 @@ METRICS = {
     "loralab_adapter_load_failures_total": ("counter", "Loads from --adapter-root refused (bad folder, not found)",
                                             None),
     "loralab_adapter_evictions_total": ("counter", "Least-recently-used adapters unloaded to make room", None),
-    "loralab_adapter_resident_bytes": ("gauge", "Bytes of the resident adapters' tensors (fp32)", None),
+    "loralab_adapter_resident_bytes": ("gauge", "Bytes of the resident adapters: tensors and their rank-padded slots (fp32)", None),
+    "loralab_adapter_slot_bytes": ("gauge", "Bytes the per-layer adapter slot stacks hold (allocated capacity)", None),
     "loralab_adapter_load_seconds": ("histogram", "A store load from its start (reading the files) to the adapter "
                                      "on the model", LATENCY_BUCKETS),
     "loralab_batch_rows": ("histogram", "Rows per model forward (decoding step or classifier batch)", BATCH_BUCKETS),
