@@ -245,6 +245,20 @@ async def running(cmd: list[str], port: int, env: dict | None = None, timeout: f
 
 
 async def one_request(client, body: dict, tally: Tally) -> None:
+    """One streamed completion into `tally`. A kept-alive connection the server closed before answering
+    (cpp-httplib closes after a number of requests per connection) is retried once, timed from the retry."""
+    import httpx
+
+    for attempt in (1, 2):
+        try:
+            return await _one_request(client, body, tally, retry=attempt == 1)
+        except httpx.RemoteProtocolError:
+            continue
+
+
+async def _one_request(client, body: dict, tally: Tally, retry: bool) -> None:
+    import httpx
+
     start = time.monotonic()
     first, tokens, chunks = None, None, 0
     try:
@@ -261,6 +275,12 @@ async def one_request(client, body: dict, tally: Tally) -> None:
                     chunks += 1
                     if first is None:
                         first = time.monotonic() - start
+    except httpx.RemoteProtocolError as exc:
+        if retry and first is None:
+            raise
+        tally.errors += 1
+        tally.error_samples.append(repr(exc)[:300])
+        return
     except Exception as exc:  # noqa: BLE001 - counted and sampled
         tally.errors += 1
         tally.error_samples.append(repr(exc)[:300])

@@ -25,7 +25,10 @@ the model thread between two decoding steps. Concurrent requests for one name sh
 answers each of them (and no other request) with its error. Resident adapters are bounded by --max-adapters
 (and --adapter-memory); making room unloads the least recently used adapter that no request holds and that
 was not given with --adapter or hot-loaded by name (those stay until unloaded). Cold loads are rate-limited
-(--max-cold-loads-per-second, 429).
+(--max-cold-loads-per-second, 429). A loaded adapter's rank-padded slots in every layer's slot stack
+(loralab.core.rows.SlotStack, bounded by --max-adapters) are written on the model thread right after its
+insertion, so decoding steps only index them; its memory (tensors plus slots at the stacks' rank) is what
+--adapter-memory counts.
 """
 from __future__ import annotations
 
@@ -41,12 +44,12 @@ from typing import Any
 from torch import nn
 
 import loralab
+from loralab.adapters.per_row import reserve_row_slots, row_slot_bytes, write_row_slots
 from loralab.data.batching import pad_token_id_for
 from loralab.data.chat import chat_prompt_ids, check_messages
 from loralab.data.encoding import Task, encode_examples
 from loralab.data.examples import Example
 from loralab.data.tasks import task_kind
-from loralab.adapters.per_row import reserve_row_slots, row_slot_bytes, write_row_slots
 from loralab.errors import LoraLabError
 from loralab.formats.peft import AdapterFile, insert_adapter, read_adapter
 from loralab.generation.decoder import context_length
