@@ -254,10 +254,9 @@ class Masked(RowStrategy):
     def apply(self, layer, plan, x, out, used, repeat):
         stack = slots_of(layer)
         stack.sync(layer, used)
-        slots, mask = self.mask(plan, stack, used, repeat)
-        first, count = int(slots[0]), len(slots)
-        if int(slots[-1]) - first + 1 == count:     # consecutive slots (the usual case): views, no copy
-            A, B = stack.A[first:first + count], stack.B[first:first + count]
+        slots, mask, run = self.mask(plan, stack, used, repeat)
+        if run is not None:                         # consecutive slots (the usual case): views, no copy
+            A, B = stack.A[run], stack.B[run]
         else:
             index = slots.to(stack.A.device)
             A, B = stack.A.index_select(0, index), stack.B.index_select(0, index)
@@ -269,16 +268,21 @@ class Masked(RowStrategy):
         return flat.view(out.shape).to(out.dtype)
 
     @staticmethod
-    def mask(plan: RowPlan, stack: SlotStack, used: Sequence[str], repeat: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The used adapters' slots, ascending (U,), and the (rows, U·r_max) mask keeping each row's own slot."""
+    def mask(plan: RowPlan, stack: SlotStack, used: Sequence[str],
+             repeat: int) -> tuple[torch.Tensor, torch.Tensor, slice | None]:
+        """The used adapters' slots, ascending (U,), the (rows, U·r_max) mask keeping each row's own slot, and
+        the slots as a slice when they are consecutive (None otherwise)."""
         taken = tuple(sorted((stack.slot_of[name], name) for name in used))
         r_max = stack.r_max
 
-        def build() -> tuple[torch.Tensor, torch.Tensor]:
+        def build() -> tuple[torch.Tensor, torch.Tensor, slice | None]:
             position = {name: i for i, (_, name) in enumerate(taken)}
             row_slot = torch.tensor([position.get(name, -1) for name in plan.row_names(repeat)])
             owner = torch.arange(len(taken)).repeat_interleave(r_max)
-            return torch.tensor([s for s, _ in taken]), (owner[None, :] == row_slot[:, None]).to(stack.A.dtype)
+            first, last = taken[0][0], taken[-1][0]
+            run = slice(first, last + 1) if last - first + 1 == len(taken) else None
+            return (torch.tensor([s for s, _ in taken]), (owner[None, :] == row_slot[:, None]).to(stack.A.dtype),
+                    run)
         return plan.layout((MASKED, taken, r_max, repeat), build)
 
 

@@ -87,6 +87,8 @@ def test_mixed_batches_equal_each_adapter_after_loads_evictions_and_reloads(tmp_
         assert stack.capacity == 4 and stack.r_max == 8          # 3 reserved + the base's slot 0; b's rank
         first = dict(stack.slot_of)
         assert sorted(first.values()) == [1, 2, 3]
+        names = ["c", "a", None, "a", "c", "c"]                  # slots 1 and 3: not consecutive, gathered
+        torch.testing.assert_close(served(model, ids, names, strategy), reference(model, ids, names), **TOL)
 
         loralab.delete_adapter(model, "b")                       # an eviction: b's slot zeroed and freed
         assert "b" not in stack.slot_of
