@@ -5,8 +5,9 @@
 
 Both servers get the builtin SmolLM2-135M-Instruct Q4_1 GGUF (loralab de-quantizes it to fp32 once; llama.cpp
 runs Q4_1), the same random r = 8 adapters on q_proj/v_proj (alpha 16), the same threads, the same closed-loop
-clients and prompts, greedy completions of `max_tokens` tokens, streamed with usage. Loads, one after the
-other on each server: the base model, 1 adapter, 8 adapters (requests spread over them), `distinct` of the
+clients and prompts, greedy completions of `max_tokens` tokens, streamed with usage. Both servers run at
+once (the idle one waits on its socket); each load runs on one, then on the other, so a shared machine's
+changing load hits both alike (who goes first alternates). Loads: the base model, 1 adapter, 8 adapters (requests spread over them), `distinct` of the
 adapters on disk (uniform), and the 8-adapter load again beside a competing busy process
 (`python -c "while True: pass"`). Each prints tokens/s, requests/s, p50/p99 latency and p50 time to first
 token.
@@ -332,10 +333,14 @@ async def compare(config: Config, build, log: Callable[[str], None]) -> dict:
             port = free_port()
             servers.append(("llama.cpp", llama_server_command(build.server, Path(builtin_model_dir(BASE)), loras,
                                                               config.threads, config.clients, port), None, port))
-        for server, cmd, env, port in servers:
-            log(f"starting {server} ...")
-            async with running(cmd, port, env) as url:
-                for load in config.loads():
+        async with contextlib.AsyncExitStack() as stack:
+            urls = {}
+            for server, cmd, env, port in servers:
+                log(f"starting {server} ...")
+                urls[server] = await stack.enter_async_context(running(cmd, port, env))
+            for i, load in enumerate(config.loads()):  # both servers per load, back to back (who goes first
+                order = list(urls.items())              # alternates): a shared machine's load hits both alike
+                for server, url in order[::-1] if i % 2 else order:
                     log(f"{server}: {load.label}, {config.clients} clients for {config.seconds:g} s ...")
                     summary = (await phase(url, server, load, config)).summary()
                     results.setdefault(server, {})[load.label] = summary
