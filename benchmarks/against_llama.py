@@ -7,7 +7,8 @@ Both servers get the builtin SmolLM2-135M-Instruct Q4_1 GGUF (loralab de-quantiz
 runs Q4_1), the same random r = 8 adapters on q_proj/v_proj (alpha 16), the same threads, the same closed-loop
 clients and prompts, greedy completions of `max_tokens` tokens, streamed with usage. Both servers run at
 once (the idle one waits on its socket); each load runs on one, then on the other, so a shared machine's
-changing load hits both alike (who goes first alternates). Loads: the base model, 1 adapter, 8 adapters (requests spread over them), `distinct` of the
+changing load hits both alike (who goes first alternates), after an unrecorded 5 s warm-up on 8
+adapters each. Loads: the base model, 1 adapter, 8 adapters (requests spread over them), `distinct` of the
 adapters on disk (uniform), and the 8-adapter load again beside a competing busy process
 (`python -c "while True: pass"`). Each prints tokens/s, requests/s, p50/p99 latency and p50 time to first
 token.
@@ -338,6 +339,10 @@ async def compare(config: Config, build, log: Callable[[str], None]) -> dict:
             for server, cmd, env, port in servers:
                 log(f"starting {server} ...")
                 urls[server] = await stack.enter_async_context(running(cmd, port, env))
+            warm = Config(**{**vars(config), "seconds": min(5.0, config.seconds)})
+            for server, url in urls.items():            # not recorded: first requests, caches, adapter loads
+                log(f"{server}: warm-up, 8 adapters, {warm.seconds:g} s ...")
+                await phase(url, server, Load("warm-up", 8), warm)
             for i, load in enumerate(config.loads()):  # both servers per load, back to back (who goes first
                 order = list(urls.items())              # alternates): a shared machine's load hits both alike
                 for server, url in order[::-1] if i % 2 else order:
