@@ -63,10 +63,10 @@ def worker(threads: int, slices: int, seconds: float, busy: int) -> dict[str, fl
     import torch
 
     from benchmarks.mixed import MixedConfig, load_base, with_adapters
-    from loralab.generation import BatchDecoder, SamplingParams
-    from loralab.models import load_tokenizer
 
     import loralab
+    from loralab.generation import BatchDecoder, SamplingParams
+    from loralab.models import load_tokenizer
 
     torch.set_num_threads(threads)
     config = MixedConfig("smollm2", adapters=8)
