@@ -3,17 +3,20 @@
     python benchmarks/serve_bench.py                 # everything (about 25 min on 2 busy cores)
     python benchmarks/serve_bench.py --quick         # fewer rounds, 20 s load phases: a smoke run
     python benchmarks/serve_bench.py --only mixed    # the in-process comparison only (or: --only server)
+    python benchmarks/serve_bench.py --against llama.cpp [--quick]   # side by side with llama-server
 
 `mixed` (benchmarks/mixed.py): 32 rows over 8 adapters, MiniLM classification forward and SmolLM2 decoding
 steps: loralab mixed batch (per strategy) vs one adapter vs PEFT's adapter_names vs switching per sub-batch.
 `server` (benchmarks/loadtest.py): a `loralab serve` process per base on 127.0.0.1, N concurrent clients,
-every answer checked against its adapter's offline output. Results: docs/serving.md.
+every answer checked against its adapter's offline output. `--against llama.cpp` (benchmarks/against_llama.py):
+`loralab serve` and llama.cpp's `llama-server` on the same GGUF base, adapters, threads, clients and prompts —
+base, 1 adapter, 8 adapters, 100 of 1,000 adapters, and 8 adapters beside a busy process. Results:
+docs/serving.md.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 import time
@@ -24,7 +27,7 @@ if __package__ in (None, ""):           # run as a script: make `benchmarks` and
 
 import torch  # noqa: E402
 
-from benchmarks import loadtest, mixed  # noqa: E402
+from benchmarks import against_llama, loadtest, mixed  # noqa: E402
 from benchmarks.run import write_json  # noqa: E402
 
 
@@ -38,8 +41,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--models", nargs="+", choices=["minilm", "smollm2"], default=["minilm", "smollm2"],
                         help="the in-process workloads to run")
-    parser.add_argument("--json", default=str(Path(__file__).parent / "results" / "serve-latest.json"))
-    return parser.parse_args(argv)
+    parser.add_argument("--against", choices=["llama.cpp"], help="compare `loralab serve` with llama-server "
+                        "(benchmarks/against_llama.py) instead of the sections above")
+    parser.add_argument("--converter", choices=["loralab", "llama.cpp"], default="loralab",
+                        help="--against: who converts the adapters to GGUF (default: loralab export --to gguf)")
+    parser.add_argument("--no-build", action="store_true", help="--against: skip llama.cpp when it is not built yet")
+    parser.add_argument("--on-disk", type=int, help="--against: adapters written (default 1000, quick 100)")
+    parser.add_argument("--distinct", type=int, help="--against: the store load's adapters (default 100, quick 20)")
+    parser.add_argument("--json", help="raw numbers (default benchmarks/results/serve-latest.json, "
+                        "--against: llama-latest.json)")
+    args = parser.parse_args(argv)
+    if args.json is None:
+        args.json = str(Path(__file__).parent / "results" / ("llama-latest.json" if args.against else
+                                                              "serve-latest.json"))
+    return args
 
 
 def mixed_table(results: dict) -> str:
@@ -69,6 +84,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    if args.against:
+        return against_llama.main(args, log)
     started = time.time()
     results: dict = {"load_average_start": os.getloadavg(), "threads": args.threads}
     if "mixed" in args.only:

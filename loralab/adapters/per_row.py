@@ -7,6 +7,12 @@
 
 Inside the block the rows' names replace the active adapter in every LoraLayer and TrainableCopy
 (modules_to_save); on exit the model is as before. The math is in loralab.core.rows.
+
+A server keeps its resident adapters in per-layer slots (loralab.core.rows.SlotStack):
+
+    reserve_row_slots(model, 64)          # at most 64 resident adapters: slots grow to 65 (slot 0: the base)
+    write_row_slots(model, ["acme"])      # right after loading "acme": its slots written now, not in a step
+    row_slot_bytes(model)                 # bytes the slot stacks hold (allocated, every layer)
 """
 from __future__ import annotations
 
@@ -15,9 +21,9 @@ from collections.abc import Iterator, Sequence
 
 from torch import nn
 
-from loralab.adapters.state import TrainableCopy, adapter_state
+from loralab.adapters.state import TrainableCopy, adapter_state, lora_layers
 from loralab.core.lora import LoraLayer
-from loralab.core.rows import RowPlan
+from loralab.core.rows import RowPlan, reserve_slots, slots_of, write_slots
 from loralab.errors import LoraLabError
 
 
@@ -70,3 +76,30 @@ def _checked_plan(model: nn.Module, names: Sequence[str | None], strategy: str |
         return RowPlan(names, strategy)
     except ValueError as exc:
         raise LoraLabError(str(exc)) from None
+
+
+RESERVE_ATTR = "_row_slot_reserve"
+
+
+def reserve_row_slots(model: nn.Module, adapters: int | None) -> None:
+    """Bound every layer's slot stack to `adapters` resident adapters (None: unbounded), also the layers of
+    adapters loaded later (`write_row_slots` applies it). Nothing is allocated here: stacks grow by doubling
+    up to the bound as slots are written."""
+    model.__dict__[RESERVE_ATTR] = adapters
+    for _, layer in lora_layers(model):
+        reserve_slots(layer, adapters)
+
+
+def write_row_slots(model: nn.Module, names: Sequence[str]) -> None:
+    """Write the slots of adapters `names` on every layer that holds them (ΔW = s·B·A adapters on linear
+    layers; others never use slots), so no decoding step writes them."""
+    reserved = model.__dict__.get(RESERVE_ATTR)
+    for _, layer in lora_layers(model):
+        if reserved is not None:
+            reserve_slots(layer, reserved)
+        write_slots(layer, names)
+
+
+def row_slot_bytes(model: nn.Module) -> int:
+    """Bytes held by the model's slot stacks (allocated capacity, not only the filled slots)."""
+    return sum(slots_of(layer).nbytes() for _, layer in lora_layers(model))

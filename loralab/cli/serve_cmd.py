@@ -10,6 +10,9 @@ decoded together in mixed-adapter batches. Endpoints, limits and examples: docs/
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+from collections.abc import MutableMapping
 from pathlib import Path
 
 # vLLM's names for serve's flags where they mean the same (--lora-modules is --adapter, added with it); every
@@ -85,7 +88,21 @@ def settings_from_args(args: argparse.Namespace):
                          adapter_root=args.adapter_root, threads=args.threads, **runtime_fields(args), **limits)
 
 
+def passive_openmp(environ: MutableMapping[str, str] = os.environ) -> bool:
+    """Set OMP_WAIT_POLICY=PASSIVE unless a policy is set already; True when it set it. OpenMP's idle worker
+    threads then sleep at once instead of spinning: with torch's default (as many threads as cores) and any
+    other process on the machine, spinning threads wait for a descheduled partner and decoding collapses
+    (benchmarks/threads.py; docs/serving.md, "Threads on a shared machine"). OpenMP reads the variable
+    when torch loads it, so this runs before anything imports torch."""
+    if environ.get("OMP_WAIT_POLICY"):
+        return False
+    environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
+    if "torch" not in sys.modules:      # `loralab serve` imported nothing heavy yet (main.py: lazy commands)
+        passive_openmp()
     import transformers
 
     from loralab.errors import LoraLabError

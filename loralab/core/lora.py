@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from loralab.core.inits import INITS, Init
+from loralab.core.rows import clear_slot
 from loralab.core.variants import PLAIN, Variant
 
 if TYPE_CHECKING:
@@ -223,6 +224,7 @@ class LoraLayer(nn.Module):
         if name in self.merged:
             self.unmerge()
         f = self.lora_adapters.pop(name)
+        clear_slot(self, name)                           # its per-row slot (loralab.core.rows), zeroed and freed
         offset = f.base_offset()
         if offset is not None:
             A0, B0 = offset

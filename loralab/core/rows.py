@@ -12,9 +12,9 @@ adapters the batch uses:
             and are added back with index_add: one gather, two matmuls and one scatter per distinct
             adapter. Works for every layer kind and variant (one that is not ΔW = s·B·A, like DoRA, runs
             its own forward on its rows) and keeps autograd.
-  masked    every row through every used adapter's A at once (one (N, k)·(k, R) matmul), the columns of
-            other adapters zeroed by a (rows, R) mask, then one addmm with the stacked s·Bᵀ (R, d):
-            three ops whatever the mix, R/r times the single adapter's flops.
+  masked    every row through every used adapter's slot of A at once (one (N, k)·(k, U·r_max) matmul), the
+            columns of other adapters zeroed by a (rows, U·r_max) mask, then one addmm with the slots' s·Bᵀ:
+            three ops whatever the mix, U·r_max/r times the single adapter's flops.
   gathered  (BGMV-like) every row gathers its rank-padded factors (slot 0: zeros for the base) and two
             batched matmuls (bmm) do all rows: four ops, but B·r_max·(k+d) factor values copied per call.
 
@@ -40,9 +40,14 @@ forced (`strategy="gathered"`), for comparison and for hardware with gather-frie
 `python -m benchmarks.rows_calibrate` re-measures the crossover on this machine (one thread) and prints
 the constant; `LORALAB_MASKED_MAX_WORK=N` uses it without editing this file.
 
-The stacks are cached on each layer and rebuilt when any factor changes: the cache key holds every
-factor's storage address and in-place version counter, so loading, deleting, moving and training steps
-(optimizer updates are in-place) invalidate it without anyone having to remember to.
+The stacked paths read per-layer slots (`SlotStack`, after vLLM's preallocated LoRA slots and its
+`set_lora(index)`): each resident adapter owns a slot of rank-padded tensors (capacity × r_max × k for A,
+capacity × r_max × d for s·Bᵀ; zero rows past its rank add exact zeros), written in place when an adapter
+first needs it (or by `write_slots` right after a load), zeroed and freed by `LoraLayer.remove_adapter`.
+A step indexes slots (row → slot); nothing is concatenated per step. A slot is rewritten only when its
+factors changed (another object, storage or in-place version: loading, training steps), the stacks are
+reallocated only when they run out of slots (doubling up to `reserve_slots`' count), meet a larger rank
+or another device; `SlotStack.builds`/`.writes` and SLOT_HOOKS count both.
 
 Rows: the plan's rows are the batch's first dimension. A layer whose input has m·B rows (transformers'
 generate repeats each row m times for beams or num_return_sequences) sees each name repeated m times.
@@ -53,6 +58,7 @@ import functools
 import itertools
 import math
 import os
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -102,7 +108,7 @@ def row_costs() -> RowCosts:
 
 class RowStrategy:
     """One way to add each row's own adapter update to a layer's base output. Subclasses set `name`, say
-    whether they need the layer's FactorStack (`stacked`), and implement `cost` and `apply`."""
+    whether they read the layer's SlotStack (`stacked`), and implement `cost` and `apply`."""
     name: ClassVar[str] = ""
     stacked: ClassVar[bool] = False
 
@@ -237,20 +243,24 @@ def _dropout_on(f: nn.Module) -> bool:
 # ---- the built-in strategies (masked first: it wins ties with grouped, as `N·R <= MASKED_MAX_WORK` says) ----
 @register_row_strategy
 class Masked(RowStrategy):
-    """x: (B, ..., k) through every used adapter's A (B, ..., R), other adapters' columns zeroed, then
-    one addmm with s·Bᵀ (R, d) into out (B, ..., d)."""
+    """x: (B, ..., k) through the used adapters' slots of A at once (B, ..., U·r_max), the columns of other
+    rows' slots zeroed, then one addmm with their s·Bᵀ (U·r_max, d) into out (B, ..., d). Zero-padded rank
+    rows add exact zeros."""
     name, stacked = MASKED, True
 
     def cost(self, work: Work, costs: RowCosts) -> float:
         return work.tokens * work.rank if work.adapters > 1 else math.inf     # one adapter: grouped needs no mask
 
     def apply(self, layer, plan, x, out, used, repeat):
-        stack = stack_of(layer)
-        columns, mask = self.mask(plan, stack, used, repeat)
-        A, B = stack.A, stack.B
-        if columns.numel() != A.shape[0]:           # some stacked adapters unused here: keep only the used rows
-            columns = columns.to(A.device)
-            A, B = A.index_select(0, columns), B.index_select(0, columns)
+        stack = slots_of(layer)
+        stack.sync(layer, used)
+        slots, mask, run = self.mask(plan, stack, used, repeat)
+        if run is not None:                         # consecutive slots (the usual case): views, no copy
+            A, B = stack.A[run], stack.B[run]
+        else:
+            index = slots.to(stack.A.device)
+            A, B = stack.A.index_select(0, index), stack.B.index_select(0, index)
+        A, B = A.reshape(-1, A.shape[-1]), B.reshape(-1, B.shape[-1])
         a = F.linear(in_dtype_of(x, A), A)
         a = a * mask.to(a.device).view(mask.shape[0], *([1] * (a.dim() - 2)), mask.shape[1])
         wide = widened(out, B)                      # fp32 factors on a 16-bit base: add in fp32, round once
@@ -258,19 +268,22 @@ class Masked(RowStrategy):
         return flat.view(out.shape).to(out.dtype)
 
     @staticmethod
-    def mask(plan: RowPlan, stack: "FactorStack", used: Sequence[str], repeat: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The stacked rows of the used adapters (R_used,) and the (rows, R_used) mask that keeps each row's
-        own adapter's columns."""
-        used = [name for name in stack.spans if name in used]      # stack order: columns increase
+    def mask(plan: RowPlan, stack: SlotStack, used: Sequence[str],
+             repeat: int) -> tuple[torch.Tensor, torch.Tensor, slice | None]:
+        """The used adapters' slots, ascending (U,), the (rows, U·r_max) mask keeping each row's own slot, and
+        the slots as a slice when they are consecutive (None otherwise)."""
+        taken = tuple(sorted((stack.slot_of[name], name) for name in used))
+        r_max = stack.r_max
 
-        def build() -> tuple[torch.Tensor, torch.Tensor]:
-            spans = [stack.spans[name] for name in used]
-            columns = torch.cat([torch.arange(start, end) for start, end in spans])
-            owner = torch.cat([torch.full((end - start,), i) for i, (start, end) in enumerate(spans)])
-            slot = {name: i for i, name in enumerate(used)}
-            row_slot = torch.tensor([slot.get(name, -1) for name in plan.row_names(repeat)])
-            return columns, (owner[None, :] == row_slot[:, None]).to(stack.A.dtype)
-        return plan.layout((MASKED, stack.layout, tuple(used), repeat), build)
+        def build() -> tuple[torch.Tensor, torch.Tensor, slice | None]:
+            position = {name: i for i, (_, name) in enumerate(taken)}
+            row_slot = torch.tensor([position.get(name, -1) for name in plan.row_names(repeat)])
+            owner = torch.arange(len(taken)).repeat_interleave(r_max)
+            first, last = taken[0][0], taken[-1][0]
+            run = slice(first, last + 1) if last - first + 1 == len(taken) else None
+            return (torch.tensor([s for s, _ in taken]), (owner[None, :] == row_slot[:, None]).to(stack.A.dtype),
+                    run)
+        return plan.layout((MASKED, taken, r_max, repeat), build)
 
 
 @register_row_strategy
@@ -300,73 +313,151 @@ class Grouped(RowStrategy):
 
 @register_row_strategy
 class Gathered(RowStrategy):
-    """BGMV-like: every row gathers its rank-padded factors; two batched matmuls over all rows.
-    x: (B, ..., k), out: (B, ..., d); A_rows (B, r_max, k), B_rows (B, r_max, d) with the scale inside."""
+    """BGMV-like: every row gathers its slot (rank-padded factors, slot 0 zeros); two batched matmuls over all
+    rows. x: (B, ..., k), out: (B, ..., d); A_rows (B, r_max, k), B_rows (B, r_max, d) with the scale inside."""
     name, stacked = GATHERED, True
 
     def cost(self, work: Work, costs: RowCosts) -> float:
         return costs.gathered
 
     def apply(self, layer, plan, x, out, used, repeat):
-        stack = stack_of(layer)
-        A_pad, B_pad = stack.padded()
-        slots = self.slots(plan, stack, repeat).to(A_pad.device)
+        stack = slots_of(layer)
+        stack.sync(layer, used)
+        slots = self.slots(plan, stack, used, repeat).to(stack.A.device)
         rows = x.shape[0]
-        x = in_dtype_of(x, A_pad)
-        a = torch.bmm(x.reshape(rows, -1, x.shape[-1]), A_pad.index_select(0, slots).transpose(1, 2))
-        wide = widened(out, B_pad)                  # fp32 factors on a 16-bit base: add in fp32, round once
-        B_rows = B_pad.index_select(0, slots).to(wide.dtype)
+        x = in_dtype_of(x, stack.A)
+        a = torch.bmm(x.reshape(rows, -1, x.shape[-1]), stack.A.index_select(0, slots).transpose(1, 2))
+        wide = widened(out, stack.B)                # fp32 factors on a 16-bit base: add in fp32, round once
+        B_rows = stack.B.index_select(0, slots).to(wide.dtype)
         return torch.baddbmm(wide.reshape(rows, -1, wide.shape[-1]), a, B_rows).view(out.shape).to(out.dtype)
 
     @staticmethod
-    def slots(plan: RowPlan, stack: "FactorStack", repeat: int) -> torch.Tensor:
-        """(rows,) each row's slot in the stack (0: base, or an adapter it lacks)."""
+    def slots(plan: RowPlan, stack: SlotStack, used: Sequence[str], repeat: int) -> torch.Tensor:
+        """(rows,) each row's slot (0: base, or an adapter this layer lacks)."""
+        taken = tuple((name, stack.slot_of[name]) for name in used)
+
         def build() -> torch.Tensor:
-            where = {name: i + 1 for i, name in enumerate(stack.spans)}
+            where = dict(taken)
             return torch.tensor([where.get(name, 0) for name in plan.row_names(repeat)])
-        return plan.layout((GATHERED, stack.layout, repeat), build)
+        return plan.layout((GATHERED, taken, repeat), build)
 
 
 STRATEGIES = tuple(ROW_STRATEGIES)      # the built-in names; ROW_STRATEGIES also holds any registered later
 
 
-class FactorStack:
-    """One layer's ΔW = s·B·A adapters, stacked for the masked and gathered paths.
+class SlotStack:
+    """One layer's ΔW = s·B·A adapters in preallocated, rank-padded slots, read by the masked and gathered paths.
 
-    A: (R, k), every adapter's A on top of each other; B: (R, d), its s·Bᵀ; spans: {name: (start, end)}
-    rows of each adapter; layout: names and ranks (what a plan's masks depend on); key: what the stack
-    was built from (see the module docstring). `padded()`: (n+1, r_max, k) and (n+1, r_max, d), slot 0
-    zeros, built on first use."""
+    A: (capacity, r_max, k), each slot an adapter's A with zero rows below its rank; B: (capacity, r_max, d),
+    its s·Bᵀ likewise; slot 0 stays zeros (the base, and adapters this layer lacks). slot_of: {name: slot}.
+    An adapter's slot is written in place the first time a plan (or `write_slots`) uses it, rewritten only
+    when its factors changed (another object, scale, storage or in-place version: a training step) and
+    zeroed when `LoraLayer.remove_adapter` drops it, so a decoding step only indexes slots. The tensors
+    are (re)allocated, copying the filled slots, only when a slot is needed and none is free (capacity
+    doubles from 8 up to the reserved count, `reserve_slots`), when an adapter's rank is above r_max, or
+    when the factors moved to another device or dtype: `builds` counts those, `writes` the slot writes
+    (and SLOT_HOOKS hear both)."""
 
-    def __init__(self, layer: nn.Module, key: tuple):
-        factors = [(name, f) for name, f in layer.lora_adapters.items() if f.variant.combinable]
-        self.key = key
-        self.spans: dict[str, tuple[int, int]] = {}
-        for name, f in factors:
-            start = next(reversed(self.spans.values()))[1] if self.spans else 0
-            self.spans[name] = (start, start + f.rank_total)
-        self.layout = tuple(self.spans.items())
-        with torch.no_grad():
-            self.A = torch.cat([f.A.detach() for _, f in factors])
-            self.B = torch.cat([(f.scale * f.B_matrix().detach()).t() for _, f in factors])
-        self._padded: tuple[torch.Tensor, torch.Tensor] | None = None
+    FIRST_CAPACITY = 8
 
-    def padded(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._padded is None:
-            r_max = max(end - start for start, end in self.spans.values())
-            A_pad = self.A.new_zeros(len(self.spans) + 1, r_max, self.A.shape[1])
-            B_pad = self.B.new_zeros(len(self.spans) + 1, r_max, self.B.shape[1])
-            for slot, (start, end) in enumerate(self.spans.values(), start=1):
-                A_pad[slot, : end - start] = self.A[start:end]
-                B_pad[slot, : end - start] = self.B[start:end]
-            self._padded = A_pad, B_pad
-        return self._padded
+    def __init__(self, reserved: int | None = None):
+        self.reserved = reserved                # most adapters at once (None: no bound); slots = reserved + 1
+        self.A: torch.Tensor | None = None
+        self.B: torch.Tensor | None = None
+        self.slot_of: dict[str, int] = {}
+        self._seen: dict[str, tuple] = {}       # name -> what its slot was written from
+        self.builds = self.writes = 0
+
+    @property
+    def r_max(self) -> int:
+        return 0 if self.A is None else self.A.shape[1]
+
+    @property
+    def capacity(self) -> int:
+        """Slots, the base's slot 0 included."""
+        return 0 if self.A is None else self.A.shape[0]
+
+    def nbytes(self) -> int:
+        return 0 if self.A is None else self.A.numel() * self.A.element_size() + self.B.numel() * self.B.element_size()
+
+    def sync(self, layer: nn.Module, used: Sequence[str]) -> None:
+        """Make every used adapter's slot current (written where new or changed)."""
+        factors = layer.lora_adapters
+        for name in used:
+            f = factors[name]
+            seen = self._seen.get(name)
+            if seen is None or seen[0]() is not f or seen[1:] != _written_from(f):
+                self.write(layer, name)
+
+    def write(self, layer: nn.Module, name: str) -> None:
+        f = layer.lora_adapters[name]
+        rank = f.rank_total
+        if self.A is None or rank > self.r_max or self.A.device != f.A.device or self.A.dtype != f.A.dtype:
+            self._grow(layer, self.capacity or self._first_capacity(), max(rank, self.r_max), f.A)
+        slot = self.slot_of.get(name)
+        if slot is None:
+            slot = self._free_slot(layer, f.A)
+            self.slot_of[name] = slot
+        with torch.inference_mode(False), torch.no_grad():   # normal tensors: writable after a decoding step
+            self.A[slot, :rank] = f.A.detach()
+            self.A[slot, rank:] = 0
+            self.B[slot, :rank] = (f.scale * f.B_matrix().detach()).t()
+            self.B[slot, rank:] = 0
+        self._seen[name] = (weakref.ref(f), *_written_from(f))
+        self.writes += 1
+        _hear("write", layer, name)
+
+    def clear(self, name: str) -> None:
+        """Zero `name`'s slot and free it (an adapter removed from the layer)."""
+        slot = self.slot_of.pop(name, None)
+        self._seen.pop(name, None)
+        if slot is not None and self.A is not None:
+            with torch.inference_mode(False), torch.no_grad():
+                self.A[slot].zero_()
+                self.B[slot].zero_()
+
+    def _first_capacity(self) -> int:
+        return 1 + min(self.FIRST_CAPACITY, self.reserved or self.FIRST_CAPACITY)
+
+    def _free_slot(self, layer: nn.Module, like: torch.Tensor) -> int:
+        for gone in [n for n in self.slot_of if n not in layer.lora_adapters]:    # removed without remove_adapter
+            self.clear(gone)
+        taken = set(self.slot_of.values())
+        free = next((s for s in range(1, self.capacity) if s not in taken), None)
+        if free is not None:
+            return free
+        wanted = 2 * (self.capacity - 1)
+        if self.reserved is not None:
+            wanted = max(min(wanted, self.reserved), len(self.slot_of) + 1)
+        self._grow(layer, wanted + 1, self.r_max, like)
+        return self._free_slot(layer, like)
+
+    def _grow(self, layer: nn.Module, capacity: int, r_max: int, like: torch.Tensor) -> None:
+        """Allocate (capacity, r_max, ·) stacks on `like`'s device and dtype, keeping the filled slots."""
+        d, k = layer.kind.shape(layer.base_layer)
+        with torch.inference_mode(False), torch.no_grad():   # not inference tensors: slots are written later
+            A = torch.zeros(capacity, r_max, k, dtype=like.dtype, device=like.device)
+            B = torch.zeros(capacity, r_max, d, dtype=like.dtype, device=like.device)
+            if self.A is not None:
+                keep, rank = min(self.capacity, capacity), self.r_max
+                A[:keep, :rank] = self.A[:keep].to(A)
+                B[:keep, :rank] = self.B[:keep].to(B)
+        self.A, self.B = A, B
+        self.builds += 1
+        _hear("build", layer, None)
 
 
-def stack_key(layer: nn.Module) -> tuple:
-    """What a layer's stack depends on: adapter names, scales and every factor's storage address and version."""
-    return tuple((name, f.scale, *((p.data_ptr(), _version(p)) for p in (f.A, f.B)))
-                 for name, f in layer.lora_adapters.items())
+SLOT_HOOKS: list[Callable[[str, nn.Module, str | None], None]] = []   # (event "build"/"write", layer, adapter)
+
+
+def _hear(event: str, layer: nn.Module, name: str | None) -> None:
+    for hook in SLOT_HOOKS:
+        hook(event, layer, name)
+
+
+def _written_from(f: nn.Module) -> tuple:
+    """What a slot depends on besides the factors object: scale, and A's and B's storage and version."""
+    return (f.scale, *((p.data_ptr(), _version(p)) for p in (f.A, f.B)))
 
 
 _never_equal = itertools.count(-1, -1)
@@ -375,15 +466,37 @@ _never_equal = itertools.count(-1, -1)
 def _version(p: torch.Tensor) -> int:
     try:
         return p._version
-    except RuntimeError:        # an inference tensor has no version counter: never reuse a stack built from it
+    except RuntimeError:        # an inference tensor has no version counter: never trust a slot written from it
         return next(_never_equal)
 
 
-def stack_of(layer: nn.Module) -> FactorStack:
-    """The layer's cached FactorStack, rebuilt when its key changed."""
-    key = stack_key(layer)
-    stack = layer.__dict__.get("_row_stack")
-    if stack is None or stack.key != key:
-        stack = FactorStack(layer, key)
-        layer.__dict__["_row_stack"] = stack
+SLOTS_ATTR = "_row_slots"
+
+
+def slots_of(layer: nn.Module) -> SlotStack:
+    """The layer's SlotStack (created empty on first use; nothing is allocated until a slot is written)."""
+    stack = layer.__dict__.get(SLOTS_ATTR)
+    if stack is None:
+        stack = layer.__dict__[SLOTS_ATTR] = SlotStack()
     return stack
+
+
+def reserve_slots(layer: nn.Module, adapters: int | None) -> None:
+    """Bound the layer's slots to `adapters` resident adapters (a server's --max-adapters; None: unbounded)."""
+    slots_of(layer).reserved = adapters
+
+
+def write_slots(layer: nn.Module, names: Sequence[str]) -> None:
+    """Write the slots of `names` (those this layer holds, ΔW = s·B·A ones) now, e.g. right after a load,
+    so the first decoding step that uses them writes nothing."""
+    if not layer.kind.is_linear:
+        return
+    names = [n for n in names if n in layer.lora_adapters and layer.lora_adapters[n].variant.combinable]
+    slots_of(layer).sync(layer, names)
+
+
+def clear_slot(layer: nn.Module, name: str) -> None:
+    """Zero and free adapter `name`'s slot on `layer`, if it has one (LoraLayer.remove_adapter calls this)."""
+    stack = layer.__dict__.get(SLOTS_ATTR)
+    if stack is not None:
+        stack.clear(name)

@@ -25,7 +25,10 @@ the model thread between two decoding steps. Concurrent requests for one name sh
 answers each of them (and no other request) with its error. Resident adapters are bounded by --max-adapters
 (and --adapter-memory); making room unloads the least recently used adapter that no request holds and that
 was not given with --adapter or hot-loaded by name (those stay until unloaded). Cold loads are rate-limited
-(--max-cold-loads-per-second, 429).
+(--max-cold-loads-per-second, 429). A loaded adapter's rank-padded slots in every layer's slot stack
+(loralab.core.rows.SlotStack, bounded by --max-adapters) are written on the model thread right after its
+insertion, so decoding steps only index them; its memory (tensors plus slots at the stacks' rank) is what
+--adapter-memory counts.
 """
 from __future__ import annotations
 
@@ -41,6 +44,7 @@ from typing import Any
 from torch import nn
 
 import loralab
+from loralab.adapters.per_row import reserve_row_slots, row_slot_bytes, write_row_slots
 from loralab.data.batching import pad_token_id_for
 from loralab.data.chat import chat_prompt_ids, check_messages
 from loralab.data.encoding import Task, encode_examples
@@ -54,7 +58,7 @@ from loralab.runtime import adapter_task_and_labels, check_adapter_folder, load_
 from loralab.serving.api import ApiError, bad_request, not_found
 from loralab.serving.engine import ClassifierEngine, GenerationEngine
 from loralab.serving.settings import ServeSettings
-from loralab.serving.store import ColdLoadLimiter, MetricLabels, Recency, adapter_bytes, check_store_name
+from loralab.serving.store import AdapterSize, ColdLoadLimiter, MetricLabels, Recency, check_store_name
 from loralab.serving.telemetry import Metrics
 
 
@@ -136,7 +140,8 @@ class Service:
         self.in_use: dict[str, int] = {}                # adapter -> requests holding a Pin on it (absent: 0)
         self.unloading: set[str] = set()
         self.fixed: set[str] = set()                    # --adapter and hot-loaded by name: never evicted
-        self.sizes: dict[str, int] = {}                 # adapter -> bytes of its tensors (fp32)
+        self.sizes: dict[str, AdapterSize] = {}         # adapter -> its tensors' and its slots' bytes (fp32)
+        self.slot_rank = 0                              # r_max of the slot stacks: the largest rank loaded so far
         self.recency = Recency()                        # resident adapters, least recently used first
         self._pins = threading.Lock()                   # guards adapters, in_use, unloading, fixed, sizes, recency
         self.manage_lock = asyncio.Lock()
@@ -177,9 +182,12 @@ class Service:
             _check_head(adapter, label_map)
             loralab.load_adapter(model, adapter.path, adapter=name)
         model.to(runtime.device).eval()
+        reserve_row_slots(model, settings.max_adapters)          # per-layer slots for every resident adapter
+        write_row_slots(model, list(described))
         service = cls(settings, model, tokenizer, task, model_spec, label_map, source.folder)
         for name, adapter in described.items():
-            service._resident_now(name, adapter, adapter_bytes(adapter.path), fixed=True)
+            service._resident_now(name, adapter, AdapterSize.of(adapter.path), fixed=True)
+        service.metrics.set("loralab_adapter_slot_bytes", row_slot_bytes(model))
         service.engine.start()
         return service
 
@@ -282,38 +290,45 @@ class Service:
         path = self.adapter_path(name, param="model")
         info = describe_adapter(name, path, self.task, self.settings.max_lora_rank, self.base_folder, param="model")
         _check_head(info, self.label_map, error=lambda message: bad_request(message, param="model"))
-        return info, _read_file(name, path, "model"), adapter_bytes(path)
+        return info, _read_file(name, path, "model"), AdapterSize.of(path)
 
-    async def _insert(self, name: str, info: AdapterInfo, file: AdapterFile, size: int, fixed: bool, full) -> None:
-        """Make room for `size` bytes (full(): the error when nothing can be evicted), then put the adapter on
-        the model between two steps and make it resident. One insertion at a time."""
+    async def _insert(self, name: str, info: AdapterInfo, file: AdapterFile, size: AdapterSize, fixed: bool,
+                      full) -> None:
+        """Make room for the adapter (its tensors and its slots at the stacks' rank; full(): the error when
+        nothing can be evicted), then put it on the model between two steps, write its slots and make it
+        resident. One insertion at a time."""
         limit = self.settings.adapter_memory
         async with self._residency:
+            rank = max(self.slot_rank, info.rank)
             with self._pins:
-                kept = sum(self.sizes.get(n, 0) for n in self.fixed)
-            if limit is not None and kept + size > limit:
-                raise bad_request(f"adapter {name!r} takes {size} bytes; with the adapters that stay loaded "
-                                  f"({kept} bytes) that is above this server's --adapter-memory {limit}",
-                                  param="model" if not fixed else "lora_path")
-            while self._over_bounds(size):
+                kept = sum(self.sizes[n].at(rank) for n in self.fixed if n in self.sizes)
+            if limit is not None and kept + size.at(rank) > limit:
+                raise bad_request(f"adapter {name!r} takes {size.at(rank)} bytes (its tensors and its slots at rank "
+                                  f"{rank}); with the adapters that stay loaded ({kept} bytes) that is above this "
+                                  f"server's --adapter-memory {limit}", param="model" if not fixed else "lora_path")
+            while self._over_bounds(size, rank):
                 await self._evict_one(full)
 
-            def load() -> None:
+            def load() -> int:
                 insert_adapter(self.model, file, adapter=name)
                 self.model.eval()                        # fresh modules start in training mode (dropout)
+                write_row_slots(self.model, [name])      # its slots now, so no decoding step writes them
+                return row_slot_bytes(self.model)
             try:
-                await self.engine.call(load)
+                slot_bytes = await self.engine.call(load)
             except LoraLabError as exc:
                 raise bad_request(f"adapter {name!r} does not fit this base model: {exc}",
                                   param="lora_path" if fixed else "model") from None
+            self.metrics.set("loralab_adapter_slot_bytes", slot_bytes)
             self._resident_now(name, info, size, fixed)
 
-    def _over_bounds(self, size: int) -> bool:
-        """Whether one more adapter of `size` bytes would go over --max-adapters or --adapter-memory."""
+    def _over_bounds(self, size: AdapterSize, rank: int) -> bool:
+        """Whether one more adapter of `size` would go over --max-adapters or --adapter-memory, every
+        adapter's slots counted at slot rank `rank`."""
         limit = self.settings.adapter_memory
         with self._pins:
             return len(self.adapters) + 1 > self.settings.max_adapters or \
-                (limit is not None and sum(self.sizes.values()) + size > limit)
+                (limit is not None and sum(s.at(rank) for s in self.sizes.values()) + size.at(rank) > limit)
 
     async def _evict_one(self, full) -> None:
         """Unload the least recently used adapter that no request holds and that is not fixed; full() when
@@ -335,10 +350,11 @@ class Service:
             self._count_resident()
         self.metrics.inc("loralab_adapter_evictions_total")
 
-    def _resident_now(self, name: str, info: AdapterInfo, size: int, fixed: bool) -> None:
+    def _resident_now(self, name: str, info: AdapterInfo, size: AdapterSize, fixed: bool) -> None:
         with self._pins:
             self.adapters[name] = info
             self.sizes[name] = size
+            self.slot_rank = max(self.slot_rank, info.rank)
             self.recency.touch(name)
             if fixed:
                 self.fixed.add(name)
@@ -348,7 +364,7 @@ class Service:
 
     def _count_resident(self) -> None:
         with self._pins:
-            count, size = len(self.adapters), sum(self.sizes.values())
+            count, size = len(self.adapters), sum(s.at(self.slot_rank) for s in self.sizes.values())
         self.metrics.set("loralab_adapters_loaded", count)
         self.metrics.set("loralab_adapter_resident_bytes", size)
 
@@ -463,7 +479,7 @@ class Service:
                                            self.base_folder)
             _check_head(info, self.label_map, error=bad_request)
             file = await asyncio.to_thread(_read_file, name, path, "lora_path")
-            await self._insert(name, info, file, adapter_bytes(path), fixed=True, full=_max_adapters_reached)
+            await self._insert(name, info, file, AdapterSize.of(path), fixed=True, full=_max_adapters_reached)
             return info
 
     async def unload_adapter(self, name: str) -> None:

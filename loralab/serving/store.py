@@ -14,6 +14,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
@@ -39,11 +40,35 @@ def check_store_name(name: str) -> None:
 
 def adapter_bytes(folder: Path) -> int:
     """Bytes the adapter's tensors take on the model (fp32), from the weights file's header alone."""
-    try:
-        with safe_open(str(folder / "adapter_model.safetensors"), framework="pt") as fh:
-            return sum(math.prod(fh.get_slice(key).get_shape()) for key in fh.keys()) * FP32_BYTES
-    except (SafetensorError, OSError, ValueError):
-        return 0                # unreadable: the loader names the problem; a size of 0 never blocks it
+    return AdapterSize.of(folder).tensors
+
+
+@dataclass(frozen=True)
+class AdapterSize:
+    """What a resident adapter costs: its own tensors (fp32 bytes) and, per unit of the slot rank, its
+    slots in the per-layer slot stacks (loralab.core.rows.SlotStack: r_max × (k + d) fp32 values for each
+    adapted 2-D layer, zero-padded past its own rank). at(slot_rank): the total at the stacks' r_max."""
+    tensors: int
+    slot_per_rank: int
+
+    def at(self, slot_rank: int) -> int:
+        return self.tensors + slot_rank * self.slot_per_rank
+
+    @classmethod
+    def of(cls, folder: Path) -> "AdapterSize":
+        """From the weights file's header alone (unreadable: 0, 0; the loader names the problem)."""
+        try:
+            with safe_open(str(folder / "adapter_model.safetensors"), framework="pt") as fh:
+                shapes = {key: fh.get_slice(key).get_shape() for key in fh.keys()}
+        except (SafetensorError, OSError, ValueError):
+            return cls(0, 0)
+        per_rank = 0
+        for key, shape in shapes.items():
+            if len(shape) == 2 and "lora_A" in key:          # A (r, k): k values per slot rank row
+                per_rank += shape[1]
+            elif len(shape) == 2 and "lora_B" in key:        # B (d, r): d values per slot rank row
+                per_rank += shape[0]
+        return cls(sum(math.prod(shape) for shape in shapes.values()) * FP32_BYTES, per_rank * FP32_BYTES)
 
 
 class ColdLoadLimiter:

@@ -48,7 +48,10 @@ METRICS: dict[str, MetricSpec] = {
     "loralab_adapter_load_failures_total": MetricSpec("counter", "Loads from --adapter-root refused (bad folder, "
                                                       "not found)"),
     "loralab_adapter_evictions_total": MetricSpec("counter", "Least-recently-used adapters unloaded to make room"),
-    "loralab_adapter_resident_bytes": MetricSpec("gauge", "Bytes of the resident adapters' tensors (fp32)"),
+    "loralab_adapter_resident_bytes": MetricSpec("gauge", "Bytes of the resident adapters: tensors and their "
+                                                 "rank-padded slots (fp32)"),
+    "loralab_adapter_slot_bytes": MetricSpec("gauge", "Bytes the per-layer adapter slot stacks hold (allocated "
+                                             "capacity)"),
     "loralab_adapter_load_seconds": MetricSpec("histogram", "A store load from its start (reading the files) to the "
                                                "adapter on the model", buckets=LATENCY_BUCKETS),
     "loralab_batch_rows": MetricSpec("histogram", "Rows per model forward (decoding step or classifier batch)",

@@ -14,12 +14,14 @@ import pytest
 
 from tests.serving.over_http import client, sample, wait_until
 
+from loralab.adapters.per_row import row_slot_bytes
 from loralab.cli.main import build_parser
 from loralab.cli.serve_cmd import settings_from_args
 from loralab.errors import LoraLabError
 from loralab.serving.api import ApiError
 from loralab.serving.settings import ServeSettings
-from loralab.serving.store import OTHER_LABEL, ColdLoadLimiter, MetricLabels, Recency, adapter_bytes, check_store_name
+from loralab.serving.store import (OTHER_LABEL, AdapterSize, ColdLoadLimiter, MetricLabels, Recency, adapter_bytes,
+                                   check_store_name)
 
 PROMPT = "the cat sat on"
 
@@ -85,11 +87,15 @@ def test_a_request_loads_an_adapter_folder_under_the_root_on_first_use(start_ser
     assert service.metrics.value("loralab_adapter_lookups_total", {"result": "miss"}) == 1
     assert service.metrics.value("loralab_adapter_lookups_total", {"result": "hit"}) == 3    # keep, t/x, keep
     assert service.metrics.value("loralab_adapter_hit_ratio") == 0.75
+    # the slot stacks as allocated: 9 slots (the first 8 and the base's) of rank 2 on every adapted layer
+    assert service.metrics.value("loralab_adapter_slot_bytes") == row_slot_bytes(service.model) == \
+        9 * 2 * AdapterSize.of(root / "t/x").slot_per_rank
     assert sample(metrics, "loralab_adapter_loads_total") == 1
     assert sample(metrics, "loralab_adapter_lookups_total", result="miss") == 1
     assert sample(metrics, "loralab_adapter_hit_ratio") == 0.75
     assert sample(metrics, "loralab_adapter_load_seconds_count") == 1
-    assert sample(metrics, "loralab_adapter_resident_bytes") == 2 * adapter_bytes(root / "t/x")
+    assert sample(metrics, "loralab_adapter_resident_bytes") == 2 * AdapterSize.of(root / "t/x").at(2)  # tensors + slots
+    assert sample(metrics, "loralab_adapter_slot_bytes") == row_slot_bytes(service.model)
     assert sample(metrics, "loralab_adapters_loaded") == 2
     assert sample(metrics, "loralab_adapter_evictions_total") == 0
     assert service.in_use == {}
@@ -230,7 +236,8 @@ def test_cold_loads_over_the_rate_get_429_with_retry_after(start_server, lm_file
 
 
 def test_adapter_memory_bounds_the_resident_bytes(start_server, lm_files, root):
-    keep, x, z = adapter_bytes(root / "w"), adapter_bytes(root / "t/x"), adapter_bytes(root / "z")
+    # every adapter's slots are counted at the stacks' rank: 8 once z (r = 8) is loaded
+    keep, x, z = (AdapterSize.of(root / name).at(8) for name in ("w", "t/x", "z"))
     server = serve(start_server, lm_files, root, adapter_memory=keep + x + z - 1)
     with client(server) as c:
         text(c, "t/x")
@@ -240,8 +247,15 @@ def test_adapter_memory_bounds_the_resident_bytes(start_server, lm_files, root):
     with client(small) as c:
         r = ask(c, "z")
     assert r.status_code == 400 and r.json()["error"]["message"] == (
-        f"adapter 'z' takes {z} bytes; with the adapters that stay loaded ({keep} bytes) that is above this "
-        f"server's --adapter-memory {keep + x}")
+        f"adapter 'z' takes {z} bytes (its tensors and its slots at rank 8); with the adapters that stay loaded "
+        f"({keep} bytes) that is above this server's --adapter-memory {keep + x}")
+
+
+def test_adapter_sizes_count_tensors_and_rank_padded_slots(root):
+    x, z = AdapterSize.of(root / "t/x"), AdapterSize.of(root / "z")     # r = 2 and r = 8 on q_proj and v_proj
+    assert x.tensors == adapter_bytes(root / "t/x") and z.tensors == 4 * x.tensors
+    assert x.slot_per_rank == z.slot_per_rank == x.tensors // 2           # A (r, k) + B (d, r): r·(k + d) values
+    assert z.at(8) == z.tensors + 8 * z.slot_per_rank and AdapterSize.of(root / "missing").at(8) == 0
 
 
 def test_metric_labels_of_store_adapters_are_bounded(start_server, lm_files, root):
