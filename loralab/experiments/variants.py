@@ -47,8 +47,8 @@ RANK = 8
 LORA_PLUS_RATIO = 16.0          # Hayou et al. 2024: 2^4, the usual choice (the authors: model- and task-dependent)
 TARGET_FRACTION = 0.9           # steps until the dev score first reaches this fraction of the best
 DEFAULT_DATA = ("sst2", "mrpc")
-# Training per data set: SST-2 as the rank experiment (8,000 sentences, 1 epoch = 500 steps); MRPC's 3,668
-# pairs are longer (pairs of sentences) and fewer: 128 tokens, 3 epochs (690 steps). Other --data: SST-2's.
+# Training per data set: SST-2 as the rank experiment (8,000 sentences, 1 epoch = 500 steps); MRPC's examples
+# are fewer (all of its train split) and longer (pairs of sentences): 128 tokens, 3 epochs. Other --data: SST-2's.
 DATA_TRAIN: dict[str, dict[str, Any]] = {"sst2": dict(DEFAULT_TRAIN),
                                          "mrpc": dict(DEFAULT_TRAIN, train_limit=None, max_length=128, epochs=3.0)}
 EVAL_EVERY = 50                 # optimizer steps between dev evaluations (the curve)
