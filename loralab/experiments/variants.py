@@ -265,7 +265,7 @@ def run(out: str | os.PathLike = "runs/experiments/variants", quick: bool = Fals
                   f"({len(pairs)} pairs; AUC before = {before:.4f}). seconds_per_step: training wall clock "
                   f"(evaluation excluded) per optimizer step, one thread.")
     tables = [Table("variants", "Each run",
-                    ["run", "data", "variant", "r", "seed", "budget", "budget_diff", f"dev_{metric}",
+                    ["run", "data", "variant", "r", "lowered", "seed", "budget", "budget_diff", f"dev_{metric}",
                      f"best_dev_{metric}", "forgetting", "auc_after", "steps_to_90", "steps_to_90_own", "steps",
                      "seconds_per_step", "trainable_params"], rows, budget_note + " " + curve_note),
               Table("summary", "Per data set and variant" + (" over seeds (median, min, max)" if many else ""),
