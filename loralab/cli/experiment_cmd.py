@@ -6,6 +6,7 @@
     loralab experiment rank --seeds 3 --runs r1,r4       # r=1 and r=4 with seeds 0, 1, 2: median and spread
     loralab experiment data-size                         # LoRA vs full FT, prefix, adapters on 100 .. all examples
     loralab experiment intrinsic-dim --dims 100,1000     # random-subspace training (Fastfood) on MRPC, d90
+    loralab experiment variants --data sst2              # LoRA, rsLoRA, DoRA, PiSSA, LoRA+ at one budget on SST-2
 
 Re-running the same command continues where it stopped: finished runs are read back.
 """
@@ -37,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tiny random-init model on a few hundred examples (well under a minute; for tests)")
     add_output_argument(parser, "output folder (default: runs/experiments/NAME)", metavar="DIR")
     add_train_arguments(parser, ("model", "data", "max_steps"),
-                        helps={"data": "builtin data set (default: sst2, a fixed subset)",
+                        helps={"data": "builtin data set (default: sst2, a fixed subset; variants: sst2,mrpc, "
+                                           "names separated by commas)",
                                "model": "model spec (default: all-minilm-l6-v2)",
                                "max_steps": "intrinsic-dim: every run's optimizer steps instead of the default "
                                             "(a shorter sweep; give it its own --output)"})

@@ -13,6 +13,8 @@
     lr-sweep       a few learning rates for LoRA and full fine-tuning (the paper tuned each method)
     forgetting     LoRA (Wq,Wv vs all-linear, several r) and full FT: target score vs the base encoder's lost
                    paraphrase separation on MRPC dev (Biderman et al. 2024)
+    variants       LoRA, rsLoRA, DoRA, PiSSA, LoRA+ at one trainable budget on SST-2 and MRPC: score,
+                   forgetting, steps to 90 % of the best, seconds per step
 
 `seeds=N` (where an experiment takes it) trains every run with seeds 0 .. N-1 and reports the median and
 spread; `runs=[...]` trains only the named runs of the grid.
@@ -42,6 +44,7 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
     "intrinsic-dim": ("loralab.experiments.intrinsic_dim", "random d-dim subspace training (Fastfood), d90, ΔW spectrum"),
     "lr-sweep": ("loralab.experiments.lr_sweep", "a small learning-rate sweep for LoRA and full fine-tuning"),
     "forgetting": ("loralab.experiments.forgetting", "target score vs lost paraphrase separation, LoRA vs full FT"),
+    "variants": ("loralab.experiments.variants", "LoRA, rsLoRA, DoRA, PiSSA, LoRA+ at one budget: score, forgetting, speed"),
 }
 
 

@@ -57,7 +57,7 @@ def rank_out(root: Path) -> Path:
 
 def test_registry_names():
     assert set(EXPERIMENTS) == {"rank", "targets", "methods", "amplification", "data-size", "intrinsic-dim",
-                                "lr-sweep", "forgetting"}
+                                "lr-sweep", "forgetting", "variants"}
     with pytest.raises(LoraLabError, match="unknown experiment"):
         run_experiment("ranks", quick=True)
 
