@@ -5,8 +5,8 @@ The shipped checkpoint has no masked-LM head (its safetensors hold the encoder a
 original ability is the one it was trained for: sentence embeddings (mean over the real tokens of the last
 hidden states, as its 1_Pooling/config.json says) whose cosine similarity separates paraphrases from
 non-paraphrases. The probe: MRPC dev as `../shared/data` ships it (1,500 pairs; the label "1" = paraphrase),
-scored by ROC-AUC of the pair's cosine similarity against the label (`roc_auc`: the chance that a random paraphrase pair scores above
-a random non-paraphrase pair, ties counting one half).
+scored by ROC-AUC of the pair's cosine similarity against the label (`roc_auc`: the chance that a random
+paraphrase pair scores above a random non-paraphrase pair, ties counting one half).
 
     forgetting = AUC of the base encoder − AUC of the fine-tuned encoder     (positive: the ability was lost)
 
