@@ -34,11 +34,16 @@ $(VENV)/.installed: pyproject.toml Makefile
 	fi
 	touch $@
 
-.PHONY: setup train test test-fast test-slow
+.PHONY: setup train test test-fast test-slow regression-data
 setup: $(VENV)/.installed
 
 train: $(VENV)/.installed
 	$(VENV)/bin/loralab train --overwrite
+
+# A real regression file (VADER's rated tweets; pip downloads the vaderSentiment sdist into cache/vader once):
+# runs/vader-tweets/{train,dev}.tsv, docs/data.md.
+regression-data: $(VENV)/.installed
+	$(PY) -m benchmarks.regression_data runs/vader-tweets
 
 # The default suite first (fast feedback), then the slow end-to-end runs (the default training run, the
 # lessons in normal mode, the real models): a landing can never break the main job unseen.

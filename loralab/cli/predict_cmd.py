@@ -82,7 +82,7 @@ def predict_texts(loaded, examples, batch_size: int = 32, params=None, progress:
             batch = move_batch(collator([encoded[i] for i in indices]), next(loaded.model.parameters()).device)
             logits = loaded.model(**batch).logits
             if loaded.label_map.regression:
-                outputs.append([f"{v:.6g}" for v in logits.view(-1).tolist()])
+                outputs.append([f"{loaded.label_map.value(v):.6g}" for v in logits.view(-1).tolist()])
             else:
                 outputs.append([loaded.label_map.decode(i) for i in logits.argmax(-1).tolist()])
     return restore_order(batches, outputs)

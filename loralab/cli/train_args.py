@@ -19,7 +19,8 @@ from loralab.training.config_files import OTHER_SPELLINGS
 # The groups of `loralab train --help`, in order; every TrainConfig field with a flag is in one of them.
 GROUPS: dict[str, tuple[str, ...]] = {
     "model and data": ("model", "task", "data", "train_file", "dev_file", "test_file", "train_limit", "dev_limit",
-                       "test_limit", "max_length", "prompt_template", "chat_template", "packing"),
+                       "test_limit", "max_length", "prompt_template", "chat_template", "packing",
+                       "standardize_targets"),
     "training": ("method", "epochs", "max_steps", "batch_size", "eval_batch_size", "grad_accum", "lr",
                  "lora_plus_ratio", "weight_decay", "betas", "eps", "warmup_ratio", "scheduler", "max_grad_norm", "seed", "eval_every",
                  "checkpoint_every", "log_every", "best_metric", "early_stopping_patience", "report_to"),

@@ -1,7 +1,10 @@
 """Labels: `LabelMap` maps label strings to class ids (or marks a regression task).
 
 The map is built from the training split and saved next to the adapter as JSON (`labels.json`), so
-eval/predict decode ids exactly as training encoded them. Building it also looks for label sets that
+eval/predict decode ids exactly as training encoded them. A regression map also carries the target scaling
+(`target_mean`, `target_std`): training learns (y - mean) / std, and every reader of the model's output turns
+it back into the labels' units with `LabelMap.value` (eval, predict, serve); a map without them (loralab 0.1,
+PEFT folders) is the identity. Building it also looks for label sets that
 seem to spell the same classes two ways (`0, 1, neg, pos`; `Positive, positive`): those are still
 trained as separate classes, never merged silently, but a warning says so (`LabelMap.warnings`).
 """
@@ -10,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 import warnings as pywarnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -104,12 +108,17 @@ class LabelMap:
 
     names: class names in id order (class i is names[i]); empty for regression. Saved with the adapter
     (`save`/`load`, JSON) so evaluation and prediction use the ids training used.
+    target_mean, target_std: regression only, in the labels' units: the model is trained on
+    (label - target_mean) / target_std (`encode`) and its output o means the value o * target_std +
+    target_mean (`value`). 0 and 1 (the identity) unless `from_examples(standardize=True)` measured them.
     warnings: what `from_examples` found suspicious about the training labels (see `spelling_warnings`),
     for the run summary to print; not saved, not compared.
     """
 
     names: tuple[str, ...] = ()
     regression: bool = False
+    target_mean: float = 0.0
+    target_std: float = 1.0
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
@@ -117,6 +126,15 @@ class LabelMap:
         object.__setattr__(self, "warnings", tuple(self.warnings))
         if self.regression and self.names:
             raise LoraLabError("a regression label map has no class names")
+        if not self.regression and not self.identity:
+            raise LoraLabError("a classification label map has no target scaling (target_mean, target_std)")
+        for name in ("target_mean", "target_std"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise LoraLabError(f"{name} must be a finite number, got {value!r}")
+            object.__setattr__(self, name, float(value))
+        if self.target_std <= 0:
+            raise LoraLabError(f"target_std must be positive, got {self.target_std!r}")
         if not self.regression:
             if len(self.names) < 2:
                 raise LoraLabError(f"classification needs at least 2 classes, got {list(self.names)}; "
@@ -131,10 +149,22 @@ class LabelMap:
         """Width of the model's output: 1 for regression, else the number of classes."""
         return 1 if self.regression else len(self.names)
 
+    @property
+    def identity(self) -> bool:
+        """Whether the model's outputs are already in the labels' units (no target scaling)."""
+        return self.target_mean == 0.0 and self.target_std == 1.0
+
+    def value(self, output: float) -> float:
+        """A regression model's output in the labels' units: output * target_std + target_mean."""
+        return output * self.target_std + self.target_mean
+
     @classmethod
-    def from_examples(cls, examples: Sequence[Example], regression: bool = False) -> "LabelMap":
+    def from_examples(cls, examples: Sequence[Example], regression: bool = False,
+                      standardize: bool = False) -> "LabelMap":
         """Classes seen in `examples` (normally the training split), numeric names in numeric order,
-        others alphabetically; regression=True just checks that every label is a number.
+        others alphabetically; regression=True checks that every label is a number, and standardize=True
+        also measures the target scaling: the labels' mean and population standard deviation (statistics'
+        fmean/pstdev, float64). Labels that are all equal have no spread to scale by: a one-line error.
 
         Label sets that look like two spellings of the same classes are kept as they are (one class per
         distinct name) and reported: a LabelSpellingWarning, and the map's `warnings`."""
@@ -142,9 +172,17 @@ class LabelMap:
         if chat is not None:
             raise chat_needs_causal_lm(chat.where, "regression" if regression else "classification")
         if regression:
-            for example in examples:
-                cls(regression=True).encode(example.label, example.source, example.line)
-            return cls(regression=True)
+            values = [cls(regression=True).encode(example.label, example.source, example.line)
+                      for example in examples]
+            if not standardize or not values:
+                return cls(regression=True)
+            mean, std = statistics.fmean(values), statistics.pstdev(values)
+            if not std > 0:
+                source = examples[0].source
+                raise LoraLabError(f"{source}: every regression label is {values[0]:g} (standard deviation 0), so "
+                                   "there is nothing to learn; check --label-column, or pass "
+                                   "--no-standardize-targets to train on the labels as they are")
+            return cls(regression=True, target_mean=mean, target_std=std)
         counts: Counter[str] = Counter()
         for example in examples:
             if example.label is None:
@@ -160,11 +198,12 @@ class LabelMap:
         return cls(_sorted_names(set(counts)), warnings=found)
 
     def encode(self, label: str | int | float | None, source: str = "<memory>", line: int = 0) -> int | float:
-        """Class id (int) or regression target (float) for a raw label; unknown labels are errors."""
+        """Class id (int) or regression target (float: (label - target_mean) / target_std, what the model
+        learns) for a raw label; unknown labels are errors."""
         if label is None:
             raise LoraLabError(f"{source}:{line}: example has no label; check --label-column")
         if self.regression:
-            return _regression_target(label, source, line)
+            return (_regression_target(label, source, line) - self.target_mean) / self.target_std
         name = _label_name(label)
         try:
             return self.names.index(name)
@@ -181,15 +220,26 @@ class LabelMap:
         return self.names[class_id]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": "regression" if self.regression else "classification", "names": list(self.names)}
+        """{"kind", "names"}, and for a scaled regression map "target_mean" and "target_std" (float64 values
+        written exactly: JSON floats round-trip)."""
+        data: dict[str, Any] = {"kind": "regression" if self.regression else "classification",
+                                "names": list(self.names)}
+        if not self.identity:
+            data.update(target_mean=self.target_mean, target_std=self.target_std)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> "LabelMap":
+        """The map of `to_dict`; a regression map without target_mean/target_std (loralab 0.1) is the identity."""
         kind = data.get("kind") if isinstance(data, dict) else None
         if kind not in ("classification", "regression") or not isinstance(data.get("names", []), list):
             raise LoraLabError(f"{source}: not a loralab label map (expected kind classification|regression "
                                "and a names list)")
-        return cls(tuple(data.get("names", [])), regression=kind == "regression")
+        try:
+            return cls(tuple(data.get("names", [])), regression=kind == "regression",
+                       target_mean=data.get("target_mean", 0.0), target_std=data.get("target_std", 1.0))
+        except LoraLabError as exc:
+            raise LoraLabError(f"{source}: {exc}; retrain or restore the adapter folder") from None
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the map as JSON, atomically (loralab.files.write_json)."""

@@ -10,7 +10,7 @@
     data-size      LoRA vs full FT, prefix-tuning, adapters on 100 / 1k / 8k / all examples (Table 16)
     intrinsic-dim  train θ0 + P·z for a random Fastfood P, sweep d, d90; spectrum of full FT's ΔW
                    (Aghajanyan et al. 2020)
-    lr-sweep       a few learning rates for LoRA and full fine-tuning (the paper tuned each method)
+    lr-sweep       learning rates for LoRA (ranks 1, 8, 64; Wq,Wv or all-linear) and full fine-tuning; LoRA/full ratio
     forgetting     LoRA (Wq,Wv vs all-linear, several r) and full FT: target score vs the base encoder's lost
                    paraphrase separation on MRPC dev (Biderman et al. 2024)
     variants       LoRA, rsLoRA, DoRA, PiSSA, LoRA+ at one trainable budget on SST-2 and MRPC: score,
@@ -42,7 +42,7 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
     "amplification": ("loralab.experiments.amplification", "ΔW versus W across ranks (reuses the rank runs)"),
     "data-size": ("loralab.experiments.data_size", "LoRA vs full FT, prefix-tuning, adapters on 100 .. all examples"),
     "intrinsic-dim": ("loralab.experiments.intrinsic_dim", "random d-dim subspace training (Fastfood), d90, ΔW spectrum"),
-    "lr-sweep": ("loralab.experiments.lr_sweep", "a small learning-rate sweep for LoRA and full fine-tuning"),
+    "lr-sweep": ("loralab.experiments.lr_sweep", "learning rates: LoRA at several ranks and targets vs full FT"),
     "forgetting": ("loralab.experiments.forgetting", "target score vs lost paraphrase separation, LoRA vs full FT"),
     "variants": ("loralab.experiments.variants", "LoRA, rsLoRA, DoRA, PiSSA, LoRA+ at one budget: score, forgetting, speed"),
 }

@@ -1,10 +1,16 @@
-"""lr-sweep: a small learning-rate sweep for LoRA (r=8 on Wq, Wv) and full fine-tuning, on the data and
-schedule of the `rank` and `methods` experiments (Hu et al. tuned the learning rate of every method;
-the `methods` experiment fixes one per method).
+"""lr-sweep: a learning-rate sweep for LoRA at several ranks, on the preset targets (Wq, Wv) and on every
+linear layer ("all-linear": attention and MLP), and for full fine-tuning, on the data and schedule of the
+`rank` and `methods` experiments (Hu et al. tuned the learning rate of every method; the `methods` experiment
+fixes one per method).
 
-Rates (LEARNING_RATES): LoRA 3e-4, 1e-3, 3e-3 and full fine-tuning 2e-5, 5e-5, 1e-4, each set around the
-fixed rate of `methods` (loralab.experiments.methods.METHOD_GRID: 1e-3 and 5e-5). Reported per method: the
-metric at each rate and the best rate; with seeds, medians over seeds. Runs train in child processes
+Configurations (CONFIGS): `lora` (r=8, Wq, Wv: the run names of earlier sweeps), `lora-r1`, `lora-r64`,
+`lora-all-r1`, `lora-all-r8`, `lora-all-r64`, and `full`; α = 16 for every rank (the scale α/r, the "1/r
+scaling" under which "LoRA Without Regret" (Schulman and Thinking Machines Lab, 2025) finds LoRA's best rate
+about independent of rank). Rates (LEARNING_RATES): five per method, LoRA 1e-4 … 1e-2 and full fine-tuning
+1e-5 … 3e-4, wide enough for the optimum to fall inside. Reported: the metric at each rate, the best rate per
+configuration, and each LoRA configuration's best rate over full fine-tuning's (the `lr_ratio` table) next to
+that paper's rule of thumb, LoRA's optimum about 10× full fine-tuning's; a best rate at the edge of its grid
+makes the ratio a bound, and the table says so. With seeds, medians over seeds. Runs train in child processes
 (their CPU time is recorded), quick ones in this process.
 """
 from __future__ import annotations
@@ -12,32 +18,79 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from loralab.experiments.common import RunSpec, grid_meta, run_grid, seed_medians, seed_table, select_runs, with_seeds
 from loralab.experiments.methods import METHOD_GRID
-from loralab.experiments.rank import metric_name, settings
+from loralab.experiments.rank import ALPHA, metric_name, settings
 from loralab.experiments.report import ExperimentReport, Table, line_figure, write_experiment_report
 from loralab.training.config import TrainConfig
 
 # method -> learning rates of the default runs, of the quick runs
 LEARNING_RATES: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "lora": ((3e-4, 1e-3, 3e-3), (1e-3, 5e-3)),
-    "full": ((2e-5, 5e-5, 1e-4), (3e-4, 1e-3)),
+    "lora": ((1e-4, 3e-4, 1e-3, 3e-3, 1e-2), (1e-3, 5e-3)),
+    "full": ((1e-5, 2e-5, 5e-5, 1e-4, 3e-4), (3e-4, 1e-3)),
 }
+# configuration -> (method, LoRA fields or baseline options, the table's r and targets columns)
+CONFIGS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+    "lora": ("lora", {"r": 8, "alpha": ALPHA}, {"r": 8, "targets": "Wq,Wv"}),
+    "lora-r1": ("lora", {"r": 1, "alpha": ALPHA}, {"r": 1, "targets": "Wq,Wv"}),
+    "lora-r64": ("lora", {"r": 64, "alpha": ALPHA}, {"r": 64, "targets": "Wq,Wv"}),
+    "lora-all-r1": ("lora", {"r": 1, "alpha": ALPHA, "targets": "all-linear"}, {"r": 1, "targets": "all-linear"}),
+    "lora-all-r8": ("lora", {"r": 8, "alpha": ALPHA, "targets": "all-linear"}, {"r": 8, "targets": "all-linear"}),
+    "lora-all-r64": ("lora", {"r": 64, "alpha": ALPHA, "targets": "all-linear"},
+                     {"r": 64, "targets": "all-linear"}),
+    "full": ("full", {}, {"r": None, "targets": "every weight"}),
+}
+# --quick trains these (one rank each way and both target sets; seconds on the tiny model)
+QUICK_CONFIGS = ("lora", "lora-r1", "lora-all-r8", "full")
+# "LoRA Without Regret": LoRA's best learning rate is about this many times full fine-tuning's.
+PAPER_RATIO = 10.0
 
 
 def sweep_specs(quick: bool, data: str | None, model: str | None, out: Path) -> list[RunSpec]:
     model_spec, data_name, train = settings(quick, data, model, out)
     specs = []
-    for method, (rates, quick_rates) in LEARNING_RATES.items():
-        options = METHOD_GRID[method][0]
+    for name in (QUICK_CONFIGS if quick else CONFIGS):
+        method, options, columns = CONFIGS[name]
+        rates, quick_rates = LEARNING_RATES[method]
         for lr in quick_rates if quick else rates:
             fields = dict(train, lr=lr, model=model_spec, data=data_name, seed=0, eval_every=0, checkpoint_every=0,
                           progress=False)
             config = (TrainConfig(lora=dict(options), **fields) if method == "lora"
                       else TrainConfig(method=method, method_options=dict(options), **fields))
-            specs.append(RunSpec(f"{method}-lr{lr:g}", config, {"method": method, "lr": lr}))
+            specs.append(RunSpec(f"{name}-lr{lr:g}", config, {"config": name, "method": method, **columns, "lr": lr}))
     return specs
+
+
+def ratio_rows(best: list[dict[str, Any]], grid: dict[str, list[float]]) -> list[dict[str, Any]]:
+    """Per LoRA configuration: its best rate over full fine-tuning's, next to PAPER_RATIO. A best rate at the
+    low (high) edge of its grid is only an upper (lower) bound on the optimum; `bound` says which ratio that
+    makes ("=" when both optima are inside their grids). [] without a full fine-tuning row."""
+    full = next((row for row in best if row["method"] == "full"), None)
+    if full is None:
+        return []
+    rows = []
+    for row in best:
+        if row["method"] == "full":
+            continue
+        lora_edge, full_edge = _edge(row["best_lr"], grid[row["config"]]), _edge(full["best_lr"], grid["full"])
+        # the true ratio is above the measured one when LoRA's optimum may be higher or full FT's lower
+        above = lora_edge == "high" or full_edge == "low"
+        below = lora_edge == "low" or full_edge == "high"
+        bound = "=" if not (above or below) else "?" if above and below else ">=" if above else "<="
+        rows.append({"config": row["config"], "r": row["r"], "targets": row["targets"], "best_lr": row["best_lr"],
+                     "full_best_lr": full["best_lr"], "ratio": row["best_lr"] / full["best_lr"], "bound": bound,
+                     "paper_ratio": PAPER_RATIO})
+    return rows
+
+
+def _edge(lr: float, rates: list[float]) -> str | None:
+    if len(rates) > 1 and lr == min(rates):
+        return "low"
+    if len(rates) > 1 and lr == max(rates):
+        return "high"
+    return None
 
 
 def run(out: str | os.PathLike = "runs/experiments/lr-sweep", quick: bool = False, data: str | None = None,
@@ -50,34 +103,43 @@ def run(out: str | os.PathLike = "runs/experiments/lr-sweep", quick: bool = Fals
     metric = metric_name(results)
     medians = seed_medians(results, metric)
     base = {r.info["base_run"]: r.info for r in results}
+    configs = list(dict.fromkeys(info["config"] for info in base.values()))
+    grid = {c: sorted(info["lr"] for info in base.values() if info["config"] == c) for c in configs}
     best = []
-    for method in dict.fromkeys(info["method"] for info in base.values()):
-        mine = {name: medians[name] for name, info in base.items() if info["method"] == method}
+    for config in configs:
+        mine = {name: medians[name] for name, info in base.items() if info["config"] == config}
         winner = max(mine, key=lambda name: mine[name])
-        best.append({"method": method, "best_lr": base[winner]["lr"], f"dev_{metric}": mine[winner],
-                     "fixed_lr": METHOD_GRID[method][2 if quick else 1],
-                     f"dev_{metric}_at_fixed_lr": next((v for n, v in mine.items()
-                                                        if base[n]["lr"] == METHOD_GRID[method][2 if quick else 1]),
-                                                       None)})
+        method = base[winner]["method"]
+        fixed = METHOD_GRID[method][2 if quick else 1]
+        best.append({"config": config, "method": method, "r": base[winner]["r"], "targets": base[winner]["targets"],
+                     "best_lr": base[winner]["lr"], f"dev_{metric}": mine[winner], "fixed_lr": fixed,
+                     f"dev_{metric}_at_fixed_lr": next((v for n, v in mine.items() if base[n]["lr"] == fixed), None)})
     figures = {"metric_vs_lr": line_figure(
-        {method: ([info["lr"] for name, info in base.items() if info["method"] == method],
-                  [medians[name] for name, info in base.items() if info["method"] == method])
-         for method in dict.fromkeys(info["method"] for info in base.values())},
+        {config: ([info["lr"] for name, info in base.items() if info["config"] == config],
+                  [medians[name] for name, info in base.items() if info["config"] == config])
+         for config in configs},
         "learning rate (log scale)", f"dev {metric}" + (" (median over seeds)" if (seeds or 1) > 1 else ""),
         "task metric against learning rate", log_x=True, log_base=10)}
-    tables = [Table("lr_sweep", "Task metric by learning rate", ["run", "method", "lr", "seed", f"dev_{metric}",
-                                                                 "dev_loss", "trainable_params", "seconds_per_step",
-                                                                 "cpu_seconds"],
+    tables = [Table("lr_sweep", "Task metric by learning rate",
+                    ["run", "config", "method", "r", "targets", "lr", "seed", f"dev_{metric}", "dev_loss",
+                     "trainable_params", "seconds_per_step", "cpu_seconds"],
                     [r.row(metric) for r in results]),
-              Table("best_lr", "Best learning rate per method", list(best[0]), best,
+              Table("best_lr", "Best learning rate per configuration", list(best[0]), best,
                     "fixed_lr: the rate the methods, rank and data-size experiments use.")]
-    by_seed = seed_table(results, metric, ["method", "lr"])
+    ratios = ratio_rows(best, grid)
+    if ratios:
+        tables.append(Table("lr_ratio", "LoRA's best learning rate over full fine-tuning's", list(ratios[0]), ratios,
+                            "paper_ratio: about 10x, the rule of 'LoRA Without Regret' (Thinking Machines, 2025). "
+                            "bound: '=' both optima inside their grids; '>=' or '<=' the true ratio is at least or "
+                            "at most this (a best rate at the edge of its grid); '?' both ways."))
+    by_seed = seed_table(results, metric, ["config", "lr"])
     if by_seed is not None:
         tables.append(by_seed)
     meta = grid_meta(quick, specs, results, ["train_limit", "epochs", "batch_size", "max_length"], metric=metric,
                      seeds=seeds or 1)
     report = ExperimentReport("lr-sweep", "Experiment: learning-rate sweep, LoRA and full fine-tuning",
-                              "The same data and schedule as `methods`; only the learning rate changes.",
+                              "The same data and schedule as `methods`; only the learning rate, the rank and the "
+                              "targets change.",
                               tables, figures, meta)
     write_experiment_report(report, out)
     return report

@@ -121,13 +121,15 @@ def load_with_adapters(adapters: dict[str, Path], model: str | os.PathLike | Non
     info = read_task_info(adapters[first])
     source = resolve_base(adapters[first], model)
     task_name, label_map = adapter_task_and_labels(adapters[first], task, source.folder)
+    label_maps = {}
     for name, path in adapters.items():
         other, other_labels = adapter_task_and_labels(path, task, source.folder)
         if other != task_name:
             raise LoraLabError(f"adapter {name!r} was trained for {other}, not {task_name}; load adapters of one task")
-        if other_labels != label_map:
+        if _classes(other_labels) != _classes(label_map):
             raise LoraLabError(f"adapters {first!r} and {name!r} have different label maps; "
                                "load adapters with the same classes together")
+        label_maps[name] = other_labels
     runtime = runtime or Runtime()
     base, tokenizer = load_base(str(source.folder), task_name, runtime, label_map)
     for name, path in adapters.items():
@@ -138,10 +140,16 @@ def load_with_adapters(adapters: dict[str, Path], model: str | os.PathLike | Non
         raise LoraLabError(f"--use {use!r} names no loaded adapter; loaded: {', '.join(adapters)}")
     set_adapter(base, use)
     base.eval()
+    label_map = label_maps[use]     # its own regression target scaling (adapters may differ there)
     task_obj = Task(task_name, max_length=max_length or info.get("max_length"),
                     prompt_template=info.get("prompt_template") or "{prompt}\n",
                     chat_template=bool(info.get("chat_template")))
     return Loaded(base, tokenizer, task_obj, label_map, source.spec, adapters)
+
+
+def _classes(label_map: LabelMap | None) -> tuple[bool, tuple[str, ...]] | None:
+    """What adapters loaded together must share: regression or the class names (not the target scaling)."""
+    return None if label_map is None else (label_map.regression, label_map.names)
 
 
 def from_pretrained(adapter_dir: str | os.PathLike, model: str | os.PathLike | None = None,

@@ -429,6 +429,6 @@ async def _classify_pinned(request: Request, service: Service, req: api.Classify
 
 def _classification(index: int, value, labels) -> dict:
     if labels.regression:
-        return {"index": index, "value": value}
+        return {"index": index, "value": labels.value(value)}   # in the labels' units (LabelMap.value)
     best = max(range(len(value)), key=value.__getitem__)
     return {"index": index, "label": labels.names[best], "probs": dict(zip(labels.names, value))}

@@ -79,6 +79,9 @@ class TrainConfig:
     packing: bool = False
     """causal-lm: pack short training examples into full max_length rows (attention stays inside each
     example; loralab.data.packing; evaluation is never packed)."""
+    standardize_targets: bool = True
+    """regression: train on (label - mean) / std of the training labels; the scaling is saved in the adapter's
+    labels.json and eval, predict and serve answer in the labels' units (docs/training.md measures why)."""
 
     lora: dict[str, Any] = field(default_factory=lambda: {"r": 8, "alpha": 16.0})
     """The adapter: loralab.LoraConfig fields (the LoRA flags); stored with every field spelt out."""
@@ -175,8 +178,9 @@ class TrainConfig:
         if self.data is None and self.train_file is None:
             raise LoraLabError("no training data: give --data NAME (a builtin data set) or --train-file PATH")
         self._check_counts()
-        if not isinstance(self.packing, bool):
-            raise LoraLabError(f"packing must be true or false, got {self.packing!r}")
+        for name in ("packing", "standardize_targets"):
+            if not isinstance(getattr(self, name), bool):
+                raise LoraLabError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.packing and not task_kind(self.task).is_generative:
             raise LoraLabError(f"packing applies to causal LM training, not the {self.task} task; drop packing")
         if self.max_length is not None and self.max_length < 2:

@@ -22,6 +22,8 @@ from loralab.training.scores import classification_metrics, regression_metrics
 @dataclass
 class EvalResult:
     """metrics: name -> value (loss always; accuracy/f1/mcc or pearson/spearman/mse; perplexity for LM).
+    Regression: loss is the training objective (mean squared error of the standardised targets when the label
+    map scales them), mse and the predictions are in the labels' units.
     predictions: per example in dataset order (class ids, floats), empty for causal LM."""
 
     metrics: dict[str, float]
@@ -106,6 +108,9 @@ def _metrics(loss: float, task_kind: str, dataset: EncodedDataset, batches: list
             predictions[i] = value
     labels = [dataset[i]["labels"] for i in range(len(dataset))]
     if TASKS[task_kind].is_regression:
+        if label_map is not None:   # the model learnt scaled targets: score and answer in the labels' units
+            predictions = [label_map.value(p) for p in predictions]
+            labels = [label_map.value(y) for y in labels]
         metrics.update(regression_metrics(predictions, labels))
     else:
         num_classes = label_map.num_labels if label_map else max(max(predictions), max(labels)) + 1

@@ -131,11 +131,15 @@ def prepare_inputs(config: TrainConfig, dist: distributed.DistInfo, threads: int
     if not task.spec.is_generative:
         with warnings.catch_warnings():      # said once below, in the run summary
             warnings.simplefilter("ignore", LabelSpellingWarning)
-            label_map = LabelMap.from_examples(splits["train"], regression=task.kind == "regression")
+            label_map = LabelMap.from_examples(splits["train"], regression=task.kind == "regression",
+                                               standardize=config.standardize_targets)
     encoded = {name: encode_examples(examples, tokenizer, task, label_map) for name, examples in splits.items()}
     say(f"data: {', '.join(f'{n} {len(e):,}' for n, e in encoded.items())} examples; task {task.kind}"
         + (f", labels {', '.join(label_map.names)}" if label_map and label_map.names else "")
         + f"; {threads} thread(s) x {dist.world_size} process(es)")
+    if label_map is not None and not label_map.identity:
+        say(f"regression targets standardised: (label - {label_map.target_mean:.6g}) / {label_map.target_std:.6g}; "
+            "predictions are in the labels' units")
     for warning in (label_map.warnings if label_map else ()):
         say(f"warning: {warning}")
     if config.packing:

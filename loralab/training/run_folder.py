@@ -135,8 +135,21 @@ def record_resume(folder: Path, step: int, changes: dict[str, tuple[Any, Any]]) 
 # --------------------------------------------------------------------------------------------------
 # Readers
 # --------------------------------------------------------------------------------------------------
+# Settings whose default changed after runs were written without them: {field: the value those runs used}, so
+# resuming an older run continues it as it was trained.
+SETTINGS_BEFORE_DEFAULTS = {"standardize_targets": False}
+
+
 def read_config(folder: str | os.PathLike) -> TrainConfig:
-    return TrainConfig.load(Path(folder) / CONFIG_FILE)
+    """The run's TrainConfig; a field its config.json lacks takes the value runs had before that field
+    existed (SETTINGS_BEFORE_DEFAULTS), else the dataclass default."""
+    path = Path(folder) / CONFIG_FILE
+    config = TrainConfig.load(path)
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    for name, value in SETTINGS_BEFORE_DEFAULTS.items():
+        if isinstance(saved, dict) and name not in saved:
+            setattr(config, name, value)
+    return config
 
 
 def read_metrics(folder: str | os.PathLike) -> dict[str, Any]:

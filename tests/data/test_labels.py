@@ -78,3 +78,50 @@ def test_consistent_label_sets_give_no_warning(names):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a warning here would fail the test
         assert LabelMap.from_examples([Example("x", label=name) for name in names]).warnings == ()
+
+
+def test_regression_targets_are_standardised_and_the_scaling_is_saved_exactly(tmp_path):
+    values = [0.0, 1.5, 2.5, 5.0, 4.0, 2.0]
+    examples = [Example("x", label=str(v), source="train.tsv", line=i + 2) for i, v in enumerate(values)]
+    labels = LabelMap.from_examples(examples, regression=True, standardize=True)
+    mean, std = sum(values) / 6, (sum((v - sum(values) / 6) ** 2 for v in values) / 6) ** 0.5
+    assert labels.target_mean == pytest.approx(mean, abs=1e-15) and labels.target_std == pytest.approx(std, rel=1e-15)
+    assert labels.target_mean == 2.5 and not labels.identity
+    encoded = [labels.encode(v) for v in values]
+    assert sum(encoded) == pytest.approx(0, abs=1e-12) and sum(t * t for t in encoded) / 6 == pytest.approx(1)
+    assert [labels.value(t) for t in encoded] == pytest.approx(values, abs=1e-12)
+    assert labels.value(0.0) == 2.5 and labels.value(1.0) == 2.5 + labels.target_std
+    labels.save(tmp_path / LABELS_FILENAME)
+    saved = json.loads((tmp_path / LABELS_FILENAME).read_text())
+    assert saved == {"kind": "regression", "names": [], "target_mean": 2.5, "target_std": labels.target_std}
+    assert LabelMap.load(tmp_path / LABELS_FILENAME) == labels   # the float64 values round-trip exactly
+
+
+def test_unscaled_regression_maps_are_the_identity_and_old_files_load_unchanged(tmp_path):
+    examples = [Example("x", label=v) for v in (1.0, 3.0)]
+    assert LabelMap.from_examples(examples, regression=True) == LabelMap(regression=True)
+    old = tmp_path / LABELS_FILENAME
+    old.write_text('{"kind": "regression", "names": []}')          # what loralab wrote before the scaling
+    loaded = LabelMap.load(old)
+    assert loaded.identity and loaded.encode("3.25") == 3.25 and loaded.value(-1.5) == -1.5
+    loaded.save(old)
+    assert json.loads(old.read_text()) == {"kind": "regression", "names": []}
+    classes = LabelMap(("a", "b"))
+    assert classes.identity and classes.to_dict() == {"kind": "classification", "names": ["a", "b"]}
+
+
+def test_constant_regression_labels_and_bad_scalings_are_one_line_errors(tmp_path):
+    same = [Example("x", label="2.5", source="train.tsv", line=i + 2) for i in range(4)]
+    with pytest.raises(LoraLabError, match=r"^train.tsv: every regression label is 2.5 \(standard deviation 0\), so "
+                                           r"there is nothing to learn; check --label-column, or pass "
+                                           r"--no-standardize-targets to train on the labels as they are$"):
+        LabelMap.from_examples(same, regression=True, standardize=True)
+    assert LabelMap.from_examples(same, regression=True).identity     # unscaled, a constant file still trains
+    with pytest.raises(LoraLabError, match="target_std must be positive, got 0.0"):
+        LabelMap(regression=True, target_std=0)
+    with pytest.raises(LoraLabError, match="no target scaling"):
+        LabelMap(("a", "b"), target_mean=1.0)
+    bad = tmp_path / LABELS_FILENAME
+    bad.write_text('{"kind": "regression", "names": [], "target_mean": "x"}')
+    with pytest.raises(LoraLabError, match=r"labels.json: target_mean must be a finite number, got 'x'; retrain"):
+        LabelMap.load(bad)

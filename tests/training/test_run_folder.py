@@ -64,3 +64,18 @@ def test_task_file_says_chat_template_for_a_messages_file_read_without_format(tm
     data.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
     write_task_file(tmp_path / "a", TrainConfig(model="m", task="causal-lm", train_file=str(data)))
     assert read_task_info(tmp_path / "a")["chat_template"] is True
+
+
+def test_a_run_written_before_standardize_targets_resumes_unscaled(tmp_path):
+    from loralab.training.config import TrainConfig
+    from loralab.training.run_folder import read_config, write_config
+
+    config = TrainConfig(model="m", task="regression", train_file="t.tsv")
+    assert config.standardize_targets is True                   # the default of new runs
+    write_config(tmp_path, config)
+    assert read_config(tmp_path).standardize_targets is True
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["standardize_targets"]                            # a config.json from before the setting
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert read_config(tmp_path).standardize_targets is False   # resumed as it was trained: raw targets
+    assert read_config(tmp_path) == TrainConfig(**{**config.to_dict(), "standardize_targets": False})
