@@ -25,7 +25,7 @@ import torch
 import loralab
 from loralab import LoraConfig
 from loralab.budget import estimate_budgets, resolve_targets
-from loralab.experiments.targets import GRID, lora_targets     # `loralab experiment targets`' grid (section 5)
+from loralab.experiments.targets import GRID, lora_targets
 from loralab.lessons import kit
 from loralab.models import load_model
 

@@ -37,7 +37,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from loralab.analysis import analyze_adapters, load_deltas, right_singular_vectors
-from loralab.experiments.data_size import PAPER_SIZES, PAPER_TABLE16     # the paper's Table 16, as the experiment quotes it
+from loralab.experiments.data_size import PAPER_SIZES, PAPER_TABLE16
 from loralab.lessons import kit
 from loralab.models import load_model
 from loralab.timing.latency import LatencySettings, build_configurations, make_inputs, measure_latency

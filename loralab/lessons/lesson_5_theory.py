@@ -39,7 +39,7 @@ import loralab
 from loralab import LoraConfig
 from loralab.analysis import amplification_of, effective_rank, load_deltas, make_delta, right_singular_vectors
 from loralab.baselines import METHODS
-from loralab.experiments.forgetting import paraphrase_auc, probe_pairs   # the lab's forgetting measurement (section 4)
+from loralab.experiments.forgetting import paraphrase_auc, probe_pairs
 from loralab.experiments.forgetting import sentence_embeddings as mean_pooled
 from loralab.lessons import kit
 from loralab.models import load_model
