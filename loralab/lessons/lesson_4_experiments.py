@@ -481,6 +481,23 @@ noise_5 = {n: 2 * sum((a * (1 - a) / dev_n) for a in (by_size["LoRA"][n].dev_acc
 clear_5 = {n: g for n, g in gaps_5.items() if abs(g) > noise_5[n]}
 paper_gap = PAPER_TABLE16["lora"][0] - PAPER_TABLE16["full"][0]
 grows = all(by_size[m][SIZES[-1]].dev_accuracy > by_size[m][SIZES[0]].dev_accuracy for m in by_size)
+dips = [(m, a, b) for m in by_size for a, b in zip(SIZES, SIZES[1:])
+        if by_size[m][b].dev_accuracy < by_size[m][a].dev_accuracy]        # more data, lower accuracy
+dips_en = ", ".join(f"{m} at {b:,} ({by_size[m][b].dev_accuracy:.3f}) below {a:,} ({by_size[m][a].dev_accuracy:.3f})"
+                    for m, a, b in dips)
+zh_names = {"LoRA": "LoRA", "full": "全量微调"}
+dips_zh = ",".join(f"{zh_names[m]} 在 {b:,} 个样本时({by_size[m][b].dev_accuracy:.3f})低于 "
+                   f"{a:,} 个时({by_size[m][a].dev_accuracy:.3f})" for m, a, b in dips)
+if grows and not dips:
+    more_en, more_zh = "More data helped both methods here, at every step. ", "更多的数据在每一步都对两种方法有帮助。"
+elif grows:
+    more_en = (f"From the smallest set to the whole one both methods gained, but not at every step: {dips_en} — one "
+               "seed and one subset per size, so such a dip may be the draw rather than the size. ")
+    more_zh = f"从最小数据集到全部数据,两种方法都有提高,但并非每一步都提高:{dips_zh}——每种规模只有一个随机种子、一个子集,这样的下降可能来自抽样而不是规模。"
+else:
+    more_en = ("More data did not help both methods here: on runs this short, the subset drawn and the seed matter as "
+               "much as the size. ")
+    more_zh = "更多的数据并没有对两种方法都有帮助:训练这么短时,抽到哪个子集、用哪个随机种子和子集大小一样重要。"
 gap_en = "; ".join(f"{n:,}: {g:+.3f}" + ("" if n in clear_5 else " (within noise)") for n, g in gaps_5.items())
 gap_zh = ";".join(f"{n:,}:{g:+.3f}" + ("" if n in clear_5 else "(在噪声以内)") for n, g in gaps_5.items())
 if smallest in clear_5:
@@ -493,8 +510,7 @@ else:
 S.say(f"Measured here (one seed; noise: two standard errors of the difference, about {noise_5[smallest]:.3f}): LoRA − full "
       f"fine-tuning at each size {gap_en}. The paper's Table 16 has LoRA {paper_gap:+.1f} points ahead at 100 examples "
       f"({PAPER_TABLE16['lora'][0]} vs {PAPER_TABLE16['full'][0]}, GPT-3 on MNLI, the paper's numbers); {agree_en}. "
-      + ("More data helped both methods here. " if grows else "More data did not help both methods here: on runs "
-         "this short, the subset drawn and the seed matter as much as the size. ")
+      + more_en
       + "The standard error covers only which dev sentences were scored, not the seed: `loralab experiment data-size` "
       "(200 steps of 16, all 872 dev sentences, three seeds) measured LoRA 65.3 against full fine-tuning 61.8 at 100 "
       "SST-2 sentences (medians; LoRA's seeds spread over 63.1–67.2), and full fine-tuning ahead from 1,000 on "
@@ -503,7 +519,7 @@ S.say(f"Measured here (one seed; noise: two standard errors of the difference, a
       f"这里的实测(一个随机种子;噪声:差值的两个标准误,约 {noise_5[smallest]:.3f}):各规模下 LoRA − 全量微调 {gap_zh}。"
       f"论文的表 16 中 100 个样本时 LoRA 领先 {paper_gap:+.1f} 个百分点({PAPER_TABLE16['lora'][0]} 对 "
       f"{PAPER_TABLE16['full'][0]},GPT-3 在 MNLI 上,论文的数字);{agree_zh}。"
-      + ("更多的数据对两种方法都有帮助。" if grows else "更多的数据并没有对两种方法都有帮助:训练这么短时,抽到哪个子集、用哪个随机种子和子集大小一样重要。")
+      + more_zh
       + "标准误只反映了评分用的是哪些验证句子,不包括随机种子的影响:`loralab experiment data-size`(200 步,每步 16 句,"
       "全部 872 个验证句子,三个随机种子)在 100 个 SST-2 句子上测得 LoRA 65.3、全量微调 61.8(中位数;LoRA 各种子在 "
       "63.1–67.2 之间),从 1,000 个起全量微调领先(docs/experiments.md)。"
