@@ -367,18 +367,35 @@ fig.tight_layout()
 best_5 = max(target_runs, key=lambda label: target_runs[label].dev_accuracy)
 if prediction_3 in target_runs and target_runs[prediction_3].dev_accuracy == target_runs[best_5].dev_accuracy:
     best_5 = prediction_3                       # a tie for the top: the predicted row is among the best
-worst_5 = min(target_runs, key=lambda label: target_runs[label].dev_accuracy)
 checks.predict("prediction_3", prediction_3, best_5, t("which targets reach the best dev accuracy", "哪组目标矩阵的验证准确率最高"),
                t(", ".join(f"{k}: {v.dev_accuracy:.3f}" for k, v in target_runs.items()),
                  ",".join(f"{k}:{v.dev_accuracy:.3f}" for k, v in target_runs.items())))
 acc_5 = {label: run.dev_accuracy for label, run in target_runs.items()}
 se_5 = max(errors_5)
-spread_5 = acc_5[best_5] - acc_5[worst_5]
+loss_5 = {label: sum(run.losses[-10:]) / len(run.losses[-10:]) for label, run in target_runs.items()}
+# a row that did not learn: its final loss still near ln 2 (a coin flip's) and its accuracy at the majority class
+failed_5 = [label for label in target_runs if loss_5[label] > 0.65 and acc_5[label] <= majority + 2 * se_5]
+learned_5 = [label for label in target_runs if label not in failed_5] or list(target_runs)
+worst_5 = min(learned_5, key=acc_5.get)
+spread_5 = max(acc_5[label] for label in learned_5) - acc_5[worst_5]
 pair_gain = acc_5["Wq,Wv"] - max(acc_5["Wq"], acc_5["Wv"])   # two types at r = 4 against the better single type at r = 8
+if failed_5 and not S.quick:
+    failed_en = (f"{', '.join(failed_5)} did not learn in this run (final loss {', '.join(f'{loss_5[x]:.3f}' for x in failed_5)}, "
+                 f"near ln 2 = 0.693, a coin flip's; dev accuracy at the majority class, {majority:.3f}): at lr {LR:g} and "
+                 f"α/r = {', '.join(f'{16 / grid[x][1]:g}' for x in failed_5)} its training did not settle in "
+                 f"{recipe.steps} steps. That is a failed run, not a verdict on those matrices — try "
+                 "`loralab learn 3 lr=1e-3` (the learning rate of `loralab experiment targets`). Of the rows that learned, ")
+    failed_zh = (f"{'、'.join(failed_5)} 在这次训练中没有学会(最终损失 {'、'.join(f'{loss_5[x]:.3f}' for x in failed_5)},"
+                 f"接近 ln 2 = 0.693,即抛硬币的损失;验证准确率等于多数类的 {majority:.3f}):在学习率 {LR:g}、α/r = "
+                 f"{'、'.join(f'{16 / grid[x][1]:g}' for x in failed_5)} 下,它在 {recipe.steps} 步内没有收敛。这是一次失败的"
+                 "训练,不能据此评判这些矩阵——试试 `loralab learn 3 lr=1e-3`(`loralab experiment targets` 用的学习率)。"
+                 "在学会了的几行中,")
+else:
+    failed_en = failed_zh = ""
 if spread_5 <= 2 * se_5:
-    reading_en = (f"all four rows lie within {spread_5:.3f} of each other, inside two standard errors ({2 * se_5:.3f}): "
+    reading_en = (f"{'the rows' if failed_5 and not S.quick else 'all four rows'} lie within {spread_5:.3f} of each other, inside two standard errors ({2 * se_5:.3f}): "
                   f"at this size the choice of matrices is within noise, no ranking")
-    reading_zh = f"四行之间相差 {spread_5:.3f},在两个标准误({2 * se_5:.3f})以内:在这个规模下矩阵的选择在噪声以内,不能排名"
+    reading_zh = f"{'这几行' if failed_5 and not S.quick else '四行'}之间相差 {spread_5:.3f},在两个标准误({2 * se_5:.3f})以内:在这个规模下矩阵的选择在噪声以内,不能排名"
 else:
     reading_en = (f"the spread between rows is {spread_5:.3f}, more than two standard errors ({2 * se_5:.3f}): the best "
                   f"row is {best_5} ({acc_5[best_5]:.3f}), the worst {worst_5} ({acc_5[worst_5]:.3f})")
@@ -396,12 +413,12 @@ else:
     pair_en, pair_zh = (f"Wq, Wv at r = 4 against the better single matrix at r = 8: {pair_gain:+.3f}, within two "
                         "standard errors, so this run neither confirms nor contradicts the paper's ordering",
                         f"Wq、Wv(r = 4)对比较好的单个矩阵(r = 8):{pair_gain:+.3f},在两个标准误以内,所以这次训练既不证实也不否定论文的排序")
-S.say(f"Measured here ({recipe.steps} steps, {recipe.dev_sentences} dev sentences, one seed): {reading_en}. {pair_en}. "
+S.say(f"Measured here ({recipe.steps} steps, {recipe.dev_sentences} dev sentences, one seed): {failed_en}{reading_en}. {pair_en}. "
       f"The paper's Table 5 (GPT-3, the paper's numbers) ranks Wq alone lowest (70.4 on WikiSQL) and Wq, Wv and all "
       f"four at the top (73.7); `loralab experiment targets` runs all seven rows at full size on MiniLM "
       f"(docs/experiments.md: Wq 79.1, Wv 82.3, Wq, Wv 83.7, all four 82.6 on SST-2)."
       + (" (Quick mode: a tiny random model — the bars say nothing about the matrices.)" if S.quick else ""),
-      f"这里的实测({recipe.steps} 步,{recipe.dev_sentences} 个验证句子,一个随机种子):{reading_zh}。{pair_zh}。"
+      f"这里的实测({recipe.steps} 步,{recipe.dev_sentences} 个验证句子,一个随机种子):{failed_zh}{reading_zh}。{pair_zh}。"
       f"论文的表 5(GPT-3,论文的数字)中单独 Wq 最低(WikiSQL 70.4),Wq、Wv 与四个矩阵并列最高(73.7);"
       f"`loralab experiment targets` 在 MiniLM 上以完整规模运行全部七行(docs/experiments.md:SST-2 上 Wq 79.1、Wv 82.3、"
       f"Wq、Wv 83.7、四个矩阵 82.6)。" + ("(快速模式:微型随机模型——这些柱子说明不了矩阵选择的好坏。)" if S.quick else ""))
