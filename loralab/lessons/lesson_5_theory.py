@@ -561,11 +561,12 @@ moved = {"LoRA": float(torch.linalg.matrix_norm(lora_delta.dense())), "full": fl
 if difference <= 0 and moved["LoRA"] > moved["full"]:
     why_en = (f" Why, here: on the last layer's Wq, LoRA's update has ‖ΔW‖_F = {moved['LoRA']:.2f} against full fine-tuning's "
               f"{moved['full']:.2f} (section 3) — at its learning rate ({lora8.lr:g} against {full_run.lr:g}) this short LoRA "
-              "run moved the weights it adapts much further than full fine-tuning moved any. How much is forgotten "
+              f"run moved that matrix {moved['LoRA'] / moved['full']:.0f}× as far as full fine-tuning did. How much is forgotten "
               "follows how far the weights move; Biderman et al. trained each method long, at its own tuned learning rate.")
     why_zh = (f"原因(这里):在最后一层的 Wq 上,LoRA 更新的 ‖ΔW‖_F = {moved['LoRA']:.2f},全量微调只有 {moved['full']:.2f}"
-              f"(第 3 节)——在各自的学习率下({lora8.lr:g} 对 {full_run.lr:g}),这次短的 LoRA 训练把它适配的权重移动得比"
-              "全量微调移动任何权重都远得多。遗忘多少取决于权重移动了多远;Biderman 等对每种方法都长时间训练,并各自调好学习率。")
+              f"(第 3 节)——在各自的学习率下({lora8.lr:g} 对 {full_run.lr:g}),这次短的 LoRA 训练把这个矩阵移动的距离是"
+              f"全量微调的 {moved['LoRA'] / moved['full']:.0f} 倍。遗忘多少取决于权重移动了多远;Biderman 等对每种方法都长时间"
+              "训练,并各自调好学习率。")
 else:
     why_en = why_zh = ""
 S.say(f"Measured here: the base separates MRPC paraphrases with AUC {auc['base']:.3f}; after SST-2, LoRA's encoder "
