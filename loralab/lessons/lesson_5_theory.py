@@ -532,6 +532,9 @@ for method, color in (("LoRA", "C0"), ("full", "C1")):
     ax.annotate(t({"LoRA": "LoRA r = 8", "full": "full fine-tuning"}[method], {"LoRA": "LoRA r = 8", "full": "全量微调"}[method]),
                 (forgetting[method], target[method]), textcoords="offset points", xytext=(6, 6))
 ax.axvline(0.0, color="black", lw=0.8, ls="--")
+span = max(abs(v) for v in forgetting.values()) + 0.02
+ax.set_xlim(min(-0.02, min(forgetting.values()) - 0.02), span + 0.03)           # room for the labels
+ax.set_ylim(min(0.45, min(target.values()) - 0.1), 1.0)                          # the accuracy scale of lessons 3 and 4
 ax.set(xlabel=t("forgetting (MRPC paraphrase AUC, before − after)", "遗忘(MRPC 释义 AUC,微调前 − 微调后)"),
        ylabel=t("SST-2 dev accuracy (the new task)", "SST-2 验证准确率(新任务)"),
        title=t("learning the new task against forgetting the old", "学会新任务与忘掉旧能力"))
