@@ -471,7 +471,7 @@ print(t(f"{tokens} tokens: base {flops['base']:,} FLOPs, with a length-{prefix_l
 prediction_1 = "full"           # Biderman et al.: LoRA forgets less
 
 # %%
-PROBE_PAIRS = 400                                  # a small probe: about 30 CPU seconds for three encoders
+PROBE_PAIRS = 400                                  # a small probe: about 20 CPU seconds for three encoders
 pairs = probe_pairs(S.quick)[:PROBE_PAIRS]         # MRPC dev's first 400 pairs (quick mode: the first 64)
 probe_key = {"model": S.model, "probe": "mrpc dev", "pairs": len(pairs)}
 plain = kit.classifier(S)                          # the base (its new head plays no part)
