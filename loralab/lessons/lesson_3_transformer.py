@@ -379,19 +379,21 @@ learned_5 = [label for label in target_runs if label not in failed_5] or list(ta
 worst_5 = min(learned_5, key=acc_5.get)
 spread_5 = max(acc_5[label] for label in learned_5) - acc_5[worst_5]
 pair_gain = acc_5["Wq,Wv"] - max(acc_5["Wq"], acc_5["Wv"])   # two types at r = 4 against the better single type at r = 8
+other_lr = 1e-3 if LR != 1e-3 else kit.LEARNING_RATES["lora"]    # 1e-3: the rate of `loralab experiment targets`
 if failed_5 and not S.quick:
     failed_en = (f"{', '.join(failed_5)} did not learn in this run (final loss {', '.join(f'{loss_5[x]:.3f}' for x in failed_5)}, "
                  f"near ln 2 = 0.693, a coin flip's; dev accuracy {', '.join(f'{acc_5[x]:.3f}' for x in failed_5)}, no better "
                  f"than always answering the majority class, {majority:.3f}): at lr {LR:g} and "
                  f"α/r = {', '.join(f'{16 / grid[x][1]:g}' for x in failed_5)} its training did not settle in "
-                 f"{recipe.steps} steps. That is a failed run, not a verdict on those matrices — try "
-                 "`loralab learn 3 lr=1e-3` (the learning rate of `loralab experiment targets`). Of the rows that learned, ")
+                 f"{recipe.steps} steps. That is a failed run, not a verdict on those matrices — try another learning rate, "
+                 f"`loralab learn 3 lr={other_lr:g}` (which rows learn in so short a run can change with it). Of the rows "
+                 "that learned, ")
     failed_zh = (f"{'、'.join(failed_5)} 在这次训练中没有学会(最终损失 {'、'.join(f'{loss_5[x]:.3f}' for x in failed_5)},"
                  f"接近 ln 2 = 0.693,即抛硬币的损失;验证准确率 {'、'.join(f'{acc_5[x]:.3f}' for x in failed_5)},不高于总是回答"
                  f"多数类的 {majority:.3f}):在学习率 {LR:g}、α/r = "
                  f"{'、'.join(f'{16 / grid[x][1]:g}' for x in failed_5)} 下,它在 {recipe.steps} 步内没有收敛。这是一次失败的"
-                 "训练,不能据此评判这些矩阵——试试 `loralab learn 3 lr=1e-3`(`loralab experiment targets` 用的学习率)。"
-                 "在学会了的几行中,")
+                 f"训练,不能据此评判这些矩阵——换一个学习率试试:`loralab learn 3 lr={other_lr:g}`(训练这么短时,哪些行能学会"
+                 "会随学习率改变)。在学会了的几行中,")
 else:
     failed_en = failed_zh = ""
 if spread_5 <= 2 * se_5:
