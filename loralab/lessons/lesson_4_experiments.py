@@ -36,7 +36,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from loralab.analysis import analyze_adapters, load_deltas, right_singular_vectors
+from loralab.analysis import analyze_adapters, load_deltas
 from loralab.experiments.data_size import PAPER_SIZES, PAPER_TABLE16
 from loralab.lessons import kit
 from loralab.models import load_model
