@@ -55,7 +55,7 @@ CONCEPTS: tuple[Concept, ...] = (
             "θ = θ0 + P·z 中达到完整训练 90% 效果所需的最少训练方向数(d90)", (5,)),
     Concept("peft", "parameter-efficient fine-tuning (PEFT)", "参数高效微调(PEFT)",
             "fine-tuning a few added or chosen values while the pretrained weights stay frozen",
-            "冻结预训练权重,只训练少量新增或选定的参数", (1, 3)),
+            "冻结预训练权重,只训练少量新增或选定的参数", (1, 3, 4, 5)),
     Concept("weights", "a Transformer's weight matrices", "Transformer 的权重矩阵",
             "Wq, Wk, Wv, Wo of self-attention and the MLP's matrices, each W (d_out × d_in)",
             "自注意力的 Wq、Wk、Wv、Wo 与 MLP 的矩阵,每个都是 W(d_out × d_in)", (3,)),

@@ -370,18 +370,32 @@ def _cached(folder: Path, settings: dict[str, Any]) -> Run | None:
     return Run(**{**data, "folder": folder, "reused": True})
 
 
+def subset(rows: Sequence, size: int, seed: int = 0) -> list:
+    """`size` of `rows`, drawn with random.Random(seed), in their order. Nested: the subset of a smaller size
+    lies inside that of a larger one (the first `size` of one seeded shuffle), as in the data-size experiment."""
+    order = random.Random(seed).sample(range(len(rows)), len(rows))
+    return [rows[i] for i in sorted(order[:size])]
+
+
 def train_run(S: Settings, method: str, data: str = "sst2", lr: float | None = None,
-              log: Callable[[str], None] = print, **options: Any) -> Run:
+              log: Callable[[str], None] = print, tag: str | None = None, train_size: int | None = None,
+              **options: Any) -> Run:
     """Train `method` ("lora", "full", "houlsby", "prefix" of loralab.baselines.METHODS, or "head") with `options`
     on the recipe's `data` ("sst2" or "mrpc"), or read the same run back from the cache. Every method trains
-    the head."""
+    the head. tag: the cache name's part after the method (default: the options, `-alpha16.0-r8`); the cache
+    key holds every option either way. train_size: train on only this many of the recipe's training examples
+    (a nested seeded subset, kit.subset), cycled through for the recipe's steps (None: all, each seen once)."""
     lr = LEARNING_RATES[method] if lr is None else lr
-    name = f"{data}-{method}" + "".join(f"-{k}{v}" for k, v in sorted(options.items()))
+    name = f"{data}-{method}" + (f"-{tag}" if tag else "".join(f"-{k}{v}" for k, v in sorted(options.items())))
+    if train_size is not None:
+        name += f"-n{train_size}"
     if S.knobs:   # a knob run's entries live apart from the default runs, which lessons 4 and 5 read
         name += f"-knobs-{fingerprint(S.knobs)}"
     folder = S.cache / name
     settings = {"model": S.model, "data": data, "task": list(TASKS[data]), "recipe": asdict(S.recipe),
                 "method": method, "options": options, "lr": lr}
+    if train_size is not None:
+        settings["train_size"] = train_size
     if S.knobs:
         settings["knobs"] = {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(S.knobs.items())}
     cached = _cached(folder, settings)
@@ -390,10 +404,14 @@ def train_run(S: Settings, method: str, data: str = "sst2", lr: float | None = N
         return cached
     tok = tokenizer(S)
     train, dev = task_batches(S, data, tok)
+    if train_size is not None:
+        task, length = TASKS[data]
+        rows = subset(examples(data, "train", S.recipe.train_sentences, seed=0), train_size)
+        train = batches(rows, tok, S.recipe.batch_size, int(S.recipe.max_length * length), task)
     model = prepare(method, classifier(S), **options)
-    log(f"{name}: training {trainable(model):,} values for {len(train)} steps ...")
+    log(f"{name}: training {trainable(model):,} values for {S.recipe.steps} steps ...")
     started, cpu_started = time.perf_counter(), time.process_time()
-    losses = train_steps(model, train, len(train), lr)
+    losses = train_steps(model, train, S.recipe.steps, lr)
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     if method == "lora":
         save_adapter(model, folder / "adapter")
@@ -406,11 +424,23 @@ def train_run(S: Settings, method: str, data: str = "sst2", lr: float | None = N
     return run
 
 
+def remembered(path: Path, key: dict[str, Any], compute: Callable[[], float]) -> float:
+    """A measured number kept in a small JSON file (`path`) with what identifies it (`key`): read back when the
+    key matches, else computed and written (a lesson's measurements on cached runs, e.g. a probe's AUC)."""
+    if path.is_file():
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("key") == key:
+            return float(data["value"])
+    value = float(compute())
+    write_json(path, {"key": key, "value": value})
+    return value
+
+
 def lora_run(S: Settings, r: int, alpha: float = 16.0, log: Callable[[str], None] = print,
-             lr: float | None = None) -> Run:
+             lr: float | None = None, train_size: int | None = None) -> Run:
     """LoRA on Wq, Wv (the preset) with rank r and fixed alpha, plus the head: lessons 3, 4 and 5 share these.
-    lr: the learning rate (None: LEARNING_RATES["lora"])."""
-    return train_run(S, "lora", lr=lr, log=log, r=r, alpha=alpha)
+    lr: the learning rate (None: LEARNING_RATES["lora"]); train_size: as in train_run."""
+    return train_run(S, "lora", lr=lr, log=log, train_size=train_size, r=r, alpha=alpha)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -418,7 +448,10 @@ def lora_run(S: Settings, r: int, alpha: float = 16.0, log: Callable[[str], None
 # --------------------------------------------------------------------------------------------------
 KNOBS: dict[int, tuple[Knob, ...]] = {
     1: (),
-    2: (),
+    2: (Knob("r", INT, 8, 1, 256, "the rank of the LoRA layers of §0 (yours and loralab's) and of §4's adapters",
+             "第 0 节(你的和 loralab 的)LoRA 层以及第 4 节适配器的秩"),
+        Knob("alpha", FLOAT, 16.0, 0.01, 1024, "α of those layers (their scale is α/r)",
+             "这些层的 α(缩放因子为 α/r)")),
     3: (Knob("r", INTS, (1, 2, 4, 8, 64), 1, 256, "the LoRA ranks §4 trains side by side",
              "第 4 节并排训练的 LoRA 秩", quick_default=(1, 2, 4, 8, 16)),
         Knob("lr", FLOAT, LEARNING_RATES["lora"], 1e-5, 0.1, "the learning rate of those LoRA runs",

@@ -43,6 +43,8 @@ S = kit.settings()
 t = S.t                     # t(English, Chinese): every text the code prints or draws, in the page's language
 checks = kit.Checks(S)
 S.announce()
+R = S.knob("r", 2)              # the rank of §0's layers and §4's adapters (8; `loralab learn 2 r=4 alpha=8`)
+ALPHA = S.knob("alpha", 2)      # their α: the scale is α/r (16)
 
 
 class OneLayer(nn.Module):
@@ -106,7 +108,7 @@ class LoRALinear(nn.Module):
         return answer_0(self, x)
 
 
-def swap_in(model: nn.Module, r: int = 8, alpha: float = 16.0) -> nn.Module:
+def swap_in(model: nn.Module, r: int = R, alpha: float = ALPHA) -> nn.Module:
     """Replace Wq and Wv of every attention layer by a LoRALinear; freeze everything else."""
     model.requires_grad_(False)
     for layer in model.base_model.encoder.layer:
@@ -131,7 +133,7 @@ mine = {name: m for name, m in ours.named_modules() if isinstance(m, LoRALinear)
 with torch.no_grad():
     for m in mine.values():                  # B = 0 makes every forward W0·x; give B values, as after training
         m.B.normal_(0.0, 0.02)
-theirs = loralab.inject(copy.deepcopy(base_model), LoraConfig(r=8, alpha=16.0)).double()
+theirs = loralab.inject(copy.deepcopy(base_model), LoraConfig(r=R, alpha=ALPHA)).double()
 with torch.no_grad():
     for name, layer in loralab.lora_layers(theirs):                  # loralab's factors := ours
         layer.lora_adapters["default"].A.copy_(mine[name].A)
@@ -370,7 +372,7 @@ batch = {k: v for k, v in sst2_dev[0].items() if k != "labels"}        # input_i
 base_model = kit.classifier(S)
 with torch.no_grad():
     base_logits = base_model(**batch).logits                            # (64, 2)
-adapted = loralab.inject(copy.deepcopy(base_model), LoraConfig(r=8, alpha=16, modules_to_save=["classifier"]))
+adapted = loralab.inject(copy.deepcopy(base_model), LoraConfig(r=R, alpha=ALPHA, modules_to_save=["classifier"]))
 with torch.no_grad():
     init_gap = (adapted(**batch).logits - base_logits).abs().max().item()
 print(loralab.trainable_summary(adapted))
@@ -560,7 +562,7 @@ S.say(f"Measured from r = 1 to r = {RANKS[-1]}: with a constant scale s = α the
 # For inference the update can be folded into the weight: **W = W0 + s·B·A**. The merged layer is an ordinary
 # d×k matrix, so the model costs exactly what the base model costs — no extra latency. To switch task,
 # subtract one update and add another: W0 + s·B1·A1 → W0 + s·B2·A2. We train (or reuse from the cache) two
-# rank-8 adapters on Wq and Wv of all-MiniLM-L6-v2: one for SST-2 (sentiment of a movie-review sentence) and
+# adapters of rank r (the knob `r`, 8 unless you set it) on Wq and Wv of all-MiniLM-L6-v2: one for SST-2 (sentiment of a movie-review sentence) and
 # one for MRPC (are two sentences paraphrases?). Each also trains its own copy of the 2-way classifier head.
 
 # %% [markdown] lang="zh"
@@ -568,12 +570,12 @@ S.say(f"Measured from r = 1 to r = {RANKS[-1]}: with a constant scale s = α the
 #
 # 推理时可以把更新并入权重:**W = W0 + s·B·A**。合并后的层就是普通的 d×k 矩阵,模型的计算量与基础模型完全相同——
 # 没有额外延迟。切换任务时,减去一个更新、加上另一个:W0 + s·B1·A1 → W0 + s·B2·A2。我们在 all-MiniLM-L6-v2 的
-# Wq 和 Wv 上训练(或从缓存读取)两个秩 8 适配器:一个用于 SST-2(影评句子的情感),一个用于 MRPC(两个句子是否
+# Wq 和 Wv 上训练(或从缓存读取)两个秩为 r 的适配器(旋钮 `r`,默认 8):一个用于 SST-2(影评句子的情感),一个用于 MRPC(两个句子是否
 # 互为释义)。每个适配器还各自训练一份 2 类分类头。
 
 # %%
-sst2_run = kit.lora_run(S, r=8)
-mrpc_run = kit.train_run(S, "lora", data="mrpc", r=8, alpha=16.0)
+sst2_run = kit.lora_run(S, r=R, alpha=ALPHA)       # r = 8, α = 16: lesson 3's r = 8 run, from the cache
+mrpc_run = kit.train_run(S, "lora", data="mrpc", r=R, alpha=ALPHA)
 mrpc_train, mrpc_dev = kit.task_batches(S, "mrpc", tok)
 
 model = kit.classifier(S)

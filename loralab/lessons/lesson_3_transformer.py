@@ -5,7 +5,9 @@
 # two or three in the MLP. LoRA can adapt any of them; the paper adapts only **Wq and Wv**. We list the
 # matrices of two real models (all-MiniLM-L6-v2, an encoder, and SmolLM2-135M, a LLaMA-style decoder), count
 # what each choice of targets costs, check the paper's GPT-3 numbers against `loralab budget`, and end with
-# the route's closing practice: **train with r = 1, 2, 4, 8 and 64 side by side and watch convergence.**
+# the route's closing practice: **train with r = 1, 2, 4, 8 and 64 side by side and watch convergence**; then
+# measure the route's "compare combinations of weight matrices" the way the paper's Table 5 did: Wq, Wv, both,
+# or all four attention matrices, at one budget of trainable values.
 
 # %% [markdown] lang="zh"
 # # 阶段 3:应用到 Transformer——权重矩阵、各种选择的代价,以及 r = 1 … 64
@@ -13,7 +15,8 @@
 # 学习路线的第 3 阶段。Transformer 的一个块主要由矩阵组成:自注意力里四个(Wq、Wk、Wv、Wo),MLP 里两到三个。
 # LoRA 可以适配其中任何一个;论文只适配 **Wq 和 Wv**。我们列出两个真实模型(编码器 all-MiniLM-L6-v2 和
 # LLaMA 风格的解码器 SmolLM2-135M)的矩阵,计算每种目标选择的代价,用 `loralab budget` 核对论文中 GPT-3 的数字,
-# 最后完成路线的收尾练习:**用 r = 1、2、4、8、64 并排训练,观察收敛过程。**
+# 然后完成路线的收尾练习:**用 r = 1、2、4、8、64 并排训练,观察收敛过程**;最后像论文表 5 那样实测路线中的"比较不同
+# 权重矩阵组合":在同一个可训练参数预算下,适配 Wq、Wv、两者,或全部四个注意力矩阵。
 
 # %%
 import matplotlib.pyplot as plt
@@ -22,6 +25,7 @@ import torch
 import loralab
 from loralab import LoraConfig
 from loralab.budget import estimate_budgets, resolve_targets
+from loralab.experiments.targets import GRID, lora_targets
 from loralab.lessons import kit
 from loralab.models import load_model
 
@@ -298,6 +302,132 @@ S.say(f"Measured here: the lowest final loss came from r = {lowest} ({final_loss
 # 版本(500 步,每步 16 句,完整验证集)。
 
 # %% [markdown] lang="en"
+# ## 5. Which matrices, at an equal budget: the paper's Table 5, measured
+#
+# Section 2 counted what each choice costs; now we measure what it buys, the way the paper's Table 5 did:
+# fix the budget and choose where to spend it. Every row below trains the same number of LoRA values,
+# 2·L·d·r·(matrix types) = 16·L·d: Wq alone at r = 8, Wv alone at r = 8, Wq and Wv at r = 4, and all four
+# attention matrices (Wq, Wk, Wv, Wo) at r = 2 — the rank scaled down as the matrix types go up. The rows and
+# their ranks are `loralab experiment targets`' grid (`loralab.experiments.targets.GRID`, four of its seven
+# rows); the data, steps and learning rate are this lesson's (section 4), and the Wq, Wv row at r = 4 *is*
+# section 4's r = 4 run, read back from the cache.
+#
+# **Predict before you run the next cell:** which of the four rows reaches the highest dev accuracy? Write its
+# label ("Wq", "Wv", "Wq,Wv" or "Wq,Wk,Wv,Wo") in `prediction_3`.
+
+# %% [markdown] lang="zh"
+# ## 5. 等预算下适配哪些矩阵:实测论文的表 5
+#
+# 第 2 节计算了每种选择的代价;现在像论文表 5 那样测量它能换来什么:固定预算,选择把它花在哪里。下面每一行训练的
+# LoRA 参数量都相同,2·L·d·r·(矩阵种类数) = 16·L·d:单独 Wq 用 r = 8,单独 Wv 用 r = 8,Wq 和 Wv 用 r = 4,四个注意力
+# 矩阵(Wq、Wk、Wv、Wo)用 r = 2——矩阵种类越多,秩越低。这些行及其秩取自 `loralab experiment targets` 的网格
+# (`loralab.experiments.targets.GRID`,七行中的四行);数据、步数和学习率与本课第 4 节相同,Wq、Wv 在 r = 4 的那一行
+# *就是*第 4 节 r = 4 的训练,从缓存读取。
+#
+# **运行下一个单元之前先预测:** 四行中哪一行的验证准确率最高?把它的标签("Wq"、"Wv"、"Wq,Wv" 或 "Wq,Wk,Wv,Wo")
+# 写进 `prediction_3`。
+
+# %%
+# hint[en]: the paper's Table 5 (section 2): at a fixed budget, more matrix types at a lower rank did best; on a short noisy run any row can win.
+# hint[zh]: 论文表 5(第 2 节):预算固定时,更多种矩阵配较低的秩效果最好;在短而嘈杂的训练中哪一行都可能胜出。
+prediction_3 = "Wq,Wv"          # the paper's choice; Table 5 puts it (with all four) at the top
+
+# %%
+ROWS = ("Wq", "Wv", "Wq,Wv", "Wq,Wk,Wv,Wo")
+TABLE_5 = {"Wq": (70.4, 91.0), "Wv": (73.0, 91.0), "Wq,Wv": (73.7, 91.3), "Wq,Wk,Wv,Wo": (73.7, 91.7)}  # the paper's
+grid = {label: (roles, r) for label, roles, r in GRID if label in ROWS}
+fields = lora_targets(S.model)                  # each row's module names in this model's family
+target_runs = {}
+for label, (roles, r) in grid.items():
+    if roles == ("q", "v"):                     # the preset: section 4's run at this rank, from the cache
+        target_runs[label] = kit.lora_run(S, r, lr=LR)
+    else:
+        target_runs[label] = kit.train_run(S, "lora", lr=LR, tag=f"targets-{label.replace(',', '')}-r{r}",
+                                           r=r, alpha=16.0, **fields[label])
+head_values = minilm.config.hidden_size * 2 + 2             # the 2-way head: d·2 weights + 2 biases
+budget = {label: run.trainable - head_values for label, run in target_runs.items()}   # LoRA values, head excluded
+print(t(f"{'adapted':14} {'r':>2} {'LoRA values':>12} {'dev acc':>8} {'final loss':>11}   paper (GPT-3, Table 5): WikiSQL / MNLI",
+        f"{'适配的矩阵':12} {'r':>2} {'LoRA 参数':>11} {'验证准确率':>6} {'最终损失':>9}   论文(GPT-3,表 5):WikiSQL / MNLI"))
+for label, run in target_runs.items():
+    final = sum(run.losses[-10:]) / len(run.losses[-10:])
+    print(f"{label:14} {grid[label][1]:>2} {budget[label]:>12,} {run.dev_accuracy:>8.3f} {final:>11.3f}   "
+          f"{TABLE_5[label][0]} / {TABLE_5[label][1]}")
+
+fig, ax = plt.subplots(figsize=(7, 3.4))
+accuracies_5 = [run.dev_accuracy for run in target_runs.values()]
+errors_5 = [(a * (1 - a) / recipe.dev_sentences) ** 0.5 for a in accuracies_5]
+ax.bar(range(len(ROWS)), accuracies_5, yerr=errors_5, capsize=3, color="#7aa6c2")
+ax.set_xticks(range(len(ROWS)), [f"{label}\nr = {grid[label][1]}" for label in ROWS])
+ax.set(ylim=(min(0.45, min(accuracies_5) - 0.1), 1.0), ylabel=t("dev accuracy (± one standard error)", "验证准确率(± 一个标准误)"),
+       title=t(f"one budget ({budget['Wq']:,} LoRA values), four ways to spend it",
+               f"同一预算({budget['Wq']:,} 个 LoRA 参数),四种花法"))
+fig.tight_layout()
+
+# %%
+best_5 = max(target_runs, key=lambda label: target_runs[label].dev_accuracy)
+if prediction_3 in target_runs and target_runs[prediction_3].dev_accuracy == target_runs[best_5].dev_accuracy:
+    best_5 = prediction_3                       # a tie for the top: the predicted row is among the best
+checks.predict("prediction_3", prediction_3, best_5, t("which targets reach the best dev accuracy", "哪组目标矩阵的验证准确率最高"),
+               t(", ".join(f"{k}: {v.dev_accuracy:.3f}" for k, v in target_runs.items()),
+                 ",".join(f"{k}:{v.dev_accuracy:.3f}" for k, v in target_runs.items())))
+acc_5 = {label: run.dev_accuracy for label, run in target_runs.items()}
+se_5 = max(errors_5)
+loss_5 = {label: sum(run.losses[-10:]) / len(run.losses[-10:]) for label, run in target_runs.items()}
+# a row that did not learn: its final loss still near ln 2 (a coin flip's) and its accuracy at the majority class
+failed_5 = [label for label in target_runs if loss_5[label] > 0.65 and acc_5[label] <= majority + 2 * se_5]
+learned_5 = [label for label in target_runs if label not in failed_5] or list(target_runs)
+worst_5 = min(learned_5, key=acc_5.get)
+spread_5 = max(acc_5[label] for label in learned_5) - acc_5[worst_5]
+pair_gain = acc_5["Wq,Wv"] - max(acc_5["Wq"], acc_5["Wv"])   # two types at r = 4 against the better single type at r = 8
+other_lr = 1e-3 if LR != 1e-3 else kit.LEARNING_RATES["lora"]    # 1e-3: the rate of `loralab experiment targets`
+if failed_5 and not S.quick:
+    failed_en = (f"{', '.join(failed_5)} did not learn in this run (final loss {', '.join(f'{loss_5[x]:.3f}' for x in failed_5)}, "
+                 f"near ln 2 = 0.693, a coin flip's; dev accuracy {', '.join(f'{acc_5[x]:.3f}' for x in failed_5)}, no better "
+                 f"than always answering the majority class, {majority:.3f}): at lr {LR:g} and "
+                 f"α/r = {', '.join(f'{16 / grid[x][1]:g}' for x in failed_5)} its training did not settle in "
+                 f"{recipe.steps} steps. That is a failed run, not a verdict on those matrices — try another learning rate, "
+                 f"`loralab learn 3 lr={other_lr:g}` (which rows learn in so short a run can change with it). Of the rows "
+                 "that learned, ")
+    failed_zh = (f"{'、'.join(failed_5)} 在这次训练中没有学会(最终损失 {'、'.join(f'{loss_5[x]:.3f}' for x in failed_5)},"
+                 f"接近 ln 2 = 0.693,即抛硬币的损失;验证准确率 {'、'.join(f'{acc_5[x]:.3f}' for x in failed_5)},不高于总是回答"
+                 f"多数类的 {majority:.3f}):在学习率 {LR:g}、α/r = "
+                 f"{'、'.join(f'{16 / grid[x][1]:g}' for x in failed_5)} 下,它在 {recipe.steps} 步内没有收敛。这是一次失败的"
+                 f"训练,不能据此评判这些矩阵——换一个学习率试试:`loralab learn 3 lr={other_lr:g}`(训练这么短时,哪些行能学会"
+                 "会随学习率改变)。在学会了的几行中,")
+else:
+    failed_en = failed_zh = ""
+if spread_5 <= 2 * se_5:
+    reading_en = (f"{'the rows' if failed_5 and not S.quick else 'all four rows'} lie within {spread_5:.3f} of each other, inside two standard errors ({2 * se_5:.3f}): "
+                  f"at this size the choice of matrices is within noise, no ranking")
+    reading_zh = f"{'这几行' if failed_5 and not S.quick else '四行'}之间相差 {spread_5:.3f},在两个标准误({2 * se_5:.3f})以内:在这个规模下矩阵的选择在噪声以内,不能排名"
+else:
+    reading_en = (f"the spread between rows is {spread_5:.3f}, more than two standard errors ({2 * se_5:.3f}): the best "
+                  f"row is {best_5} ({acc_5[best_5]:.3f}), the worst {worst_5} ({acc_5[worst_5]:.3f})")
+    reading_zh = (f"各行之间相差 {spread_5:.3f},超过两个标准误({2 * se_5:.3f}):最好的是 {best_5}({acc_5[best_5]:.3f}),"
+                  f"最差的是 {worst_5}({acc_5[worst_5]:.3f})")
+if pair_gain > 2 * se_5:
+    pair_en, pair_zh = (f"Wq, Wv at r = 4 beat the better single matrix at r = 8 by {pair_gain:.3f} — as in the paper, "
+                        "spreading the budget over two types paid",
+                        f"Wq、Wv 在 r = 4 时比较好的单个矩阵(r = 8)高 {pair_gain:.3f}——与论文一致,把预算分散到两种矩阵上是值得的")
+elif pair_gain < -2 * se_5:
+    pair_en, pair_zh = (f"Wq, Wv at r = 4 fell {-pair_gain:.3f} behind the better single matrix at r = 8 — the opposite of "
+                        "the paper's finding, on this short run",
+                        f"Wq、Wv 在 r = 4 时比较好的单个矩阵(r = 8)低 {-pair_gain:.3f}——在这次短训练中与论文的结论相反")
+else:
+    pair_en, pair_zh = (f"Wq, Wv at r = 4 against the better single matrix at r = 8: {pair_gain:+.3f}, within two "
+                        "standard errors, so this run neither confirms nor contradicts the paper's ordering",
+                        f"Wq、Wv(r = 4)对比较好的单个矩阵(r = 8):{pair_gain:+.3f},在两个标准误以内,所以这次训练既不证实也不否定论文的排序")
+S.say(f"Measured here ({recipe.steps} steps, {recipe.dev_sentences} dev sentences, one seed): {failed_en}{reading_en}. {pair_en}. "
+      f"The paper's Table 5 (GPT-3, the paper's numbers) ranks Wq alone lowest (70.4 on WikiSQL) and Wq, Wv and all "
+      f"four at the top (73.7); `loralab experiment targets` runs all seven rows at full size on MiniLM "
+      f"(docs/experiments.md: Wq 79.1, Wv 82.3, Wq, Wv 83.7, all four 82.6 on SST-2)."
+      + (" (Quick mode: a tiny random model — the bars say nothing about the matrices.)" if S.quick else ""),
+      f"这里的实测({recipe.steps} 步,{recipe.dev_sentences} 个验证句子,一个随机种子):{failed_zh}{reading_zh}。{pair_zh}。"
+      f"论文的表 5(GPT-3,论文的数字)中单独 Wq 最低(WikiSQL 70.4),Wq、Wv 与四个矩阵并列最高(73.7);"
+      f"`loralab experiment targets` 在 MiniLM 上以完整规模运行全部七行(docs/experiments.md:SST-2 上 Wq 79.1、Wv 82.3、"
+      f"Wq、Wv 83.7、四个矩阵 82.6)。" + ("(快速模式:微型随机模型——这些柱子说明不了矩阵选择的好坏。)" if S.quick else ""))
+
+# %% [markdown] lang="en"
 # ## Check yourself
 #
 # 1. GPT-3 175B, LoRA r = 8 on Wq and Wv: compute the trainable values by hand, 2·96·8·(12288 + 12288),
@@ -307,6 +437,8 @@ S.say(f"Measured here: the lowest final loss came from r = {lowest} ({final_loss
 # 3. SmolLM2-135M, LoRA r = 8 on Wk only, all 30 layers: by hand 30·8·(576 + 192) — Wk is 192×576.
 # 4. Table 5's equal budgets: is Wq, Wv at r = 8 cheaper than Wq, Wk, Wv, Wo at r = 4 on MiniLM?
 # 5. How many times more LoRA values does r = 64 train than r = 1 (head excluded)?
+# 6. Section 5's budget: how many LoRA values does each of its rows train (head excluded)? By hand: Wq alone
+#    at r = 8 is L·8·(d + d); check that all four matrices at r = 2 cost the same.
 
 # %% [markdown] lang="zh"
 # ## 自我检查
@@ -316,6 +448,8 @@ S.say(f"Measured here: the lowest final loss came from r = {lowest} ({final_loss
 # 3. SmolLM2-135M,只在 Wk 上用 r = 8 的 LoRA,全部 30 层:多少个参数?(Wk 是 192×576。)
 # 4. 表 5 的等预算:在 MiniLM 上,Wq、Wv 用 r = 8 是否比 Wq、Wk、Wv、Wo 用 r = 4 便宜?("equal" 还是 "different")
 # 5. r = 64 训练的 LoRA 参数是 r = 1 的多少倍(不含分类头)?
+# 6. 第 5 节的预算:每一行训练多少个 LoRA 参数(不含分类头)?手算:单独 Wq 在 r = 8 时是 L·8·(d + d);再验证四个矩阵在
+#    r = 2 时代价相同。
 
 # %%
 # hint[en]: |Θ| = 2·L̂·d_model·r with L̂ = 2 matrices × 96 layers; each d×d matrix costs r·(d + d).
@@ -363,4 +497,12 @@ answer_5 = big // small                                     # LoRA values grow l
 checks.equal("answer_5", answer_5, (runs[big].trainable - head) // (runs[small].trainable - head),
              t(f"LoRA values r={big} / r={small}", f"LoRA 参数量 r={big} / r={small}"),
              t("the values grow linearly in r", "参数量随 r 线性增长"), "peft")
+
+# hint[en]: one matrix type in L layers at r = 8 costs L·8·(d + d); four types at r = 2 cost L·4·2·(d + d): the same.
+# hint[zh]: 一种矩阵、L 层、r = 8 的代价是 L·8·(d + d);四种矩阵在 r = 2 时是 L·4·2·(d + d):相同。
+answer_6 = L * 8 * (d + d)                                  # = 16·L·d in every row
+checks.equal("answer_6", answer_6, budget["Wq,Wk,Wv,Wo"] if len(set(budget.values())) == 1 else sorted(set(budget.values())),
+             t("section 5's budget per row: by hand vs the trained runs", "第 5 节每行的预算:手算对比实际训练"),
+             t("matrix types × r is 8 in every row, so every row trains 16·L·d LoRA values",
+               "每一行的 矩阵种类数 × r 都是 8,所以每行都训练 16·L·d 个 LoRA 参数"), "weights")
 checks.summary()

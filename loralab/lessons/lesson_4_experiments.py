@@ -9,6 +9,7 @@
 # 3. **ΔW versus W**: which directions of the pretrained weight does the update amplify, and how much? (§7.3)
 # 4. **Where inference latency comes from**: adapters run *in series* with the layer they follow; LoRA runs
 #    *in parallel* and can be merged away. We count the work and time it.
+# 5. **Training-set size**: LoRA and full fine-tuning on 100, 300 and 768 examples (Appendix F.3, Table 16).
 #
 # The LoRA adapters come from lesson 3 (r = 8 and r = 64 on Wq, Wv of all-MiniLM-L6-v2, SST-2); if lesson 3
 # has not run, they are trained here.
@@ -23,6 +24,7 @@
 # 2. **子空间相似性**:r = 8 和 r = 64 的适配器学到的是同样的方向吗?(§7.2,图 3)
 # 3. **ΔW 与 W**:更新放大了预训练权重的哪些方向,放大多少?(§7.3)
 # 4. **推理延迟从哪里来**:Adapter 与它后面的层*串行*执行;LoRA *并行*执行,而且可以被合并掉。我们计数并计时。
+# 5. **训练集大小**:LoRA 与全量微调在 100、300 和 768 个样本上的表现(附录 F.3,表 16)。
 #
 # LoRA 适配器来自第 3 课(all-MiniLM-L6-v2 的 Wq、Wv 上 r = 8 和 r = 64,SST-2);如果第 3 课还没运行,就在这里训练。
 
@@ -34,7 +36,8 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from loralab.analysis import analyze_adapters, load_deltas, right_singular_vectors
+from loralab.analysis import analyze_adapters, load_deltas
+from loralab.experiments.data_size import PAPER_SIZES, PAPER_TABLE16
 from loralab.lessons import kit
 from loralab.models import load_model
 from loralab.timing.latency import LatencySettings, build_configurations, make_inputs, measure_latency
@@ -398,6 +401,131 @@ S.say("Of the timed differences from the base, "
 # 架构:无论时钟怎么说,它做的工作完全相同。
 
 # %% [markdown] lang="en"
+# ## 5. How much data? LoRA and full fine-tuning on growing training sets
+#
+# The paper's Appendix F.3 (Table 16) trains GPT-3 on MNLI subsets of 100, 1,000, 10,000 and all 392,702
+# examples and finds LoRA at or above full fine-tuning at every size — most clearly at 100 examples. Here,
+# in miniature: LoRA r = 8 on Wq, Wv and full fine-tuning on 100, 300 and all 768 of the lessons' SST-2
+# training sentences (the 768 are section 1's runs, from the cache). The subsets are nested (the 100 lie
+# inside the 300), and every run takes the recipe's steps, so a small set is passed over several times: the
+# sizes differ in data, not in compute. `loralab experiment data-size` runs the full-size version (100,
+# 1,000, 8,000 and all 67,349 sentences, three seeds on the small sets, prefix-tuning and adapters too).
+#
+# **Predict before you run the next cell:** on the smallest set, will LoRA score at least as high as full
+# fine-tuning? Write True or False in `prediction_1`.
+
+# %% [markdown] lang="zh"
+# ## 5. 需要多少数据?训练集逐渐增大时的 LoRA 与全量微调
+#
+# 论文附录 F.3(表 16)在 MNLI 的 100、1,000、10,000 和全部 392,702 个样本的子集上训练 GPT-3,发现 LoRA 在每种规模上
+# 都不低于全量微调——在 100 个样本时最明显。这里是缩小版:在课程 SST-2 训练句子中的 100 个、300 个和全部 768 个上,
+# 分别训练 Wq、Wv 上 r = 8 的 LoRA 和全量微调(768 个的就是第 1 节的训练,从缓存读取)。子集是嵌套的(那 100 个包含
+# 在 300 个里面),每次训练都用课程设置的步数,所以小数据集会被重复学习好几遍:各规模之间不同的是数据,不是计算量。
+# `loralab experiment data-size` 运行完整规模的版本(100、1,000、8,000 和全部 67,349 个句子,小数据集用三个随机种子,
+# 还包括 Prefix-tuning 和 Adapter)。
+#
+# **运行下一个单元之前先预测:** 在最小的数据集上,LoRA 的得分会不会不低于全量微调?把 True 或 False 写进
+# `prediction_1`。
+
+# %%
+# hint[en]: the paper's Table 16: at 100 examples LoRA 63.8, full fine-tuning 60.2; full fine-tuning moves every weight, so it can also overfit every weight.
+# hint[zh]: 论文表 16:100 个样本时 LoRA 63.8,全量微调 60.2;全量微调改动每一个权重,所以也可能让每一个权重过拟合。
+prediction_1 = True             # the paper's finding: LoRA holds up at least as well in the low-data regime
+
+# %%
+ALL = S.recipe.train_sentences                         # 768 (quick mode: 48)
+SIZES = (16, 32, ALL) if S.quick else (100, 300, ALL)
+by_size = {"LoRA": {}, "full": {}}
+for n in SIZES:
+    whole = n == ALL                                   # the recipe's whole training set: section 1's runs
+    by_size["LoRA"][n] = runs[f"LoRA r={R_SMALL} (Wq, Wv)"] if whole else kit.lora_run(S, R_SMALL, train_size=n)
+    by_size["full"][n] = runs["full fine-tuning"] if whole else kit.train_run(S, "full", train_size=n)
+dev_n = S.recipe.dev_sentences
+print(t(f"dev accuracy on {dev_n} SST-2 dev sentences ({S.recipe.steps} steps of {S.recipe.batch_size} at every size)",
+        f"{dev_n} 个 SST-2 验证句子上的准确率(每种规模都是 {S.recipe.steps} 步,每步 {S.recipe.batch_size} 句)"))
+print(t("training examples", "训练样本数") + "".join(f"{n:>10,}" for n in SIZES)
+      + t("      paper (GPT-3, MNLI, Table 16): ", "      论文(GPT-3,MNLI,表 16):") + " / ".join(f"{n:,}" for n in PAPER_SIZES))
+for method, paper_key in (("LoRA", "lora"), ("full", "full")):
+    label = t({"LoRA": "LoRA r=8", "full": "full fine-tuning"}[method], {"LoRA": "LoRA r=8", "full": "全量微调"}[method])
+    print(f"{label:17}" + "".join(f"{by_size[method][n].dev_accuracy:>10.3f}" for n in SIZES)
+          + "      " + " / ".join(f"{v}" for v in PAPER_TABLE16[paper_key]))
+passes = {n: S.recipe.steps * S.recipe.batch_size / n for n in SIZES}
+print(t("passes over the data: ", "遍历数据的次数:") + ", ".join(f"{n:,}: {p:.1f}" for n, p in passes.items()))
+
+fig, ax = plt.subplots(figsize=(7, 3.6))
+for method, color in (("LoRA", "C0"), ("full", "C1")):
+    values = [by_size[method][n].dev_accuracy for n in SIZES]
+    errors = [(a * (1 - a) / dev_n) ** 0.5 for a in values]
+    ax.errorbar(list(SIZES), values, yerr=errors, marker="o", capsize=3, color=color,
+                label=t({"LoRA": "LoRA r = 8 (Wq, Wv)", "full": "full fine-tuning"}[method],
+                        {"LoRA": "LoRA r = 8(Wq、Wv)", "full": "全量微调"}[method]))
+lowest_5 = min(run.dev_accuracy for runs_of in by_size.values() for run in runs_of.values())
+ax.set(xscale="log", ylim=(min(0.45, lowest_5 - 0.1), 1.0), xlabel=t("training examples (log scale)", "训练样本数(对数刻度)"),
+       ylabel=t("dev accuracy (± one standard error)", "验证准确率(± 一个标准误)"),
+       title=t("accuracy against training-set size (one seed)", "准确率与训练集大小(一个随机种子)"))
+ax.set_xticks(list(SIZES), [f"{n:,}" for n in SIZES])
+ax.minorticks_off()
+ax.legend(loc="lower right")
+fig.tight_layout()
+
+# %%
+smallest = SIZES[0]
+lora_small, full_small = by_size["LoRA"][smallest].dev_accuracy, by_size["full"][smallest].dev_accuracy
+checks.predict("prediction_1", prediction_1, lora_small >= full_small,
+               t(f"LoRA at least as good as full fine-tuning on {smallest} examples",
+                 f"{smallest} 个样本时 LoRA 不低于全量微调"),
+               t(f"LoRA {lora_small:.3f}, full fine-tuning {full_small:.3f}", f"LoRA {lora_small:.3f},全量微调 {full_small:.3f}"))
+gaps_5 = {n: by_size["LoRA"][n].dev_accuracy - by_size["full"][n].dev_accuracy for n in SIZES}
+noise_5 = {n: 2 * sum((a * (1 - a) / dev_n) for a in (by_size["LoRA"][n].dev_accuracy,
+                                                      by_size["full"][n].dev_accuracy)) ** 0.5 for n in SIZES}
+clear_5 = {n: g for n, g in gaps_5.items() if abs(g) > noise_5[n]}
+paper_gap = PAPER_TABLE16["lora"][0] - PAPER_TABLE16["full"][0]
+grows = all(by_size[m][SIZES[-1]].dev_accuracy > by_size[m][SIZES[0]].dev_accuracy for m in by_size)
+dips = [(m, a, b) for m in by_size for a, b in zip(SIZES, SIZES[1:])
+        if by_size[m][b].dev_accuracy < by_size[m][a].dev_accuracy]        # more data, lower accuracy
+dips_en = ", ".join(f"{m} at {b:,} ({by_size[m][b].dev_accuracy:.3f}) below {a:,} ({by_size[m][a].dev_accuracy:.3f})"
+                    for m, a, b in dips)
+zh_names = {"LoRA": "LoRA", "full": "全量微调"}
+dips_zh = ",".join(f"{zh_names[m]} 在 {b:,} 个样本时({by_size[m][b].dev_accuracy:.3f})低于 "
+                   f"{a:,} 个时({by_size[m][a].dev_accuracy:.3f})" for m, a, b in dips)
+if grows and not dips:
+    more_en, more_zh = "More data helped both methods here, at every step. ", "更多的数据在每一步都对两种方法有帮助。"
+elif grows:
+    more_en = (f"From the smallest set to the whole one both methods gained, but not at every step: {dips_en} — one "
+               "seed and one subset per size, so such a dip may be the draw rather than the size. ")
+    more_zh = f"从最小数据集到全部数据,两种方法都有提高,但并非每一步都提高:{dips_zh}——每种规模只有一个随机种子、一个子集,这样的下降可能来自抽样而不是规模。"
+else:
+    more_en = ("More data did not help both methods here: on runs this short, the subset drawn and the seed matter as "
+               "much as the size. ")
+    more_zh = "更多的数据并没有对两种方法都有帮助:训练这么短时,抽到哪个子集、用哪个随机种子和子集大小一样重要。"
+gap_en = "; ".join(f"{n:,}: {g:+.3f}" + ("" if n in clear_5 else " (within noise)") for n, g in gaps_5.items())
+gap_zh = ";".join(f"{n:,}:{g:+.3f}" + ("" if n in clear_5 else "(在噪声以内)") for n, g in gaps_5.items())
+if smallest in clear_5:
+    agree_en = ("as in the paper, LoRA is ahead on the smallest set" if gaps_5[smallest] > 0 else
+                "unlike the paper, full fine-tuning is ahead on the smallest set")
+    agree_zh = "与论文一致,LoRA 在最小数据集上领先" if gaps_5[smallest] > 0 else "与论文不同,全量微调在最小数据集上领先"
+else:
+    agree_en = "on the smallest set the two are within noise of each other, so this run neither confirms nor contradicts it"
+    agree_zh = "在最小数据集上两者相差在噪声以内,所以这次训练既不证实也不否定论文"
+S.say(f"Measured here (one seed; noise: two standard errors of the difference, about {noise_5[smallest]:.3f}): LoRA − full "
+      f"fine-tuning at each size {gap_en}. The paper's Table 16 has LoRA {paper_gap:+.1f} points ahead at 100 examples "
+      f"({PAPER_TABLE16['lora'][0]} vs {PAPER_TABLE16['full'][0]}, GPT-3 on MNLI, the paper's numbers); {agree_en}. "
+      + more_en
+      + "The standard error covers only which dev sentences were scored, not the seed: `loralab experiment data-size` "
+      "(200 steps of 16, all 872 dev sentences, three seeds) measured LoRA 65.3 against full fine-tuning 61.8 at 100 "
+      "SST-2 sentences (medians; LoRA's seeds spread over 63.1–67.2), and full fine-tuning ahead from 1,000 on "
+      "(docs/experiments.md)."
+      + (" (Quick mode: a tiny random model — the lines say nothing about data size.)" if S.quick else ""),
+      f"这里的实测(一个随机种子;噪声:差值的两个标准误,约 {noise_5[smallest]:.3f}):各规模下 LoRA − 全量微调 {gap_zh}。"
+      f"论文的表 16 中 100 个样本时 LoRA 领先 {paper_gap:+.1f} 个百分点({PAPER_TABLE16['lora'][0]} 对 "
+      f"{PAPER_TABLE16['full'][0]},GPT-3 在 MNLI 上,论文的数字);{agree_zh}。"
+      + more_zh
+      + "标准误只反映了评分用的是哪些验证句子,不包括随机种子的影响:`loralab experiment data-size`(200 步,每步 16 句,"
+      "全部 872 个验证句子,三个随机种子)在 100 个 SST-2 句子上测得 LoRA 65.3、全量微调 61.8(中位数;LoRA 各种子在 "
+      "63.1–67.2 之间),从 1,000 个起全量微调领先(docs/experiments.md)。"
+      + ("(快速模式:微型随机模型——这些线说明不了数据量的影响。)" if S.quick else ""))
+
+# %% [markdown] lang="en"
 # ## Check yourself
 #
 # 1. Compute φ(1, 1) between the r = 8 and r = 64 Wq adapters of the last layer yourself: read A from both
@@ -409,6 +537,7 @@ S.say("Of the timed differences from the base, "
 #    B·(A·x) (d·r): 2·tokens·r·(d + k) FLOPs; 12 such layers in MiniLM.
 # 5. How many FLOPs does merged LoRA add?
 # 6. Houlsby's extra FLOPs by hand: 2 adapters per block, each two m×d products.
+# 7. Section 5: how many times does the 100-example run pass over its training data?
 
 # %% [markdown] lang="zh"
 # ## 自我检查
@@ -421,6 +550,7 @@ S.say("Of the timed differences from the base, "
 #    MiniLM 中共 12 个这样的层。
 # 5. 合并后的 LoRA 多出多少 FLOPs?
 # 6. 手算 Houlsby 多出的 FLOPs:每块 2 个 Adapter,每个两个 m×d 乘积。
+# 7. 第 5 节:100 个样本的训练把它的训练数据遍历了多少遍?
 
 # %%
 deltas_small, _ = load_deltas(small.adapter)
@@ -480,4 +610,14 @@ answer_6 = 2 * tokens * L * 2 * (2 * d_model * bottleneck)
 checks.equal("answer_6", answer_6, work["houlsby"][1] - work["base"][1],
              t("Houlsby extra FLOPs: by hand vs FlopCounterMode", "Houlsby 多出的 FLOPs:手算对比 FlopCounterMode"),
              t("2·tokens·L·2·(2·d·m)", "2·tokens·L·2·(2·d·m)"), "latency")
+
+run_small = by_size["LoRA"][smallest]
+# hint[en]: every step takes batch_size examples and the run takes S.recipe.steps steps; divide by the set's size (smallest).
+# hint[zh]: 每一步取 batch_size 个样本,共 S.recipe.steps 步;除以数据集大小(smallest)。
+answer_7 = S.recipe.steps * S.recipe.batch_size / smallest
+checks.close("answer_7", answer_7, len(run_small.losses) * run_small.settings["recipe"]["batch_size"]
+             / run_small.settings["train_size"],
+             t(f"passes over the data of the {smallest}-example run", f"{smallest} 个样本的训练遍历数据的次数"),
+             rel=1e-9, why=t("steps × batch size / examples: the same compute spread over less data",
+                             "步数 × 批大小 / 样本数:同样的计算量分摊到更少的数据上"), concept="peft")
 checks.summary()

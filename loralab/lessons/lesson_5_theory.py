@@ -10,6 +10,8 @@
 #    spectrum. Is it low-rank by itself? Does LoRA find the same directions?
 # 3. **Feature amplification** and the comparison of methods that the route closes with: adapters run in
 #    series (latency), prefixes occupy the sequence, LoRA runs in parallel and merges away.
+# 4. **Forgetting** (Biderman et al. 2024, "LoRA Learns Less and Forgets Less"): how much of the base model's
+#    own ability survives LoRA, and full fine-tuning — and that switching the adapter off gives the base back.
 
 # %% [markdown] lang="zh"
 # # 阶段 5:理论洞察——内在维度、特征放大、为什么低秩就够了
@@ -21,6 +23,8 @@
 # 2. **为什么低秩就够了**:我们取一次真实的*全量*微调更新 ΔW = W_ft − W0,看它的谱。它本身是低秩的吗?LoRA 找到的
 #    是同样的方向吗?
 # 3. **特征放大**,以及路线最后的方法对比:Adapter 串行执行(延迟),前缀占用序列,LoRA 并行执行并可合并掉。
+# 4. **遗忘**(Biderman 等,2024,"LoRA Learns Less and Forgets Less"):LoRA 和全量微调之后,基础模型原有的能力还剩
+#    多少——以及关掉适配器就能把基础模型原样找回。
 
 # %%
 import math
@@ -35,6 +39,8 @@ import loralab
 from loralab import LoraConfig
 from loralab.analysis import amplification_of, effective_rank, load_deltas, make_delta, right_singular_vectors
 from loralab.baselines import METHODS
+from loralab.experiments.forgetting import paraphrase_auc, probe_pairs
+from loralab.experiments.forgetting import sentence_embeddings as mean_pooled
 from loralab.lessons import kit
 from loralab.models import load_model
 
@@ -430,6 +436,163 @@ print(t(f"{tokens} tokens: base {flops['base']:,} FLOPs, with a length-{prefix_l
         f"(+{flops['prefix'] / flops['base'] - 1:.1%})"))
 
 # %% [markdown] lang="en"
+# ## 4. Forgetting: what fine-tuning costs the base model
+#
+# LoRA trains few values, and the route asks why that works; Biderman et al. (2024, "LoRA Learns Less and
+# Forgets Less") asked what it *costs*, and found that LoRA learns the new task less well than full
+# fine-tuning but keeps more of what the base model could do before. We measure it the way the lab's
+# `loralab experiment forgetting` does. all-MiniLM-L6-v2 was trained for sentence embeddings (the mean of its
+# last hidden states), so its original ability is that the cosine similarity of two sentences' embeddings
+# separates paraphrases from non-paraphrases. The probe: the first 400 sentence pairs of GLUE MRPC dev, scored by
+# ROC-AUC — the chance that a random paraphrase pair scores above a random non-paraphrase pair (0.5 is
+# chance). **Forgetting = AUC of the base − AUC after fine-tuning on SST-2**, for the r = 8 LoRA adapter
+# (lesson 3) and the full fine-tuning run (lesson 4), both from the cache; the classifier head plays no part.
+# A LoRA adapter also leaves W0 untouched, so switching it off (`loralab.disabled`) must give the base
+# model back *exactly*: we check that too.
+#
+# **Predict before you run the next cell:** which forgets more, "LoRA" or "full"? Write it in `prediction_1`.
+
+# %% [markdown] lang="zh"
+# ## 4. 遗忘:微调让基础模型付出了什么
+#
+# LoRA 只训练很少的参数,路线问的是它为什么管用;Biderman 等(2024,"LoRA Learns Less and Forgets Less")问的是它的
+# *代价*,发现 LoRA 对新任务学得不如全量微调,但保留了更多基础模型原有的能力。我们按实验室的
+# `loralab experiment forgetting` 的方式测量。all-MiniLM-L6-v2 是为句向量(最后一层隐藏状态的平均)训练的,所以它原有
+# 的能力是:两个句子句向量的余弦相似度能区分互为释义与不互为释义的句对。探针:GLUE MRPC dev 的前 400 个句对,用
+# ROC-AUC 评分——随机一个释义句对的得分高于随机一个非释义句对的概率(0.5 是随机水平)。**遗忘 = 基础模型的 AUC −
+# 在 SST-2 上微调后的 AUC**,分别对 r = 8 的 LoRA 适配器(第 3 课)和全量微调(第 4 课)计算,都从缓存读取;分类头
+# 不参与。LoRA 适配器不改动 W0,所以把它关掉(`loralab.disabled`)必须*精确地*还原基础模型:我们也检查这一点。
+#
+# **运行下一个单元之前先预测:** 哪个遗忘得更多,"LoRA" 还是 "full"?写进 `prediction_1`。
+
+# %%
+# hint[en]: LoRA changes each adapted matrix by a rank-8 update and leaves everything else frozen; full fine-tuning moves all 22.7M values.
+# hint[zh]: LoRA 只用秩 8 的更新改动被适配的矩阵,其余全部冻结;全量微调改动全部 2270 万个参数。
+prediction_1 = "full"           # Biderman et al.: LoRA forgets less
+
+# %%
+PROBE_PAIRS = 400                                  # a small probe: about 20 CPU seconds for three encoders
+pairs = probe_pairs(S.quick)[:PROBE_PAIRS]         # MRPC dev's first 400 pairs (quick mode: the first 64)
+probe_key = {"model": S.model, "probe": "mrpc dev", "pairs": len(pairs)}
+plain = kit.classifier(S)                          # the base (its new head plays no part)
+with_lora = kit.classifier(S)
+loralab.load_adapter(with_lora, lora8.adapter)     # W0 frozen + s·B·A on Wq, Wv
+
+
+def full_encoder() -> torch.nn.Module:
+    model = kit.classifier(S)
+    model.load_state_dict(tuned, strict=False)     # every trained tensor of lesson 4's full fine-tuning
+    return model.base_model
+
+
+auc = {"base": kit.remembered(S.cache / "probe-base.json", probe_key,
+                              lambda: paraphrase_auc(plain.base_model, tok, pairs)),
+       "LoRA": kit.remembered(lora8.folder / "probe.json", probe_key,
+                              lambda: paraphrase_auc(with_lora.base_model, tok, pairs)),
+       "full": kit.remembered(full_run.folder / "probe.json", probe_key,
+                              lambda: paraphrase_auc(full_encoder(), tok, pairs))}
+forgetting = {method: auc["base"] - auc[method] for method in ("LoRA", "full")}
+target = {"LoRA": lora8.dev_accuracy, "full": full_run.dev_accuracy}
+
+
+def auc_standard_error(a: float, positives: int, negatives: int) -> float:
+    """Hanley & McNeil (1982): the standard error of an AUC a from `positives` and `negatives` examples."""
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    return math.sqrt((a * (1 - a) + (positives - 1) * (q1 - a * a) + (negatives - 1) * (q2 - a * a))
+                     / (positives * negatives))
+
+
+positives = sum(str(p.label) == "1" for p in pairs)
+se_auc = max(auc_standard_error(a, positives, len(pairs) - positives) for a in auc.values())
+print(t(f"MRPC dev paraphrase AUC ({len(pairs)} pairs, {positives} paraphrases); one standard error ≈ {se_auc:.3f}",
+        f"MRPC dev 释义 AUC({len(pairs)} 个句对,其中 {positives} 个互为释义);一个标准误 ≈ {se_auc:.3f}"))
+print(t(f"{'encoder':26} {'AUC':>6} {'forgetting':>11} {'SST-2 dev acc':>14}",
+        f"{'编码器':24} {'AUC':>6} {'遗忘':>9} {'SST-2 验证准确率':>10}"))
+print(f"{t('base (before)', '基础模型(微调前)'):26} {auc['base']:>6.3f} {'—':>11} {'—':>14}")
+for method, run in (("LoRA", lora8), ("full", full_run)):
+    label = t({"LoRA": "LoRA r = 8 (Wq, Wv)", "full": "full fine-tuning"}[method],
+              {"LoRA": "LoRA r = 8(Wq、Wv)", "full": "全量微调"}[method])
+    print(f"{label:26} {auc[method]:>6.3f} {forgetting[method]:>+11.3f} {run.dev_accuracy:>14.3f}")
+
+# Switching the adapter off: the same sentences through the base and through the LoRA model with its adapter disabled.
+texts = [p.text for p in pairs[:64]]
+base_embeddings = mean_pooled(plain.base_model, tok, texts)
+with loralab.disabled(with_lora):
+    off_embeddings = mean_pooled(with_lora.base_model, tok, texts)
+on_embeddings = mean_pooled(with_lora.base_model, tok, texts)
+off_gap = (off_embeddings - base_embeddings).abs().max().item()
+on_gap = (on_embeddings - base_embeddings).abs().max().item()
+print(t(f"adapter disabled: max |embedding − base embedding| = {off_gap} over {len(texts)} sentences "
+        f"(adapter on: {on_gap:.3g})",
+        f"关掉适配器:max |句向量 − 基础模型句向量| = {off_gap}({len(texts)} 个句子;适配器打开时:{on_gap:.3g})"))
+
+fig, ax = plt.subplots(figsize=(6.5, 3.6))
+for method, color in (("LoRA", "C0"), ("full", "C1")):
+    ax.scatter(forgetting[method], target[method], s=60, color=color)
+    ax.annotate(t({"LoRA": "LoRA r = 8", "full": "full fine-tuning"}[method], {"LoRA": "LoRA r = 8", "full": "全量微调"}[method]),
+                (forgetting[method], target[method]), textcoords="offset points", xytext=(6, 6))
+ax.axvline(0.0, color="black", lw=0.8, ls="--")
+span = max(abs(v) for v in forgetting.values()) + 0.02
+ax.set_xlim(min(-0.02, min(forgetting.values()) - 0.02), span + 0.03)           # room for the labels
+ax.set_ylim(min(0.45, min(target.values()) - 0.1), 1.0)                          # the accuracy scale of lessons 3 and 4
+ax.set(xlabel=t("forgetting (MRPC paraphrase AUC, before − after)", "遗忘(MRPC 释义 AUC,微调前 − 微调后)"),
+       ylabel=t("SST-2 dev accuracy (the new task)", "SST-2 验证准确率(新任务)"),
+       title=t("learning the new task against forgetting the old", "学会新任务与忘掉旧能力"))
+fig.tight_layout()
+
+# %%
+measured_more = "full" if forgetting["full"] > forgetting["LoRA"] else "LoRA"
+checks.predict("prediction_1", prediction_1, measured_more, t("which forgets more", "哪个遗忘得更多"),
+               t(f"forgetting: LoRA {forgetting['LoRA']:+.3f}, full {forgetting['full']:+.3f}",
+                 f"遗忘:LoRA {forgetting['LoRA']:+.3f},全量 {forgetting['full']:+.3f}"))
+difference = forgetting["full"] - forgetting["LoRA"]
+clear = abs(difference) > 2 * math.sqrt(2) * se_auc
+if difference > 0:
+    direction_en = (f"full fine-tuning forgot more than LoRA (by {difference:.3f} AUC): the direction Biderman et al. "
+                    "report, " + ("beyond two standard errors of the difference" if clear else
+                                  "but within two standard errors of the difference, so no more than a hint"))
+    direction_zh = (f"全量微调比 LoRA 遗忘得更多(AUC 多降 {difference:.3f}):与 Biderman 等报告的方向一致,"
+                    + ("超出了差值的两个标准误" if clear else "但在差值的两个标准误以内,只能算一个迹象"))
+else:
+    direction_en = (f"LoRA forgot at least as much as full fine-tuning (by {-difference:.3f} AUC): the opposite of what "
+                    "Biderman et al. report, " + ("beyond two standard errors of the difference" if clear else
+                                                  "within two standard errors of the difference, so no finding either way"))
+    direction_zh = (f"LoRA 遗忘得不比全量微调少(AUC 多降 {-difference:.3f}):与 Biderman 等报告的方向相反,"
+                    + ("超出了差值的两个标准误" if clear else "在差值的两个标准误以内,两个方向都不能下结论"))
+exact = off_gap == 0.0
+moved = {"LoRA": float(torch.linalg.matrix_norm(lora_delta.dense())), "full": float(updates[last].norm())}   # §3's Wq
+if difference <= 0 and moved["LoRA"] > moved["full"]:
+    why_en = (f" Why, here: on the last layer's Wq, LoRA's update has ‖ΔW‖_F = {moved['LoRA']:.2f} against full fine-tuning's "
+              f"{moved['full']:.2f} (section 3) — at its learning rate ({lora8.lr:g} against {full_run.lr:g}) this short LoRA "
+              f"run moved that matrix {moved['LoRA'] / moved['full']:.0f}× as far as full fine-tuning did. How much is forgotten "
+              "follows how far the weights move; Biderman et al. trained each method long, at its own tuned learning rate.")
+    why_zh = (f"原因(这里):在最后一层的 Wq 上,LoRA 更新的 ‖ΔW‖_F = {moved['LoRA']:.2f},全量微调只有 {moved['full']:.2f}"
+              f"(第 3 节)——在各自的学习率下({lora8.lr:g} 对 {full_run.lr:g}),这次短的 LoRA 训练把这个矩阵移动的距离是"
+              f"全量微调的 {moved['LoRA'] / moved['full']:.0f} 倍。遗忘多少取决于权重移动了多远;Biderman 等对每种方法都长时间"
+              "训练,并各自调好学习率。")
+else:
+    why_en = why_zh = ""
+S.say(f"Measured here: the base separates MRPC paraphrases with AUC {auc['base']:.3f}; after SST-2, LoRA's encoder "
+      f"{auc['LoRA']:.3f} (forgetting {forgetting['LoRA']:+.3f}), full fine-tuning's {auc['full']:.3f} "
+      f"(forgetting {forgetting['full']:+.3f}); {direction_en}.{why_en} On the new task, full fine-tuning reached "
+      f"{target['full']:.3f} and LoRA {target['LoRA']:.3f} SST-2 dev accuracy "
+      + ("(LoRA learned less here too, as in the paper's title). " if target["full"] > target["LoRA"] else
+         "(here LoRA did not learn less: a short run, one seed). ")
+      + (f"With the adapter switched off the embeddings equal the base's exactly (max |difference| {off_gap}): "
+         "LoRA never touched W0, so the base model is one switch away." if exact else
+         f"With the adapter switched off the embeddings differ from the base's by up to {off_gap:.2e}: not exact, "
+         "which would be a bug — W0 should be untouched.")
+      + (" (Quick mode: a tiny random model has no ability to forget — the AUCs mean nothing.)" if S.quick else ""),
+      f"这里的实测:基础模型区分 MRPC 释义的 AUC 是 {auc['base']:.3f};在 SST-2 上微调后,LoRA 的编码器是 {auc['LoRA']:.3f}"
+      f"(遗忘 {forgetting['LoRA']:+.3f}),全量微调的是 {auc['full']:.3f}(遗忘 {forgetting['full']:+.3f});{direction_zh}。{why_zh}"
+      f"在新任务上,全量微调的 SST-2 验证准确率是 {target['full']:.3f},LoRA 是 {target['LoRA']:.3f}"
+      + ("(这里 LoRA 在新任务上也学得更少,正如论文标题所说)。" if target["full"] > target["LoRA"] else
+         "(这里 LoRA 并没有学得更少:训练短,只有一个随机种子)。")
+      + (f"关掉适配器后句向量与基础模型完全相同(最大差 {off_gap}):LoRA 从未改动 W0,基础模型只差一个开关。" if exact else
+         f"关掉适配器后句向量与基础模型最多相差 {off_gap:.2e}:不精确,这是个错误——W0 本应保持不变。")
+      + ("(快速模式:微型随机模型没有可遗忘的能力——这些 AUC 没有意义。)" if S.quick else ""))
+
+# %% [markdown] lang="en"
 # ## Check yourself
 #
 # 1. How many bytes would a dense fp32 P need for all of all-MiniLM-L6-v2's parameters at d = 1000?
@@ -439,6 +602,8 @@ print(t(f"{tokens} tokens: base {flops['base']:,} FLOPs, with a length-{prefix_l
 #    the lesson compares it with projecting ΔW onto its top-8 left singular vectors (‖U8ᵀ·ΔW‖_F² / ‖ΔW‖_F²).
 # 4. How many values does LoRA r = 1 on Wq, Wv train in MiniLM (no head)?
 # 5. Prefix-tuning's extra attention FLOPs, by hand.
+# 6. Section 4: with the LoRA adapter switched off, how far are the sentence embeddings from the base model's
+#    (max |difference|)?
 
 # %% [markdown] lang="zh"
 # ## 自我检查
@@ -450,6 +615,7 @@ print(t(f"{tokens} tokens: base {flops['base']:,} FLOPs, with a length-{prefix_l
 #    的结果(‖U8ᵀ·ΔW‖_F² / ‖ΔW‖_F²)比较。
 # 4. 在 MiniLM 的 Wq、Wv 上用 r = 1 的 LoRA 训练多少个参数(不含分类头)?
 # 5. 手算 Prefix-tuning 多出的注意力 FLOPs。
+# 6. 第 4 节:关掉 LoRA 适配器后,句向量与基础模型的句向量相差多少(max |差|)?
 
 # %%
 D_minilm = sum(p.numel() for p in pretrained.parameters())
@@ -489,4 +655,11 @@ answer_5 = 2 * config.num_hidden_layers * 2 * tokens * prefix_length * config.hi
 checks.equal("answer_5", answer_5, flops["prefix"] - flops["base"],
              t("prefix-tuning extra FLOPs: by hand vs FlopCounterMode", "Prefix-tuning 多出的 FLOPs:手算对比 FlopCounterMode"),
              t("2 · L · 2 · tokens · l · d_model", "2 · L · 2 · tokens · l · d_model"), "latency")
+
+# hint[en]: a disabled adapter's layer computes only W0·x, and W0 is the base model's weight, untouched by training; write a float.
+# hint[zh]: 关掉的适配器层只计算 W0·x,而 W0 就是基础模型的权重,训练从未改动它;写一个浮点数。
+answer_6 = 0.0                                          # exactly the base: the same operations on the same W0
+checks.equal("answer_6", answer_6, off_gap, t("adapter off: max |embedding − base|", "关掉适配器:max |句向量 − 基础模型|"),
+             t("W0 is frozen, so with B·A switched off every operation is the base model's", "W0 被冻结,关掉 B·A 后每个运算都与基础模型相同"),
+             "peft")
 checks.summary()

@@ -80,9 +80,12 @@ def test_lesson_3_with_knobs_trains_only_those_ranks_cached_apart(quick_lessons,
     assert not run.disagreements
     new = sorted(p.name for p in cache.iterdir() if p.name not in before)
     key = fingerprint({"r": (1, 2)})
-    # the knob run's entries (its ranks, the head, the r = 8 adapter answer_2 reads) are new, named by the knobs
+    # the knob run's entries (its ranks, the head, the r = 8 adapter answer_2 reads, section 5's equal-budget rows
+    # with Wq, Wv at r = 4) are new, named by the knobs
     assert new == sorted(f"sst2-{m}-knobs-{key}" for m in ("head", "lora-alpha16.0-r1", "lora-alpha16.0-r2",
-                                                           "lora-alpha16.0-r8"))
+                                                           "lora-alpha16.0-r8", "lora-alpha16.0-r4",
+                                                           "lora-targets-Wq-r8", "lora-targets-Wv-r8",
+                                                           "lora-targets-WqWkWvWo-r2"))
     assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir() if p.name in before} == before   # defaults untouched
     settings = json.loads((cache / f"sst2-lora-alpha16.0-r1-knobs-{key}" / "run.json").read_text())["settings"]
     assert settings["knobs"] == {"r": [1, 2]}
@@ -96,3 +99,21 @@ def test_lesson_3_with_knobs_trains_only_those_ranks_cached_apart(quick_lessons,
     assert zh.failed is None
     assert all(r.reused for r in zh.namespace["runs"].values())
     assert "本页用旋钮(knob)运行:r = 1,2" in (tmp_path / "zh" / "index.html").read_text(encoding="utf-8")
+
+
+def test_lesson_2_knobs_change_r_and_alpha_and_its_checks_follow(quick_lessons, tmp_path):
+    """`loralab learn 2 r=4 alpha=8`: §0's layers (yours, loralab's, PEFT's reading) and §4's adapters at r = 4,
+    α = 8, cached apart; every check still right, because the checks read the values rather than assume r = 8."""
+    from loralab.lessons.runner import run_lesson
+
+    assert parse_knobs(KNOBS[2], ["r=4", "alpha=8"], 2) == {"r": 4, "alpha": 8.0}
+    cache = quick_lessons[2][1].parent / "cache"
+    run = run_lesson(get_lesson(2), tmp_path / "en", cache, quick=True, knobs={"r": 4, "alpha": 8.0})
+    assert run.failed is None, run.failed and run.failed.error
+    assert not run.disagreements and all(c["status"] == "right" for c in run.checks if c["kind"] == "exercise")
+    ns = run.namespace
+    assert (ns["R"], ns["ALPHA"]) == (4, 8.0)
+    assert {m.A.shape[0] for m in ns["mine"].values()} == {4} and {m.scale for m in ns["mine"].values()} == {2.0}
+    assert ns["sst2_run"].name == f"sst2-lora-alpha8.0-r4-knobs-{fingerprint({'r': 4, 'alpha': 8.0})}"
+    assert ns["sst2_run"].settings["options"] == {"r": 4, "alpha": 8.0}
+    assert "Run with knobs: alpha = 8, r = 4" in (tmp_path / "en" / "index.html").read_text(encoding="utf-8")

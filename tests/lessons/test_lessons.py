@@ -14,8 +14,8 @@ from loralab.lessons.runner import exercise_source, run_lesson
 D, LAYERS, FFN, HEAD = 32, 2, 37, 32 * 2 + 2
 GPT3_PARAMS = 174_604_259_328
 # Lessons and their check-yourself counts; a lesson that loses an exercise should fail loudly.
-CHECKS = {1: 5, 2: 6, 3: 5, 4: 6, 5: 5}
-PREDICTIONS = {1: 0, 2: 1, 3: 2, 4: 0, 5: 0}
+CHECKS = {1: 5, 2: 6, 3: 6, 4: 7, 5: 6}
+PREDICTIONS = {1: 0, 2: 1, 3: 3, 4: 1, 5: 1}
 
 
 @pytest.mark.parametrize("number", [lesson.number for lesson in LESSONS])
@@ -110,6 +110,20 @@ def test_lesson_3_numbers(quick_lessons):
     assert ns["lowest"] in ns["RANKS"] and ns["final_loss"][ns["lowest"]] == min(ns["final_loss"].values())
 
 
+def test_lesson_3_targets_at_an_equal_budget(quick_lessons):
+    """Section 5: Table 5's Wq / Wv / Wq,Wv / all-four rows of `loralab experiment targets`' grid, one budget."""
+    ns = quick_lessons[3][0].namespace
+    runs = ns["target_runs"]
+    assert list(runs) == ["Wq", "Wv", "Wq,Wv", "Wq,Wk,Wv,Wo"]
+    assert {label: ns["grid"][label][1] for label in runs} == {"Wq": 8, "Wv": 8, "Wq,Wv": 4, "Wq,Wk,Wv,Wo": 2}
+    assert set(ns["budget"].values()) == {LAYERS * 8 * 2 * D}          # 16·L·d in every row
+    assert all(run.trainable == LAYERS * 8 * 2 * D + HEAD for run in runs.values())
+    assert runs["Wq,Wv"] is ns["runs"][4] or runs["Wq,Wv"].folder == ns["runs"][4].folder   # section 4's r = 4 run
+    assert runs["Wq"].settings["options"]["targets"] == ["query"]
+    assert runs["Wq,Wk,Wv,Wo"].settings["options"]["targets"] == ["query", "key", "value", "attention.output.dense"]
+    assert ns["best_5"] in runs and ns["TABLE_5"]["Wq,Wv"] == (73.7, 91.3)
+
+
 def test_lesson_4_numbers(quick_lessons):
     ns = quick_lessons[4][0].namespace
     work = ns["work"]
@@ -126,6 +140,28 @@ def test_lesson_4_numbers(quick_lessons):
     assert ns["answer_5"] == 0
 
 
+def test_lesson_4_data_size(quick_lessons):
+    """Section 5: LoRA and full fine-tuning on nested subsets (16, 32 of the quick recipe's 48), the same steps."""
+    ns = quick_lessons[4][0].namespace
+    assert ns["SIZES"] == (16, 32, 48)
+    for method in ("LoRA", "full"):
+        runs = ns["by_size"][method]
+        assert all(len(run.losses) == 6 for run in runs.values())
+        assert [runs[n].settings.get("train_size") for n in (16, 32)] == [16, 32] and "train_size" not in runs[48].settings
+    assert ns["by_size"]["LoRA"][48] is ns["runs"]["LoRA r=8 (Wq, Wv)"]       # the recipe's whole set: section 1's run
+    assert ns["by_size"]["LoRA"][16].trainable == 2 * LAYERS * 8 * 2 * D + HEAD
+    assert ns["answer_7"] == 3.0 and ns["passes"][48] == 1.0
+    assert ns["PAPER_TABLE16"]["lora"][0] == 63.8 and ns["PAPER_TABLE16"]["full"][0] == 60.2
+
+
+def test_subsets_are_nested_and_seeded():
+    from loralab.lessons.kit import subset
+
+    rows = list(range(50))
+    assert set(subset(rows, 10)) <= set(subset(rows, 30)) and subset(rows, 30) == sorted(subset(rows, 30))
+    assert subset(rows, 10) == subset(rows, 10) and len(subset(rows, 50)) == 50
+
+
 def test_lesson_5_numbers(quick_lessons):
     ns = quick_lessons[5][0].namespace
     m, k = ns["m"], ns["k"]
@@ -135,6 +171,29 @@ def test_lesson_5_numbers(quick_lessons):
                                   for w in ("query", "value")}
     assert ns["answer_4"] == 2 * LAYERS * 1 * 2 * D
     assert ns["flops"]["prefix"] - ns["flops"]["base"] == 2 * LAYERS * 2 * 32 * 16 * D
+
+
+def test_lesson_5_forgetting(quick_lessons, quick_lessons_zh):
+    """Section 4: the paraphrase AUC of the base, LoRA's and full fine-tuning's encoders (64 MRPC dev pairs in quick
+    mode), kept next to the runs and read back by the Chinese edition; the adapter off gives the base exactly."""
+    ns = quick_lessons[5][0].namespace
+    assert len(ns["pairs"]) == 64 and set(ns["auc"]) == {"base", "LoRA", "full"}
+    assert all(0.0 <= a <= 1.0 for a in ns["auc"].values())
+    assert ns["forgetting"]["full"] == pytest.approx(ns["auc"]["base"] - ns["auc"]["full"], abs=0)
+    assert ns["off_gap"] == 0.0 and ns["on_gap"] > 0.0            # off: the base bit for bit; on: the adapter acts
+    saved = json.loads((ns["lora8"].folder / "probe.json").read_text(encoding="utf-8"))
+    assert saved == {"key": {"model": ns["S"].model, "probe": "mrpc dev", "pairs": 64}, "value": ns["auc"]["LoRA"]}
+    assert quick_lessons_zh[5][0].namespace["auc"] == ns["auc"]
+
+
+def test_remembered_reads_back_only_the_same_key(tmp_path):
+    from loralab.lessons.kit import remembered
+
+    calls = []
+    compute = lambda: calls.append(1) or 0.25          # noqa: E731
+    assert remembered(tmp_path / "v.json", {"a": 1}, compute) == 0.25
+    assert remembered(tmp_path / "v.json", {"a": 1}, compute) == 0.25 and len(calls) == 1
+    assert remembered(tmp_path / "v.json", {"a": 2}, compute) == 0.25 and len(calls) == 2
 
 
 def test_lessons_reuse_cached_runs(quick_lessons):
