@@ -11,7 +11,9 @@ changing load hits both alike (who goes first alternates), after an unrecorded 5
 adapters each. Loads: the base model, 1 adapter, 8 adapters (requests spread over them), `distinct` of the
 adapters on disk (uniform), and the 8-adapter load again beside a competing busy process
 (`python -c "while True: pass"`). Each prints tokens/s, requests/s, p50/p99 latency and p50 time to first
-token.
+token. llama.cpp's base load goes to a second llama-server started without adapters: requests naming no
+adapter on one holding 1,000 ran at a seventh of its speed. `--loralab-quantize int8` serves loralab's base
+int8 (llama.cpp runs Q4_1 either way).
 
 Adapters: loralab folders under a temporary --adapter-root (loralab names them per request, loaded on first
 use); for llama.cpp each folder is converted to a GGUF adapter — by loralab's exporter (`loralab export --to
@@ -43,6 +45,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = "smollm2-135m-instruct"
+BASE_ONLY = "llama.cpp, no adapters"   # the llama-server the base load goes to
 BUSY = [sys.executable, "-c", "while True: pass"]
 PROMPTS = [f"Write one short sentence about {topic}." for topic in (
     "the sea", "mountains", "a red bicycle", "coffee", "winter", "a library", "trains", "the moon", "bread",
@@ -62,6 +65,7 @@ class Config:
     alpha: float = 16.0
     seed: int = 0
     converter: str = "loralab"     # or "llama.cpp"
+    quantize: str | None = None    # loralab serve --quantize (e.g. int8: llama.cpp runs Q4_1); None: fp32
 
     def loads(self) -> list["Load"]:
         return [Load("base model", 0), Load("1 adapter", 1), Load("8 adapters", 8),
@@ -127,10 +131,12 @@ def llama_server_command(server: Path, gguf: Path, loras: Sequence[Path], thread
     return [*cmd, "--lora-init-without-apply"] if loras else cmd
 
 
-def loralab_command(root: Path, threads: int, clients: int, port: int, max_adapters: int) -> list[str]:
-    return [sys.executable, "-m", "loralab", "serve", "--model", BASE, "--adapter-root", str(root), "--port", str(port),
-            "--threads", str(threads), "--max-batch-size", str(max(32, clients)), "--max-queue", "1024",
-            "--max-adapters", str(max_adapters), "--max-cold-loads-per-second", "1000", "--log-level", "warning"]
+def loralab_command(root: Path, threads: int, clients: int, port: int, max_adapters: int,
+                    quantize: str | None = None) -> list[str]:
+    cmd = [sys.executable, "-m", "loralab", "serve", "--model", BASE, "--adapter-root", str(root), "--port", str(port),
+           "--threads", str(threads), "--max-batch-size", str(max(32, clients)), "--max-queue", "1024",
+           "--max-adapters", str(max_adapters), "--max-cold-loads-per-second", "1000", "--log-level", "warning"]
+    return [*cmd, "--quantize", quantize] if quantize else cmd
 
 
 def table(results: dict[str, dict[str, dict]]) -> str:
@@ -326,7 +332,8 @@ async def compare(config: Config, build, log: Callable[[str], None]) -> dict:
         servers: list[tuple[str, list[str], dict | None, int]] = []
         port = free_port()
         servers.append(("loralab", loralab_command(root, config.threads, config.clients, port,
-                                                   max(64, config.distinct + 8)), {**os.environ, "PYTHONPATH": str(REPO)}, port))
+                                                   max(64, config.distinct + 8), config.quantize),
+                        {**os.environ, "PYTHONPATH": str(REPO)}, port))
         if build is not None:
             from loralab.models import builtin_model_dir
 
@@ -334,6 +341,11 @@ async def compare(config: Config, build, log: Callable[[str], None]) -> dict:
             port = free_port()
             servers.append(("llama.cpp", llama_server_command(build.server, Path(builtin_model_dir(BASE)), loras,
                                                               config.threads, config.clients, port), None, port))
+            # the base load goes to a llama-server holding no adapters: with 1,000 loaded, llama.cpp's requests
+            # naming none ran at a seventh of its speed (docs/serving.md), not what a base-only user sees
+            port = free_port()
+            servers.append((BASE_ONLY, llama_server_command(build.server, Path(builtin_model_dir(BASE)), [],
+                                                            config.threads, config.clients, port), None, port))
         async with contextlib.AsyncExitStack() as stack:
             urls = {}
             for server, cmd, env, port in servers:
@@ -341,11 +353,13 @@ async def compare(config: Config, build, log: Callable[[str], None]) -> dict:
                 urls[server] = await stack.enter_async_context(running(cmd, port, env))
             warm = Config(**{**vars(config), "seconds": min(5.0, config.seconds)})
             for server, url in urls.items():            # not recorded: first requests, caches, adapter loads
-                log(f"{server}: warm-up, 8 adapters, {warm.seconds:g} s ...")
-                await phase(url, server, Load("warm-up", 8), warm)
+                warm_load = Load("warm-up", 0 if server == BASE_ONLY else 8)
+                log(f"{server}: warm-up, {warm_load.adapters or 'no'} adapters, {warm.seconds:g} s ...")
+                await phase(url, "llama.cpp" if server == BASE_ONLY else server, warm_load, warm)
             for i, load in enumerate(config.loads()):  # both servers per load, back to back (who goes first
-                order = list(urls.items())              # alternates): a shared machine's load hits both alike
-                for server, url in order[::-1] if i % 2 else order:
+                order = [(server, urls[BASE_ONLY] if server == "llama.cpp" and not load.adapters and BASE_ONLY in urls
+                          else url) for server, url in urls.items() if server != BASE_ONLY]
+                for server, url in order[::-1] if i % 2 else order:   # alternates): shared load hits both alike
                     log(f"{server}: {load.label}, {config.clients} clients for {config.seconds:g} s ...")
                     summary = (await phase(url, server, load, config)).summary()
                     results.setdefault(server, {})[load.label] = summary
@@ -363,7 +377,7 @@ def main(args, log=print) -> int:
     quick = args.quick
     config = Config(on_disk=args.on_disk or (100 if quick else 1000), distinct=args.distinct or (20 if quick else 100),
                     clients=args.clients, seconds=args.seconds or (10.0 if quick else 45.0), threads=args.threads,
-                    converter=args.converter)
+                    converter=args.converter, quantize=getattr(args, "loralab_quantize", None))
     build = llama_cpp.find_build()
     if build is None and not args.no_build:
         build = llama_cpp.build(log=log)
@@ -375,6 +389,8 @@ def main(args, log=print) -> int:
     print(text)
     print(f"\nload average (1, 5, 15 min) at start {load}, at end {os.getloadavg()}; {os.cpu_count()} cores; "
           f"{config.threads} thread(s) each, {config.clients} clients, {config.seconds:g} s per load, max_tokens "
-          f"{config.max_tokens}, {config.on_disk} adapters on disk, GGUF adapters by {config.converter}'s converter")
+          f"{config.max_tokens}, {config.on_disk} adapters on disk, GGUF adapters by {config.converter}'s converter, "
+          f"loralab base {config.quantize or 'fp32'}, llama.cpp base Q4_1 (its base load: a llama-server without "
+          f"adapters)")
     write_json(Path(args.json), {"config": vars(args), "results": results, "table": text, "load_average": load})
     return 0

@@ -46,6 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--converter", choices=["loralab", "llama.cpp"], default="loralab",
                         help="--against: who converts the adapters to GGUF (default: loralab export --to gguf)")
     parser.add_argument("--no-build", action="store_true", help="--against: skip llama.cpp when it is not built yet")
+    parser.add_argument("--loralab-quantize", choices=["int8", "nf4"], help="--against: loralab serve --quantize "
+                        "(default: the fp32 de-quantized base; llama.cpp runs the GGUF's Q4_1)")
     parser.add_argument("--on-disk", type=int, help="--against: adapters written (default 1000, quick 100)")
     parser.add_argument("--distinct", type=int, help="--against: the store load's adapters (default 100, quick 20)")
     parser.add_argument("--json", help="raw numbers (default benchmarks/results/serve-latest.json, "
