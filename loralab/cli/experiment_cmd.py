@@ -7,12 +7,16 @@
     loralab experiment data-size                         # LoRA vs full FT, prefix, adapters on 100 .. all examples
     loralab experiment intrinsic-dim --dims 100,1000     # random-subspace training (Fastfood) on MRPC, d90
     loralab experiment variants --data sst2              # LoRA, rsLoRA, DoRA, PiSSA, LoRA+ at one budget on SST-2
+    loralab experiment lr-sweep --train-file train.tsv --dev-file dev.tsv --task regression
+                                                         # the sweep on your own files, read as train reads them
 
 Re-running the same command continues where it stopped: finished runs are read back.
 """
 from __future__ import annotations
 
 import argparse
+
+from loralab.data.tasks import DEFAULT_TASK
 
 
 def _positive(text: str) -> int:
@@ -27,6 +31,7 @@ def _names(text: str) -> list[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from loralab.cli.data_args import add_data_arguments
     from loralab.cli.output_args import add_output_argument
     from loralab.cli.runtime_args import add_runtime_arguments
     from loralab.cli.train_args import add_train_arguments
@@ -37,9 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="tiny random-init model on a few hundred examples (well under a minute; for tests)")
     add_output_argument(parser, "output folder (default: runs/experiments/NAME)", metavar="DIR")
-    add_train_arguments(parser, ("model", "data", "max_steps"),
+    add_train_arguments(parser, ("model", "data", "train_file", "dev_file", "max_steps"),
                         helps={"data": "builtin data set (default: sst2, a fixed subset; variants: sst2,mrpc, "
                                            "names separated by commas)",
+                               "train_file": "your own training file instead of --data, read as `loralab train` reads "
+                                             "it (rank, targets, methods, amplification, lr-sweep, forgetting)",
+                               "dev_file": "your own dev file, which scores every run (needed with --train-file)",
                                "model": "model spec (default: all-minilm-l6-v2)",
                                "max_steps": "intrinsic-dim: every run's optimizer steps instead of the default "
                                             "(a shorter sweep; give it its own --output)"})
@@ -49,7 +57,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train and report only these runs of the experiment's grid (e.g. r1,r4 or lora,full)")
     parser.add_argument("--dims", type=lambda t: [int(x) for x in _names(t)], default=None, metavar="D,D",
                         help="intrinsic-dim: the subspace dimensions d to sweep")
+    # no argparse choices: an unknown task is LoraLabError's one line (exit 2), not a usage screen
+    parser.add_argument("--task", default=None, metavar="TASK",
+                        help="with --train-file: classification (default), pair-classification or regression")
+    add_data_arguments(parser)
     add_runtime_arguments(parser)
+
+
+def experiment_data(args: argparse.Namespace):
+    """--data as run_experiment takes it: the builtin name (or None), or DataFiles from --train-file,
+    --dev-file, --task and the data-file flags (the ReadOptions that `loralab train` reads them with)."""
+    from loralab.cli.data_args import read_options_given
+    from loralab.errors import LoraLabError
+    from loralab.experiments.common import DataFiles
+
+    file_flags = [flag for flag, value in (("--dev-file", args.dev_file), ("--task", args.task)) if value]
+    file_flags += ["--" + name.replace("_", "-") for name in read_options_given(args)]
+    if args.train_file is None:
+        if file_flags:
+            raise LoraLabError(f"{', '.join(file_flags)} describe{'s' if len(file_flags) == 1 else ''} a data file: "
+                               "add --train-file (and --dev-file), or drop it for a builtin --data")
+        return args.data
+    if args.data is not None:
+        raise LoraLabError(f"give either a builtin data set (--data {args.data}) or --train-file, not both")
+    return DataFiles(args.train_file, args.dev_file, args.task or DEFAULT_TASK, read_options_given(args))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     runtime_from_args(args)     # a missing GPU or a dtype it cannot run: one line, before any run starts
     out = args.output or f"runs/experiments/{args.name}"
     with grid_runtime(**runtime_fields(args)):
-        run_experiment(args.name, out=out, quick=args.quick, data=args.data, model=args.model, seeds=args.seeds,
-                       runs=args.runs, dims=args.dims, max_steps=args.max_steps)
+        run_experiment(args.name, out=out, quick=args.quick, data=experiment_data(args), model=args.model,
+                       seeds=args.seeds, runs=args.runs, dims=args.dims, max_steps=args.max_steps)
     print(f"wrote {out}: results.csv, results.json, results.md, figures/, report.html")
     return 0

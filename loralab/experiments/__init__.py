@@ -48,9 +48,12 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
 }
 
 
-def run_experiment(name: str, out: str | os.PathLike | None = None, quick: bool = False, data: str | None = None,
+def run_experiment(name: str, out: str | os.PathLike | None = None, quick: bool = False, data: Any = None,
                    model: str | None = None, log: Callable[[str], None] = print, **options: Any):
     """Run experiment `name` into `out` (default runs/experiments/<name>); returns its ExperimentReport.
+
+    data: a builtin data set name, or the user's files as a loralab.experiments.common.DataFiles
+    (the experiments whose module sets TAKES_DATA_FILES = True; the others refuse files with one line).
 
     options: the experiment's own keywords, e.g. seeds=3 (rank, targets, methods, data-size, lr-sweep) or
     runs=["r1", "r4"] (train only these runs of the grid); an option the experiment lacks is an error."""
@@ -61,8 +64,15 @@ def run_experiment(name: str, out: str | os.PathLike | None = None, quick: bool 
     if unknown:
         raise LoraLabError(f"experiment {name} does not take {', '.join('--' + k.replace('_', '-') for k in unknown)}; "
                            f"remove {'it' if len(unknown) == 1 else 'them'}")
+    # DataFiles, duck-typed: this package is imported by `loralab experiment --help`, without torch.
+    if getattr(data, "train_file", None) and not getattr(module, "TAKES_DATA_FILES", False):
+        takers = [other for other, (path, _) in EXPERIMENTS.items()
+                  if getattr(importlib.import_module(path), "TAKES_DATA_FILES", False)]
+        raise LoraLabError(f"experiment {name} takes a builtin --data name, not --train-file; "
+                           f"{', '.join(takers)} take files")
     given = {k: v for k, v in options.items() if v is not None}
     out, inputs = out or os.path.join("runs", "experiments", name), [model] if model else []
+    inputs += [path for path in (getattr(data, "train_file", None), getattr(data, "dev_file", None)) if path]
     # Every folder the experiment writes is checked before any is created, so a refusal leaves nothing behind.
     shared = getattr(module, "shared_folders", lambda out, **_: [])(Path(out), **given)
     for folder in (out, *shared):

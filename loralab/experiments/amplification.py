@@ -21,6 +21,9 @@ from loralab.experiments.rank import rank_specs, settings
 from loralab.experiments.report import (ExperimentReport, Table, claim_experiment_folder, line_figure,
                                         write_experiment_report)
 
+# `--data` may be the user's files (loralab.experiments.common.DataFiles): the runs read them as train does.
+TAKES_DATA_FILES = True
+
 _LAYER = re.compile(r"\.(\d+)\.")
 
 

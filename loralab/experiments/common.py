@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from loralab.data.builtin import builtin_dataset, load_builtin
+from loralab.data.tasks import DEFAULT_TASK, task_kind
 from loralab.errors import LoraLabError, choose
 from loralab.experiments.report import Table
 from loralab.files import write_text
@@ -39,6 +40,55 @@ from loralab.training.run import run_training
 
 RESOURCES_FILE = "resources.json"
 DEFAULT_MODEL = "all-minilm-l6-v2"
+
+
+@dataclass
+class DataFiles:
+    """A user's own data for an experiment, read as `loralab train --train-file F --dev-file F --task T` reads
+    it (the same TrainConfig fields, so the same readers): `--data` of the experiments is a builtin name or this.
+
+    train_file / dev_file: paths of the files (the dev file scores every run, so it is required);
+    task: classification (the default, as for train), pair-classification or regression (a loralab.data.tasks
+    name; causal LM files have their own experiment, e2e); read_options: loralab.data.readers.ReadOptions
+    fields (the data flags).
+    """
+
+    train_file: str
+    dev_file: str | None
+    task: str = DEFAULT_TASK
+    read_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for flag, path in (("--train-file", self.train_file), ("--dev-file", self.dev_file)):
+            if path and not Path(path).exists():
+                raise LoraLabError(f"{flag} {path}: no such file")
+        if not self.dev_file:
+            raise LoraLabError(f"--train-file {self.train_file} needs a --dev-file: every run of an experiment "
+                               "is scored on dev data")
+        if task_kind(self.task).is_generative:
+            raise LoraLabError(f"--task {self.task}: the experiments on files train classifiers and regressors "
+                               "(classification, pair-classification, regression); use e2e for causal LM data")
+
+    @property
+    def name(self) -> str:
+        """How reports name the data: the training file's name."""
+        return Path(self.train_file).name
+
+
+def data_label(config: Any) -> str:
+    """How a report names a TrainConfig's data: the builtin name, or "train.tsv (dev dev.tsv; regression)"."""
+    if config.train_file:
+        return f"{config.train_file} (dev {config.dev_file}; {config.task})"
+    return str(config.data)
+
+
+def data_fields(data: str | DataFiles) -> dict[str, Any]:
+    """The TrainConfig fields that choose an experiment's data: {"data": name} for a builtin set, the file,
+    task and read_options fields for DataFiles. Every grid experiment builds its configs through this."""
+    if isinstance(data, DataFiles):
+        return {"train_file": data.train_file, "dev_file": data.dev_file, "task": data.task,
+                "read_options": dict(data.read_options)}
+    return {"data": data}
 
 
 @dataclass
@@ -255,7 +305,8 @@ def grid_meta(quick: bool, specs: Sequence[RunSpec], results: Sequence[RunResult
     fields named in `settings` (e.g. "train_limit", "epochs", "lr"), the experiment's own `extra` values (its
     metric, seeds, ...), then the runs an earlier call had finished (`skipped_runs`)."""
     first = specs[0].config
-    return {"quick": quick, "model": first.model, "data": first.data,
+    files = {"train_file": first.train_file, "dev_file": first.dev_file, "task": first.task} if first.train_file else {}
+    return {"quick": quick, "model": first.model, "data": first.data, **files,
             **{name: getattr(first, name) for name in settings}, **extra,
             "skipped_runs": [result.name for result in results if result.skipped]}
 

@@ -32,8 +32,8 @@ from torch import nn
 from loralab.data.builtin import load_builtin
 from loralab.data.examples import Example
 from loralab.errors import LoraLabError, choose
-from loralab.experiments.common import (RunResult, RunSpec, grid_meta, one_thread, run_grid, select_runs, spread,
-                                        with_seeds)
+from loralab.experiments.common import (RunResult, RunSpec, data_fields, grid_meta, one_thread, run_grid, select_runs,
+                                        spread, with_seeds)
 from loralab.experiments.methods import METHOD_GRID
 from loralab.experiments.rank import ALPHA, metric_name, settings
 from loralab.experiments.report import ExperimentReport, Table, scatter_figure, write_experiment_report
@@ -43,6 +43,9 @@ from loralab.models import load_model, load_tokenizer
 from loralab.runtime.load import load_with_adapters
 from loralab.training.config import TrainConfig
 from loralab.training.run_folder import TRAINABLE_FILE, load_trainable_tensors
+
+# `--data` may be the user's files (loralab.experiments.common.DataFiles): the runs read them as train does.
+TAKES_DATA_FILES = True
 
 RANKS = (4, 16, 64)
 QUICK_RANKS = (2, 8)
@@ -169,7 +172,7 @@ def auc_after(result: RunResult, model_spec: str, tokenizer: Any, pairs: Sequenc
 def forgetting_specs(quick: bool, data: str | None, model: str | None, out: Path) -> list[RunSpec]:
     """LoRA at each rank on each target set, then full fine-tuning."""
     model_spec, data_name, train = settings(quick, data, model, out)
-    common = dict(model=model_spec, data=data_name, seed=0, eval_every=0, checkpoint_every=0, progress=False)
+    common = dict(model=model_spec, **data_fields(data_name), seed=0, eval_every=0, checkpoint_every=0, progress=False)
     qv = lora_targets(model_spec)["Wq,Wv"]
     specs = []
     for label, targets in TARGET_SETS.items():

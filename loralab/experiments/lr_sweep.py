@@ -20,11 +20,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from loralab.experiments.common import RunSpec, grid_meta, run_grid, seed_medians, seed_table, select_runs, with_seeds
+from loralab.experiments.common import (RunSpec, data_fields, data_label, grid_meta, run_grid, seed_medians, seed_table,
+                                        select_runs, with_seeds)
 from loralab.experiments.methods import METHOD_GRID
 from loralab.experiments.rank import ALPHA, metric_name, settings
 from loralab.experiments.report import ExperimentReport, Table, line_figure, write_experiment_report
 from loralab.training.config import TrainConfig
+
+# `--data` may be the user's files (loralab.experiments.common.DataFiles): the runs read them as train does.
+TAKES_DATA_FILES = True
 
 # method -> learning rates of the default runs, of the quick runs
 LEARNING_RATES: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
@@ -55,8 +59,8 @@ def sweep_specs(quick: bool, data: str | None, model: str | None, out: Path) -> 
         method, options, columns = CONFIGS[name]
         rates, quick_rates = LEARNING_RATES[method]
         for lr in quick_rates if quick else rates:
-            fields = dict(train, lr=lr, model=model_spec, data=data_name, seed=0, eval_every=0, checkpoint_every=0,
-                          progress=False)
+            fields = dict(train, lr=lr, model=model_spec, **data_fields(data_name), seed=0, eval_every=0,
+                          checkpoint_every=0, progress=False)
             config = (TrainConfig(lora=dict(options), **fields) if method == "lora"
                       else TrainConfig(method=method, method_options=dict(options), **fields))
             specs.append(RunSpec(f"{name}-lr{lr:g}", config, {"config": name, "method": method, **columns, "lr": lr}))
@@ -125,6 +129,7 @@ def run(out: str | os.PathLike = "runs/experiments/lr-sweep", quick: bool = Fals
                      "trainable_params", "seconds_per_step", "cpu_seconds"],
                     [r.row(metric) for r in results]),
               Table("best_lr", "Best learning rate per configuration", list(best[0]), best,
+                    f"Data: {data_label(specs[0].config)}; dev {metric}. "
                     "fixed_lr: the rate the methods, rank and data-size experiments use.")]
     ratios = ratio_rows(best, grid)
     if ratios:
@@ -138,8 +143,8 @@ def run(out: str | os.PathLike = "runs/experiments/lr-sweep", quick: bool = Fals
     meta = grid_meta(quick, specs, results, ["train_limit", "epochs", "batch_size", "max_length"], metric=metric,
                      seeds=seeds or 1)
     report = ExperimentReport("lr-sweep", "Experiment: learning-rate sweep, LoRA and full fine-tuning",
-                              "The same data and schedule as `methods`; only the learning rate, the rank and the "
-                              "targets change.",
+                              f"Data: {data_label(specs[0].config)}, scored by dev {metric}. The same schedule as "
+                              "`methods`; only the learning rate, the rank and the targets change.",
                               tables, figures, meta)
     write_experiment_report(report, out)
     return report

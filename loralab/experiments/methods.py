@@ -18,12 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from loralab.errors import choose
-from loralab.experiments.common import RunSpec, grid_meta, run_grid, seed_table, with_seeds
+from loralab.experiments.common import RunSpec, data_fields, grid_meta, run_grid, seed_table, with_seeds
 from loralab.experiments.rank import ALPHA, metric_name, settings
 from loralab.experiments.report import ExperimentReport, Table, bar_figure, write_experiment_report
 from loralab.models.loading import resolve_model_spec
 from loralab.timing import latency
 from loralab.training.config import TrainConfig
+
+# `--data` may be the user's files (loralab.experiments.common.DataFiles): the runs read them as train does.
+TAKES_DATA_FILES = True
 
 # name -> (method options, learning rate of the default runs, of the quick runs)
 METHOD_GRID: dict[str, tuple[dict[str, Any], float, float]] = {
@@ -47,7 +50,8 @@ def method_specs(quick: bool, data: str | None, model: str | None, out: Path,
         # checkpoint_every=0 (at evaluations only): a full fine-tuning checkpoint is ~270 MB, and the
         # other methods get the same schedule so that step times compare.
         fields = dict(train, lr=quick_lr if quick else lr)
-        fields.update(model=model_spec, data=data_name, seed=0, eval_every=0, checkpoint_every=0, progress=False)
+        fields.update(model=model_spec, **data_fields(data_name), seed=0, eval_every=0, checkpoint_every=0,
+                      progress=False)
         info = {"method": name, "options": ", ".join(f"{k}={v}" for k, v in options.items()), "lr": fields["lr"]}
         if name == "lora":
             specs.append(RunSpec(name, TrainConfig(lora=dict(options), **fields), info))

@@ -14,10 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from loralab.analysis import analyze_adapters, write_report
-from loralab.experiments.common import (DEFAULT_MODEL, RunResult, RunSpec, grid_meta, one_thread, quick_model_dir,
-                                        run_grid, seed_medians, seed_table, select_runs, with_seeds)
+from loralab.experiments.common import (DEFAULT_MODEL, RunResult, RunSpec, data_fields, grid_meta, one_thread,
+                                        quick_model_dir, run_grid, seed_medians, seed_table, select_runs, with_seeds)
 from loralab.experiments.report import ExperimentReport, Table, line_figure, write_experiment_report
 from loralab.training.config import TrainConfig
+
+# `--data` may be the user's files (loralab.experiments.common.DataFiles): the runs read them as train does.
+TAKES_DATA_FILES = True
 
 RANKS = (1, 2, 4, 8, 64)
 QUICK_RANKS = (1, 2, 4, 8, 16)
@@ -43,7 +46,7 @@ def rank_specs(quick: bool, data: str | None, model: str | None, out: Path) -> l
     model_spec, data_name, train = settings(quick, data, model, out)
     specs = []
     for r in (QUICK_RANKS if quick else RANKS):
-        config = TrainConfig(model=model_spec, data=data_name, lora={"r": r, "alpha": ALPHA}, seed=0,
+        config = TrainConfig(model=model_spec, **data_fields(data_name), lora={"r": r, "alpha": ALPHA}, seed=0,
                              eval_every=0, checkpoint_every=50, progress=False, **train)
         specs.append(RunSpec(f"r{r}", config, {"r": r, "targets": "Wq,Wv", "alpha": ALPHA}))
     return specs

@@ -12,12 +12,16 @@ from pathlib import Path
 
 from loralab.budget.shapes import load_config
 from loralab.errors import LoraLabError
-from loralab.experiments.common import RunSpec, grid_meta, run_grid, seed_medians, seed_table, select_runs, with_seeds
+from loralab.experiments.common import (RunSpec, data_fields, grid_meta, run_grid, seed_medians, seed_table,
+                                        select_runs, with_seeds)
 from loralab.experiments.rank import ALPHA, metric_name, settings
 from loralab.experiments.report import ExperimentReport, Table, bar_figure, write_experiment_report
 from loralab.models.architectures import architecture, architectures
 from loralab.models.loading import resolve_model_spec
 from loralab.training.config import TrainConfig
+
+# `--data` may be the user's files (loralab.experiments.common.DataFiles): the runs read them as train does.
+TAKES_DATA_FILES = True
 
 # (label, matrix types, r): the paper's Table 5 grid.
 GRID = (("Wq", ("q",), 8), ("Wk", ("k",), 8), ("Wv", ("v",), 8), ("Wo", ("o",), 8),
@@ -46,8 +50,8 @@ def target_specs(quick: bool, data: str | None, model: str | None, out: Path) ->
     lora = lora_targets(model_spec)
     specs = []
     for label, _, r in GRID:
-        config = TrainConfig(model=model_spec, data=data_name, lora={"r": r, "alpha": ALPHA, **lora[label]}, seed=0,
-                             eval_every=0, checkpoint_every=50, progress=False, **train)
+        config = TrainConfig(model=model_spec, **data_fields(data_name), lora={"r": r, "alpha": ALPHA, **lora[label]},
+                             seed=0, eval_every=0, checkpoint_every=50, progress=False, **train)
         specs.append(RunSpec(label.replace(",", "-"), config, {"targets": label, "r": r}))
     return specs
 
