@@ -379,16 +379,21 @@ def subset(rows: Sequence, size: int, seed: int = 0) -> list:
 
 def train_run(S: Settings, method: str, data: str = "sst2", lr: float | None = None,
               log: Callable[[str], None] = print, tag: str | None = None, train_size: int | None = None,
-              **options: Any) -> Run:
+              seed: int = 0, **options: Any) -> Run:
     """Train `method` ("lora", "full", "houlsby", "prefix" of loralab.baselines.METHODS, or "head") with `options`
     on the recipe's `data` ("sst2" or "mrpc"), or read the same run back from the cache. Every method trains
     the head. tag: the cache name's part after the method (default: the options, `-alpha16.0-r8`); the cache
     key holds every option either way. train_size: train on only this many of the recipe's training examples
-    (a nested seeded subset, kit.subset), cycled through for the recipe's steps (None: all, each seen once)."""
+    (a nested seeded subset, kit.subset), cycled through for the recipe's steps (None: all, each seen once).
+    seed: the training seed (head and adapter initialisation, dropout masks, and for seed ≠ 0 the batch order; the
+    subset stays the same draw, as in `loralab experiment data-size`); seed 0 keeps the cache names and keys of
+    the one-seed runs, another seed adds `-s{seed}` to both."""
     lr = LEARNING_RATES[method] if lr is None else lr
     name = f"{data}-{method}" + (f"-{tag}" if tag else "".join(f"-{k}{v}" for k, v in sorted(options.items())))
     if train_size is not None:
         name += f"-n{train_size}"
+    if seed:
+        name += f"-s{seed}"
     if S.knobs:   # a knob run's entries live apart from the default runs, which lessons 4 and 5 read
         name += f"-knobs-{fingerprint(S.knobs)}"
     folder = S.cache / name
@@ -396,6 +401,8 @@ def train_run(S: Settings, method: str, data: str = "sst2", lr: float | None = N
                 "method": method, "options": options, "lr": lr}
     if train_size is not None:
         settings["train_size"] = train_size
+    if seed:
+        settings["seed"] = seed
     if S.knobs:
         settings["knobs"] = {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(S.knobs.items())}
     cached = _cached(folder, settings)
@@ -404,14 +411,18 @@ def train_run(S: Settings, method: str, data: str = "sst2", lr: float | None = N
         return cached
     tok = tokenizer(S)
     train, dev = task_batches(S, data, tok)
-    if train_size is not None:
+    if train_size is not None or seed:
         task, length = TASKS[data]
-        rows = subset(examples(data, "train", S.recipe.train_sentences, seed=0), train_size)
+        rows = list(examples(data, "train", S.recipe.train_sentences, seed=0))     # a copy: shuffled below
+        if train_size is not None:
+            rows = subset(rows, train_size)
+        if seed:
+            random.Random(seed).shuffle(rows)          # another batch order over the same examples
         train = batches(rows, tok, S.recipe.batch_size, int(S.recipe.max_length * length), task)
-    model = prepare(method, classifier(S), **options)
+    model = prepare(method, classifier(S, seed), **options)
     log(f"{name}: training {trainable(model):,} values for {S.recipe.steps} steps ...")
     started, cpu_started = time.perf_counter(), time.process_time()
-    losses = train_steps(model, train, S.recipe.steps, lr)
+    losses = train_steps(model, train, S.recipe.steps, lr, seed=seed)
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     if method == "lora":
         save_adapter(model, folder / "adapter")
@@ -437,10 +448,10 @@ def remembered(path: Path, key: dict[str, Any], compute: Callable[[], float]) ->
 
 
 def lora_run(S: Settings, r: int, alpha: float = 16.0, log: Callable[[str], None] = print,
-             lr: float | None = None, train_size: int | None = None) -> Run:
+             lr: float | None = None, train_size: int | None = None, seed: int = 0) -> Run:
     """LoRA on Wq, Wv (the preset) with rank r and fixed alpha, plus the head: lessons 3, 4 and 5 share these.
-    lr: the learning rate (None: LEARNING_RATES["lora"]); train_size: as in train_run."""
-    return train_run(S, "lora", lr=lr, log=log, train_size=train_size, r=r, alpha=alpha)
+    lr: the learning rate (None: LEARNING_RATES["lora"]); train_size, seed: as in train_run."""
+    return train_run(S, "lora", lr=lr, log=log, train_size=train_size, seed=seed, r=r, alpha=alpha)
 
 
 # --------------------------------------------------------------------------------------------------

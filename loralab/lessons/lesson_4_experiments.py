@@ -29,6 +29,7 @@
 # LoRA 适配器来自第 3 课(all-MiniLM-L6-v2 的 Wq、Wv 上 r = 8 和 r = 64,SST-2);如果第 3 课还没运行,就在这里训练。
 
 # %%
+import statistics
 from collections import Counter
 
 import matplotlib.pyplot as plt
@@ -408,7 +409,9 @@ S.say("Of the timed differences from the base, "
 # in miniature: LoRA r = 8 on Wq, Wv and full fine-tuning on 100, 300 and all 768 of the lessons' SST-2
 # training sentences (the 768 are section 1's runs, from the cache). The subsets are nested (the 100 lie
 # inside the 300), and every run takes the recipe's steps, so a small set is passed over several times: the
-# sizes differ in data, not in compute. `loralab experiment data-size` runs the full-size version (100,
+# sizes differ in data, not in compute. At 100 each method trains with three seeds (the table shows the median
+# and the min–max), since one short run on 100 examples says little; the larger sizes have one seed each.
+# `loralab experiment data-size` runs the full-size version (100,
 # 1,000, 8,000 and all 67,349 sentences, three seeds on the small sets, prefix-tuning and adapters too).
 #
 # **Predict before you run the next cell:** on the smallest set, will LoRA score at least as high as full
@@ -421,6 +424,8 @@ S.say("Of the timed differences from the base, "
 # 都不低于全量微调——在 100 个样本时最明显。这里是缩小版:在课程 SST-2 训练句子中的 100 个、300 个和全部 768 个上,
 # 分别训练 Wq、Wv 上 r = 8 的 LoRA 和全量微调(768 个的就是第 1 节的训练,从缓存读取)。子集是嵌套的(那 100 个包含
 # 在 300 个里面),每次训练都用课程设置的步数,所以小数据集会被重复学习好几遍:各规模之间不同的是数据,不是计算量。
+# 在 100 个样本上每种方法用三个随机种子训练(表中给出中位数和最小–最大),因为 100 个样本上的一次短训练说明不了
+# 多少;更大的规模各用一个种子。
 # `loralab experiment data-size` 运行完整规模的版本(100、1,000、8,000 和全部 67,349 个句子,小数据集用三个随机种子,
 # 还包括 Prefix-tuning 和 Adapter)。
 #
@@ -435,34 +440,70 @@ prediction_1 = True             # the paper's finding: LoRA holds up at least as
 # %%
 ALL = S.recipe.train_sentences                         # 768 (quick mode: 48)
 SIZES = (16, 32, ALL) if S.quick else (100, 300, ALL)
-by_size = {"LoRA": {}, "full": {}}
+# Seeds per size: three at the smallest set, where one seed says least; one above (each more seed at a size costs
+# ≈ 54 CPU s, full fine-tuning 36 and LoRA 18: lessons/README.md's timings). A seed changes the head's and the adapter's
+# initialisation, the dropout masks and the batch order, not the subset (kit.train_run).
+SEEDS = {n: (3 if n == SIZES[0] else 1) for n in SIZES}
+by_size = {"LoRA": {}, "full": {}}                     # method -> size -> runs, seed 0 first
 for n in SIZES:
     whole = n == ALL                                   # the recipe's whole training set: section 1's runs
-    by_size["LoRA"][n] = runs[f"LoRA r={R_SMALL} (Wq, Wv)"] if whole else kit.lora_run(S, R_SMALL, train_size=n)
-    by_size["full"][n] = runs["full fine-tuning"] if whole else kit.train_run(S, "full", train_size=n)
+    by_size["LoRA"][n] = [runs[f"LoRA r={R_SMALL} (Wq, Wv)"]] if whole else [
+        kit.lora_run(S, R_SMALL, train_size=n, seed=seed) for seed in range(SEEDS[n])]
+    by_size["full"][n] = [runs["full fine-tuning"]] if whole else [
+        kit.train_run(S, "full", train_size=n, seed=seed) for seed in range(SEEDS[n])]
+
+
+def spread(method: str, n: int) -> tuple[float, float, float]:
+    """(median, min, max) of the dev accuracies over the seeds of one cell."""
+    values = [run.dev_accuracy for run in by_size[method][n]]
+    return statistics.median(values), min(values), max(values)
+
+
+def span(method: str, n: int) -> str:
+    _, low, high = spread(method, n)
+    return f"{low:.3f}–{high:.3f}"
+
+
+def cell(method: str, n: int) -> str:
+    median, low, high = spread(method, n)
+    return f"{median:.3f}" if SEEDS[n] == 1 else f"{median:.3f} ({low:.3f}–{high:.3f})"
+
+
 dev_n = S.recipe.dev_sentences
-print(t(f"dev accuracy on {dev_n} SST-2 dev sentences ({S.recipe.steps} steps of {S.recipe.batch_size} at every size)",
-        f"{dev_n} 个 SST-2 验证句子上的准确率(每种规模都是 {S.recipe.steps} 步,每步 {S.recipe.batch_size} 句)"))
-print(t("training examples", "训练样本数") + "".join(f"{n:>10,}" for n in SIZES)
+print(t(f"dev accuracy on {dev_n} SST-2 dev sentences ({S.recipe.steps} steps of {S.recipe.batch_size} at every size; "
+        "several seeds: median (min–max))",
+        f"{dev_n} 个 SST-2 验证句子上的准确率(每种规模都是 {S.recipe.steps} 步,每步 {S.recipe.batch_size} 句;"
+        "多个随机种子:中位数(最小–最大))"))
+print(f"{t('training examples', '训练样本数'):17}"
+      + "".join(f"{f'{n:,}' + (t(f' ({SEEDS[n]} seeds)', f'({SEEDS[n]} 个种子)') if SEEDS[n] > 1 else ''):>22}"
+                for n in SIZES)
       + t("      paper (GPT-3, MNLI, Table 16): ", "      论文(GPT-3,MNLI,表 16):") + " / ".join(f"{n:,}" for n in PAPER_SIZES))
 for method, paper_key in (("LoRA", "lora"), ("full", "full")):
     label = t({"LoRA": "LoRA r=8", "full": "full fine-tuning"}[method], {"LoRA": "LoRA r=8", "full": "全量微调"}[method])
-    print(f"{label:17}" + "".join(f"{by_size[method][n].dev_accuracy:>10.3f}" for n in SIZES)
+    print(f"{label:17}" + "".join(f"{cell(method, n):>22}" for n in SIZES)
           + "      " + " / ".join(f"{v}" for v in PAPER_TABLE16[paper_key]))
 passes = {n: S.recipe.steps * S.recipe.batch_size / n for n in SIZES}
 print(t("passes over the data: ", "遍历数据的次数:") + ", ".join(f"{n:,}: {p:.1f}" for n, p in passes.items()))
 
 fig, ax = plt.subplots(figsize=(7, 3.6))
 for method, color in (("LoRA", "C0"), ("full", "C1")):
-    values = [by_size[method][n].dev_accuracy for n in SIZES]
-    errors = [(a * (1 - a) / dev_n) ** 0.5 for a in values]
-    ax.errorbar(list(SIZES), values, yerr=errors, marker="o", capsize=3, color=color,
+    cells = [spread(method, n) for n in SIZES]
+    below, above = [], []                              # bars: the seeds' min–max, or ± one standard error (one seed)
+    for n, (median, low, high) in zip(SIZES, cells):
+        error = (median * (1 - median) / dev_n) ** 0.5
+        below.append(median - low if SEEDS[n] > 1 else error)
+        above.append(high - median if SEEDS[n] > 1 else error)
+    ax.errorbar(list(SIZES), [c[0] for c in cells], yerr=[below, above], marker="o", capsize=3, color=color,
                 label=t({"LoRA": "LoRA r = 8 (Wq, Wv)", "full": "full fine-tuning"}[method],
                         {"LoRA": "LoRA r = 8(Wq、Wv)", "full": "全量微调"}[method]))
-lowest_5 = min(run.dev_accuracy for runs_of in by_size.values() for run in runs_of.values())
+lowest_5 = min(run.dev_accuracy for runs_of in by_size.values() for seeds in runs_of.values() for run in seeds)
 ax.set(xscale="log", ylim=(min(0.45, lowest_5 - 0.1), 1.0), xlabel=t("training examples (log scale)", "训练样本数(对数刻度)"),
-       ylabel=t("dev accuracy (± one standard error)", "验证准确率(± 一个标准误)"),
-       title=t("accuracy against training-set size (one seed)", "准确率与训练集大小(一个随机种子)"))
+       ylabel=t("dev accuracy (median)", "验证准确率(中位数)"),
+       title=t(f"accuracy against training-set size (bars: min–max of {SEEDS[SIZES[0]]} seeds at {SIZES[0]:,}, "
+               "± one standard error elsewhere)",
+               f"准确率与训练集大小(误差棒:{SIZES[0]:,} 个样本时为 {SEEDS[SIZES[0]]} 个种子的最小–最大,其余为 ± 一个标准误)"),
+       )
+ax.title.set_fontsize(9)
 ax.set_xticks(list(SIZES), [f"{n:,}" for n in SIZES])
 ax.minorticks_off()
 ax.legend(loc="lower right")
@@ -470,57 +511,89 @@ fig.tight_layout()
 
 # %%
 smallest = SIZES[0]
-lora_small, full_small = by_size["LoRA"][smallest].dev_accuracy, by_size["full"][smallest].dev_accuracy
+lora_small, full_small = spread("LoRA", smallest)[0], spread("full", smallest)[0]
 checks.predict("prediction_1", prediction_1, lora_small >= full_small,
-               t(f"LoRA at least as good as full fine-tuning on {smallest} examples",
-                 f"{smallest} 个样本时 LoRA 不低于全量微调"),
-               t(f"LoRA {lora_small:.3f}, full fine-tuning {full_small:.3f}", f"LoRA {lora_small:.3f},全量微调 {full_small:.3f}"))
-gaps_5 = {n: by_size["LoRA"][n].dev_accuracy - by_size["full"][n].dev_accuracy for n in SIZES}
-noise_5 = {n: 2 * sum((a * (1 - a) / dev_n) for a in (by_size["LoRA"][n].dev_accuracy,
-                                                      by_size["full"][n].dev_accuracy)) ** 0.5 for n in SIZES}
-clear_5 = {n: g for n, g in gaps_5.items() if abs(g) > noise_5[n]}
+               t(f"LoRA at least as good as full fine-tuning on {smallest} examples "
+                 f"(medians of {SEEDS[smallest]} seeds)",
+                 f"{smallest} 个样本时 LoRA 不低于全量微调({SEEDS[smallest]} 个种子的中位数)"),
+               t(f"LoRA {cell('LoRA', smallest)}, full fine-tuning {cell('full', smallest)}",
+                 f"LoRA {cell('LoRA', smallest)},全量微调 {cell('full', smallest)}"))
+gaps_5 = {n: spread("LoRA", n)[0] - spread("full", n)[0] for n in SIZES}      # medians
+noise_5 = {n: 2 * sum((a * (1 - a) / dev_n) for a in (spread("LoRA", n)[0], spread("full", n)[0])) ** 0.5
+           for n in SIZES}
+
+
+def lead(n: int) -> str:
+    """"ahead" / "behind" (LoRA against full fine-tuning) or "within": with several seeds, ahead only when the seed
+    ranges do not overlap; with one seed, when the gap is over two standard errors of the difference."""
+    (_, lora_low, lora_high), (_, full_low, full_high) = spread("LoRA", n), spread("full", n)
+    if SEEDS[n] > 1:
+        return "ahead" if lora_low > full_high else "behind" if lora_high < full_low else "within"
+    return "within" if abs(gaps_5[n]) <= noise_5[n] else "ahead" if gaps_5[n] > 0 else "behind"
+
+
+leads_5 = {n: lead(n) for n in SIZES}
 paper_gap = PAPER_TABLE16["lora"][0] - PAPER_TABLE16["full"][0]
-grows = all(by_size[m][SIZES[-1]].dev_accuracy > by_size[m][SIZES[0]].dev_accuracy for m in by_size)
+medians_5 = {m: {n: spread(m, n)[0] for n in SIZES} for m in by_size}
+grows = all(medians_5[m][SIZES[-1]] > medians_5[m][SIZES[0]] for m in by_size)
 dips = [(m, a, b) for m in by_size for a, b in zip(SIZES, SIZES[1:])
-        if by_size[m][b].dev_accuracy < by_size[m][a].dev_accuracy]        # more data, lower accuracy
-dips_en = ", ".join(f"{m} at {b:,} ({by_size[m][b].dev_accuracy:.3f}) below {a:,} ({by_size[m][a].dev_accuracy:.3f})"
-                    for m, a, b in dips)
+        if medians_5[m][b] < medians_5[m][a]]                                  # more data, lower accuracy
+dips_en = ", ".join(f"{m} at {b:,} ({medians_5[m][b]:.3f}) below {a:,} ({medians_5[m][a]:.3f})" for m, a, b in dips)
 zh_names = {"LoRA": "LoRA", "full": "全量微调"}
-dips_zh = ",".join(f"{zh_names[m]} 在 {b:,} 个样本时({by_size[m][b].dev_accuracy:.3f})低于 "
-                   f"{a:,} 个时({by_size[m][a].dev_accuracy:.3f})" for m, a, b in dips)
+dips_zh = ",".join(f"{zh_names[m]} 在 {b:,} 个样本时({medians_5[m][b]:.3f})低于 "
+                   f"{a:,} 个时({medians_5[m][a]:.3f})" for m, a, b in dips)
 if grows and not dips:
     more_en, more_zh = "More data helped both methods here, at every step. ", "更多的数据在每一步都对两种方法有帮助。"
 elif grows:
     more_en = (f"From the smallest set to the whole one both methods gained, but not at every step: {dips_en} — one "
-               "seed and one subset per size, so such a dip may be the draw rather than the size. ")
-    more_zh = f"从最小数据集到全部数据,两种方法都有提高,但并非每一步都提高:{dips_zh}——每种规模只有一个随机种子、一个子集,这样的下降可能来自抽样而不是规模。"
+               "subset per size and few seeds, so such a dip may be the draw rather than the size. ")
+    more_zh = f"从最小数据集到全部数据,两种方法都有提高,但并非每一步都提高:{dips_zh}——每种规模只有一个子集、很少的随机种子,这样的下降可能来自抽样而不是规模。"
 else:
     more_en = ("More data did not help both methods here: on runs this short, the subset drawn and the seed matter as "
                "much as the size. ")
     more_zh = "更多的数据并没有对两种方法都有帮助:训练这么短时,抽到哪个子集、用哪个随机种子和子集大小一样重要。"
-gap_en = "; ".join(f"{n:,}: {g:+.3f}" + ("" if n in clear_5 else " (within noise)") for n, g in gaps_5.items())
-gap_zh = ";".join(f"{n:,}:{g:+.3f}" + ("" if n in clear_5 else "(在噪声以内)") for n, g in gaps_5.items())
-if smallest in clear_5:
-    agree_en = ("as in the paper, LoRA is ahead on the smallest set" if gaps_5[smallest] > 0 else
-                "unlike the paper, full fine-tuning is ahead on the smallest set")
-    agree_zh = "与论文一致,LoRA 在最小数据集上领先" if gaps_5[smallest] > 0 else "与论文不同,全量微调在最小数据集上领先"
+LEAD_EN = {"ahead": "LoRA ahead", "behind": "full fine-tuning ahead"}
+LEAD_ZH = {"ahead": "LoRA 领先", "behind": "全量微调领先"}
+gap_en = "; ".join(f"{n:,}: {gaps_5[n]:+.3f} ("
+                   + (LEAD_EN.get(leads_5[n]) or ("within the seed spread" if SEEDS[n] > 1 else "within noise"))
+                   + (f", seed ranges LoRA {span('LoRA', n)}, full {span('full', n)}" if SEEDS[n] > 1 else "")
+                   + ")" for n in SIZES)
+gap_zh = ";".join(f"{n:,}:{gaps_5[n]:+.3f}("
+                  + (LEAD_ZH.get(leads_5[n]) or ("在种子的波动范围以内" if SEEDS[n] > 1 else "在噪声以内"))
+                  + (f",种子范围 LoRA {span('LoRA', n)}、全量微调 {span('full', n)}" if SEEDS[n] > 1 else "")
+                  + ")" for n in SIZES)
+many = SEEDS[smallest] > 1
+if leads_5[smallest] == "ahead":
+    agree_en = "as in the paper, LoRA is ahead on the smallest set" + (" in every seed" if many else "")
+    agree_zh = "与论文一致,LoRA 在最小数据集上领先" + ("(每个种子都是)" if many else "")
+elif leads_5[smallest] == "behind":
+    agree_en = "unlike the paper, full fine-tuning is ahead on the smallest set" + (" in every seed" if many else "")
+    agree_zh = "与论文不同,全量微调在最小数据集上领先" + ("(每个种子都是)" if many else "")
 else:
-    agree_en = "on the smallest set the two are within noise of each other, so this run neither confirms nor contradicts it"
-    agree_zh = "在最小数据集上两者相差在噪声以内,所以这次训练既不证实也不否定论文"
-S.say(f"Measured here (one seed; noise: two standard errors of the difference, about {noise_5[smallest]:.3f}): LoRA − full "
-      f"fine-tuning at each size {gap_en}. The paper's Table 16 has LoRA {paper_gap:+.1f} points ahead at 100 examples "
+    agree_en = ("on the smallest set the two are within " + ("the seed spread of" if many else "noise of")
+                + " each other, so these runs neither confirm nor contradict it")
+    agree_zh = "在最小数据集上两者相差在" + ("种子的波动范围" if many else "噪声") + "以内,所以这些训练既不证实也不否定论文"
+one_seed = [n for n in SIZES if SEEDS[n] == 1]
+S.say(f"Measured here (LoRA − full fine-tuning, medians; {SEEDS[smallest]} seeds at {smallest:,} — one side counts as "
+      f"ahead only when the seed ranges do not overlap — and one seed at {', '.join(f'{n:,}' for n in one_seed)}, "
+      f"where the noise is two standard errors of the difference, about {noise_5[one_seed[0]]:.3f}): {gap_en}. "
+      f"The paper's Table 16 has LoRA {paper_gap:+.1f} points ahead at 100 examples "
       f"({PAPER_TABLE16['lora'][0]} vs {PAPER_TABLE16['full'][0]}, GPT-3 on MNLI, the paper's numbers); {agree_en}. "
       + more_en
-      + "The standard error covers only which dev sentences were scored, not the seed: `loralab experiment data-size` "
+      + "A standard error covers only which dev sentences were scored, not the seed; the seed spread at "
+      f"{smallest:,} shows how far the seed alone moves a run this short. `loralab experiment data-size` "
       "(200 steps of 16, all 872 dev sentences, three seeds) measured LoRA 65.3 against full fine-tuning 61.8 at 100 "
       "SST-2 sentences (medians; LoRA's seeds spread over 63.1–67.2), and full fine-tuning ahead from 1,000 on "
       "(docs/experiments.md)."
       + (" (Quick mode: a tiny random model — the lines say nothing about data size.)" if S.quick else ""),
-      f"这里的实测(一个随机种子;噪声:差值的两个标准误,约 {noise_5[smallest]:.3f}):各规模下 LoRA − 全量微调 {gap_zh}。"
+      f"这里的实测(LoRA − 全量微调,中位数;{smallest:,} 个样本时 {SEEDS[smallest]} 个随机种子——只有种子范围不重叠时才算"
+      f"一方领先——{'、'.join(f'{n:,}' for n in one_seed)} 个样本时一个种子,噪声为差值的两个标准误,约 "
+      f"{noise_5[one_seed[0]]:.3f}):{gap_zh}。"
       f"论文的表 16 中 100 个样本时 LoRA 领先 {paper_gap:+.1f} 个百分点({PAPER_TABLE16['lora'][0]} 对 "
       f"{PAPER_TABLE16['full'][0]},GPT-3 在 MNLI 上,论文的数字);{agree_zh}。"
       + more_zh
-      + "标准误只反映了评分用的是哪些验证句子,不包括随机种子的影响:`loralab experiment data-size`(200 步,每步 16 句,"
+      + f"标准误只反映了评分用的是哪些验证句子,不包括随机种子的影响;{smallest:,} 个样本时种子的波动范围说明了,训练这么短时"
+      "单是随机种子就能让结果移动多少。`loralab experiment data-size`(200 步,每步 16 句,"
       "全部 872 个验证句子,三个随机种子)在 100 个 SST-2 句子上测得 LoRA 65.3、全量微调 61.8(中位数;LoRA 各种子在 "
       "63.1–67.2 之间),从 1,000 个起全量微调领先(docs/experiments.md)。"
       + ("(快速模式:微型随机模型——这些线说明不了数据量的影响。)" if S.quick else ""))
@@ -611,7 +684,7 @@ checks.equal("answer_6", answer_6, work["houlsby"][1] - work["base"][1],
              t("Houlsby extra FLOPs: by hand vs FlopCounterMode", "Houlsby 多出的 FLOPs:手算对比 FlopCounterMode"),
              t("2·tokens·L·2·(2·d·m)", "2·tokens·L·2·(2·d·m)"), "latency")
 
-run_small = by_size["LoRA"][smallest]
+run_small = by_size["LoRA"][smallest][0]
 # hint[en]: every step takes batch_size examples and the run takes S.recipe.steps steps; divide by the set's size (smallest).
 # hint[zh]: 每一步取 batch_size 个样本,共 S.recipe.steps 步;除以数据集大小(smallest)。
 answer_7 = S.recipe.steps * S.recipe.batch_size / smallest

@@ -140,18 +140,48 @@ def test_lesson_4_numbers(quick_lessons):
     assert ns["answer_5"] == 0
 
 
-def test_lesson_4_data_size(quick_lessons):
-    """Section 5: LoRA and full fine-tuning on nested subsets (16, 32 of the quick recipe's 48), the same steps."""
+def test_lesson_4_data_size(quick_lessons, quick_lessons_zh):
+    """Section 5: LoRA and full fine-tuning on nested subsets (16, 32 of the quick recipe's 48), the same steps;
+    three seeds at the smallest size (median and min–max), cached as `-s1`, `-s2` beside the seed-0 run."""
     ns = quick_lessons[4][0].namespace
-    assert ns["SIZES"] == (16, 32, 48)
-    for method in ("LoRA", "full"):
+    assert ns["SIZES"] == (16, 32, 48) and ns["SEEDS"] == {16: 3, 32: 1, 48: 1}
+    cache = ns["S"].cache
+    for method, name in (("LoRA", "sst2-lora-alpha16.0-r8"), ("full", "sst2-full")):
         runs = ns["by_size"][method]
-        assert all(len(run.losses) == 6 for run in runs.values())
-        assert [runs[n].settings.get("train_size") for n in (16, 32)] == [16, 32] and "train_size" not in runs[48].settings
-    assert ns["by_size"]["LoRA"][48] is ns["runs"]["LoRA r=8 (Wq, Wv)"]       # the recipe's whole set: section 1's run
-    assert ns["by_size"]["LoRA"][16].trainable == 2 * LAYERS * 8 * 2 * D + HEAD
+        assert [len(runs[n]) for n in (16, 32, 48)] == [3, 1, 1]
+        assert all(len(run.losses) == 6 for seeds in runs.values() for run in seeds)
+        assert [run.settings.get("train_size") for run in runs[16] + runs[32]] == [16, 16, 16, 32]
+        assert "train_size" not in runs[48][0].settings
+        assert [run.settings.get("seed") for run in runs[16]] == [None, 1, 2]     # seed 0 keeps the one-seed key
+        assert [run.folder.name for run in runs[16]] == [f"{name}-n16", f"{name}-n16-s1", f"{name}-n16-s2"]
+        assert all((cache / run.folder.name / "run.json").is_file() for run in runs[16])
+        assert runs[16][1].losses != runs[16][0].losses                  # another seed, another run
+        median, low, high = ns["spread"](method, 16)
+        accuracies = sorted(run.dev_accuracy for run in runs[16])
+        assert (low, median, high) == tuple(accuracies)
+    assert sorted(p.name for p in cache.glob("sst2-*-n*")) == sorted(
+        f"{name}-n{n}{s}" for name in ("sst2-lora-alpha16.0-r8", "sst2-full") for n, s in
+        (("16", ""), ("16", "-s1"), ("16", "-s2"), ("32", "")))
+    assert ns["by_size"]["LoRA"][48] == [ns["runs"]["LoRA r=8 (Wq, Wv)"]]     # the recipe's whole set: section 1's run
+    assert ns["by_size"]["LoRA"][16][2].trainable == 2 * LAYERS * 8 * 2 * D + HEAD
     assert ns["answer_7"] == 3.0 and ns["passes"][48] == 1.0
     assert ns["PAPER_TABLE16"]["lora"][0] == 63.8 and ns["PAPER_TABLE16"]["full"][0] == 60.2
+    # the verdict on the smallest set reads the seed ranges: ahead only when they do not overlap
+    (_, lora_low, lora_high), (_, full_low, full_high) = ns["spread"]("LoRA", 16), ns["spread"]("full", 16)
+    expected = "ahead" if lora_low > full_high else "behind" if lora_high < full_low else "within"
+    assert ns["leads_5"][16] == expected
+    zh = quick_lessons_zh[4][0].namespace
+    # the Chinese edition trains nothing: every seed's run is read back from the cache
+    assert all(run.reused for seeds in zh["by_size"]["full"].values() for run in seeds)
+    assert zh["leads_5"] == ns["leads_5"]
+
+
+def test_train_run_seed_changes_the_initialisation(quick_lessons):
+    """kit.train_run(seed=...): another head and dropout, the same cache layout; seed 0 is the one-seed run."""
+    ns = quick_lessons[4][0].namespace
+    s0, s1 = ns["by_size"]["LoRA"][16][:2]
+    assert s0.settings == {k: v for k, v in s1.settings.items() if k != "seed"} and s1.settings["seed"] == 1
+    assert s0.losses[0] != s1.losses[0]
 
 
 def test_subsets_are_nested_and_seeded():
