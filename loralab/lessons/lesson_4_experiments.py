@@ -409,7 +409,7 @@ S.say("Of the timed differences from the base, "
 # in miniature: LoRA r = 8 on Wq, Wv and full fine-tuning on 100, 300 and all 768 of the lessons' SST-2
 # training sentences (the 768 are section 1's runs, from the cache). The subsets are nested (the 100 lie
 # inside the 300), and every run takes the recipe's steps, so a small set is passed over several times: the
-# sizes differ in data, not in compute. At 100 each method trains with three seeds (the table shows the median
+# sizes differ in data, not in compute. At 100 each method trains with two seeds (the table shows the median
 # and the min–max), since one short run on 100 examples says little; the larger sizes have one seed each.
 # `loralab experiment data-size` runs the full-size version (100,
 # 1,000, 8,000 and all 67,349 sentences, three seeds on the small sets, prefix-tuning and adapters too).
@@ -424,7 +424,7 @@ S.say("Of the timed differences from the base, "
 # 都不低于全量微调——在 100 个样本时最明显。这里是缩小版:在课程 SST-2 训练句子中的 100 个、300 个和全部 768 个上,
 # 分别训练 Wq、Wv 上 r = 8 的 LoRA 和全量微调(768 个的就是第 1 节的训练,从缓存读取)。子集是嵌套的(那 100 个包含
 # 在 300 个里面),每次训练都用课程设置的步数,所以小数据集会被重复学习好几遍:各规模之间不同的是数据,不是计算量。
-# 在 100 个样本上每种方法用三个随机种子训练(表中给出中位数和最小–最大),因为 100 个样本上的一次短训练说明不了
+# 在 100 个样本上每种方法用两个随机种子训练(表中给出中位数和最小–最大),因为 100 个样本上的一次短训练说明不了
 # 多少;更大的规模各用一个种子。
 # `loralab experiment data-size` 运行完整规模的版本(100、1,000、8,000 和全部 67,349 个句子,小数据集用三个随机种子,
 # 还包括 Prefix-tuning 和 Adapter)。
@@ -440,10 +440,10 @@ prediction_1 = True             # the paper's finding: LoRA holds up at least as
 # %%
 ALL = S.recipe.train_sentences                         # 768 (quick mode: 48)
 SIZES = (16, 32, ALL) if S.quick else (100, 300, ALL)
-# Seeds per size: three at the smallest set, where one seed says least; one above (each more seed at a size costs
+# Seeds per size: two at the smallest set, where one seed says least; one above (each more seed at a size costs
 # ≈ 54 CPU s, full fine-tuning 36 and LoRA 18: lessons/README.md's timings). A seed changes the head's and the adapter's
 # initialisation, the dropout masks and the batch order, not the subset (kit.train_run).
-SEEDS = {n: (3 if n == SIZES[0] else 1) for n in SIZES}
+SEEDS = {n: (2 if n == SIZES[0] else 1) for n in SIZES}   # a third seed: lesson 4 past 5 minutes
 by_size = {"LoRA": {}, "full": {}}                     # method -> size -> runs, seed 0 first
 for n in SIZES:
     whole = n == ALL                                   # the recipe's whole training set: section 1's runs
