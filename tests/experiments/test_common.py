@@ -15,7 +15,7 @@ def result(name: str, skipped: bool) -> RunResult:
 
 
 def test_grid_meta_records_the_first_runs_settings_the_extras_and_the_reused_runs():
-    config = SimpleNamespace(model="tiny", data="sst2", train_limit=200, epochs=2.0, lr=1e-3)
+    config = SimpleNamespace(model="tiny", data="sst2", train_file=None, train_limit=200, epochs=2.0, lr=1e-3)
     specs = [RunSpec("r1", config), RunSpec("r8", SimpleNamespace(model="other", data="x"))]
     meta = grid_meta(True, specs, [result("r1", True), result("r8", False)], ["train_limit", "lr"],
                      metric="accuracy", seeds=1)
