@@ -12,6 +12,13 @@ configuration, and each LoRA configuration's best rate over full fine-tuning's (
 that paper's rule of thumb, LoRA's optimum about 10× full fine-tuning's; a best rate at the edge of its grid
 makes the ratio a bound, and the table says so. With seeds, medians over seeds. Runs train in child processes
 (their CPU time is recorded), quick ones in this process.
+
+On the user's own files (`--train-file`), the runs keep `loralab train`'s own schedule for such files
+(TrainConfig's defaults: every example, 3 epochs, the model's length limit; USER_FILE_TRAIN) instead of the
+builtin sets' 1-epoch subset, and the configuration `loralab train` uses with no flags (`default_config()`)
+also trains at train's default rate. The `train_default` table then answers "how far is a run
+with no flags from the best rate of the sweep" (issue 23's goal: within 1 point of accuracy or 0.01 of Pearson
+correlation).
 """
 from __future__ import annotations
 
@@ -20,12 +27,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from loralab.experiments.common import (RunSpec, data_fields, data_label, grid_meta, run_grid, seed_medians, seed_table,
-                                        select_runs, with_seeds)
+from loralab.experiments.common import (DataFiles, RunSpec, data_fields, data_label, grid_meta, run_grid, seed_medians,
+                                        seed_table, select_runs, with_seeds)
 from loralab.experiments.methods import METHOD_GRID
 from loralab.experiments.rank import ALPHA, metric_name, settings
 from loralab.experiments.report import ExperimentReport, Table, line_figure, write_experiment_report
-from loralab.training.config import TrainConfig
+from loralab.training.config import TrainConfig, train_field_default
 
 # `--data` may be the user's files (loralab.experiments.common.DataFiles): the runs read them as train does.
 TAKES_DATA_FILES = True
@@ -50,15 +57,38 @@ CONFIGS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
 QUICK_CONFIGS = ("lora", "lora-r1", "lora-all-r8", "full")
 # "LoRA Without Regret": LoRA's best learning rate is about this many times full fine-tuning's.
 PAPER_RATIO = 10.0
+# The runs on a user's files: `loralab train`'s schedule for them (TrainConfig's defaults), one thread each.
+USER_FILE_TRAIN: dict[str, Any] = dict(threads=1)
+# The goal for a run with no flags: its dev metric within this of the sweep's best (1 point of accuracy, 0.01
+# of Pearson correlation).
+DEFAULT_GAP_GOAL = 0.01
+
+
+def default_config() -> str:
+    """The configuration `loralab train` trains with no flags: the CONFIGS entry whose LoRA fields are
+    TrainConfig's default `lora` fields (one source of truth for train's default adapter)."""
+    wanted = train_field_default("lora")
+    return next(name for name, (method, options, _) in CONFIGS.items() if method == "lora" and options == wanted)
+
+
+def rates_of(name: str, quick: bool, data: str | DataFiles) -> tuple[float, ...]:
+    """The learning rates configuration `name` trains at; on a user's files train's default rate joins the grid
+    of the default configuration, so the sweep holds the run `loralab train` makes with no flags."""
+    rates, quick_rates = LEARNING_RATES[CONFIGS[name][0]]
+    chosen = quick_rates if quick else rates
+    if isinstance(data, DataFiles) and name == default_config():
+        chosen = tuple(sorted(set(chosen) | {train_field_default("lr")}))
+    return chosen
 
 
 def sweep_specs(quick: bool, data: str | None, model: str | None, out: Path) -> list[RunSpec]:
     model_spec, data_name, train = settings(quick, data, model, out)
+    if isinstance(data_name, DataFiles) and not quick:
+        train = dict(USER_FILE_TRAIN)
     specs = []
     for name in (QUICK_CONFIGS if quick else CONFIGS):
         method, options, columns = CONFIGS[name]
-        rates, quick_rates = LEARNING_RATES[method]
-        for lr in quick_rates if quick else rates:
+        for lr in rates_of(name, quick, data_name):
             fields = dict(train, lr=lr, model=model_spec, **data_fields(data_name), seed=0, eval_every=0,
                           checkpoint_every=0, progress=False)
             config = (TrainConfig(lora=dict(options), **fields) if method == "lora"
@@ -87,6 +117,24 @@ def ratio_rows(best: list[dict[str, Any]], grid: dict[str, list[float]]) -> list
                      "full_best_lr": full["best_lr"], "ratio": row["best_lr"] / full["best_lr"], "bound": bound,
                      "paper_ratio": PAPER_RATIO})
     return rows
+
+
+def train_default_row(base: dict[str, dict[str, Any]], medians: dict[str, float], metric: str,
+                      data_name: Any) -> dict[str, Any] | None:
+    """The run `loralab train` makes with no flags (default_config() at TrainConfig's default lr) against the best
+    rate of its configuration and the best run of the sweep; None when the sweep did not train it (builtin data sets,
+    or --runs left it out). base: {base run: info}; medians: {base run: dev metric (median over seeds)}."""
+    config, lr = default_config(), train_field_default("lr")
+    default = next((name for name, info in base.items() if info["config"] == config and info["lr"] == lr), None)
+    if default is None or not data_name.train_file:
+        return None
+    same = max((n for n, info in base.items() if info["config"] == config), key=lambda n: medians[n])
+    anywhere = max(base, key=lambda n: medians[n])
+    gap = medians[same] - medians[default]
+    return {"config": config, "default_lr": lr, f"dev_{metric}": medians[default],
+            "best_same_config_lr": base[same]["lr"], f"best_same_config_dev_{metric}": medians[same],
+            "gap": gap, "best_any_run": anywhere, f"best_any_dev_{metric}": medians[anywhere],
+            "gap_any": medians[anywhere] - medians[default], "goal_met": gap <= DEFAULT_GAP_GOAL}
 
 
 def _edge(lr: float, rates: list[float]) -> str | None:
@@ -137,6 +185,14 @@ def run(out: str | os.PathLike = "runs/experiments/lr-sweep", quick: bool = Fals
                             "paper_ratio: about 10x, the rule of 'LoRA Without Regret' (Thinking Machines, 2025). "
                             "bound: '=' both optima inside their grids; '>=' or '<=' the true ratio is at least or "
                             "at most this (a best rate at the edge of its grid); '?' both ways."))
+    default_row = train_default_row(base, medians, metric, data_name=specs[0].config)
+    if default_row is not None:
+        tables.append(Table("train_default", "`loralab train` with no flags against the sweep's best",
+                            list(default_row), [default_row],
+                            f"default: the run of {default_row['config']} at train's default rate "
+                            f"{default_row['default_lr']:g}; best_same_config: that configuration's best rate; "
+                            "best_any: the best run of the sweep. goal_met: within "
+                            f"{DEFAULT_GAP_GOAL:g} of best_same_config (issue 23: 1 point or 0.01 correlation)."))
     by_seed = seed_table(results, metric, ["config", "lr"])
     if by_seed is not None:
         tables.append(by_seed)

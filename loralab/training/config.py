@@ -367,6 +367,13 @@ def _scalar_fields() -> dict[str, tuple[type, bool]]:
     return found
 
 
+def train_field_default(name: str) -> Any:
+    """A TrainConfig field's default (what `loralab train` uses on a user's files where no flag sets it), read
+    from the dataclass without building a TrainConfig (which needs data)."""
+    spec = next(f for f in dataclasses.fields(TrainConfig) if f.name == name)
+    return spec.default_factory() if spec.default is dataclasses.MISSING else spec.default
+
+
 # Settings a resumed run may change, and why each is safe: the learning rate (the documented remedy after a
 # NaN stop; the schedule's shape is kept and scaled to it), the run's length (epochs, max_steps: a longer
 # run continues the same batch order and re-stretches the decay), evaluation, checkpoint and log cadence,

@@ -117,3 +117,40 @@ def test_data_fields_are_trains_fields(tmp_path: Path):
     assert DataFiles(str(train), str(dev)).task == "classification"   # train's default for a file
     with pytest.raises(LoraLabError, match="needs a --dev-file"):
         DataFiles(str(train), None)
+
+
+def test_lr_sweep_on_a_file_scores_train_with_no_flags_against_the_best_rate(tmp_path: Path, read_csv):
+    from loralab.training.config import train_field_default
+
+    default = f"lora-lr{train_field_default('lr'):g}"
+    train, dev = write_regression(tmp_path / "train.tsv", 40, 4), write_regression(tmp_path / "dev.tsv", 16, 5)
+    out = tmp_path / "lr-sweep"
+    code = main(["experiment", "lr-sweep", "--quick", "--runs", f"{default},lora-lr0.005", "--output", str(out),
+                 "--train-file", str(train), "--dev-file", str(dev), "--task", "regression"])
+    assert code == 0
+    pearson = {r["run"]: float(r["dev_pearson"]) for r in read_csv(out / "results.csv")}
+    assert set(pearson) == {default, "lora-lr0.005"}
+    (row,) = read_csv(out / "train_default.csv")
+    best = max(pearson, key=pearson.get)
+    assert (row["config"], float(row["default_lr"])) == ("lora", train_field_default("lr"))
+    assert float(row["dev_pearson"]) == pytest.approx(pearson[default])
+    assert float(row["best_same_config_dev_pearson"]) == pytest.approx(pearson[best])
+    assert float(row["gap"]) == pytest.approx(pearson[best] - pearson[default])
+    assert row["goal_met"] == str(pearson[best] - pearson[default] <= 0.01)
+
+
+def test_lr_sweep_on_a_file_keeps_trains_schedule_and_holds_the_no_flag_run(tmp_path: Path):
+    from loralab.experiments.lr_sweep import CONFIGS, LEARNING_RATES, default_config, sweep_specs
+    from loralab.training.config import train_field_default as default
+
+    train, dev = write_regression(tmp_path / "train.tsv", 4, 0), write_regression(tmp_path / "dev.tsv", 4, 1)
+    specs = sweep_specs(False, DataFiles(str(train), str(dev), "regression"), "some-model", tmp_path / "out")
+    for spec in specs:
+        c = spec.config
+        assert (c.epochs, c.train_limit, c.max_length, c.batch_size, c.threads) == \
+            (default("epochs"), default("train_limit"), default("max_length"), default("batch_size"), 1)
+    assert CONFIGS[default_config()][1] == default("lora")
+    rates = sorted(s.config.lr for s in specs if s.info["config"] == default_config())
+    assert rates == sorted(set(LEARNING_RATES["lora"][0]) | {default("lr")})
+    assert len(specs) == sum(len(LEARNING_RATES[m][0]) for m, _, _ in CONFIGS.values()) + \
+        (default("lr") not in LEARNING_RATES["lora"][0])
