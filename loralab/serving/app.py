@@ -60,23 +60,28 @@ class _CheckedRequest(Request):
 
     async def body(self) -> bytes:
         if not hasattr(self, "_body"):
-            limit = self.app.state.service.settings.max_body_bytes
-            declared = self.headers.get("content-length")
-            if declared is not None and (not declared.isdigit() or int(declared) > limit):
-                raise api.bad_request(f"the body is larger than this server's {limit} bytes")
-            chunks, size = [], 0
-            async for chunk in self.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise api.bad_request(f"the body is larger than this server's {limit} bytes")
-                chunks.append(chunk)
-            self._body = b"".join(chunks)
+            self._body = await read_limited_body(self, self.app.state.service.settings.max_body_bytes)
         return self._body
 
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
             self._json = api.parse_body(await self.body())
         return self._json
+
+
+async def read_limited_body(request: Request, limit: int) -> bytes:
+    """The request's body, refused with a 400 as soon as it is declared (Content-Length) or read longer than
+    `limit` bytes, so an oversized body is never held in memory (the single-process app and Ray's router)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise api.bad_request(f"the body is larger than this server's {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise api.bad_request(f"the body is larger than this server's {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def authorize(authorization: str | None, api_key: str | None) -> None:

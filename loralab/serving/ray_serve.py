@@ -44,7 +44,7 @@ from loralab.errors import LoraLabError
 from loralab.runtime.load import parse_adapter_specs
 from loralab.serving import api
 from loralab.serving.api import ApiError
-from loralab.serving.app import authorize, create_app
+from loralab.serving.app import authorize, create_app, read_limited_body
 from loralab.serving.service import Service
 from loralab.serving.settings import ServeSettings
 
@@ -129,7 +129,7 @@ class Router:
 
     async def __call__(self, request: Request) -> Response:
         try:
-            body = await self._body(request)
+            body = await read_limited_body(request, self.settings.max_body_bytes)
             if request.url.path.startswith("/v1/"):
                 authorize(request.headers.get("authorization"), self.settings.api_key)
             if request.url.path in HOT_LOADING:
@@ -156,19 +156,6 @@ class Router:
         response = StreamingResponse(_bodies(messages), status_code=start["status"])
         response.raw_headers = [(bytes(k), bytes(v)) for k, v in start.get("headers", ())]
         return response
-
-    async def _body(self, request: Request) -> bytes:
-        limit = self.settings.max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            raise api.bad_request(f"the body is larger than this server's {limit} bytes")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise api.bad_request(f"the body is larger than this server's {limit} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
 
     async def _model_id(self, body: bytes) -> str:
         """The adapter the body names ("" for the base model or a body that names none: any replica)."""
