@@ -1,0 +1,154 @@
+"""The server's decoding loop in-process, before vs after: torch's default linear kernel vs oneDNN's packed
+weights (loralab/generation/packed.py), in the same process, rounds alternating.
+
+    python -m benchmarks.decode                  # 3 loads × 2 paths, 3 rounds of 48 requests, 1 thread
+    python -m benchmarks.decode --quick          # 1 round of 16 requests: a smoke run
+    python -m benchmarks.decode --profile        # also the top ops of 5 decoding steps on each path
+
+The workload is `loralab serve`'s model thread without HTTP: builtin SmolLM2-135M-Instruct in fp32 with 8
+random r = 8 adapters on q_proj/v_proj (benchmarks/mixed.py), one BatchDecoder with 16 rows, the side-by-side's
+16 prompts (benchmarks/against_llama.py), greedy, exactly 32 new tokens per request; requests join as rows
+finish (their prefill included in the time), each row's adapters through the engine's own
+`adapters_context`. Loads: base (no adapter), 1 adapter (every row a0), 8 adapters (row i uses a(i mod 8)).
+Printed: generated tokens/s per load and path, after/before, and whether every request's tokens were equal
+on both paths. Other jobs on a shared machine weigh on both paths alike (rounds alternate); compare ratios
+within one run only.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):           # run as a script: make `benchmarks` and `loralab` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from benchmarks.against_llama import PROMPTS  # noqa: E402
+from benchmarks.run import write_json  # noqa: E402
+
+LOADS = ("base", "1 adapter", "8 adapters")
+PATHS = {"before (torch's kernel)": False, "after (packed)": True}
+
+
+def names_for(load: str, rows: int) -> list[str | None]:
+    """Each request's adapter under `load` (request i of `rows`)."""
+    if load == "base":
+        return [None] * rows
+    return ["a0"] * rows if load == "1 adapter" else [f"a{i % 8}" for i in range(rows)]
+
+
+def run_requests(model, tokenizer, prompts: list[list[int]], names: list[str | None], packed,
+                 batch: int = 16, tokens: int = 32) -> tuple[float, int, list[list[int]]]:
+    """Decode every prompt (request i with adapter names[i]) through one BatchDecoder; (seconds, generated
+    tokens, each request's tokens)."""
+    from loralab.generation import BatchDecoder, SamplingParams
+    from loralab.serving.engine import adapters_context
+
+    decoder = BatchDecoder(model, tokenizer, max_batch_size=batch, packed=packed,
+                           forward_context=lambda ids: adapters_context(model, [names[i] for i in ids]))
+    for i, prompt in enumerate(prompts):
+        decoder.add(i, prompt, SamplingParams(max_new_tokens=tokens, min_new_tokens=tokens))
+    out: list[list[int]] = [[] for _ in prompts]
+    start = time.perf_counter()
+    while decoder.has_work:
+        for step in decoder.step():
+            out[step.request_id].append(step.token_id)
+    return time.perf_counter() - start, sum(map(len, out)), out
+
+
+def profile_steps(model, tokenizer, prompt: list[int], packed, steps: int = 5, rows: int = 16) -> str:
+    """torch.profiler's top ops (self CPU time) of `steps` decoding steps of `rows` rows on adapter a0."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from loralab.generation import BatchDecoder, SamplingParams
+    from loralab.serving.engine import adapters_context
+
+    decoder = BatchDecoder(model, tokenizer, max_batch_size=rows, packed=packed,
+                           forward_context=lambda ids: adapters_context(model, ["a0"] * len(ids)))
+    for i in range(rows):
+        decoder.add(i, prompt, SamplingParams(max_new_tokens=100))
+    for _ in range(4):                                   # prefill and a few steps
+        decoder.step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            decoder.step()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=10)
+
+
+def table(results: dict) -> str:
+    before, after = PATHS
+    lines = [f"| load | {before} tokens/s | {after} tokens/s | after / before | same tokens |", "|---|---|---|---|---|"]
+    for load, r in results.items():
+        b, a = r["tokens_per_s"][before], r["tokens_per_s"][after]
+        lines.append(f"| {load} | {b:.1f} | {a:.1f} | {a / b:.2f}× | {r['same_tokens']} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="1 round of 16 requests per load and path")
+    parser.add_argument("--rounds", type=int, help="alternating rounds (default 3, quick 1)")
+    parser.add_argument("--requests", type=int, help="requests per round (default 48, quick 16)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--loads", nargs="+", choices=LOADS, default=list(LOADS))
+    parser.add_argument("--profile", action="store_true", help="print the top ops of 5 steps on each path")
+    parser.add_argument("--json", default=str(Path(__file__).parent / "results" / "decode-latest.json"))
+    args = parser.parse_args(argv)
+    rounds, requests = args.rounds or (1 if args.quick else 3), args.requests or (16 if args.quick else 48)
+    torch.set_num_threads(args.threads)
+    from benchmarks.mixed import MixedConfig, load_base, with_adapters
+
+    from loralab.generation.packed import PackedLinears
+    from loralab.models import load_tokenizer
+
+    load_avg = os.getloadavg()
+    model = with_adapters(load_base(MixedConfig("smollm2", adapters=8)), MixedConfig("smollm2", adapters=8))
+    tokenizer = load_tokenizer("smollm2-135m-instruct")
+    prompts = [tokenizer(PROMPTS[i % len(PROMPTS)])["input_ids"] for i in range(requests)]
+    shared = {label: PackedLinears(model, enabled=on) for label, on in PATHS.items()}
+    started = time.perf_counter()
+    pack_start = time.perf_counter()                     # the first packed forward packs: timed apart
+    run_requests(model, tokenizer, prompts[:1], [None], shared["after (packed)"], tokens=1)
+    pack_s = time.perf_counter() - pack_start
+    results: dict = {}
+    for load in args.loads:
+        names = names_for(load, requests)
+        seconds = {label: [] for label in PATHS}
+        count = {label: 0 for label in PATHS}
+        outputs: dict = {}
+        for turn in range(rounds):
+            order = list(PATHS) if turn % 2 == 0 else list(PATHS)[::-1]
+            for label in order:
+                spent, n, out = run_requests(model, tokenizer, prompts, names, shared[label])
+                seconds[label].append(spent)
+                count[label] += n
+                outputs[label] = out
+        same = sum(a == b for a, b in zip(*outputs.values()))
+        results[load] = {"tokens_per_s": {label: count[label] / sum(seconds[label]) for label in PATHS},
+                         "seconds": seconds, "same_tokens": f"{same}/{requests}",
+                         "median_round_s": {label: statistics.median(s) for label, s in seconds.items()}}
+        print(f"{load}: {results[load]['tokens_per_s']}", file=sys.stderr, flush=True)
+    text = table(results)
+    print(text)
+    if args.profile:
+        for label, packed in shared.items():
+            print(f"\n{label}: 5 decoding steps, 16 rows on a0\n" + profile_steps(model, tokenizer, prompts[0], packed))
+    report = {"results": results, "table": text, "threads": args.threads, "rounds": rounds, "requests": requests,
+              "first_packed_forward_s": pack_s, "packed_layers": shared["after (packed)"].layers,
+              "packed_bytes": shared["after (packed)"].packed_bytes(), "load_average_start": load_avg,
+              "load_average_end": os.getloadavg(), "total_seconds": time.perf_counter() - started}
+    write_json(Path(args.json), report)
+    print(f"\n{args.threads} thread(s), {rounds} round(s) of {requests} requests × 32 tokens per load and path, 16 rows; "
+          f"{report['packed_layers']} packed layers ({report['packed_bytes'] / 1e6:.0f} MB, first packed forward "
+          f"{pack_s:.2f} s); load average at start {load_avg}, at end {report['load_average_end']}; compare ratios "
+          "within one run only")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
