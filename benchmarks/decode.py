@@ -4,6 +4,7 @@ weights (loralab/generation/packed.py), in the same process, rounds alternating.
     python -m benchmarks.decode                  # 3 loads × 2 paths, 3 rounds of 48 requests, 1 thread
     python -m benchmarks.decode --quick          # 1 round of 16 requests: a smoke run
     python -m benchmarks.decode --profile        # also the top ops of 5 decoding steps on each path
+    python -m benchmarks.decode --server 60      # `loralab serve` with and without --no-packed-linears instead
 
 The workload is `loralab serve`'s model thread without HTTP: builtin SmolLM2-135M-Instruct in fp32 with 8
 random r = 8 adapters on q_proj/v_proj (benchmarks/mixed.py), one BatchDecoder with 16 rows, the side-by-side's
@@ -13,6 +14,11 @@ finish (their prefill included in the time), each row's adapters through the eng
 Printed: generated tokens/s per load and path, after/before, and whether every request's tokens were equal
 on both paths. Other jobs on a shared machine weigh on both paths alike (rounds alternate); compare ratios
 within one run only.
+
+`--server SECONDS`: two `loralab serve` processes on loopback (benchmarks/loadtest.py), one with
+`--no-packed-linears`, 16 closed-loop clients sending the same prompts greedily (32 tokens), the loads and
+the servers alternating in slices for SECONDS per load and server in all; every answer is compared with the
+offline greedy output of its adapter (or the base), as the load test does.
 """
 from __future__ import annotations
 
@@ -71,13 +77,73 @@ def profile_steps(model, tokenizer, prompt: list[int], packed, steps: int = 5, r
     decoder = BatchDecoder(model, tokenizer, max_batch_size=rows, packed=packed,
                            forward_context=lambda ids: adapters_context(model, ["a0"] * len(ids)))
     for i in range(rows):
-        decoder.add(i, prompt, SamplingParams(max_new_tokens=100))
+        decoder.add(i, prompt, SamplingParams(max_new_tokens=100, min_new_tokens=100))
     for _ in range(4):                                   # prefill and a few steps
         decoder.step()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
             decoder.step()
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=10)
+
+
+async def server_ab(seconds: float, threads: int, slices: int, log) -> dict:
+    """Generated tokens/s (and mismatches) of `loralab serve` with and without packed linears, per load."""
+    import contextlib
+    from dataclasses import replace
+
+    from benchmarks import loadtest
+
+    import loralab
+    from loralab.generation import BatchDecoder, SamplingParams
+
+    config = loadtest.LoadConfig(clients=16, threads=threads, seconds=seconds, slices=slices)
+    model, names, tokenizer, spec = loadtest.adapted("smollm2", config)
+    log("offline greedy references ...")
+    with torch.inference_mode():
+        reference = {(n, i): t for n in names[:8] for i, t in
+                     enumerate(loadtest.offline_texts(model, tokenizer, n, loadtest.PROMPTS, config.max_tokens))}
+        with loralab.disabled(model):
+            decoder = BatchDecoder(model, tokenizer, max_batch_size=16)
+            texts = {i: "" for i in range(len(loadtest.PROMPTS))}
+            for i, prompt in enumerate(loadtest.PROMPTS):
+                decoder.add(i, tokenizer(prompt)["input_ids"], SamplingParams(max_new_tokens=config.max_tokens))
+            while decoder.has_work:
+                for out in decoder.step():
+                    texts[out.request_id] += out.text
+        reference.update({(None, i): t for i, t in texts.items()})
+
+    def check(key, answer):
+        return answer["choices"][0]["text"] == reference[key], answer["usage"]["completion_tokens"]
+    pools = {"base": [None], "1 adapter": names[:1], "8 adapters": names[:8]}
+    tallies = {(path, load): loadtest.Tally(latencies=[], error_samples=[]) for path in PATHS for load in pools}
+    part = replace(config, seconds=seconds / slices)
+    async with contextlib.AsyncExitStack() as stack:
+        servers = {path: (await stack.enter_async_context(loadtest.serving(
+            model, spec, replace(config, packed_linears=on), "causal-lm")))[0] for path, on in PATHS.items()}
+        for turn in range(slices):
+            for load, pool in pools.items():
+                for path in (list(PATHS) if turn % 2 == 0 else list(PATHS)[::-1]):
+                    def make(rng, pool=pool):
+                        adapter, i = rng.choice(pool), rng.randrange(len(loadtest.PROMPTS))
+                        return "/v1/completions", {"model": adapter or spec, "prompt": loadtest.PROMPTS[i],
+                                                   "temperature": 0, "max_tokens": config.max_tokens}, (adapter, i)
+                    log(f"server, {load}, {path}, part {turn + 1}/{slices} ...")
+                    tallies[path, load].add(await loadtest.run_clients(servers[path].url, replace(
+                        part, seed=config.seed + turn), make, check))
+    return {load: {path: tallies[path, load].summary() for path in PATHS} for load in pools}
+
+
+def server_table(results: dict) -> str:
+    before, after = PATHS
+    lines = [f"| load | {before} tokens/s | {after} tokens/s | after / before | p50 / p99 s before | p50 / p99 s after "
+             "| errors | mismatches |", "|---|---|---|---|---|---|---|---|"]
+    for load, r in results.items():
+        b, a = r[before], r[after]
+        lines.append(f"| {load} | {b['tokens_per_s']:.1f} | {a['tokens_per_s']:.1f} | "
+                     f"{a['tokens_per_s'] / b['tokens_per_s']:.2f}× | {b['p50_s']:.2f} / {b['p99_s']:.2f} | "
+                     f"{a['p50_s']:.2f} / {a['p99_s']:.2f} | {b['errors'] + a['errors']} | "
+                     f"{b['mismatches'] + a['mismatches']} |")
+    return "\n".join(lines)
 
 
 def table(results: dict) -> str:
@@ -97,10 +163,27 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--loads", nargs="+", choices=LOADS, default=list(LOADS))
     parser.add_argument("--profile", action="store_true", help="print the top ops of 5 steps on each path")
+    parser.add_argument("--server", type=float, metavar="SECONDS", help="the `loralab serve` comparison instead: "
+                        "SECONDS per load and server")
+    parser.add_argument("--slices", type=int, default=2, help="--server: alternations per load (default 2)")
     parser.add_argument("--json", default=str(Path(__file__).parent / "results" / "decode-latest.json"))
     args = parser.parse_args(argv)
     rounds, requests = args.rounds or (1 if args.quick else 3), args.requests or (16 if args.quick else 48)
     torch.set_num_threads(args.threads)
+    if args.server:
+        import asyncio
+
+        log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+        load_avg = os.getloadavg()
+        results = asyncio.run(server_ab(args.server, args.threads, args.slices, log))
+        text = server_table(results)
+        print(text)
+        write_json(Path(args.json), {"server": results, "table": text, "threads": args.threads,
+                                     "load_average_start": load_avg, "load_average_end": os.getloadavg()})
+        print(f"\n`loralab serve --threads {args.threads}`, 16 clients, {args.server:g} s per load and server in "
+              f"{args.slices} slices; load average at start {load_avg}, at end {os.getloadavg()}; compare ratios "
+              "within one run only")
+        return 0
     from benchmarks.mixed import MixedConfig, load_base, with_adapters
 
     from loralab.generation.packed import PackedLinears
