@@ -6,17 +6,19 @@
 
 Why: a decoding step multiplies a few rows (B ≤ 32 tokens) by every weight of the model, and on this
 project's CPU (AMD EPYC, AVX-512, one thread) torch's default fp32 GEMM reaches 35-40 GFLOP/s on those
-shapes while oneDNN's, given the weight once in its own blocked layout, reaches about 80 (SmolLM2-135M, 16 rows:
-the LM head 576→49,152 takes 24 ms against 11.6 ms; docs/serving.md has the whole-step numbers). The
+shapes while oneDNN's, given the weight once in its own blocked layout, reaches about 80 (SmolLM2-135M,
+16 rows: the LM head 576→49,152 takes 24 ms against 11.6 ms; docs/serving.md has the whole-step numbers). The
 weight is reordered once (`torch.ops.mkldnn._reorder_linear_weight`, about 0.1 s for the 113 MB LM head)
 and kept beside the original: **the packed copy costs the layers' fp32 bytes again**.
 
 Only while the block is entered, and only for layers of exactly `nn.Linear` (a LoRA-wrapped layer's base, a
 task head, the LM head; never a QuantizedLinear or another subclass) with fp32 or bf16 weights on the CPU,
-the layer's `forward` is replaced on the instance; leaving the block restores it. LoRA factors, attention
-and everything else run as before, so adapters, per-row plans and merges are untouched. A weight changed
-since it was packed (another tensor, storage or in-place version: a merge, an optimizer step) is repacked
-on its next call, so a packed forward always computes with the current weights.
+the layer's `forward` is replaced on the instance; leaving the block restores it (and an instance `forward`
+someone else had set). A call that needs autograd (grad enabled and the input or the weight requiring it)
+or whose input has another dtype or device takes torch's own path. LoRA factors, attention and everything
+else run as before, so adapters, per-row plans and merges are untouched. A weight changed since it was
+packed (another tensor, storage or in-place version: a merge, an optimizer step) is repacked on its next
+call, so a packed forward always computes with the current weights.
 
 Numbers: the same products summed in another order, so a logit differs from torch's default kernel by
 float rounding only (≤ 1e-5 relative on the tests' models, `tests/generation/test_packed.py`); greedy
@@ -65,8 +67,10 @@ class _Packed:
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., in_features) -> (..., out_features), the layer's dtype."""
-        if x.dtype != self.layer.weight.dtype or x.device.type != "cpu":
-            return nn.Linear.forward(self.layer, x)
+        w = self.layer.weight
+        if x.dtype != w.dtype or x.device.type != "cpu" or (torch.is_grad_enabled() and (x.requires_grad or
+                                                                                         w.requires_grad)):
+            return nn.Linear.forward(self.layer, x)      # the packed kernel has no autograd: torch's path
         return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.current(), self.layer.bias, "none", [], "")
 
 

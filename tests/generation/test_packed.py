@@ -3,6 +3,7 @@ adapters, per-row mixes, merges after packing), only inside the block and only o
 BatchDecoder's greedy tokens are the same packed or not, with rows joining and leaving mid-decode."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 from pathlib import Path
 
@@ -96,6 +97,22 @@ def test_a_weight_changed_after_packing_is_repacked():
     with torch.no_grad():
         model.lm_head.weight.mul_(1.5)                   # LLaMA ties it to the embeddings: both change
     assert close(logits(model, inputs, packed), logits(model, inputs)) < 1e-5
+
+
+def test_gradients_through_a_packed_block_equal_torch_s():
+    """Calls that need autograd take torch's path (the packed kernel has no backward); calls that do not
+    (frozen weight, input without grad: the first layer's bases) may run packed: the LoRA gradients agree."""
+    model = adapted()
+    loralab.set_adapter(model, "a")
+    inputs = tiny_inputs(model, batch=2, seq=4)
+    factors = [p for n, p in model.named_parameters() if p.requires_grad]
+    grads = []
+    for packed in (None, PackedLinears(model)):
+        model.zero_grad()
+        with one_thread(), (packed or contextlib.nullcontext()):
+            model(**inputs).logits.square().mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in factors]))
+    assert 0 < packed.packed_bytes() and close(grads[1], grads[0]) < 1e-5
 
 
 def test_off_and_what_is_not_packed():
