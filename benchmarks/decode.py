@@ -6,7 +6,9 @@ weights (loralab/generation/packed.py), in the same process, rounds alternating.
     python -m benchmarks.decode --profile        # also the top ops of 5 decoding steps on each path
     python -m benchmarks.decode --server 60      # `loralab serve` with and without --no-packed-linears instead
 
-The workload is `loralab serve`'s model thread without HTTP: builtin SmolLM2-135M-Instruct in fp32 with 8
+Before is this branch's starting point: torch's linear kernel and `per_row_adapters` walking the model's
+modules around every forward (its cache dropped before each); after: packed linears and the walk kept
+(loralab/adapters/per_row.py). The workload is `loralab serve`'s model thread without HTTP: builtin SmolLM2-135M-Instruct in fp32 with 8
 random r = 8 adapters on q_proj/v_proj (benchmarks/mixed.py), one BatchDecoder with 16 rows, the side-by-side's
 16 prompts (benchmarks/against_llama.py), greedy, exactly 32 new tokens per request; requests join as rows
 finish (their prefill included in the time), each row's adapters through the engine's own
@@ -52,11 +54,15 @@ def run_requests(model, tokenizer, prompts: list[list[int]], names: list[str | N
                  batch: int = 16, tokens: int = 32) -> tuple[float, int, list[list[int]]]:
     """Decode every prompt (request i with adapter names[i]) through one BatchDecoder; (seconds, generated
     tokens, each request's tokens)."""
+    from loralab.adapters.per_row import ROW_MODULES_ATTR
     from loralab.generation import BatchDecoder, SamplingParams
     from loralab.serving.engine import adapters_context
 
-    decoder = BatchDecoder(model, tokenizer, max_batch_size=batch, packed=packed,
-                           forward_context=lambda ids: adapters_context(model, [names[i] for i in ids]))
+    def context(ids):
+        if not packed.enabled:                           # before: per_row_adapters walked the model every forward
+            model.__dict__.pop(ROW_MODULES_ATTR, None)
+        return adapters_context(model, [names[i] for i in ids])
+    decoder = BatchDecoder(model, tokenizer, max_batch_size=batch, packed=packed, forward_context=context)
     for i, prompt in enumerate(prompts):
         decoder.add(i, prompt, SamplingParams(max_new_tokens=tokens, min_new_tokens=tokens))
     out: list[list[int]] = [[] for _ in prompts]
@@ -226,7 +232,8 @@ def main(argv=None) -> int:
               "packed_bytes": shared["after (packed)"].packed_bytes(), "load_average_start": load_avg,
               "load_average_end": os.getloadavg(), "total_seconds": time.perf_counter() - started}
     write_json(Path(args.json), report)
-    print(f"\n{args.threads} thread(s), {rounds} round(s) of {requests} requests × 32 tokens per load and path, 16 rows; "
+    print(f"\n{args.threads} thread(s), {rounds} round(s) of {requests} requests × 32 tokens per load and path, "
+          "16 rows; "
           f"{report['packed_layers']} packed layers ({report['packed_bytes'] / 1e6:.0f} MB, first packed forward "
           f"{pack_s:.2f} s); load average at start {load_avg}, at end {report['load_average_end']}; compare ratios "
           "within one run only")

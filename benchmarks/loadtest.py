@@ -82,7 +82,9 @@ class ServerProcess:
         self.port = free_port()
         args = [sys.executable, "-m", "loralab", "serve", "--model", model, "--task", task, "--port", str(self.port),
                 "--max-batch-size", str(config.max_batch_size), "--threads", str(config.threads),
-                "--max-queue", "1024", "--log-level", "warning"] + ([] if config.packed_linears else ["--no-packed-linears"])
+                "--max-queue", "1024", "--log-level", "warning"]
+        if not config.packed_linears:
+            args.append("--no-packed-linears")
         for name, path in adapters.items():
             args += ["--adapter", f"{name}={path}"]
         env = {**os.environ, "PYTHONPATH": str(REPO)}
