@@ -165,8 +165,8 @@ class BatchDecoder:
     (decoding and pad id). max_batch_size: the most running rows (None: no limit); requests beyond it
     wait in arrival order. forward_context: see the module docstring. eos_token_ids: tokens that end a
     request (default: the tokenizer's EOS). packed: the model's plain linears through oneDNN's packed-weight
-    kernel inside every forward (loralab.generation.packed; about 1.7× faster decoding steps on a CPU, at the
-    cost of a packed copy of those weights): None (default) where oneDNN is available, False off, or a
+    kernel inside every forward (loralab.generation.packed; 1.2–1.7× the tokens/s on a CPU in
+    benchmarks/decode.py, at the cost of a packed copy of those weights): None (default) where oneDNN is available, False off, or a
     PackedLinears to share one packed copy between decoders.
     """
 
