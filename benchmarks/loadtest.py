@@ -52,6 +52,7 @@ class LoadConfig:
     threads: int = 2
     seed: int = 0
     slices: int = 4            # generation: the 8-adapter and 1-adapter loads alternate in this many parts each
+    packed_linears: bool = True    # False: the server runs with --no-packed-linears (benchmarks/decode.py --server)
 
 
 def free_port() -> int:
@@ -82,6 +83,8 @@ class ServerProcess:
         args = [sys.executable, "-m", "loralab", "serve", "--model", model, "--task", task, "--port", str(self.port),
                 "--max-batch-size", str(config.max_batch_size), "--threads", str(config.threads),
                 "--max-queue", "1024", "--log-level", "warning"]
+        if not config.packed_linears:
+            args.append("--no-packed-linears")
         for name, path in adapters.items():
             args += ["--adapter", f"{name}={path}"]
         env = {**os.environ, "PYTHONPATH": str(REPO)}

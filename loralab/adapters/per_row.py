@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 
 from torch import nn
 
-from loralab.adapters.state import TrainableCopy, adapter_state, lora_layers
+from loralab.adapters.state import STATE_ATTR, TrainableCopy, adapter_state, lora_layers
 from loralab.core.lora import LoraLayer
 from loralab.core.rows import RowPlan, reserve_slots, slots_of, write_slots
 from loralab.errors import LoraLabError
@@ -38,9 +38,9 @@ def per_row_adapters(model: nn.Module, names: Sequence[str | None], strategy: st
     declare `per_row`, and nesting; inside the block, `delete_adapter` of an adapter some row uses (those
     rows would silently get the base model's output).
     """
-    found = [(name, m) for name, m in model.named_modules() if isinstance(m, (LoraLayer, TrainableCopy))]
+    found = _row_modules(model)
     plan = _checked_plan(model, names, strategy, [(n, m) for n, m in found if isinstance(m, LoraLayer)])
-    layers = [module for _, module in found]         # one walk: this runs around every decoding step
+    layers = [module for _, module in found]
     if any(module.row_plan is not None for module in layers):
         raise LoraLabError("per_row_adapters blocks cannot nest; leave the outer block first")
     for module in layers:
@@ -50,6 +50,26 @@ def per_row_adapters(model: nn.Module, names: Sequence[str | None], strategy: st
     finally:
         for module in layers:
             module.row_plan = None
+
+
+ROW_MODULES_ATTR = "_row_modules"
+
+
+def _row_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, module) of every LoraLayer and TrainableCopy. This runs around every decoding step, and walking
+    a model's modules is a few % of a small model's step, so the walk is kept on the model while its adapters
+    are the same config objects: every loralab operation that adds or removes these modules (inject, load,
+    delete, combine, merge_and_unload) changes `adapter_state(model).configs`, and the cache holds the config
+    objects it was made for (compared by identity, so a new config never passes for an old one)."""
+    state = getattr(model, STATE_ATTR, None)
+    key = tuple(state.configs.items()) if state is not None else ()
+    cached = model.__dict__.get(ROW_MODULES_ATTR)
+    if cached is not None and len(cached[0]) == len(key) and all(
+            name == old_name and config is old_config for (name, config), (old_name, old_config) in zip(key, cached[0])):
+        return cached[1]
+    found = [(name, m) for name, m in model.named_modules() if isinstance(m, (LoraLayer, TrainableCopy))]
+    model.__dict__[ROW_MODULES_ATTR] = (key, found)
+    return found
 
 
 def _checked_plan(model: nn.Module, names: Sequence[str | None], strategy: str | None,

@@ -64,6 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds an unload waits for the adapter's running requests (default: %(default)s)")
     add_runtime_arguments(parser)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice; on --ray, 1 per replica)")
+    parser.add_argument("--no-packed-linears", dest="packed_linears", action="store_false",
+                        help="decode with torch's default linear kernel instead of oneDNN's packed weights (which "
+                             "are faster on a CPU and hold a second copy of the base's linear weights)")
     scale = parser.add_argument_group("scaling out on Ray Serve (pip install 'loralab[ray]'; docs/serving.md)")
     scale.add_argument("--ray", action="store_true",
                        help="serve as a Ray Serve application: --replicas copies of this server behind a router that "
@@ -85,7 +88,8 @@ def settings_from_args(args: argparse.Namespace):
         "max_cold_loads_per_second")}
     return ServeSettings(model=args.model, adapters=parse_adapter_specs(args.adapter), task=args.task,
                          served_name=args.served_model_name, host=args.host, port=args.port, api_key=args.api_key,
-                         adapter_root=args.adapter_root, threads=args.threads, **runtime_fields(args), **limits)
+                         adapter_root=args.adapter_root, threads=args.threads, packed_linears=args.packed_linears,
+                         **runtime_fields(args), **limits)
 
 
 def passive_openmp(environ: MutableMapping[str, str] = os.environ) -> bool:

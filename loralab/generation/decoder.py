@@ -42,6 +42,7 @@ from torch import nn
 from loralab.data.batching import pad_token_id_for
 from loralab.errors import LoraLabError
 from loralab.generation import cache as kv
+from loralab.generation.packed import PackedLinears
 from loralab.generation.params import SamplingParams
 from loralab.generation.sampling import (RowSettings, apply_frequency_presence, apply_repetition_penalty, draw_uniforms,
                                          sample_tokens, token_logprobs)
@@ -163,11 +164,15 @@ class BatchDecoder:
     model: a transformers causal LM (LoRA-injected or not), in eval mode. tokenizer: its tokenizer
     (decoding and pad id). max_batch_size: the most running rows (None: no limit); requests beyond it
     wait in arrival order. forward_context: see the module docstring. eos_token_ids: tokens that end a
-    request (default: the tokenizer's EOS).
+    request (default: the tokenizer's EOS). packed: the model's plain linears through oneDNN's packed-weight
+    kernel inside every forward (loralab.generation.packed; 1.2–1.7× the tokens/s on a CPU in
+    benchmarks/decode.py, at the cost of a packed copy of those weights): None (default) where oneDNN is available, False off, or a
+    PackedLinears to share one packed copy between decoders.
     """
 
     def __init__(self, model: nn.Module, tokenizer: Any, max_batch_size: int | None = None,
-                 forward_context: ForwardContext | None = None, eos_token_ids: Iterable[int] | None = None) -> None:
+                 forward_context: ForwardContext | None = None, eos_token_ids: Iterable[int] | None = None,
+                 packed: bool | PackedLinears | None = None) -> None:
         if max_batch_size is not None and max_batch_size < 1:
             raise LoraLabError(f"max_batch_size must be at least 1, got {max_batch_size}")
         self.model = model
@@ -179,6 +184,7 @@ class BatchDecoder:
         self.context_length = context_length(model)
         self.vocab_size = model.get_input_embeddings().num_embeddings
         self.device = next(model.parameters()).device
+        self.packed = packed if isinstance(packed, PackedLinears) else PackedLinears(model, enabled=packed)
         accepted = inspect.signature(model.forward).parameters
         self._cache_arg = "cache" if "cache" in accepted else "past_key_values"
         self._extra = {"logits_to_keep": 1} if "logits_to_keep" in accepted else {}
@@ -264,7 +270,7 @@ class BatchDecoder:
     def _forward(self, row_ids: list[Hashable], input_ids: torch.Tensor, mask: torch.Tensor,
                  positions: torch.Tensor, cache: Any) -> torch.Tensor:
         """The model's last-position logits (B, V) as float32."""
-        with self.forward_context(row_ids):
+        with self.forward_context(row_ids), self.packed:
             out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                              **{self._cache_arg: cache}, use_cache=True, **self._extra)
         return out.logits[:, -1].float()

@@ -41,6 +41,7 @@ import loralab
 from loralab.adapters.state import STATE_ATTR
 from loralab.data.batching import PadCollator
 from loralab.generation import BatchDecoder
+from loralab.generation.packed import PackedLinears
 from loralab.serving.api import ApiError
 from loralab.serving.telemetry import Metrics
 
@@ -195,16 +196,19 @@ class GenerationJob:
 class GenerationEngine(ModelWorker):
     """Continuous batching over a causal LM, one mixed-adapter decoding step at a time."""
 
-    def __init__(self, model: nn.Module, tokenizer: Any, max_batch_size: int, max_queue: int, metrics: Metrics):
+    def __init__(self, model: nn.Module, tokenizer: Any, max_batch_size: int, max_queue: int, metrics: Metrics,
+                 packed: bool | None = None):
         super().__init__(model, max_queue, metrics, name="loralab-generation")
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
+        # one packed copy of the base linears for every decoder this engine makes (fail_all makes a new one)
+        self.packed = PackedLinears(model, enabled=packed, rows_hint=min(max_batch_size, 32))
         self._rows: dict[Hashable, GenerationJob] = {}     # decoder request id -> its job
         self.decoder = self._new_decoder()
 
     def _new_decoder(self):
         return BatchDecoder(self.model, self.tokenizer, max_batch_size=self.max_batch_size,
-                            forward_context=self._context)
+                            forward_context=self._context, packed=self.packed)
 
     def _context(self, row_ids: list[Hashable]):
         names = [self._rows[r].adapter for r in row_ids]

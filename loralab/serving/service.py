@@ -155,7 +155,8 @@ class Service:
         self._encode_lock = threading.Lock()            # request threads encode with their own tokenizer copy
         self._encoder = copy.deepcopy(tokenizer)
         if self.generative:
-            self.engine = GenerationEngine(model, tokenizer, settings.max_batch_size, settings.max_queue, self.metrics)
+            self.engine = GenerationEngine(model, tokenizer, settings.max_batch_size, settings.max_queue, self.metrics,
+                                           packed=None if settings.packed_linears else False)
         else:
             self.engine = ClassifierEngine(model, pad_token_id_for(tokenizer), settings.max_batch_size,
                                            settings.max_queue, self.metrics, regression=label_map.regression)

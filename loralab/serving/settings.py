@@ -41,6 +41,9 @@ class ServeSettings:
         the adapter's running requests. threads: torch threads (None: torch's default).
     device, dtype, quantize: where the model runs and how its frozen weights are stored, as on `loralab train`
         (loralab.precision; "auto" picks a GPU when there is one); adapters stay fp32 in every case.
+    packed_linears: decode with the base's plain linears through oneDNN's packed-weight kernel on a CPU
+        (loralab.generation.packed: faster steps, a second copy of those weights in memory); False: torch's
+        default kernel.
     """
 
     model: str | None = None
@@ -68,6 +71,7 @@ class ServeSettings:
     device: str = "auto"
     dtype: str = "fp32"
     quantize: str = "none"
+    packed_linears: bool = True
 
     def __post_init__(self) -> None:
         self.api_key = _api_key(self.api_key)

@@ -271,3 +271,26 @@ def test_deleting_an_adapter_that_rows_of_a_running_block_use_is_refused():
     assert loralab.list_adapters(model) == ["a", "b"]
     loralab.delete_adapter(model, "a")                     # after the block
     assert loralab.list_adapters(model) == ["b"]
+
+
+def test_the_walk_is_kept_while_the_adapters_are_the_same_and_redone_when_they_change():
+    from loralab.adapters.per_row import ROW_MODULES_ATTR
+
+    model = model_with_adapters("llama")
+    ids = tiny_inputs(model, batch=2, seq=4, seed=5)["input_ids"]
+    with loralab.per_row_adapters(model, ["a", "b"]):
+        pass
+    kept = model.__dict__[ROW_MODULES_ATTR]
+    with loralab.per_row_adapters(model, ["b", None]):
+        pass
+    assert model.__dict__[ROW_MODULES_ATTR] is kept                   # no second walk
+    loralab.delete_adapter(model, "a")                                 # the same name again, on other layers
+    loralab.inject(model, LoraConfig(r=3, targets=["lm_head"]), adapter="a")     # a layer no adapter wrapped yet
+    fill_adapter(model, "a", seed=11)
+    names = ["a", "c"]
+    with torch.no_grad(), loralab.per_row_adapters(model, names):
+        got = model(input_ids=ids).logits
+    assert model.__dict__[ROW_MODULES_ATTR] is not kept
+    with torch.no_grad():
+        torch.testing.assert_close(got, rows_alone(model, names, {"input_ids": ids}), **TOL)
+    assert any(name == "lm_head" for name, _ in model.__dict__[ROW_MODULES_ATTR][1])

@@ -76,3 +76,16 @@ def test_thread_table_gives_busy_over_idle():
     assert math.isnan(threads.ratio(1.0, 0.0))
     assert threads.Setting(2, "PASSIVE").env()["OMP_WAIT_POLICY"] == "PASSIVE"
     assert "OMP_WAIT_POLICY" not in threads.Setting(2).env() and threads.Setting(1).label == "threads=1"
+
+
+def test_decode_benchmark_loads_and_tables():
+    from benchmarks import decode
+
+    assert decode.names_for("base", 3) == [None] * 3 and decode.names_for("1 adapter", 2) == ["a0", "a0"]
+    assert decode.names_for("8 adapters", 10) == [f"a{i % 8}" for i in range(10)]
+    before, after = decode.PATHS
+    text = decode.table({"base": {"tokens_per_s": {before: 50.0, after: 80.0}, "same_tokens": "48/48"}})
+    assert text.splitlines()[-1] == "| base | 50.0 | 80.0 | 1.60× | 48/48 |"
+    row = {"tokens_per_s": 40.0, "p50_s": 1.0, "p99_s": 2.0, "errors": 0, "mismatches": 1}
+    server = decode.server_table({"1 adapter": {before: row, after: {**row, "tokens_per_s": 60.0, "mismatches": 0}}})
+    assert server.splitlines()[-1] == "| 1 adapter | 40.0 | 60.0 | 1.50× | 1.00 / 2.00 | 1.00 / 2.00 | 0 | 1 |"

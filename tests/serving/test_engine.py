@@ -8,6 +8,7 @@ import threading
 
 import httpx
 import pytest
+from torch import nn
 
 from tests.serving.over_http import stream_lines, streamed_text, wait_until
 
@@ -103,3 +104,28 @@ def test_a_classify_request_that_breaks_a_mixed_forward_fails_alone(start_server
     for got, want in zip(pos.json()["data"], alone):
         assert got["label"] == want["label"] and got["probs"] == pytest.approx(want["probs"], abs=1e-5)
     assert engine.queued == 0
+
+
+def test_the_engine_decodes_with_packed_linears_unless_turned_off(start_server, lm_files):
+    """The model thread's forwards run the base's nn.Linear layers through oneDNN's packed kernel (one packed copy
+    for every decoder the engine makes); --no-packed-linears gives the same greedy text with torch's kernel."""
+    from loralab.generation.packed import packing_available
+
+    base, adapters = lm_files
+    on = start_server(model=str(base), served_name="base", adapters=adapters)
+    off = start_server(model=str(base), served_name="base", adapters=adapters, packed_linears=False)
+    engine = on.service.engine
+    assert off.service.engine.packed.layers == 0
+    if not packing_available():
+        assert engine.packed.layers == 0
+        return
+    linears = [m for m in on.service.model.modules() if type(m) is nn.Linear]
+    assert engine.packed.layers == len(linears) > 0 and engine.decoder.packed is engine.packed
+    texts = {}
+    for server in (on, off):
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            texts[server is on] = [c.post("/v1/completions", json={"model": model, "prompt": "the cat sat",
+                                                                   "max_tokens": 8, "temperature": 0}).json()
+                                   ["choices"][0]["text"] for model in ("base", *adapters)]
+    assert texts[True] == texts[False] and len(set(texts[True])) > 1
+    assert engine.packed.packed_bytes() > 0                 # packed on the first request

@@ -147,3 +147,7 @@ def test_serve_run_options_become_settings(store):
     assert settings.adapters == {"x": root / ADAPTERS[0]}
     with pytest.raises(LoraLabError, match="unknown option 'modle'"):
         ray_serve.settings_from_options({"modle": "m"})
+    assert settings.packed_linears
+    assert not ray_serve.settings_from_options({"model": str(base), "packed-linears": "false"})[0].packed_linears
+    with pytest.raises(LoraLabError, match="'packed-linears' must be true or false"):
+        ray_serve.settings_from_options({"model": str(base), "packed-linears": "maybe"})

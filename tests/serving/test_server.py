@@ -65,6 +65,9 @@ def test_command_line_flags_become_settings(tmp_path, monkeypatch):
     assert settings.model == "smollm2-135m-instruct" and list(settings.adapters) == ["a", "b"]
     assert (settings.port, settings.max_batch_size, settings.max_queue, settings.max_tokens) == (9001, 8, 5, 64)
     assert settings.adapter_root == tmp_path.resolve() and settings.api_key == "k" and settings.host == "127.0.0.1"
+    assert settings.packed_linears
+    off = build_parser().parse_args(["serve", "--model", "m", "--no-packed-linears"])
+    assert not settings_from_args(off).packed_linears
     monkeypatch.setenv("LORALAB_API_KEY", "from-env")
     assert ServeSettings(model="m").api_key == "from-env"
 
