@@ -146,6 +146,16 @@ def _full_encoder(run_folder: Path, model_spec: str) -> nn.Module:
     return encoder.eval()
 
 
+def base_probe(model_spec: str, quick: bool, log: Callable[[str], None] = print) -> tuple[Any, list[Example], float]:
+    """(the base's tokenizer, the probe pairs, the base encoder's probe AUC — "AUC before"), logged in one line.
+    Call it inside `one_thread()` with the measurements after fine-tuning."""
+    pairs = probe_pairs(quick)
+    encoder, tokenizer = base_encoder(model_spec)
+    before = paraphrase_auc(encoder, tokenizer, pairs)
+    log(f"probe: base encoder's {PROBE} {PROBE_SPLIT} paraphrase AUC {before:.4f} ({len(pairs)} pairs)")
+    return tokenizer, pairs, before
+
+
 # method of the grid -> how its fine-tuned encoder is loaded from a finished run folder
 ENCODER_LOADERS: dict[str, Callable[[Path, str], nn.Module]] = {"lora": _lora_encoder, "full": _full_encoder}
 
@@ -224,11 +234,8 @@ def run(out: str | os.PathLike = "runs/experiments/forgetting", quick: bool = Fa
     results = run_grid(specs, out / "runs", log=log)
     metric = metric_name(results)
     model_spec = specs[0].config.model
-    pairs = probe_pairs(quick)
     with one_thread():
-        encoder, tokenizer = base_encoder(model_spec)
-        before = paraphrase_auc(encoder, tokenizer, pairs)
-        log(f"probe: base encoder's {PROBE} {PROBE_SPLIT} paraphrase AUC {before:.4f} ({len(pairs)} pairs)")
+        tokenizer, pairs, before = base_probe(model_spec, quick, log)
         rows = []
         for result in results:
             after = auc_after(result, model_spec, tokenizer, pairs)
@@ -273,5 +280,5 @@ def run(out: str | os.PathLike = "runs/experiments/forgetting", quick: bool = Fa
     return report
 
 
-__all__ = ["ENCODER_LOADERS", "base_encoder", "forgetting_specs", "paraphrase_auc", "pareto_front",
+__all__ = ["ENCODER_LOADERS", "base_encoder", "base_probe", "forgetting_specs", "paraphrase_auc", "pareto_front",
            "probe_pairs", "roc_auc", "run", "sentence_embeddings"]
