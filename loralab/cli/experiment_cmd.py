@@ -60,6 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--forgetting-dir", default=None, metavar="DIR",
                         help="intruders: the forgetting experiment's output folder whose runs it reads (default: "
                              "forgetting beside --output); missing runs are trained there")
+    parser.add_argument("--scales", type=lambda t: [float(x) for x in _names(t)], default=None, metavar="S,S",
+                        help="intruders: the scales of the intruder directions to measure, each in [0, 1] "
+                             "(default 1,0.5,0; 1, the trained model, is always included)")
     parser.add_argument("--dims", type=lambda t: [int(x) for x in _names(t)], default=None, metavar="D,D",
                         help="intrinsic-dim: the subspace dimensions d to sweep")
     # no argparse choices: an unknown task is LoraLabError's one line (exit 2), not a usage screen
@@ -98,6 +101,6 @@ def run(args: argparse.Namespace) -> int:
     with grid_runtime(**runtime_fields(args)):
         run_experiment(args.name, out=out, quick=args.quick, data=experiment_data(args), model=args.model,
                        seeds=args.seeds, runs=args.runs, dims=args.dims, max_steps=args.max_steps,
-                       forgetting_dir=args.forgetting_dir)
+                       forgetting_dir=args.forgetting_dir, scales=args.scales)
     print(f"wrote {out}: results.csv, results.json, results.md, figures/, report.html")
     return 0

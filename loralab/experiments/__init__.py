@@ -75,6 +75,7 @@ def run_experiment(name: str, out: str | os.PathLike | None = None, quick: bool 
         raise LoraLabError(f"experiment {name} takes a builtin --data name, not --train-file; "
                            f"{', '.join(takers)} take files")
     given = {k: v for k, v in options.items() if v is not None}
+    getattr(module, "check_options", lambda **_: None)(**given)     # an experiment's own values: before any folder
     out, inputs = out or os.path.join("runs", "experiments", name), [model] if model else []
     inputs += [path for path in (getattr(data, "train_file", None), getattr(data, "dev_file", None)) if path]
     # Every folder the experiment writes is checked before any is created, so a refusal leaves nothing behind.

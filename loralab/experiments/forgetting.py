@@ -160,18 +160,27 @@ def base_probe(model_spec: str, quick: bool, log: Callable[[str], None] = print)
 ENCODER_LOADERS: dict[str, Callable[[Path, str], nn.Module]] = {"lora": _lora_encoder, "full": _full_encoder}
 
 
-def auc_after(result: RunResult, model_spec: str, tokenizer: Any, pairs: Sequence[Example]) -> float:
-    """The fine-tuned encoder's probe AUC; kept in the run folder (FORGETTING_FILE) and read back when there."""
-    path = result.folder / FORGETTING_FILE
+def saved_auc_after(run_folder: Path, pairs: Sequence[Example]) -> float | None:
+    """The probe AUC `auc_after` kept in a run folder for this many pairs, or None (reads only)."""
+    path = run_folder / FORGETTING_FILE
     if path.is_file():
         saved = json.loads(path.read_text(encoding="utf-8"))
         if saved.get("pairs") == len(pairs):
             return float(saved["auc_after"])
+    return None
+
+
+def auc_after(result: RunResult, model_spec: str, tokenizer: Any, pairs: Sequence[Example]) -> float:
+    """The fine-tuned encoder's probe AUC; kept in the run folder (FORGETTING_FILE) and read back when there."""
+    saved = saved_auc_after(result.folder, pairs)
+    if saved is not None:
+        return saved
     method = result.info["method"]
     encoder = ENCODER_LOADERS[choose(method, ENCODER_LOADERS, "method of the forgetting experiment")](
         result.folder, model_spec)
     auc = paraphrase_auc(encoder, tokenizer, pairs)
-    write_json(path, {"auc_after": auc, "probe": f"{PROBE} {PROBE_SPLIT}", "pairs": len(pairs)})
+    write_json(result.folder / FORGETTING_FILE, {"auc_after": auc, "probe": f"{PROBE} {PROBE_SPLIT}",
+                                                 "pairs": len(pairs)})
     return auc
 
 
@@ -281,4 +290,4 @@ def run(out: str | os.PathLike = "runs/experiments/forgetting", quick: bool = Fa
 
 
 __all__ = ["ENCODER_LOADERS", "base_encoder", "base_probe", "forgetting_specs", "paraphrase_auc", "pareto_front",
-           "probe_pairs", "roc_auc", "run", "sentence_embeddings"]
+           "probe_pairs", "roc_auc", "run", "saved_auc_after", "sentence_embeddings"]

@@ -26,8 +26,8 @@ evaluation and one probe (3,000 sentences) per measured model.
 """
 from __future__ import annotations
 
-import copy
 import json
+import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -39,7 +39,7 @@ from loralab.adapters.operations import merge_and_unload
 from loralab.analysis.base import base_weights
 from loralab.analysis.deltas import deltas_from_adapter
 from loralab.analysis.intruders import (DEFAULT_K, DEFAULT_THRESHOLD, ModuleIntruders, WeightSlice,
-                                        scale_model_intruders, slices_of)
+                                        check_intruder_scale, scale_model_intruders, slices_of)
 from loralab.data.batching import PadCollator, pad_token_id_for
 from loralab.data.encoding import encode_examples
 from loralab.data.labels import LABELS_FILENAME, LabelMap
@@ -47,7 +47,8 @@ from loralab.errors import LoraLabError, choose
 from loralab.experiments.common import (RunResult, RunSpec, grid_meta, one_thread, run_grid, select_runs, spread,
                                         with_seeds)
 from loralab.experiments.folders import claim_experiment_folder
-from loralab.experiments.forgetting import PROBE, PROBE_SPLIT, base_probe, forgetting_specs, paraphrase_auc
+from loralab.experiments.forgetting import (PROBE, PROBE_SPLIT, base_probe, forgetting_specs, paraphrase_auc,
+                                            saved_auc_after)
 from loralab.experiments.rank import metric_name
 from loralab.experiments.report import ExperimentReport, Table, scatter_figure, write_experiment_report
 from loralab.experiments.targets import lora_targets
@@ -67,6 +68,12 @@ SCALES = (1.0, 0.5, 0.0)        # 1: the trained model; 0: intruders removed (PE
 K = DEFAULT_K                   # top singular vectors examined (PEFT's top_k)
 THRESHOLD = DEFAULT_THRESHOLD   # ε on max |cos| (PEFT's threshold_epsilon)
 MEASURED = "measured"           # <out>/measured/<run>.json: a run's counts and per-scale numbers
+
+
+def check_options(scales: Sequence[float] | None = None, **_: object) -> None:
+    """One line for a scale outside [0, 1] (run_experiment calls this before any folder is made)."""
+    for scale in scales or ():
+        check_intruder_scale(scale, "--scales")
 
 
 def shared_folders(out: Path, forgetting_dir: str | os.PathLike | None = None, **_: object) -> list[Path]:
@@ -145,44 +152,62 @@ class _Probe:
         return {f"dev_{self.metric}": dev, "auc_after": after, "forgetting": self.before - after}
 
 
-def _settings(probe: _Probe, scales: Sequence[float]) -> dict[str, Any]:
-    return {"k": K, "threshold": THRESHOLD, "scales": list(scales), "probe_pairs": len(probe.pairs),
-            "dev_examples": len(probe.dev)}
+def _settings(probe: _Probe) -> dict[str, Any]:
+    return {"k": K, "threshold": THRESHOLD, "probe_pairs": len(probe.pairs), "dev_examples": len(probe.dev)}
 
 
-def measure_run(result: RunResult, spec: RunSpec, probe: _Probe, out: Path,
-                scales: Sequence[float] = SCALES, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """{"intruders": per-matrix ModuleIntruders dicts, "scales": {str(scale): measure()}} of one run, kept in
-    <out>/measured/<run>.json and read back when its settings match."""
-    path = out / MEASURED / f"{result.name}.json"
-    settings = _settings(probe, scales)
-    saved = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    if saved.get("settings") == settings and len(saved.get("scales", {})) == len(scales):
-        return saved
-    method = result.info["method"]
-    model, slices = MODEL_LOADERS[choose(method, MODEL_LOADERS, "method of the intruders experiment")](
-        result.folder, spec)
-    label_map = _label_map(result.folder)
-    weights = probe.base_weights([s.module for s in slices])
-    found = scale_model_intruders(model, weights, 1.0, K, THRESHOLD, slices)      # counts only: scale 1 changes nothing
-    total = sum(m.count for m in found)
-    data = {"settings": settings, "intruders": [m.to_dict() for m in found],
-            "intruders_Wq_Wv": sum(m.count for m in found if m.module in probe.qv_names), "scales": {}}
-    trained = None
-    for scale in sorted(scales, reverse=True):
-        if scale == 1 or total == 0:
-            trained = trained or probe.measure(model, label_map)
-            numbers = dict(trained, measured=scale == 1)
+class Measured:
+    """One run's numbers, kept in <out>/measured/<run>.json (written after each step, read back when its
+    settings match): "intruders" (ModuleIntruders dicts), "intruders_Wq_Wv", "scales": {str(scale): numbers}."""
+
+    def __init__(self, result: RunResult, spec: RunSpec, probe: _Probe, out: Path):
+        self.result, self.spec, self.probe = result, spec, probe
+        self.path = out / MEASURED / f"{result.name}.json"
+        saved = json.loads(self.path.read_text(encoding="utf-8")) if self.path.is_file() else {}
+        self.data = saved if saved.get("settings") == _settings(probe) else {"settings": _settings(probe),
+                                                                           "scales": {}}
+
+    def _model(self) -> tuple[nn.Module, list[WeightSlice], LabelMap | None, dict[str, Any]]:
+        method = self.result.info["method"]
+        model, slices = MODEL_LOADERS[choose(method, MODEL_LOADERS, "method of the intruders experiment")](
+            self.result.folder, self.spec)
+        return model, slices, _label_map(self.result.folder), self.probe.base_weights([s.module for s in slices])
+
+    @property
+    def intruders(self) -> list[ModuleIntruders]:
+        """Every changed matrix's intruders (counted once, on the merged model)."""
+        if "intruders" not in self.data:
+            model, slices, _, weights = self._model()
+            found = scale_model_intruders(model, weights, 1.0, K, THRESHOLD, slices)    # scale 1 changes nothing
+            self.data.update(intruders=[m.to_dict() for m in found],
+                             intruders_Wq_Wv=sum(m.count for m in found if m.module in self.probe.qv_names))
+            write_json(self.path, self.data)
+        return [ModuleIntruders(**m) for m in self.data["intruders"]]
+
+    def at(self, scale: float, log: Callable[[str], None] = print) -> dict[str, Any]:
+        """The dev metric, AUC after and forgetting of the model mitigated at `scale`, with where they came from:
+        "run" (scale 1: the run's own dev score and forgetting.json), "merged" (measured on the merged, possibly
+        mitigated model), "copied" (no intruder: scale 1's numbers)."""
+        key = str(float(scale))
+        if key in self.data["scales"]:
+            return self.data["scales"][key]
+        metric, total = self.probe.metric, sum(m.count for m in self.intruders)
+        saved = saved_auc_after(self.result.folder, self.probe.pairs) if scale == 1 else None
+        dev_run = self.result.metric(metric)
+        if saved is not None and math.isfinite(dev_run):      # the run scored the same dev split
+            numbers = {f"dev_{metric}": dev_run, "auc_after": saved, "forgetting": self.probe.before - saved,
+                       "source": "run"}
+        elif scale != 1 and total == 0:
+            numbers = dict(self.at(1.0, log), source="copied")
         else:
-            mitigated = copy.deepcopy(model)
-            scale_model_intruders(mitigated, weights, scale, K, THRESHOLD, slices)
-            numbers = dict(probe.measure(mitigated, label_map), measured=True)
-            del mitigated
-        data["scales"][str(float(scale))] = numbers
-        write_json(path, data)          # after each scale: an interrupted run keeps what it measured
-        log(f"    {result.name} ×{scale:g}: {total} intruders, dev {probe.metric} "
-            f"{numbers[f'dev_{probe.metric}']:.4f}, forgetting {numbers['forgetting']:+.4f}")
-    return data
+            model, slices, label_map, weights = self._model()
+            scale_model_intruders(model, weights, scale, K, THRESHOLD, slices)
+            numbers = dict(self.probe.measure(model, label_map), source="merged")
+        self.data["scales"][key] = numbers
+        write_json(self.path, self.data)
+        log(f"    {self.result.name} ×{scale:g}: {total} intruders, dev {metric} {numbers[f'dev_{metric}']:.4f}, "
+            f"forgetting {numbers['forgetting']:+.4f} ({numbers['source']})")
+        return numbers
 
 
 # --------------------------------------------------------------------------------------------------
@@ -208,10 +233,14 @@ def _summary(rows: Sequence[dict[str, Any]], columns: Sequence[str], keys: Seque
 
 def run(out: str | os.PathLike = "runs/experiments/intruders", quick: bool = False, data: str | None = None,
         model: str | None = None, log: Callable[[str], None] = print, seeds: int | None = None,
-        runs: list[str] | None = None, forgetting_dir: str | os.PathLike | None = None) -> ExperimentReport:
+        runs: list[str] | None = None, forgetting_dir: str | os.PathLike | None = None,
+        scales: Sequence[float] | None = None) -> ExperimentReport:
     """Read (or train) the forgetting experiment's runs, count each one's intruder dimensions, measure the
-    mitigated models at every scale in SCALES, write the report. seeds, runs: as the forgetting experiment's."""
+    mitigated models at every scale (default SCALES; 1 is always included), write the report. seeds, runs: as
+    the forgetting experiment's."""
     out = Path(out)
+    check_options(scales=scales)
+    scales = sorted({1.0, *(float(s) for s in (scales or SCALES))}, reverse=True)
     forgetting_dir = claim_experiment_folder(shared_folders(out, forgetting_dir)[0], [model] if model else [])
     specs = with_seeds(select_runs(forgetting_specs(quick, data, model, forgetting_dir), runs), seeds or 1)
     results = run_grid(specs, forgetting_dir / "runs", log=log)
@@ -221,25 +250,31 @@ def run(out: str | os.PathLike = "runs/experiments/intruders", quick: bool = Fal
     with one_thread():
         tokenizer, pairs, before = base_probe(model_spec, quick, log)
         probe = _Probe(specs[0], _label_map(results[0].folder), tokenizer, pairs, before, metric)
-        for spec, result in zip(specs, results):
-            measured = measure_run(result, spec, probe, out, log=log)
-            found = [ModuleIntruders(**m) for m in measured["intruders"]]
-            info = {"run": result.name, "base_run": result.info["base_run"], "seed": result.info["seed"],
-                    **{k: result.info[k] for k in ("method", "targets", "r")}}
-            scale_one = measured["scales"][str(1.0)]
-            rows.append({**info, "matrices": len(found), "intruders": sum(m.count for m in found),
-                         "intruders_Wq_Wv": measured["intruders_Wq_Wv"],
-                         "matrices_with_intruders": sum(1 for m in found if m.count),
-                         "min_max_cosine": min(min(m.max_cosine) for m in found),
-                         f"dev_{metric}_run": result.metric(metric)})
-            for scale in SCALES:
-                numbers = measured["scales"][str(float(scale))]
-                mitigation.append({**info, "scale": scale, "intruders": rows[-1]["intruders"],
-                                   f"dev_{metric}": numbers[f"dev_{metric}"], "auc_after": numbers["auc_after"],
-                                   "forgetting": numbers["forgetting"],
-                                   f"d_dev_{metric}": numbers[f"dev_{metric}"] - scale_one[f"dev_{metric}"],
-                                   "d_forgetting": numbers["forgetting"] - scale_one["forgetting"],
-                                   "measured": numbers["measured"]})
+        measured = [Measured(result, spec, probe, out) for spec, result in zip(specs, results)]
+        for run_numbers in measured:
+            found = run_numbers.intruders
+            log(f"    {run_numbers.result.name}: {sum(m.count for m in found)} intruders in {len(found)} matrices")
+        for scale in sorted(scales, key=lambda s: (s != 1, s)):    # 1 (cheap), then the strongest mitigation first
+            for run_numbers in measured:
+                run_numbers.at(scale, log)
+    for run_numbers in measured:
+        result, found = run_numbers.result, run_numbers.intruders
+        info = {"run": result.name, "base_run": result.info["base_run"], "seed": result.info["seed"],
+                **{k: result.info[k] for k in ("method", "targets", "r")}}
+        scale_one = run_numbers.at(1.0)
+        rows.append({**info, "matrices": len(found), "intruders": sum(m.count for m in found),
+                     "intruders_Wq_Wv": run_numbers.data["intruders_Wq_Wv"],
+                     "matrices_with_intruders": sum(1 for m in found if m.count),
+                     "min_max_cosine": min(min(m.max_cosine) for m in found),
+                     f"dev_{metric}_run": result.metric(metric)})
+        for scale in scales:
+            numbers = run_numbers.at(scale)
+            mitigation.append({**info, "scale": scale, "intruders": rows[-1]["intruders"],
+                               f"dev_{metric}": numbers[f"dev_{metric}"], "auc_after": numbers["auc_after"],
+                               "forgetting": numbers["forgetting"],
+                               f"d_dev_{metric}": numbers[f"dev_{metric}"] - scale_one[f"dev_{metric}"],
+                               "d_forgetting": numbers["forgetting"] - scale_one["forgetting"],
+                               "source": numbers["source"]})
     many = (seeds or 1) > 1
     count_summary = _summary(rows, ["intruders", "intruders_Wq_Wv", "matrices_with_intruders"], [])
     for s in count_summary:
@@ -259,14 +294,16 @@ def run(out: str | os.PathLike = "runs/experiments/intruders", quick: bool = Fal
     mitigation_note = (f"scale s: each intruder component σ_j·u_j·v_jᵀ of the merged weight multiplied by s "
                        f"(1: the trained model, merged). forgetting = AUC before − after, {PROBE.upper()} "
                        f"{PROBE_SPLIT} paraphrase ROC-AUC of the mean-pooled embeddings ({len(pairs)} pairs; AUC "
-                       f"before = {before:.4f}). d_*: the value minus the same run's at scale 1. measured = False: "
-                       f"the run has no intruder, so the model equals scale 1's and its numbers are copied.")
+                       f"before = {before:.4f}). d_*: the value minus the same run's at scale 1. source: run = the run's own "
+                       f"numbers (dev score from metrics.json, AUC after from forgetting.json: scale 1 is the trained "
+                       f"model), merged = measured on the merged (mitigated) model, copied = the run has no intruder, "
+                       f"so the model equals scale 1's.")
     tables = [Table("intruders", "Intruder dimensions, each run",
                     ["run", "method", "targets", "r", "seed", "matrices", "intruders", "intruders_Wq_Wv",
                      "matrices_with_intruders", "min_max_cosine", f"dev_{metric}_run"], rows, definition),
               Table("mitigation", "Intruders scaled at merge time, each run and scale",
                     ["run", "method", "targets", "r", "seed", "scale", "intruders", f"dev_{metric}", "auc_after",
-                     "forgetting", f"d_dev_{metric}", "d_forgetting", "measured"], mitigation, mitigation_note),
+                     "forgetting", f"d_dev_{metric}", "d_forgetting", "source"], mitigation, mitigation_note),
               Table("intruders_summary", "Intruders per configuration" + (" over seeds (median, min, max)" if many
                                                                           else ""),
                     ["run", "method", "targets", "r", "seeds", "matrices",
@@ -278,7 +315,7 @@ def run(out: str | os.PathLike = "runs/experiments/intruders", quick: bool = Fal
                      *[f"{c}_{k}" for c in (f"dev_{metric}", "forgetting", f"d_dev_{metric}", "d_forgetting")
                        for k in ("median", "min", "max")]], scale_summary, mitigation_note)]
     meta = grid_meta(quick, specs, results, ["train_limit", "dev_limit", "epochs", "batch_size", "max_length"],
-                     metric=metric, seeds=seeds or 1, k=K, threshold=THRESHOLD, scales=list(SCALES),
+                     metric=metric, seeds=seeds or 1, k=K, threshold=THRESHOLD, scales=scales,
                      probe=f"{PROBE} {PROBE_SPLIT}", probe_pairs=len(pairs), auc_before=before,
                      forgetting_runs=str(forgetting_dir / "runs"))
     report = ExperimentReport("intruders", "Experiment: intruder dimensions (Shuttleworth et al. 2024)",
@@ -289,4 +326,4 @@ def run(out: str | os.PathLike = "runs/experiments/intruders", quick: bool = Fal
     return report
 
 
-__all__ = ["MODEL_LOADERS", "SCALES", "measure_run", "run", "shared_folders"]
+__all__ = ["MODEL_LOADERS", "SCALES", "Measured", "run", "shared_folders"]
