@@ -6,7 +6,6 @@ import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -14,7 +13,7 @@ from loralab.analysis.base import base_weights, load_base_model
 from loralab.analysis.deltas import load_deltas
 from loralab.analysis.intruders import adapter_intruders
 from loralab.experiments import run_experiment
-from loralab.experiments.intruders import K, SCALES, THRESHOLD
+from loralab.experiments.intruders import SCALES, THRESHOLD, K
 
 needs_data = pytest.mark.needs_shared_data("glue/SST-2/train.tsv", "glue/SST-2/dev.tsv", "glue/MRPC/dev.tsv")
 
