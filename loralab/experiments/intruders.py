@@ -246,7 +246,7 @@ def run(out: str | os.PathLike = "runs/experiments/intruders", quick: bool = Fal
     results = run_grid(specs, forgetting_dir / "runs", log=log)
     metric = metric_name(results)
     model_spec = specs[0].config.model
-    rows, mitigation = [], []
+    rows, mitigation, where = [], [], []
     with one_thread():
         tokenizer, pairs, before = base_probe(model_spec, quick, log)
         probe = _Probe(specs[0], _label_map(results[0].folder), tokenizer, pairs, before, metric)
@@ -262,6 +262,10 @@ def run(out: str | os.PathLike = "runs/experiments/intruders", quick: bool = Fal
         info = {"run": result.name, "base_run": result.info["base_run"], "seed": result.info["seed"],
                 **{k: result.info[k] for k in ("method", "targets", "r")}}
         scale_one = run_numbers.at(1.0)
+        where.extend({**info, "matrix": m.name, "ranks": " ".join(map(str, m.indices)),
+                      "max_cosine": " ".join(f"{m.max_cosine[j - 1]:.3f}" for j in m.indices),
+                      "sigma": " ".join(f"{m.singular_values[j - 1]:.3g}" for j in m.indices)}
+                     for m in found if m.count)
         rows.append({**info, "matrices": len(found), "intruders": sum(m.count for m in found),
                      "intruders_Wq_Wv": run_numbers.data["intruders_Wq_Wv"],
                      "matrices_with_intruders": sum(1 for m in found if m.count),
@@ -304,6 +308,10 @@ def run(out: str | os.PathLike = "runs/experiments/intruders", quick: bool = Fal
               Table("mitigation", "Intruders scaled at merge time, each run and scale",
                     ["run", "method", "targets", "r", "seed", "scale", "intruders", f"dev_{metric}", "auc_after",
                      "forgetting", f"d_dev_{metric}", "d_forgetting", "source"], mitigation, mitigation_note),
+              Table("intruder_matrices", "Where the intruders are: each matrix with one, each run",
+                    ["run", "method", "targets", "r", "seed", "matrix", "ranks", "max_cosine", "sigma"], where,
+                    "ranks: 1-based among the top k singular vectors of the fine-tuned matrix; max_cosine: each one's "
+                    "largest |cosine| with W0's left singular vectors; sigma: its singular value."),
               Table("intruders_summary", "Intruders per configuration" + (" over seeds (median, min, max)" if many
                                                                           else ""),
                     ["run", "method", "targets", "r", "seeds", "matrices",

@@ -44,6 +44,9 @@ def test_counts_match_the_analysis_of_each_adapter(quick):
     expected = adapter_intruders(deltas, base_weights(base, [d.module for d in deltas]))
     assert lora["intruders"] == sum(m.count for m in expected) > 0       # merged weights, as analyze counts them
     assert lora["intruders_Wq_Wv"] == lora["intruders"]
+    where = results["tables"]["intruder_matrices"]["rows"]
+    assert len(where) == sum(row["matrices_with_intruders"] for row in rows.values())
+    assert sorted(w["matrix"] for w in where if w["run"] == "lora-qv-r2") == sorted(m.name for m in expected if m.count)
     full = rows["full"]
     assert full["matrices"] == 13                        # 2 × (q, k, v, o, FFN in, FFN out) + the pooler
     assert 0 <= full["intruders_Wq_Wv"] <= full["intruders"] <= full["matrices"] * K
