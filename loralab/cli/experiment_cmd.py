@@ -7,6 +7,8 @@
     loralab experiment data-size                         # LoRA vs full FT, prefix, adapters on 100 .. all examples
     loralab experiment intrinsic-dim --dims 100,1000     # random-subspace training (Fastfood) on MRPC, d90
     loralab experiment variants --data sst2              # LoRA, rsLoRA, DoRA, PiSSA, LoRA+ at one budget on SST-2
+    loralab experiment intruders --forgetting-dir runs/experiments/forgetting --seeds 3
+                                                         # intruder dimensions of the forgetting runs, scaled down
     loralab experiment lr-sweep --train-file train.tsv --dev-file dev.tsv --task regression
                                                          # the sweep on your own files, read as train reads them
 
@@ -55,6 +57,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train every run with seeds 0..N-1 and report median, min, max (the paper: median of 5)")
     parser.add_argument("--runs", type=_names, default=None, metavar="NAME,NAME",
                         help="train and report only these runs of the experiment's grid (e.g. r1,r4 or lora,full)")
+    parser.add_argument("--forgetting-dir", default=None, metavar="DIR",
+                        help="intruders: the forgetting experiment's output folder whose runs it reads (default: "
+                             "forgetting beside --output); missing runs are trained there")
+    parser.add_argument("--scales", type=lambda t: [float(x) for x in _names(t)], default=None, metavar="S,S",
+                        help="intruders: the scales of the intruder directions to measure, each in [0, 1] "
+                             "(default 1,0.5,0; 1, the trained model, is always included)")
     parser.add_argument("--dims", type=lambda t: [int(x) for x in _names(t)], default=None, metavar="D,D",
                         help="intrinsic-dim: the subspace dimensions d to sweep")
     # no argparse choices: an unknown task is LoraLabError's one line (exit 2), not a usage screen
@@ -92,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.output or f"runs/experiments/{args.name}"
     with grid_runtime(**runtime_fields(args)):
         run_experiment(args.name, out=out, quick=args.quick, data=experiment_data(args), model=args.model,
-                       seeds=args.seeds, runs=args.runs, dims=args.dims, max_steps=args.max_steps)
+                       seeds=args.seeds, runs=args.runs, dims=args.dims, max_steps=args.max_steps,
+                       forgetting_dir=args.forgetting_dir, scales=args.scales)
     print(f"wrote {out}: results.csv, results.json, results.md, figures/, report.html")
     return 0

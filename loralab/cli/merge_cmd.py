@@ -12,6 +12,10 @@ format) and reports the error that adds. The adapter records how the base it tra
 NF4-trained adapter) prints how far the merged weights are from the trained model's, measured, and an adapter
 without the record (PEFT's, older loralab's) is said to have an unknown training precision.
 
+`--reduce-intruders SCALE` scales the intruder dimensions of each merged weight (singular vectors of W0 + ΔW
+among its top --intruder-k whose largest |cosine| with W0's is below --intruder-threshold; Shuttleworth et al.
+2024) by SCALE before saving: 0 removes them, 1 is the plain merge (loralab.analysis.intruders).
+
 `--to gguf` writes one GGUF model file for llama.cpp and Ollama from a GGUF base (a builtin GGUF model or a
 .gguf file): the base file with the adapted matrices replaced by W0 + ΔW (fp32 or fp16), every other tensor
 and all metadata copied unchanged (loralab.formats.gguf_merge)."""
@@ -52,6 +56,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--to", choices=MERGE_FORMATS, default="folder",
                         help="folder: a transformers model folder; gguf: one GGUF model file for llama.cpp / Ollama, "
                              "from a GGUF base (default: folder)")
+    parser.add_argument("--reduce-intruders", type=float, default=None, metavar="SCALE",
+                        help="scale each merged weight's intruder dimensions (singular vectors of W0 + ΔW unlike "
+                             "every one of W0) by SCALE in [0, 1]: 0 removes them, 1 is the plain merge")
+    parser.add_argument("--intruder-k", type=int, default=None, metavar="K",
+                        help="with --reduce-intruders: top singular vectors of W0 + ΔW examined (default 10)")
+    parser.add_argument("--intruder-threshold", type=float, default=None, metavar="EPS",
+                        help="with --reduce-intruders: a singular vector is an intruder when its max |cosine| to "
+                             "W0's is below EPS (default 0.5)")
     parser.add_argument("--dtype", choices=("fp32", "fp16"), default=None,
                         help="with --to gguf: how the merged matrices are stored; the others keep the base's "
                              "quantization (default: fp32)")
@@ -97,11 +109,33 @@ def _output(args: argparse.Namespace) -> Path:
     return Path(args.output)
 
 
+def _intruder_settings(args: argparse.Namespace) -> tuple[float, int, float] | None:
+    """(scale, k, ε) of --reduce-intruders, checked (one line each), or None without it."""
+    from loralab.analysis.intruders import DEFAULT_K, DEFAULT_THRESHOLD, check_intruder_scale, check_intruder_settings
+
+    given = [flag for flag, value in (("--intruder-k", args.intruder_k),
+                                      ("--intruder-threshold", args.intruder_threshold)) if value is not None]
+    if args.reduce_intruders is None:
+        if given:
+            raise LoraLabError(f"{given[0]} sets how --reduce-intruders SCALE finds intruders: add "
+                               "--reduce-intruders SCALE, or drop it")
+        return None
+    if args.to == "gguf" or args.quantize or args.requantize:
+        flag = "--to gguf" if args.to == "gguf" else "--quantize" if args.quantize else "--requantize"
+        raise LoraLabError(f"--reduce-intruders scales the weights of a full-precision merged folder; drop {flag}")
+    check_intruder_scale(args.reduce_intruders, "--reduce-intruders")
+    k = DEFAULT_K if args.intruder_k is None else args.intruder_k
+    threshold = DEFAULT_THRESHOLD if args.intruder_threshold is None else args.intruder_threshold
+    check_intruder_settings(k, threshold)
+    return args.reduce_intruders, k, threshold
+
+
 def run(args: argparse.Namespace) -> int:
     import loralab
     from loralab import files
     from loralab.cli.model_args import resolve_model_arg
 
+    intruders = _intruder_settings(args)        # bad values: one line before any file is touched
     if args.to == "gguf":
         return _run_gguf(args)
     if args.dtype:
@@ -124,9 +158,12 @@ def run(args: argparse.Namespace) -> int:
     model = load_base_for_adapter(str(base), adapter_file, args.task)
     trained_on = adapter_file.loralab_meta.get("trained_on")
     note = _trained_on_note(model, trained_on, scheme)          # measured on the base before it is changed
+    reduce = _intruder_reduction(model, adapter_file, *intruders) if intruders else None
     plain = _merged(model, adapter, scheme, args.requantize, exact=note is None)
     if note:
         print(note)
+    if reduce:
+        print(reduce(plain))
     # Built in a temporary sibling and swapped in: a crash leaves no half-written model, the old one intact.
     with files.atomic_folder(out, MERGED_KIND, replace=args.overwrite, protect=inputs) as scratch:
         if args.requantize:
@@ -169,6 +206,28 @@ def _run_gguf(args: argparse.Namespace) -> int:
           f"stored {dtype}, {report.copied} tensors and {report.kv} metadata keys copied unchanged; "
           f"llama-server -m {out}, Ollama: FROM {out})")
     return 0
+
+
+def _intruder_reduction(model, adapter_file, scale: float, k: int, threshold: float):
+    """A function that scales the intruder dimensions of the merged model's adapted weights by `scale` (in
+    place) and returns the line to print. W0 is copied from `model` now, before the adapter is loaded (PiSSA's
+    load changes the base weight)."""
+    from loralab.analysis.base import base_weights
+    from loralab.analysis.deltas import deltas_from_adapter
+    from loralab.analysis.intruders import scale_model_intruders, slices_of
+
+    deltas = deltas_from_adapter(adapter_file)
+    if not deltas:
+        raise LoraLabError(f"{adapter_file.path} holds no LoRA factors: there is no ΔW whose intruder dimensions "
+                           "--reduce-intruders could scale; drop it")
+    weights = base_weights(model, sorted({d.module for d in deltas}))
+
+    def reduce(plain) -> str:
+        found = scale_model_intruders(plain, weights, scale, k, threshold, slices_of(deltas))
+        total, touched = sum(m.count for m in found), sum(1 for m in found if m.count)
+        return (f"intruder dimensions (top {k} singular vectors of W0 + ΔW, max |cos| to W0's < {threshold}): "
+                f"{total} in {touched} of {len(found)} merged weights, scaled by {scale:g}")
+    return reduce
 
 
 def _merged(model, adapter, scheme: str, requantize: bool, exact: bool):

@@ -15,6 +15,8 @@
                    paraphrase separation on MRPC dev (Biderman et al. 2024)
     variants       LoRA, rsLoRA, DoRA, PiSSA, LoRA+ at one trainable budget on SST-2 and MRPC: score,
                    forgetting, steps to 90 % of the best, seconds per step
+    intruders      intruder dimensions of the forgetting runs (LoRA and full FT) and scaling them down at merge
+                   time: task score and forgetting per scale (Shuttleworth et al. 2024), reusing the forgetting runs
 
 `seeds=N` (where an experiment takes it) trains every run with seeds 0 .. N-1 and reports the median and
 spread; `runs=[...]` trains only the named runs of the grid.
@@ -45,6 +47,8 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
     "lr-sweep": ("loralab.experiments.lr_sweep", "learning rates: LoRA at several ranks and targets vs full FT"),
     "forgetting": ("loralab.experiments.forgetting", "target score vs lost paraphrase separation, LoRA vs full FT"),
     "variants": ("loralab.experiments.variants", "LoRA, rsLoRA, DoRA, PiSSA, LoRA+ at one budget: score, forgetting, speed"),
+    "intruders": ("loralab.experiments.intruders", "intruder dimensions of LoRA vs full FT, and scaling them down: "
+                                                   "score and forgetting (reuses the forgetting runs)"),
 }
 
 
@@ -71,6 +75,7 @@ def run_experiment(name: str, out: str | os.PathLike | None = None, quick: bool 
         raise LoraLabError(f"experiment {name} takes a builtin --data name, not --train-file; "
                            f"{', '.join(takers)} take files")
     given = {k: v for k, v in options.items() if v is not None}
+    getattr(module, "check_options", lambda **_: None)(**given)     # an experiment's own values: before any folder
     out, inputs = out or os.path.join("runs", "experiments", name), [model] if model else []
     inputs += [path for path in (getattr(data, "train_file", None), getattr(data, "dev_file", None)) if path]
     # Every folder the experiment writes is checked before any is created, so a refusal leaves nothing behind.

@@ -146,22 +146,41 @@ def _full_encoder(run_folder: Path, model_spec: str) -> nn.Module:
     return encoder.eval()
 
 
+def base_probe(model_spec: str, quick: bool, log: Callable[[str], None] = print) -> tuple[Any, list[Example], float]:
+    """(the base's tokenizer, the probe pairs, the base encoder's probe AUC — "AUC before"), logged in one line.
+    Call it inside `one_thread()` with the measurements after fine-tuning."""
+    pairs = probe_pairs(quick)
+    encoder, tokenizer = base_encoder(model_spec)
+    before = paraphrase_auc(encoder, tokenizer, pairs)
+    log(f"probe: base encoder's {PROBE} {PROBE_SPLIT} paraphrase AUC {before:.4f} ({len(pairs)} pairs)")
+    return tokenizer, pairs, before
+
+
 # method of the grid -> how its fine-tuned encoder is loaded from a finished run folder
 ENCODER_LOADERS: dict[str, Callable[[Path, str], nn.Module]] = {"lora": _lora_encoder, "full": _full_encoder}
 
 
-def auc_after(result: RunResult, model_spec: str, tokenizer: Any, pairs: Sequence[Example]) -> float:
-    """The fine-tuned encoder's probe AUC; kept in the run folder (FORGETTING_FILE) and read back when there."""
-    path = result.folder / FORGETTING_FILE
+def saved_auc_after(run_folder: Path, pairs: Sequence[Example]) -> float | None:
+    """The probe AUC `auc_after` kept in a run folder for this many pairs, or None (reads only)."""
+    path = run_folder / FORGETTING_FILE
     if path.is_file():
         saved = json.loads(path.read_text(encoding="utf-8"))
         if saved.get("pairs") == len(pairs):
             return float(saved["auc_after"])
+    return None
+
+
+def auc_after(result: RunResult, model_spec: str, tokenizer: Any, pairs: Sequence[Example]) -> float:
+    """The fine-tuned encoder's probe AUC; kept in the run folder (FORGETTING_FILE) and read back when there."""
+    saved = saved_auc_after(result.folder, pairs)
+    if saved is not None:
+        return saved
     method = result.info["method"]
     encoder = ENCODER_LOADERS[choose(method, ENCODER_LOADERS, "method of the forgetting experiment")](
         result.folder, model_spec)
     auc = paraphrase_auc(encoder, tokenizer, pairs)
-    write_json(path, {"auc_after": auc, "probe": f"{PROBE} {PROBE_SPLIT}", "pairs": len(pairs)})
+    write_json(result.folder / FORGETTING_FILE, {"auc_after": auc, "probe": f"{PROBE} {PROBE_SPLIT}",
+                                                 "pairs": len(pairs)})
     return auc
 
 
@@ -224,11 +243,8 @@ def run(out: str | os.PathLike = "runs/experiments/forgetting", quick: bool = Fa
     results = run_grid(specs, out / "runs", log=log)
     metric = metric_name(results)
     model_spec = specs[0].config.model
-    pairs = probe_pairs(quick)
     with one_thread():
-        encoder, tokenizer = base_encoder(model_spec)
-        before = paraphrase_auc(encoder, tokenizer, pairs)
-        log(f"probe: base encoder's {PROBE} {PROBE_SPLIT} paraphrase AUC {before:.4f} ({len(pairs)} pairs)")
+        tokenizer, pairs, before = base_probe(model_spec, quick, log)
         rows = []
         for result in results:
             after = auc_after(result, model_spec, tokenizer, pairs)
@@ -273,5 +289,5 @@ def run(out: str | os.PathLike = "runs/experiments/forgetting", quick: bool = Fa
     return report
 
 
-__all__ = ["ENCODER_LOADERS", "base_encoder", "forgetting_specs", "paraphrase_auc", "pareto_front",
-           "probe_pairs", "roc_auc", "run", "sentence_embeddings"]
+__all__ = ["ENCODER_LOADERS", "base_encoder", "base_probe", "forgetting_specs", "paraphrase_auc", "pareto_front",
+           "probe_pairs", "roc_auc", "run", "saved_auc_after", "sentence_embeddings"]

@@ -37,7 +37,7 @@ from loralab.budget.skeleton import build_skeleton
 from loralab.errors import LoraLabError
 from loralab.experiments.common import (DEFAULT_MODEL, RunResult, RunSpec, grid_meta, one_thread, quick_model_dir,
                                         run_grid, select_runs, spread, with_seeds)
-from loralab.experiments.forgetting import PROBE, PROBE_SPLIT, auc_after, base_encoder, paraphrase_auc, probe_pairs
+from loralab.experiments.forgetting import PROBE, PROBE_SPLIT, auc_after, base_probe
 from loralab.experiments.rank import ALPHA, DEFAULT_TRAIN, QUICK_TRAIN, metric_name
 from loralab.experiments.report import ExperimentReport, Table, line_figure, scatter_figure, write_experiment_report
 from loralab.models.loading import resolve_model_spec
@@ -241,11 +241,8 @@ def run(out: str | os.PathLike = "runs/experiments/variants", quick: bool = Fals
     results = run_grid(specs, out / "runs", log=log)
     metric = metric_name(results)
     model_spec = specs[0].config.model
-    pairs = probe_pairs(quick)
     with one_thread():
-        encoder, tokenizer = base_encoder(model_spec)
-        before = paraphrase_auc(encoder, tokenizer, pairs)
-        log(f"probe: base encoder's {PROBE} {PROBE_SPLIT} paraphrase AUC {before:.4f} ({len(pairs)} pairs)")
+        tokenizer, pairs, before = base_probe(model_spec, quick, log)
         after = {r.name: auc_after(r, model_spec, tokenizer, pairs) for r in results}
     rows = run_rows(results, metric, before, after)
     for row in rows:

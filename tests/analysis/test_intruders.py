@@ -7,8 +7,8 @@ import torch
 import loralab
 from loralab.adapters.state import lora_layers
 from loralab.analysis.deltas import make_delta
-from loralab.analysis.intruders import (adapter_intruders, check_intruder_settings, intruder_indices, intruders_of,
-                                        max_cosine_to_base, reduce_intruders)
+from loralab.analysis.intruders import (WeightSlice, adapter_intruders, check_intruder_settings, intruder_indices,
+                                        intruders_of, max_cosine_to_base, reduce_intruders, scale_model_intruders)
 from loralab.cli.main import main
 from loralab.errors import LoraLabError
 from loralab.testing import tiny_model
@@ -198,4 +198,117 @@ def test_cli_bad_values_exit_2_with_one_line(tiny_adapter, tmp_path, capsys, ext
     assert main(["analyze", str(root / "adapter"), *base, "--intruders", *extra, "--output", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.strip().splitlines() == [f"loralab analyze: error: {message}"]
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# `loralab merge --reduce-intruders SCALE` on a tiny adapter
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def mixed_adapter(tmp_path_factory):
+    """A tiny BERT adapter (Wq, Wv) whose first query update is large (intruders) and whose others are tiny
+    (W0 + ΔW keeps W0's singular vectors: no intruder), saved with its base."""
+    root = tmp_path_factory.mktemp("merge-intruders")
+    tiny_model("bert").save_pretrained(root / "base")
+    model = tiny_model("bert")
+    loralab.inject(model, loralab.LoraConfig(r=4, alpha=8))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for n, (_, layer) in enumerate(sorted(lora_layers(model))):
+            f = layer.lora_adapters["default"]
+            f.A.copy_(torch.randn(f.A.shape, generator=g))
+            f.B.copy_(torch.randn(f.B.shape, generator=g) * (3.0 if n == 0 else 1e-4))
+    loralab.save_adapter(model, root / "adapter")
+    return root, dict(lora_layers(model))
+
+
+def _merge(root, out, *extra) -> int:
+    return main(["merge", str(root / "base"), str(root / "adapter"), "-o", str(out), *extra])
+
+
+def _weights(folder) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_merge_reduce_intruders_scales_only_the_intruder_components(mixed_adapter, tmp_path, capsys):
+    root, layers = mixed_adapter
+    assert _merge(root, tmp_path / "plain") == 0
+    assert _merge(root, tmp_path / "one", "--reduce-intruders", "1") == 0
+    capsys.readouterr()
+    assert _merge(root, tmp_path / "half", "--reduce-intruders", "0.5") == 0
+    printed = capsys.readouterr().out
+    assert _merge(root, tmp_path / "zero", "--reduce-intruders", "0") == 0
+    plain, one, half, zero = (_weights(tmp_path / n) for n in ("plain", "one", "half", "zero"))
+    # SCALE = 1 is the plain merge, bit for bit
+    assert plain.keys() == one.keys() and all(torch.equal(plain[k], one[k]) for k in plain)
+    base = _weights(root / "base")
+    key_of = {name: name + ".weight" for name in layers}       # the same class saved: the same names
+    assert set(key_of.values()) <= set(plain)
+    expected = {name: intruders_of(name, plain[key].double() - base[key].double(), base[key].double())
+                for name, key in key_of.items()}
+    with_intruders = [name for name, m in expected.items() if m.count]
+    assert len(with_intruders) == 1 and len(expected) == 4          # the large update only
+    total = sum(m.count for m in expected.values())
+    assert printed.splitlines()[-2] == (f"intruder dimensions (top 10 singular vectors of W0 + ΔW, max |cos| to "
+                                        f"W0's < 0.5): {total} in 1 of 4 merged weights, scaled by 0.5")
+    for name, key in key_of.items():
+        if name not in with_intruders:      # weights without intruders: untouched
+            assert torch.equal(half[key], plain[key]) and torch.equal(zero[key], plain[key])
+    untouched = set(plain) - {key_of[name] for name in with_intruders}
+    assert all(torch.equal(half[k], plain[k]) for k in untouched)   # biases, embeddings, norms, other weights
+    key = key_of[with_intruders[0]]
+    W = plain[key].double()
+    U, S, Vh = torch.linalg.svd(W, full_matrices=False)
+    picked = torch.tensor([j - 1 for j in expected[with_intruders[0]].indices])
+    rest = torch.tensor([j for j in range(S.numel()) if j not in picked.tolist()])
+    for scaled, factor in ((half[key].double(), 0.5), (zero[key].double(), 0.0)):
+        inside = U.T @ scaled @ Vh.T                    # the merged weight in W's singular basis
+        assert torch.diagonal(inside)[picked] == pytest.approx((factor * S[picked]).tolist(), abs=1e-5)
+        assert torch.diagonal(inside)[rest] == pytest.approx(S[rest].tolist(), abs=1e-5)
+        off = inside - torch.diag(torch.diagonal(inside))
+        assert off.abs().max() < 1e-5
+        assert (scaled - W).norm() == pytest.approx((1 - factor) * S[picked].norm().item(), rel=1e-5)
+
+
+def test_scale_model_intruders_on_fused_slices_uses_each_slice_rows():
+    U0, V0 = _orthogonal(3 * D, 3)[:, :D], _orthogonal(D, 4)
+    W0 = U0 @ torch.diag(torch.linspace(10, 1, D, dtype=torch.float64)) @ V0.T      # (3D, D): [q; k; v]
+    layer = torch.nn.Linear(D, 3 * D, bias=False, dtype=torch.float64)
+    model = torch.nn.Sequential(layer)
+    dv = _spread_delta(_orthogonal(D, 5), V0, 40.0)       # a large new direction in the v rows only
+    with torch.no_grad():
+        layer.weight.copy_(W0)
+        layer.weight[2 * D:] += dv
+    before = layer.weight.detach().clone()
+    slices = [WeightSlice("0[0]", "0", (0, D)), WeightSlice("0[2]", "0", (2 * D, 3 * D))]
+    found = scale_model_intruders(model, {"0": W0}, 0.0, slices=slices)
+    assert [(m.name, m.count) for m in found] == [("0[0]", 0), ("0[2]", intruders_of("v", dv, W0[2 * D:]).count)]
+    assert found[1].count >= 1 and (found[1].d_out, found[1].d_in) == (D, D)
+    assert torch.equal(layer.weight[:2 * D], before[:2 * D])            # q and k rows untouched
+    assert not torch.equal(layer.weight[2 * D:], before[2 * D:])
+    expected = W0[2 * D:] + reduce_intruders(dv, W0[2 * D:], 0.0)
+    assert torch.allclose(layer.weight[2 * D:], expected, atol=1e-9)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--reduce-intruders", "1.5"], "--reduce-intruders must be in [0, 1] (0 removes the intruder directions, 1 keeps "
+                                    "them), got 1.5"),
+    (["--reduce-intruders", "nan"], "--reduce-intruders must be in [0, 1] (0 removes the intruder directions, 1 keeps "
+                                    "them), got nan"),
+    (["--reduce-intruders", "0.5", "--intruder-k", "0"], "--intruder-k must be an integer ≥ 1, got 0"),
+    (["--reduce-intruders", "0.5", "--intruder-threshold", "0"],
+     "--intruder-threshold must be a cosine similarity in (0, 1], got 0.0"),
+    (["--intruder-k", "5"], "--intruder-k sets how --reduce-intruders SCALE finds intruders: add --reduce-intruders "
+                            "SCALE, or drop it"),
+    (["--reduce-intruders", "0.5", "--quantize", "int8"],
+     "--reduce-intruders scales the weights of a full-precision merged folder; drop --quantize"),
+])
+def test_merge_bad_intruder_values_exit_2_with_one_line(mixed_adapter, tmp_path, capsys, extra, message):
+    root, _ = mixed_adapter
+    out = tmp_path / "merged"
+    assert _merge(root, out, *extra) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [f"loralab merge: error: {message}"]
     assert not out.exists()

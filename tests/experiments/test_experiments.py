@@ -57,7 +57,7 @@ def rank_out(root: Path) -> Path:
 
 def test_registry_names():
     assert set(EXPERIMENTS) == {"rank", "targets", "methods", "amplification", "data-size", "intrinsic-dim",
-                                "lr-sweep", "forgetting", "variants"}
+                                "lr-sweep", "forgetting", "variants", "intruders"}
     with pytest.raises(LoraLabError, match="unknown experiment"):
         run_experiment("ranks", quick=True)
 
@@ -216,6 +216,8 @@ def test_rank_with_seeds_and_a_subset_of_runs(root: Path):
 def test_options_an_experiment_lacks_are_errors(root: Path):
     with pytest.raises(LoraLabError, match="does not take --seeds"):
         run_experiment("amplification", out=root / "x", quick=True, seeds=2)
+    with pytest.raises(LoraLabError, match="does not take --forgetting-dir, --scales; remove them"):
+        run_experiment("forgetting", out=root / "x", quick=True, scales=[0.5], forgetting_dir=root / "f")
     with pytest.raises(LoraLabError, match="unknown run"):
         run_experiment("targets", out=root / "y", quick=True, runs=["Wz"])
 
