@@ -73,6 +73,7 @@ PARAPHRASE = "1"                 # MRPC's label of a paraphrase pair
 PROBE_MAX_LENGTH = 128           # tokens per sentence when embedding (MRPC sentences are shorter)
 QUICK_PROBE_PAIRS = 64
 FORGETTING_FILE = "forgetting.json"
+BASE_FILE = "base-probe.json"   # the causal LM base's general-text loss, kept for a re-run
 
 
 # --------------------------------------------------------------------------------------------------
@@ -295,7 +296,7 @@ class ParaphraseProbe:
     def specs(self, quick: bool, data: Any, model: str | None, out: Path) -> list[RunSpec]:
         return forgetting_specs(quick, data, model, out)
 
-    def before(self, model_spec: str, quick: bool) -> float:
+    def before(self, model_spec: str, quick: bool, out: Path) -> float:
         self.pairs = probe_pairs(quick)
         encoder, self.tokenizer = base_encoder(model_spec)
         return paraphrase_auc(encoder, self.tokenizer, self.pairs)
@@ -312,7 +313,8 @@ class ParaphraseProbe:
                 f" positive = the base's ability was lost. AUC before = {before:.4f}.")
 
     def meta(self) -> dict[str, Any]:
-        return {"probe": f"{PROBE} {PROBE_SPLIT}", "probe_pairs": len(self.pairs), "forgetting": "auc_before - auc_after"}
+        return {"probe": f"{PROBE} {PROBE_SPLIT}", "probe_pairs": len(self.pairs),
+                "forgetting": "auc_before - auc_after"}
 
 
 class GeneralTextProbe:
@@ -326,10 +328,16 @@ class GeneralTextProbe:
     def specs(self, quick: bool, data: Any, model: str | None, out: Path) -> list[RunSpec]:
         return causal_specs(quick, data, model, out)
 
-    def before(self, model_spec: str, quick: bool) -> float:
+    def before(self, model_spec: str, quick: bool, out: Path) -> float:
+        """The base's loss, kept in out/BASE_FILE (with the model spec) and read back by a re-run."""
         self.passages = general_passages(load_tokenizer(model_spec), *((QUICK_PASSAGES, QUICK_PASSAGE_TOKENS)
                                                                        if quick else (PASSAGES, PASSAGE_TOKENS)))
-        return text_loss(load_model(model_spec, task="causal-lm"), self.passages)
+        saved = out / BASE_FILE
+        if saved.is_file() and json.loads(saved.read_text(encoding="utf-8")).get("model") != model_spec:
+            saved.unlink()          # another base model: measure again
+        return _kept(out, BASE_FILE, "text_loss_before", self._size(),
+                     lambda: text_loss(load_model(model_spec, task="causal-lm"), self.passages),
+                     model=model_spec, probe=SOURCE)
 
     def after(self, result: RunResult, model_spec: str) -> float:
         method = choose(result.info["method"], CAUSAL_LM_LOADERS, "method of the forgetting experiment")
@@ -344,9 +352,9 @@ class GeneralTextProbe:
         return after - before
 
     def describe(self, before: float) -> str:
-        return (f"forgetting = loss after − loss before: mean next-token loss (nats per token) on {len(self.passages)} "
-                f"passages of {len(self.passages[0])} tokens of {SOURCE} ({LICENCE}); positive = the base's "
-                f"general language modelling got worse. Loss before = {before:.4f}.")
+        return (f"forgetting = loss after − loss before: mean next-token loss (nats per token) on "
+                f"{len(self.passages)} passages of {len(self.passages[0])} tokens of {SOURCE} ({LICENCE}); "
+                f"positive = the base's general language modelling got worse. Loss before = {before:.4f}.")
 
     def meta(self) -> dict[str, Any]:
         return {"probe": SOURCE, "probe_licence": LICENCE, "probe_passages": len(self.passages),
@@ -415,7 +423,7 @@ def run(out: str | os.PathLike = "runs/experiments/forgetting", quick: bool = Fa
     model_spec = specs[0].config.model
     col = probe.column
     with one_thread():
-        before = probe.before(model_spec, quick)
+        before = probe.before(model_spec, quick, out)
         log(f"probe: the base's {col} {before:.4f}")
         rows = []
         for result in results:

@@ -124,8 +124,9 @@ def test_forgetting_causal_lm_quick_end_to_end(tmp_path: Path):
     assert len((out / "data" / "dev.jsonl").read_text(encoding="utf-8").splitlines()) == QUICK_DEV_MRS
     assert (out / "figures" / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     size = QUICK_PASSAGES * QUICK_PASSAGE_TOKENS
-    for name in names:   # each run's loss is kept for a re-run
+    for name in names:   # each run's loss is kept for a re-run, and the base's
         assert json.loads((out / "runs" / name / "forgetting.json").read_text())["size"] == size
+    assert json.loads((out / "base-probe.json").read_text())["text_loss_before"] == meta["text_loss_before"]
     summary = report.tables[1].rows
     front = pareto_front({s["run"]: (s["dev_loss_median"], s["forgetting_median"]) for s in summary}, False)
     assert [s["run"] for s in summary if s["pareto"]] == front
