@@ -44,7 +44,7 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
     "data-size": ("loralab.experiments.data_size", "LoRA vs full FT, prefix-tuning, adapters on 100 .. all examples"),
     "intrinsic-dim": ("loralab.experiments.intrinsic_dim", "random d-dim subspace training (Fastfood), d90, ΔW spectrum"),
     "lr-sweep": ("loralab.experiments.lr_sweep", "learning rates: LoRA at several ranks and targets vs full FT"),
-    "forgetting": ("loralab.experiments.forgetting", "target score vs forgetting: LoRA vs full FT (--data e2e: SmolLM2)"),
+    "forgetting": ("loralab.experiments.forgetting", "target score vs forgetting: LoRA vs full FT (also SmolLM2)"),
     "variants": ("loralab.experiments.variants", "LoRA, rsLoRA, DoRA, PiSSA, LoRA+ at one budget: score, forgetting, speed"),
 }
 
