@@ -2,7 +2,7 @@
 field's docstring as help. train uses them all; e2e, experiment, eval and predict reuse the ones they share
 (--model, --data, --epochs, --lr, --threads, ...), so a flag means the same everywhere.
 
-    add_train_arguments(parser, ("epochs", "lr"), shown_defaults={"lr": 2e-3})
+    add_train_arguments(parser, ("epochs", "lr"), shown_defaults={"lr": 1e-3})
     train_fields_given(args)        # {"lr": 0.001} when only --lr was given
 """
 from __future__ import annotations

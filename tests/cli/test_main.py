@@ -135,7 +135,7 @@ def test_train_help_defaults_are_what_a_run_without_the_flag_uses(tmp_path):
         checked += 1
     assert checked >= 20
     assert "1 with the builtin run, 3 with" in _help_of(train, "epochs")
-    assert "(default: 0.002)" in _help_of(train, "lr") and "builtin run" not in _help_of(train, "lr")
+    assert "0.002 with the builtin run, 0.001 with" in _help_of(train, "lr")
     assert isinstance(RunDefault("x"), str)
 
 
