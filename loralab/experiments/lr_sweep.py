@@ -16,9 +16,8 @@ makes the ratio a bound, and the table says so. With seeds, medians over seeds. 
 On the user's own files (`--train-file`), the runs keep `loralab train`'s own schedule for such files
 (TrainConfig's defaults: every example, 3 epochs, the model's length limit; USER_FILE_TRAIN) instead of the
 builtin sets' 1-epoch subset, and the configuration `loralab train` uses with no flags (`default_config()`)
-also trains at train's default rate. The `train_default` table then answers "how far is a run
-with no flags from the best rate of the sweep" (issue 23's goal: within 1 point of accuracy or 0.01 of Pearson
-correlation).
+also trains at train's default rate. The `train_default` table then answers "how far is a run with no flags
+from the best rate of the sweep" (issue 23's goal: within 1 point of accuracy or 0.01 of Pearson correlation).
 """
 from __future__ import annotations
 
@@ -64,11 +63,13 @@ USER_FILE_TRAIN: dict[str, Any] = dict(threads=1)
 DEFAULT_GAP_GOAL = 0.01
 
 
-def default_config() -> str:
+def default_config() -> str | None:
     """The configuration `loralab train` trains with no flags: the CONFIGS entry whose LoRA fields are
-    TrainConfig's default `lora` fields (one source of truth for train's default adapter)."""
+    TrainConfig's default `lora` fields (one source of truth for train's default adapter); None if no entry
+    has them (then the sweep holds no no-flag run and writes no train_default table)."""
     wanted = train_field_default("lora")
-    return next(name for name, (method, options, _) in CONFIGS.items() if method == "lora" and options == wanted)
+    return next((name for name, (method, options, _) in CONFIGS.items() if method == "lora" and options == wanted),
+                None)
 
 
 def rates_of(name: str, quick: bool, data: str | DataFiles) -> tuple[float, ...]:
@@ -120,13 +121,14 @@ def ratio_rows(best: list[dict[str, Any]], grid: dict[str, list[float]]) -> list
 
 
 def train_default_row(base: dict[str, dict[str, Any]], medians: dict[str, float], metric: str,
-                      data_name: Any) -> dict[str, Any] | None:
+                      run_config: TrainConfig) -> dict[str, Any] | None:
     """The run `loralab train` makes with no flags (default_config() at TrainConfig's default lr) against the best
     rate of its configuration and the best run of the sweep; None when the sweep did not train it (builtin data sets,
-    or --runs left it out). base: {base run: info}; medians: {base run: dev metric (median over seeds)}."""
+    or --runs left it out). base: {base run: info}; medians: {base run: dev metric (median over seeds)};
+    run_config: any run's TrainConfig (whose train_file says whether the data are the user's files)."""
     config, lr = default_config(), train_field_default("lr")
     default = next((name for name, info in base.items() if info["config"] == config and info["lr"] == lr), None)
-    if default is None or not data_name.train_file:
+    if default is None or not run_config.train_file:
         return None
     same = max((n for n, info in base.items() if info["config"] == config), key=lambda n: medians[n])
     anywhere = max(base, key=lambda n: medians[n])
@@ -185,7 +187,7 @@ def run(out: str | os.PathLike = "runs/experiments/lr-sweep", quick: bool = Fals
                             "paper_ratio: about 10x, the rule of 'LoRA Without Regret' (Thinking Machines, 2025). "
                             "bound: '=' both optima inside their grids; '>=' or '<=' the true ratio is at least or "
                             "at most this (a best rate at the edge of its grid); '?' both ways."))
-    default_row = train_default_row(base, medians, metric, data_name=specs[0].config)
+    default_row = train_default_row(base, medians, metric, specs[0].config)
     if default_row is not None:
         tables.append(Table("train_default", "`loralab train` with no flags against the sweep's best",
                             list(default_row), [default_row],
