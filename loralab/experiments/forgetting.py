@@ -148,19 +148,25 @@ def _lora_encoder(run_folder: Path, model_spec: str) -> nn.Module:
     return load_with_adapters({"run": run_folder / "adapter"}, model=model_spec).model.base_model
 
 
+def load_full_weights(model: nn.Module, run_folder: Path, prefix: str = "") -> nn.Module:
+    """`model` in eval mode with a full fine-tuning run's trained tensors (adapter/trainable.safetensors), those
+    saved under `prefix` + the model's own names (the prefix dropped); every parameter must be there (one line
+    naming the first missing one otherwise)."""
+    tensors = {name[len(prefix):]: t for name, t in load_trainable_tensors(run_folder / "adapter" / TRAINABLE_FILE)
+               .items() if name.startswith(prefix)}
+    missing = [name for name, _ in model.named_parameters() if name not in tensors]
+    if missing:
+        raise LoraLabError(f"{run_folder}: the full fine-tuning run saved no {prefix}{missing[0]}; "
+                           f"delete the run folder and train it again")
+    model.load_state_dict(tensors, strict=False)
+    return model.eval()
+
+
 def _full_encoder(run_folder: Path, model_spec: str) -> nn.Module:
     """The base encoder with full fine-tuning's trained weights (all of them, saved under the classifier's
     names, e.g. bert.encoder...; the head's tensors are left out)."""
     encoder = load_model(model_spec, task="base")
-    prefix = encoder.base_model_prefix + "."
-    tensors = {name[len(prefix):]: t for name, t in load_trainable_tensors(run_folder / "adapter" / TRAINABLE_FILE)
-               .items() if name.startswith(prefix)}
-    missing = [name for name, _ in encoder.named_parameters() if name not in tensors]
-    if missing:
-        raise LoraLabError(f"{run_folder}: the full fine-tuning run saved no {prefix}{missing[0]}; "
-                           f"delete the run folder and train it again")
-    encoder.load_state_dict(tensors, strict=False)
-    return encoder.eval()
+    return load_full_weights(encoder, run_folder, encoder.base_model_prefix + ".")
 
 
 def base_probe(model_spec: str, quick: bool, log: Callable[[str], None] = print) -> tuple[Any, list[Example], float]:
@@ -276,14 +282,7 @@ def _lora_causal_lm(run_folder: Path, model_spec: str) -> nn.Module:
 def _full_causal_lm(run_folder: Path, model_spec: str) -> nn.Module:
     """The causal LM with full fine-tuning's trained weights (saved under the model's own names; a tied output
     layer is saved once, as the embedding)."""
-    lm = load_model(model_spec, task="causal-lm")
-    tensors = load_trainable_tensors(run_folder / "adapter" / TRAINABLE_FILE)
-    missing = [name for name, _ in lm.named_parameters() if name not in tensors]
-    if missing:
-        raise LoraLabError(f"{run_folder}: the full fine-tuning run saved no {missing[0]}; "
-                           f"delete the run folder and train it again")
-    lm.load_state_dict(tensors, strict=False)
-    return lm.eval()
+    return load_full_weights(load_model(model_spec, task="causal-lm"), run_folder)
 
 
 CAUSAL_LM_LOADERS: dict[str, Callable[[Path, str], nn.Module]] = {"lora": _lora_causal_lm, "full": _full_causal_lm}
@@ -485,5 +484,5 @@ def run(out: str | os.PathLike = "runs/experiments/forgetting", quick: bool = Fa
 
 
 __all__ = ["CAUSAL_LM_LOADERS", "ENCODER_LOADERS", "PROBES", "GeneralTextProbe", "ParaphraseProbe", "base_encoder",
-           "base_probe", "causal_specs", "forgetting_specs", "paraphrase_auc", "pareto_front", "probe_for", "probe_pairs",
+           "base_probe", "causal_specs", "forgetting_specs", "load_full_weights", "paraphrase_auc", "pareto_front", "probe_for", "probe_pairs",
            "roc_auc", "run", "saved_auc_after", "sentence_embeddings"]

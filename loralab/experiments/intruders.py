@@ -47,8 +47,8 @@ from loralab.errors import LoraLabError, choose
 from loralab.experiments.common import (RunResult, RunSpec, grid_meta, one_thread, run_grid, select_runs, spread,
                                         with_seeds)
 from loralab.experiments.folders import claim_experiment_folder
-from loralab.experiments.forgetting import (PROBE, PROBE_SPLIT, base_probe, forgetting_specs, paraphrase_auc,
-                                            saved_auc_after)
+from loralab.experiments.forgetting import (PROBE, PROBE_SPLIT, base_probe, forgetting_specs, load_full_weights,
+                                            paraphrase_auc, saved_auc_after)
 from loralab.experiments.rank import metric_name
 from loralab.experiments.report import ExperimentReport, Table, scatter_figure, write_experiment_report
 from loralab.experiments.targets import lora_targets
@@ -59,7 +59,6 @@ from loralab.surgery.config import LoraConfig
 from loralab.surgery.inject import select_modules
 from loralab.training.evaluation import evaluate
 from loralab.training.inputs import load_splits, task_of
-from loralab.training.run_folder import TRAINABLE_FILE, load_trainable_tensors
 
 # `--data` may be the user's files (loralab.experiments.common.DataFiles): the runs read them as train does.
 TAKES_DATA_FILES = True
@@ -101,14 +100,9 @@ def _lora_model(run_folder: Path, spec: RunSpec) -> tuple[nn.Module, list[Weight
 def _full_model(run_folder: Path, spec: RunSpec) -> tuple[nn.Module, list[WeightSlice]]:
     """The classifier with full fine-tuning's trained weights; the matrices all-linear LoRA would adapt."""
     model, _ = load_base(spec.config.model, spec.config.task, None, _label_map(run_folder))
-    tensors = load_trainable_tensors(run_folder / "adapter" / TRAINABLE_FILE)
-    missing = [name for name, _ in model.named_parameters() if name not in tensors]
-    if missing:
-        raise LoraLabError(f"{run_folder}: the full fine-tuning run saved no {missing[0]}; delete the run folder "
-                           f"and train it again")
-    model.load_state_dict(tensors, strict=False)
+    load_full_weights(model, run_folder)
     names = select_modules(model, LoraConfig(targets="all-linear"))
-    return model.eval(), [WeightSlice(name, name) for name in names]
+    return model, [WeightSlice(name, name) for name in names]
 
 
 # method of the grid -> how its fine-tuned model (all weights merged) and changed matrices are loaded
