@@ -15,7 +15,8 @@ transformers Trainer, on all-MiniLM-L6-v2 (GLUE SST-2 and MRPC from ../shared/da
                left between this row and loralab is the library, between it and PEFT docs the recipe.
 
 Every run keeps its recipe's own schedule (epochs, warm-up) and stops after --steps optimizer steps, so its
-first steps are exactly those of the full run. Dev accuracy is recorded every --eval-every steps; the clock
+first steps are exactly those of the full run. Dev accuracy is recorded every --eval-every-examples training
+examples (400: 25 steps of 16, 12 of 32), the same resolution for every batch size; the clock
 counts training steps only (evaluation excluded): loralab's Trainer's own train_seconds (collation, forward,
 backward, optimizer), the Trainer's on_step_begin → on_step_end for PEFT (forward, backward, optimizer;
 fetching and collating its batch are not counted, in PEFT's favour). The threshold of a task is 90 % of the
@@ -133,7 +134,7 @@ class Bench:
     """What every run of the benchmark shares."""
     data_root: Path
     steps: int
-    eval_every: int
+    eval_examples: int
     threads: int
     train_limit: int | None = None
     dev_limit: int | None = None
@@ -142,12 +143,19 @@ class Bench:
     model_dir: str = field(default_factory=suites.default_model_dir)
 
 
+def eval_interval(bench: Bench, batch_size: int, grad_accum: int = 1) -> int:
+    """Optimizer steps between evaluations for a row of this batch: every bench.eval_examples examples (at
+    least every step), so that rows with larger batches are not timed at a coarser resolution in examples."""
+    return max(1, bench.eval_examples // (batch_size * grad_accum))
+
+
 def user_argv(bench: Bench, task: str, seed: int) -> list[str]:
     """`loralab train` arguments of a user training on the task's files: the files, the task, the format
     flags the files need (as KEY=VALUE overrides), and the benchmark's own settings (seed, evaluation
     cadence, threads, limits); nothing that changes what is learned."""
     from loralab.data.builtin import builtin_dataset
     from loralab.data.readers import ReadOptions
+    from loralab.training.config import train_field_default
 
     folder, task_name, builtin = TASKS[task]
     options = builtin_dataset(builtin).files["train"][1]
@@ -158,7 +166,8 @@ def user_argv(bench: Bench, task: str, seed: int) -> list[str]:
                for name, value in given.items()]          # values read as YAML: false, 3, tsv
     argv = ["--train-file", str(bench.data_root / folder / "train.tsv"),
             "--dev-file", str(bench.data_root / folder / "dev.tsv"), "--task", task_name, *formats,
-            f"seed={seed}", f"eval_every={bench.eval_every}", f"threads={bench.threads}", "progress=false"]
+            f"seed={seed}", f"eval_every={eval_interval(bench, train_field_default('batch_size'))}",
+            f"threads={bench.threads}", "progress=false"]
     if bench.train_limit:
         argv.append(f"train_limit={bench.train_limit}")
     if bench.dev_limit:
@@ -205,8 +214,8 @@ def run_loralab(bench: Bench, task: str, seed: int) -> dict[str, Any]:
 
 
 def _loralab_settings(config) -> dict[str, Any]:
-    keys = ("lr", "epochs", "batch_size", "grad_accum", "warmup_ratio", "scheduler", "weight_decay",
-            "max_grad_norm", "lora_plus_ratio", "dtype", "max_length")
+    keys = ("lr", "epochs", "batch_size", "grad_accum", "warmup_ratio", "max_warmup_steps", "scheduler",
+            "weight_decay", "max_grad_norm", "lora_plus_ratio", "dtype", "max_length")
     return {**{k: getattr(config, k) for k in keys}, "lora": {k: config.lora[k] for k in
                                                               ("r", "alpha", "dropout", "targets", "init")}}
 
@@ -234,12 +243,16 @@ def docs_recipe() -> PeftRecipe:
                       notes=[f"settings of {DOCS_URL}", "length grouping on"])
 
 
-def loralab_recipe(config, model) -> PeftRecipe:
+def loralab_recipe(config, model, train_examples: int) -> PeftRecipe:
     """Every default of loralab's TrainConfig `config` that PEFT + Trainer can express. `model` is a base
-    model of the family, to resolve loralab's preset targets when the config leaves them to the preset."""
+    model of the family, to resolve loralab's preset targets when the config leaves them to the preset;
+    `train_examples` sizes the run, whose length sets loralab's warm-up (a ratio, capped in steps)."""
+    import torch
+
+    from loralab.precision import resolve_dtype
     from loralab.surgery.peft_names import to_peft_config
     from loralab.surgery.presets import preset_for
-    from loralab.training.optimization import TRANSFORMERS_NAMES
+    from loralab.training.optimization import TRANSFORMERS_NAMES, warmup_steps
 
     lora = config.lora_config()
     peft = to_peft_config(lora)
@@ -247,14 +260,17 @@ def loralab_recipe(config, model) -> PeftRecipe:
     if peft.get("target_modules") is None:
         peft["target_modules"] = list(preset_for(model).targets)
     peft.pop("modules_to_save", None)         # task_type SEQ_CLS makes PEFT train and save the head
+    dtype = resolve_dtype(torch.device("cpu"), config.dtype)     # "auto": what it becomes on this machine
+    batches = -(-train_examples // config.batch_size)
+    total = config.max_steps or max(1, math.ceil(config.epochs * -(-batches // config.grad_accum)))
     training = {"learning_rate": config.lr, "per_device_train_batch_size": config.batch_size,
                 "gradient_accumulation_steps": config.grad_accum, "num_train_epochs": config.epochs,
                 "weight_decay": config.weight_decay, "adam_beta1": config.betas[0], "adam_beta2": config.betas[1],
-                "adam_epsilon": config.eps, "warmup_steps": config.warmup_ratio,
+                "adam_epsilon": config.eps, "warmup_steps": warmup_steps(config, total),
                 "lr_scheduler_type": TRANSFORMERS_NAMES.get(config.scheduler, config.scheduler),
                 "lr_scheduler_kwargs": dict(config.scheduler_options),
                 "max_grad_norm": config.max_grad_norm or 0.0,
-                "bf16": config.dtype == "bf16", "fp16": config.dtype == "fp16"}
+                "bf16": dtype == torch.bfloat16, "fp16": dtype == torch.float16}
     if config.max_steps:
         training["max_steps"] = config.max_steps
     notes = ["length grouping on (loralab always groups)",
@@ -303,8 +319,8 @@ def load_task(bench: Bench, task: str) -> TaskData:
 def run_peft(bench: Bench, data: TaskData, recipe: PeftRecipe, seed: int, steps: int | None = None,
              evaluate: bool = True, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """One PEFT + Trainer run of `recipe`, stopped after `steps` (default bench.steps) optimizer steps; dev
-    accuracy every bench.eval_every steps and at the end (untimed, suites.dev_accuracy); the clock runs from
-    on_step_begin to on_step_end. Returns the curve and every step's seconds."""
+    accuracy every bench.eval_examples training examples and at the end (untimed, suites.dev_accuracy); the
+    clock runs from on_step_begin to on_step_end. Returns the curve and every step's seconds."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments, set_seed
@@ -341,12 +357,14 @@ def run_peft(bench: Bench, data: TaskData, recipe: PeftRecipe, seed: int, steps:
             self.step_seconds.append(time.perf_counter() - self.start)
             step = state.global_step
             last = step >= steps or step >= state.max_steps
-            if evaluate and (step % bench.eval_every == 0 or last):
+            if evaluate and (step % every == 0 or last):
                 self.points.append((step, sum(self.step_seconds), suites.dev_accuracy(model, data.eval)))
             if step >= steps:
                 control.should_training_stop = True
             return control
 
+    every = eval_interval(bench, training["per_device_train_batch_size"],
+                          training.get("gradient_accumulation_steps", 1))
     curve = Curve()
     with tempfile.TemporaryDirectory(prefix="ttq-peft-") as tmp:
         args = TrainingArguments(output_dir=tmp, seed=seed, report_to="none", save_strategy="no",
@@ -387,8 +405,8 @@ def run_task(bench: Bench, task: str, seeds: list[int], log=print) -> dict[str, 
     docs.notes.append(f"{'bf16' if precision['bf16'] else 'fp32'} (probe, s/step: "
                       + ", ".join(f"{k} {v:.3f}" for k, v in probe.items()) + ")")
     log(f"[{task}] PEFT docs precision: {docs.notes[-1]}")
-    recipes = {"peft_docs": docs, "peft_loralab": loralab_recipe(config, suites.Setup(bench.model_dir,
-                                                                                       bench.data_root).base())}
+    base = suites.Setup(bench.model_dir, bench.data_root).base()
+    recipes = {"peft_docs": docs, "peft_loralab": loralab_recipe(config, base, len(data.hf_train))}
     runs: dict[str, list[dict[str, Any]]] = {row: [] for row in ROWS}
     for i, seed in enumerate(seeds):
         order = ROWS[i % len(ROWS):] + ROWS[:i % len(ROWS)]
@@ -411,11 +429,14 @@ def run_task(bench: Bench, task: str, seeds: list[int], log=print) -> dict[str, 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true",
-                   help="smoke run: 20 steps, evaluation every 5, 1,000 training and 100 dev examples, 1 seed")
+                   help="smoke run: 20 steps, evaluation every 80 examples, 1,000 training and 100 dev examples, "
+                        "1 seed")
     p.add_argument("--tasks", nargs="+", choices=list(TASKS), default=None, help="default: sst2 mrpc")
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="default 0 1 2 (quick: 0)")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 1000, quick 20)")
-    p.add_argument("--eval-every", type=int, default=None, help="steps between evaluations (default 50, quick 5)")
+    p.add_argument("--eval-every-examples", type=int, default=None,
+                   help="training examples between evaluations, the same for every row whatever its batch size "
+                        "(default 400, quick 80)")
     p.add_argument("--train-limit", type=int, default=None, help="a fixed subset of N training examples")
     p.add_argument("--dev-limit", type=int, default=None, help="a fixed subset of N dev examples")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
@@ -430,7 +451,8 @@ def bench_from_args(args: argparse.Namespace) -> Bench:
 
     quick = args.quick
     return Bench(data_root=Path(args.data) if args.data else shared_data_dir() / "glue",
-                 steps=args.steps or (20 if quick else 1000), eval_every=args.eval_every or (5 if quick else 50),
+                 steps=args.steps or (20 if quick else 1000),
+                 eval_examples=args.eval_every_examples or (80 if quick else 400),
                  threads=args.threads, train_limit=args.train_limit or (1000 if quick else None),
                  dev_limit=args.dev_limit or (100 if quick else None), probe_steps=5 if quick else 12,
                  probe_rounds=1 if quick else 2)

@@ -9,7 +9,8 @@ fp16 loss scaler. Every command's `--device` / `--dtype` and TrainConfig's `devi
         loss = model(**batch).loss
 
 device: "auto" (CUDA, else Apple's MPS, else the CPU), "cpu", "cuda", "cuda:N" or "mps".
-dtype: "fp32", "bf16" or "fp16": the precision of the FROZEN weights and of the compute under autocast.
+dtype: "fp32", "bf16" or "fp16": the precision of the FROZEN weights and of the compute under autocast;
+"auto" (training's default) is bf16 where the device runs bf16 natively and fp32 elsewhere (resolve_dtype).
 Trainable tensors (LoRA factors, trained heads and biases) and the optimizer state stay fp32 in every dtype
 (mixed precision, Micikevicius et al. 2018): a 16-bit copy of the frozen base halves its memory, while the
 few trained values keep full precision for their small updates. fp16's narrow exponent range needs a loss
@@ -27,6 +28,10 @@ from torch import nn
 from loralab.errors import LoraLabError
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# "auto": bf16 where the device runs it natively (native_bf16), fp32 elsewhere; resolved per machine by
+# resolve_dtype, so a run's config says "auto" and its log says what it became.
+AUTO_DTYPE = "auto"
+DTYPE_SETTINGS = (*DTYPES, AUTO_DTYPE)
 DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"
 # What `--quantize` / TrainConfig.quantize take is loralab.quantization.QUANTIZE_CHOICES, read from its registry.
 
@@ -44,6 +49,14 @@ def dtype_of(name: str | torch.dtype) -> torch.dtype:
     return DTYPES[name]
 
 
+def resolve_dtype(device: torch.device, name: str | torch.dtype) -> torch.dtype:
+    """The torch dtype a setting means on `device`: "auto" is bf16 where its matmuls are native there
+    (native_bf16: bf16 GPUs, CPUs with AVX-512 BF16 or AMX), else fp32; other names as dtype_of."""
+    if name == AUTO_DTYPE:
+        return torch.bfloat16 if native_bf16(device) else torch.float32
+    return dtype_of(name)
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     """"fp32" / "bf16" / "fp16" for a torch dtype (its torch name for others)."""
     return next((name for name, value in DTYPES.items() if value == dtype), str(dtype).removeprefix("torch."))
@@ -55,7 +68,7 @@ def native_bf16(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "mps":
-        return True
+        return _mps_bf16()
     check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
     amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
     return bool((check and check()) or (amx and amx()))
@@ -127,8 +140,10 @@ class Precision:
 
     @classmethod
     def resolve(cls, device: str | torch.device = "auto", dtype: str | torch.dtype = "fp32") -> "Precision":
-        """Resolve a device name, check the dtype on it (errors and warnings as in check_dtype)."""
-        resolved, torch_dtype = resolve_device(device), dtype_of(dtype)
+        """Resolve a device name and the dtype on it ("auto" included), check the pair (errors and warnings as
+        in check_dtype)."""
+        resolved = resolve_device(device)
+        torch_dtype = resolve_dtype(resolved, dtype)
         check_dtype(resolved, torch_dtype)
         return cls(resolved, torch_dtype)
 

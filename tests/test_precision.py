@@ -137,3 +137,18 @@ def test_bf16_lora_step_on_a_gpu_matches_the_cpu():
         loss_gpu = gpu(input_ids=ids.cuda(), labels=ids.cuda()).loss
     loss_cpu = cpu(input_ids=ids, labels=ids).loss
     assert abs(float(loss_gpu) - float(loss_cpu)) < 0.02 * float(loss_cpu)
+
+
+def test_dtype_auto_is_bf16_only_where_bf16_is_native(monkeypatch):
+    import loralab.precision as precision
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(precision, "native_bf16", lambda device: True)
+    assert precision.resolve_dtype(cpu, "auto") == torch.bfloat16
+    assert precision.Precision.resolve("cpu", "auto").name == "bf16"
+    monkeypatch.setattr(precision, "native_bf16", lambda device: False)
+    assert precision.resolve_dtype(cpu, "auto") == torch.float32
+    assert precision.Precision.resolve("cpu", "auto") == precision.Precision(cpu, torch.float32)
+    assert precision.resolve_dtype(cpu, "fp16") == torch.float16      # a named dtype is taken as named
+    with pytest.raises(LoraLabError, match="unknown dtype 'fp64'"):
+        precision.resolve_dtype(cpu, "fp64")

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
-# loralab.precision.DTYPES
-DTYPE_NAMES = ("fp32", "bf16", "fp16")
+# loralab.precision.DTYPE_SETTINGS
+DTYPE_NAMES = ("fp32", "bf16", "fp16", "auto")
 # loralab.quantization.QUANTIZE_CHOICES: "none" and the offered schemes of the registry, in registration order
 QUANTIZE_NAMES = ("none", "int8", "nf4")
 
@@ -36,9 +36,9 @@ class RegistryChoices(Sequence):
 
 
 def _dtypes() -> Iterable[str]:
-    from loralab.precision import DTYPES
+    from loralab.precision import DTYPE_SETTINGS
 
-    return DTYPES
+    return DTYPE_SETTINGS
 
 
 def _schemes() -> Iterable[str]:

@@ -15,8 +15,9 @@ import argparse
 RUNTIME_FIELDS = ("device", "dtype", "quantize")
 # TrainConfig's dtype docstring speaks of training (the loss scaler, the optimizer state); a command that only
 # runs the model says what the flag does there.
-RUN_HELPS = {"dtype": "precision of the base weights and of the compute (autocast): fp32, bf16 or fp16; adapters "
-                      "stay fp32 (loralab.precision) (default: fp32)"}
+RUN_HELPS = {"dtype": "precision of the base weights and of the compute (autocast): fp32, bf16, fp16, or auto (bf16 "
+                      "where the device runs it natively, else fp32); adapters stay fp32 (loralab.precision) "
+                      "(default: fp32)"}
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,6 +40,7 @@ def runtime_from_args(args: argparse.Namespace):
 
     given = runtime_fields(args)
     return Runtime.resolve(given.get("device", "auto"), given.get("dtype", "fp32"), given.get("quantize", "none"))
+
 
 
 def __getattr__(name: str):

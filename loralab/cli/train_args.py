@@ -22,8 +22,8 @@ GROUPS: dict[str, tuple[str, ...]] = {
                        "test_limit", "max_length", "prompt_template", "chat_template", "packing",
                        "standardize_targets"),
     "training": ("method", "epochs", "max_steps", "batch_size", "eval_batch_size", "grad_accum", "lr",
-                 "lora_plus_ratio", "weight_decay", "betas", "eps", "warmup_ratio", "scheduler", "max_grad_norm", "seed", "eval_every",
-                 "checkpoint_every", "log_every", "best_metric", "early_stopping_patience", "report_to"),
+                 "lora_plus_ratio", "weight_decay", "betas", "eps", "warmup_ratio", "max_warmup_steps", "scheduler",
+                 "max_grad_norm", "seed", "eval_every", "checkpoint_every", "log_every", "best_metric", "early_stopping_patience", "report_to"),
     "runtime": ("compile", "threads", "progress"),
     "device, precision and memory": ("device", "dtype", "quantize", "gradient_checkpointing", "fsdp"),
 }

@@ -102,6 +102,9 @@ class RunSpec:
     name: str
     config: Any
     info: dict[str, Any] = field(default_factory=dict)
+    train_defaults: bool = False
+    """True: the run keeps `loralab train`'s own precision and warm-up defaults (lr-sweep's default-run check on a
+    user's files); False: settings left at those defaults take the experiments' recipe (EXPERIMENT_RECIPE)."""
 
     def __post_init__(self) -> None:
         if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
@@ -238,6 +241,11 @@ def _run_in_child(config_path: Path, folder: Path, log: Callable[[str], None]) -
 # TrainConfig fields the command gives every run of a grid (`loralab experiment --device/--dtype/--quantize`),
 # set for the duration of one experiment by `grid_runtime`.
 _GRID_RUNTIME: dict[str, Any] = {}
+# The experiments measure with the recipe every table of docs/experiments.md was measured with: fp32 (not
+# TrainConfig's dtype "auto", bf16 on a bf16-native machine) and the warm-up by ratio alone (not capped at
+# TrainConfig's max_warmup_steps). A setting left at TrainConfig's default takes this value; one the
+# experiment or its command (--dtype) sets is kept.
+EXPERIMENT_RECIPE: dict[str, Any] = {"dtype": "fp32", "max_warmup_steps": None}
 
 
 @contextlib.contextmanager
@@ -252,6 +260,17 @@ def grid_runtime(**fields: Any) -> Iterator[None]:
         _GRID_RUNTIME.update(before)
 
 
+def _grid_fields(spec: RunSpec) -> dict[str, Any]:
+    """The fields a grid run's config takes: EXPERIMENT_RECIPE's for those left at TrainConfig's defaults
+    (unless the spec keeps train's defaults), then grid_runtime's."""
+    from loralab.training.config import train_field_default
+
+    pinned = {} if spec.train_defaults else {
+        name: value for name, value in EXPERIMENT_RECIPE.items()
+        if getattr(spec.config, name) == train_field_default(name)}
+    return {**pinned, **_GRID_RUNTIME}
+
+
 def run_grid(specs: Sequence[RunSpec], runs_dir: str | os.PathLike, isolate: bool = False,
              log: Callable[[str], None] = print) -> list[RunResult]:
     """Train every spec not yet finished (in order), then return all results in spec order.
@@ -259,7 +278,7 @@ def run_grid(specs: Sequence[RunSpec], runs_dir: str | os.PathLike, isolate: boo
     A folder with checkpoints but no metrics.json is an interrupted run: it is resumed from the checkpoint.
     Runs take the fields of an enclosing `grid_runtime` block.
     """
-    specs = [dataclasses.replace(s, config=dataclasses.replace(s.config, **_GRID_RUNTIME)) for s in specs]
+    specs = [dataclasses.replace(s, config=dataclasses.replace(s.config, **_grid_fields(s))) for s in specs]
 
     names = [s.name for s in specs]
     if len(set(names)) != len(names):

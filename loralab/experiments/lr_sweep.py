@@ -84,7 +84,8 @@ def rates_of(name: str, quick: bool, data: str | DataFiles) -> tuple[float, ...]
 
 def sweep_specs(quick: bool, data: str | None, model: str | None, out: Path) -> list[RunSpec]:
     model_spec, data_name, train = settings(quick, data, model, out)
-    if isinstance(data_name, DataFiles) and not quick:
+    user_files = isinstance(data_name, DataFiles) and not quick     # train's own schedule and precision
+    if user_files:
         train = dict(USER_FILE_TRAIN)
     specs = []
     for name in (QUICK_CONFIGS if quick else CONFIGS):
@@ -94,7 +95,8 @@ def sweep_specs(quick: bool, data: str | None, model: str | None, out: Path) -> 
                           checkpoint_every=0, progress=False)
             config = (TrainConfig(lora=dict(options), **fields) if method == "lora"
                       else TrainConfig(method=method, method_options=dict(options), **fields))
-            specs.append(RunSpec(f"{name}-lr{lr:g}", config, {"config": name, "method": method, **columns, "lr": lr}))
+            specs.append(RunSpec(f"{name}-lr{lr:g}", config, {"config": name, "method": method, **columns, "lr": lr},
+                                 train_defaults=user_files))
     return specs
 
 

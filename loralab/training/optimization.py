@@ -79,6 +79,13 @@ def lora_plus_groups(model: nn.Module, groups: list[dict[str, Any]], lr: float,
     return split
 
 
+def warmup_steps(config: Any, total_steps: int) -> int:
+    """Optimizer steps of linear warm-up in a run of `total_steps`: config.warmup_ratio of them, at most
+    config.max_warmup_steps (a TrainConfig; unset cap: the ratio alone)."""
+    steps = int(round(config.warmup_ratio * total_steps))
+    return steps if config.max_warmup_steps is None else min(steps, config.max_warmup_steps)
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, kind: str,
                     options: dict[str, Any] | None = None) -> torch.optim.lr_scheduler.LambdaLR:
     """transformers' schedule `kind` (a loralab.training.config.SCHEDULERS name) over `total_steps` optimizer

@@ -29,7 +29,7 @@ from loralab.data.labels import LabelMap, LabelSpellingWarning
 from loralab.data.packing import pack_examples
 from loralab.errors import LoraLabError
 from loralab.models import load_tokenizer
-from loralab.precision import Precision, check_dtype, dtype_of
+from loralab.precision import Precision, check_dtype, resolve_dtype
 from loralab.runtime import load_model_for, quantize_base
 from loralab.training import distributed
 from loralab.training.config import TrainConfig, resume_changes
@@ -70,7 +70,8 @@ def run_training(config: TrainConfig, output_dir: str | os.PathLike, resume: boo
     dist = distributed.setup(device=config.device, fsdp=config.fsdp)
     say = log if dist.is_main else (lambda message: None)
     try:
-        check_dtype(dist.device, dtype_of(config.dtype))     # a dtype the device cannot run: before any write
+        # a dtype the device cannot run: refused before any write
+        check_dtype(dist.device, resolve_dtype(dist.device, config.dtype))
         threads = set_threads(config.threads, int(os.environ.get("LOCAL_WORLD_SIZE", dist.world_size)))
         protected = input_paths(config) + tuple(Path(p) for p in inputs)
         tracking = Tracking(config, run_name=Path(output_dir).name)  # a missing tracker package fails here
@@ -88,7 +89,7 @@ def run_training(config: TrainConfig, output_dir: str | os.PathLike, resume: boo
                               callbacks=[CommitAtFirstCheckpoint(output), tracking, *callbacks])
             say(f"{trainer.total_steps} optimizer steps of {trainer.global_batch} examples "
                 f"({trainer.steps_per_epoch} per epoch), warm-up {trainer.warmup_steps}, evaluation every "
-                f"{trainer.eval_every}")
+                f"{trainer.eval_every}, {trainer.precision.name}" + (" (dtype auto)" if config.dtype == "auto" else ""))
             state = _train(trainer, output, config, resume, changes, say)
             result = _finish(trainer, state, prepared, dist, started, threads, say)
             tracking.finish(trainer, result)
@@ -156,7 +157,7 @@ def build_model(config: TrainConfig, prepared: RunInputs, dist: distributed.Dist
     base loaded in config.dtype and quantized as config.quantize asks, trainable tensors fp32."""
     seed_everything(config.seed)  # before the head and LoRA initialisation
     model = load_model_for(config.model, prepared.task.kind, prepared.label_map, prepared.tokenizer,
-                           dtype=config.dtype)
+                           dtype=resolve_dtype(dist.device, config.dtype))
     quantize_base(model, config.quantize, say)
     if config.method == "lora":
         loralab.inject(model, config.lora_config(head_modules(model)))
@@ -164,7 +165,7 @@ def build_model(config: TrainConfig, prepared: RunInputs, dist: distributed.Dist
         METHODS[config.method](model, **config.method_options)
     if config.gradient_checkpointing:
         enable_gradient_checkpointing(model)
-    Precision(dist.device, dtype_of(config.dtype)).prepare(model)
+    Precision(dist.device, resolve_dtype(dist.device, config.dtype)).prepare(model)
     say(loralab.trainable_summary(model))
     return model
 

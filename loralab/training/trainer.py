@@ -42,14 +42,14 @@ from loralab.data.batching import LengthGroupedBatchSampler, PadCollator
 from loralab.data.encoding import EncodedDataset
 from loralab.data.labels import LabelMap
 from loralab.errors import LoraLabError, choose
-from loralab.precision import Precision, dtype_of
+from loralab.precision import Precision, resolve_dtype
 from loralab.training import distributed
 from loralab.training.checkpoint import (LATEST, Checkpoint, NoSaneCheckpoint, apply_checkpoint, load_best,
                                          load_trainable_state, rewind, save_checkpoint, step_name, trainable_state,
                                          usable_checkpoint)
 from loralab.training.evaluation import evaluate, move_batch
 from loralab.training.fsdp import describe, sync_gradients
-from loralab.training.optimization import build_optimizer, build_scheduler, set_peak_lr
+from loralab.training.optimization import build_optimizer, build_scheduler, set_peak_lr, warmup_steps
 
 SANE_GROWTH = 1e3
 
@@ -130,7 +130,8 @@ class Trainer:
                  log: Callable[[str], None] = print, callbacks: Sequence[TrainerCallback] = ()) -> None:
         self.config = config
         self.dist = dist or distributed.DistInfo()
-        self.precision = Precision(self.dist.device, dtype_of(getattr(config, "dtype", "fp32")))
+        dtype = resolve_dtype(self.dist.device, getattr(config, "dtype", "fp32"))
+        self.precision = Precision(self.dist.device, dtype)
         self.scaler = self.precision.grad_scaler()     # fp16 only; a pass-through otherwise
         self.model = model  # unwrapped
         # dynamic=True: batches have many lengths (dynamic padding); avoids a recompile per length.
@@ -151,7 +152,7 @@ class Trainer:
         self.micro_per_epoch = self.sampler.batches_per_epoch
         self.steps_per_epoch = -(-self.micro_per_epoch // config.grad_accum)
         self.total_steps = config.max_steps or max(1, math.ceil(config.epochs * self.steps_per_epoch))
-        self.warmup_steps = int(round(config.warmup_ratio * self.total_steps))
+        self.warmup_steps = warmup_steps(config, self.total_steps)
         if config.eval_every is None:
             self.eval_every = max(1, -(-self.total_steps // 4))  # ceil: the 4th evaluation is the final one
         else:
@@ -357,13 +358,15 @@ class Trainer:
         good = self.state.get("last_good")
         where = f"at step {self.state['step'] + 1}"
         advice = (f"Lower the learning rate (--lr, e.g. `loralab train --output {self.output_dir} --resume "
-                  f"--lr {self.config.lr / 10:g}`) or raise --warmup-ratio and start again with --overwrite")
+                  f"--lr {self.config.lr / 10:g}`) or lengthen the warm-up (--warmup-ratio, --max-warmup-steps) "
+                  "and start again with --overwrite")
         if good is None or not (self.checkpoint_dir / good).is_dir():
             again = (f"start again with `loralab train --output {self.output_dir} --overwrite --lr "
                      f"{self.config.lr / 10:g}`" if (self.checkpoint_dir / LATEST).is_file() else "start again")
             return TrainingDiverged(f"the {what} became {value} {where}; training stopped and no sane "
                                     f"checkpoint was written yet. Lower the learning rate (--lr, e.g. --lr "
-                                    f"{self.config.lr / 10:g}) or raise --warmup-ratio, and {again}")
+                                    f"{self.config.lr / 10:g}) or lengthen the warm-up (--warmup-ratio, "
+                                    f"--max-warmup-steps), and {again}")
         removed = rewind(self.checkpoint_dir, good) if self.dist.is_main else []
         note = (f"; LATEST points there again and the later {', '.join(removed)} (weights not finite or above "
                 f"{SANE_GROWTH:g}x their start) were removed" if removed else "")

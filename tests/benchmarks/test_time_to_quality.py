@@ -71,16 +71,20 @@ def test_summary_without_a_time_has_no_ratio():
 def test_loralab_row_reads_the_cli_defaults(shared_data):
     from loralab.training.config import TrainConfig
 
-    bench = ttq.Bench(data_root=shared_data / "glue", steps=5, eval_every=5, threads=1, dev_limit=20)
+    bench = ttq.Bench(data_root=shared_data / "glue", steps=5, eval_examples=80, threads=1, dev_limit=20)
     config = ttq.loralab_config(bench, "mrpc", seed=3)
     defaults = TrainConfig.__dataclass_fields__
-    for name in ("lr", "epochs", "batch_size", "warmup_ratio", "scheduler", "weight_decay", "lora_plus_ratio"):
+    for name in ("lr", "epochs", "batch_size", "warmup_ratio", "max_warmup_steps", "scheduler", "weight_decay",
+                 "lora_plus_ratio"):
         assert getattr(config, name) == defaults[name].default, name
-    assert (config.seed, config.eval_every, config.threads, config.dev_limit) == (3, 5, 1, 20)
+    assert (config.seed, config.eval_every, config.threads, config.dev_limit) == (3, 5, 1, 20)   # 80 examples of 16
+    assert (ttq.eval_interval(bench, 32), ttq.eval_interval(bench, 8, grad_accum=2), ttq.eval_interval(bench, 128)) \
+        == (2, 5, 1)
     assert config.task == "pair-classification" and config.read_options["text_pair_column"] == 4
-    recipe = ttq.loralab_recipe(config, _bert())
+    recipe = ttq.loralab_recipe(config, _bert(), train_examples=2576)
     assert recipe.training["learning_rate"] == config.lr
-    assert recipe.training["warmup_steps"] == config.warmup_ratio
+    assert recipe.training["warmup_steps"] == 10         # 6 % of 3 epochs × 161 batches of 16 = 29, capped
+    assert ttq.loralab_recipe(config, _bert(), train_examples=67_349).training["warmup_steps"] == 10
     assert recipe.lora["r"] == config.lora["r"] and recipe.lora["lora_alpha"] == config.lora["alpha"]
     assert recipe.lora["target_modules"] == ["query", "value"]       # the preset, resolved on the model
     assert math.isclose(recipe.lora["lora_dropout"], config.lora["dropout"])

@@ -144,8 +144,9 @@ def test_switch_and_runtime_helps_say_what_they_do():
     serve = cli._command_parser(cli.build_parser({"serve": cli.COMMANDS["serve"]}), "serve")
     assert _help_of(train, "progress") == "turn off what is on by default: show a progress bar"
     assert "loss scaler" in _help_of(train, "dtype")
-    assert _help_of(serve, "dtype") == ("precision of the base weights and of the compute (autocast): fp32, bf16 or "
-                                        "fp16; adapters stay fp32 (loralab.precision) (default: fp32)")
+    assert _help_of(serve, "dtype") == ("precision of the base weights and of the compute (autocast): fp32, bf16, "
+                                        "fp16, or auto (bf16 where the device runs it natively, else fp32); adapters "
+                                        "stay fp32 (loralab.precision) (default: fp32)")
 
 
 @pytest.mark.parametrize("command", ["", *cli.COMMANDS])

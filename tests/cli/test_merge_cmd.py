@@ -218,7 +218,7 @@ def test_train_on_an_nf4_base_records_it_and_merge_into_int8_says_so(tmp_path, c
     bert = fixtures.write_tiny_bert(tmp_path / "bert")
     data = fixtures.write_sst2_slice(tmp_path, 0, 16, "train.tsv")
     assert main(["train", "--model", str(bert), "--train-file", str(data), "--max-length", "16", "--batch-size", "8",
-                 "--max-steps", "2", "--threads", "1", "--no-progress", "--quantize", "nf4",
+                 "--max-steps", "2", "--threads", "1", "--no-progress", "--quantize", "nf4", "--dtype", "fp32",
                  "--output", str(tmp_path / "run")]) == 0
     adapter = tmp_path / "run" / "adapter"
     assert loralab.read_adapter(adapter).loralab_meta["trained_on"] == {"quantize": "nf4", "dtype": "fp32"}

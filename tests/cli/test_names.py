@@ -3,12 +3,12 @@ import pytest
 
 from loralab.cli import names
 from loralab.cli.main import parse_args
-from loralab.precision import DTYPES
+from loralab.precision import DTYPE_SETTINGS
 from loralab.quantization import QUANTIZE_CHOICES, SCHEMES
 
 
 def test_the_torch_free_lists_are_the_registries():
-    assert names.DTYPE_NAMES == tuple(DTYPES)
+    assert names.DTYPE_NAMES == tuple(DTYPE_SETTINGS)
     assert names.QUANTIZE_NAMES == tuple(QUANTIZE_CHOICES)
     assert tuple(names.QUANTIZE_CHOICES) == names.QUANTIZE_NAMES       # what --help and usage show
 
@@ -22,4 +22,4 @@ def test_a_given_value_is_checked_against_the_registry(capsys):
     with pytest.raises(SystemExit) as exit_:
         parse_args(["eval", "--adapter", "a", "--dtype", "fp64"])
     assert exit_.value.code == 2
-    assert "argument --dtype: invalid choice: 'fp64' (choose from 'fp32', 'bf16', 'fp16')" in capsys.readouterr().err
+    assert "argument --dtype: invalid choice: 'fp64' (choose from 'fp32', 'bf16', 'fp16', 'auto')" in capsys.readouterr().err

@@ -86,7 +86,9 @@ def test_eval_reproduces_the_runs_test_metrics(trained, sst2, tmp_path, capsys):
     metrics = json.loads(out.read_text())["metrics"]
     expected = json.loads((trained / "metrics.json").read_text())["test"]
     assert metrics["accuracy"] == expected["accuracy"]
-    assert metrics["loss"] == pytest.approx(expected["loss"], abs=1e-6)
+    # eval runs in fp32; the run evaluated in its training precision (dtype auto: bf16 on a bf16-native CPU,
+    # ~2e-5 apart on this loss; fp32 elsewhere, ~1e-7)
+    assert metrics["loss"] == pytest.approx(expected["loss"], abs=1e-4)
     assert "accuracy" in capsys.readouterr().out
 
 

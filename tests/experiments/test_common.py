@@ -29,3 +29,22 @@ def test_select_runs_keeps_the_grid_order_and_names_an_unknown_run():
     assert [s.name for s in select_runs(specs, ["r8", "r1"])] == ["r1", "r8"]
     with pytest.raises(LoraLabError, match=r"^unknown run of this experiment 'r2'; choose one of r1, r4, r8$"):
         select_runs(specs, ["r1", "r2"])
+
+
+def test_grid_runs_take_the_experiments_recipe_unless_set_or_keeping_trains_defaults(tmp_path, monkeypatch):
+    from loralab.experiments import common
+    from loralab.training.config import TrainConfig
+
+    seen = []
+    monkeypatch.setattr(common, "is_finished", lambda folder: True)
+    monkeypatch.setattr(common, "read_result", lambda spec, folder, skipped:
+                        seen.append((spec.name, spec.config.dtype, spec.config.max_warmup_steps)))
+    specs = [common.RunSpec("a", TrainConfig(data="sst2")),
+             common.RunSpec("b", TrainConfig(data="sst2", dtype="bf16", max_warmup_steps=5)),
+             common.RunSpec("c", TrainConfig(data="sst2"), train_defaults=True)]
+    common.run_grid(specs, tmp_path, log=lambda message: None)
+    assert seen == [("a", "fp32", None), ("b", "bf16", 5), ("c", "auto", 10)]
+    seen.clear()
+    with common.grid_runtime(dtype="auto"):                  # --dtype auto on the command
+        common.run_grid(specs, tmp_path, log=lambda message: None)
+    assert seen == [("a", "auto", None), ("b", "auto", 5), ("c", "auto", 10)]

@@ -151,7 +151,8 @@ def build_classifier_run(model_dir: Path, files: dict[str, Path], **overrides):
     label_map = LabelMap.from_examples(train)
     task = Task("classification", max_length=32)
     config = TrainConfig(**{"model": str(model_dir), "train_file": str(files["train"]), "batch_size": 8,
-                            "lr": 5e-3, "epochs": 2, "progress": False, "checkpoint_every": 0, **overrides})
+                            "lr": 5e-3, "epochs": 2, "progress": False, "checkpoint_every": 0,
+                            "dtype": "fp32", **overrides})        # the same numbers on every CPU (auto: bf16 on some)
     torch.manual_seed(config.seed)
     model = load_model_for(str(model_dir), "classification", label_map, tokenizer)
     loralab.inject(model, config.lora_config(head_modules(model)))

@@ -14,7 +14,7 @@ import loralab.core.lora
 import loralab.testing
 from loralab.errors import LoraLabError
 from loralab.training.config import TrainConfig
-from loralab.training.optimization import build_optimizer, build_scheduler, decay_groups, set_peak_lr
+from loralab.training.optimization import build_optimizer, build_scheduler, decay_groups, set_peak_lr, warmup_steps
 from loralab.training.state_files import optimizer_files, optimizer_state
 
 
@@ -269,3 +269,14 @@ def test_lora_plus_groups_survive_the_checkpoint_files_and_keep_their_ratio():
     restored_scheduler.load_state_dict(json.loads(json.dumps(scheduler.state_dict())))
     set_peak_lr(restored, restored_scheduler, config.lr)      # what a resume does
     assert [g["lr"] for g in restored.param_groups] == [g["lr"] for g in optimizer.param_groups]   # bitwise
+
+
+def test_warmup_is_the_ratio_of_the_run_capped_in_steps():
+    config = TrainConfig(data="sst2")
+    assert (config.warmup_ratio, config.max_warmup_steps) == (0.06, 10)
+    assert warmup_steps(config, 100) == 6                     # 6 % of a short run, under the cap
+    assert warmup_steps(config, 12_630) == 10                 # 758 by the ratio, capped
+    assert warmup_steps(TrainConfig(data="sst2", max_warmup_steps=None), 12_630) == 758
+    assert warmup_steps(TrainConfig(data="sst2", max_warmup_steps=0), 12_630) == 0
+    with pytest.raises(LoraLabError, match="max_warmup_steps must be 0 or more"):
+        TrainConfig(data="sst2", max_warmup_steps=-1)

@@ -101,7 +101,7 @@ def test_regression_trains_and_reports_correlations(tiny_bert_dir, tmp_path):
     model = load_model_for(str(tiny_bert_dir), "regression", label_map, tokenizer)
     assert model.config.num_labels == 1
     config = TrainConfig(model=str(tiny_bert_dir), train_file="x", task="regression", batch_size=6, lr=1e-2,
-                         epochs=15, progress=False, checkpoint_every=0, eval_every=0)
+                         epochs=15, progress=False, checkpoint_every=0, eval_every=0, dtype="fp32")
     loralab.inject(model, config.lora_config(head_modules(model)))
     trainer = Trainer(model, config, data, data, PadCollator(tokenizer.pad_token_id), tmp_path, label_map)
     state = trainer.fit()
@@ -192,7 +192,8 @@ def test_resume_with_no_sane_checkpoint_says_so_and_suggests_a_lower_lr(classifi
     with pytest.raises(TrainingDiverged) as caught:
         trainer.fit()
     assert str(caught.value) == ("the loss became nan at step 3; training stopped and no sane checkpoint was written "
-                                 "yet. Lower the learning rate (--lr, e.g. --lr 0.0005) or raise --warmup-ratio, and "
+                                 "yet. Lower the learning rate (--lr, e.g. --lr 0.0005) or lengthen the warm-up "
+                                 "(--warmup-ratio, --max-warmup-steps), and "
                                  f"start again with `loralab train --output {tmp_path} --overwrite --lr 0.0005`")
     model, config, train, dev, collator, label_map = classifier_run(checkpoint_every=2, eval_every=100)
     with pytest.raises(loralab.LoraLabError) as caught:
