@@ -27,6 +27,10 @@ SCHEDULERS: dict[str, tuple[str, ...]] = {
     "polynomial": ("lr_end", "power"), "constant": (),
 }
 SCHEDULER_ALIASES = {"constant_with_warmup": "constant"}
+# The learning rate `loralab train --method M` takes when no rate is named (flag, file or override), for the
+# methods whose best rate is far from LoRA's: full fine-tuning's optimum on SST-2 was 1e-4, LoRA's 1e-3–3e-3
+# (lr-sweep; docs/experiments.md, "Seeds, learning rates and the targets grid").
+METHOD_LR: dict[str, float] = {"full": 1e-4}
 
 
 # The offline default run, TrainConfig(**DEFAULT_RUN): what `loralab train` runs without arguments. Its one
@@ -103,7 +107,8 @@ class TrainConfig:
     lr: float = 1e-3
     """Peak learning rate. 1e-3 suits LoRA (r = 8, α = 16) on a user's files: within 0.01 of the best rate
     on a regression, a pair and a classification file, measured with lr-sweep (docs/training.md, "The
-    learning rate for your files"); full fine-tuning wants about 1e-4."""
+    learning rate for your files"). `loralab train --method M` without a rate takes M's own measured
+    default where it has one (METHOD_LR: full fine-tuning 1e-4)."""
     lora_plus_ratio: float | None = None
     """B's learning rate over A's, LoRA+ (Hayou et al. 2024, "LoRA+: Efficient Low Rank Adaptation of Large
     Models", arXiv:2402.12354): the LoRA B factors, and every vector (bias, norm scale, DoRA magnitude) as

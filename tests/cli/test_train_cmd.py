@@ -184,6 +184,18 @@ def test_flags_to_config_default_run_builtin_data_and_limits():
     assert files.best_metric == "pearson"
 
 
+def test_a_method_with_its_own_rate_takes_it_unless_a_rate_is_named(tmp_path):
+    assert _config(["--train-file", "t.tsv"]).lr == 1e-3                               # LoRA's
+    assert _config(["--train-file", "t.tsv", "--method", "full"]).lr == 1e-4          # full fine-tuning's
+    assert _config(["--method", "full"]).lr == 1e-4                                   # not the builtin run's 2e-3
+    assert _config(["--train-file", "t.tsv", "--method", "full", "--lr", "3e-5"]).lr == 3e-5
+    assert _config(["--train-file", "t.tsv", "method=full", "lr=2e-5"]).lr == 2e-5
+    assert _config(["--train-file", "t.tsv", "--method", "bitfit"]).lr == 1e-3        # no rate of its own
+    recipe = tmp_path / "full.yaml"
+    recipe.write_text("data: sst2\nmethod: full\nlr: 5e-5\n")
+    assert _config(["--config", str(recipe)]).lr == 5e-5
+
+
 def test_config_file_flags_and_overrides_change_only_what_they_name(tmp_path):
     run = tmp_path / "run.yaml"
     run.write_text("data: sst2\nlr: 1e-3\nlora: {r: 16, alpha: 32, targets: [query]}\n")
