@@ -34,7 +34,7 @@ from loralab.experiments.report import Table
 from loralab.files import write_text
 from loralab.formats.peft import is_adapter_tensor
 from loralab.models.builtin import builtin_model_dir
-from loralab.training.config import TrainConfig
+from loralab.training.config import TrainConfig, train_field_default
 from loralab.training.inputs import load_splits
 from loralab.training.run import run_training
 
@@ -263,8 +263,6 @@ def grid_runtime(**fields: Any) -> Iterator[None]:
 def _grid_fields(spec: RunSpec) -> dict[str, Any]:
     """The fields a grid run's config takes: EXPERIMENT_RECIPE's for those left at TrainConfig's defaults
     (unless the spec keeps train's defaults), then grid_runtime's."""
-    from loralab.training.config import train_field_default
-
     pinned = {} if spec.train_defaults else {
         name: value for name, value in EXPERIMENT_RECIPE.items()
         if getattr(spec.config, name) == train_field_default(name)}

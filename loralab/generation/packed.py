@@ -27,12 +27,22 @@ tokens were equal on every model the tests and the benchmark ran. Off: `PackedLi
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
 from torch import nn
 
+from loralab.precision import available_memory
+
 PACKED_DTYPES = (torch.float32, torch.bfloat16)
+# Left on by default (enabled=None) only while the packed copy takes at most this share of the memory still
+# available: the copy doubles the linears' bytes, and a server must not trade its headroom for speed.
+MAX_MEMORY_SHARE = 0.5
+
+
+class PackingSkipped(UserWarning):
+    """The default-on packed path stayed off: its copy would not fit the memory available."""
 
 
 def packing_available() -> bool:
@@ -81,11 +91,21 @@ class PackedLinears:
     `packing_available()`. rows_hint: the batch rows oneDNN picks its weight layout for (any row count
     works; decoding steps have about this many). Layers are found once, at construction; weights are packed
     on first use and repacked when they change. `layers`: how many layers it covers (0 when off).
+    With enabled=None the block also stays off, with a PackingSkipped warning (its text in `skipped`), when
+    the copy would take more than MAX_MEMORY_SHARE of the memory available now (precision.available_memory);
+    enabled=True packs regardless.
     """
 
     def __init__(self, model: nn.Module, enabled: bool | None = None, rows_hint: int = 16):
         self.enabled = packing_available() if enabled is None else bool(enabled and packing_available())
-        self._packed = [_Packed(m, rows_hint) for m in model.modules() if packable(m)] if self.enabled else []
+        layers = [m for m in model.modules() if packable(m)] if self.enabled else []
+        self.skipped: str | None = None
+        if enabled is None and layers:
+            self.skipped = _no_room(sum(m.weight.numel() * m.weight.element_size() for m in layers))
+            if self.skipped:
+                warnings.warn(self.skipped, PackingSkipped, stacklevel=2)
+                self.enabled, layers = False, []
+        self._packed = [_Packed(m, rows_hint) for m in layers]
         self._depth = 0
         self._before: list[Any] = []
 
@@ -114,3 +134,13 @@ class PackedLinears:
                 else:
                     p.layer.forward = before
             self._before = []
+
+
+def _no_room(copy_bytes: int) -> str | None:
+    """Why a packed copy of `copy_bytes` should not be made now (None: it fits)."""
+    room = available_memory("cpu")
+    if room is None or copy_bytes <= MAX_MEMORY_SHARE * room:
+        return None
+    return (f"packed linears off: their copy would take {copy_bytes / 2**20:.0f} MiB of the {room / 2**20:.0f} MiB "
+            f"available (more than {MAX_MEMORY_SHARE:.0%}); decoding uses torch's kernel instead (free memory and "
+            "restart, or force it from Python with PackedLinears(model, enabled=True))")

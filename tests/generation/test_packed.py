@@ -174,3 +174,19 @@ def test_decoder_tokens_equal_packed_or_not_as_rows_join_and_leave(tmp_path):
     assert [len(results[True][r]) for r in prompts] == [7, 6, 9, 7, 8]   # qq cancelled at step 6, after 6 tokens
     shared = PackedLinears(model)                        # one packed copy shared by two decoders
     assert BatchDecoder(model, tokenizer, packed=shared).packed is shared
+
+
+def test_default_on_stays_off_when_the_copy_would_not_fit_the_memory_available(monkeypatch):
+    import loralab.generation.packed as packed_module
+
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 8))
+    copy = (64 * 32 + 32 * 8) * 4
+    monkeypatch.setattr(packed_module, "available_memory", lambda device: 2 * copy)      # exactly half: fits
+    assert PackedLinears(model).layers == 2
+    monkeypatch.setattr(packed_module, "available_memory", lambda device: 2 * copy - 1)
+    with pytest.warns(packed_module.PackingSkipped, match=r"packed linears off: their copy would take 0 MiB"):
+        skipped = PackedLinears(model)
+    assert (skipped.enabled, skipped.layers) == (False, 0) and "enabled=True" in skipped.skipped
+    assert PackedLinears(model, enabled=True).layers == 2                       # forced: packs regardless
+    monkeypatch.setattr(packed_module, "available_memory", lambda device: None)  # unknown: no check
+    assert PackedLinears(model).layers == 2
