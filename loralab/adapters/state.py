@@ -38,17 +38,53 @@ def adapter_state(model: nn.Module, create: bool = False) -> AdapterState:
     return state
 
 
+def model_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """model.named_modules() (same names, order, each module once) without what sits in a LoraLayer's
+    `lora_adapters`: every adapter adds two modules per layer (its factors and their dropout), so a walk into
+    them would cost more with every adapter a server holds. No LoraLayer or TrainableCopy sits in there."""
+    seen: set[int] = set()
+
+    def walk(module: nn.Module, prefix: str) -> Iterator[tuple[str, nn.Module]]:
+        if id(module) in seen:
+            return
+        seen.add(id(module))
+        yield prefix, module
+        for name, child in module._modules.items():
+            if child is None or (isinstance(module, LoraLayer) and child is module.lora_adapters):
+                continue
+            yield from walk(child, f"{prefix}.{name}" if prefix else name)
+
+    yield from walk(model, "")
+
+
 def lora_layers(model: nn.Module) -> Iterator[tuple[str, LoraLayer]]:
     """(name, layer) for every LoRA-wrapped layer, named as the original layer was."""
-    for name, module in model.named_modules():
+    for name, module in model_modules(model):
         if isinstance(module, LoraLayer):
             yield name, module
 
 
 def trainable_copies(model: nn.Module) -> Iterator[tuple[str, "TrainableCopy"]]:
-    for name, module in model.named_modules():
+    for name, module in model_modules(model):
         if isinstance(module, TrainableCopy):
             yield name, module
+
+
+def all_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Every parameter of the model, each module visited once (a parameter two modules share comes twice):
+    model.parameters() without the names, the generators and the duplicate checks, for walks that only set
+    flags (a server's model holds tens of thousands: every adapter adds its factors to every adapted layer)."""
+    seen: set[int] = set()
+    found: list[nn.Parameter | None] = []
+    stack: list[nn.Module | None] = [model]
+    while stack:
+        module = stack.pop()
+        if module is None or id(module) in seen:
+            continue
+        seen.add(id(module))
+        found.extend(module._parameters.values())
+        stack.extend(module._modules.values())
+    return [p for p in found if p is not None]
 
 
 def base_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
@@ -139,8 +175,9 @@ def set_trainable(model: nn.Module, adapter: str) -> None:
     state = adapter_state(model)
     config = state.configs[adapter]
     check_nothing_else_merged(model, adapter)
-    for p in model.parameters():
-        p.requires_grad_(False)
+    for p in all_parameters(model):
+        if p.requires_grad:
+            p.requires_grad_(False)
     state.active = adapter
     for _, layer in lora_layers(model):
         layer.set_active([adapter])
