@@ -7,8 +7,9 @@ An adapter file (r = 8 on q_proj and v_proj) is read once; then, `--rounds` time
 adapter (`insert_adapter`), made ready for decoding (`ready_for_serving`: eval mode, its per-row slots written;
 the two are what the server's adapter store does on the model thread, `insert_for_serving`) and deleted again (`delete_adapter`, what an eviction does). The
 model already holds `--resident` other adapters (each count a row of the table), as a server's does. Every
-time is a median over the rounds, in milliseconds of wall time on one thread: the stall each cold load (or
-eviction) puts on every running request.
+time is a median over the rounds, in milliseconds of wall time on one thread (the stall each cold load or
+eviction puts on every running request), with the process's CPU milliseconds in parentheses: steadier than wall
+time when other jobs share the machine.
 """
 from __future__ import annotations
 
@@ -53,28 +54,34 @@ def measure(model: torch.nn.Module, residents: list[int], rounds: int, max_adapt
         while held < resident:
             insert_for_serving(model, file, f"resident{held}")
             held += 1
-        times: dict[str, list[float]] = {"insert": [], "ready": [], "delete": []}
+        times: dict[str, list[float]] = {key: [] for key in KEYS}
         for i in range(rounds + 1):                     # the first round warms up
-            t0 = time.perf_counter()
+            t = [(time.perf_counter(), time.process_time())]
             insert_adapter(model, file, adapter=f"new{i}")
-            t1 = time.perf_counter()
+            t.append((time.perf_counter(), time.process_time()))
             ready_for_serving(model, f"new{i}")
-            t2 = time.perf_counter()
+            t.append((time.perf_counter(), time.process_time()))
             delete_adapter(model, f"new{i}")
-            t3 = time.perf_counter()
+            t.append((time.perf_counter(), time.process_time()))
             if i:
-                for key, seconds in zip(times, (t1 - t0, t2 - t1, t3 - t2)):
-                    times[key].append(1000 * seconds)
+                for j, step in enumerate(("insert", "ready", "delete")):
+                    times[step].append(1000 * (t[j + 1][0] - t[j][0]))
+                    times[step + "_cpu"].append(1000 * (t[j + 1][1] - t[j][1]))
         rows.append({"resident": resident, **{key: statistics.median(v) for key, v in times.items()}})
     return rows
 
 
+KEYS = ("insert", "ready", "delete", "insert_cpu", "ready_cpu", "delete_cpu")
+
+
 def table(rows: list[dict]) -> str:
+    """Wall ms, and in parentheses the process's CPU ms (steadier when other jobs share the cores)."""
     lines = ["| adapters already resident | insert ms | eval + slots ms | insert + eval + slots ms | delete ms |",
              "|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['resident']} | {r['insert']:.1f} | {r['ready']:.1f} | {r['insert'] + r['ready']:.1f} | "
-                     f"{r['delete']:.1f} |")
+        cells = [(r["insert"], r["insert_cpu"]), (r["ready"], r["ready_cpu"]),
+                 (r["insert"] + r["ready"], r["insert_cpu"] + r["ready_cpu"]), (r["delete"], r["delete_cpu"])]
+        lines.append(f"| {r['resident']} | " + " | ".join(f"{wall:.1f} ({cpu:.1f})" for wall, cpu in cells) + " |")
     return "\n".join(lines)
 
 
@@ -93,7 +100,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         from loralab.models import load_model
         model, label = load_model(args.model, task="causal-lm"), f"{args.model} (r = 8 on q_proj, v_proj)"
     rows = measure(model, sorted(args.resident), args.rounds)
-    print(f"{label}, median of {args.rounds} rounds, {args.threads} thread(s):")
+    print(f"{label}, median of {args.rounds} rounds, {args.threads} thread(s), wall ms (CPU ms):")
     print(table(rows))
     return rows
 

@@ -161,9 +161,9 @@ def _plan(chosen: dict[str, nn.Module], config: LoraConfig) -> list[PlannedModul
         spec = (d, k, *_factor_spec(name, config))
         if spec not in built:                   # layers of one shape and rank have the same factors
             with torch.device("meta"):          # the real factors, without memory: their sizes are the count
-                built[spec] = _make_factors(name, module, config)
-        f = built[spec]
-        params = sum(p.numel() for p in f.parameters())
+                f = _make_factors(name, module, config)
+            built[spec] = f, sum(p.numel() for p in f.parameters())
+        f, params = built[spec]
         plan.append(PlannedModule(name, kind.name, d, k, f.r, f.alpha, params, f.slices, f.widths))
     return plan
 
