@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from loralab.adapters.state import (STATE_ATTR, TrainableCopy, adapter_state, base_modules, check_nothing_else_merged,
-                                    lora_layers, set_trainable)
+                                    lora_layers, model_modules, set_trainable)
 from loralab.core.inits import INITS
 from loralab.core.kinds import kind_of
 from loralab.core.lora import LoraFactors, LoraLayer, SlicedLoraFactors, check_scale
@@ -130,10 +130,11 @@ def _factor_spec(name: str, config: LoraConfig) -> tuple:
     return config.rank_for(name), config.alpha_for(name), config.slices_for(name)
 
 
-def _make_factors(name: str, layer_module: nn.Module, config: LoraConfig) -> LoraFactors:
-    """The (uninitialised) factors `inject` gives one layer; LoraLabError if the layer cannot take them."""
+def _make_factors(name: str, layer_module: nn.Module, config: LoraConfig, spec: tuple | None = None) -> LoraFactors:
+    """The (uninitialised) factors `inject` gives one layer; LoraLabError if the layer cannot take them.
+    `spec`: its `_factor_spec`, when already read."""
     d, k = kind_of(layer_module).shape(layer_module)
-    r, alpha, slices = _factor_spec(name, config)
+    r, alpha, slices = _factor_spec(name, config) if spec is None else spec
     common = dict(dropout=config.dropout, rslora=config.rslora, variant=VARIANTS.lookup(config.variant))
     try:
         check_scale(r, alpha, config.rslora)        # an alpha_pattern / rank_pattern pair may overflow
@@ -152,16 +153,19 @@ def plan_injection(model: nn.Module, config: LoraConfig) -> list[PlannedModule]:
     return _plan(select_modules(model, config), config)
 
 
-def _plan(chosen: dict[str, nn.Module], config: LoraConfig) -> list[PlannedModule]:
-    """`plan_injection` for the layers `select_modules` chose with this (resolved) config."""
+def _plan(chosen: dict[str, nn.Module], config: LoraConfig, specs: dict[str, tuple] | None = None
+          ) -> list[PlannedModule]:
+    """`plan_injection` for the layers `select_modules` chose with this (resolved) config (`specs`: each
+    one's `_factor_spec`, when already read)."""
+    specs = specs if specs is not None else {name: _factor_spec(name, config) for name in chosen}
     plan, built = [], {}
     for name, module in chosen.items():
         kind = kind_of(module)
         d, k = kind.shape(module)
-        spec = (d, k, *_factor_spec(name, config))
+        spec = (d, k, *specs[name])
         if spec not in built:                   # layers of one shape and rank have the same factors
             with torch.device("meta"):          # the real factors, without memory: their sizes are the count
-                f = _make_factors(name, module, config)
+                f = _make_factors(name, module, config, specs[name])
             built[spec] = f, sum(p.numel() for p in f.parameters())
         f, params = built[spec]
         plan.append(PlannedModule(name, kind.name, d, k, f.r, f.alpha, params, f.slices, f.widths))
@@ -188,8 +192,10 @@ def inject(model: nn.Module, config: LoraConfig, adapter: str = "default",
     check_nothing_else_merged(model, adapter)
     config = resolve_config(model, config)
     chosen = select_modules(model, config)
-    check_memory(model, _plan(chosen, config))
-    layers = _checked_layers(model, config, chosen)
+    specs = {name: _factor_spec(name, config) for name in chosen}
+    modules = dict(model_modules(model))        # the layers by name, read once (no factors walked)
+    check_memory(model, _plan(chosen, config, specs), modules)
+    layers = _checked_layers(model, config, chosen, specs, modules)
     to_save = _select_modules_to_save(model, config)
     _warn_if_not_low_rank(layers)
     _Surgery(model, adapter).run(config, layers, to_save, fill)
@@ -200,15 +206,16 @@ def inject(model: nn.Module, config: LoraConfig, adapter: str = "default",
     return model
 
 
-def _checked_layers(model: nn.Module, config: LoraConfig,
-                    chosen: dict[str, nn.Module]) -> dict[str, tuple[LoraLayer, LoraFactors]]:
+def _checked_layers(model: nn.Module, config: LoraConfig, chosen: dict[str, nn.Module], specs: dict[str, tuple],
+                    modules: dict[str, nn.Module]) -> dict[str, tuple[LoraLayer, LoraFactors]]:
     """{name: (its LoraLayer, new or existing but not yet installed, and the adapter's new factors)} for the
-    layers `select_modules` chose, every one checked; nothing on the model has changed."""
+    layers `select_modules` chose (`specs`: their `_factor_spec`; `modules`: the model's modules by name, as far
+    as known), every one checked; nothing on the model has changed."""
     layers = {}
     for name, base in chosen.items():
-        module = model.get_submodule(name)
+        module = _submodule(model, name, modules)
         layer = module if isinstance(module, LoraLayer) else LoraLayer(base, kind_of(base))
-        factors = _make_factors(name, base, config)
+        factors = _make_factors(name, base, config, specs[name])
         try:
             layer.check_adapter(factors, config.init)
         except ValueError as exc:
@@ -217,15 +224,23 @@ def _checked_layers(model: nn.Module, config: LoraConfig,
     return layers
 
 
-def check_memory(model: nn.Module, plan: list[PlannedModule]) -> None:
+def _submodule(model: nn.Module, name: str, modules: dict[str, nn.Module] | None) -> nn.Module:
+    """model.get_submodule(name), looked up in `modules` (names from a walk of the model: each is the path of
+    its module) when it is there."""
+    module = modules.get(name) if modules is not None else None
+    return module if module is not None else model.get_submodule(name)
+
+
+def check_memory(model: nn.Module, plan: list[PlannedModule], modules: dict[str, nn.Module] | None = None) -> None:
     """Refuse, before anything is allocated, factors that need more memory than the machine has (r=10**9 would
     ask for terabytes). `inject` creates every layer's factors on the default device first (all checked before
-    the model is touched), then moves each to its layer's device: both must hold them."""
+    the model is touched), then moves each to its layer's device: both must hold them. `modules`: the model's
+    modules by name, as far as the caller has them."""
     created = getattr(torch, "get_default_device", lambda: torch.device("cpu"))()
     width = torch.empty((), dtype=torch.get_default_dtype(), device="meta").element_size()
     need: dict[torch.device, int] = {}
     for p in plan:
-        device, size = _placement(model.get_submodule(p.name))
+        device, size = _placement(_submodule(model, p.name, modules))
         nbytes = p.num_params * max(width, size)
         need[created] = need.get(created, 0) + nbytes
         if device != created:
