@@ -57,15 +57,17 @@ def first_match(name: str, rules: Iterable[str]) -> str | None:
     return None if found is None else found[1]
 
 
-def dotted_suffixes(name: str) -> list[str]:
+@functools.lru_cache(maxsize=16384)
+def dotted_suffixes(name: str) -> tuple[str, ...]:
     """The name and every suffix after one of its dots ("a.b.c" -> "a.b.c", "b.c", "c"): a plain rule
-    selects the name exactly when it is one of these (`matches`: equal, or the name ends with "." + rule)."""
+    selects the name exactly when it is one of these (`matches`: equal, or the name ends with "." + rule).
+    Cached: a server matches the same module names at every adapter it loads."""
     out = [name]
     at = name.find(".")
     while at != -1:
         out.append(name[at + 1:])
         at = name.find(".", at + 1)
-    return out
+    return tuple(out)
 
 
 class RuleSet:

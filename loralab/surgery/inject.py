@@ -346,7 +346,7 @@ def _copy_into(weight: torch.Tensor, saved: torch.Tensor) -> None:
 
 def _select_modules_to_save(model: nn.Module, config: LoraConfig) -> dict[str, nn.Module]:
     chosen = {}
-    own = [n for n, _ in base_modules(model)]
+    own = [n for n, _ in base_modules(model)] if config.modules_to_save else []
     for rule in config.modules_to_save:
         hits = {n: model.get_submodule(n) for n in own if matches(n, rule)}
         if not hits and config.strict:

@@ -102,9 +102,9 @@ def test_rule_sets_select_the_same_modules_in_a_file_list():
 
 
 def test_dotted_suffixes_are_what_a_plain_rule_can_equal():
-    assert dotted_suffixes("a.b.c") == ["a.b.c", "b.c", "c"]
-    assert dotted_suffixes("a..b") == ["a..b", ".b", "b"]
-    assert dotted_suffixes("q") == ["q"]
+    assert dotted_suffixes("a.b.c") == ("a.b.c", "b.c", "c")
+    assert dotted_suffixes("a..b") == ("a..b", ".b", "b")
+    assert dotted_suffixes("q") == ("q",)
     for name in ["a.b.c", "a..b", "x.y.", ".q"]:
         for rule in ["c", "b.c", ".b", "b", "y.", "", "q", ".q"]:
             if is_plain_name(rule):
