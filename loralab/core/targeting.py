@@ -53,7 +53,12 @@ def check_rule(field: str, rule) -> str:
 
 def first_match(name: str, rules: Iterable[str]) -> str | None:
     """The first rule (in order) that selects `name`, or None."""
-    found = compile_rules(tuple(rules)).first(name)
+    rules = tuple(rules)
+    try:
+        compiled = compile_rules(rules)
+    except TypeError:                           # an unhashable rule: no cache, `matches` says what is wrong
+        compiled = RuleSet(rules)
+    found = compiled.first(name)
     return None if found is None else found[1]
 
 

@@ -119,3 +119,9 @@ def test_a_regex_rule_is_tried_only_before_the_first_plain_hit():
         first_match("model.layers.0.mlp.up_proj", rules)
     with pytest.raises(re.error):
         first_match("model.layers.0.self_attn.q_proj", ["re:(", "q_proj"])
+
+
+def test_a_rule_that_is_not_a_string_fails_as_rule_by_rule():
+    with pytest.raises(AttributeError):
+        first_match("model.layers.0.self_attn.q_proj", [["q_proj"]])
+    assert first_match("model.layers.0.self_attn.q_proj", ["q_proj", ["v_proj"]]) == "q_proj"
