@@ -13,9 +13,10 @@ from torch import nn
 
 from loralab.adapters.merging import (MERGES_ON, MergeMethod, MergeOptions, Part, checked_method, draw_as_peft_creates,
                                       new_rank, seeded)
-from loralab.adapters.state import STATE_ATTR, adapter_state, lora_layers, set_trainable, trainable_copies
+from loralab.adapters.state import (STATE_ATTR, TrainableCopy, adapter_state, lora_layers, model_modules, set_trainable,
+                                    trainable_copies)
 from loralab.core.inits import INITS
-from loralab.core.lora import LoraFactors
+from loralab.core.lora import LoraFactors, LoraLayer
 from loralab.errors import LoraLabError
 
 
@@ -83,12 +84,15 @@ def delete_adapter(model: nn.Module, name: str) -> nn.Module:
     """Remove an adapter's factors and trainable copies. If it was active, another remaining adapter
     becomes active (or none). What its init took from W0 (PiSSA's principal part) is put back first."""
     _check_adapter(model, name)
-    _check_no_rows_use(model, name)
+    modules = [m for _, m in model_modules(model)]                 # one walk for the layers and the copies
+    layers = [m for m in modules if isinstance(m, LoraLayer)]
+    copies = [m for m in modules if isinstance(m, TrainableCopy)]
+    _check_no_rows_use(name, [*layers, *copies])
     state = adapter_state(model)
-    for _, layer in lora_layers(model):
+    for layer in layers:
         if name in layer.lora_adapters:
             layer.remove_adapter(name)
-    for _, wrapper in trainable_copies(model):
+    for wrapper in copies:
         if name in wrapper.trainable_copies:
             del wrapper.trainable_copies[name]
     del state.configs[name]
@@ -99,11 +103,10 @@ def delete_adapter(model: nn.Module, name: str) -> nn.Module:
     return model
 
 
-def _check_no_rows_use(model: nn.Module, name: str) -> None:
-    """Refuse to delete an adapter that rows of a running per_row_adapters block use: its layers would
-    silently give those rows the base model's output."""
-    modules = [*lora_layers(model), *trainable_copies(model)]
-    plans = {id(m.row_plan): m.row_plan for _, m in modules if m.row_plan is not None}
+def _check_no_rows_use(name: str, modules: list[nn.Module]) -> None:
+    """Refuse to delete an adapter that rows of a running per_row_adapters block use (`modules`: the model's
+    LoraLayers and TrainableCopies): its layers would silently give those rows the base model's output."""
+    plans = {id(m.row_plan): m.row_plan for m in modules if m.row_plan is not None}
     rows = sorted({i for plan in plans.values() for i, row in enumerate(plan.names) if row == name})
     if rows:
         raise LoraLabError(f"cannot delete adapter {name!r}: rows {rows} of the per_row_adapters block running now "

@@ -110,16 +110,19 @@ def reserve_row_slots(model: nn.Module, adapters: int | None) -> None:
         reserve_slots(layer, adapters)
 
 
-def write_row_slots(model: nn.Module, names: Sequence[str]) -> None:
+def write_row_slots(model: nn.Module, names: Sequence[str], layers: Sequence[LoraLayer] | None = None) -> None:
     """Write the slots of adapters `names` on every layer that holds them (ΔW = s·B·A adapters on linear
-    layers; others never use slots), so no decoding step writes them."""
+    layers; others never use slots), so no decoding step writes them. `layers`: the model's LoraLayers, when
+    the caller has walked the model already."""
     reserved = model.__dict__.get(RESERVE_ATTR)
-    for _, layer in lora_layers(model):
+    for layer in [layer for _, layer in lora_layers(model)] if layers is None else layers:
         if reserved is not None:
             reserve_slots(layer, reserved)
         write_slots(layer, names)
 
 
-def row_slot_bytes(model: nn.Module) -> int:
-    """Bytes held by the model's slot stacks (allocated capacity, not only the filled slots)."""
-    return sum(slots_of(layer).nbytes() for _, layer in lora_layers(model))
+def row_slot_bytes(model: nn.Module, layers: Sequence[LoraLayer] | None = None) -> int:
+    """Bytes held by the model's slot stacks (allocated capacity, not only the filled slots); `layers` as for
+    `write_row_slots`."""
+    layers = [layer for _, layer in lora_layers(model)] if layers is None else layers
+    return sum(slots_of(layer).nbytes() for layer in layers)

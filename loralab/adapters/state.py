@@ -38,17 +38,54 @@ def adapter_state(model: nn.Module, create: bool = False) -> AdapterState:
     return state
 
 
+def model_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """model.named_modules() (same names, order, each module once) without what sits in a LoraLayer's
+    `lora_adapters`: every adapter adds two modules per layer (its factors and their dropout), so a walk into
+    them would cost more with every adapter a server holds. No LoraLayer or TrainableCopy sits in there.
+    Walked with a stack, not nested generators (this runs between two decoding steps of a server)."""
+    seen: set[int] = set()
+    stack: list[tuple[str, nn.Module]] = [("", model)]
+    while stack:
+        prefix, module = stack.pop()
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        yield prefix, module
+        if module._modules:
+            skip = module.lora_adapters if isinstance(module, LoraLayer) else None
+            dot = prefix + "." if prefix else ""
+            stack.extend([(dot + name, child) for name, child in reversed(module._modules.items())
+                          if child is not None and child is not skip])
+
+
 def lora_layers(model: nn.Module) -> Iterator[tuple[str, LoraLayer]]:
     """(name, layer) for every LoRA-wrapped layer, named as the original layer was."""
-    for name, module in model.named_modules():
+    for name, module in model_modules(model):
         if isinstance(module, LoraLayer):
             yield name, module
 
 
 def trainable_copies(model: nn.Module) -> Iterator[tuple[str, "TrainableCopy"]]:
-    for name, module in model.named_modules():
+    for name, module in model_modules(model):
         if isinstance(module, TrainableCopy):
             yield name, module
+
+
+def all_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Every parameter of the model, each module visited once (a parameter two modules share comes twice):
+    model.parameters() without the names, the generators and the duplicate checks, for walks that only set
+    flags (a server's model holds tens of thousands: every adapter adds its factors to every adapted layer)."""
+    seen: set[int] = set()
+    found: list[nn.Parameter | None] = []
+    stack: list[nn.Module | None] = [model]
+    while stack:
+        module = stack.pop()
+        if module is None or id(module) in seen:
+            continue
+        seen.add(id(module))
+        found.extend(module._parameters.values())
+        stack.extend(module._modules.values())
+    return [p for p in found if p is not None]
 
 
 def base_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
@@ -56,26 +93,31 @@ def base_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     by type: a LoraLayer is its base layer (under the wrapper's name), a TrainableCopy is listed as itself
     with nothing below it (its original and copies are loralab's), and no adapter factor appears."""
     seen: set[int] = set()
+    stack = [("", iter(model._modules.items()))]           # (name prefix, children not yet visited), depth first
+    while stack:
+        prefix, children = stack[-1]
+        item = next(children, None)
+        if item is None:
+            stack.pop()
+            continue
+        name, child = item
+        if child is None or id(child) in seen:
+            continue
+        seen.add(id(child))
+        if isinstance(child, LoraLayer):
+            yield prefix + name, child.base_layer
+            continue
+        yield prefix + name, child
+        if not isinstance(child, TrainableCopy):
+            stack.append((f"{prefix}{name}.", iter(child._modules.items())))
 
-    def walk(module: nn.Module, prefix: str) -> Iterator[tuple[str, nn.Module]]:
-        for name, child in module.named_children():
-            if id(child) in seen:
-                continue
-            seen.add(id(child))
-            if isinstance(child, LoraLayer):
-                yield prefix + name, child.base_layer
-                continue
-            yield prefix + name, child
-            if not isinstance(child, TrainableCopy):
-                yield from walk(child, f"{prefix}{name}.")
 
-    yield from walk(model, "")
-
-
-def check_nothing_else_merged(model: nn.Module, adapter: str) -> None:
+def check_nothing_else_merged(model: nn.Module, adapter: str, layers: list[LoraLayer] | None = None) -> None:
     """Raise unless every adapter merged into the weights is `adapter` itself: another adapter cannot
-    become active or trainable while a different one sits inside W0."""
-    merged = sorted({n for _, layer in lora_layers(model) for n in layer.merged if n != adapter})
+    become active or trainable while a different one sits inside W0. `layers`: the model's LoraLayers, when
+    the caller has walked the model already."""
+    layers = [layer for _, layer in lora_layers(model)] if layers is None else layers
+    merged = sorted({n for layer in layers for n in layer.merged if n != adapter})
     if merged:
         raise LoraLabError(f"adapter(s) {', '.join(map(repr, merged))} are merged into the base weights; call "
                            f"loralab.unmerge(model) first (loralab.set_adapter switches a merged model itself)")
@@ -138,11 +180,14 @@ def set_trainable(model: nn.Module, adapter: str) -> None:
     Refuses (LoraLabError) while another adapter is merged into the weights; nothing is unmerged silently."""
     state = adapter_state(model)
     config = state.configs[adapter]
-    check_nothing_else_merged(model, adapter)
-    for p in model.parameters():
-        p.requires_grad_(False)
+    modules = [m for _, m in model_modules(model)]                 # one walk for the layers and the copies
+    layers = [m for m in modules if isinstance(m, LoraLayer)]
+    check_nothing_else_merged(model, adapter, layers)
+    for p in all_parameters(model):
+        if p.requires_grad:
+            p.requires_grad_(False)
     state.active = adapter
-    for _, layer in lora_layers(model):
+    for layer in layers:
         layer.set_active([adapter])
         if adapter in layer.lora_adapters:
             for p in layer.lora_adapters[adapter].parameters():
@@ -155,7 +200,7 @@ def set_trainable(model: nn.Module, adapter: str) -> None:
             for name, p in module.named_parameters(recurse=False):
                 if name.endswith("bias"):
                     p.requires_grad_(True)
-    for _, wrapper in trainable_copies(model):
+    for wrapper in (m for m in modules if isinstance(m, TrainableCopy)):
         wrapper.active = adapter
         if adapter in wrapper.trainable_copies:
             for p in wrapper.trainable_copies[adapter].parameters():

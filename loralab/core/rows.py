@@ -400,9 +400,10 @@ class SlotStack:
             self.slot_of[name] = slot
         with torch.inference_mode(False), torch.no_grad():   # normal tensors: writable after a decoding step
             self.A[slot, :rank] = f.A.detach()
-            self.A[slot, rank:] = 0
             self.B[slot, :rank] = (f.scale * f.B_matrix().detach()).t()
-            self.B[slot, rank:] = 0
+            if rank < self.r_max:               # a smaller adapter than the stack's widest: zero the rest
+                self.A[slot, rank:] = 0
+                self.B[slot, rank:] = 0
         self._seen[name] = (weakref.ref(f), *_written_from(f))
         self.writes += 1
         _hear("write", layer, name)
@@ -420,7 +421,8 @@ class SlotStack:
         return 1 + min(self.FIRST_CAPACITY, self.reserved or self.FIRST_CAPACITY)
 
     def _free_slot(self, layer: nn.Module, like: torch.Tensor) -> int:
-        for gone in [n for n in self.slot_of if n not in layer.lora_adapters]:    # removed without remove_adapter
+        adapters = layer.lora_adapters
+        for gone in [n for n in self.slot_of if n not in adapters]:               # removed without remove_adapter
             self.clear(gone)
         taken = set(self.slot_of.values())
         free = next((s for s in range(1, self.capacity) if s not in taken), None)

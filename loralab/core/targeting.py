@@ -4,8 +4,9 @@ which layer a module sits in (`layer_index`, PEFT's `layers_to_transform` rule).
 from __future__ import annotations
 
 import difflib
+import functools
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from torch import nn
 
@@ -17,6 +18,7 @@ REGEX_PREFIX = "re:"
 _PLAIN_NAME = re.compile(r"[\w.\-]+")
 
 
+@functools.lru_cache(maxsize=4096)
 def is_plain_name(rule: str) -> bool:
     """True when the rule is a module name or dotted suffix, not a regular expression."""
     return _PLAIN_NAME.fullmatch(rule) is not None
@@ -51,7 +53,69 @@ def check_rule(field: str, rule) -> str:
 
 def first_match(name: str, rules: Iterable[str]) -> str | None:
     """The first rule (in order) that selects `name`, or None."""
-    return next((rule for rule in rules if matches(name, rule)), None)
+    rules = tuple(rules)
+    try:
+        compiled = compile_rules(rules)
+    except TypeError:                           # an unhashable rule: no cache, `matches` says what is wrong
+        compiled = RuleSet(rules)
+    found = compiled.first(name)
+    return None if found is None else found[1]
+
+
+@functools.lru_cache(maxsize=16384)
+def dotted_suffixes(name: str) -> tuple[str, ...]:
+    """The name and every suffix after one of its dots ("a.b.c" -> "a.b.c", "b.c", "c"): a plain rule
+    selects the name exactly when it is one of these (`matches`: equal, or the name ends with "." + rule).
+    Cached: a server matches the same module names at every adapter it loads."""
+    out = [name]
+    at = name.find(".")
+    while at != -1:
+        out.append(name[at + 1:])
+        at = name.find(".", at + 1)
+    return tuple(out)
+
+
+class RuleSet:
+    """A list of target rules compiled for matching many names: the plain-name rules sit in a dict
+    {rule: its positions}, looked up once per dotted suffix of a name, so a name costs O(its depth) for
+    them however many there are (an adapter file lists every adapted module by its full name); the other
+    rules ("re:...", PEFT's regex keys) are tried one by one with `matches`. Same answers as `matches`
+    applied rule by rule, in order."""
+
+    def __init__(self, rules: Sequence[str]):
+        self.rules = tuple(rules)
+        self.plain: dict[str, list[int]] = {}   # plain rule -> its positions (a rule may be listed twice)
+        self.other: list[int] = []              # positions of the other rules, in order
+        for i, rule in enumerate(self.rules):
+            if isinstance(rule, str) and not rule.startswith(REGEX_PREFIX) and is_plain_name(rule):
+                self.plain.setdefault(rule, []).append(i)
+            else:
+                self.other.append(i)
+
+    def _plain_hits(self, name: str) -> list[list[int]]:
+        return [self.plain[s] for s in dotted_suffixes(name) if s in self.plain]
+
+    def first(self, name: str) -> tuple[int, str] | None:
+        """(position, rule) of the first rule (in order) that selects `name`, or None."""
+        best = min((at[0] for at in self._plain_hits(name)), default=len(self.rules))
+        for i in self.other:
+            if i >= best:
+                break
+            if matches(name, self.rules[i]):
+                return i, self.rules[i]
+        return (best, self.rules[best]) if best < len(self.rules) else None
+
+    def matching(self, name: str) -> set[int]:
+        """Positions of every rule that selects `name`."""
+        hits = {i for at in self._plain_hits(name) for i in at}
+        hits.update(i for i in self.other if matches(name, self.rules[i]))
+        return hits
+
+
+@functools.lru_cache(maxsize=256)
+def compile_rules(rules: tuple[str, ...]) -> RuleSet:
+    """The RuleSet of a tuple of rules (cached: a config's rules are matched against every module name)."""
+    return RuleSet(rules)
 
 
 def layer_index(name: str, layers_pattern: list[str] | None = None) -> int | None:

@@ -41,7 +41,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import nn
 
-from loralab.adapters.state import adapter_state, base_modules, lora_layers, trainable_copies
+from loralab.adapters.state import adapter_state, base_modules, lora_layers, model_modules, trainable_copies
 from loralab.core.kinds import KINDS, LayerKind, kind_of
 from loralab.core.lora import LoraFactors, lora_scale
 from loralab.core.targeting import first_match, matches
@@ -460,10 +460,10 @@ def insert_adapter(model: nn.Module, file: AdapterFile, adapter: str = "default"
     _check_fits(model, file)
     inject(model, _config_from_file(file), adapter, fill=lambda name, f: _fill_factors(file, name, f))
     with torch.no_grad():
-        params = dict(model.named_parameters())
+        params = dict(model.named_parameters()) if file.biases else {}
         for pname, t in file.biases.items():
             params.get(pname, params.get(pname[: -len(".bias")] + ".base_layer.bias")).copy_(t)
-        for name, wrapper in trainable_copies(model):
+        for name, wrapper in trainable_copies(model) if file.saved_modules else ():
             if name in file.saved_modules and adapter in wrapper.trainable_copies:
                 wrapper.trainable_copies[adapter].load_state_dict(file.saved_modules[name], strict=False)
     return model
@@ -471,7 +471,9 @@ def insert_adapter(model: nn.Module, file: AdapterFile, adapter: str = "default"
 
 def _check_fits(model: nn.Module, file: AdapterFile) -> None:
     """Raise LoraLabError at the first module, shape, bias or saved module of the file the model lacks."""
-    modules = dict(model.named_modules())
+    # The walk that skips adapters' factors (its cost does not grow with the adapters loaded); a name only the
+    # full walk knows (one inside an adapter's factors) gets the full walk's answer.
+    modules = _ModulesByName(model)
     for name, (A, B, _) in file.factors.items():
         module = modules.get(name)
         if module is None:
@@ -494,12 +496,37 @@ def _check_fits(model: nn.Module, file: AdapterFile) -> None:
             if pname not in own or own[pname].shape != t.shape:
                 got = tuple(own[pname].shape) if pname in own else "missing"
                 raise LoraLabError(f"adapter {file.path}: {name}.{pname} has shape {tuple(t.shape)}, model has {got}")
-    params = dict(model.named_parameters())
+    params = dict(model.named_parameters()) if file.biases else {}
     for pname, t in file.biases.items():
         target = params.get(pname, params.get(pname[: -len(".bias")] + ".base_layer.bias"))
         if target is None or target.shape != t.shape:
             raise LoraLabError(f"adapter {file.path} saves bias {pname} of shape {tuple(t.shape)}, which this model "
                                f"does not have" + (f" (its is {tuple(target.shape)})" if target is not None else ""))
+
+
+class _ModulesByName:
+    """dict(model.named_modules()) for looking names up: `model_modules` first, the full walk only for a name
+    that one lacks."""
+
+    def __init__(self, model: nn.Module):
+        self.model, self.outside = model, dict(model_modules(model))
+        self.full: dict[str, nn.Module] | None = None
+
+    def get(self, name: str) -> nn.Module | None:
+        if name in self.outside:
+            return self.outside[name]
+        if self.full is None:
+            self.full = dict(self.model.named_modules())
+        return self.full.get(name)
+
+    def __contains__(self, name: str) -> bool:
+        return self.get(name) is not None
+
+    def __getitem__(self, name: str) -> nn.Module:
+        module = self.get(name)
+        if module is None:
+            raise KeyError(name)
+        return module
 
 
 @torch.no_grad()

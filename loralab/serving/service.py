@@ -45,6 +45,8 @@ from torch import nn
 
 import loralab
 from loralab.adapters.per_row import reserve_row_slots, row_slot_bytes, write_row_slots
+from loralab.adapters.state import TrainableCopy, model_modules
+from loralab.core.lora import LoraLayer
 from loralab.data.batching import pad_token_id_for
 from loralab.data.chat import chat_prompt_ids, check_messages
 from loralab.data.encoding import Task, encode_examples
@@ -310,13 +312,8 @@ class Service:
             while self._over_bounds(size, rank):
                 await self._evict_one(full)
 
-            def load() -> int:
-                insert_adapter(self.model, file, adapter=name)
-                self.model.eval()                        # fresh modules start in training mode (dropout)
-                write_row_slots(self.model, [name])      # its slots now, so no decoding step writes them
-                return row_slot_bytes(self.model)
             try:
-                slot_bytes = await self.engine.call(load)
+                slot_bytes = await self.engine.call(lambda: insert_for_serving(self.model, file, name))
             except LoraLabError as exc:
                 raise bad_request(f"adapter {name!r} does not fit this base model: {exc}",
                                   param="lora_path" if fixed else "model") from None
@@ -513,6 +510,36 @@ class Service:
 
 
 MAX_ADAPTER_ENTRIES = 10_000      # files and folders in one hot-loaded adapter folder (a real one holds a few)
+
+
+def insert_for_serving(model: nn.Module, file: AdapterFile, name: str) -> int:
+    """On the model thread, between two decoding steps: put adapter `name` read from `file` on the model and make
+    it ready to decode (`ready_for_serving`). Returns the bytes the model's slot stacks now hold."""
+    insert_adapter(model, file, adapter=name)
+    return ready_for_serving(model, name)
+
+
+def ready_for_serving(model: nn.Module, name: str) -> int:
+    """A freshly inserted adapter in eval mode (new modules start in training mode: dropout) and its per-row slots
+    written, so no decoding step writes them. Returns the bytes the model's slot stacks now hold.
+
+    The served model is in eval mode (set when the server starts, kept after every insertion), so only the
+    modules the insertion created need switching: on such a model this is `model.eval()`, without walking every
+    other adapter's factors."""
+    if model.training:
+        model.eval()
+    modules = [m for _, m in model_modules(model)]                 # one walk for the layers and the copies
+    layers = [m for m in modules if isinstance(m, LoraLayer)]
+    for layer in layers:
+        if name in layer.lora_adapters:             # a layer adapted first now is a new wrapper
+            layer.training = layer.lora_adapters.training = False
+            layer.lora_adapters[name].eval()
+    for wrapper in (m for m in modules if isinstance(m, TrainableCopy)):
+        if name in wrapper.trainable_copies:
+            wrapper.training = wrapper.trainable_copies.training = False
+            wrapper.trainable_copies[name].eval()
+    write_row_slots(model, [name], layers)
+    return row_slot_bytes(model, layers)
 
 
 def _under(path: Path, root: Path) -> bool:

@@ -14,11 +14,11 @@ import torch
 from torch import nn
 
 from loralab.adapters.state import (STATE_ATTR, TrainableCopy, adapter_state, base_modules, check_nothing_else_merged,
-                                    lora_layers, set_trainable)
+                                    lora_layers, model_modules, set_trainable)
 from loralab.core.inits import INITS
 from loralab.core.kinds import kind_of
 from loralab.core.lora import LoraFactors, LoraLayer, SlicedLoraFactors, check_scale
-from loralab.core.targeting import ALL_LINEAR, first_match, layer_index, matches, nearest_names, output_head_names
+from loralab.core.targeting import ALL_LINEAR, compile_rules, layer_index, matches, nearest_names, output_head_names
 from loralab.core.variants import VARIANTS
 from loralab.errors import LoraLabError
 from loralab.models.architectures import task_head_modules
@@ -87,16 +87,19 @@ def select_modules(model: nn.Module, config: LoraConfig) -> dict[str, nn.Module]
         heads = output_head_names(model)
         chosen = {n: m for n, m in candidates.items() if kind_of(m).is_linear and n not in heads}
     else:
-        chosen = {n: m for n, m in candidates.items() if first_match(n, config.targets) is not None}
+        targets = compile_rules(tuple(config.targets))
+        chosen = {n: m for n, m in candidates.items() if targets.first(n) is not None}
         if config.strict:
+            hit = set().union(*(targets.matching(n) for n in candidates))
             all_names = [n for n, _ in base_modules(model)]
-            for rule in config.targets:
-                if not any(matches(n, rule) for n in candidates):
+            for i, rule in enumerate(config.targets):
+                if i not in hit:
                     near = nearest_names(rule, list(candidates) or all_names)
                     hint = f"; nearest module names: {', '.join(near)}" if near else ""
                     what = "adaptable layer" if any(matches(n, rule) for n in all_names) else "module"
                     raise LoraLabError(f"target {rule!r} matches no {what} in {type(model).__name__}{hint}")
-    chosen = {n: m for n, m in chosen.items() if first_match(n, config.exclude) is None}
+    exclude = compile_rules(tuple(config.exclude))
+    chosen = {n: m for n, m in chosen.items() if exclude.first(n) is None}
     if config.layers is not None:
         chosen = {n: m for n, m in chosen.items() if layer_index(n, config.layers_pattern) in config.layers}
     if not chosen:
@@ -111,8 +114,10 @@ def select_modules(model: nn.Module, config: LoraConfig) -> dict[str, nn.Module]
 def _check_patterns_match(config: LoraConfig, chosen: list[str]) -> None:
     """A rank_pattern / alpha_pattern key that matches no adapted module would silently do nothing: refuse it."""
     for field in ("rank_pattern", "alpha_pattern"):
-        for key in getattr(config, field):
-            if not any(matches(n, key) for n in chosen):
+        keys = compile_rules(tuple(getattr(config, field)))
+        hit = set().union(*(keys.matching(n) for n in chosen))
+        for i, key in enumerate(keys.rules):
+            if i not in hit:
                 near = nearest_names(key, chosen)
                 hint = f"; nearest adapted modules: {', '.join(near)}" if near else ""
                 raise LoraLabError(f"{field} key {key!r} matches none of the {len(chosen)} adapted modules{hint} "
@@ -120,12 +125,17 @@ def _check_patterns_match(config: LoraConfig, chosen: list[str]) -> None:
                                    f"PEFT's regex on a dotted suffix)")
 
 
-def _make_factors(name: str, layer_module: nn.Module, config: LoraConfig) -> LoraFactors:
-    """The (uninitialised) factors `inject` gives one layer; LoraLabError if the layer cannot take them."""
+def _factor_spec(name: str, config: LoraConfig) -> tuple:
+    """What `_make_factors` reads from the config for one layer: (r, alpha, fused slices)."""
+    return config.rank_for(name), config.alpha_for(name), config.slices_for(name)
+
+
+def _make_factors(name: str, layer_module: nn.Module, config: LoraConfig, spec: tuple | None = None) -> LoraFactors:
+    """The (uninitialised) factors `inject` gives one layer; LoraLabError if the layer cannot take them.
+    `spec`: its `_factor_spec`, when already read."""
     d, k = kind_of(layer_module).shape(layer_module)
-    r, alpha = config.rank_for(name), config.alpha_for(name)
+    r, alpha, slices = _factor_spec(name, config) if spec is None else spec
     common = dict(dropout=config.dropout, rslora=config.rslora, variant=VARIANTS.lookup(config.variant))
-    slices = config.slices_for(name)
     try:
         check_scale(r, alpha, config.rslora)        # an alpha_pattern / rank_pattern pair may overflow
         if slices is not None:
@@ -140,13 +150,24 @@ def plan_injection(model: nn.Module, config: LoraConfig) -> list[PlannedModule]:
 
     Builds no parameters on the model; works on a model created on the meta device."""
     config = resolve_config(model, config)
-    plan = []
-    for name, module in select_modules(model, config).items():
+    return _plan(select_modules(model, config), config)
+
+
+def _plan(chosen: dict[str, nn.Module], config: LoraConfig, specs: dict[str, tuple] | None = None
+          ) -> list[PlannedModule]:
+    """`plan_injection` for the layers `select_modules` chose with this (resolved) config (`specs`: each
+    one's `_factor_spec`, when already read)."""
+    specs = specs if specs is not None else {name: _factor_spec(name, config) for name in chosen}
+    plan, built = [], {}
+    for name, module in chosen.items():
         kind = kind_of(module)
         d, k = kind.shape(module)
-        with torch.device("meta"):              # the real factors, without memory: their sizes are the count
-            f = _make_factors(name, module, config)
-        params = sum(p.numel() for p in f.parameters())
+        spec = (d, k, *specs[name])
+        if spec not in built:                   # layers of one shape and rank have the same factors
+            with torch.device("meta"):          # the real factors, without memory: their sizes are the count
+                f = _make_factors(name, module, config, specs[name])
+            built[spec] = f, sum(p.numel() for p in f.parameters())
+        f, params = built[spec]
         plan.append(PlannedModule(name, kind.name, d, k, f.r, f.alpha, params, f.slices, f.widths))
     return plan
 
@@ -170,8 +191,11 @@ def inject(model: nn.Module, config: LoraConfig, adapter: str = "default",
         raise LoraLabError(f"adapter {adapter!r} already exists; delete it first or choose another name")
     check_nothing_else_merged(model, adapter)
     config = resolve_config(model, config)
-    check_memory(model, plan_injection(model, config))
-    layers = _checked_layers(model, config)
+    chosen = select_modules(model, config)
+    specs = {name: _factor_spec(name, config) for name in chosen}
+    modules = dict(model_modules(model))        # the layers by name, read once (no factors walked)
+    check_memory(model, _plan(chosen, config, specs), modules)
+    layers = _checked_layers(model, config, chosen, specs, modules)
     to_save = _select_modules_to_save(model, config)
     _warn_if_not_low_rank(layers)
     _Surgery(model, adapter).run(config, layers, to_save, fill)
@@ -182,14 +206,16 @@ def inject(model: nn.Module, config: LoraConfig, adapter: str = "default",
     return model
 
 
-def _checked_layers(model: nn.Module, config: LoraConfig) -> dict[str, tuple[LoraLayer, LoraFactors]]:
-    """{name: (its LoraLayer, new or existing but not yet installed, and the adapter's new factors)},
-    every one checked; nothing on the model has changed."""
+def _checked_layers(model: nn.Module, config: LoraConfig, chosen: dict[str, nn.Module], specs: dict[str, tuple],
+                    modules: dict[str, nn.Module]) -> dict[str, tuple[LoraLayer, LoraFactors]]:
+    """{name: (its LoraLayer, new or existing but not yet installed, and the adapter's new factors)} for the
+    layers `select_modules` chose (`specs`: their `_factor_spec`; `modules`: the model's modules by name, as far
+    as known), every one checked; nothing on the model has changed."""
     layers = {}
-    for name, base in select_modules(model, config).items():
-        module = model.get_submodule(name)
+    for name, base in chosen.items():
+        module = _submodule(model, name, modules)
         layer = module if isinstance(module, LoraLayer) else LoraLayer(base, kind_of(base))
-        factors = _make_factors(name, base, config)
+        factors = _make_factors(name, base, config, specs[name])
         try:
             layer.check_adapter(factors, config.init)
         except ValueError as exc:
@@ -198,15 +224,23 @@ def _checked_layers(model: nn.Module, config: LoraConfig) -> dict[str, tuple[Lor
     return layers
 
 
-def check_memory(model: nn.Module, plan: list[PlannedModule]) -> None:
+def _submodule(model: nn.Module, name: str, modules: dict[str, nn.Module] | None) -> nn.Module:
+    """model.get_submodule(name), looked up in `modules` (names from a walk of the model: each is the path of
+    its module) when it is there."""
+    module = modules.get(name) if modules is not None else None
+    return module if module is not None else model.get_submodule(name)
+
+
+def check_memory(model: nn.Module, plan: list[PlannedModule], modules: dict[str, nn.Module] | None = None) -> None:
     """Refuse, before anything is allocated, factors that need more memory than the machine has (r=10**9 would
     ask for terabytes). `inject` creates every layer's factors on the default device first (all checked before
-    the model is touched), then moves each to its layer's device: both must hold them."""
+    the model is touched), then moves each to its layer's device: both must hold them. `modules`: the model's
+    modules by name, as far as the caller has them."""
     created = getattr(torch, "get_default_device", lambda: torch.device("cpu"))()
     width = torch.empty((), dtype=torch.get_default_dtype(), device="meta").element_size()
     need: dict[torch.device, int] = {}
     for p in plan:
-        device, size = _placement(model.get_submodule(p.name))
+        device, size = _placement(_submodule(model, p.name, modules))
         nbytes = p.num_params * max(width, size)
         need[created] = need.get(created, 0) + nbytes
         if device != created:
@@ -223,9 +257,24 @@ def check_memory(model: nn.Module, plan: list[PlannedModule]) -> None:
 
 def _placement(module: nn.Module) -> tuple[torch.device, int]:
     """The device of a layer's weights and the bytes per value of its widest floating tensor."""
-    tensors = [*module.parameters(), *module.buffers()]
+    tensors = [*module.parameters(), *module.buffers()] if not isinstance(module, LoraLayer) else _tensors(module)
     floats = [t.element_size() for t in tensors if t.is_floating_point()]
     return (tensors[0].device if tensors else torch.device("cpu")), max(floats, default=0)
+
+
+def _tensors(layer: LoraLayer) -> list[torch.Tensor]:
+    """What [*layer.parameters(), *layer.buffers()] gives `_placement` (the first tensor, the floating widths),
+    its adapters' tensors read straight from their modules: the generic walk, with names and duplicate
+    checks, costs more with every adapter the layer holds (a server holds dozens)."""
+    params, buffers = [*layer.base_layer.parameters()], [*layer.base_layer.buffers()]
+    stack: list[nn.Module | None] = [*reversed(layer.lora_adapters.values())]
+    while stack:
+        module = stack.pop()
+        if module is not None:
+            params.extend(module._parameters.values())
+            buffers.extend(module._buffers.values())
+            stack.extend(reversed(module._modules.values()))
+    return [t for t in (*params, *buffers) if t is not None]
 
 
 def _gib(nbytes: int) -> str:
@@ -297,7 +346,7 @@ def _copy_into(weight: torch.Tensor, saved: torch.Tensor) -> None:
 
 def _select_modules_to_save(model: nn.Module, config: LoraConfig) -> dict[str, nn.Module]:
     chosen = {}
-    own = [n for n, _ in base_modules(model)]
+    own = [n for n, _ in base_modules(model)] if config.modules_to_save else []
     for rule in config.modules_to_save:
         hits = {n: model.get_submodule(n) for n in own if matches(n, rule)}
         if not hits and config.strict:

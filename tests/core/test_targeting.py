@@ -4,7 +4,8 @@ import re
 import pytest
 
 from loralab import LoraLabError
-from loralab.core.targeting import check_rule, first_match, layer_index, matches
+from loralab.core.targeting import (RuleSet, check_rule, compile_rules, dotted_suffixes, first_match, is_plain_name,
+                                    layer_index, matches)
 from loralab.testing import tiny_model
 
 NAMES = [n for n, _ in tiny_model("llama").named_modules() if n] + \
@@ -65,3 +66,62 @@ def test_rules_are_checked_once_when_the_config_is_made():
         check_rule("exclude", "re:(")
     with pytest.raises(LoraLabError, match="rules are non-empty strings"):
         check_rule("targets", 3)
+
+
+# The compiled rule sets (RuleSet) against the definition: `matches` tried rule by rule, in order.
+def _first_one_by_one(name, rules):
+    return next(((i, rule) for i, rule in enumerate(rules) if matches(name, rule)), None)
+
+
+FULL = [n for n in NAMES if n.endswith(("q_proj", "v_proj", "query", "value"))]
+RULE_LISTS = [
+    ["q_proj", "v_proj"],
+    ["self_attn.q_proj", "attention.self.value", "attn.q_proj", "layers.1.self_attn.v_proj"],
+    FULL,                                                        # an adapter file's list: every full name
+    list(reversed(FULL)) + ["q_proj"],
+    [r"re:.*\.1\..*", "q_proj", r"re:model\.layers\.0\.self_attn\.q_proj", "v_proj"],    # regex first
+    ["q_proj", r"layers\.0\..*", "(q|v)_proj", "^model.*", r"encoder.*dense"],  # PEFT's keys, order matters
+    ["v_proj", "q_proj", "v_proj", "q_proj"],                   # a rule listed twice
+    [".q_proj", "q_proj.", "self_attn..q_proj", "model", "bert", "-", "mlp"],  # odd plain rules
+    [],
+]
+
+
+@pytest.mark.parametrize("rules", RULE_LISTS)
+def test_a_rule_set_answers_as_matches_rule_by_rule(rules):
+    compiled = RuleSet(rules)
+    for name in NAMES + ["", "a..q_proj", "x.self_attn..q_proj", ".q_proj", "q_proj."]:
+        assert compiled.first(name) == _first_one_by_one(name, rules), name
+        assert first_match(name, rules) == next((r for r in rules if matches(name, r)), None)
+        assert compiled.matching(name) == {i for i, rule in enumerate(rules) if matches(name, rule)}, name
+
+
+def test_rule_sets_select_the_same_modules_in_a_file_list():
+    selected = [n for n in NAMES if compile_rules(tuple(FULL)).first(n) is not None]
+    assert selected == FULL and len(FULL) == 8       # llama: 2 layers × q, v; bert: 2 layers × query, value
+
+
+def test_dotted_suffixes_are_what_a_plain_rule_can_equal():
+    assert dotted_suffixes("a.b.c") == ("a.b.c", "b.c", "c")
+    assert dotted_suffixes("a..b") == ("a..b", ".b", "b")
+    assert dotted_suffixes("q") == ("q",)
+    for name in ["a.b.c", "a..b", "x.y.", ".q"]:
+        for rule in ["c", "b.c", ".b", "b", "y.", "", "q", ".q"]:
+            if is_plain_name(rule):
+                assert (rule in dotted_suffixes(name)) == matches(name, rule), (name, rule)
+
+
+def test_a_regex_rule_is_tried_only_before_the_first_plain_hit():
+    # As rule by rule: a broken regex after the winning rule is never compiled; before it, it raises.
+    rules = ["q_proj", "re:("]
+    assert first_match("model.layers.0.self_attn.q_proj", rules) == "q_proj"
+    with pytest.raises(re.error):
+        first_match("model.layers.0.mlp.up_proj", rules)
+    with pytest.raises(re.error):
+        first_match("model.layers.0.self_attn.q_proj", ["re:(", "q_proj"])
+
+
+def test_a_rule_that_is_not_a_string_fails_as_rule_by_rule():
+    with pytest.raises(AttributeError):
+        first_match("model.layers.0.self_attn.q_proj", [["q_proj"]])
+    assert first_match("model.layers.0.self_attn.q_proj", ["q_proj", ["v_proj"]]) == "q_proj"

@@ -3,6 +3,7 @@ import io
 import json
 import os
 import pickle
+import re
 import shutil
 
 import pytest
@@ -12,6 +13,7 @@ from torch import nn
 
 import loralab
 from loralab import LoraConfig, LoraLabError
+from loralab.adapters.state import adapter_state
 from loralab.core.lora import SlicedLoraFactors
 from loralab.testing import model_output, randomize_trainable, tiny_inputs, tiny_model
 
@@ -720,3 +722,67 @@ def test_an_untrained_head_is_saved_from_the_original_when_another_adapter_train
     peft_model = peft.PeftModel.from_pretrained(tiny_model("bert"), str(tmp_path / "b")).eval()
     with torch.no_grad():
         assert torch.equal(peft_model(**inputs).logits, ours)
+
+
+# -- inserting beside other adapters (a server's store): the same model as a fresh load ----------------------------
+@pytest.mark.parametrize("config", [
+    dict(r=4, targets=["q_proj", "v_proj"]),
+    dict(r=4, alpha=8, targets="all-linear", rank_pattern={"layers.1.mlp.up_proj": 2}, alpha_pattern={"o_proj": 3},
+         rslora=True),
+    dict(r=2, targets=["q_proj", "v_proj"], variant="dora", bias="lora_only", modules_to_save=["lm_head"]),
+])
+def test_an_inserted_adapter_beside_others_equals_the_trained_one(config, tmp_path):
+    from loralab.formats.peft import insert_adapter, read_adapter
+    from loralab.testing import fill_adapter
+
+    trained = tiny_model("llama")
+    inputs = tiny_inputs(trained)
+    loralab.inject(trained, LoraConfig(**config), adapter="x")
+    fill_adapter(trained, "x", seed=3)
+    trained.eval()
+    want = model_output(trained, inputs)
+    loralab.save_adapter(trained, tmp_path / "x", adapter="x")
+    file = read_adapter(tmp_path / "x")
+
+    model = tiny_model("llama")
+    for i, others in enumerate([dict(r=2, targets="all-linear"), dict(r=3, targets=["q_proj", "k_proj"])]):
+        loralab.inject(model, LoraConfig(**others), adapter=f"other{i}")
+        fill_adapter(model, f"other{i}", seed=10 + i)
+    insert_adapter(model, file, adapter="x")
+    model.eval()
+    assert torch.equal(model_output(model, inputs), want)                  # bit for bit
+    fresh = loralab.load_adapter(tiny_model("llama"), tmp_path / "x", adapter="x").eval()
+    assert torch.equal(model_output(fresh, inputs), want)
+
+    layers, theirs = dict(loralab.lora_layers(model)), dict(loralab.lora_layers(trained))
+    assert sorted(n for n, layer in layers.items() if "x" in layer.lora_adapters) == sorted(theirs)
+    for name, layer in theirs.items():
+        a, b = layers[name].lora_adapters["x"], layer.lora_adapters["x"]
+        assert (a.r, a.alpha, a.scale) == (b.r, b.alpha, b.scale)
+        assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, p in fresh.named_parameters() if p.requires_grad}      # only x's (and its bias)
+    assert trainable and all(".x." in n or n.endswith(".bias") for n in trainable)
+    assert adapter_state(model).active == "x"
+
+
+def test_a_file_naming_a_module_inside_an_adapter_is_refused_as_before(tmp_path):
+    # The names are looked up in a walk that skips adapters' factors, and in the full walk only when it lacks
+    # them: the errors are named as they were with dict(model.named_modules()).
+    from loralab.formats.peft import insert_adapter, read_adapter
+
+    model = tiny_model("llama")
+    loralab.inject(model, LoraConfig(r=2, targets=["q_proj"]), adapter="a")
+    loralab.save_adapter(model, tmp_path / "a", adapter="a")
+    name = "model.layers.0.self_attn.q_proj"
+    for renamed, message in [
+        (f"{name}.lora_adapters.a", f"targets {name}.lora_adapters.a, a LoraFactors that LoRA cannot adapt"),
+        (f"{name}.lora_adapters", f"targets {name}.lora_adapters, a ModuleDict that LoRA cannot adapt"),
+        (f"{name}.base_layer", f"target '{name}.base_layer' matches no module in LlamaForCausalLM; nearest"),
+        ("model.layers.0.nothing", "targets model.layers.0.nothing, which this model does not have"),
+    ]:
+        file = read_adapter(tmp_path / "a")
+        file.factors[renamed] = file.factors.pop(name)
+        with pytest.raises(LoraLabError, match=re.escape(message)):
+            insert_adapter(model, file, adapter="b")
+    assert list(adapter_state(model).configs) == ["a"]

@@ -174,3 +174,42 @@ def test_hot_loading_a_bad_folder_names_the_same_cause_as_the_cli(tmp_path, conf
         describe_adapter("x", folder, "causal-lm", max_rank=64)
     assert caught.value.status == 400 and caught.value.param == "lora_path"
     assert caught.value.message.startswith("adapter 'x': ") and cause in caught.value.message
+
+
+# -- an adapter put on the served model between two steps --------------------------------------------------------
+def test_ready_for_serving_leaves_the_model_as_model_eval_would(tmp_path):
+    import loralab
+    from loralab.adapters.per_row import reserve_row_slots, row_slot_bytes, write_row_slots
+    from loralab.formats.peft import read_adapter
+    from loralab.serving.service import insert_for_serving, ready_for_serving
+    from loralab.testing import fill_adapter, tiny_model
+
+    def flags(model):
+        return [(n, m.training) for n, m in model.named_modules()]
+
+    model = tiny_model("llama")
+    loralab.inject(model, loralab.LoraConfig(r=2, targets=["q_proj"], dropout=0.1), adapter="a")
+    loralab.inject(model, loralab.LoraConfig(r=4, targets="all-linear", dropout=0.1, modules_to_save=["lm_head"]),
+                   adapter="b")
+    fill_adapter(model, "b", seed=1)
+    loralab.save_adapter(model, tmp_path / "b", adapter="b")
+    file = read_adapter(tmp_path / "b")
+    model.eval()
+    reserve_row_slots(model, 8)
+    twin = tiny_model("llama")
+    loralab.inject(twin, loralab.LoraConfig(r=2, targets=["q_proj"], dropout=0.1), adapter="a")
+    loralab.load_adapter(twin, tmp_path / "b", adapter="b")
+    twin.eval()
+    reserve_row_slots(twin, 8)
+
+    slot_bytes = insert_for_serving(model, file, "c")            # new wrappers (k, o, mlp, head) and new factors
+    loralab.load_adapter(twin, tmp_path / "b", adapter="c")
+    twin.eval()
+    write_row_slots(twin, ["c"])
+    assert flags(model) == flags(twin) and not any(training for _, training in flags(model))
+    assert slot_bytes == row_slot_bytes(model) == row_slot_bytes(twin) > 0
+
+    model.train()                                                # not the served state: the whole model is switched
+    ready_for_serving(model, "c")
+    assert not any(m.training for m in model.modules())
+    assert row_slot_bytes(model) == slot_bytes

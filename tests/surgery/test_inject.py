@@ -257,3 +257,97 @@ def test_a_pattern_pair_whose_scaling_would_overflow_is_refused_per_module():
         "by alpha/r = 2.5e+04, above the 10000 loralab accepts (larger scalings overflow the activations into NaN); "
         "use alpha <= 80000")
     _assert_untouched(model, before)
+
+
+# -- selection by compiled rule sets: the same modules as rule by rule ---------------------------------------------
+def _selected_rule_by_rule(model, config):
+    """select_modules as defined: every rule tried on every candidate with `matches` (its non-strict part)."""
+    from loralab.adapters.state import base_modules
+    from loralab.core.kinds import kind_of
+    from loralab.core.targeting import layer_index, matches, output_head_names
+
+    config = loralab.surgery.inject.resolve_config(model, config)
+    candidates = [n for n, m in base_modules(model) if kind_of(m) is not None]
+    if config.targets == "all-linear":
+        heads = output_head_names(model)
+        chosen = [n for n in candidates if kind_of(model.get_submodule(n)).is_linear and n not in heads]
+    else:
+        chosen = [n for n in candidates if any(matches(n, rule) for rule in config.targets)]
+    chosen = [n for n in chosen if not any(matches(n, rule) for rule in config.exclude)]
+    if config.layers is not None:
+        chosen = [n for n in chosen if layer_index(n, config.layers_pattern) in config.layers]
+    return chosen
+
+
+@pytest.mark.parametrize("family, config", [
+    ("llama", dict(targets=["q_proj", "v_proj"])),
+    ("llama", dict(targets=["self_attn.q_proj", "model.layers.1.mlp.up_proj", "layers.0.self_attn.v_proj"])),
+    ("llama", dict(targets=[r"re:.*\.(q|o)_proj", "model.layers.1.self_attn.k_proj"], exclude=["layers.0.self_attn.o_proj"])),
+    ("llama", dict(targets=[r"layers\.[01]\..*_proj", "q_proj"], exclude=[r"re:.*mlp.*"])),
+    ("llama", dict(targets="all-linear")),
+    ("llama", dict(targets="all-linear", exclude=["k_proj"], layers=[1])),
+    ("bert", dict(targets=["query", "value", "attention.output.dense"], layers=[0])),
+    ("bert", dict(targets=None)),
+])
+def test_selection_matches_rule_by_rule(family, config):
+    from loralab.surgery.inject import select_modules
+
+    model = tiny_model(family)
+    config = LoraConfig(**config)
+    assert list(select_modules(model, config)) == _selected_rule_by_rule(model, config)
+
+
+def test_selection_by_a_files_full_names_with_other_adapters_on_the_model():
+    from loralab.surgery.inject import select_modules
+
+    model = tiny_model("llama")
+    loralab.inject(model, LoraConfig(r=2, targets="all-linear"), adapter="first")
+    names = [n for n, _ in loralab.lora_layers(model) if n.endswith(("q_proj", "v_proj"))]
+    config = LoraConfig(r=2, targets=sorted(names), rank_pattern={n: 2 for n in names})
+    assert list(select_modules(model, config)) == _selected_rule_by_rule(model, config) == names
+    assert len(names) == 4
+
+
+def test_the_first_pattern_key_in_order_sets_the_rank():
+    model = tiny_model("llama")
+    config = LoraConfig(r=4, targets=["q_proj", "v_proj"], rank_pattern={
+        r"re:.*layers\.1\..*": 3, "q_proj": 2, "model.layers.1.self_attn.q_proj": 1, "v_proj": 5},
+        alpha_pattern={"v_proj": 7, r"layers\.0\..*": 9})
+    ranks = {p.name: (p.r, p.alpha) for p in loralab.plan_injection(model, config)}
+    assert ranks == {"model.layers.0.self_attn.q_proj": (2, 9.0), "model.layers.0.self_attn.v_proj": (5, 7.0),
+                     "model.layers.1.self_attn.q_proj": (3, 16.0), "model.layers.1.self_attn.v_proj": (3, 7.0)}
+
+
+def test_a_strict_rule_or_key_matching_nothing_among_many_is_named():
+    model = tiny_model("llama")
+    names = ["model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.q_proj"]
+    with pytest.raises(LoraLabError, match=r"^target 'model.layers.2.self_attn.q_proj' matches no module"):
+        loralab.inject(model, LoraConfig(targets=[*names, "model.layers.2.self_attn.q_proj", "k_prj"]))
+    with pytest.raises(LoraLabError, match=r"^rank_pattern key 'v_proj' matches none of the 2 adapted modules"):
+        loralab.inject(model, LoraConfig(targets=names, rank_pattern={names[0]: 2, "v_proj": 3, "k_proj": 1}))
+    assert not list(loralab.lora_layers(model))
+
+
+def test_the_plan_is_the_same_as_factors_built_layer_by_layer():
+    from loralab.surgery.inject import _make_factors, select_modules
+
+    model = tiny_model("llama")
+    config = LoraConfig(r=4, targets="all-linear", rank_pattern={"layers.1.mlp.up_proj": 2}, alpha_pattern={"v_proj": 3})
+    plan = loralab.plan_injection(model, config)
+    for p, (name, module) in zip(plan, select_modules(model, config).items(), strict=True):
+        with torch.device("meta"):
+            f = _make_factors(name, module, config)
+        assert (p.name, p.r, p.alpha, p.num_params) == (name, f.r, f.alpha, sum(t.numel() for t in f.parameters()))
+
+
+def test_placement_reads_a_layers_adapters_as_the_generic_walk_does():
+    from loralab.surgery.inject import _placement
+
+    model = tiny_model("llama")
+    loralab.inject(model, LoraConfig(r=2, targets=["q_proj"]), adapter="a")
+    loralab.inject(model, LoraConfig(r=2, targets=["q_proj"], variant="dora"), adapter="b")
+    layer = model.get_submodule("model.layers.0.self_attn.q_proj")
+    layer.lora_adapters["b"].double()                    # an adapter wider than the base layer
+    tensors = [*layer.parameters(), *layer.buffers()]
+    assert _placement(layer) == (tensors[0].device, 8)
+    assert max(t.element_size() for t in tensors if t.is_floating_point()) == 8
