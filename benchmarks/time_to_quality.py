@@ -249,7 +249,7 @@ def loralab_recipe(config, model, train_examples: int) -> PeftRecipe:
     `train_examples` sizes the run, whose length sets loralab's warm-up (a ratio, capped in steps)."""
     import torch
 
-    from loralab.precision import resolve_dtype
+    from loralab.precision import resolve_device, resolve_dtype
     from loralab.surgery.peft_names import to_peft_config
     from loralab.surgery.presets import preset_for
     from loralab.training.optimization import TRANSFORMERS_NAMES, warmup_steps
@@ -260,7 +260,7 @@ def loralab_recipe(config, model, train_examples: int) -> PeftRecipe:
     if peft.get("target_modules") is None:
         peft["target_modules"] = list(preset_for(model).targets)
     peft.pop("modules_to_save", None)         # task_type SEQ_CLS makes PEFT train and save the head
-    dtype = resolve_dtype(torch.device("cpu"), config.dtype)     # "auto": what it becomes on this machine
+    dtype = resolve_dtype(resolve_device(config.device), config.dtype)     # "auto": what it becomes here
     batches = -(-train_examples // config.batch_size)
     total = config.max_steps or max(1, math.ceil(config.epochs * -(-batches // config.grad_accum)))
     training = {"learning_rate": config.lr, "per_device_train_batch_size": config.batch_size,
