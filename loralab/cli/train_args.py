@@ -23,7 +23,8 @@ GROUPS: dict[str, tuple[str, ...]] = {
                        "standardize_targets"),
     "training": ("method", "epochs", "max_steps", "batch_size", "eval_batch_size", "grad_accum", "lr",
                  "lora_plus_ratio", "weight_decay", "betas", "eps", "warmup_ratio", "max_warmup_steps", "scheduler",
-                 "max_grad_norm", "seed", "eval_every", "checkpoint_every", "log_every", "best_metric", "early_stopping_patience", "report_to"),
+                 "max_grad_norm", "seed", "eval_every", "checkpoint_every", "log_every", "best_metric",
+                 "early_stopping_patience", "report_to"),
     "runtime": ("compile", "threads", "progress"),
     "device, precision and memory": ("device", "dtype", "quantize", "gradient_checkpointing", "fsdp"),
 }

@@ -294,15 +294,15 @@ def _generate_both(config: E2EConfig, adapter_dir: Path, mrs: list[str], out: Pa
     if not getattr(tokenizer, "chat_template", None):
         raise LoraLabError(f"{config.model}: the tokenizer has no chat template; this comparison prompts "
                            "both systems through it, so use an instruction-tuned model")
-    model = load_model(config.model, task="causal-lm", dtype=config.dtype)
+    model = load_model(config.model, task="causal-lm", dtype=precision.dtype)      # "auto" resolved
     quantize_base(model, config.quantize)
     model.to(precision.device).eval()
     decoding = {"model": config.model, "instruction": config.instruction, "mrs": mrs,
                 "num_beams": config.num_beams, "max_new_tokens": config.max_new_tokens}
     if config.decoding:  # only when set, so greedy and beam predictions made before it are still reused
         decoding["decoding"] = config.decoding
-    if (config.dtype, config.quantize) != ("fp32", "none"):      # likewise: fp32 predictions stay reusable
-        decoding["precision"] = {"dtype": config.dtype, "quantize": config.quantize}
+    if (precision.name, config.quantize) != ("fp32", "none"):      # likewise: fp32 predictions stay reusable
+        decoding["precision"] = {"dtype": precision.name, "quantize": config.quantize}
     outputs, seconds = {}, {}
     outputs["base"], seconds["base"] = generate_for("base", model, tokenizer, prompts, config, out, decoding, log)
     loralab.load_adapter(model, adapter_dir)

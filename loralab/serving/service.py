@@ -45,8 +45,7 @@ from torch import nn
 
 import loralab
 from loralab.adapters.per_row import reserve_row_slots, row_slot_bytes, write_row_slots
-from loralab.adapters.state import TrainableCopy, model_modules
-from loralab.core.lora import LoraLayer
+from loralab.adapters.state import lora_layers, trainable_copies
 from loralab.data.batching import pad_token_id_for
 from loralab.data.chat import chat_prompt_ids, check_messages
 from loralab.data.encoding import Task, encode_examples
@@ -528,13 +527,12 @@ def ready_for_serving(model: nn.Module, name: str) -> int:
     other adapter's factors."""
     if model.training:
         model.eval()
-    modules = [m for _, m in model_modules(model)]                 # one walk for the layers and the copies
-    layers = [m for m in modules if isinstance(m, LoraLayer)]
+    layers = [layer for _, layer in lora_layers(model)]
     for layer in layers:
         if name in layer.lora_adapters:             # a layer adapted first now is a new wrapper
             layer.training = layer.lora_adapters.training = False
             layer.lora_adapters[name].eval()
-    for wrapper in (m for m in modules if isinstance(m, TrainableCopy)):
+    for _, wrapper in trainable_copies(model):
         if name in wrapper.trainable_copies:
             wrapper.training = wrapper.trainable_copies.training = False
             wrapper.trainable_copies[name].eval()

@@ -164,7 +164,7 @@ class TrainConfig:
     dtype: str = "auto"
     """Precision of the frozen base weights and of the compute (autocast): fp32, bf16 or fp16 (fp16 with a loss
     scaler), or auto: bf16 where the device runs it natively (bf16 GPUs, CPUs with AVX-512 BF16 or AMX), fp32
-    elsewhere. Trainable tensors and the optimizer state stay fp32 (loralab.precision). bf16 steps 1.5x faster
+    elsewhere. Trainable tensors and the optimizer state stay fp32 (loralab.precision). bf16 steps 1.6x faster
     than fp32 on an AVX-512 BF16 CPU at the same dev scores (docs/training.md)."""
     quantize: str = "none"
     """Store the frozen base's Linear weights quantized: none, int8 or nf4 (loralab.quantization; QLoRA-style).

@@ -137,7 +137,7 @@ def record_resume(folder: Path, step: int, changes: dict[str, tuple[Any, Any]]) 
 # --------------------------------------------------------------------------------------------------
 # Settings whose default changed after runs were written without them: {field: the value those runs used}, so
 # resuming an older run continues it as it was trained.
-SETTINGS_BEFORE_DEFAULTS = {"standardize_targets": False}
+SETTINGS_BEFORE_DEFAULTS = {"standardize_targets": False, "dtype": "fp32", "max_warmup_steps": None}
 
 
 def read_config(folder: str | os.PathLike) -> TrainConfig:

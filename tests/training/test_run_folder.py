@@ -79,3 +79,18 @@ def test_a_run_written_before_standardize_targets_resumes_unscaled(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(saved))
     assert read_config(tmp_path).standardize_targets is False   # resumed as it was trained: raw targets
     assert read_config(tmp_path) == TrainConfig(**{**config.to_dict(), "standardize_targets": False})
+
+
+def test_a_run_written_before_dtype_auto_and_the_warmup_cap_resumes_as_trained(tmp_path):
+    from loralab.training.config import TrainConfig
+    from loralab.training.run_folder import read_config, write_config
+
+    config = TrainConfig(model="m", train_file="t.tsv")
+    assert (config.dtype, config.max_warmup_steps) == ("auto", 10)       # the defaults of new runs
+    write_config(tmp_path, config)
+    assert (read_config(tmp_path).dtype, read_config(tmp_path).max_warmup_steps) == ("auto", 10)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["max_warmup_steps"], saved["dtype"]                # a config.json of loralab 0.1 (no dtype field yet)
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    old = read_config(tmp_path)
+    assert (old.dtype, old.max_warmup_steps) == ("fp32", None)           # fp32, the warm-up by ratio alone
