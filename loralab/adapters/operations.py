@@ -13,10 +13,10 @@ from torch import nn
 
 from loralab.adapters.merging import (MERGES_ON, MergeMethod, MergeOptions, Part, checked_method, draw_as_peft_creates,
                                       new_rank, seeded)
-from loralab.adapters.state import (STATE_ATTR, TrainableCopy, adapter_state, lora_layers, model_modules, set_trainable,
+from loralab.adapters.state import (STATE_ATTR, adapted_modules, adapter_state, lora_layers, set_trainable,
                                     trainable_copies)
 from loralab.core.inits import INITS
-from loralab.core.lora import LoraFactors, LoraLayer
+from loralab.core.lora import LoraFactors
 from loralab.errors import LoraLabError
 
 
@@ -84,9 +84,7 @@ def delete_adapter(model: nn.Module, name: str) -> nn.Module:
     """Remove an adapter's factors and trainable copies. If it was active, another remaining adapter
     becomes active (or none). What its init took from W0 (PiSSA's principal part) is put back first."""
     _check_adapter(model, name)
-    modules = [m for _, m in model_modules(model)]                 # one walk for the layers and the copies
-    layers = [m for m in modules if isinstance(m, LoraLayer)]
-    copies = [m for m in modules if isinstance(m, TrainableCopy)]
+    layers, copies = adapted_modules(model)
     _check_no_rows_use(name, [*layers, *copies])
     state = adapter_state(model)
     for layer in layers:

@@ -71,6 +71,13 @@ def trainable_copies(model: nn.Module) -> Iterator[tuple[str, "TrainableCopy"]]:
             yield name, module
 
 
+def adapted_modules(model: nn.Module) -> tuple[list[LoraLayer], list["TrainableCopy"]]:
+    """The model's LoraLayers and TrainableCopies in walk order, found in one walk (`lora_layers` and
+    `trainable_copies` walk once each)."""
+    modules = [m for _, m in model_modules(model)]
+    return ([m for m in modules if isinstance(m, LoraLayer)], [m for m in modules if isinstance(m, TrainableCopy)])
+
+
 def all_parameters(model: nn.Module) -> list[nn.Parameter]:
     """Every parameter of the model, each module visited once (a parameter two modules share comes twice):
     model.parameters() without the names, the generators and the duplicate checks, for walks that only set
@@ -180,8 +187,7 @@ def set_trainable(model: nn.Module, adapter: str) -> None:
     Refuses (LoraLabError) while another adapter is merged into the weights; nothing is unmerged silently."""
     state = adapter_state(model)
     config = state.configs[adapter]
-    modules = [m for _, m in model_modules(model)]                 # one walk for the layers and the copies
-    layers = [m for m in modules if isinstance(m, LoraLayer)]
+    layers, copies = adapted_modules(model)
     check_nothing_else_merged(model, adapter, layers)
     for p in all_parameters(model):
         if p.requires_grad:
@@ -200,7 +206,7 @@ def set_trainable(model: nn.Module, adapter: str) -> None:
             for name, p in module.named_parameters(recurse=False):
                 if name.endswith("bias"):
                     p.requires_grad_(True)
-    for wrapper in (m for m in modules if isinstance(m, TrainableCopy)):
+    for wrapper in copies:
         wrapper.active = adapter
         if adapter in wrapper.trainable_copies:
             for p in wrapper.trainable_copies[adapter].parameters():

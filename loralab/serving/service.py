@@ -45,7 +45,7 @@ from torch import nn
 
 import loralab
 from loralab.adapters.per_row import reserve_row_slots, row_slot_bytes, write_row_slots
-from loralab.adapters.state import lora_layers, trainable_copies
+from loralab.adapters.state import adapted_modules
 from loralab.data.batching import pad_token_id_for
 from loralab.data.chat import chat_prompt_ids, check_messages
 from loralab.data.encoding import Task, encode_examples
@@ -527,12 +527,12 @@ def ready_for_serving(model: nn.Module, name: str) -> int:
     other adapter's factors."""
     if model.training:
         model.eval()
-    layers = [layer for _, layer in lora_layers(model)]
+    layers, copies = adapted_modules(model)
     for layer in layers:
         if name in layer.lora_adapters:             # a layer adapted first now is a new wrapper
             layer.training = layer.lora_adapters.training = False
             layer.lora_adapters[name].eval()
-    for _, wrapper in trainable_copies(model):
+    for wrapper in copies:
         if name in wrapper.trainable_copies:
             wrapper.training = wrapper.trainable_copies.training = False
             wrapper.trainable_copies[name].eval()
