@@ -34,7 +34,7 @@ from loralab.core.targeting import ALL_LINEAR, REGEX_PREFIX, is_plain_name
 from loralab.core.variants import VARIANTS
 from loralab.errors import LoraLabError
 
-# Every field of PEFT's LoraConfig (and its PeftConfig base) that PEFT versions up to 0.21 write.
+# Every field of PEFT's LoraConfig (and its PeftConfig base) that PEFT versions up to 0.22 write.
 PEFT_CONFIG_FIELDS = frozenset({
     "peft_type", "task_type", "base_model_name_or_path", "revision", "inference_mode", "auto_mapping",
     "peft_version", "r", "lora_alpha", "lora_dropout", "target_modules", "exclude_modules", "target_parameters",
@@ -43,6 +43,7 @@ PEFT_CONFIG_FIELDS = frozenset({
     "alpha_pattern", "megatron_config", "megatron_core", "loftq_config", "eva_config", "corda_config",
     "lora_ga_config", "kasa_config", "velora_config", "monteclora_config", "arrow_config", "layer_replication",
     "runtime_config", "trainable_token_indices", "ensure_weight_tying", "alora_invocation_tokens",
+    "astra_config",
 })
 # Fields that say where an adapter came from or how PEFT runs it, not what it is: skipped by from_peft
 # (`qalora_group_size` and `megatron_core` only configure features that are off unless their own flag is set).
@@ -51,8 +52,10 @@ PEFT_PROVENANCE_FIELDS = frozenset({"peft_type", "base_model_name_or_path", "rev
                                     "megatron_core"})
 # PEFT's `task_type` values (peft.TaskType).
 PEFT_TASK_TYPES = ("SEQ_CLS", "SEQ_2_SEQ_LM", "CAUSAL_LM", "TOKEN_CLS", "QUESTION_ANS", "FEATURE_EXTRACTION")
-# The head modules PEFT's task classes add to modules_to_save (PeftModelForSequenceClassification, ...).
-PEFT_TASK_HEADS = {"SEQ_CLS": ("classifier", "score"), "TOKEN_CLS": ("classifier", "score"),
+# The head modules PEFT's task classes add to modules_to_save (PeftModelForSequenceClassification, ...);
+# PEFT 0.22 added DistilBERT's "pre_classifier" for both classification tasks.
+PEFT_TASK_HEADS = {"SEQ_CLS": ("classifier", "score", "pre_classifier"),
+                   "TOKEN_CLS": ("classifier", "score", "pre_classifier"),
                    "QUESTION_ANS": ("qa_outputs",)}
 # PEFT's own defaults where they differ from loralab's, applied by from_peft to fields a PEFT config omits.
 PEFT_DEFAULTS = {"lora_alpha": 8}
@@ -66,6 +69,7 @@ UNSUPPORTED_REASONS = {
     "use_qalora": "QA-LoRA's pooled adapter input is not implemented; quantize the base with quantize='nf4' "
                   "and train plain LoRA (QLoRA)",
     "qalora_group_size": "it configures QA-LoRA, which loralab does not have",
+    "astra_config": "Astra's adapter layers and init are not implemented; train plain LoRA or a registered variant",
     "loftq_config": "LoftQ's init is not implemented; use init='pissa' or quantize the base with quantize='nf4'",
     "layer_replication": "loralab adapts the model's own layers and does not replicate them",
     "trainable_token_indices": "train the embedding through modules_to_save, or adapt it with targets",
