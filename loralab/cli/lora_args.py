@@ -45,11 +45,8 @@ def add_lora_arguments(parser: argparse.ArgumentParser, fields: Iterable[str] = 
 
 
 def lora_fields_given(args: argparse.Namespace) -> dict[str, Any]:
-    """{LoraConfig field: value} of the LoRA flags given (`--targets all-linear` is the string)."""
-    given = given_fields(args, getattr(args, "_lora_fields", FLAG_FIELDS))
-    if given.get("targets") == ["all-linear"]:
-        given["targets"] = "all-linear"
-    return given
+    """{LoraConfig field: value} of the LoRA flags given (LoraConfig reads `--targets all-linear`'s list)."""
+    return given_fields(args, getattr(args, "_lora_fields", FLAG_FIELDS))
 
 
 def lora_file_settings(args: argparse.Namespace) -> dict[str, Any]:

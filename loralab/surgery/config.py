@@ -100,6 +100,11 @@ class LoraConfig:
             self.targets = list(self.targets)      # each entry checked as a rule below (a nested list is refused)
             if not self.targets:
                 raise LoraLabError("targets is an empty list; give module names, 'all-linear', or None for the preset")
+            if "all-linear" in self.targets:      # a YAML list or `lora.targets=[all-linear]` holding the keyword
+                if len(self.targets) > 1:
+                    raise LoraLabError(f"targets {self.targets} mixes 'all-linear' with other rules; 'all-linear' "
+                                       "already selects every linear layer but the head: give it alone")
+                self.targets = "all-linear"
         elif self.targets is not None and not isinstance(self.targets, str):
             raise LoraLabError(f"targets must be a list of names, a string or None, not {type(self.targets).__name__}")
         elif isinstance(self.targets, str) and self.targets != "all-linear":

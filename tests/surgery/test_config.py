@@ -30,6 +30,14 @@ def test_string_target_becomes_a_list_and_patterns_resolve():
     assert c.alpha_for("bert.encoder.layer.0.attention.self.value") == 4.0
     assert c.alpha_for("bert.encoder.layer.0.attention.self.query") == 16.0
     assert LoraConfig(targets="all-linear").targets == "all-linear"
+    assert LoraConfig(targets=["all-linear"]).targets == "all-linear"      # YAML's or KEY=VALUE's list
+
+
+def test_all_linear_beside_other_rules_is_refused_in_one_line():
+    with pytest.raises(LoraLabError) as caught:
+        LoraConfig(targets=["all-linear", "query"])
+    assert str(caught.value) == ("targets ['all-linear', 'query'] mixes 'all-linear' with other rules; 'all-linear' "
+                                 "already selects every linear layer but the head: give it alone")
 
 
 def test_dict_round_trip_and_unknown_field(tmp_path):
