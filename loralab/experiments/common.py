@@ -340,8 +340,9 @@ def with_seeds(specs: Sequence[RunSpec], seeds: int) -> list[RunSpec]:
 
     if not isinstance(seeds, int) or seeds < 1:
         raise LoraLabError(f"seeds must be a positive number of seeds, got {seeds!r}")
-    return [RunSpec(seed_run_name(spec.name, seed), dataclasses.replace(spec.config, seed=seed),
-                    {**spec.info, "seed": seed, "base_run": spec.name})
+    return [dataclasses.replace(spec, name=seed_run_name(spec.name, seed),
+                                config=dataclasses.replace(spec.config, seed=seed),
+                                info={**spec.info, "seed": seed, "base_run": spec.name})
             for spec in specs for seed in range(seeds)]
 
 
