@@ -87,8 +87,11 @@ class TrainConfig:
     """regression: train on (label - mean) / std of the training labels; the scaling is saved in the adapter's
     labels.json and eval, predict and serve answer in the labels' units (docs/training.md measures why)."""
 
-    lora: dict[str, Any] = field(default_factory=lambda: {"r": 8, "alpha": 16.0})
-    """The adapter: loralab.LoraConfig fields (the LoRA flags); stored with every field spelt out."""
+    lora: dict[str, Any] = field(default_factory=lambda: {"r": 8, "alpha": 16.0, "targets": "all-linear"})
+    """The adapter: loralab.LoraConfig fields (the LoRA flags); stored with every field spelt out. The default
+    adapts every linear layer but the head (measured: docs/training.md, "Targets"); `loralab train`'s LoRA
+    flags and a config file's `lora:` change only the fields they name, while a dict given here from Python
+    replaces it (fields it leaves out take LoraConfig's defaults: the architecture's preset targets)."""
     method: str = "lora"
     """What trains: lora (the `lora` fields), or a baseline of loralab.baselines.METHODS (full, bitfit,
     houlsby, prefix) with method_options, in the same harness."""

@@ -86,7 +86,7 @@ def test_loralab_row_reads_the_cli_defaults(shared_data):
     assert recipe.training["warmup_steps"] == 10         # 6 % of 3 epochs × 161 batches of 16 = 29, capped
     assert ttq.loralab_recipe(config, _bert(), train_examples=67_349).training["warmup_steps"] == 10
     assert recipe.lora["r"] == config.lora["r"] and recipe.lora["lora_alpha"] == config.lora["alpha"]
-    assert recipe.lora["target_modules"] == ["query", "value"]       # the preset, resolved on the model
+    assert recipe.lora["target_modules"] == "all-linear"             # train's default, in PEFT's spelling
     assert math.isclose(recipe.lora["lora_dropout"], config.lora["dropout"])
 
 

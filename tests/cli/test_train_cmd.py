@@ -67,7 +67,10 @@ def test_train_writes_the_output_folder(trained, capsys):
     assert json.loads((adapter / "labels.json").read_text()) == {"kind": "classification", "names": ["0", "1"]}
     peft_config = json.loads((adapter / "adapter_config.json").read_text())
     assert peft_config["modules_to_save"] == ["classifier"] and peft_config["r"] == 8
-    assert sorted(peft_config["target_modules"])[0].endswith("attention.self.query")
+    linear = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+              "intermediate.dense", "output.dense", "pooler.dense")
+    targets = peft_config["target_modules"]     # train's default: every linear layer but the head, 6 a layer
+    assert len(targets) == 13 and all(name.endswith(linear) for name in targets), targets
     metrics = json.loads((trained / "metrics.json").read_text())
     assert metrics["steps"] == 24 and 0 <= metrics["test"]["accuracy"] <= 1
     dev_rows = [r for r in metrics["history"] if r["split"] == "dev"]
@@ -171,7 +174,11 @@ def test_flags_to_config_default_run_builtin_data_and_limits():
     from loralab.training.config import DEFAULT_RUN
 
     default = _config([])
-    assert {k: getattr(default, k) for k in DEFAULT_RUN} == DEFAULT_RUN
+    assert {k: getattr(default, k) for k in DEFAULT_RUN if k != "lora"} == {k: v for k, v in DEFAULT_RUN.items()
+                                                                         if k != "lora"}
+    assert (default.lora["r"], default.lora["alpha"], default.lora["targets"]) == (8, 16.0, ["query", "value"])
+    files_r4 = _config(["--train-file", "t.tsv", "--r", "4"])          # a LoRA flag keeps train's other fields
+    assert (files_r4.lora["r"], files_r4.lora["alpha"], files_r4.lora["targets"]) == (4, 16.0, "all-linear")
     sst2 = _config(["--data", "sst2", "--r", "4", "--targets", "query", "value", "--train-limit", "0",
                     "--grad-accum", "2", "--max-grad-norm", "0"])
     assert sst2.train_limit is None and sst2.max_length is None and sst2.epochs == 3.0  # generic defaults

