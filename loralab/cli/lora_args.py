@@ -18,7 +18,7 @@ FLAG_FIELDS = ("r", "alpha", "dropout", "targets", "exclude", "layers", "layers_
 FILE_ONLY_FIELDS = ("task_type", "fan_in_fan_out")
 _TWEAKS = {
     "targets": {"metavar": "RULE", "help": "modules to adapt: suffixes like 'query', full names, 're:REGEX', or "
-                                          "'all-linear' (default: the architecture preset, the paper's Wq and Wv)"},
+                                          "'all-linear'"},
     "exclude": {"metavar": "RULE"},
     "layers": {"metavar": "INDEX"},
     "layers_pattern": {"metavar": "REGEX"},
@@ -38,6 +38,8 @@ def add_lora_arguments(parser: argparse.ArgumentParser, fields: Iterable[str] = 
         group.add_argument("--lora-config", metavar="FILE",
                            help="a LoraConfig as JSON (all of it: it replaces a --config file's lora section); "
                                 "the flags below change its fields")
+    # LoraConfig's targets=None means the architecture's preset; a command with another default names it
+    shown_defaults = {"targets": "the architecture's preset, the paper's Wq and Wv", **(shown_defaults or {})}
     add_field_flags(group, LoraConfig, fields, _TWEAKS, shown_defaults)
     if "variant" in fields:
         add_deprecated(group, "--dora", dest="variant", new="--variant dora", const="dora")

@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="settings by name, e.g. lora.r=4 lr=1e-3 read_options.text_column=review")
     add_train_arguments(parser, shown_defaults=builtin_run_defaults())
     add_data_arguments(parser)
-    add_lora_arguments(parser)
+    add_lora_arguments(parser, shown_defaults={"targets": "all-linear; the default run: query value"})
 
 
 def _layers(args: argparse.Namespace) -> list[dict[str, Any]]:
