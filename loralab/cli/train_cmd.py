@@ -79,10 +79,11 @@ def _layers(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def resolve_settings(args: argparse.Namespace, base: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The settings the command line describes over `base` (a saved run's, on --resume). Without a base,
-    the default run's settings are the base when no layer names a model or data."""
+    """The settings the command line describes over `base` (a saved run's, on --resume). Without a base, the
+    base is TrainConfig's sections (so `--r 4` keeps the default adapter's other fields), under the default
+    run's settings when no layer names a model or data."""
     from loralab.training.config import DEFAULT_RUN, METHOD_LR, train_field_default
-    from loralab.training.config_files import apply_overrides, merge_settings
+    from loralab.training.config_files import SECTIONS, apply_overrides, merge_settings
 
     named: dict[str, Any] = {}
     for layer in _layers(args):
@@ -90,8 +91,9 @@ def resolve_settings(args: argparse.Namespace, base: dict[str, Any] | None = Non
     named = apply_overrides(named, args.overrides)
     if base is None:
         default_run = not any(named.get(key) for key in ("model", "data", "train_file"))
-        # LoRA flags change the fields they name of train's default adapter (its targets stay all-linear)
-        base = dict(DEFAULT_RUN) if default_run else {"lora": train_field_default("lora")}
+        base = {section: train_field_default(section) for section in SECTIONS}  # merged key by key
+        if default_run:
+            base = merge_settings(base, DEFAULT_RUN)
         if "lr" not in named and named.get("method") in METHOD_LR:   # the method's own rate, not LoRA's
             named["lr"] = METHOD_LR[named["method"]]
     return merge_settings(base, named)
