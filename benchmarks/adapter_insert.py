@@ -57,7 +57,7 @@ def measure(model: torch.nn.Module, residents: list[int], rounds: int, max_adapt
         times: dict[str, list[float]] = {key: [] for key in KEYS}
         for i in range(rounds + 1):                     # the first round warms up
             t = [(time.perf_counter(), time.process_time())]
-            insert_adapter(model, file, adapter=f"new{i}")
+            insert_adapter(model, file, adapter=f"new{i}", trainable=False)
             t.append((time.perf_counter(), time.process_time()))
             ready_for_serving(model, f"new{i}")
             t.append((time.perf_counter(), time.process_time()))

@@ -81,17 +81,18 @@ def adapted_modules(model: nn.Module) -> tuple[list[LoraLayer], list["TrainableC
 def all_parameters(model: nn.Module) -> list[nn.Parameter]:
     """Every parameter of the model, each module visited once (a parameter two modules share comes twice):
     model.parameters() without the names, the generators and the duplicate checks, for walks that only set
-    flags (a server's model holds tens of thousands: every adapter adds its factors to every adapted layer)."""
-    seen: set[int] = set()
+    flags (a server's model holds tens of thousands: every adapter adds its factors to every adapted layer).
+    The model's own modules come from `model_modules`; each adapter's factors are read from the LoraLayer
+    that holds them, without a module walk into them (their dropout holds no parameters)."""
     found: list[nn.Parameter | None] = []
-    stack: list[nn.Module | None] = [model]
-    while stack:
-        module = stack.pop()
-        if module is None or id(module) in seen:
-            continue
-        seen.add(id(module))
+    for _, module in model_modules(model):
         found.extend(module._parameters.values())
-        stack.extend(module._modules.values())
+        if isinstance(module, LoraLayer):
+            for factors in module.lora_adapters.values():
+                found.extend(factors._parameters.values())
+                for child in factors._modules.values():
+                    if child is not None and (child._parameters or child._modules):
+                        found.extend(child.parameters())
     return [p for p in found if p is not None]
 
 

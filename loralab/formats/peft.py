@@ -450,15 +450,17 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, adapter: str = "defa
     return insert_adapter(model, read_adapter(path), adapter)
 
 
-def insert_adapter(model: nn.Module, file: AdapterFile, adapter: str = "default") -> nn.Module:
+def insert_adapter(model: nn.Module, file: AdapterFile, adapter: str = "default", trainable: bool = True) -> nn.Module:
     """The model half of `load_adapter`: put an adapter already read with `read_adapter` on `model` as
-    `adapter` (a server reads the files on a worker thread and inserts on its model thread)."""
+    `adapter` (a server reads the files on a worker thread and inserts on its model thread, with
+    trainable=False: see `inject`)."""
     if not file.factors:
         held = "modules_to_save copies" if file.saved_modules else "biases" if file.biases else "no tensors"
         raise LoraLabError(f"adapter {file.path} holds no LoRA factors (only {held}); there is no LoRA adapter "
                            f"to load from it")
     _check_fits(model, file)
-    inject(model, _config_from_file(file), adapter, fill=lambda name, f: _fill_factors(file, name, f))
+    inject(model, _config_from_file(file), adapter, fill=lambda name, f: _fill_factors(file, name, f),
+           trainable=trainable)
     with torch.no_grad():
         params = dict(model.named_parameters()) if file.biases else {}
         for pname, t in file.biases.items():

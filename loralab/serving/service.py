@@ -514,7 +514,7 @@ MAX_ADAPTER_ENTRIES = 10_000      # files and folders in one hot-loaded adapter 
 def insert_for_serving(model: nn.Module, file: AdapterFile, name: str) -> int:
     """On the model thread, between two decoding steps: put adapter `name` read from `file` on the model and make
     it ready to decode (`ready_for_serving`). Returns the bytes the model's slot stacks now hold."""
-    insert_adapter(model, file, adapter=name)
+    insert_adapter(model, file, adapter=name, trainable=False)     # nothing trains here
     return ready_for_serving(model, name)
 
 

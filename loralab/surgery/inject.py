@@ -173,7 +173,7 @@ def _plan(chosen: dict[str, nn.Module], config: LoraConfig, specs: dict[str, tup
 
 
 def inject(model: nn.Module, config: LoraConfig, adapter: str = "default",
-           fill: Callable[[str, LoraFactors], None] | None = None) -> nn.Module:
+           fill: Callable[[str, LoraFactors], None] | None = None, trainable: bool = True) -> nn.Module:
     """Add a LoRA adapter named `adapter` to `model` in place and make it the active, trainable one.
 
     Layers already wrapped by an earlier adapter get a second set of factors; the base weights are
@@ -181,6 +181,10 @@ def inject(model: nn.Module, config: LoraConfig, adapter: str = "default",
     `config.modules_to_save`) require grad. `fill(name, factors)`, if given, sets each layer's
     factors after their init (loading a file does this). All or nothing: every layer is checked
     before the model is touched, and an error on the way undoes everything. Returns the same model.
+
+    trainable=False adds the adapter frozen instead (its factors and copies require no grad) and leaves the
+    active adapter and every other flag as they were: how a server adds adapters between two decoding steps
+    (`set_trainable` visits every parameter of every adapter already loaded, a cost that grows with them).
     """
     if not isinstance(config, LoraConfig):
         raise LoraLabError(f"config must be a loralab.LoraConfig, not {type(config).__name__}")
@@ -200,7 +204,10 @@ def inject(model: nn.Module, config: LoraConfig, adapter: str = "default",
     _warn_if_not_low_rank(layers)
     _Surgery(model, adapter).run(config, layers, to_save, fill)
     adapter_state(model, create=True).configs[adapter] = config
-    set_trainable(model, adapter)
+    if trainable:
+        set_trainable(model, adapter)
+    else:
+        _freeze(adapter, [layer for layer, _ in layers.values()], to_save, model)
     for hook in INJECT_HOOKS:
         hook(model)
     return model
@@ -256,25 +263,13 @@ def check_memory(model: nn.Module, plan: list[PlannedModule], modules: dict[str,
 
 
 def _placement(module: nn.Module) -> tuple[torch.device, int]:
-    """The device of a layer's weights and the bytes per value of its widest floating tensor."""
-    tensors = [*module.parameters(), *module.buffers()] if not isinstance(module, LoraLayer) else _tensors(module)
+    """The device of a layer's weights and the bytes per value of its widest floating tensor: where new factors
+    go and how wide they are at least. A LoraLayer is read as its base layer: `add_adapter` places and types new
+    factors from the base weight alone, whatever the adapters already there (a server's layers hold dozens)."""
+    module = module.base_layer if isinstance(module, LoraLayer) else module
+    tensors = [*module.parameters(), *module.buffers()]
     floats = [t.element_size() for t in tensors if t.is_floating_point()]
     return (tensors[0].device if tensors else torch.device("cpu")), max(floats, default=0)
-
-
-def _tensors(layer: LoraLayer) -> list[torch.Tensor]:
-    """What [*layer.parameters(), *layer.buffers()] gives `_placement` (the first tensor, the floating widths),
-    its adapters' tensors read straight from their modules: the generic walk, with names and duplicate
-    checks, costs more with every adapter the layer holds (a server holds dozens)."""
-    params, buffers = [*layer.base_layer.parameters()], [*layer.base_layer.buffers()]
-    stack: list[nn.Module | None] = [*reversed(layer.lora_adapters.values())]
-    while stack:
-        module = stack.pop()
-        if module is not None:
-            params.extend(module._parameters.values())
-            buffers.extend(module._buffers.values())
-            stack.extend(reversed(module._modules.values()))
-    return [t for t in (*params, *buffers) if t is not None]
 
 
 def _gib(nbytes: int) -> str:
@@ -337,6 +332,14 @@ class _Surgery:
             self.undo.append(lambda: self.model.set_submodule(name, module))
         wrapper.add_copy(self.adapter)
         self.undo.append(lambda: wrapper.trainable_copies.pop(self.adapter))
+
+
+def _freeze(adapter: str, layers: list[LoraLayer], saved: dict[str, nn.Module], model: nn.Module) -> None:
+    """No parameter of adapter `adapter` (its factors on `layers`, its copies of the `saved` modules) requires grad."""
+    for layer in layers:
+        layer.lora_adapters[adapter].requires_grad_(False)
+    for name in saved:
+        model.get_submodule(name).trainable_copies[adapter].requires_grad_(False)
 
 
 @torch.no_grad()

@@ -340,7 +340,7 @@ def test_the_plan_is_the_same_as_factors_built_layer_by_layer():
         assert (p.name, p.r, p.alpha, p.num_params) == (name, f.r, f.alpha, sum(t.numel() for t in f.parameters()))
 
 
-def test_placement_reads_a_layers_adapters_as_the_generic_walk_does():
+def test_placement_is_the_base_layers_as_new_factors_are_whatever_the_adapters_there():
     from loralab.surgery.inject import _placement
 
     model = tiny_model("llama")
@@ -348,6 +348,28 @@ def test_placement_reads_a_layers_adapters_as_the_generic_walk_does():
     loralab.inject(model, LoraConfig(r=2, targets=["q_proj"], variant="dora"), adapter="b")
     layer = model.get_submodule("model.layers.0.self_attn.q_proj")
     layer.lora_adapters["b"].double()                    # an adapter wider than the base layer
-    tensors = [*layer.parameters(), *layer.buffers()]
-    assert _placement(layer) == (tensors[0].device, 8)
-    assert max(t.element_size() for t in tensors if t.is_floating_point()) == 8
+    assert _placement(layer) == _placement(layer.base_layer) == (layer.base_layer.weight.device, 4)
+    loralab.inject(model, LoraConfig(r=2, targets=["q_proj"]), adapter="c")
+    assert layer.lora_adapters["c"].A.dtype == layer.lora_adapters["c"].B.dtype == torch.float32   # the base's width
+
+
+def test_an_adapter_added_frozen_changes_no_other_flag_and_computes_the_same():
+    model = tiny_model("llama")
+    loralab.inject(model, LoraConfig(r=2), adapter="a")
+    before = {id(p): p.requires_grad for p in model.parameters()}
+    torch.manual_seed(3)
+    loralab.inject(model, LoraConfig(r=4, modules_to_save=["lm_head"]), adapter="frozen", trainable=False)
+    after = {id(p): p for p in model.parameters()}
+    assert {i: p.requires_grad for i, p in after.items() if i in before} == before      # "a" still trains
+    added = [p for i, p in after.items() if i not in before]
+    assert len(added) == 4 * 2 + 1 and not any(p.requires_grad for p in added)
+    assert loralab.active_adapter(model) == "a"
+    twin = tiny_model("llama")
+    loralab.inject(twin, LoraConfig(r=2), adapter="a")
+    torch.manual_seed(3)
+    loralab.inject(twin, LoraConfig(r=4, modules_to_save=["lm_head"]), adapter="frozen")    # the trainable way
+    for m in (model, twin):
+        for _, layer in loralab.lora_layers(m):
+            torch.nn.init.normal_(layer.lora_adapters["frozen"].B, generator=torch.Generator().manual_seed(1))
+        loralab.set_adapter(m, "frozen")
+    assert torch.equal(model_output(model, tiny_inputs(model)), model_output(twin, tiny_inputs(twin)))
