@@ -67,6 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-packed-linears", dest="packed_linears", action="store_false",
                         help="decode with torch's default linear kernel instead of oneDNN's packed weights (which "
                              "are faster on a CPU and hold a second copy of the base's linear weights)")
+    parser.add_argument("--no-ragged-steps", dest="ragged_steps", action="store_false",
+                        help="prefill joining requests in a forward of their own instead of in the running rows' "
+                             "(ragged steps are on for the LLaMA family and Qwen2; docs/serving.md)")
     scale = parser.add_argument_group("scaling out on Ray Serve (pip install 'loralab[ray]'; docs/serving.md)")
     scale.add_argument("--ray", action="store_true",
                        help="serve as a Ray Serve application: --replicas copies of this server behind a router that "
@@ -89,6 +92,7 @@ def settings_from_args(args: argparse.Namespace):
     return ServeSettings(model=args.model, adapters=parse_adapter_specs(args.adapter), task=args.task,
                          served_name=args.served_model_name, host=args.host, port=args.port, api_key=args.api_key,
                          adapter_root=args.adapter_root, threads=args.threads, packed_linears=args.packed_linears,
+                         ragged_steps=args.ragged_steps,
                          **runtime_fields(args), **limits)
 
 

@@ -18,8 +18,16 @@ penalties), n-gram table and text, so a row's
 tokens do not depend on the other rows beyond float rounding; greedy rows give the tokens of
 `model.generate(do_sample=False)`.
 
+Ragged steps (`ragged`, on by default for the models the architecture table lists: LLaMA-family, Qwen2): (1)
+and (2) are one forward, every token a row of an (N, 1) batch — the running rows' next tokens, then every
+joining prompt's tokens — with attention per request (loralab.generation.ragged), so a step reads the weights
+once however many requests join; the same tokens as the two forwards, up to float rounding (greedy rows equal
+transformers' generate in the tests). A row that finishes at its length limit gives its place to a waiting
+request in the same step; one that stops at EOS gives it at the next step.
+
 `forward_context(row_ids)`, when given, is entered around every model forward — prefill included —
-with the request ids of that forward's rows in batch order: the hook for per-row adapters, e.g.
+with the request id of each row of that forward in batch order (in a ragged step each token is a row, so a
+joining request's id comes once per prompt token): the hook for per-row adapters, e.g.
 `forward_context=lambda ids: loralab.per_row_adapters(model, [adapter_of[i] for i in ids])`.
 `row_ids` is the running rows' order between steps.
 
@@ -44,6 +52,7 @@ from loralab.errors import LoraLabError
 from loralab.generation import cache as kv
 from loralab.generation.packed import PackedLinears
 from loralab.generation.params import SamplingParams
+from loralab.generation.ragged import RaggedStep, ragged_attention, ragged_supported
 from loralab.generation.sampling import (RowSettings, apply_frequency_presence, apply_repetition_penalty, draw_uniforms,
                                          sample_tokens, token_logprobs)
 from loralab.generation.text import IncrementalText
@@ -167,12 +176,14 @@ class BatchDecoder:
     request (default: the tokenizer's EOS). packed: the model's plain linears through oneDNN's packed-weight
     kernel inside every forward (loralab.generation.packed; 1.2–1.7× the tokens/s on a CPU in
     benchmarks/decode.py, at the cost of a packed copy of those weights): None (default) where oneDNN is available, False off, or a
-    PackedLinears to share one packed copy between decoders.
+    PackedLinears to share one packed copy between decoders. ragged: one forward per step for the running rows and
+    the joining prompts (see the module docstring): None (default) where the model supports it, False off, True
+    required (LoraLabError for a model that does not support it).
     """
 
     def __init__(self, model: nn.Module, tokenizer: Any, max_batch_size: int | None = None,
                  forward_context: ForwardContext | None = None, eos_token_ids: Iterable[int] | None = None,
-                 packed: bool | PackedLinears | None = None) -> None:
+                 packed: bool | PackedLinears | None = None, ragged: bool | None = None) -> None:
         if max_batch_size is not None and max_batch_size < 1:
             raise LoraLabError(f"max_batch_size must be at least 1, got {max_batch_size}")
         self.model = model
@@ -185,6 +196,11 @@ class BatchDecoder:
         self.vocab_size = model.get_input_embeddings().num_embeddings
         self.device = next(model.parameters()).device
         self.packed = packed if isinstance(packed, PackedLinears) else PackedLinears(model, enabled=packed)
+        supported = ragged_supported(model)
+        if ragged and not supported:
+            raise LoraLabError(f"ragged steps need a model whose attention the architecture table lists as ragged "
+                               f"(Architecture.ragged); {type(model).__name__} is not one")
+        self.ragged = supported if ragged is None else ragged
         accepted = inspect.signature(model.forward).parameters
         self._cache_arg = "cache" if "cache" in accepted else "past_key_values"
         self._extra = {"logits_to_keep": 1} if "logits_to_keep" in accepted else {}
@@ -258,13 +274,52 @@ class BatchDecoder:
         token comes from the prefill). Returns one StepOutput per request that got a token."""
         outputs: list[StepOutput] = []
         with torch.inference_mode():
+            if self.ragged:
+                return self._ragged_step()
             if self._batch is not None:
                 outputs += self._decode()
-            room = len(self._waiting) if self.max_batch_size is None else \
-                self.max_batch_size - (len(self._batch.rows) if self._batch else 0)
-            joining = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
+            joining = self._joining()
             if joining:
                 outputs += self._prefill(joining)
+        return outputs
+
+    def _joining(self, leaving: int = 0) -> list[tuple[Hashable, list[int], SamplingParams]]:
+        """The waiting requests that fit into the batch now, besides `leaving` running rows certain to finish
+        first, taken from the queue in arrival order."""
+        room = len(self._waiting) if self.max_batch_size is None else \
+            self.max_batch_size - (len(self._batch.rows) if self._batch else 0) + leaving
+        return [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
+
+    def _ragged_step(self) -> list[StepOutput]:
+        """The running rows' next tokens and the joining prompts in one forward (loralab.generation.ragged): the
+        rows that were running before join, as step() on the other path does; the joining rows then choose their
+        first token from the same forward."""
+        batch = self._batch
+        # a row at its last token leaves in this step, so its place is taken now; a row that stops at EOS frees
+        # its place for the next step
+        last = 0 if batch is None else sum(len(r.output) + 1 >= r.params.max_new_tokens for r in batch.rows)
+        joining = self._joining(leaving=last)
+        lengths = [len(prompt) for _, prompt, _ in joining]
+        mask = None if batch is None else torch.cat([batch.mask, batch.mask.new_ones(len(batch.rows), 1)], dim=1)
+        ids = ([batch.pending] if batch is not None else []) + [torch.tensor(p, device=self.device)
+                                                                 for _, p, _ in joining]
+        positions = ([batch.positions] if batch is not None else []) + [torch.arange(n, device=self.device)
+                                                                         for n in lengths]
+        row_ids = self.row_ids + [rid for (rid, _, _), n in zip(joining, lengths) for _ in range(n)]
+        step = RaggedStep(batch.cache if batch is not None else None, mask, lengths)
+        with self.forward_context(row_ids), self.packed, ragged_attention(self.model):
+            out = self.model(input_ids=torch.cat(ids)[:, None], position_ids=torch.cat(positions)[:, None],
+                             use_cache=False, ragged=step, **self._extra)
+        logits = out.logits[:, -1].float()                   # (N, V): one row per token
+        running = 0 if batch is None else len(batch.rows)
+        outputs: list[StepOutput] = []
+        if batch is not None:
+            batch.mask, batch.positions = mask, batch.positions + 1
+            outputs += self._choose(batch, logits[:running])
+            self._keep([i for i, o in enumerate(outputs) if not o.finished])
+        if joining:
+            last = running + torch.tensor(lengths, device=logits.device).cumsum(0) - 1
+            outputs += self._join(joining, logits[last], step.joined, step.joined_mask.to(self.device))
         return outputs
 
     def _forward(self, row_ids: list[Hashable], input_ids: torch.Tensor, mask: torch.Tensor,
@@ -295,12 +350,20 @@ class BatchDecoder:
         positions = (mask.cumsum(dim=1) - 1).clamp_(min=0)
         cache = kv.new_cache()
         logits = self._forward([r for r, _, _ in joining], ids, mask, positions, cache)
+        return self._join(joining, logits, cache, mask)
+
+    def _join(self, joining: list[tuple[Hashable, list[int], SamplingParams]], logits: torch.Tensor, cache: Any,
+              mask: torch.Tensor) -> list[StepOutput]:
+        """Make rows of the joining requests, whose prompts are in `cache` (left-padded, `mask` (J, T) marking real
+        tokens) and whose last positions gave `logits` (J, V); each chooses its first token; the unfinished
+        ones join the batch."""
         rows = [_Row(request_id, prompt, params, self.tokenizer) for request_id, prompt, params in joining]
         seen = torch.zeros((len(rows), logits.shape[-1]), dtype=torch.bool, device=self.device)
         for b, row in enumerate(rows):
             seen[b, torch.tensor(row.prompt, device=self.device)] = True
         settings = RowSettings.of([r.params for r in rows], self.device)
-        batch = _Batch(rows, cache, mask, mask.sum(dim=1), ids[:, -1], settings, seen,
+        last = torch.tensor([prompt[-1] for _, prompt, _ in joining], device=self.device)
+        batch = _Batch(rows, cache, mask, mask.sum(dim=1), last, settings, seen,
                        torch.zeros(seen.shape, dtype=torch.int32, device=self.device))
         outputs = self._choose(batch, logits)
         batch = batch.keep([i for i, out in enumerate(outputs) if not out.finished])

@@ -125,6 +125,9 @@ class Architecture:
     whose names the model has; their own model_types are left empty."""
     gguf: tuple[tuple[str, GgufLayout], ...] = ()
     """(model_type, GgufLayout) for the model types llama.cpp loads adapters of (`loralab export --to gguf`)."""
+    ragged: tuple[str, ...] = ()
+    """Model types whose attention runs through transformers' attention interface as plain full causal attention
+    (no sliding window, soft-capping or sinks): BatchDecoder runs ragged steps on them (loralab.generation.ragged)."""
 
     def __post_init__(self) -> None:
         where = f"Architecture{self.model_types}"
@@ -262,7 +265,7 @@ register_architecture(Architecture(model_types=("gpt2",), fused=(FusedProjection
                                    o="attn.c_proj", up="mlp.c_fc", down="mlp.c_proj", head=("score",)))
 register_architecture(Architecture(model_types=("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text",
                                                 "olmo", "olmo2", "granite", "smollm3"),
-                                   **_LLAMA_STYLE, head=("score",), gguf=_LLAMA_GGUF))
+                                   **_LLAMA_STYLE, head=("score",), gguf=_LLAMA_GGUF, ragged=("llama", "qwen2")))
 # Mixtral's experts keep their MLP weights as 3-D parameters (no modules); `mlp.gate` is the router.
 register_architecture(Architecture(model_types=("mixtral",), q="q_proj", k="k_proj", v="v_proj", o="o_proj",
                                    head=("score",)))

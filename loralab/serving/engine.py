@@ -197,10 +197,11 @@ class GenerationEngine(ModelWorker):
     """Continuous batching over a causal LM, one mixed-adapter decoding step at a time."""
 
     def __init__(self, model: nn.Module, tokenizer: Any, max_batch_size: int, max_queue: int, metrics: Metrics,
-                 packed: bool | None = None):
+                 packed: bool | None = None, ragged: bool | None = None):
         super().__init__(model, max_queue, metrics, name="loralab-generation")
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
+        self.ragged = ragged                             # BatchDecoder's: None where the model supports ragged steps
         # one packed copy of the base linears for every decoder this engine makes (fail_all makes a new one)
         self.packed = PackedLinears(model, enabled=packed, rows_hint=min(max_batch_size, 32))
         self._rows: dict[Hashable, GenerationJob] = {}     # decoder request id -> its job
@@ -208,11 +209,11 @@ class GenerationEngine(ModelWorker):
 
     def _new_decoder(self):
         return BatchDecoder(self.model, self.tokenizer, max_batch_size=self.max_batch_size,
-                            forward_context=self._context, packed=self.packed)
+                            forward_context=self._context, packed=self.packed, ragged=self.ragged)
 
     def _context(self, row_ids: list[Hashable]):
-        names = [self._rows[r].adapter for r in row_ids]
-        self.metrics.observe("loralab_batch_rows", len(names))
+        names = [self._rows[r].adapter for r in row_ids]        # a ragged step names a joining row once per token
+        self.metrics.observe("loralab_batch_rows", len(set(row_ids)))
         self.metrics.observe("loralab_batch_adapters", len(set(names)))
         return adapters_context(self.model, names)
 

@@ -234,7 +234,7 @@ def settings_from_options(options: dict[str, str]) -> tuple[ServeSettings, int, 
                 values[name] = float(raw)
             elif name == "adapter_root":
                 values[name] = Path(raw)
-            elif name == "packed_linears":
+            elif name in ("packed_linears", "ragged_steps"):
                 flag = str(raw).strip().lower()
                 if flag not in ("true", "false", "1", "0", "yes", "no"):
                     raise LoraLabError(f"option {key!r} must be true or false, got {raw!r}")

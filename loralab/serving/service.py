@@ -157,7 +157,8 @@ class Service:
         self._encoder = copy.deepcopy(tokenizer)
         if self.generative:
             self.engine = GenerationEngine(model, tokenizer, settings.max_batch_size, settings.max_queue, self.metrics,
-                                           packed=None if settings.packed_linears else False)
+                                           packed=None if settings.packed_linears else False,
+                                           ragged=None if settings.ragged_steps else False)
         else:
             self.engine = ClassifierEngine(model, pad_token_id_for(tokenizer), settings.max_batch_size,
                                            settings.max_queue, self.metrics, regression=label_map.regression)

@@ -44,6 +44,8 @@ class ServeSettings:
     packed_linears: decode with the base's plain linears through oneDNN's packed-weight kernel on a CPU
         (loralab.generation.packed: faster steps, a second copy of those weights in memory); False: torch's
         default kernel.
+    ragged_steps: prefill joining requests in the running rows' forward where the model supports it
+        (loralab.generation.ragged: the weights are read once a step); False: a forward of their own.
     """
 
     model: str | None = None
@@ -72,6 +74,7 @@ class ServeSettings:
     dtype: str = "fp32"
     quantize: str = "none"
     packed_linears: bool = True
+    ragged_steps: bool = True
 
     def __post_init__(self) -> None:
         self.api_key = _api_key(self.api_key)

@@ -22,15 +22,25 @@ _spec.loader.exec_module(fixtures)
 NEW = 10
 
 
-@pytest.fixture(scope="module", params=["gpt2", "llama"])
+@pytest.fixture(scope="module", params=["gpt2", "llama", "llama-ragged"])
 def tiny(request, tmp_path_factory):
+    """A tiny causal LM, its tokenizer and six prompts. "llama-ragged" decodes with ragged steps (the running rows
+    and the joining prompts in one forward, loralab.generation.ragged); the others decode, then prefill."""
     torch.set_num_threads(1)
-    folder = fixtures.write_tiny_causal(tmp_path_factory.mktemp(request.param), request.param)
+    family = request.param.split("-")[0]
+    folder = fixtures.write_tiny_causal(tmp_path_factory.mktemp(request.param), family)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     prompts = [line.split("||")[0] for line in fixtures.e2e_lines(6)]
     prompts[1] = prompts[1].split("|")[0]  # short: left padding next to the long ones
     prompts[4] = " ".join(prompts[4].split()[:3])
-    return AutoModelForCausalLM.from_pretrained(folder).eval(), tokenizer, encode_prompts(tokenizer, prompts)
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    model.ragged_steps = request.param.endswith("-ragged")        # read by `new_decoder`
+    return model, tokenizer, encode_prompts(tokenizer, prompts)
+
+
+def new_decoder(model, tokenizer, **kwargs) -> BatchDecoder:
+    """A BatchDecoder on the fixture's model, ragged or not as its parameter says."""
+    return BatchDecoder(model, tokenizer, ragged=model.ragged_steps, **kwargs)
 
 
 def run(decoder: BatchDecoder, prompts: dict, params: dict, joins: dict | None = None,
@@ -67,20 +77,20 @@ def test_greedy_rows_match_transformers_alone_in_a_batch_and_joining_mid_way(tin
     model, tokenizer, prompts = tiny
     expected = {i: reference(model, p) for i, p in enumerate(prompts)}
     assert any(len(v) == NEW for v in expected.values())
-    alone = {i: run(BatchDecoder(model, tokenizer), {i: p}, {})[i] for i, p in enumerate(prompts)}
-    together = run(BatchDecoder(model, tokenizer), dict(enumerate(prompts)), {})
-    staggered = run(BatchDecoder(model, tokenizer), dict(enumerate(prompts)), {},
+    alone = {i: run(new_decoder(model, tokenizer), {i: p}, {})[i] for i, p in enumerate(prompts)}
+    together = run(new_decoder(model, tokenizer), dict(enumerate(prompts)), {})
+    staggered = run(new_decoder(model, tokenizer), dict(enumerate(prompts)), {},
                     joins={1: 3, 2: 1, 3: 5, 4: 2, 5: 9})
     # the short prompts 1 and 4 first: the long ones joining later make the running rows' cache left-padded
-    short_first = run(BatchDecoder(model, tokenizer), dict(enumerate(prompts)), {}, joins={0: 2, 2: 2, 3: 4, 5: 6})
-    limited = run(BatchDecoder(model, tokenizer, max_batch_size=2), dict(enumerate(prompts)), {})
+    short_first = run(new_decoder(model, tokenizer), dict(enumerate(prompts)), {}, joins={0: 2, 2: 2, 3: 4, 5: 6})
+    limited = run(new_decoder(model, tokenizer, max_batch_size=2), dict(enumerate(prompts)), {})
     assert alone == together == staggered == short_first == limited == expected
 
 
 def test_cancelled_rows_leave_without_changing_the_others(tiny):
     model, tokenizer, prompts = tiny
     expected = {i: reference(model, p) for i, p in enumerate(prompts)}
-    decoder = BatchDecoder(model, tokenizer)
+    decoder = new_decoder(model, tokenizer)
     got = run(decoder, dict(enumerate(prompts)), {}, joins={3: 2}, cancel={0: 2, 3: 4, 5: 0})
     assert got[5] == [] and got[0] == expected[0][:2] and got[3] == expected[3][:2]
     assert {i: got[i] for i in (1, 2, 4)} == {i: expected[i] for i in (1, 2, 4)}
@@ -93,11 +103,11 @@ def test_seeded_samples_do_not_depend_on_the_batch(tiny):
                              seed=5)
     others = {1: SamplingParams(max_new_tokens=4), 2: SamplingParams(max_new_tokens=NEW, temperature=0.7, seed=9),
               3: SamplingParams(max_new_tokens=NEW, temperature=2.0, top_k=5)}
-    alone = run(BatchDecoder(model, tokenizer), {0: prompts[0]}, {0: sampled})[0]
-    crowded = run(BatchDecoder(model, tokenizer), {i: prompts[i] for i in range(4)}, {0: sampled, **others},
+    alone = run(new_decoder(model, tokenizer), {0: prompts[0]}, {0: sampled})[0]
+    crowded = run(new_decoder(model, tokenizer), {i: prompts[i] for i in range(4)}, {0: sampled, **others},
                   joins={0: 3, 2: 1})[0]
     assert alone == crowded and len(alone) == NEW
-    unseeded = [run(BatchDecoder(model, tokenizer), {0: prompts[0]},
+    unseeded = [run(new_decoder(model, tokenizer), {0: prompts[0]},
                     {0: SamplingParams(max_new_tokens=NEW, temperature=1.3)})[0] for _ in range(3)]
     assert len({tuple(t) for t in unseeded}) > 1  # no seed: a fresh random generator each time
 
@@ -108,7 +118,7 @@ def test_penalties_and_ngram_ban_match_transformers(tiny):
     expected = {i: reference(model, p, **settings) for i, p in enumerate(prompts)}
     assert expected != {i: reference(model, p) for i, p in enumerate(prompts)}  # the settings matter here
     params = {i: SamplingParams(max_new_tokens=NEW, **settings) for i in range(len(prompts))}
-    assert run(BatchDecoder(model, tokenizer), dict(enumerate(prompts)), params, joins={2: 3}) == expected
+    assert run(new_decoder(model, tokenizer), dict(enumerate(prompts)), params, joins={2: 3}) == expected
 
 
 class RowBias:
@@ -138,22 +148,27 @@ def test_forward_context_gets_each_forwards_rows_in_batch_order(tiny):
     requests = dict(zip("abcd", [prompts[i] for i in (0, 2, 3, 5)]))
     alone = {}
     for r, prompt in requests.items():
-        alone[r] = run(BatchDecoder(model, tokenizer, forward_context=hook.context), {r: prompt}, {})[r]
+        alone[r] = run(new_decoder(model, tokenizer, forward_context=hook.context), {r: prompt}, {})[r]
     assert len({tuple(v) for v in alone.values()}) == 4
     hook.calls.clear()
-    decoder = BatchDecoder(model, tokenizer, max_batch_size=3, forward_context=hook.context)
+    decoder = new_decoder(model, tokenizer, max_batch_size=3, forward_context=hook.context)
     mixed = run(decoder, requests, {"a": SamplingParams(max_new_tokens=3)}, joins={"c": 2, "d": 4})
     assert mixed["b"] == alone["b"] and mixed["c"] == alone["c"] and mixed["d"] == alone["d"]
     assert mixed["a"] == alone["a"][:3]
     # a: 3 tokens; b from step 0, c from step 2, d from step 4, 10 tokens each (prefill gives the first)
     assert all(len(v) == NEW for v in alone.values())
     ab, bc, bcd = ["a", "b"], ["b", "c"], ["b", "c", "d"]
-    assert hook.calls == [ab, ab, ab, ["c"], bc, bc, ["d"], *[bcd] * 5, ["c", "d"], ["c", "d"], ["d"], ["d"]]
+    if not model.ragged_steps:       # a decoding forward, then the joining prompts' prefill, each step
+        assert hook.calls == [ab, ab, ab, ["c"], bc, bc, ["d"], *[bcd] * 5, ["c", "d"], ["c", "d"], ["d"], ["d"]]
+    else:                            # one forward a step, every token a row: a joining request once per prompt token
+        tokens = {r: [r] * len(p) for r, p in requests.items()}
+        assert hook.calls == [tokens["a"] + tokens["b"], ab, ab + tokens["c"], bc, bc + tokens["d"], *[bcd] * 5,
+                              ["c", "d"], ["c", "d"], ["d"], ["d"]]
 
 
 def test_max_batch_size_queues_requests_in_arrival_order(tiny):
     model, tokenizer, prompts = tiny
-    decoder = BatchDecoder(model, tokenizer, max_batch_size=2, eos_token_ids=[])
+    decoder = new_decoder(model, tokenizer, max_batch_size=2, eos_token_ids=[])
     for i, p in enumerate(prompts[:4]):
         decoder.add(i, p, SamplingParams(max_new_tokens=2 + i))
     assert decoder.waiting_ids == [0, 1, 2, 3] and decoder.row_ids == []
@@ -169,15 +184,15 @@ def test_max_batch_size_queues_requests_in_arrival_order(tiny):
 def test_finish_reasons_min_new_tokens_and_the_context_limit(tiny):
     model, tokenizer, prompts = tiny
     first = reference(model, prompts[0])[0]
-    ended = BatchDecoder(model, tokenizer, eos_token_ids=[first])
+    ended = new_decoder(model, tokenizer, eos_token_ids=[first])
     ended.add(0, prompts[0], SamplingParams(max_new_tokens=NEW))
     assert [(o.token_id, o.finished, o.finish_reason) for o in ended.step()] == [(first, True, "stop")]
-    held = run(BatchDecoder(model, tokenizer, eos_token_ids=[first]), {0: prompts[0]},
+    held = run(new_decoder(model, tokenizer, eos_token_ids=[first]), {0: prompts[0]},
                {0: SamplingParams(max_new_tokens=NEW, min_new_tokens=3)})[0]
     assert first not in held[:3]
     context = model.config.max_position_embeddings if hasattr(model.config, "max_position_embeddings") \
         else model.config.n_positions
-    endless = BatchDecoder(model, tokenizer, eos_token_ids=[])
+    endless = new_decoder(model, tokenizer, eos_token_ids=[])
     endless.add(0, prompts[4], SamplingParams(max_new_tokens=1000))
     outputs = []
     while endless.has_work:
@@ -189,7 +204,7 @@ def test_finish_reasons_min_new_tokens_and_the_context_limit(tiny):
 
 def test_bad_requests_are_refused(tiny):
     model, tokenizer, prompts = tiny
-    decoder = BatchDecoder(model, tokenizer)
+    decoder = new_decoder(model, tokenizer)
     decoder.add("x", prompts[0])
     with pytest.raises(LoraLabError, match="already in the decoder"):
         decoder.add("x", prompts[1])
@@ -202,14 +217,14 @@ def test_bad_requests_are_refused(tiny):
     with pytest.raises(LoraLabError, match="more than the model's context"):
         decoder.add("y", [5] * 1000)
     with pytest.raises(LoraLabError, match="max_batch_size"):
-        BatchDecoder(model, tokenizer, max_batch_size=0)
+        new_decoder(model, tokenizer, max_batch_size=0)
     assert decoder.waiting_ids == ["x"] and not decoder.cancel("nobody")
 
 
 def test_a_row_whose_own_work_fails_leaves_alone_and_the_others_go_on(tiny, monkeypatch):
     model, tokenizer, prompts = tiny
-    expected = run(BatchDecoder(model, tokenizer), {r: prompts[r] for r in range(3)}, {})
-    decoder = BatchDecoder(model, tokenizer)
+    expected = run(new_decoder(model, tokenizer), {r: prompts[r] for r in range(3)}, {})
+    decoder = new_decoder(model, tokenizer)
     report = decoder._report
 
     def failing(row, token, position, *logprobs):
@@ -237,7 +252,7 @@ def test_logprobs_equal_a_log_softmax_of_the_offline_forward(tiny):
     token's logprob and top 3 equal log_softmax of the model's logits for prompt + tokens so far, run alone
     without cache, within 1e-5; penalties do not change them (they are the model's own)."""
     model, tokenizer, prompts = tiny
-    decoder = BatchDecoder(model, tokenizer)
+    decoder = new_decoder(model, tokenizer)
     decoder.add("plain", prompts[0], SamplingParams(max_new_tokens=NEW))
     decoder.add("lp", prompts[1], SamplingParams(max_new_tokens=NEW, logprobs=3))
     decoder.add("pen", prompts[2], SamplingParams(max_new_tokens=NEW, logprobs=1, frequency_penalty=1.5,
@@ -266,7 +281,7 @@ def test_frequency_and_presence_penalties_stop_repeats_and_leave_other_rows_alon
     not count (only the output does); a row without penalties in the same batch keeps its tokens."""
     model, tokenizer, prompts = tiny
     expected = reference(model, prompts[0])
-    decoder = BatchDecoder(model, tokenizer, eos_token_ids=[])
+    decoder = new_decoder(model, tokenizer, eos_token_ids=[])
     decoder.add("plain", prompts[0], SamplingParams(max_new_tokens=NEW))
     decoder.add("freq", prompts[0], SamplingParams(max_new_tokens=NEW, frequency_penalty=1e4))
     decoder.add("pres", prompts[0], SamplingParams(max_new_tokens=NEW, presence_penalty=1e4))
@@ -279,3 +294,32 @@ def test_frequency_and_presence_penalties_stop_repeats_and_leave_other_rows_alon
     for name in ("freq", "pres"):
         assert len(tokens[name]) == NEW and len(set(tokens[name])) == NEW, tokens[name]
         assert tokens[name][0] == tokens["plain"][0]                   # nothing generated yet: no penalty
+
+
+def test_ragged_steps_are_refused_for_a_model_the_architecture_table_does_not_list(tiny):
+    model, tokenizer, _ = tiny
+    if model.config.model_type == "llama":
+        assert BatchDecoder(model, tokenizer).ragged                 # on by default where supported
+        assert not BatchDecoder(model, tokenizer, ragged=False).ragged
+    else:
+        assert not BatchDecoder(model, tokenizer).ragged
+        with pytest.raises(LoraLabError, match="ragged steps need a model whose attention"):
+            BatchDecoder(model, tokenizer, ragged=True)
+
+
+def test_a_ragged_step_prefills_joining_prompts_in_the_running_rows_forward(tiny):
+    model, tokenizer, prompts = tiny
+    if not model.ragged_steps:
+        pytest.skip("ragged steps only")
+    calls = []
+    hook = model.register_forward_pre_hook(lambda module, args, kwargs: calls.append(kwargs["input_ids"].shape),
+                                           with_kwargs=True)
+    try:
+        tokens = run(new_decoder(model, tokenizer), dict(enumerate(prompts[:3])), {}, joins={2: 3})
+    finally:
+        hook.remove()
+    lengths = [len(p) for p in prompts[:3]]
+    # step 0: both prompts; step 3: rows 0 and 1 and prompt 2 in one forward; one forward every step
+    assert calls[0] == (lengths[0] + lengths[1], 1) and calls[3] == (2 + lengths[2], 1)
+    assert len(calls) == max(3 + len(tokens[2]), len(tokens[0]), len(tokens[1]))
+    assert tokens == {i: reference(model, p) for i, p in enumerate(prompts[:3])}

@@ -129,3 +129,20 @@ def test_the_engine_decodes_with_packed_linears_unless_turned_off(start_server, 
                                    ["choices"][0]["text"] for model in ("base", *adapters)]
     assert texts[True] == texts[False] and len(set(texts[True])) > 1
     assert engine.packed.packed_bytes() > 0                 # packed on the first request
+
+
+def test_ragged_steps_on_by_default_give_the_text_of_the_decode_then_prefill_path(start_server, lm_files):
+    """This tiny LLaMA's joining requests are prefilled in the running rows' forward (loralab.generation.ragged);
+    --no-ragged-steps prefills them apart: the same greedy text for the base and every adapter, requests at once."""
+    base, adapters = lm_files
+    on = start_server(model=str(base), served_name="base", adapters=adapters)
+    off = start_server(model=str(base), served_name="base", adapters=adapters, ragged_steps=False)
+    assert on.service.engine.decoder.ragged and not off.service.engine.decoder.ragged
+    texts = {}
+    for server in (on, off):
+        with httpx.Client(base_url=server.url, timeout=60) as c, concurrent.futures.ThreadPoolExecutor(6) as pool:
+            bodies = [{"model": model, "prompt": prompt, "max_tokens": 8, "temperature": 0}
+                      for model in ("base", *adapters) for prompt in ("the cat sat", "a dog ran far away")]
+            texts[server is on] = list(pool.map(
+                lambda body: c.post("/v1/completions", json=body).json()["choices"][0]["text"], bodies))
+    assert texts[True] == texts[False] and len(set(texts[True])) > 2

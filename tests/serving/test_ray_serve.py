@@ -149,5 +149,6 @@ def test_serve_run_options_become_settings(store):
         ray_serve.settings_from_options({"modle": "m"})
     assert settings.packed_linears
     assert not ray_serve.settings_from_options({"model": str(base), "packed-linears": "false"})[0].packed_linears
+    assert not ray_serve.settings_from_options({"model": str(base), "ragged-steps": "no"})[0].ragged_steps
     with pytest.raises(LoraLabError, match="'packed-linears' must be true or false"):
         ray_serve.settings_from_options({"model": str(base), "packed-linears": "maybe"})

@@ -68,6 +68,8 @@ def test_command_line_flags_become_settings(tmp_path, monkeypatch):
     assert settings.packed_linears
     off = build_parser().parse_args(["serve", "--model", "m", "--no-packed-linears"])
     assert not settings_from_args(off).packed_linears
+    assert settings.ragged_steps
+    assert not settings_from_args(build_parser().parse_args(["serve", "--model", "m", "--no-ragged-steps"])).ragged_steps
     monkeypatch.setenv("LORALAB_API_KEY", "from-env")
     assert ServeSettings(model="m").api_key == "from-env"
 
