@@ -26,8 +26,9 @@ transformers' generate in the tests). A row that finishes at its length limit gi
 request in the same step; one that stops at EOS gives it at the next step.
 
 `forward_context(row_ids)`, when given, is entered around every model forward — prefill included —
-with the request id of each row of that forward in batch order (in a ragged step each token is a row, so a
-joining request's id comes once per prompt token): the hook for per-row adapters, e.g.
+with the request id of each row of that forward in batch order (a ragged step enters it twice: around the
+model's body, where each token is a row, so a joining request's id comes once per prompt token, and around
+the LM head, one row per request): the hook for per-row adapters, e.g.
 `forward_context=lambda ids: loralab.per_row_adapters(model, [adapter_of[i] for i in ids])`.
 `row_ids` is the running rows' order between steps.
 
@@ -305,21 +306,26 @@ class BatchDecoder:
                                                                  for _, p, _ in joining]
         positions = ([batch.positions] if batch is not None else []) + [torch.arange(n, device=self.device)
                                                                          for n in lengths]
-        row_ids = self.row_ids + [rid for (rid, _, _), n in zip(joining, lengths) for _ in range(n)]
+        rows = self.row_ids + [rid for rid, _, _ in joining]
+        tokens = self.row_ids + [rid for (rid, _, _), n in zip(joining, lengths) for _ in range(n)]
         step = RaggedStep(batch.cache if batch is not None else None, mask, lengths)
-        with self.forward_context(row_ids), self.packed, ragged_attention(self.model):
-            out = self.model(input_ids=torch.cat(ids)[:, None], position_ids=torch.cat(positions)[:, None],
-                             use_cache=False, ragged=step, **self._extra)
-        logits = out.logits[:, -1].float()                   # (N, V): one row per token
+        # the body on every token, the LM head only on each row's last one (a joining prompt's other tokens need
+        # no logits); the architectures with ragged steps are exactly body + head (no logit scaling or capping)
+        with self.forward_context(tokens), self.packed, ragged_attention(self.model):
+            hidden = self.model.get_decoder()(input_ids=torch.cat(ids)[:, None],
+                                              position_ids=torch.cat(positions)[:, None], use_cache=False,
+                                              ragged=step).last_hidden_state          # (N, 1, hidden)
         running = 0 if batch is None else len(batch.rows)
+        last = torch.cat([torch.arange(running), running + torch.tensor(lengths, dtype=torch.long).cumsum(0) - 1])
+        with self.forward_context(rows), self.packed:
+            logits = self.model.get_output_embeddings()(hidden[last.to(hidden.device)])[:, -1].float()   # (rows, V)
         outputs: list[StepOutput] = []
         if batch is not None:
             batch.mask, batch.positions = mask, batch.positions + 1
             outputs += self._choose(batch, logits[:running])
             self._keep([i for i, o in enumerate(outputs) if not o.finished])
         if joining:
-            last = running + torch.tensor(lengths, device=logits.device).cumsum(0) - 1
-            outputs += self._join(joining, logits[last], step.joined, step.joined_mask.to(self.device))
+            outputs += self._join(joining, logits[running:], step.joined, step.joined_mask.to(self.device))
         return outputs
 
     def _forward(self, row_ids: list[Hashable], input_ids: torch.Tensor, mask: torch.Tensor,

@@ -212,10 +212,7 @@ class GenerationEngine(ModelWorker):
                             forward_context=self._context, packed=self.packed, ragged=self.ragged)
 
     def _context(self, row_ids: list[Hashable]):
-        names = [self._rows[r].adapter for r in row_ids]        # a ragged step names a joining row once per token
-        self.metrics.observe("loralab_batch_rows", len(set(row_ids)))
-        self.metrics.observe("loralab_batch_adapters", len(set(names)))
-        return adapters_context(self.model, names)
+        return adapters_context(self.model, [self._rows[r].adapter for r in row_ids])
 
     def submit(self, job: GenerationJob) -> None:
         """Queue every choice of the job (429 when the queue is full); events go to job.sink."""
@@ -264,6 +261,10 @@ class GenerationEngine(ModelWorker):
         if not self.decoder.has_work:
             return
         outputs = self.decoder.step()
+        # per step, not per forward: a step is one or two forwards, and a ragged one enters its context twice
+        self.metrics.observe("loralab_batch_rows", len(outputs))
+        self.metrics.observe("loralab_batch_adapters", len({self._rows[o.request_id].adapter for o in outputs
+                                                            if o.request_id in self._rows}))
         self.metrics.set("loralab_running_rows", len(self.decoder.row_ids))
         for out in outputs:
             job = self._rows.get(out.request_id)

@@ -54,9 +54,10 @@ METRICS: dict[str, MetricSpec] = {
                                              "capacity)"),
     "loralab_adapter_load_seconds": MetricSpec("histogram", "A store load from its start (reading the files) to the "
                                                "adapter on the model", buckets=LATENCY_BUCKETS),
-    "loralab_batch_rows": MetricSpec("histogram", "Rows per model forward (decoding step or classifier batch)",
+    "loralab_batch_rows": MetricSpec("histogram", "Rows per decoding step or classifier batch",
                                      buckets=BATCH_BUCKETS),
-    "loralab_batch_adapters": MetricSpec("histogram", "Distinct adapters (the base counted as one) per forward",
+    "loralab_batch_adapters": MetricSpec("histogram", "Distinct adapters (the base counted as one) per decoding "
+                                                      "step or classifier batch",
                                          buckets=BATCH_BUCKETS),
     "loralab_request_seconds": MetricSpec("histogram", "Request latency from arrival to last byte, by model", MODEL,
                                           LATENCY_BUCKETS),

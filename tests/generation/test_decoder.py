@@ -160,10 +160,11 @@ def test_forward_context_gets_each_forwards_rows_in_batch_order(tiny):
     ab, bc, bcd = ["a", "b"], ["b", "c"], ["b", "c", "d"]
     if not model.ragged_steps:       # a decoding forward, then the joining prompts' prefill, each step
         assert hook.calls == [ab, ab, ab, ["c"], bc, bc, ["d"], *[bcd] * 5, ["c", "d"], ["c", "d"], ["d"], ["d"]]
-    else:                            # one forward a step, every token a row: a joining request once per prompt token
+    else:     # one forward a step: its body (every token a row: a joining request once per prompt token), its head
         tokens = {r: [r] * len(p) for r, p in requests.items()}
-        assert hook.calls == [tokens["a"] + tokens["b"], ab, ab + tokens["c"], bc, bc + tokens["d"], *[bcd] * 5,
-                              ["c", "d"], ["c", "d"], ["d"], ["d"]]
+        cd = ["c", "d"]
+        assert hook.calls == [tokens["a"] + tokens["b"], ab, ab, ab, ab + tokens["c"], ab + ["c"], bc, bc,
+                              bc + tokens["d"], bcd, *[bcd] * 10, cd, cd, cd, cd, ["d"], ["d"], ["d"], ["d"]]
 
 
 def test_max_batch_size_queues_requests_in_arrival_order(tiny):
@@ -312,8 +313,8 @@ def test_a_ragged_step_prefills_joining_prompts_in_the_running_rows_forward(tiny
     if not model.ragged_steps:
         pytest.skip("ragged steps only")
     calls = []
-    hook = model.register_forward_pre_hook(lambda module, args, kwargs: calls.append(kwargs["input_ids"].shape),
-                                           with_kwargs=True)
+    hook = model.get_decoder().register_forward_pre_hook(
+        lambda module, args, kwargs: calls.append(kwargs["input_ids"].shape), with_kwargs=True)
     try:
         tokens = run(new_decoder(model, tokenizer), dict(enumerate(prompts[:3])), {}, joins={2: 3})
     finally:
