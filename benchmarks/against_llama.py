@@ -13,7 +13,9 @@ adapters on disk (uniform), and the 8-adapter load again beside a competing busy
 (`python -c "while True: pass"`). Each prints tokens/s, requests/s, p50/p99 latency and p50 time to first
 token. llama.cpp's base load goes to a second llama-server started without adapters: requests naming no
 adapter on one holding 1,000 ran at a seventh of its speed. `--loralab-quantize int8` serves loralab's base
-int8 (llama.cpp runs Q4_1 either way).
+int8 (llama.cpp runs Q4_1 either way). `--loads 8 busy` runs only those loads (keys: LOAD_KEYS) and
+`--repeats N` each of them N times per server, alternating who goes first (rows "<load> #k"): the spread of one
+load across phases of one run.
 
 Adapters: loralab folders under a temporary --adapter-root (loralab names them per request, loaded on first
 use); for llama.cpp each folder is converted to a GGUF adapter — by loralab's exporter (`loralab export --to
@@ -66,11 +68,17 @@ class Config:
     seed: int = 0
     converter: str = "loralab"     # or "llama.cpp"
     quantize: str | None = None    # loralab serve --quantize (e.g. int8: llama.cpp runs Q4_1); None: fp32
+    only: tuple[str, ...] = ()     # LOAD_KEYS of the loads to run (empty: all)
+    repeats: int = 1               # each load this many times per server (rows "<load> #k")
 
     def loads(self) -> list["Load"]:
-        return [Load("base model", 0), Load("1 adapter", 1), Load("8 adapters", 8),
-                Load(f"{self.distinct} of {self.on_disk} adapters", self.distinct),
-                Load("8 adapters, busy process", 8, busy=True)]
+        every = {"base": Load("base model", 0), "1": Load("1 adapter", 1), "8": Load("8 adapters", 8),
+                 "store": Load(f"{self.distinct} of {self.on_disk} adapters", self.distinct),
+                 "busy": Load("8 adapters, busy process", 8, busy=True)}
+        return [load for key, load in every.items() if not self.only or key in self.only]
+
+
+LOAD_KEYS = ("base", "1", "8", "store", "busy")    # --loads: the base, 1 adapter, 8, the store's, 8 beside a busy process
 
 
 @dataclass(frozen=True)
@@ -356,13 +364,15 @@ async def compare(config: Config, build, log: Callable[[str], None]) -> dict:
                 warm_load = Load("warm-up", 0 if server == BASE_ONLY else 8)
                 log(f"{server}: warm-up, {warm_load.adapters or 'no'} adapters, {warm.seconds:g} s ...")
                 await phase(url, "llama.cpp" if server == BASE_ONLY else server, warm_load, warm)
-            for i, load in enumerate(config.loads()):  # both servers per load, back to back (who goes first
+            turns = [(load, k) for load in config.loads() for k in range(config.repeats)]
+            for i, (load, k) in enumerate(turns):     # both servers per load, back to back (who goes first
                 order = [(server, urls[BASE_ONLY] if server == "llama.cpp" and not load.adapters and BASE_ONLY in urls
                           else url) for server, url in urls.items() if server != BASE_ONLY]
+                label = load.label if config.repeats == 1 else f"{load.label} #{k + 1}"
                 for server, url in order[::-1] if i % 2 else order:   # alternates): shared load hits both alike
-                    log(f"{server}: {load.label}, {config.clients} clients for {config.seconds:g} s ...")
+                    log(f"{server}: {label}, {config.clients} clients for {config.seconds:g} s ...")
                     summary = (await phase(url, server, load, config)).summary()
-                    results.setdefault(server, {})[load.label] = summary
+                    results.setdefault(server, {})[label] = summary
                     log(f"  {summary['tokens_per_s']:.1f} tokens/s, {summary['requests']} requests, "
                         f"{summary['errors']} errors {summary['error_samples'][:1]}")
     return results
@@ -377,7 +387,8 @@ def main(args, log=print) -> int:
     quick = args.quick
     config = Config(on_disk=args.on_disk or (100 if quick else 1000), distinct=args.distinct or (20 if quick else 100),
                     clients=args.clients, seconds=args.seconds or (10.0 if quick else 45.0), threads=args.threads,
-                    converter=args.converter, quantize=getattr(args, "loralab_quantize", None))
+                    converter=args.converter, quantize=getattr(args, "loralab_quantize", None),
+                    only=tuple(getattr(args, "loads", None) or ()), repeats=getattr(args, "repeats", 1) or 1)
     build = llama_cpp.find_build()
     if build is None and not args.no_build:
         build = llama_cpp.build(log=log)

@@ -50,6 +50,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "(default: the fp32 de-quantized base; llama.cpp runs the GGUF's Q4_1)")
     parser.add_argument("--on-disk", type=int, help="--against: adapters written (default 1000, quick 100)")
     parser.add_argument("--distinct", type=int, help="--against: the store load's adapters (default 100, quick 20)")
+    parser.add_argument("--loads", nargs="+", choices=against_llama.LOAD_KEYS,
+                        help="--against: only these loads (base, 1 adapter, 8, the store's, 8 beside a busy process)")
+    parser.add_argument("--repeats", type=int, default=1, help="--against: each load this many times per server, "
+                        "alternating (rows '<load> #k')")
     parser.add_argument("--json", help="raw numbers (default benchmarks/results/serve-latest.json, "
                         "--against: llama-latest.json)")
     args = parser.parse_args(argv)

@@ -57,6 +57,9 @@ def test_the_side_by_side_table_divides_loralab_by_llama_cpp():
     assert text[3].startswith("| base model | – | – | – | – | 50.0 |") and text[3].endswith("| – |")
     assert [load.label for load in against_llama.Config(on_disk=1000, distinct=100).loads()] == [
         "base model", "1 adapter", "8 adapters", "100 of 1000 adapters", "8 adapters, busy process"]
+    only = against_llama.Config(only=("busy", "8"), repeats=3).loads()
+    assert [(load.label, load.adapters, load.busy) for load in only] == [("8 adapters", 8, False),
+                                                                         ("8 adapters, busy process", 8, True)]
 
 
 def test_store_suite_spreads_and_table():
