@@ -178,11 +178,12 @@ class RowPlan:
     def apply(self, layer: nn.Module, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """`out` (the base layer's output for input x) plus each row's own adapter update on `layer`."""
         repeat = self.repeat_of(x.shape[0], type(layer.base_layer).__name__)
-        used = [n for n in self.groups(repeat) if n is not None and n in layer.lora_adapters]
+        held = layer.lora_adapters._modules        # the ModuleDict's own dict: read per adapter, every forward
+        used = [n for n in self.groups(repeat) if n is not None and n in held]
         if not used:
             return out
         if len(self.groups(repeat)) == 1:          # every row the same adapter: the layer's own path
-            f = layer.lora_adapters[used[0]]
+            f = held[used[0]]
             return f.variant.forward(layer, f, x, out)
         strategy = choose(layer, x, used) if self.strategy is None else ROW_STRATEGIES.lookup(self.strategy)
         if not strategy.runs(layer, used):         # e.g. masked on DoRA rows or under autograd: the general path
@@ -213,7 +214,8 @@ class RowPlan:
 
 def work_of(layer: nn.Module, x: torch.Tensor, used: Sequence[str]) -> Work:
     tokens = x.numel() // x.shape[-1] if x.dim() > 1 else x.shape[0]
-    return Work(tokens, sum(layer.lora_adapters[name].rank_total for name in used), len(used))
+    held = layer.lora_adapters._modules
+    return Work(tokens, sum(held[name].rank_total for name in used), len(used))
 
 
 def choose(layer: nn.Module, x: torch.Tensor, used: Sequence[str], costs: RowCosts | None = None) -> RowStrategy:
@@ -233,11 +235,13 @@ def _stackable(layer: nn.Module, used: Sequence[str]) -> bool:
     """The stacked paths need a linear kind, no autograd, and ΔW = s·B·A adapters without active dropout."""
     if not layer.kind.is_linear or torch.is_grad_enabled():
         return False
-    return all(layer.lora_adapters[n].variant.combinable and not _dropout_on(layer.lora_adapters[n]) for n in used)
+    held = layer.lora_adapters._modules
+    return all(held[n].variant.combinable and not _dropout_on(held[n]) for n in used)
 
 
 def _dropout_on(f: nn.Module) -> bool:
-    return isinstance(f.dropout, nn.Dropout) and f.dropout.training and f.dropout.p > 0
+    dropout = f._modules["dropout"]
+    return isinstance(dropout, nn.Dropout) and dropout.training and dropout.p > 0
 
 
 # ---- the built-in strategies (masked first: it wins ties with grouped, as `N·R <= MASKED_MAX_WORK` says) ----
@@ -382,7 +386,7 @@ class SlotStack:
 
     def sync(self, layer: nn.Module, used: Sequence[str]) -> None:
         """Make every used adapter's slot current (written where new or changed)."""
-        factors = layer.lora_adapters
+        factors = layer.lora_adapters._modules
         for name in used:
             f = factors[name]
             seen = self._seen.get(name)
@@ -459,7 +463,9 @@ def _hear(event: str, layer: nn.Module, name: str | None) -> None:
 
 def _written_from(f: nn.Module) -> tuple:
     """What a slot depends on besides the factors object: scale, and A's and B's storage and version."""
-    return (f.scale, *((p.data_ptr(), _version(p)) for p in (f.A, f.B)))
+    params = f._parameters                       # not f.A / f.B: nn.Module's __getattr__, per adapter and layer
+    A, B = params["A"], params["B"]
+    return f.scale, A.data_ptr(), _version(A), B.data_ptr(), _version(B)
 
 
 _never_equal = itertools.count(-1, -1)
