@@ -87,9 +87,10 @@ def _checked_plan(model: nn.Module, names: Sequence[str | None], strategy: str |
             raise LoraLabError(f"per_row_adapters: adapter(s) {', '.join(map(repr, layer.merged))} are merged into "
                                f"{layer_name}'s base weights, so no row could use the base or another adapter; "
                                f"call loralab.unmerge(model) first")
-        for name in used & set(layer.lora_adapters):
-            variant = layer.lora_adapters[name].variant
-            if not variant.per_row:
+        held = layer.lora_adapters._modules        # not a set of every resident adapter, per layer and forward
+        for name in used:
+            variant = held[name].variant if name in held else None
+            if variant is not None and not variant.per_row:
                 raise LoraLabError(f"per_row_adapters: adapter {name!r} uses the {variant.name!r} variant, whose "
                                    f"forward mixes batch rows; run it with loralab.set_adapter instead")
     try:
