@@ -324,3 +324,22 @@ def test_a_ragged_step_prefills_joining_prompts_in_the_running_rows_forward(tiny
     assert calls[0] == (lengths[0] + lengths[1], 1) and calls[3] == (2 + lengths[2], 1)
     assert len(calls) == max(3 + len(tokens[2]), len(tokens[0]), len(tokens[1]))
     assert tokens == {i: reference(model, p) for i, p in enumerate(prompts[:3])}
+
+
+def test_ragged_steps_on_qwen2_give_transformers_tokens(tiny):
+    """The other family the architecture table lists for ragged steps (its attention adds biases to q, k, v and
+    passes a sliding window of None)."""
+    model, tokenizer, prompts = tiny
+    if not model.ragged_steps:
+        pytest.skip("one run is enough")
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    qwen = Qwen2ForCausalLM(Qwen2Config(vocab_size=model.config.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, intermediate_size=48,
+                                        max_position_embeddings=128, bos_token_id=1, eos_token_id=2,
+                                        pad_token_id=0)).eval()
+    decoder = BatchDecoder(qwen, tokenizer, max_batch_size=3)
+    assert decoder.ragged
+    tokens = run(decoder, dict(enumerate(prompts)), {}, joins={3: 2, 4: 2, 5: 5})
+    assert tokens == {i: reference(qwen, p) for i, p in enumerate(prompts)}
