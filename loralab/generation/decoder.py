@@ -292,14 +292,14 @@ class BatchDecoder:
         return [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
 
     def _ragged_step(self) -> list[StepOutput]:
-        """The running rows' next tokens and the joining prompts in one forward (loralab.generation.ragged): the
-        rows that were running before join, as step() on the other path does; the joining rows then choose their
-        first token from the same forward."""
+        """step() in one forward (loralab.generation.ragged): the model's body on the running rows' next tokens
+        and the joining prompts' tokens, its LM head on each request's last token; the running rows choose and
+        report first, then the joining ones, as on the two-forward path."""
         batch = self._batch
         # a row at its last token leaves in this step, so its place is taken now; a row that stops at EOS frees
         # its place for the next step
-        last = 0 if batch is None else sum(len(r.output) + 1 >= r.params.max_new_tokens for r in batch.rows)
-        joining = self._joining(leaving=last)
+        leaving = 0 if batch is None else sum(len(r.output) + 1 >= r.params.max_new_tokens for r in batch.rows)
+        joining = self._joining(leaving)
         lengths = [len(prompt) for _, prompt, _ in joining]
         mask = None if batch is None else torch.cat([batch.mask, batch.mask.new_ones(len(batch.rows), 1)], dim=1)
         ids = ([batch.pending] if batch is not None else []) + [torch.tensor(p, device=self.device)

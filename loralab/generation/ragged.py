@@ -47,7 +47,7 @@ class RaggedStep:
     def __init__(self, cache: Any, mask: torch.Tensor | None, lengths: Sequence[int]):
         self.cache, self.lengths = cache, list(lengths)
         self.running = 0 if mask is None else mask.shape[0]
-        self.keep = None if mask is None else mask.bool()[:, None, None, :]     # (B, 1, 1, T + 1)
+        self.attend_to = None if mask is None else mask.bool()[:, None, None, :]   # (B, 1, 1, T + 1): True = a key
         self.joined = kv.new_cache()
         width = max(self.lengths, default=0)
         self.joined_mask = torch.zeros(len(self.lengths), width, dtype=torch.long)
@@ -61,7 +61,7 @@ class RaggedStep:
         B = self.running
         if B:
             keys, values = self.cache.update(key[:B], value[:B], layer_idx)
-            parts.append(F.scaled_dot_product_attention(query[:B], keys, values, attn_mask=self.keep, scale=scale,
+            parts.append(F.scaled_dot_product_attention(query[:B], keys, values, attn_mask=self.attend_to, scale=scale,
                                                         enable_gqa=True))
         start, width = B, self.joined_mask.shape[1]
         new_keys, new_values = [], []
