@@ -78,7 +78,7 @@ class Config:
         return [load for key, load in every.items() if not self.only or key in self.only]
 
 
-LOAD_KEYS = ("base", "1", "8", "store", "busy")    # --loads: the base, 1 adapter, 8, the store's, 8 beside a busy process
+LOAD_KEYS = ("base", "1", "8", "store", "busy")    # --loads: base, 1 adapter, 8, the store's, 8 beside a busy process
 
 
 @dataclass(frozen=True)
