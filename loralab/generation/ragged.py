@@ -32,6 +32,7 @@ import torch
 from torch.nn import functional as F
 
 from loralab.generation import cache as kv
+from loralab.models.architectures import architecture_for, model_type_of
 
 NAME = "loralab_ragged"
 
@@ -105,8 +106,6 @@ _register()
 def ragged_supported(model: torch.nn.Module) -> bool:
     """True where the architecture table says this model's attention can run ragged steps (and the model uses
     no sliding window)."""
-    from loralab.models.architectures import architecture_for, model_type_of
-
     config = getattr(model, "config", None)
     arch = architecture_for(model)
     if arch is None or model_type_of(model) not in arch.ragged or not hasattr(config, "_attn_implementation"):
