@@ -31,9 +31,8 @@ if __package__ in (None, ""):           # run as a script: make `benchmarks` and
 import torch  # noqa: E402
 
 from benchmarks.against_llama import PROMPTS  # noqa: E402
+from benchmarks.decode import LOADS  # noqa: E402  (the same three loads as the packed-linears comparison)
 from benchmarks.run import write_json  # noqa: E402
-
-LOADS = ("base", "1 adapter", "8 adapters")
 PATHS = {"decode, then prefill (before)": False, "ragged steps": True}
 
 

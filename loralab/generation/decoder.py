@@ -306,8 +306,9 @@ class BatchDecoder:
                                                                  for _, p, _ in joining]
         positions = ([batch.positions] if batch is not None else []) + [torch.arange(n, device=self.device)
                                                                          for n in lengths]
-        rows = self.row_ids + [rid for rid, _, _ in joining]
-        tokens = self.row_ids + [rid for (rid, _, _), n in zip(joining, lengths) for _ in range(n)]
+        running_ids = self.row_ids
+        rows = running_ids + [rid for rid, _, _ in joining]
+        tokens = running_ids + [rid for (rid, _, _), n in zip(joining, lengths) for _ in range(n)]
         step = RaggedStep(batch.cache if batch is not None else None, mask, lengths)
         # the body on every token, the LM head only on each row's last one (a joining prompt's other tokens need
         # no logits); the architectures with ragged steps are exactly body + head (no logit scaling or capping)

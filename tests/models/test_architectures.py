@@ -133,6 +133,8 @@ def test_registration_rejects_ambiguous_entries():
         FusedProjection("qkv", ("q", "o"))
     with pytest.raises(LoraLabError, match="tuple of model_type"):
         Architecture(model_types="llama", q="q_proj")
+    with pytest.raises(LoraLabError, match=r"ragged lists \['gpt2'\], which are not among its model_types"):
+        Architecture(model_types=("x",), q="q_proj", ragged=("x", "gpt2"))
     with pytest.raises(LoraLabError, match="has no 'gate' projection; roles it has: q, k, v, o, up, down"):
         architecture("bert").lora_targets(["gate"], None)
 
