@@ -141,9 +141,9 @@ class Architecture:
         if clash:
             raise LoraLabError(f"{where}: roles {clash} are named twice (named and fused, or in two fused "
                                f"projections); give each role one place")
-        if not set(self.ragged) <= set(self.model_types):
-            raise LoraLabError(f"{where}: ragged lists {sorted(set(self.ragged) - set(self.model_types))}, which are not "
-                               f"among its model_types")
+        strangers = sorted(set(self.ragged) - set(self.model_types))
+        if strangers:
+            raise LoraLabError(f"{where}: ragged lists {strangers}, which are not among its model_types")
         if any(alt.model_types or alt.alternatives for alt in self.alternatives):
             raise LoraLabError(f"{where}: an alternative naming takes no model_types or alternatives of its own")
 
