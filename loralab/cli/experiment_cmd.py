@@ -7,6 +7,7 @@
     loralab experiment data-size                         # LoRA vs full FT, prefix, adapters on 100 .. all examples
     loralab experiment intrinsic-dim --dims 100,1000     # random-subspace training (Fastfood) on MRPC, d90
     loralab experiment variants --data sst2              # LoRA, rsLoRA, DoRA, PiSSA, LoRA+ at one budget on SST-2
+    loralab experiment variants --data e2e               # the same on SmolLM2 and E2E, general-text forgetting
     loralab experiment intruders --forgetting-dir runs/experiments/forgetting --seeds 3
                                                          # intruder dimensions of the forgetting runs, scaled down
     loralab experiment lr-sweep --train-file train.tsv --dev-file dev.tsv --task regression
@@ -46,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_output_argument(parser, "output folder (default: runs/experiments/NAME)", metavar="DIR")
     add_train_arguments(parser, ("model", "data", "train_file", "dev_file", "max_steps"),
                         helps={"data": "builtin data set (default: sst2, a fixed subset; variants: sst2,mrpc, "
-                                           "names separated by commas)",
+                                           "names separated by commas, or e2e alone: SmolLM2)",
                                "train_file": "your own training file instead of --data, read as `loralab train` reads "
                                              "it (rank, targets, methods, amplification, lr-sweep, forgetting)",
                                "dev_file": "your own dev file, which scores every run (needed with --train-file)",

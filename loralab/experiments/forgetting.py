@@ -308,6 +308,7 @@ class ParaphraseProbe:
     """Sentence encoders: ROC-AUC on MRPC dev pairs; forgetting = AUC before − AUC after."""
 
     column = "auc"
+    unit = "AUC before − after"
     description = ("LoRA (attention only and all linear layers, several ranks) and full fine-tuning on the target "
                    "task; the base encoder's paraphrase separation before and after.")
 
@@ -339,6 +340,7 @@ class GeneralTextProbe:
     forgetting = loss after − loss before."""
 
     column = "text_loss"
+    unit = "general-text loss after − before, nats"
     description = ("LoRA (attention only and all linear layers) and full fine-tuning on E2E NLG; the base "
                    "model's loss on held-out general text before and after.")
 
@@ -458,10 +460,9 @@ def run(out: str | os.PathLike = "runs/experiments/forgetting", quick: bool = Fa
     for s in summary:
         s["pareto"] = s["run"] in front
     many = (seeds or 1) > 1
-    unit = "AUC before − after" if col == "auc" else "general-text loss after − before, nats"
     figures = {"pareto": scatter_figure(
         {name: (f, score) for name, (score, f) in points.items()},
-        f"forgetting ({unit}" + (", median over seeds)" if many else ")"),
+        f"forgetting ({probe.unit}" + (", median over seeds)" if many else ")"),
         f"dev {metric}" + (" (median over seeds)" if many else "") + ("" if higher else ", lower is better"),
         "target task against forgetting (Pareto front joined)", front=[n for n in points if n in front])}
     better = "at least as high" if higher else "at least as low"

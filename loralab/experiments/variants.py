@@ -21,6 +21,13 @@ adapter, which the forgetting probe loads), forgetting (loralab.experiments.forg
 paraphrase ROC-AUC on MRPC dev before − after), steps to 90 % of the best dev score (the first evaluation at or
 above 0.9 × the best score of any run on that data set; and of the run's own best), seconds per optimizer step.
 `--seeds N`: medians and spreads. `--data sst2` (or mrpc, or "sst2,mrpc", the default) picks the data sets.
+
+`--data e2e`: the same five variants on a causal LM, SmolLM2-135M-Instruct, trained as the e2e and forgetting
+experiments train it (E2E NLG's prompt, 320 examples, one epoch of batch 8 = 40 steps, lr 5e-4, LoRA α 32,
+dropout 0.1) at r = 8 on Wq, Wv; the dev metric is the loss on 100 held-out test.txt MRs (lower is better: a
+run reaches "90 % of the best" at the first evaluation whose loss is at most best / 0.9), evaluated every
+E2E_EVAL_EVERY steps, and forgetting is the general-text probe of the forgetting experiment (loss after − loss
+before on the 2012 convention speeches). Causal and encoder data sets train different models, so e2e runs alone.
 """
 from __future__ import annotations
 
@@ -28,7 +35,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +44,12 @@ from loralab.budget.skeleton import build_skeleton
 from loralab.errors import LoraLabError
 from loralab.experiments.common import (DEFAULT_MODEL, RunResult, RunSpec, grid_meta, one_thread, quick_model_dir,
                                         run_grid, select_runs, spread, with_seeds)
-from loralab.experiments.forgetting import PROBE, PROBE_SPLIT, auc_after, base_probe
+from loralab.experiments.e2e import write_quick_model
+from loralab.experiments.e2e_config import E2EConfig
+from loralab.experiments.forgetting import e2e_files, probe_for
 from loralab.experiments.rank import ALPHA, DEFAULT_TRAIN, QUICK_TRAIN, metric_name
 from loralab.experiments.report import ExperimentReport, Table, line_figure, scatter_figure, write_experiment_report
+from loralab.experiments.targets import lora_targets
 from loralab.models.loading import resolve_model_spec
 from loralab.training.config import TrainConfig
 
@@ -53,6 +63,8 @@ DATA_TRAIN: dict[str, dict[str, Any]] = {"sst2": dict(DEFAULT_TRAIN),
                                          "mrpc": dict(DEFAULT_TRAIN, train_limit=None, max_length=128, epochs=3.0)}
 EVAL_EVERY = 50                 # optimizer steps between dev evaluations (the curve)
 QUICK_EVAL_EVERY = 2
+E2E_EVAL_EVERY = 5              # E2E trains 40 steps: 8 points on its curve
+CAUSAL_DATA = "e2e"             # the causal LM data set (SmolLM2, general-text probe); runs without the others
 
 
 @dataclass(frozen=True)
@@ -116,9 +128,16 @@ def dev_curve(folder: Path, metric: str) -> list[tuple[int, float]]:
                   if row.get("split") == "dev" and metric in row)
 
 
-def steps_to_reach(curve: Sequence[tuple[int, float]], target: float) -> int | None:
-    """The first step whose score is at or above `target` (higher is better), None when none is."""
-    return next((step for step, score in curve if math.isfinite(score) and score >= target), None)
+def steps_to_reach(curve: Sequence[tuple[int, float]], target: float, higher: bool = True) -> int | None:
+    """The first step whose score is at or above `target` (at or below it when lower is better, a loss), None
+    when none is."""
+    reached = (lambda score: score >= target) if higher else (lambda score: score <= target)
+    return next((step for step, score in curve if math.isfinite(score) and reached(score)), None)
+
+
+def fraction_of_best(best: float, higher: bool = True) -> float:
+    """The score counted as TARGET_FRACTION of `best`: 0.9 × an accuracy; a loss at most best / 0.9."""
+    return TARGET_FRACTION * best if higher else best / TARGET_FRACTION
 
 
 # --------------------------------------------------------------------------------------------------
@@ -126,62 +145,98 @@ def steps_to_reach(curve: Sequence[tuple[int, float]], target: float) -> int | N
 # --------------------------------------------------------------------------------------------------
 
 def data_sets(data: str | None) -> list[str]:
-    """The data sets of the grid: "sst2", "sst2,mrpc" ...; None: SST-2 and MRPC."""
+    """The data sets of the grid: "sst2", "sst2,mrpc", "e2e" ...; None: SST-2 and MRPC."""
     if data is None:
         return list(DEFAULT_DATA)
     names = [part.strip() for part in data.split(",") if part.strip()]
     if not names or len(set(names)) != len(names):
         raise LoraLabError(f"--data takes builtin data set names separated by commas, each once, got {data!r}")
+    if CAUSAL_DATA in names and len(names) > 1:
+        raise LoraLabError(f"--data {data}: {CAUSAL_DATA} trains a causal LM with its own probe; run it alone "
+                           f"(--data {CAUSAL_DATA}) and the encoder data sets in another call")
     return names
+
+
+def causal_variant_specs(quick: bool, model: str | None, out: Path) -> list[RunSpec]:
+    """Each variant on E2E ("e2e-<variant>") with the forgetting experiment's E2E data and schedule, r = RANK on
+    Wq, Wv with E2E's α and dropout, the dev loss every E2E_EVAL_EVERY steps; DoRA lowered to LoRA's budget.
+    --quick: the 2-layer random LLaMA of the e2e experiment, 32 examples."""
+    e2e = E2EConfig.quick() if quick else E2EConfig()
+    model_spec = model or (str(write_quick_model(out.parent / "_quick-llama", e2e)) if quick else e2e.model)
+    e2e = replace(e2e, model=model_spec)
+    train, dev = e2e_files(e2e, quick, out)
+    base = {"r": RANK, "alpha": e2e.alpha, "dropout": e2e.dropout, **lora_targets(model_spec)["Wq,Wv"]}
+    common = {"dev_file": str(dev), "eval_every": QUICK_EVAL_EVERY if quick else E2E_EVAL_EVERY,
+              "checkpoint_every": 0, "log_every": 10}
+    return _grid(CAUSAL_DATA, model_spec, base,
+                 lambda fields, variant: replace(e2e, extra={**common, "lora": fields, **variant.train})
+                 .train_config(train))
+
+
+def _grid(data_name: str, model_spec: str, base: dict[str, Any],
+          config: Callable[[dict[str, Any], VariantSpec], TrainConfig]) -> list[RunSpec]:
+    """One RunSpec per variant on `data_name`: LoraConfig fields `base` + the variant's, DoRA's ranks lowered to
+    plain LoRA's budget; config(fields, variant) gives its TrainConfig."""
+    skeleton = skeleton_model(model_spec)
+    target = lora_budget_count(skeleton, base)
+    specs = []
+    for name, variant in VARIANT_GRID.items():
+        fields = {**base, **variant.lora}
+        pattern = match_budget(skeleton, fields, target)
+        if pattern:
+            fields["rank_pattern"] = pattern
+        budget = lora_budget_count(skeleton, fields)
+        ranks = sorted({*pattern.values(), base["r"]}) if pattern else [base["r"]]
+        specs.append(RunSpec(f"{data_name}-{name}", config(fields, variant), {
+            "data": data_name, "variant": name, "method": "lora", "r": "/".join(str(r) for r in ranks),
+            "lowered": len(pattern), "budget": budget, "budget_diff": budget - target}))
+    return specs
 
 
 def variant_specs(quick: bool, data: str | None, model: str | None, out: Path) -> list[RunSpec]:
     """Each variant on each data set ("<data>-<variant>"), DoRA's ranks lowered to plain LoRA's budget."""
+    names = data_sets(data)
+    if names == [CAUSAL_DATA]:
+        return causal_variant_specs(quick, model, out)
     model_spec = model or (str(quick_model_dir(out.parent / "_quick-model")) if quick else DEFAULT_MODEL)
-    skeleton = skeleton_model(model_spec)
-    base = {"r": RANK, "alpha": ALPHA}
-    target = lora_budget_count(skeleton, base)
     specs = []
-    for data_name in data_sets(data):
+    for data_name in names:
         train = dict(QUICK_TRAIN) if quick else dict(DATA_TRAIN.get(data_name, DEFAULT_TRAIN))
-        for name, variant in VARIANT_GRID.items():
-            fields = {**base, **variant.lora}
-            pattern = match_budget(skeleton, fields, target)
-            if pattern:
-                fields["rank_pattern"] = pattern
-            budget = lora_budget_count(skeleton, fields)
-            ranks = sorted({*pattern.values(), RANK}) if pattern else [RANK]
-            config = TrainConfig(model=model_spec, data=data_name, lora=fields, seed=0,
-                                 eval_every=QUICK_EVAL_EVERY if quick else EVAL_EVERY, checkpoint_every=50,
-                                 progress=False, **{**train, **variant.train})
-            specs.append(RunSpec(f"{data_name}-{name}", config, {
-                "data": data_name, "variant": name, "method": "lora",
-                "r": "/".join(str(r) for r in ranks), "lowered": len(pattern),
-                "budget": budget, "budget_diff": budget - target}))
+        specs += _grid(data_name, model_spec, {"r": RANK, "alpha": ALPHA},
+                       lambda fields, variant: TrainConfig(
+                           model=model_spec, data=data_name, lora=fields, seed=0,
+                           eval_every=QUICK_EVAL_EVERY if quick else EVAL_EVERY, checkpoint_every=50,
+                           progress=False, **{**train, **variant.train}))
     return specs
 
 
-def run_rows(results: Sequence[RunResult], metric: str, before: float, after: dict[str, float]) -> list[dict]:
-    """One row per run: final and best dev metric, forgetting, steps to 90 % (of the data set's best and of
-    its own), seconds per step, the LoRA budget and the trainable values with the head."""
+def run_rows(results: Sequence[RunResult], metric: str, probe: Any, before: float,
+             after: dict[str, float]) -> list[dict]:
+    """One row per run: final and best dev metric, the probe before and after and forgetting, steps to 90 % (of
+    the data set's best and of its own), seconds per step, the LoRA budget and the trainable values with the
+    head. probe: a loralab.experiments.forgetting probe (its column names the probe's measurement)."""
+    higher = metric != "loss"
+    pick = max if higher else min
     curves = {r.name: dev_curve(r.folder, metric) for r in results}
     best_of_data: dict[str, float] = {}
     for r in results:
         scores = [s for _, s in curves[r.name] if math.isfinite(s)]
         if scores:
-            best_of_data[r.info["data"]] = max(best_of_data.get(r.info["data"], -math.inf), max(scores))
+            data_name = r.info["data"]
+            best_of_data[data_name] = pick(best_of_data.get(data_name, pick(scores)), pick(scores))
     rows = []
     for r in results:
         curve = curves[r.name]
         final = curve[-1][1] if curve else math.nan
-        best = max((s for _, s in curve), default=math.nan)
+        best = pick((s for _, s in curve), default=math.nan)
         reference = best_of_data.get(r.info["data"], math.nan)
         rows.append({"run": r.name, "base_run": r.info["base_run"], "seed": r.info["seed"],
                      **{k: r.info[k] for k in ("data", "variant", "r", "lowered", "budget", "budget_diff")},
                      f"dev_{metric}": final, f"best_dev_{metric}": best,
-                     "auc_before": before, "auc_after": after[r.name], "forgetting": before - after[r.name],
-                     "steps_to_90": steps_to_reach(curve, TARGET_FRACTION * reference),
-                     "steps_to_90_own": steps_to_reach(curve, TARGET_FRACTION * best),
+                     f"{probe.column}_before": before, f"{probe.column}_after": after[r.name],
+                     "forgetting": probe.forgetting(before, after[r.name]),
+                     "steps_to_90": steps_to_reach(curve, fraction_of_best(reference, higher), higher),
+                     "steps_to_90_own": steps_to_reach(curve, fraction_of_best(best, higher), higher),
                      "steps": r.steps, "seconds_per_step": r.seconds_per_step,
                      # the head's values from the saved files; the LoRA values from the plan (PiSSA's file also
                      # holds its initial factors, so its saved count is twice the trained one)
@@ -212,22 +267,26 @@ def summary_rows(rows: Sequence[dict[str, Any]], metric: str) -> list[dict[str, 
     return out
 
 
-def _figures(results: Sequence[RunResult], summary: Sequence[dict], metric: str, many: bool) -> dict[str, bytes]:
+def _figures(results: Sequence[RunResult], summary: Sequence[dict], metric: str, many: bool,
+             forgetting_unit: str) -> dict[str, bytes]:
     """Seed-0 dev curves per data set (with the 90 % line), and the median score against median forgetting."""
+    higher = metric != "loss"
     figures = {}
     for data_name in dict.fromkeys(r.info["data"] for r in results):
         members = [r for r in results if r.info["data"] == data_name]
         curves = {r.info["variant"]: dev_curve(r.folder, metric) for r in members if r.info["seed"] == 0}
-        best = max((s for c in curves.values() for _, s in c), default=math.nan)
+        best = (max if higher else min)((s for c in curves.values() for _, s in c), default=math.nan)
         series = {name: ([s for s, _ in c], [v for _, v in c]) for name, c in curves.items() if c}
         if series:
             figures[f"curves_{data_name}"] = line_figure(
                 series, "optimizer step", f"dev {metric}", f"{data_name}: dev {metric} during training (seed 0)",
-                hline=(TARGET_FRACTION * best, f"{TARGET_FRACTION:.0%} of the best") if math.isfinite(best) else None)
+                hline=(fraction_of_best(best, higher), f"{TARGET_FRACTION:.0%} of the best")
+                if math.isfinite(best) else None)
     points = {f"{s['data']} {s['variant']}": (s["forgetting_median"], s[f"dev_{metric}_median"]) for s in summary}
     suffix = " (median over seeds)" if many else ""
-    figures["score_vs_forgetting"] = scatter_figure(points, "forgetting (AUC before − after)" + suffix,
-                                                    f"dev {metric}" + suffix, "variants: target task against forgetting")
+    figures["score_vs_forgetting"] = scatter_figure(points, f"forgetting ({forgetting_unit})" + suffix,
+                                                    f"dev {metric}" + suffix + ("" if higher else ", lower is better"),
+                                                    "variants: target task against forgetting")
     return figures
 
 
@@ -241,10 +300,12 @@ def run(out: str | os.PathLike = "runs/experiments/variants", quick: bool = Fals
     results = run_grid(specs, out / "runs", log=log)
     metric = metric_name(results)
     model_spec = specs[0].config.model
+    probe = probe_for(data_sets(data)[0], None)()
     with one_thread():
-        tokenizer, pairs, before = base_probe(model_spec, quick, log)
-        after = {r.name: auc_after(r, model_spec, tokenizer, pairs) for r in results}
-    rows = run_rows(results, metric, before, after)
+        before = probe.before(model_spec, quick, out)
+        log(f"probe: the base's {probe.column} {before:.4f}")
+        after = {r.name: probe.after(r, model_spec) for r in results}
+    rows = run_rows(results, metric, probe, before, after)
     for row in rows:
         log(f"    {row['run']}: dev {metric} {row[f'dev_{metric}']:.4f}, forgetting {row['forgetting']:+.4f}, "
             f"steps to 90% {row['steps_to_90']}, {row['seconds_per_step']:.3f} s/step")
@@ -254,34 +315,35 @@ def run(out: str | os.PathLike = "runs/experiments/variants", quick: bool = Fals
     budget_note = (f"budget = trainable LoRA values (factors and DoRA's magnitudes; head excluded) counted from "
                    f"loralab's injection plan; plain LoRA r={RANK}: {target:,}. budget_diff = budget − that. "
                    f"lowered = matrices whose rank DoRA gives up (r={RANK - 1}) to pay for its magnitudes.")
+    reach = (f"≥ {TARGET_FRACTION:g} × the best dev {metric}" if metric != "loss"
+             else f"≤ the best dev loss / {TARGET_FRACTION:g}")
     curve_note = (f"dev_{metric}: the final model; best_dev_{metric}: the best evaluation (every "
                   f"{specs[0].config.eval_every} steps), whose adapter is saved and probed. steps_to_90: the first "
-                  f"evaluation at ≥ {TARGET_FRACTION:g} × the best dev score of any run on the same data set (empty: "
-                  f"never); steps_to_90_own: of the run's own best. forgetting = AUC before − AUC after, "
-                  f"{PROBE.upper()} {PROBE_SPLIT} paraphrase ROC-AUC of the mean-pooled embeddings "
-                  f"({len(pairs)} pairs; AUC before = {before:.4f}). seconds_per_step: training wall clock "
+                  f"evaluation at {reach} of any run on the same data set (empty: never); steps_to_90_own: of the "
+                  f"run's own best. {probe.describe(before)} seconds_per_step: training wall clock "
                   f"(evaluation excluded) per optimizer step, one thread.")
     tables = [Table("variants", "Each run",
                     ["run", "data", "variant", "r", "lowered", "seed", "budget", "budget_diff", f"dev_{metric}",
-                     f"best_dev_{metric}", "forgetting", "auc_after", "steps_to_90", "steps_to_90_own", "steps",
-                     "seconds_per_step", "trainable_params"], rows, budget_note + " " + curve_note),
+                     f"best_dev_{metric}", "forgetting", f"{probe.column}_after", "steps_to_90", "steps_to_90_own",
+                     "steps", "seconds_per_step", "trainable_params"], rows, budget_note + " " + curve_note),
               Table("summary", "Per data set and variant" + (" over seeds (median, min, max)" if many else ""),
                     ["run", "data", "variant", "r", "budget", "budget_diff", "seeds",
                      *[f"{c.format(metric=metric)}_{k}" for c in SUMMARY_COLUMNS for k in ("median", "min", "max")],
                      "steps_to_90_reached"], summary,
                     "steps_to_90_reached: seeds whose curve reached 90 % of the data set's best (the median is "
                     "over those).")]
-    meta = grid_meta(quick, specs, results, ["batch_size", "lr", "eval_every"], alpha=ALPHA, r=RANK, metric=metric,
+    meta = grid_meta(quick, specs, results, ["batch_size", "lr", "eval_every"],
+                     alpha=specs[0].config.lora["alpha"], r=RANK, metric=metric,
                      seeds=seeds or 1, data_sets=list(dict.fromkeys(s.info["data"] for s in specs)),
                      train={s.info["data"]: {k: getattr(s.config, k) for k in ("train_limit", "dev_limit", "epochs",
                                                                                "max_length")} for s in specs},
                      lora_plus_ratio=LORA_PLUS_RATIO, budget=target, target_fraction=TARGET_FRACTION,
-                     probe=f"{PROBE} {PROBE_SPLIT}", probe_pairs=len(pairs), auc_before=before,
+                     **{f"{probe.column}_before": before}, **probe.meta(),
                      variants={name: v.paper for name, v in VARIANT_GRID.items()})
     report = ExperimentReport("variants", "Experiment: LoRA variants at one trainable budget",
                               "LoRA, rsLoRA, DoRA, PiSSA and LoRA+ on the same targets with the same number of "
                               "trainable LoRA values: task score, forgetting, steps to 90 % of the best, "
-                              "seconds per step.", tables, _figures(results, summary, metric, many), meta)
+                              "seconds per step.", tables, _figures(results, summary, metric, many, probe.unit), meta)
     write_experiment_report(report, out)
     return report
 

