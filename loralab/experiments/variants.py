@@ -9,6 +9,7 @@ differ only in what loralab's registries and TrainConfig already offer:
     pissa       A, B from W0's top-r singular triplets, W0 keeps the residual        (Meng et al. 2024)
                 (LoraConfig.init="pissa")
     lora-plus   B's learning rate × 16 (TrainConfig.lora_plus_ratio; 2^4 is the usual choice, Hayou et al. 2024)
+    lora-plus-x2, -x4, -x8   LoRA+ at other ratios: only when --runs names them ("sst2-lora-plus-x4")
 
 Budget: DoRA's magnitude vector adds d values per adapted matrix. `match_budget` lowers the rank of the first
 adapted matrices (plan order) by one, one matrix at a time, until DoRA trains no more LoRA values than plain
@@ -82,6 +83,11 @@ VARIANT_GRID: dict[str, VariantSpec] = {
     "pissa": VariantSpec({"init": "pissa"}, {}, "Meng et al. 2024"),
     "lora-plus": VariantSpec({}, {"lora_plus_ratio": LORA_PLUS_RATIO}, "Hayou et al. 2024"),
 }
+# LoRA+ at other B/A ratios: in the grid only when --runs names them ("sst2-lora-plus-x4", ...)
+LORA_PLUS_SWEEP = (2.0, 4.0, 8.0)
+EXTRA_GRID: dict[str, VariantSpec] = {f"lora-plus-x{ratio:g}": VariantSpec({}, {"lora_plus_ratio": ratio},
+                                                                          "Hayou et al. 2024")
+                                      for ratio in LORA_PLUS_SWEEP}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -180,7 +186,7 @@ def _grid(data_name: str, model_spec: str, base: dict[str, Any],
     skeleton = skeleton_model(model_spec)
     target = lora_budget_count(skeleton, base)
     specs = []
-    for name, variant in VARIANT_GRID.items():
+    for name, variant in {**VARIANT_GRID, **EXTRA_GRID}.items():
         fields = {**base, **variant.lora}
         pattern = match_budget(skeleton, fields, target)
         if pattern:
@@ -189,7 +195,8 @@ def _grid(data_name: str, model_spec: str, base: dict[str, Any],
         ranks = sorted({*pattern.values(), base["r"]}) if pattern else [base["r"]]
         specs.append(RunSpec(f"{data_name}-{name}", config(fields, variant), {
             "data": data_name, "variant": name, "method": "lora", "r": "/".join(str(r) for r in ranks),
-            "lowered": len(pattern), "budget": budget, "budget_diff": budget - target}))
+            "lowered": len(pattern), "budget": budget, "budget_diff": budget - target, "paper": variant.paper,
+            "extra": name in EXTRA_GRID}))
     return specs
 
 
@@ -296,7 +303,9 @@ def run(out: str | os.PathLike = "runs/experiments/variants", quick: bool = Fals
     """Train (or reuse) every variant on every data set, probe forgetting, write the report.
     seeds: every run with seeds 0..seeds-1; runs: only these ("sst2-dora", ...)."""
     out = Path(out)
-    specs = with_seeds(select_runs(variant_specs(quick, data, model, out), runs), seeds or 1)
+    grid = variant_specs(quick, data, model, out)
+    chosen = select_runs(grid, runs) if runs else [spec for spec in grid if not spec.info["extra"]]
+    specs = with_seeds(chosen, seeds or 1)
     results = run_grid(specs, out / "runs", log=log)
     metric = metric_name(results)
     model_spec = specs[0].config.model
@@ -339,7 +348,7 @@ def run(out: str | os.PathLike = "runs/experiments/variants", quick: bool = Fals
                                                                                "max_length")} for s in specs},
                      lora_plus_ratio=LORA_PLUS_RATIO, budget=target, target_fraction=TARGET_FRACTION,
                      **{f"{probe.column}_before": before}, **probe.meta(),
-                     variants={name: v.paper for name, v in VARIANT_GRID.items()})
+                     variants={s.info["variant"]: s.info["paper"] for s in chosen})
     report = ExperimentReport("variants", "Experiment: LoRA variants at one trainable budget",
                               "LoRA, rsLoRA, DoRA, PiSSA and LoRA+ on the same targets with the same number of "
                               "trainable LoRA values: task score, forgetting, steps to 90 % of the best, "
@@ -348,5 +357,5 @@ def run(out: str | os.PathLike = "runs/experiments/variants", quick: bool = Fals
     return report
 
 
-__all__ = ["VARIANT_GRID", "VariantSpec", "dev_curve", "lora_budget_count", "match_budget", "run", "steps_to_reach",
-           "summary_rows", "variant_specs"]
+__all__ = ["EXTRA_GRID", "VARIANT_GRID", "VariantSpec", "dev_curve", "fraction_of_best", "lora_budget_count",
+           "match_budget", "run", "steps_to_reach", "summary_rows", "variant_specs"]

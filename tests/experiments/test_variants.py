@@ -18,7 +18,7 @@ from loralab.errors import LoraLabError
 from loralab.experiments import run_experiment
 from loralab.experiments.common import quick_model_dir, saved_parameter_counts
 from loralab.experiments.forgetting import QUICK_PASSAGE_TOKENS, QUICK_PASSAGES
-from loralab.experiments.variants import (LORA_PLUS_RATIO, VARIANT_GRID, data_sets, fraction_of_best,
+from loralab.experiments.variants import (EXTRA_GRID, LORA_PLUS_RATIO, VARIANT_GRID, data_sets, fraction_of_best,
                                           lora_budget_count, match_budget, skeleton_model, steps_to_reach)
 
 needs_data = pytest.mark.needs_shared_data("glue/SST-2/train.tsv", "glue/MRPC/train.tsv", "glue/MRPC/dev.tsv")
@@ -168,6 +168,20 @@ def test_variants_cli_seeds_and_runs(tmp_path: Path):
         assert (row["forgetting_min"], row["forgetting_max"]) == (values[0], values[1])
         times = sorted(r["seconds_per_step"] for r in rows if r["run"].startswith(name))
         assert row["seconds_per_step_min"] == times[0]
+
+
+@needs_data
+def test_lora_plus_ratios_run_only_when_named(tmp_path: Path):
+    out = tmp_path / "variants"
+    run_experiment("variants", out=out, quick=True, data="sst2", runs=["sst2-lora", "sst2-lora-plus-x4"],
+                   log=lambda message: None)
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert [row["run"] for row in results["tables"]["variants"]["rows"]] == ["sst2-lora", "sst2-lora-plus-x4"]
+    assert results["meta"]["variants"] == {"lora": "Hu et al. 2021", "lora-plus-x4": "Hayou et al. 2024"}
+    config = json.loads((out / "runs" / "sst2-lora-plus-x4" / "config.json").read_text())
+    assert config["lora_plus_ratio"] == 4.0
+    assert sorted(EXTRA_GRID) == ["lora-plus-x2", "lora-plus-x4", "lora-plus-x8"]
+    assert not set(EXTRA_GRID) & set(VARIANT_GRID)       # the default grid stays the five variants
 
 
 def test_unknown_run_is_named(tmp_path: Path):
