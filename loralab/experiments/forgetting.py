@@ -252,14 +252,21 @@ def e2e_files(e2e: E2EConfig, quick: bool, out: Path) -> tuple[Path, Path]:
     return train, dev
 
 
-def causal_specs(quick: bool, data: str | None, model: str | None, out: Path) -> list[RunSpec]:
-    """The causal LM grid on E2E (the e2e experiment's data, prompt, budget, LoRA α, dropout and rate): LoRA on
-    each (target set, r) of CAUSAL_GRID, then full fine-tuning at the LoRA rate / FULL_LR_DIVISOR. --quick: a
-    2-layer random LLaMA (written once next to `out`), 32 examples."""
+def e2e_setup(quick: bool, model: str | None, out: Path) -> tuple[E2EConfig, Path, Path]:
+    """(the E2E settings with their model, the train file, the dev file) of a causal LM grid on E2E: the e2e
+    experiment's data, prompt, budget, LoRA α, dropout and rate, on `model` (None: its SmolLM2; --quick: a
+    2-layer random LLaMA written once next to `out`, 32 examples)."""
     e2e = E2EConfig.quick() if quick else E2EConfig()
     model_spec = model or (str(write_quick_model(out.parent / "_quick-llama", e2e)) if quick else e2e.model)
     e2e = replace(e2e, model=model_spec)
-    train, dev = e2e_files(e2e, quick, out)
+    return (e2e, *e2e_files(e2e, quick, out))
+
+
+def causal_specs(quick: bool, data: str | None, model: str | None, out: Path) -> list[RunSpec]:
+    """The causal LM grid on E2E (`e2e_setup`): LoRA on each (target set, r) of CAUSAL_GRID, then full
+    fine-tuning at the LoRA rate / FULL_LR_DIVISOR."""
+    e2e, train, dev = e2e_setup(quick, model, out)
+    model_spec = e2e.model
     common = {"dev_file": str(dev), "eval_every": 0, "checkpoint_every": 0, "log_every": 10}
     qv = lora_targets(model_spec)["Wq,Wv"]
     specs = []
@@ -485,5 +492,5 @@ def run(out: str | os.PathLike = "runs/experiments/forgetting", quick: bool = Fa
 
 
 __all__ = ["CAUSAL_LM_LOADERS", "ENCODER_LOADERS", "PROBES", "GeneralTextProbe", "ParaphraseProbe", "base_encoder",
-           "base_probe", "causal_specs", "forgetting_specs", "load_full_weights", "paraphrase_auc", "pareto_front", "probe_for", "probe_pairs",
-           "roc_auc", "run", "saved_auc_after", "sentence_embeddings"]
+           "base_probe", "causal_specs", "e2e_setup", "forgetting_specs", "load_full_weights", "paraphrase_auc",
+           "pareto_front", "probe_for", "probe_pairs", "roc_auc", "run", "saved_auc_after", "sentence_embeddings"]

@@ -45,9 +45,7 @@ from loralab.budget.skeleton import build_skeleton
 from loralab.errors import LoraLabError
 from loralab.experiments.common import (DEFAULT_MODEL, RunResult, RunSpec, grid_meta, one_thread, quick_model_dir,
                                         run_grid, select_runs, spread, with_seeds)
-from loralab.experiments.e2e import write_quick_model
-from loralab.experiments.e2e_config import E2EConfig
-from loralab.experiments.forgetting import e2e_files, probe_for
+from loralab.experiments.forgetting import e2e_setup, probe_for
 from loralab.experiments.rank import ALPHA, DEFAULT_TRAIN, QUICK_TRAIN, metric_name
 from loralab.experiments.report import ExperimentReport, Table, line_figure, scatter_figure, write_experiment_report
 from loralab.experiments.targets import lora_targets
@@ -167,10 +165,8 @@ def causal_variant_specs(quick: bool, model: str | None, out: Path) -> list[RunS
     """Each variant on E2E ("e2e-<variant>") with the forgetting experiment's E2E data and schedule, r = RANK on
     Wq, Wv with E2E's α and dropout, the dev loss every E2E_EVAL_EVERY steps; DoRA lowered to LoRA's budget.
     --quick: the 2-layer random LLaMA of the e2e experiment, 32 examples."""
-    e2e = E2EConfig.quick() if quick else E2EConfig()
-    model_spec = model or (str(write_quick_model(out.parent / "_quick-llama", e2e)) if quick else e2e.model)
-    e2e = replace(e2e, model=model_spec)
-    train, dev = e2e_files(e2e, quick, out)
+    e2e, train, dev = e2e_setup(quick, model, out)
+    model_spec = e2e.model
     base = {"r": RANK, "alpha": e2e.alpha, "dropout": e2e.dropout, **lora_targets(model_spec)["Wq,Wv"]}
     common = {"dev_file": str(dev), "eval_every": QUICK_EVAL_EVERY if quick else E2E_EVAL_EVERY,
               "checkpoint_every": 0, "log_every": 10}
