@@ -33,6 +33,7 @@ import torch  # noqa: E402
 from benchmarks.against_llama import PROMPTS  # noqa: E402
 from benchmarks.decode import LOADS  # noqa: E402  (the same three loads as the packed-linears comparison)
 from benchmarks.run import write_json  # noqa: E402
+
 PATHS = {"decode, then prefill (before)": False, "ragged steps": True}
 
 

@@ -221,12 +221,10 @@ def run_rows(results: Sequence[RunResult], metric: str, probe: Any, before: floa
     higher = metric != "loss"
     pick = max if higher else min
     curves = {r.name: dev_curve(r.folder, metric) for r in results}
-    best_of_data: dict[str, float] = {}
+    scores_of_data: dict[str, list[float]] = {}
     for r in results:
-        scores = [s for _, s in curves[r.name] if math.isfinite(s)]
-        if scores:
-            data_name = r.info["data"]
-            best_of_data[data_name] = pick(best_of_data.get(data_name, pick(scores)), pick(scores))
+        scores_of_data.setdefault(r.info["data"], []).extend(s for _, s in curves[r.name] if math.isfinite(s))
+    best_of_data = {data_name: pick(scores) for data_name, scores in scores_of_data.items() if scores}
     rows = []
     for r in results:
         curve = curves[r.name]
@@ -305,7 +303,7 @@ def run(out: str | os.PathLike = "runs/experiments/variants", quick: bool = Fals
     results = run_grid(specs, out / "runs", log=log)
     metric = metric_name(results)
     model_spec = specs[0].config.model
-    probe = probe_for(data_sets(data)[0], None)()
+    probe = probe_for(specs[0].info["data"], None)()
     with one_thread():
         before = probe.before(model_spec, quick, out)
         log(f"probe: the base's {probe.column} {before:.4f}")
